@@ -1,0 +1,137 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+
+	"github.com/walhook/walhook/config"
+)
+
+// Version is set at build time with -ldflags "-X main.Version=…".
+var Version = "dev"
+
+// Exit codes.
+const (
+	exitOK      = 0
+	exitRuntime = 1
+	exitUsage   = 2 // bad usage or bad config
+)
+
+// UsageError marks an error as bad usage or bad configuration (exit 2).
+type UsageError struct{ Err error }
+
+func (e *UsageError) Error() string { return e.Err.Error() }
+func (e *UsageError) Unwrap() error { return e.Err }
+
+func usageErrorf(format string, args ...any) error {
+	return &UsageError{Err: fmt.Errorf(format, args...)}
+}
+
+// ExitCode maps an error from Run to the process exit code.
+func ExitCode(err error) int {
+	if err == nil {
+		return exitOK
+	}
+	var ue *UsageError
+	if errors.As(err, &ue) {
+		return exitUsage
+	}
+	return exitRuntime
+}
+
+const usage = `walhook — PostgreSQL WAL to signed webhooks
+
+Usage:
+  walhook <command> [flags]
+
+Commands:
+  run        run the daemon: replicate, map, store, deliver, serve the API
+  check      validate the config and report every missing database prerequisite
+  setup      create the publication, the replication slot and the store schema
+  teardown   drop the slot and publication (and with --store the store schema)
+  mapping    mapping tools: 'walhook mapping test --changes FILE.jsonl'
+  demo       a one-command demo on a throwaway PostgreSQL
+  version    print the version
+
+Configuration comes from --config FILE or $WALHOOK_CONFIG.
+Exit codes: 0 ok, 1 runtime failure, 2 bad usage or bad config.
+`
+
+// Run is the whole CLI; main only calls it. It never calls os.Exit.
+func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return usageErrorf("no command given")
+	}
+	cmd, rest := args[0], args[1:]
+	switch cmd {
+	case "run":
+		return runRun(ctx, rest, stdout, stderr)
+	case "check":
+		return runCheck(ctx, rest, stdout, stderr)
+	case "setup":
+		return runSetup(ctx, rest, stdout, stderr)
+	case "teardown":
+		return runTeardown(ctx, rest, stdout, stderr)
+	case "mapping":
+		return runMapping(ctx, rest, stdout, stderr)
+	case "demo":
+		return runDemo(ctx, rest, stdout, stderr)
+	case "version", "--version", "-v":
+		fmt.Fprintf(stdout, "walhook %s\n", Version)
+		return nil
+	case "help", "--help", "-h":
+		fmt.Fprint(stdout, usage)
+		return nil
+	}
+	fmt.Fprint(stderr, usage)
+	return usageErrorf("unknown command %q", cmd)
+}
+
+// newFlagSet returns a flag set that reports errors as usage errors and
+// prints its help to stderr.
+func newFlagSet(name string, stderr io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet("walhook "+name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	return fs
+}
+
+// parseFlags parses args and turns flag errors into usage errors.
+func parseFlags(fs *flag.FlagSet, args []string) error {
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return &UsageError{Err: err}
+		}
+		return &UsageError{Err: err}
+	}
+	if fs.NArg() > 0 {
+		return usageErrorf("%s: unexpected argument %q", fs.Name(), fs.Arg(0))
+	}
+	return nil
+}
+
+// configFlag registers --config on fs.
+func configFlag(fs *flag.FlagSet) *string {
+	return fs.String("config", "", "config file (default $WALHOOK_CONFIG)")
+}
+
+// loadConfig loads and validates the config named by --config or
+// $WALHOOK_CONFIG. Every problem is a usage error (exit 2).
+func loadConfig(path string) (*config.Config, error) {
+	if path == "" {
+		path = os.Getenv("WALHOOK_CONFIG")
+	}
+	if strings.TrimSpace(path) == "" {
+		return nil, usageErrorf("no config: pass --config FILE or set WALHOOK_CONFIG")
+	}
+	cfg, err := config.Load(path, os.LookupEnv)
+	if err != nil {
+		return nil, &UsageError{Err: err}
+	}
+	return cfg, nil
+}

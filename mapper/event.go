@@ -1,0 +1,129 @@
+package mapper
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"strconv"
+	"time"
+)
+
+// Envelope is the body shape of a webhook.
+type Envelope string
+
+const (
+	// EnvelopeAuctionExcellence is seed 000's body:
+	// {event, timestamp (ISO 8601 UTC, ms), webhook_id (UUID), auction_id, data}.
+	EnvelopeAuctionExcellence Envelope = "auction-excellence"
+	// EnvelopeSNS is seed 004's body:
+	// {event, auctionId, domain, data, timestamp (unix s), id ("evt_…")}.
+	EnvelopeSNS Envelope = "sns"
+)
+
+// Valid reports whether e is a known envelope.
+func (e Envelope) Valid() bool { return e == EnvelopeAuctionExcellence || e == EnvelopeSNS }
+
+// Event is one business event produced from a row change. It carries no
+// delivery id: the dispatcher derives one per endpoint (DeliveryID) and
+// renders the body with it (Body), so every endpoint gets its own stable id
+// and a retry of the same delivery gets the same bytes.
+type Event struct {
+	// ID is deterministic from (system id, xid, commit LSN, position, rule),
+	// so a replay of the same transaction yields the same id.
+	ID         string
+	Type       string
+	AuctionID  string // "" when the rule has none
+	Domain     string // sns envelope only
+	Envelope   Envelope
+	OccurredAt time.Time       // the transaction's commit time, UTC
+	Data       json.RawMessage // the data object, exact bytes
+
+	// Provenance, for logs and the delivery log.
+	Table    string
+	Position int // position of the change in its transaction
+	Rule     int // index of the rule in the config
+}
+
+// DeliveryID is the id of the delivery of event eventID to endpoint
+// endpointID: the X-Webhook-ID header and the body's webhook_id / id. It is
+// deterministic, so retries, restarts and replays keep it, and differs per
+// endpoint. auction-excellence ids are UUIDs (version 8, name-based);
+// sns ids are "evt_" + 24 hex digits.
+func DeliveryID(env Envelope, eventID, endpointID string) string {
+	h := sha256.Sum256([]byte(eventID + "\x00" + endpointID))
+	if env == EnvelopeSNS {
+		return "evt_" + hex.EncodeToString(h[:12])
+	}
+	h[6] = (h[6] & 0x0f) | 0x80 // version 8
+	h[8] = (h[8] & 0x3f) | 0x80 // RFC 4122 variant
+	var b [36]byte
+	hex.Encode(b[0:8], h[0:4])
+	b[8] = '-'
+	hex.Encode(b[9:13], h[4:6])
+	b[13] = '-'
+	hex.Encode(b[14:18], h[6:8])
+	b[18] = '-'
+	hex.Encode(b[19:23], h[8:10])
+	b[23] = '-'
+	hex.Encode(b[24:36], h[10:16])
+	return string(b[:])
+}
+
+// Body renders the webhook body for one delivery. Keys come in the seed's
+// order; the result is the same bytes every time for the same event and id.
+func (e *Event) Body(deliveryID string) []byte {
+	data := e.Data
+	if len(data) == 0 {
+		data = json.RawMessage("{}")
+	}
+	b := make([]byte, 0, len(data)+192)
+	switch e.Envelope {
+	case EnvelopeSNS:
+		b = append(b, `{"event":`...)
+		b = appendJSONString(b, e.Type)
+		b = append(b, `,"auctionId":`...)
+		b = appendStringOrNull(b, e.AuctionID)
+		b = append(b, `,"domain":`...)
+		b = appendStringOrNull(b, e.Domain)
+		b = append(b, `,"data":`...)
+		b = append(b, data...)
+		b = append(b, `,"timestamp":`...)
+		b = strconv.AppendInt(b, e.OccurredAt.Unix(), 10)
+		b = append(b, `,"id":`...)
+		b = appendJSONString(b, deliveryID)
+		b = append(b, '}')
+	default:
+		b = append(b, `{"event":`...)
+		b = appendJSONString(b, e.Type)
+		b = append(b, `,"timestamp":"`...)
+		b = e.OccurredAt.UTC().AppendFormat(b, "2006-01-02T15:04:05.000Z07:00")
+		b = append(b, `","webhook_id":`...)
+		b = appendJSONString(b, deliveryID)
+		b = append(b, `,"auction_id":`...)
+		b = appendStringOrNull(b, e.AuctionID)
+		b = append(b, `,"data":`...)
+		b = append(b, data...)
+		b = append(b, '}')
+	}
+	return b
+}
+
+func appendStringOrNull(b []byte, s string) []byte {
+	if s == "" {
+		return append(b, "null"...)
+	}
+	return appendJSONString(b, s)
+}
+
+// appendJSONString appends s as a JSON string literal.
+func appendJSONString(b []byte, s string) []byte {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c == '"' || c == '\\' || c >= 0x80 {
+			q, _ := json.Marshal(s)
+			return append(b, q...)
+		}
+	}
+	b = append(b, '"')
+	b = append(b, s...)
+	return append(b, '"')
+}
