@@ -1,0 +1,9 @@
+package dispatch
+
+import (
+	"testing"
+
+	"github.com/walhook/walhook/internal/pgtest"
+)
+
+func TestMain(m *testing.M) { pgtest.Main(m) }
