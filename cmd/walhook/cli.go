@@ -56,6 +56,7 @@ Commands:
   teardown   drop the slot and publication (and with --store the store schema)
   mapping    mapping tools: 'walhook mapping test --changes FILE.jsonl'
   demo       a one-command demo on a throwaway PostgreSQL
+  receive    a sample receiver that verifies and prints webhooks
   version    print the version
 
 Configuration comes from --config FILE or $WALHOOK_CONFIG.
@@ -82,6 +83,8 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return runMapping(ctx, rest, stdout, stderr)
 	case "demo":
 		return runDemo(ctx, rest, stdout, stderr)
+	case "receive":
+		return runReceive(ctx, rest, stdout, stderr)
 	case "version", "--version", "-v":
 		fmt.Fprintf(stdout, "walhook %s\n", Version)
 		return nil

@@ -1,0 +1,66 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/walhook/walhook/internal/receiver"
+)
+
+// runReceive is `walhook receive`: a sample receiver that verifies every
+// request with the Standard Webhooks library, de-duplicates by webhook-id and
+// prints one line per delivery. docker-compose runs it next to walhook; it is
+// also handy when writing a mapping.
+func runReceive(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("receive", stderr)
+	listen := fs.String("listen", "127.0.0.1:9000", "address to listen on")
+	secrets := fs.String("secret", os.Getenv("WALHOOK_RECEIVER_SECRET"), "comma-separated whsec_… secrets to accept (default $WALHOOK_RECEIVER_SECRET)")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if *secrets == "" {
+		return usageErrorf("receive: --secret or $WALHOOK_RECEIVER_SECRET is required")
+	}
+	r, err := receiver.New(false, strings.Split(*secrets, ",")...)
+	if err != nil {
+		return &UsageError{Err: err}
+	}
+	var mu sync.Mutex
+	r.OnDelivery = func(d receiver.Delivery) {
+		mu.Lock()
+		defer mu.Unlock()
+		fmt.Fprintln(stdout, receiver.Line(d))
+	}
+	ln, err := net.Listen("tcp", *listen)
+	if err != nil {
+		return fmt.Errorf("receive: %w", err)
+	}
+	fmt.Fprintf(stdout, "receiver listening on http://%s\n", ln.Addr())
+	return serveUntilDone(ctx, &http.Server{Handler: r, ReadHeaderTimeout: 10 * time.Second}, ln)
+}
+
+// serveUntilDone serves until ctx is cancelled, then shuts down gracefully.
+func serveUntilDone(ctx context.Context, srv *http.Server, ln net.Listener) error {
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		err := srv.Shutdown(sctx)
+		if errors.Is(err, http.ErrServerClosed) {
+			err = nil
+		}
+		return err
+	}
+}
