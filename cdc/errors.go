@@ -1,0 +1,55 @@
+package cdc
+
+import (
+	"errors"
+	"fmt"
+)
+
+// Sentinel errors. Run returns them (wrapped, with detail) when the
+// replication side cannot continue without an operator: each one is a gap in
+// the data or a risk of one, so walhook never works around it silently (for
+// example by re-creating a slot).
+var (
+	// ErrSlotMissing: the replication slot does not exist (dropped, or never
+	// created: run `walhook setup`). Re-creating it would skip every change
+	// made since it was dropped.
+	ErrSlotMissing = errors.New("replication slot does not exist")
+	// ErrSlotLost: PostgreSQL invalidated the slot (wal_status = 'lost'),
+	// usually because it retained more than max_slot_wal_keep_size. The WAL
+	// it needed is gone, so changes have been lost.
+	ErrSlotLost = errors.New("replication slot was invalidated (wal_status = 'lost')")
+	// ErrPublicationMissing: the publication named in the config does not
+	// exist (run `walhook setup`).
+	ErrPublicationMissing = errors.New("publication does not exist")
+	// ErrSlotActive: another process holds the slot. Run waits and retries
+	// on it; Teardown refuses with it unless forced.
+	ErrSlotActive = errors.New("replication slot is active in another process")
+	// ErrCursorBehindSlot: the store's cursor is below the slot's
+	// confirmed_flush_lsn, so PostgreSQL no longer has the transactions in
+	// between: the store lost data (restored from an old backup, or another
+	// consumer advanced the slot).
+	ErrCursorBehindSlot = errors.New("store cursor is behind the replication slot's confirmed_flush_lsn")
+	// ErrProtocol: the server sent something this decoder does not know
+	// (a pgoutput message type, tuple kind or layout). Continuing could
+	// misread data, so the stream stops.
+	ErrProtocol = errors.New("pgoutput protocol error")
+)
+
+// ProtocolError describes what in the stream could not be decoded.
+type ProtocolError struct {
+	LSN    LSN
+	Detail string
+}
+
+func (e *ProtocolError) Error() string {
+	return fmt.Sprintf("pgoutput protocol error at %s: %s", e.LSN, e.Detail)
+}
+
+func (e *ProtocolError) Unwrap() error { return ErrProtocol }
+
+// permanent reports whether Run must stop instead of reconnecting.
+func permanent(err error) bool {
+	return errors.Is(err, ErrSlotMissing) || errors.Is(err, ErrSlotLost) ||
+		errors.Is(err, ErrPublicationMissing) || errors.Is(err, ErrCursorBehindSlot) ||
+		errors.Is(err, ErrProtocol)
+}

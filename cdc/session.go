@@ -1,0 +1,324 @@
+package cdc
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
+	"github.com/jackc/pgx/v5/pgtype"
+)
+
+// heartbeatPrefix marks walhook's own logical messages; they advance the
+// position but are not passed on as changes.
+const heartbeatPrefix = "walhook."
+
+// pollInterval bounds how long the receive loop sleeps without looking at
+// new confirmations, so a Confirm reaches PostgreSQL promptly even when the
+// server is silent (it sends keepalives only every wal_sender_timeout/2).
+const pollInterval = 200 * time.Millisecond
+
+// session is one replication connection: its decoder (relation cache) and
+// the transaction being assembled live and die with it.
+type session struct {
+	s    *Stream
+	ctx  context.Context
+	conn *pgconn.PgConn
+	dec  *decoder
+
+	cur      *Tx  // transaction being assembled; nil between Commit and Begin
+	position int  // next change position within cur's transaction
+	streamed bool // received at least one message
+
+	walEnd       LSN // server WAL end from the last keepalive or XLogData
+	serverTime   time.Time
+	lastStatus   time.Time
+	sentConfirm  LSN
+	lastAdvance  time.Time
+	readDeadline time.Time
+}
+
+// session connects, starts replication at *pos and streams until an error
+// or ctx is done. *pos follows the last Final Tx handed to the consumer.
+func (s *Stream) session(ctx context.Context, pos *LSN) (streamed bool, err error) {
+	conn, err := pgconn.ConnectConfig(ctx, s.replCfg)
+	if err != nil {
+		return false, fmt.Errorf("connect for replication: %w", err)
+	}
+	defer func() {
+		cctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = conn.Close(cctx)
+	}()
+	args := []string{
+		"proto_version '1'",
+		"publication_names '" + strings.ReplaceAll(s.opts.Publication, "'", "''") + "'",
+		"messages 'true'",
+	}
+	if err := pglogrepl.StartReplication(ctx, conn, s.opts.Slot, *pos, pglogrepl.StartReplicationOptions{PluginArgs: args}); err != nil {
+		return false, fmt.Errorf("start replication at %s: %w", *pos, classify(err))
+	}
+	s.setState(StateStreaming, nil)
+	s.log.Info("replication started", logKeyLSN, *pos)
+
+	// Cancelling ctx interrupts a blocked read: the loop then sees ctx.Err.
+	stop := context.AfterFunc(ctx, func() { _ = conn.Conn().SetReadDeadline(time.Now()) })
+	defer stop()
+
+	ss := &session{s: s, ctx: ctx, conn: conn, dec: newDecoder(pgtype.NewMap()), walEnd: *pos, lastStatus: time.Now()}
+	ss.sentConfirm = LSN(s.confirmed.Load())
+	err = ss.loop()
+	*pos = LSN(s.handed.Load())
+	if ctx.Err() != nil {
+		// Best effort: tell the server what the consumer made durable
+		// before we go, so a restart replays as little as possible.
+		_ = ss.sendStatus(false)
+		return ss.streamed, ctx.Err()
+	}
+	return ss.streamed, err
+}
+
+func (ss *session) loop() error {
+	for {
+		now := time.Now()
+		if now.Add(pollInterval / 2).After(ss.readDeadline) {
+			ss.readDeadline = now.Add(pollInterval)
+			_ = ss.conn.Conn().SetReadDeadline(ss.readDeadline)
+			if ss.ctx.Err() != nil { // cancelled before the deadline was set
+				return ss.ctx.Err()
+			}
+		}
+		msg, err := ss.conn.ReceiveMessage(context.Background())
+		if err != nil {
+			if ss.ctx.Err() != nil {
+				return ss.ctx.Err()
+			}
+			if pgconn.Timeout(err) {
+				if err := ss.periodic(time.Now()); err != nil {
+					return err
+				}
+				continue
+			}
+			return fmt.Errorf("receive: %w", err)
+		}
+		switch msg := msg.(type) {
+		case *pgproto3.CopyData:
+			if err := ss.copyData(msg.Data, now); err != nil {
+				return err
+			}
+		case *pgproto3.ErrorResponse:
+			return fmt.Errorf("replication stream: %w", classify(pgconn.ErrorResponseToPgError(msg)))
+		case *pgproto3.CopyDone:
+			return errors.New("replication stream: server ended the stream (CopyDone)")
+		case *pgproto3.NoticeResponse:
+		default:
+			return fmt.Errorf("replication stream: unexpected %T", msg)
+		}
+		if err := ss.periodic(now); err != nil {
+			return err
+		}
+	}
+}
+
+func (ss *session) copyData(data []byte, now time.Time) error {
+	if len(data) == 0 {
+		return &ProtocolError{Detail: "empty CopyData"}
+	}
+	ss.streamed = true
+	ss.s.lastMessageAt.Store(now.UnixNano())
+	switch data[0] {
+	case pglogrepl.PrimaryKeepaliveMessageByteID:
+		ka, err := pglogrepl.ParsePrimaryKeepaliveMessage(data[1:])
+		if err != nil {
+			return &ProtocolError{Detail: err.Error()}
+		}
+		return ss.keepalive(ka, now)
+	case pglogrepl.XLogDataByteID:
+		if len(data) < 25 {
+			return &ProtocolError{Detail: fmt.Sprintf("short XLogData (%d bytes)", len(data))}
+		}
+		walStart := LSN(be64(data[1:]))
+		if end := LSN(be64(data[9:])); end > ss.walEnd {
+			ss.walEnd = end
+		}
+		if err := ss.handle(walStart, data[25:]); err != nil {
+			var pe *ProtocolError
+			if errors.As(err, &pe) && pe.LSN == 0 {
+				pe.LSN = walStart
+			}
+			return err
+		}
+		return nil
+	}
+	return &ProtocolError{Detail: fmt.Sprintf("unknown replication message %q", data[0])}
+}
+
+func be64(b []byte) uint64 {
+	return uint64(b[0])<<56 | uint64(b[1])<<48 | uint64(b[2])<<40 | uint64(b[3])<<32 |
+		uint64(b[4])<<24 | uint64(b[5])<<16 | uint64(b[6])<<8 | uint64(b[7])
+}
+
+// keepalive answers a keepalive that asks for it and, when the consumer has
+// confirmed everything handed out, hands out the server's WAL end as a
+// position advance. The walsender reports its sent position: every
+// transaction that committed below it has already been sent (or was
+// filtered out by the publication), so confirming it skips nothing, and the
+// slot retains no WAL for an idle or filtered database.
+func (ss *session) keepalive(ka pglogrepl.PrimaryKeepaliveMessage, now time.Time) error {
+	if ka.ServerWALEnd > ss.walEnd {
+		ss.walEnd = ka.ServerWALEnd
+	}
+	ss.serverTime = ka.ServerTime
+	if ka.ReplyRequested {
+		if err := ss.sendStatus(false); err != nil {
+			return err
+		}
+	}
+	handed := LSN(ss.s.handed.Load())
+	if ss.cur == nil && LSN(ss.s.confirmed.Load()) >= handed && ka.ServerWALEnd > handed &&
+		now.Sub(ss.lastAdvance) >= ss.s.opts.StatusInterval {
+		ss.lastAdvance = now
+		return ss.emit(&Tx{CommitLSN: ka.ServerWALEnd, EndLSN: ka.ServerWALEnd, CommitTime: ka.ServerTime.UTC(), Final: true})
+	}
+	return nil
+}
+
+// handle processes one pgoutput message.
+func (ss *session) handle(walStart LSN, b []byte) error {
+	if len(b) == 0 {
+		return &ProtocolError{Detail: "empty pgoutput message"}
+	}
+	switch b[0] {
+	case msgBegin:
+		m, err := decodeBegin(b)
+		if err != nil {
+			return err
+		}
+		if ss.cur != nil {
+			return protoErr("Begin of xid %d inside xid %d", m.Xid, ss.cur.Xid)
+		}
+		ss.cur = &Tx{Xid: m.Xid, CommitLSN: m.FinalLSN, CommitTime: m.CommitTime.UTC(), Changes: make([]Change, 0, 4)}
+		ss.position = 0
+	case msgCommit:
+		m, err := decodeCommit(b)
+		if err != nil {
+			return err
+		}
+		if ss.cur == nil {
+			return protoErr("Commit at %s outside a transaction", m.CommitLSN)
+		}
+		if m.CommitLSN != ss.cur.CommitLSN {
+			return protoErr("Commit LSN %s differs from Begin's final LSN %s", m.CommitLSN, ss.cur.CommitLSN)
+		}
+		tx := ss.cur
+		ss.cur = nil
+		tx.EndLSN, tx.Final = m.EndLSN, true
+		return ss.emit(tx)
+	case msgOrigin:
+		name, err := decodeOrigin(b)
+		if err != nil {
+			return err
+		}
+		if ss.cur != nil {
+			ss.cur.Origin = name
+		}
+	case msgRelation:
+		_, err := ss.dec.relation(b)
+		return err
+	case msgType:
+		return ss.dec.typ(b)
+	case msgInsert, msgUpdate, msgDelete, msgTruncate:
+		if ss.cur == nil {
+			return protoErr("%q change outside a transaction", b[0])
+		}
+		c := ss.next()
+		var err error
+		if b[0] == msgTruncate {
+			err = ss.dec.truncate(b, c)
+		} else {
+			err = ss.dec.change(b, c)
+		}
+		if err != nil {
+			return err
+		}
+		c.LSN = walStart
+		return ss.added()
+	case msgMessage:
+		var c Change
+		transactional, err := decodeMessage(b, &c)
+		if err != nil {
+			return err
+		}
+		// Non-transactional messages are not part of any transaction and
+		// have no commit to confirm; walhook does not pass them on.
+		if !transactional || ss.cur == nil || strings.HasPrefix(c.Prefix, heartbeatPrefix) {
+			return nil
+		}
+		*ss.next() = c
+		return ss.added()
+	default:
+		return protoErr("unknown pgoutput message type %q (walhook speaks protocol version 1)", b[0])
+	}
+	return nil
+}
+
+// next appends an empty change to the current chunk and returns it.
+func (ss *session) next() *Change {
+	ss.cur.Changes = append(ss.cur.Changes, Change{})
+	return &ss.cur.Changes[len(ss.cur.Changes)-1]
+}
+
+// added numbers the change just decoded and hands over a full chunk. The
+// server decodes a transaction only once it committed and Begin carries the
+// commit LSN, so every chunk already knows Xid, CommitLSN and CommitTime;
+// only the final chunk (sent at Commit) carries EndLSN.
+func (ss *session) added() error {
+	c := &ss.cur.Changes[len(ss.cur.Changes)-1]
+	c.Position = ss.position
+	ss.position++
+	if len(ss.cur.Changes) < ss.s.opts.MaxChunkChanges {
+		return nil
+	}
+	chunk := ss.cur
+	next := *chunk
+	next.Chunk++
+	next.Changes = make([]Change, 0, ss.s.opts.MaxChunkChanges)
+	ss.cur = &next
+	return ss.emit(chunk)
+}
+
+// emit hands tx to the consumer. While the channel is full it keeps the
+// connection alive: status updates (with whatever the consumer has
+// confirmed, never more) go out so the walsender does not time us out.
+// Keepalives queue up on the socket meanwhile; the server only needs to
+// hear from us within wal_sender_timeout.
+func (ss *session) emit(tx *Tx) error {
+	select {
+	case ss.s.txs <- tx:
+	default:
+		t := time.NewTimer(pollInterval)
+		defer t.Stop()
+	wait:
+		for {
+			select {
+			case ss.s.txs <- tx:
+				break wait
+			case <-ss.ctx.Done():
+				return ss.ctx.Err()
+			case now := <-t.C:
+				if err := ss.periodic(now); err != nil {
+					return err
+				}
+				t.Reset(pollInterval)
+			}
+		}
+	}
+	if tx.Final {
+		ss.s.handed.Store(uint64(tx.EndLSN))
+	}
+	return nil
+}

@@ -1,0 +1,269 @@
+package cdc
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// SetupOptions say what Setup creates.
+type SetupOptions struct {
+	Slot, Publication string
+	// Tables to publish, "schema.table" (schema defaults to public). Only
+	// the tables the rules use: never the store schema, whose writes would
+	// otherwise come back as changes.
+	Tables []string
+	// ReplicaIdentityFull lists tables to ALTER … REPLICA IDENTITY FULL
+	// (rules that need old values of non-key columns).
+	ReplicaIdentityFull []string
+}
+
+// Setup creates the publication and then the slot, idempotently, and
+// returns one human line per thing it did or found. Order matters: a slot
+// created before its publication decodes changes from its consistent point
+// on, and pgoutput then fails to find the publication for them.
+func Setup(ctx context.Context, dsn string, o SetupOptions) ([]string, error) {
+	if !slotNameRE.MatchString(o.Slot) {
+		return nil, fmt.Errorf("setup: slot name %q: use 1-63 lower-case letters, digits and underscores", o.Slot)
+	}
+	if o.Publication == "" {
+		return nil, errors.New("setup: publication name is empty")
+	}
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		return nil, fmt.Errorf("setup: connect: %w", redact(err))
+	}
+	defer closeQuietly(conn)
+
+	var did []string
+	lines, err := setupPublication(ctx, conn, o.Publication, o.Tables)
+	did = append(did, lines...)
+	if err != nil {
+		return did, err
+	}
+	for _, t := range o.ReplicaIdentityFull {
+		line, err := replicaIdentityFull(ctx, conn, t)
+		if err != nil {
+			return did, err
+		}
+		did = append(did, line)
+	}
+	line, err := setupSlot(ctx, conn, o.Slot)
+	if line != "" {
+		did = append(did, line)
+	}
+	return did, err
+}
+
+// tableIdent quotes "schema.table" (or "table", in public) for SQL and
+// returns the canonical "schema.table" name.
+func tableIdent(t string) (quoted, name string, err error) {
+	schema, table, ok := strings.Cut(t, ".")
+	if !ok {
+		schema, table = "public", t
+	}
+	if schema == "" || table == "" || strings.Contains(table, ".") {
+		return "", "", fmt.Errorf("table %q: want schema.table", t)
+	}
+	return pgx.Identifier{schema, table}.Sanitize(), schema + "." + table, nil
+}
+
+func setupPublication(ctx context.Context, conn *pgx.Conn, pub string, tables []string) ([]string, error) {
+	quoted := make([]string, 0, len(tables))
+	want := make([]string, 0, len(tables))
+	for _, t := range tables {
+		q, name, err := tableIdent(t)
+		if err != nil {
+			return nil, fmt.Errorf("setup: %w", err)
+		}
+		if !slices.Contains(want, name) {
+			quoted, want = append(quoted, q), append(want, name)
+		}
+	}
+	slices.Sort(want)
+	pubIdent := pgx.Identifier{pub}.Sanitize()
+
+	var exists, allTables bool
+	if err := conn.QueryRow(ctx, `SELECT count(*) > 0, coalesce(bool_or(puballtables), false) FROM pg_publication WHERE pubname = $1`, pub).
+		Scan(&exists, &allTables); err != nil {
+		return nil, fmt.Errorf("setup: look up publication: %w", err)
+	}
+	if !exists {
+		sql := "CREATE PUBLICATION " + pubIdent
+		if len(quoted) > 0 {
+			sql += " FOR TABLE " + strings.Join(quoted, ", ")
+		}
+		if _, err := conn.Exec(ctx, sql); err != nil {
+			return nil, fmt.Errorf("setup: create publication %q: %w", pub, err)
+		}
+		return []string{fmt.Sprintf("created publication %s for %s", pub, listOrNone(want))}, nil
+	}
+	if allTables {
+		return nil, fmt.Errorf("setup: publication %q is FOR ALL TABLES, which would publish walhook's own store; "+
+			"drop it or choose another publication name", pub)
+	}
+	rows, err := conn.Query(ctx, `SELECT schemaname || '.' || tablename FROM pg_publication_tables WHERE pubname = $1 ORDER BY 1`, pub)
+	if err != nil {
+		return nil, fmt.Errorf("setup: list publication tables: %w", err)
+	}
+	have, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return nil, fmt.Errorf("setup: list publication tables: %w", err)
+	}
+	if slices.Equal(have, want) {
+		return []string{fmt.Sprintf("publication %s already publishes %s", pub, listOrNone(want))}, nil
+	}
+	if len(quoted) > 0 {
+		_, err = conn.Exec(ctx, "ALTER PUBLICATION "+pubIdent+" SET TABLE "+strings.Join(quoted, ", "))
+	} else {
+		// SET TABLE needs at least one table: drop the ones it has.
+		drop := make([]string, len(have))
+		for i, t := range have {
+			drop[i], _, _ = tableIdent(t)
+		}
+		_, err = conn.Exec(ctx, "ALTER PUBLICATION "+pubIdent+" DROP TABLE "+strings.Join(drop, ", "))
+	}
+	if err != nil {
+		return nil, fmt.Errorf("setup: alter publication %q: %w", pub, err)
+	}
+	return []string{fmt.Sprintf("changed publication %s from %s to %s", pub, listOrNone(have), listOrNone(want))}, nil
+}
+
+func listOrNone(tables []string) string {
+	if len(tables) == 0 {
+		return "no tables"
+	}
+	return strings.Join(tables, ", ")
+}
+
+func replicaIdentityFull(ctx context.Context, conn *pgx.Conn, t string) (string, error) {
+	q, name, err := tableIdent(t)
+	if err != nil {
+		return "", fmt.Errorf("setup: %w", err)
+	}
+	var ident string
+	if err := conn.QueryRow(ctx, `SELECT relreplident::text FROM pg_class WHERE oid = $1::regclass`, q).Scan(&ident); err != nil {
+		return "", fmt.Errorf("setup: look up replica identity of %s: %w", name, err)
+	}
+	if ident == "f" {
+		return fmt.Sprintf("table %s already has REPLICA IDENTITY FULL", name), nil
+	}
+	if _, err := conn.Exec(ctx, "ALTER TABLE "+q+" REPLICA IDENTITY FULL"); err != nil {
+		return "", fmt.Errorf("setup: ALTER TABLE %s REPLICA IDENTITY FULL: %w", name, err)
+	}
+	return fmt.Sprintf("set REPLICA IDENTITY FULL on %s", name), nil
+}
+
+func setupSlot(ctx context.Context, conn *pgx.Conn, slot string) (string, error) {
+	var plugin, db *string
+	var temporary bool
+	err := conn.QueryRow(ctx, `SELECT plugin, database, temporary FROM pg_replication_slots WHERE slot_name = $1`, slot).
+		Scan(&plugin, &db, &temporary)
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+		// Never temporary: a temporary slot vanishes with its session and
+		// with it every change not yet confirmed.
+		var lsn string
+		if err := conn.QueryRow(ctx, `SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput', false)`, slot).Scan(&lsn); err != nil {
+			return "", fmt.Errorf("setup: create replication slot %q: %w", slot, err)
+		}
+		return fmt.Sprintf("created replication slot %s (pgoutput) at %s", slot, lsn), nil
+	case err != nil:
+		return "", fmt.Errorf("setup: look up replication slot %q: %w", slot, err)
+	}
+	var cur string
+	if err := conn.QueryRow(ctx, `SELECT current_database()`).Scan(&cur); err != nil {
+		return "", fmt.Errorf("setup: %w", err)
+	}
+	switch {
+	case plugin == nil || db == nil:
+		return "", fmt.Errorf("setup: slot %q exists but is a physical slot; choose another slot name", slot)
+	case *db != cur:
+		return "", fmt.Errorf("setup: slot %q exists for database %q, not %q; choose another slot name", slot, *db, cur)
+	case *plugin != "pgoutput":
+		return "", fmt.Errorf("setup: slot %q exists with plugin %q, walhook needs pgoutput; drop it or choose another slot name", slot, *plugin)
+	case temporary:
+		return "", fmt.Errorf("setup: slot %q is temporary; walhook needs a permanent slot", slot)
+	}
+	return fmt.Sprintf("replication slot %s already exists (pgoutput); kept", slot), nil
+}
+
+// Teardown drops the slot (so PostgreSQL stops retaining WAL for it) and
+// then the publication. While another process holds the slot it refuses
+// with ErrSlotActive, unless force: then it terminates that backend first.
+func Teardown(ctx context.Context, dsn, slot, publication string, force bool) ([]string, error) {
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		return nil, fmt.Errorf("teardown: connect: %w", redact(err))
+	}
+	defer closeQuietly(conn)
+	var did []string
+	line, err := dropSlot(ctx, conn, slot, force)
+	if err != nil {
+		return did, err
+	}
+	did = append(did, line)
+	var exists bool
+	if err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)`, publication).Scan(&exists); err != nil {
+		return did, fmt.Errorf("teardown: look up publication: %w", err)
+	}
+	if !exists {
+		return append(did, fmt.Sprintf("publication %s does not exist; nothing to drop", publication)), nil
+	}
+	if _, err := conn.Exec(ctx, "DROP PUBLICATION "+pgx.Identifier{publication}.Sanitize()); err != nil {
+		return did, fmt.Errorf("teardown: drop publication %q: %w", publication, err)
+	}
+	return append(did, fmt.Sprintf("dropped publication %s", publication)), nil
+}
+
+func dropSlot(ctx context.Context, conn *pgx.Conn, slot string, force bool) (string, error) {
+	terminated := false
+	for i := 0; ; i++ {
+		var active bool
+		var pid *int32
+		err := conn.QueryRow(ctx, `SELECT active, active_pid FROM pg_replication_slots WHERE slot_name = $1`, slot).Scan(&active, &pid)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return fmt.Sprintf("replication slot %s does not exist; nothing to drop", slot), nil
+		}
+		if err != nil {
+			return "", fmt.Errorf("teardown: look up replication slot %q: %w", slot, err)
+		}
+		if !active {
+			break
+		}
+		p := int32(0)
+		if pid != nil {
+			p = *pid
+		}
+		if !force {
+			return "", fmt.Errorf("teardown: %w: slot %q is held by PID %d (a running walhook?); stop it, or use --force to terminate it",
+				ErrSlotActive, slot, p)
+		}
+		if p != 0 { // again on every round: a holder may reconnect in between
+			if _, err := conn.Exec(ctx, `SELECT pg_terminate_backend($1)`, p); err != nil {
+				return "", fmt.Errorf("teardown: terminate PID %d holding slot %q: %w", p, slot, err)
+			}
+			terminated = true
+		}
+		if i > 100 {
+			return "", fmt.Errorf("teardown: %w: slot %q still held by PID %d after terminating its backend", ErrSlotActive, slot, p)
+		}
+		select {
+		case <-ctx.Done():
+			return "", ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	if _, err := conn.Exec(ctx, `SELECT pg_drop_replication_slot($1)`, slot); err != nil {
+		return "", fmt.Errorf("teardown: drop replication slot %q: %w", slot, err)
+	}
+	if terminated {
+		return fmt.Sprintf("dropped replication slot %s (after terminating its holder)", slot), nil
+	}
+	return fmt.Sprintf("dropped replication slot %s", slot), nil
+}

@@ -1,0 +1,145 @@
+package cdc
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+// SlotStatus is what the API and the logs show about replication: the
+// slot's row in pg_replication_slots plus what the stream knows in memory.
+type SlotStatus struct {
+	Slot      string
+	Active    bool
+	ActivePID int
+	// WALStatus is pg_replication_slots.wal_status: reserved, extended,
+	// unreserved or lost.
+	WALStatus         string
+	RestartLSN        LSN
+	ConfirmedFlushLSN LSN
+	// RetainedBytes is the WAL the slot keeps on disk
+	// (pg_current_wal_lsn() - restart_lsn).
+	RetainedBytes int64
+	// LagBytes is pg_current_wal_lsn() - confirmed_flush_lsn.
+	LagBytes int64
+	// LagSeconds is 0 when nothing is unconfirmed, otherwise the time since
+	// the last confirmation (or since the stream started).
+	LagSeconds    float64
+	LastMessageAt time.Time
+	LastConfirmAt time.Time
+	Reconnects    int64
+	// State is the stream's: connecting, streaming, waiting_for_slot,
+	// error or stopped.
+	State     string
+	LastError string
+}
+
+// querySlot reads the slot's row and classifies a missing, foreign or lost
+// slot as the matching sentinel error.
+func querySlot(ctx context.Context, conn *pgx.Conn, slot string) (SlotStatus, error) {
+	st := SlotStatus{Slot: slot}
+	var (
+		plugin, walStatus, db *string
+		pid                   *int32
+		restart, confirmed    *string
+		retained, lag         *int64
+		sameDB                bool
+	)
+	err := conn.QueryRow(ctx, `
+		SELECT plugin, database, database = current_database(), active, active_pid, wal_status,
+		       restart_lsn::text, confirmed_flush_lsn::text,
+		       pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::int8,
+		       pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::int8
+		FROM pg_replication_slots WHERE slot_name = $1`, slot).
+		Scan(&plugin, &db, &sameDB, &st.Active, &pid, &walStatus, &restart, &confirmed, &retained, &lag)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return st, fmt.Errorf("%w: slot %q (dropped, or never created: run `walhook setup`; re-creating it "+
+			"would skip every change made since it went missing)", ErrSlotMissing, slot)
+	}
+	if err != nil {
+		return st, fmt.Errorf("look up replication slot %q: %w", slot, err)
+	}
+	if db == nil || !sameDB {
+		return st, fmt.Errorf("%w: slot %q is not a logical slot of this database", ErrSlotMissing, slot)
+	}
+	if plugin != nil && *plugin != "pgoutput" {
+		return st, fmt.Errorf("%w: slot %q uses plugin %q, walhook needs pgoutput", ErrSlotMissing, slot, *plugin)
+	}
+	if pid != nil {
+		st.ActivePID = int(*pid)
+	}
+	if walStatus != nil {
+		st.WALStatus = *walStatus
+	}
+	if restart != nil {
+		st.RestartLSN, _ = pglogrepl.ParseLSN(*restart)
+	}
+	if confirmed != nil {
+		st.ConfirmedFlushLSN, _ = pglogrepl.ParseLSN(*confirmed)
+	}
+	if retained != nil {
+		st.RetainedBytes = *retained
+	}
+	if lag != nil {
+		st.LagBytes = *lag
+	}
+	if st.WALStatus == "lost" {
+		return st, fmt.Errorf("%w: slot %q: PostgreSQL removed WAL it still needed (max_slot_wal_keep_size "+
+			"exceeded); changes since %s are lost: drop the slot, run `walhook setup` and resynchronise consumers",
+			ErrSlotLost, slot, st.ConfirmedFlushLSN)
+	}
+	return st, nil
+}
+
+// Status reports the slot (queried on a normal connection) and the stream's
+// in-memory facts. When the database is unreachable it still returns the
+// in-memory part, with the error.
+func (s *Stream) Status(ctx context.Context) (SlotStatus, error) {
+	st := SlotStatus{Slot: s.opts.Slot}
+	conn, err := pgx.ConnectConfig(ctx, s.sqlCfg)
+	if err == nil {
+		st, err = querySlot(ctx, conn, s.opts.Slot)
+		closeQuietly(conn)
+	} else {
+		err = fmt.Errorf("connect: %w", err)
+	}
+	s.mu.Lock()
+	st.State, st.LastError = s.state, s.lastError
+	s.mu.Unlock()
+	st.Reconnects = s.reconnects.Load()
+	if ns := s.lastMessageAt.Load(); ns != 0 {
+		st.LastMessageAt = time.Unix(0, ns).UTC()
+	}
+	if ns := s.lastConfirmAt.Load(); ns != 0 {
+		st.LastConfirmAt = time.Unix(0, ns).UTC()
+	}
+	if st.LagBytes > 0 && !st.LastConfirmAt.IsZero() {
+		st.LagSeconds = time.Since(st.LastConfirmAt).Seconds()
+	}
+	return st, err
+}
+
+// SystemID returns the cluster's system identifier (IDENTIFY_SYSTEM), one
+// input of deterministic event ids: the same xid and LSN on another cluster
+// are another transaction.
+func SystemID(ctx context.Context, dsn string) (string, error) {
+	cfg, err := replicationConfig(dsn)
+	if err != nil {
+		return "", err
+	}
+	conn, err := pgconn.ConnectConfig(ctx, cfg)
+	if err != nil {
+		return "", fmt.Errorf("connect for IDENTIFY_SYSTEM: %w", err)
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	res, err := pglogrepl.IdentifySystem(ctx, conn)
+	if err != nil {
+		return "", fmt.Errorf("identify system: %w", err)
+	}
+	return res.SystemID, nil
+}

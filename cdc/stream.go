@@ -1,0 +1,350 @@
+package cdc
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"regexp"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+// Options configure a Stream.
+type Options struct {
+	// DSN of the source database, a normal connection URL or keyword string;
+	// the stream adds replication=database for its replication connection.
+	DSN               string
+	Slot, Publication string
+	// HeartbeatInterval is the cadence of pg_logical_emit_message heartbeats
+	// that let the slot advance while the published tables are idle; 0 = off.
+	HeartbeatInterval time.Duration
+	// StatusInterval is the longest gap between standby status updates
+	// (default 10s). It also paces position advances from keepalives.
+	StatusInterval time.Duration
+	// MaxChunkChanges is the most changes one Tx value carries; larger
+	// transactions arrive in several chunks (default 10000).
+	MaxChunkChanges int
+	// TxBuffer is the capacity of the Txs channel (default 64). Memory held
+	// by the stream is bounded by about TxBuffer × MaxChunkChanges changes.
+	TxBuffer int
+	// MaxReconnectDelay caps the exponential reconnect backoff (default 30s).
+	MaxReconnectDelay time.Duration
+	Logger            *slog.Logger
+}
+
+// Stream states reported in SlotStatus.State.
+const (
+	StateConnecting     = "connecting"
+	StateStreaming      = "streaming"
+	StateWaitingForSlot = "waiting_for_slot"
+	StateError          = "error"
+	StateStopped        = "stopped"
+)
+
+// Log attribute keys.
+const (
+	logKeySlot    = "slot"
+	logKeyLSN     = "lsn"
+	logKeyErr     = "err"
+	logKeyDelay   = "retry_in"
+	logKeyPID     = "active_pid"
+	logKeyAttempt = "attempt"
+)
+
+// Stream turns a logical replication slot into committed transactions (see
+// Run) and confirms positions back to PostgreSQL only when the consumer has
+// made them durable (see Confirm).
+type Stream struct {
+	opts    Options
+	log     *slog.Logger
+	replCfg *pgconn.Config
+	sqlCfg  *pgx.ConnConfig
+	txs     chan *Tx
+	running atomic.Bool
+
+	// confirmed is the highest LSN the consumer reported durable.
+	confirmed atomic.Uint64
+	// handed is the EndLSN of the last Final Tx sent on txs.
+	handed atomic.Uint64
+
+	lastMessageAt atomic.Int64 // unix nanoseconds
+	lastConfirmAt atomic.Int64
+	reconnects    atomic.Int64
+
+	mu        sync.Mutex
+	state     string
+	lastError string
+	activePID int
+}
+
+var slotNameRE = regexp.MustCompile(`^[a-z0-9_]{1,63}$`)
+
+// NewStream validates opts and prepares a stream; it does not connect.
+func NewStream(opts Options) (*Stream, error) {
+	if opts.DSN == "" {
+		return nil, errors.New("cdc: DSN is empty")
+	}
+	if !slotNameRE.MatchString(opts.Slot) {
+		return nil, fmt.Errorf("cdc: slot name %q: use 1-63 lower-case letters, digits and underscores (PostgreSQL's rule for slot names)", opts.Slot)
+	}
+	if opts.Publication == "" {
+		return nil, errors.New("cdc: publication name is empty")
+	}
+	if opts.StatusInterval <= 0 {
+		opts.StatusInterval = 10 * time.Second
+	}
+	if opts.MaxChunkChanges <= 0 {
+		opts.MaxChunkChanges = 10000
+	}
+	if opts.TxBuffer <= 0 {
+		opts.TxBuffer = 64
+	}
+	if opts.MaxReconnectDelay <= 0 {
+		opts.MaxReconnectDelay = 30 * time.Second
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	replCfg, err := replicationConfig(opts.DSN)
+	if err != nil {
+		return nil, err
+	}
+	sqlCfg, err := pgx.ParseConfig(opts.DSN)
+	if err != nil {
+		return nil, fmt.Errorf("cdc: parse DSN: %w", redact(err))
+	}
+	return &Stream{
+		opts: opts, log: opts.Logger.With(logKeySlot, opts.Slot),
+		replCfg: replCfg, sqlCfg: sqlCfg,
+		txs:   make(chan *Tx, opts.TxBuffer),
+		state: StateStopped,
+	}, nil
+}
+
+// replicationConfig parses dsn for a logical replication connection with
+// session settings that make text values decode the same on every server:
+// ISO dates, UTC, postgres interval style, shortest-exact floats.
+func replicationConfig(dsn string) (*pgconn.Config, error) {
+	cfg, err := pgconn.ParseConfig(dsn)
+	if err != nil {
+		return nil, fmt.Errorf("cdc: parse DSN: %w", redact(err))
+	}
+	for k, v := range map[string]string{
+		"replication":        "database",
+		"DateStyle":          "ISO",
+		"IntervalStyle":      "postgres",
+		"extra_float_digits": "3",
+		"TimeZone":           "UTC",
+	} {
+		cfg.RuntimeParams[k] = v
+	}
+	if cfg.RuntimeParams["application_name"] == "" {
+		cfg.RuntimeParams["application_name"] = "walhook"
+	}
+	return cfg, nil
+}
+
+// redact drops the connection string pgconn puts into parse errors: it may
+// hold a password.
+func redact(err error) error {
+	var pe *pgconn.ParseConfigError
+	if errors.As(err, &pe) {
+		pe.ConnString = "(redacted)"
+	}
+	return err
+}
+
+// Txs delivers committed transactions (in chunks for large ones) in commit
+// order. It is never closed; stop reading when Run has returned.
+func (s *Stream) Txs() <-chan *Tx { return s.txs }
+
+// Confirm reports that the consumer has made everything up to lsn (a Tx's
+// EndLSN) durable. Only such positions are ever confirmed to PostgreSQL.
+// Safe from any goroutine; lower positions than before are ignored.
+func (s *Stream) Confirm(lsn LSN) {
+	for {
+		cur := s.confirmed.Load()
+		if uint64(lsn) <= cur || s.confirmed.CompareAndSwap(cur, uint64(lsn)) {
+			return
+		}
+	}
+}
+
+func (s *Stream) setState(state string, err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.state = state
+	if err != nil {
+		s.lastError = err.Error()
+	} else if state == StateStreaming {
+		s.lastError = ""
+	}
+}
+
+// Run owns the replication connection: it streams from start (the store's
+// cursor; 0 means the slot's confirmed_flush_lsn), reconnects with capped
+// exponential backoff and jitter after connection loss or a PostgreSQL
+// restart, and returns nil when ctx is cancelled or a permanent error (one
+// of the sentinel errors) otherwise. While another process holds the slot it
+// waits and retries, never dropping the slot.
+func (s *Stream) Run(ctx context.Context, start LSN) error {
+	if !s.running.CompareAndSwap(false, true) {
+		return errors.New("cdc: Run is already running")
+	}
+	defer s.running.Store(false)
+
+	var wg sync.WaitGroup
+	hbCtx, stopHeartbeat := context.WithCancel(ctx)
+	defer wg.Wait()
+	defer stopHeartbeat()
+	if s.opts.HeartbeatInterval > 0 {
+		wg.Add(1)
+		go func() { defer wg.Done(); s.heartbeat(hbCtx) }()
+	}
+
+	first := true
+	pos := start
+	delay := time.Duration(0)
+	for attempt := 1; ; attempt++ {
+		s.setState(StateConnecting, nil)
+		streamed, err := s.attempt(ctx, &pos, first)
+		if ctx.Err() != nil {
+			s.setState(StateStopped, nil)
+			return nil
+		}
+		if err == nil || streamed {
+			delay = 0
+		}
+		first = first && pos == 0
+		if permanent(err) {
+			s.setState(StateError, err)
+			s.log.Error("replication stopped", logKeyErr, err)
+			return err
+		}
+		if errors.Is(err, ErrSlotActive) {
+			s.setState(StateWaitingForSlot, err)
+		} else {
+			s.setState(StateConnecting, err)
+		}
+		delay = nextDelay(delay, s.opts.MaxReconnectDelay)
+		s.reconnects.Add(1)
+		s.log.Warn("replication interrupted; reconnecting", logKeyErr, err, logKeyDelay, delay, logKeyAttempt, attempt)
+		t := time.NewTimer(delay)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			s.setState(StateStopped, nil)
+			return nil
+		case <-t.C:
+		}
+	}
+}
+
+// nextDelay doubles the backoff from 250ms up to max, with jitter in
+// [d/2, d] so many walhook processes do not reconnect in lockstep.
+func nextDelay(prev, max time.Duration) time.Duration {
+	d := prev * 2
+	if d < 250*time.Millisecond {
+		d = 250 * time.Millisecond
+	}
+	if d > max {
+		d = max
+	}
+	return d/2 + rand.N(d/2+1)
+}
+
+// attempt runs one connection: checks the slot, then streams. pos is the
+// position to start from and is advanced to the last position handed out,
+// so a reconnect does not hand out again what the consumer already has.
+// streamed reports whether the stream got as far as receiving data.
+func (s *Stream) attempt(ctx context.Context, pos *LSN, first bool) (streamed bool, err error) {
+	slot, err := s.preflight(ctx)
+	if err != nil {
+		return false, err
+	}
+	if first && *pos == 0 {
+		*pos = slot.ConfirmedFlushLSN
+	}
+	if first {
+		s.confirmed.Store(uint64(*pos))
+		s.handed.Store(uint64(*pos))
+	}
+	// The slot's confirmed_flush_lsn only moves when a consumer confirms.
+	// Above what our consumer made durable, someone else consumed the slot
+	// (or the store was restored from an older backup): the transactions in
+	// between are gone from the slot.
+	if durable := LSN(s.confirmed.Load()); slot.ConfirmedFlushLSN > durable {
+		return false, fmt.Errorf("%w: cursor %s < confirmed_flush_lsn %s of slot %q: the transactions in between "+
+			"can no longer be read, so events for them were lost (was the store restored from a backup, or did another "+
+			"consumer use the slot?); to accept the gap, set the cursor to %s",
+			ErrCursorBehindSlot, durable, slot.ConfirmedFlushLSN, s.opts.Slot, slot.ConfirmedFlushLSN)
+	}
+	if slot.Active {
+		s.mu.Lock()
+		s.activePID = slot.ActivePID
+		s.mu.Unlock()
+		return false, fmt.Errorf("%w: slot %q is held by PID %d; waiting for it to be released", ErrSlotActive, s.opts.Slot, slot.ActivePID)
+	}
+	return s.session(ctx, pos)
+}
+
+// preflight reads the slot and publication on a normal connection so that
+// missing or invalidated objects are reported as such, not as whatever
+// START_REPLICATION happens to say.
+func (s *Stream) preflight(ctx context.Context) (SlotStatus, error) {
+	conn, err := pgx.ConnectConfig(ctx, s.sqlCfg)
+	if err != nil {
+		return SlotStatus{}, fmt.Errorf("connect: %w", err)
+	}
+	defer closeQuietly(conn)
+	st, err := querySlot(ctx, conn, s.opts.Slot)
+	if err != nil {
+		return st, err
+	}
+	var pubExists bool
+	if err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)`, s.opts.Publication).Scan(&pubExists); err != nil {
+		return st, fmt.Errorf("look up publication: %w", err)
+	}
+	if !pubExists {
+		return st, fmt.Errorf("%w: publication %q (run `walhook setup`)", ErrPublicationMissing, s.opts.Publication)
+	}
+	return st, nil
+}
+
+func closeQuietly(conn *pgx.Conn) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_ = conn.Close(ctx)
+}
+
+// classify maps server errors of START_REPLICATION and of the running
+// stream to the sentinel errors.
+func classify(err error) error {
+	var pe *pgconn.PgError
+	if !errors.As(err, &pe) {
+		return err
+	}
+	switch {
+	case pe.Code == "42704" && containsFold(pe.Message, "replication slot"):
+		return fmt.Errorf("%w: %s", ErrSlotMissing, pe.Message)
+	case pe.Code == "42704" && containsFold(pe.Message, "publication"):
+		return fmt.Errorf("%w: %s", ErrPublicationMissing, pe.Message)
+	case pe.Code == "55000" && (containsFold(pe.Message, "invalidated") || containsFold(pe.Detail, "invalidated") ||
+		containsFold(pe.Message, "can no longer get changes")):
+		return fmt.Errorf("%w: %s (%s)", ErrSlotLost, pe.Message, pe.Detail)
+	case pe.Code == "55006":
+		return fmt.Errorf("%w: %s", ErrSlotActive, pe.Message)
+	}
+	return err
+}
+
+func containsFold(s, sub string) bool {
+	return strings.Contains(strings.ToLower(s), strings.ToLower(sub))
+}

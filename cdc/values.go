@@ -1,0 +1,257 @@
+package cdc
+
+import (
+	"encoding/hex"
+	"encoding/json"
+	"strconv"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgtype"
+)
+
+// valueDecoder turns pgoutput's text-format column values into the
+// JSON-ready kinds documented on Value. The common scalar types have
+// hand-written fast paths (this runs once per column of every row);
+// arrays go through pgx's type map, which knows every built-in array type
+// and its delimiter. Text output is stable because the replication session
+// runs with DateStyle=ISO, IntervalStyle=postgres, extra_float_digits=3 and
+// TimeZone=UTC (see replicationConfig).
+type valueDecoder struct {
+	tm *pgtype.Map
+}
+
+func (d *valueDecoder) decode(oid uint32, b []byte) any {
+	switch oid {
+	case pgtype.TextOID, pgtype.VarcharOID, pgtype.BPCharOID, pgtype.NameOID, pgtype.UUIDOID:
+		return string(b)
+	case pgtype.Int2OID, pgtype.Int4OID, pgtype.OIDOID, pgtype.XIDOID:
+		if n, ok := parseInt(b); ok {
+			return n
+		}
+	case pgtype.Int8OID:
+		// json.Number: JSON consumers in JavaScript lose precision above
+		// 2^53, so int8 stays the server's exact digits.
+		if _, ok := parseInt(b); ok {
+			return json.Number(b)
+		}
+	case pgtype.NumericOID:
+		if isJSONNumber(b) {
+			return json.Number(b)
+		}
+		return string(b) // NaN, Infinity, -Infinity: not JSON numbers
+	case pgtype.BoolOID:
+		if len(b) == 1 {
+			return b[0] == 't'
+		}
+	case pgtype.Float4OID, pgtype.Float8OID:
+		if isJSONNumber(b) {
+			if f, err := strconv.ParseFloat(string(b), 64); err == nil {
+				return f
+			}
+		}
+		return string(b) // NaN, Infinity: JSON has no such numbers
+	case pgtype.TimestamptzOID, pgtype.TimestampOID:
+		if t, ok := parseTimestamp(b); ok {
+			return t
+		}
+		return string(b) // infinity, BC dates, years past 9999
+	case pgtype.DateOID:
+		return string(b)
+	case pgtype.JSONOID, pgtype.JSONBOID:
+		return json.RawMessage(append([]byte(nil), b...))
+	case pgtype.ByteaOID:
+		if len(b) >= 2 && b[0] == '\\' && b[1] == 'x' {
+			out := make([]byte, hex.DecodedLen(len(b)-2))
+			if _, err := hex.Decode(out, b[2:]); err == nil {
+				return out
+			}
+		}
+	default:
+		if v, ok := d.array(oid, b); ok {
+			return v
+		}
+	}
+	// Unknown OIDs (enums, domains over unknown types, extension types) and
+	// anything that did not parse keep the server's text.
+	return string(b)
+}
+
+// array decodes a one-dimensional array of a type pgx knows into []any
+// whose elements are decoded like scalar columns (nil for NULL elements).
+// Multi-dimensional arrays and arrays of unknown element types stay text.
+func (d *valueDecoder) array(oid uint32, b []byte) ([]any, bool) {
+	if d.tm == nil {
+		return nil, false
+	}
+	t, ok := d.tm.TypeForOID(oid)
+	if !ok {
+		return nil, false
+	}
+	ac, ok := t.Codec.(*pgtype.ArrayCodec)
+	if !ok || ac.ElementType == nil {
+		return nil, false
+	}
+	var elems []*string
+	if err := d.tm.Scan(oid, pgtype.TextFormatCode, b, &elems); err != nil {
+		return nil, false
+	}
+	out := make([]any, len(elems))
+	for i, e := range elems {
+		if e != nil {
+			out[i] = d.decode(ac.ElementType.OID, []byte(*e))
+		}
+	}
+	return out, true
+}
+
+func parseInt(b []byte) (int64, bool) {
+	if len(b) == 0 || len(b) > 20 {
+		return 0, false
+	}
+	neg := b[0] == '-'
+	i := 0
+	if neg {
+		i = 1
+		if len(b) == 1 {
+			return 0, false
+		}
+	}
+	var n uint64
+	for ; i < len(b); i++ {
+		c := b[i] - '0'
+		if c > 9 {
+			return 0, false
+		}
+		if n > (1<<63)/10 {
+			return 0, false
+		}
+		n = n*10 + uint64(c)
+	}
+	if neg {
+		if n > 1<<63 {
+			return 0, false
+		}
+		return -int64(n), true
+	}
+	if n > 1<<63-1 {
+		return 0, false
+	}
+	return int64(n), true
+}
+
+// isJSONNumber reports whether b is a number in JSON syntax, which is what
+// PostgreSQL prints for every finite numeric and float (no leading '+', no
+// bare '.5'); NaN and the infinities are not.
+func isJSONNumber(b []byte) bool {
+	if len(b) == 0 {
+		return false
+	}
+	i := 0
+	if b[0] == '-' {
+		i++
+	}
+	digits := func() int {
+		s := i
+		for i < len(b) && b[i] >= '0' && b[i] <= '9' {
+			i++
+		}
+		return i - s
+	}
+	if i >= len(b) {
+		return false
+	}
+	if b[i] == '0' {
+		i++
+	} else if digits() == 0 {
+		return false
+	}
+	if i < len(b) && b[i] == '.' {
+		i++
+		if digits() == 0 {
+			return false
+		}
+	}
+	if i < len(b) && (b[i] == 'e' || b[i] == 'E') {
+		i++
+		if i < len(b) && (b[i] == '+' || b[i] == '-') {
+			i++
+		}
+		if digits() == 0 {
+			return false
+		}
+	}
+	return i == len(b)
+}
+
+// parseTimestamp parses the ISO output of timestamp and timestamptz:
+// "YYYY-MM-DD HH:MM:SS[.ffffff][+HH[:MM[:SS]]]". The result is in UTC; a
+// timestamp without time zone is taken as UTC (the session's TimeZone).
+func parseTimestamp(b []byte) (time.Time, bool) {
+	if len(b) < 19 || b[4] != '-' || b[7] != '-' || b[10] != ' ' || b[13] != ':' || b[16] != ':' {
+		return time.Time{}, false
+	}
+	num := func(s []byte) int {
+		n := 0
+		for _, c := range s {
+			if c < '0' || c > '9' {
+				return -1
+			}
+			n = n*10 + int(c-'0')
+		}
+		return n
+	}
+	year, month, day := num(b[0:4]), num(b[5:7]), num(b[8:10])
+	hour, min, sec := num(b[11:13]), num(b[14:16]), num(b[17:19])
+	if year < 0 || month < 1 || month > 12 || day < 1 || day > 31 || hour < 0 || hour > 24 || min < 0 || min > 59 || sec < 0 || sec > 60 {
+		return time.Time{}, false
+	}
+	i, nsec := 19, 0
+	if i < len(b) && b[i] == '.' {
+		i++
+		s := i
+		for i < len(b) && b[i] >= '0' && b[i] <= '9' {
+			i++
+		}
+		if i == s || i-s > 9 {
+			return time.Time{}, false
+		}
+		nsec = num(b[s:i])
+		for k := i - s; k < 9; k++ {
+			nsec *= 10
+		}
+	}
+	offset := 0
+	if i < len(b) {
+		sign := 1
+		switch b[i] {
+		case '+':
+		case '-':
+			sign = -1
+		default:
+			return time.Time{}, false // " BC" and anything else
+		}
+		i++
+		parts := [3]int{}
+		for p := 0; p < 3 && i < len(b); p++ {
+			if p > 0 {
+				if b[i] != ':' {
+					return time.Time{}, false
+				}
+				i++
+			}
+			if len(b)-i < 2 {
+				return time.Time{}, false
+			}
+			if parts[p] = num(b[i : i+2]); parts[p] < 0 {
+				return time.Time{}, false
+			}
+			i += 2
+		}
+		if i != len(b) {
+			return time.Time{}, false
+		}
+		offset = sign * (parts[0]*3600 + parts[1]*60 + parts[2])
+	}
+	t := time.Date(year, time.Month(month), day, hour, min, sec, nsec, time.UTC)
+	return t.Add(-time.Duration(offset) * time.Second), true
+}
