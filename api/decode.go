@@ -1,0 +1,111 @@
+package api
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"reflect"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// DefaultMaxBody is the largest request body accepted (1 MiB).
+const DefaultMaxBody = 1 << 20
+
+// decode reads exactly one JSON value from the body into v, strictly:
+// unknown fields, wrong types and trailing data are refused, and so is a
+// body over the limit (http.MaxBytesReader stops reading there). allowEmpty
+// accepts an empty body (for POSTs whose body is optional) and leaves v as
+// it is.
+func (s *Server) decode(w http.ResponseWriter, r *http.Request, v any, allowEmpty bool) error {
+	body := http.MaxBytesReader(w, r.Body, s.maxBody)
+	raw, err := io.ReadAll(body)
+	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return errorf(http.StatusBadRequest, CodeBodyTooLarge, "request body is larger than %d bytes", mbe.Limit)
+		}
+		return errorf(http.StatusBadRequest, CodeInvalidJSON, "reading the request body: %v", err)
+	}
+	if len(bytes.TrimSpace(raw)) == 0 {
+		if allowEmpty {
+			return nil
+		}
+		return errorf(http.StatusBadRequest, CodeInvalidJSON, "request body is empty: send a JSON object")
+	}
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return decodeError(err)
+	}
+	// One value only: `{"url":…}{"url":…}` or `{…} trailing` is refused
+	// rather than half-read.
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return errorf(http.StatusBadRequest, CodeInvalidJSON, "request body must hold exactly one JSON object; found data after it")
+	}
+	return nil
+}
+
+// decodeError turns encoding/json's errors into API errors that name the
+// field and what was expected.
+func decodeError(err error) error {
+	var syn *json.SyntaxError
+	var ute *json.UnmarshalTypeError
+	switch {
+	case errors.As(err, &syn):
+		return errorf(http.StatusBadRequest, CodeInvalidJSON, "malformed JSON at byte %d: %v", syn.Offset, syn)
+	case errors.Is(err, io.ErrUnexpectedEOF):
+		return errorf(http.StatusBadRequest, CodeInvalidJSON, "malformed JSON: the body ends in the middle of a value")
+	case errors.As(err, &ute):
+		if ute.Field == "" {
+			return errorf(http.StatusBadRequest, CodeInvalidBody, "request body must be a JSON object, got %s", ute.Value)
+		}
+		return errorf(http.StatusBadRequest, CodeInvalidBody, "field %q must be %s, got %s", ute.Field, kindName(ute.Type), ute.Value)
+	}
+	if f, ok := strings.CutPrefix(err.Error(), "json: unknown field "); ok {
+		return errorf(http.StatusBadRequest, CodeInvalidBody, "unknown field %s", f)
+	}
+	var ae *Error
+	if errors.As(err, &ae) {
+		return ae
+	}
+	return errorf(http.StatusBadRequest, CodeInvalidJSON, "malformed JSON: %v", err)
+}
+
+func kindName(t reflect.Type) string {
+	if t == nil {
+		return "a value"
+	}
+	switch t.Kind() {
+	case reflect.String:
+		return "a string"
+	case reflect.Bool:
+		return "true or false"
+	case reflect.Int, reflect.Int64, reflect.Int32, reflect.Uint, reflect.Uint64, reflect.Float64:
+		return "a number"
+	case reflect.Slice:
+		return "an array of " + strings.TrimPrefix(kindName(t.Elem()), "a ") + "s"
+	case reflect.Map, reflect.Struct:
+		return "an object"
+	case reflect.Pointer:
+		return kindName(t.Elem())
+	}
+	return t.String()
+}
+
+// parseTime accepts RFC 3339 (with or without fractional seconds) or unix
+// seconds.
+func parseTime(s string) (time.Time, error) {
+	if n, err := strconv.ParseInt(s, 10, 64); err == nil {
+		return time.Unix(n, 0).UTC(), nil
+	}
+	t, err := time.Parse(time.RFC3339Nano, s)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("%q is neither RFC 3339 (2026-01-02T15:04:05Z) nor unix seconds", s)
+	}
+	return t.UTC(), nil
+}

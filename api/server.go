@@ -1,0 +1,329 @@
+package api
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/walhook/walhook/dispatch"
+)
+
+// AdminStore is the store the API reads and changes. *dispatch.Admin
+// implements it.
+type AdminStore interface {
+	CreateEndpoint(ctx context.Context, in dispatch.EndpointInput) (dispatch.Endpoint, error)
+	ListEndpoints(ctx context.Context, o dispatch.ListOptions) ([]dispatch.Endpoint, string, int, error)
+	GetEndpoint(ctx context.Context, id string) (dispatch.Endpoint, error)
+	UpdateEndpoint(ctx context.Context, id string, p dispatch.EndpointPatch) (dispatch.Endpoint, error)
+	DeleteEndpoint(ctx context.Context, id string) error
+	ListDeliveries(ctx context.Context, endpointID string, f dispatch.DeliveryFilter) ([]dispatch.Delivery, string, error)
+	GetDelivery(ctx context.Context, id string) (dispatch.Delivery, []dispatch.Attempt, error)
+	Redeliver(ctx context.Context, id string) (dispatch.Delivery, error)
+	Recover(ctx context.Context, endpointID string, since time.Time) (int, error)
+	RotateSecret(ctx context.Context, endpointID string, overlap time.Duration) (string, time.Time, error)
+	OutboxStatus(ctx context.Context) (dispatch.OutboxStatus, error)
+}
+
+// Replication reports the replication slot's state for /api/v1/status.
+// cmd/walhook adapts the cdc stream to it.
+type Replication interface {
+	Status(ctx context.Context) (ReplicationStatus, error)
+}
+
+// ReplicationStatus is the slot as /api/v1/status shows it.
+type ReplicationStatus struct {
+	Slot          string  `json:"slot"`
+	Active        bool    `json:"active"`        // a walsender streams from it
+	WALStatus     string  `json:"walStatus"`     // pg_replication_slots.wal_status: reserved, extended, unreserved, lost
+	ConfirmedLSN  string  `json:"confirmedLsn"`  // confirmed_flush_lsn
+	RetainedBytes int64   `json:"retainedBytes"` // WAL kept for the slot: current LSN − restart_lsn
+	LagBytes      int64   `json:"lagBytes"`      // current LSN − confirmed_flush_lsn
+	LagSeconds    float64 `json:"lagSeconds"`    // age of the oldest unconfirmed commit
+	State         string  `json:"state"`         // e.g. streaming, connecting, stopped
+	LastError     string  `json:"lastError,omitempty"`
+}
+
+// Key is one admin API key. Name identifies it in logs and rate limits; the
+// key itself is never logged.
+type Key struct {
+	Name string
+	Key  string
+}
+
+// CatalogEntry is one subscribable event type.
+type CatalogEntry struct {
+	Type        string `json:"type"`
+	Description string `json:"description"`
+}
+
+// DefaultOpen are the paths served without a key.
+var DefaultOpen = []string{"/healthz", "/readyz", "/metrics"}
+
+// Options configure a Server. Admin and at least one key are required.
+type Options struct {
+	Keys []Key
+	// Open lists paths served without a key; nil means DefaultOpen, an
+	// empty non-nil slice protects every path.
+	Open []string
+	// WritePerMinute limits POST/PUT/DELETE per key (default 60),
+	// ReadPerMinute GETs (default 100). Each allows a burst of its size.
+	WritePerMinute int
+	ReadPerMinute  int
+	// Catalog is the mapping's event types; event filters are checked
+	// against it.
+	Catalog []CatalogEntry
+	Admin   AdminStore
+	// Tester sends a test event through the real delivery path
+	// (*dispatch.Dispatcher). Nil: the test route answers 503.
+	Tester Tester
+	// Replication is optional; /api/v1/status shows "slot": null without it.
+	Replication Replication
+	// Gatherer serves /metrics (nil: /metrics is 404); Registerer receives
+	// the API's own metrics (nil: not registered).
+	Gatherer   prometheus.Gatherer
+	Registerer prometheus.Registerer
+	// Ready is /readyz (nil: always ready).
+	Ready  func(ctx context.Context) error
+	Logger *slog.Logger
+	// Now is the clock of envelopes and rate limits (tests inject one).
+	Now func() time.Time
+	// SecretOverlap is how long a rotated secret keeps signing (default 24h).
+	SecretOverlap time.Duration
+	// MaxBody is the request body limit (default 1 MiB).
+	MaxBody int64
+}
+
+// Server is the admin API. Handler serves it; Run and Serve listen.
+type Server struct {
+	admin       AdminStore
+	tester      Tester
+	replication Replication
+	ready       func(ctx context.Context) error
+	catalog     []CatalogEntry
+	log         *slog.Logger
+	now         func() time.Time
+	overlap     time.Duration
+	maxBody     int64
+	open        map[string]bool
+	keys        []keyEntry
+	mux         *http.ServeMux
+	metrics     *metrics
+	handler     http.Handler
+}
+
+// New checks the options and builds the routes.
+func New(o Options) (*Server, error) {
+	if o.Admin == nil {
+		return nil, errors.New("api: Options.Admin is required")
+	}
+	keys, err := newKeys(o.Keys, orDefault(o.WritePerMinute, 60), orDefault(o.ReadPerMinute, 100))
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{
+		admin: o.Admin, tester: o.Tester, replication: o.Replication, ready: o.Ready,
+		catalog: o.Catalog, log: o.Logger, now: o.Now, overlap: o.SecretOverlap,
+		maxBody: o.MaxBody, keys: keys, open: map[string]bool{},
+	}
+	if s.log == nil {
+		s.log = slog.New(slog.DiscardHandler)
+	}
+	if s.now == nil {
+		s.now = time.Now
+	}
+	if s.overlap == 0 {
+		s.overlap = 24 * time.Hour
+	}
+	if s.maxBody <= 0 {
+		s.maxBody = DefaultMaxBody
+	}
+	open := o.Open
+	if open == nil {
+		open = DefaultOpen
+	}
+	for _, p := range open {
+		s.open[p] = true
+	}
+	if s.metrics, err = newMetrics(o.Registerer); err != nil {
+		return nil, err
+	}
+	s.routes(o.Gatherer)
+	s.handler = http.HandlerFunc(s.serve)
+	return s, nil
+}
+
+func orDefault(n, def int) int {
+	if n <= 0 {
+		return def
+	}
+	return n
+}
+
+// routes registers every route with a method pattern. Authentication, rate
+// limits, 404/405 envelopes and metrics wrap the mux in serve.
+func (s *Server) routes(g prometheus.Gatherer) {
+	m := http.NewServeMux()
+	m.HandleFunc("POST /api/v1/webhooks/create", s.createWebhook)
+	m.HandleFunc("GET /api/v1/webhooks", s.listWebhooks)
+	m.HandleFunc("GET /api/v1/webhooks/{id}", s.getWebhook)
+	m.HandleFunc("PUT /api/v1/webhooks/{id}", s.updateWebhook)
+	m.HandleFunc("DELETE /api/v1/webhooks/{id}", s.deleteWebhook)
+	m.HandleFunc("POST /api/v1/webhooks/{id}/test", s.testWebhook)
+	m.HandleFunc("GET /api/v1/webhooks/{id}/deliveries", s.listDeliveries)
+	m.HandleFunc("POST /api/v1/webhooks/{id}/recover", s.recoverWebhook)
+	m.HandleFunc("POST /api/v1/webhooks/{id}/rotate-secret", s.rotateSecret)
+	m.HandleFunc("GET /api/v1/deliveries/{id}", s.getDelivery)
+	m.HandleFunc("POST /api/v1/deliveries/{id}/redeliver", s.redeliver)
+	m.HandleFunc("GET /api/v1/events", s.events)
+	m.HandleFunc("GET /api/v1/status", s.status)
+	m.HandleFunc("GET /healthz", s.healthz)
+	m.HandleFunc("GET /readyz", s.readyz)
+	if g != nil {
+		m.Handle("GET /metrics", promhttp.HandlerFor(g, promhttp.HandlerOpts{}))
+	}
+	s.mux = m
+}
+
+// Handler returns the API as an http.Handler, to mount or to test.
+func (s *Server) Handler() http.Handler { return s.handler }
+
+var probeMethods = []string{http.MethodGet, http.MethodPost, http.MethodPut, http.MethodDelete, http.MethodPatch}
+
+// route returns the matched pattern, or "" with the methods the path allows
+// (for a 405) — probing the mux, so the JSON 405 stays in step with the
+// registered routes.
+func (s *Server) route(r *http.Request) (pattern string, allow []string) {
+	if _, p := s.mux.Handler(r); p != "" {
+		return p, nil
+	}
+	for _, m := range probeMethods {
+		if m == r.Method {
+			continue
+		}
+		probe := r.Clone(r.Context())
+		probe.Method = m
+		if _, p := s.mux.Handler(probe); p != "" {
+			allow = append(allow, m)
+		}
+	}
+	return "", allow
+}
+
+// serve is the request pipeline: route → authenticate → rate-limit → handle,
+// with the outcome counted by route and code.
+func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	sw := &statusWriter{ResponseWriter: w, status: http.StatusOK}
+	pattern, allow := s.route(r)
+	label := pattern
+	if label == "" {
+		label = "unmatched"
+	}
+	keyName := ""
+	defer func() {
+		s.metrics.observe(label, sw.status, time.Since(start))
+		s.log.Debug("api request", "method", r.Method, "path", r.URL.Path, "route", label,
+			"status", sw.status, "key", keyName, "duration", time.Since(start))
+	}()
+
+	if !s.open[r.URL.Path] {
+		k := s.authenticate(r.Header.Get("X-API-Key"))
+		if k == nil {
+			s.fail(sw, r, errorf(http.StatusUnauthorized, CodeUnauthorized, "missing or invalid X-API-Key header"))
+			return
+		}
+		keyName = k.name
+		if wait, ok := k.allow(r.Method, s.now()); !ok {
+			sw.Header().Set("Retry-After", retryAfter(wait))
+			s.fail(sw, r, errorf(http.StatusTooManyRequests, CodeRateLimited,
+				"rate limit of key %q reached; retry in %s", k.name, retryAfter(wait)+"s"))
+			return
+		}
+	}
+	switch {
+	case pattern != "":
+		s.mux.ServeHTTP(sw, r)
+	case len(allow) > 0:
+		sw.Header().Set("Allow", joinMethods(allow))
+		s.fail(sw, r, errorf(http.StatusMethodNotAllowed, CodeMethodNotAllowed, "%s is not allowed on %s (allowed: %s)", r.Method, r.URL.Path, joinMethods(allow)))
+	default:
+		s.fail(sw, r, errorf(http.StatusNotFound, CodeNotFound, "no route %s %s", r.Method, r.URL.Path))
+	}
+}
+
+func joinMethods(ms []string) string {
+	out := ""
+	for i, m := range ms {
+		if i > 0 {
+			out += ", "
+		}
+		out += m
+	}
+	return out
+}
+
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	w.status = code
+	w.ResponseWriter.WriteHeader(code)
+}
+
+// Unwrap lets http.ResponseController reach the underlying writer.
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// Run listens on addr and serves until ctx is cancelled, then shuts down
+// gracefully. It returns nil after a clean shutdown.
+func (s *Server) Run(ctx context.Context, addr string) error {
+	var lc net.ListenConfig
+	ln, err := lc.Listen(ctx, "tcp", addr)
+	if err != nil {
+		return fmt.Errorf("api: listen on %s: %w", addr, err)
+	}
+	return s.Serve(ctx, ln)
+}
+
+// ShutdownTimeout bounds the graceful shutdown: requests in flight (a test
+// send can take the delivery timeout) get this long to finish.
+const ShutdownTimeout = 35 * time.Second
+
+// Serve serves on ln until ctx is cancelled, then stops accepting, lets
+// requests in flight finish (at most ShutdownTimeout) and returns nil.
+func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	srv := &http.Server{
+		Handler:           s.handler,
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
+		BaseContext:       func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	s.log.Info("api listening", "addr", ln.Addr().String())
+	select {
+	case err := <-errc:
+		return fmt.Errorf("api: serve: %w", err)
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), ShutdownTimeout)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		srv.Close()
+		return fmt.Errorf("api: shutdown: %w", err)
+	}
+	if err := <-errc; err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("api: serve: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,322 @@
+package api
+
+import (
+	"net/http"
+	"strconv"
+	"strings"
+
+	"github.com/walhook/walhook/dispatch"
+)
+
+// MaxDescription bounds an endpoint's description (characters).
+const MaxDescription = 1000
+
+// webhook is an endpoint as every webhook route shows it. Timestamps are
+// unix seconds; null when the thing never happened.
+type webhook struct {
+	ID                       string   `json:"id"`
+	URL                      string   `json:"url"`
+	Description              string   `json:"description"`
+	Events                   []string `json:"events"`
+	Auctions                 []string `json:"auctions"`
+	Active                   bool     `json:"active"`
+	Static                   bool     `json:"static"`
+	DisabledReason           *string  `json:"disabledReason"`
+	DisabledAt               *int64   `json:"disabledAt"`
+	FailingSince             *int64   `json:"failingSince"`
+	LastDelivery             *int64   `json:"lastDelivery"`
+	LastAttemptAt            *int64   `json:"lastAttemptAt"`
+	PreviousSecretValidUntil *int64   `json:"previousSecretValidUntil"`
+	CreatedAt                int64    `json:"createdAt"`
+	UpdatedAt                int64    `json:"updatedAt"`
+}
+
+func (s *Server) webhookView(e dispatch.Endpoint) webhook {
+	w := webhook{
+		ID: e.ID, URL: e.URL, Description: e.Description, Events: e.Events, Auctions: e.Auctions,
+		Active: e.Active, Static: e.Static,
+		DisabledAt: unix(e.DisabledAt), FailingSince: unix(e.FailingSince),
+		LastDelivery: unix(e.LastDelivery), LastAttemptAt: unix(e.LastAttemptAt),
+		CreatedAt: e.CreatedAt.Unix(), UpdatedAt: e.UpdatedAt.Unix(),
+	}
+	if !e.Active {
+		r := e.DisabledReason
+		w.DisabledReason = &r
+	}
+	if e.PreviousSecretUntil.After(s.now()) {
+		w.PreviousSecretValidUntil = unix(e.PreviousSecretUntil)
+	}
+	return w
+}
+
+// createRequest is POST /api/v1/webhooks/create. Pointers tell "absent"
+// from "empty".
+type createRequest struct {
+	URL         *string   `json:"url"`
+	Events      *[]string `json:"events"`
+	Auctions    *[]string `json:"auctions"`
+	Description *string   `json:"description"`
+	Secret      *string   `json:"secret"`
+}
+
+type createResponse struct {
+	SubscriptionID string   `json:"subscriptionId"`
+	URL            string   `json:"url"`
+	Events         []string `json:"events"`
+	Auctions       []string `json:"auctions"`
+	Description    string   `json:"description"`
+	Active         bool     `json:"active"`
+	CreatedAt      int64    `json:"createdAt"`
+	// Secret is shown here once; store it now.
+	Secret string `json:"secret"`
+}
+
+func (s *Server) createWebhook(w http.ResponseWriter, r *http.Request) {
+	var req createRequest
+	if err := s.decode(w, r, &req, false); err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	if req.URL == nil || *req.URL == "" {
+		s.fail(w, r, errorf(http.StatusBadRequest, CodeInvalidURL, "url is required"))
+		return
+	}
+	if req.Events == nil || len(*req.Events) == 0 {
+		s.fail(w, r, errorf(http.StatusBadRequest, CodeInvalidBody, `field "events" is required: a list of event types or "prefix.*" (GET /api/v1/events lists them)`))
+		return
+	}
+	in := dispatch.EndpointInput{URL: *req.URL}
+	var err error
+	if in.Events, err = s.checkEvents(*req.Events); err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	if req.Auctions != nil {
+		if in.Auctions, err = checkAuctions(*req.Auctions); err != nil {
+			s.fail(w, r, err)
+			return
+		}
+	}
+	if req.Description != nil {
+		if err := checkDescription(*req.Description); err != nil {
+			s.fail(w, r, err)
+			return
+		}
+		in.Description = *req.Description
+	}
+	if req.Secret != nil {
+		if *req.Secret == "" {
+			s.fail(w, r, errorf(http.StatusBadRequest, CodeInvalidSecret, "secret is empty: omit it to have one generated"))
+			return
+		}
+		in.Secret = *req.Secret
+	}
+	e, err := s.admin.CreateEndpoint(r.Context(), in)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	s.log.Info("api: webhook created", "id", e.ID)
+	s.ok(w, http.StatusCreated, createResponse{
+		SubscriptionID: e.ID, URL: e.URL, Events: e.Events, Auctions: e.Auctions,
+		Description: e.Description, Active: e.Active, CreatedAt: e.CreatedAt.Unix(), Secret: e.Secret,
+	})
+}
+
+type listResponse struct {
+	Webhooks   []webhook `json:"webhooks"`
+	Total      int       `json:"total"`
+	NextCursor *string   `json:"nextCursor"`
+}
+
+func (s *Server) listWebhooks(w http.ResponseWriter, r *http.Request) {
+	limit, err := queryLimit(r)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	eps, next, total, err := s.admin.ListEndpoints(r.Context(), dispatch.ListOptions{Limit: limit, Cursor: r.URL.Query().Get("cursor")})
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	out := listResponse{Webhooks: make([]webhook, 0, len(eps)), Total: total}
+	for _, e := range eps {
+		out.Webhooks = append(out.Webhooks, s.webhookView(e))
+	}
+	if next != "" {
+		out.NextCursor = &next
+	}
+	s.ok(w, http.StatusOK, out)
+}
+
+func (s *Server) getWebhook(w http.ResponseWriter, r *http.Request) {
+	e, err := s.admin.GetEndpoint(r.Context(), r.PathValue("id"))
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	s.ok(w, http.StatusOK, s.webhookView(e))
+}
+
+// updateRequest is PUT /api/v1/webhooks/{id}: every field optional.
+type updateRequest struct {
+	URL         *string   `json:"url"`
+	Events      *[]string `json:"events"`
+	Auctions    *[]string `json:"auctions"`
+	Description *string   `json:"description"`
+	Active      *bool     `json:"active"`
+}
+
+func (s *Server) updateWebhook(w http.ResponseWriter, r *http.Request) {
+	var req updateRequest
+	if err := s.decode(w, r, &req, false); err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	p := dispatch.EndpointPatch{URL: req.URL, Description: req.Description, Active: req.Active}
+	if req.URL != nil && *req.URL == "" {
+		s.fail(w, r, errorf(http.StatusBadRequest, CodeInvalidURL, "url must not be empty"))
+		return
+	}
+	if req.Events != nil {
+		if len(*req.Events) == 0 {
+			s.fail(w, r, errorf(http.StatusBadRequest, CodeInvalidBody, `field "events" must list at least one event type or "prefix.*"`))
+			return
+		}
+		ev, err := s.checkEvents(*req.Events)
+		if err != nil {
+			s.fail(w, r, err)
+			return
+		}
+		p.Events = &ev
+	}
+	if req.Auctions != nil {
+		au, err := checkAuctions(*req.Auctions)
+		if err != nil {
+			s.fail(w, r, err)
+			return
+		}
+		p.Auctions = &au
+	}
+	if req.Description != nil {
+		if err := checkDescription(*req.Description); err != nil {
+			s.fail(w, r, err)
+			return
+		}
+	}
+	e, err := s.admin.UpdateEndpoint(r.Context(), r.PathValue("id"), p)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	s.log.Info("api: webhook updated", "id", e.ID, "active", e.Active)
+	s.ok(w, http.StatusOK, s.webhookView(e))
+}
+
+type deleteResponse struct {
+	Success   bool   `json:"success"`
+	DeletedID string `json:"deletedId"`
+}
+
+func (s *Server) deleteWebhook(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	if err := s.admin.DeleteEndpoint(r.Context(), id); err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	s.log.Info("api: webhook deleted", "id", id)
+	s.ok(w, http.StatusOK, deleteResponse{Success: true, DeletedID: id})
+}
+
+type rotateResponse struct {
+	Secret string `json:"secret"`
+	// PreviousSecretValidUntil: until then deliveries carry a signature
+	// with the old secret too; null when there is no overlap.
+	PreviousSecretValidUntil *int64 `json:"previousSecretValidUntil"`
+}
+
+func (s *Server) rotateSecret(w http.ResponseWriter, r *http.Request) {
+	var req struct{}
+	if err := s.decode(w, r, &req, true); err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	id := r.PathValue("id")
+	secret, until, err := s.admin.RotateSecret(r.Context(), id, s.overlap)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	s.log.Info("api: webhook secret rotated", "id", id, "previous_valid_until", until)
+	s.ok(w, http.StatusOK, rotateResponse{Secret: secret, PreviousSecretValidUntil: unix(until)})
+}
+
+// checkEvents validates event filters against the catalog: an exact type
+// from it, "prefix.*" matching at least one of its types, or "*" (all).
+// Duplicates are dropped, order kept.
+func (s *Server) checkEvents(in []string) ([]string, error) {
+	out := make([]string, 0, len(in))
+	seen := map[string]bool{}
+	for _, f := range in {
+		if !s.knownEvent(f) {
+			return nil, errorf(http.StatusBadRequest, CodeUnknownEvent,
+				"unknown event %q: use a type from GET /api/v1/events, \"prefix.*\" matching one, or \"*\"", f)
+		}
+		if !seen[f] {
+			seen[f] = true
+			out = append(out, f)
+		}
+	}
+	return out, nil
+}
+
+func (s *Server) knownEvent(f string) bool {
+	if f == "*" {
+		return true
+	}
+	prefix, wildcard := strings.CutSuffix(f, "*")
+	if wildcard && (!strings.HasSuffix(prefix, ".") || len(prefix) < 2) {
+		return false
+	}
+	for _, c := range s.catalog {
+		if c.Type == f || (wildcard && strings.HasPrefix(c.Type, prefix)) {
+			return true
+		}
+	}
+	return false
+}
+
+func checkAuctions(in []string) ([]string, error) {
+	out := make([]string, 0, len(in))
+	seen := map[string]bool{}
+	for i, a := range in {
+		if strings.TrimSpace(a) == "" {
+			return nil, errorf(http.StatusBadRequest, CodeInvalidBody, `field "auctions" item %d is empty`, i)
+		}
+		if !seen[a] {
+			seen[a] = true
+			out = append(out, a)
+		}
+	}
+	return out, nil
+}
+
+func checkDescription(d string) error {
+	if n := len([]rune(d)); n > MaxDescription {
+		return errorf(http.StatusBadRequest, CodeInvalidBody, `field "description" is %d characters; at most %d`, n, MaxDescription)
+	}
+	return nil
+}
+
+func queryLimit(r *http.Request) (int, error) {
+	v := r.URL.Query().Get("limit")
+	if v == "" {
+		return 0, nil
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 1 || n > dispatch.MaxListLimit {
+		return 0, errorf(http.StatusBadRequest, CodeInvalidQuery, "limit %q: must be a whole number from 1 to %d", v, dispatch.MaxListLimit)
+	}
+	return n, nil
+}

@@ -1,0 +1,733 @@
+package dispatch
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// Errors of the admin store. The API maps each one to a stable error code.
+var (
+	// ErrNotFound: no endpoint or delivery with that id.
+	ErrNotFound = errors.New("not found")
+	// ErrStaticEndpoint: the endpoint comes from the config file and is
+	// read-only through the API (edit the config and restart instead).
+	ErrStaticEndpoint = errors.New("endpoint is static (defined in the config file) and read-only")
+	// ErrEndpointInactive: the endpoint is disabled; re-enable it first.
+	ErrEndpointInactive = errors.New("endpoint is disabled")
+	// ErrDeliveryInFlight: a worker holds the delivery right now.
+	ErrDeliveryInFlight = errors.New("delivery is being attempted right now")
+	// ErrInvalidURL wraps the reason a URL is refused (same policy as delivery).
+	ErrInvalidURL = errors.New("invalid url")
+	// ErrInvalidCursor: a pagination cursor that this store did not issue.
+	ErrInvalidCursor = errors.New("invalid cursor")
+)
+
+// Endpoint is a webhook endpoint as the admin API shows it.
+type Endpoint struct {
+	ID          string
+	URL         string
+	Description string
+	Events      []string // exact types or "prefix.*"; empty = all
+	Auctions    []string // empty = all
+	Active      bool
+	// Static endpoints come from the config file and are read-only.
+	Static bool
+	// DisabledReason and DisabledAt are set while the endpoint is inactive.
+	DisabledReason string
+	DisabledAt     time.Time // zero when active
+	// FailingSince is the first failure after the last 2xx (zero when healthy).
+	FailingSince time.Time
+	// LastDelivery is the time of the last 2xx (zero when never).
+	LastDelivery  time.Time
+	LastAttemptAt time.Time
+	// PreviousSecretUntil: while in the future, the previous secret still
+	// signs alongside the current one (secret rotation overlap).
+	PreviousSecretUntil time.Time
+	CreatedAt           time.Time
+	UpdatedAt           time.Time
+	// Secret is only filled by CreateEndpoint: it is shown once.
+	Secret string
+}
+
+// EndpointInput creates an endpoint. URL and event filters are validated by
+// the caller against the catalog; the URL against the delivery policy here.
+type EndpointInput struct {
+	URL         string
+	Description string
+	Events      []string
+	Auctions    []string
+	// Secret is generated when empty; otherwise it must be "whsec_" + base64.
+	Secret string
+}
+
+// EndpointPatch changes an endpoint; nil fields are left as they are.
+type EndpointPatch struct {
+	URL         *string
+	Description *string
+	Events      *[]string
+	Auctions    *[]string
+	// Active true re-enables (clearing the disabled reason and the failing
+	// state); false disables by admin and skips the pending deliveries.
+	Active *bool
+}
+
+// ListOptions pages through a list. Cursor is opaque, from the previous page.
+type ListOptions struct {
+	Limit  int
+	Cursor string
+}
+
+// DeliveryFilter selects an endpoint's deliveries. Zero values do not filter.
+type DeliveryFilter struct {
+	Status       string // pending, delivering, delivered, failed, skipped
+	Since, Until time.Time
+	Limit        int
+	Cursor       string
+}
+
+// Delivery is one event × endpoint, with its latest outcome.
+type Delivery struct {
+	ID             string // the X-Webhook-ID
+	EventID        string
+	EndpointID     string
+	EventType      string
+	Status         string
+	Attempts       int
+	NextAttemptAt  time.Time
+	LastStatusCode int // 0 when none
+	LastError      string
+	LastDuration   time.Duration
+	CreatedAt      time.Time
+	UpdatedAt      time.Time
+	DeliveredAt    time.Time // zero until delivered
+}
+
+// Attempt is one row of the delivery log.
+type Attempt struct {
+	Attempt      int
+	StartedAt    time.Time
+	Duration     time.Duration
+	StatusCode   int // 0 when no response
+	Error        string
+	ResponseBody string // bounded prefix
+	Signatures   int
+}
+
+// DeliveryStatuses are the values of deliveries.status.
+var DeliveryStatuses = []string{"pending", "delivering", "delivered", "failed", "skipped"}
+
+const (
+	// DefaultListLimit and MaxListLimit bound a page.
+	DefaultListLimit = 50
+	MaxListLimit     = 500
+	// adminDisabledReason is recorded when an admin sets active=false.
+	adminDisabledReason = "disabled by admin"
+)
+
+// adminHooks is what Admin needs from the dispatcher: the URL policy of the
+// delivery client, and the wake-up of the workers after a re-queue.
+type adminHooks interface {
+	ValidateURL(raw string) error
+	Notify()
+}
+
+// Admin is the store side of the admin API: endpoint CRUD, delivery history,
+// redelivery, recovery and secret rotation. Every change is one statement or
+// one transaction, so a refused request changes nothing, and other walhook
+// processes sharing the store see it at once (they read endpoints inside
+// their fan-out transaction).
+type Admin struct {
+	pool   *pgxpool.Pool
+	schema string // quoted identifier
+	d      adminHooks
+}
+
+// NewAdmin returns the admin store over the outbox in schema (unquoted name).
+func NewAdmin(pool *pgxpool.Pool, schema string, d adminHooks) *Admin {
+	if schema == "" {
+		schema = "walhook"
+	}
+	return &Admin{pool: pool, schema: pgx.Identifier{schema}.Sanitize(), d: d}
+}
+
+// q replaces {{schema}} in a statement with the quoted schema name.
+func (a *Admin) q(sql string) string { return strings.ReplaceAll(sql, "{{schema}}", a.schema) }
+
+const endpointColumns = `id, url, description, events, auctions, active, static,
+	coalesce(disabled_reason, ''), disabled_at, failing_since, last_success_at, last_attempt_at,
+	previous_secret_until, created_at, updated_at`
+
+func scanEndpoint(row pgx.Row) (Endpoint, error) {
+	var e Endpoint
+	var disabledAt, failingSince, lastSuccess, lastAttempt, prevUntil *time.Time
+	err := row.Scan(&e.ID, &e.URL, &e.Description, &e.Events, &e.Auctions, &e.Active, &e.Static,
+		&e.DisabledReason, &disabledAt, &failingSince, &lastSuccess, &lastAttempt,
+		&prevUntil, &e.CreatedAt, &e.UpdatedAt)
+	if err != nil {
+		return Endpoint{}, err
+	}
+	e.DisabledAt = deref(disabledAt)
+	e.FailingSince = deref(failingSince)
+	e.LastDelivery = deref(lastSuccess)
+	e.LastAttemptAt = deref(lastAttempt)
+	e.PreviousSecretUntil = deref(prevUntil)
+	if e.Events == nil {
+		e.Events = []string{}
+	}
+	if e.Auctions == nil {
+		e.Auctions = []string{}
+	}
+	return e, nil
+}
+
+func deref(t *time.Time) time.Time {
+	if t == nil {
+		return time.Time{}
+	}
+	return t.UTC()
+}
+
+// newEndpointID returns "whk_" + 16 hex digits (64 random bits).
+func newEndpointID() string {
+	var b [8]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		panic(err) // crypto/rand never fails on supported platforms
+	}
+	return "whk_" + hex.EncodeToString(b[:])
+}
+
+// checkSecret accepts what the signer accepts (DecodeSecret: "whsec_" +
+// base64 of a key of sane length); its errors wrap ErrBadSecret.
+func checkSecret(s string) error {
+	_, err := DecodeSecret(s)
+	return err
+}
+
+func (a *Admin) checkURL(raw string) error {
+	if raw == "" {
+		return fmt.Errorf("%w: url is required", ErrInvalidURL)
+	}
+	if err := a.d.ValidateURL(raw); err != nil {
+		return fmt.Errorf("%w: %v", ErrInvalidURL, err)
+	}
+	return nil
+}
+
+func nonNil(s []string) []string {
+	if s == nil {
+		return []string{}
+	}
+	return s
+}
+
+// CreateEndpoint adds an API endpoint. The returned Endpoint carries the
+// secret, which is never shown again.
+func (a *Admin) CreateEndpoint(ctx context.Context, in EndpointInput) (Endpoint, error) {
+	if err := a.checkURL(in.URL); err != nil {
+		return Endpoint{}, err
+	}
+	secret := in.Secret
+	if secret == "" {
+		secret = NewSecret()
+	} else if err := checkSecret(secret); err != nil {
+		return Endpoint{}, err
+	}
+	row := a.pool.QueryRow(ctx, a.q(`
+		INSERT INTO {{schema}}.endpoints (id, url, description, events, auctions, secret)
+		VALUES ($1, $2, $3, $4, $5, $6)
+		RETURNING `+endpointColumns),
+		newEndpointID(), in.URL, in.Description, nonNil(in.Events), nonNil(in.Auctions), secret)
+	e, err := scanEndpoint(row)
+	if err != nil {
+		return Endpoint{}, fmt.Errorf("create endpoint: %w", err)
+	}
+	e.Secret = secret
+	return e, nil
+}
+
+// ListEndpoints pages through all endpoints, static ones included, oldest
+// first, by keyset (created_at, id): a page costs the same however deep it
+// is, and an endpoint created meanwhile is never shown twice.
+func (a *Admin) ListEndpoints(ctx context.Context, o ListOptions) ([]Endpoint, string, int, error) {
+	limit := clampLimit(o.Limit)
+	after, afterID, err := decodeCursor(o.Cursor)
+	if err != nil {
+		return nil, "", 0, err
+	}
+	rows, err := a.pool.Query(ctx, a.q(`
+		SELECT `+endpointColumns+` FROM {{schema}}.endpoints
+		WHERE $1::timestamptz IS NULL OR (created_at, id) > ($1, $2)
+		ORDER BY created_at, id
+		LIMIT $3`), after, afterID, limit+1)
+	if err != nil {
+		return nil, "", 0, fmt.Errorf("list endpoints: %w", err)
+	}
+	eps, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (Endpoint, error) { return scanEndpoint(r) })
+	if err != nil {
+		return nil, "", 0, fmt.Errorf("list endpoints: %w", err)
+	}
+	var total int
+	if err := a.pool.QueryRow(ctx, a.q(`SELECT count(*) FROM {{schema}}.endpoints`)).Scan(&total); err != nil {
+		return nil, "", 0, fmt.Errorf("count endpoints: %w", err)
+	}
+	next := ""
+	if len(eps) > limit {
+		eps = eps[:limit]
+		last := eps[limit-1]
+		next = encodeCursor(last.CreatedAt, last.ID)
+	}
+	return eps, next, total, nil
+}
+
+// GetEndpoint returns one endpoint or ErrNotFound.
+func (a *Admin) GetEndpoint(ctx context.Context, id string) (Endpoint, error) {
+	e, err := scanEndpoint(a.pool.QueryRow(ctx, a.q(`SELECT `+endpointColumns+` FROM {{schema}}.endpoints WHERE id = $1`), id))
+	if errors.Is(err, pgx.ErrNoRows) {
+		return Endpoint{}, fmt.Errorf("endpoint %q: %w", id, ErrNotFound)
+	}
+	if err != nil {
+		return Endpoint{}, fmt.Errorf("get endpoint: %w", err)
+	}
+	return e, nil
+}
+
+// lockEndpoint reads an endpoint's static flag under a row lock, so a patch
+// and a concurrent change by another process are serialised.
+func (a *Admin) lockEndpoint(ctx context.Context, tx pgx.Tx, id string) (static, active bool, err error) {
+	err = tx.QueryRow(ctx, a.q(`SELECT static, active FROM {{schema}}.endpoints WHERE id = $1 FOR UPDATE`), id).Scan(&static, &active)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return false, false, fmt.Errorf("endpoint %q: %w", id, ErrNotFound)
+	}
+	if err != nil {
+		return false, false, fmt.Errorf("lock endpoint: %w", err)
+	}
+	return static, active, nil
+}
+
+// UpdateEndpoint applies a patch. Static endpoints are refused. Setting
+// active=false skips the endpoint's pending deliveries (kept, recoverable);
+// active=true clears the disabled reason and the failing state, but does not
+// re-queue anything: that is Recover, so an admin decides what to resend.
+func (a *Admin) UpdateEndpoint(ctx context.Context, id string, p EndpointPatch) (Endpoint, error) {
+	if p.URL != nil {
+		if err := a.checkURL(*p.URL); err != nil {
+			return Endpoint{}, err
+		}
+	}
+	var out Endpoint
+	err := pgx.BeginFunc(ctx, a.pool, func(tx pgx.Tx) error {
+		static, _, err := a.lockEndpoint(ctx, tx, id)
+		if err != nil {
+			return err
+		}
+		if static {
+			return fmt.Errorf("endpoint %q: %w", id, ErrStaticEndpoint)
+		}
+		var events, auctions []string
+		if p.Events != nil {
+			events = nonNil(*p.Events)
+		}
+		if p.Auctions != nil {
+			auctions = nonNil(*p.Auctions)
+		}
+		// CASE keeps disabled_at and the failing state when active does not
+		// change value, so a PUT {"active": false} twice keeps the first time.
+		out, err = scanEndpoint(tx.QueryRow(ctx, a.q(`
+			UPDATE {{schema}}.endpoints SET
+				url = coalesce($2, url),
+				description = coalesce($3, description),
+				events = coalesce($4, events),
+				auctions = coalesce($5, auctions),
+				disabled_reason = CASE WHEN $6::boolean IS NULL OR $6 = active THEN disabled_reason
+				                       WHEN $6 THEN NULL ELSE $7 END,
+				disabled_at = CASE WHEN $6::boolean IS NULL OR $6 = active THEN disabled_at
+				                   WHEN $6 THEN NULL ELSE now() END,
+				failing_since = CASE WHEN $6 AND NOT active THEN NULL ELSE failing_since END,
+				active = coalesce($6, active),
+				updated_at = now()
+			WHERE id = $1
+			RETURNING `+endpointColumns),
+			id, p.URL, p.Description, events, auctions, p.Active, adminDisabledReason))
+		if err != nil {
+			return fmt.Errorf("update endpoint: %w", err)
+		}
+		if p.Active != nil && !*p.Active {
+			if _, err := tx.Exec(ctx, a.q(`
+				UPDATE {{schema}}.deliveries SET status = 'skipped', updated_at = now()
+				WHERE endpoint_id = $1 AND status = 'pending'`), id); err != nil {
+				return fmt.Errorf("skip pending deliveries: %w", err)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return Endpoint{}, err
+	}
+	return out, nil
+}
+
+// DeleteEndpoint removes an API endpoint with its deliveries and attempts
+// (ON DELETE CASCADE). The events stay until retention removes them.
+func (a *Admin) DeleteEndpoint(ctx context.Context, id string) error {
+	return pgx.BeginFunc(ctx, a.pool, func(tx pgx.Tx) error {
+		static, _, err := a.lockEndpoint(ctx, tx, id)
+		if err != nil {
+			return err
+		}
+		if static {
+			return fmt.Errorf("endpoint %q: %w", id, ErrStaticEndpoint)
+		}
+		if _, err := tx.Exec(ctx, a.q(`DELETE FROM {{schema}}.endpoints WHERE id = $1`), id); err != nil {
+			return fmt.Errorf("delete endpoint: %w", err)
+		}
+		return nil
+	})
+}
+
+const deliveryColumns = `id, event_id, endpoint_id, event_type, status, attempts, next_attempt_at,
+	coalesce(last_status_code, 0), coalesce(last_error, ''), coalesce(last_duration_ms, 0),
+	created_at, updated_at, delivered_at`
+
+func scanDelivery(row pgx.Row) (Delivery, error) {
+	var d Delivery
+	var durMS int
+	var deliveredAt *time.Time
+	err := row.Scan(&d.ID, &d.EventID, &d.EndpointID, &d.EventType, &d.Status, &d.Attempts, &d.NextAttemptAt,
+		&d.LastStatusCode, &d.LastError, &durMS, &d.CreatedAt, &d.UpdatedAt, &deliveredAt)
+	if err != nil {
+		return Delivery{}, err
+	}
+	d.LastDuration = time.Duration(durMS) * time.Millisecond
+	d.DeliveredAt = deref(deliveredAt)
+	d.NextAttemptAt = d.NextAttemptAt.UTC()
+	d.CreatedAt = d.CreatedAt.UTC()
+	d.UpdatedAt = d.UpdatedAt.UTC()
+	return d, nil
+}
+
+// ListDeliveries pages through an endpoint's deliveries, newest first, by
+// keyset (created_at DESC, id) — the order of the deliveries_endpoint_created
+// index, so a page reads only its own rows.
+func (a *Admin) ListDeliveries(ctx context.Context, endpointID string, f DeliveryFilter) ([]Delivery, string, error) {
+	if f.Status != "" && !validStatus(f.Status) {
+		return nil, "", fmt.Errorf("status %q: must be one of %s", f.Status, strings.Join(DeliveryStatuses, ", "))
+	}
+	before, beforeID, err := decodeCursor(f.Cursor)
+	if err != nil {
+		return nil, "", err
+	}
+	if _, err := a.GetEndpoint(ctx, endpointID); err != nil {
+		return nil, "", err
+	}
+	limit := clampLimit(f.Limit)
+	rows, err := a.pool.Query(ctx, a.q(`
+		SELECT `+deliveryColumns+` FROM {{schema}}.deliveries
+		WHERE endpoint_id = $1
+		  AND ($2 = '' OR status = $2)
+		  AND ($3::timestamptz IS NULL OR created_at >= $3)
+		  AND ($4::timestamptz IS NULL OR created_at < $4)
+		  AND ($5::timestamptz IS NULL OR (created_at, id) < ($5, $6))
+		ORDER BY created_at DESC, id DESC
+		LIMIT $7`),
+		endpointID, f.Status, nullTime(f.Since), nullTime(f.Until), before, beforeID, limit+1)
+	if err != nil {
+		return nil, "", fmt.Errorf("list deliveries: %w", err)
+	}
+	ds, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (Delivery, error) { return scanDelivery(r) })
+	if err != nil {
+		return nil, "", fmt.Errorf("list deliveries: %w", err)
+	}
+	next := ""
+	if len(ds) > limit {
+		ds = ds[:limit]
+		last := ds[limit-1]
+		next = encodeCursor(last.CreatedAt, last.ID)
+	}
+	return ds, next, nil
+}
+
+// GetDelivery returns a delivery with its attempts, oldest first.
+func (a *Admin) GetDelivery(ctx context.Context, id string) (Delivery, []Attempt, error) {
+	d, err := scanDelivery(a.pool.QueryRow(ctx, a.q(`SELECT `+deliveryColumns+` FROM {{schema}}.deliveries WHERE id = $1`), id))
+	if errors.Is(err, pgx.ErrNoRows) {
+		return Delivery{}, nil, fmt.Errorf("delivery %q: %w", id, ErrNotFound)
+	}
+	if err != nil {
+		return Delivery{}, nil, fmt.Errorf("get delivery: %w", err)
+	}
+	rows, err := a.pool.Query(ctx, a.q(`
+		SELECT attempt, started_at, duration_ms, coalesce(status_code, 0), coalesce(error, ''),
+		       coalesce(response_body, ''), signed_by
+		FROM {{schema}}.attempts WHERE delivery_id = $1 ORDER BY id`), id)
+	if err != nil {
+		return Delivery{}, nil, fmt.Errorf("get attempts: %w", err)
+	}
+	atts, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (Attempt, error) {
+		var at Attempt
+		var ms int
+		err := r.Scan(&at.Attempt, &at.StartedAt, &ms, &at.StatusCode, &at.Error, &at.ResponseBody, &at.Signatures)
+		at.Duration = time.Duration(ms) * time.Millisecond
+		at.StartedAt = at.StartedAt.UTC()
+		return at, err
+	})
+	if err != nil {
+		return Delivery{}, nil, fmt.Errorf("get attempts: %w", err)
+	}
+	return d, atts, nil
+}
+
+// Redeliver puts one delivery back to pending, due now, with its attempt
+// count reset so it gets the whole retry schedule again. Its earlier attempts
+// stay in the log. The endpoint must be active; a delivery a worker holds
+// right now is refused (ErrDeliveryInFlight) rather than sent twice at once.
+func (a *Admin) Redeliver(ctx context.Context, id string) (Delivery, error) {
+	var out Delivery
+	err := pgx.BeginFunc(ctx, a.pool, func(tx pgx.Tx) error {
+		var endpointID, status string
+		err := tx.QueryRow(ctx, a.q(`SELECT endpoint_id, status FROM {{schema}}.deliveries WHERE id = $1 FOR UPDATE`), id).Scan(&endpointID, &status)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return fmt.Errorf("delivery %q: %w", id, ErrNotFound)
+		}
+		if err != nil {
+			return fmt.Errorf("lock delivery: %w", err)
+		}
+		if status == "delivering" {
+			return fmt.Errorf("delivery %q: %w", id, ErrDeliveryInFlight)
+		}
+		var active bool
+		if err := tx.QueryRow(ctx, a.q(`SELECT active FROM {{schema}}.endpoints WHERE id = $1 FOR SHARE`), endpointID).Scan(&active); err != nil {
+			return fmt.Errorf("read endpoint: %w", err)
+		}
+		if !active {
+			return fmt.Errorf("endpoint %q: %w", endpointID, ErrEndpointInactive)
+		}
+		out, err = scanDelivery(tx.QueryRow(ctx, a.q(`
+			UPDATE {{schema}}.deliveries SET status = 'pending', attempts = 0, next_attempt_at = now(),
+				locked_by = NULL, locked_until = NULL, delivered_at = NULL, updated_at = now()
+			WHERE id = $1 RETURNING `+deliveryColumns), id))
+		if err != nil {
+			return fmt.Errorf("requeue delivery: %w", err)
+		}
+		return nil
+	})
+	if err != nil {
+		return Delivery{}, err
+	}
+	a.d.Notify()
+	return out, nil
+}
+
+// Recover re-queues an endpoint's failed and skipped deliveries created at or
+// after since: pending, due now, attempts reset. It returns how many. The
+// endpoint must be active (re-enable it first with UpdateEndpoint).
+func (a *Admin) Recover(ctx context.Context, endpointID string, since time.Time) (int, error) {
+	var n int
+	err := pgx.BeginFunc(ctx, a.pool, func(tx pgx.Tx) error {
+		var active bool
+		err := tx.QueryRow(ctx, a.q(`SELECT active FROM {{schema}}.endpoints WHERE id = $1 FOR SHARE`), endpointID).Scan(&active)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return fmt.Errorf("endpoint %q: %w", endpointID, ErrNotFound)
+		}
+		if err != nil {
+			return fmt.Errorf("read endpoint: %w", err)
+		}
+		if !active {
+			return fmt.Errorf("endpoint %q: %w", endpointID, ErrEndpointInactive)
+		}
+		tag, err := tx.Exec(ctx, a.q(`
+			UPDATE {{schema}}.deliveries SET status = 'pending', attempts = 0, next_attempt_at = now(),
+				locked_by = NULL, locked_until = NULL, updated_at = now()
+			WHERE endpoint_id = $1 AND status IN ('failed', 'skipped') AND created_at >= $2`), endpointID, since)
+		if err != nil {
+			return fmt.Errorf("recover deliveries: %w", err)
+		}
+		n = int(tag.RowsAffected())
+		return nil
+	})
+	if err != nil {
+		return 0, err
+	}
+	if n > 0 {
+		a.d.Notify()
+	}
+	return n, nil
+}
+
+// RotateSecret gives an API endpoint a new secret. The old one keeps signing
+// alongside it (two signatures per request) for overlap, so receivers can
+// switch without dropping a delivery; overlap 0 drops it at once.
+func (a *Admin) RotateSecret(ctx context.Context, endpointID string, overlap time.Duration) (string, time.Time, error) {
+	if overlap < 0 {
+		overlap = 0
+	}
+	secret := NewSecret()
+	var until *time.Time
+	err := pgx.BeginFunc(ctx, a.pool, func(tx pgx.Tx) error {
+		static, _, err := a.lockEndpoint(ctx, tx, endpointID)
+		if err != nil {
+			return err
+		}
+		if static {
+			return fmt.Errorf("endpoint %q: %w", endpointID, ErrStaticEndpoint)
+		}
+		err = tx.QueryRow(ctx, a.q(`
+			UPDATE {{schema}}.endpoints SET
+				previous_secret = CASE WHEN $3 > 0 THEN secret END,
+				previous_secret_until = CASE WHEN $3 > 0 THEN now() + make_interval(secs => $3) END,
+				secret = $2, updated_at = now()
+			WHERE id = $1 RETURNING previous_secret_until`),
+			endpointID, secret, overlap.Seconds()).Scan(&until)
+		if err != nil {
+			return fmt.Errorf("rotate secret: %w", err)
+		}
+		return nil
+	})
+	if err != nil {
+		return "", time.Time{}, err
+	}
+	return secret, deref(until), nil
+}
+
+// OutboxStatus is the store's view for the status API.
+type OutboxStatus struct {
+	Pending          int
+	Delivering       int
+	Failing          int // pending deliveries that have failed at least once
+	Failed           int // exhausted, kept for recovery
+	Skipped          int
+	OldestPendingAge time.Duration
+	// DeliveredLastMinute / 60 is the recent delivery rate.
+	DeliveredLastMinute int
+	Endpoints           EndpointHealth
+}
+
+// EndpointHealth counts endpoints by state and lists the troubled ones.
+type EndpointHealth struct {
+	Healthy  int
+	Failing  []EndpointState
+	Disabled []EndpointState
+}
+
+// EndpointState names an endpoint that is failing or disabled.
+type EndpointState struct {
+	ID     string
+	Reason string
+	Since  time.Time
+}
+
+// OutboxStatus reads outbox depth and endpoint health. The counts come from
+// the partial indexes on pending and delivering rows, and from the
+// deliveries_done index for the last minute, so they stay cheap on a large
+// delivered history.
+func (a *Admin) OutboxStatus(ctx context.Context) (OutboxStatus, error) {
+	var s OutboxStatus
+	var oldest *time.Time
+	var now time.Time
+	err := a.pool.QueryRow(ctx, a.q(`
+		SELECT
+			(SELECT count(*) FROM {{schema}}.deliveries WHERE status = 'pending'),
+			(SELECT count(*) FROM {{schema}}.deliveries WHERE status = 'delivering'),
+			(SELECT count(*) FROM {{schema}}.deliveries WHERE status = 'pending' AND attempts > 0),
+			(SELECT count(*) FROM {{schema}}.deliveries WHERE status = 'failed'),
+			(SELECT count(*) FROM {{schema}}.deliveries WHERE status = 'skipped'),
+			(SELECT min(created_at) FROM {{schema}}.deliveries WHERE status IN ('pending', 'delivering')),
+			(SELECT count(*) FROM {{schema}}.deliveries WHERE status = 'delivered' AND updated_at > now() - interval '1 minute'),
+			now()`)).Scan(&s.Pending, &s.Delivering, &s.Failing, &s.Failed, &s.Skipped, &oldest, &s.DeliveredLastMinute, &now)
+	if err != nil {
+		return OutboxStatus{}, fmt.Errorf("outbox status: %w", err)
+	}
+	if oldest != nil {
+		s.OldestPendingAge = now.Sub(*oldest)
+	}
+	rows, err := a.pool.Query(ctx, a.q(`
+		SELECT id, active, coalesce(disabled_reason, ''), disabled_at, failing_since
+		FROM {{schema}}.endpoints ORDER BY id`))
+	if err != nil {
+		return OutboxStatus{}, fmt.Errorf("endpoint health: %w", err)
+	}
+	defer rows.Close()
+	s.Endpoints.Failing = []EndpointState{}
+	s.Endpoints.Disabled = []EndpointState{}
+	for rows.Next() {
+		var id, reason string
+		var active bool
+		var disabledAt, failingSince *time.Time
+		if err := rows.Scan(&id, &active, &reason, &disabledAt, &failingSince); err != nil {
+			return OutboxStatus{}, fmt.Errorf("endpoint health: %w", err)
+		}
+		switch {
+		case !active:
+			s.Endpoints.Disabled = append(s.Endpoints.Disabled, EndpointState{ID: id, Reason: reason, Since: deref(disabledAt)})
+		case failingSince != nil:
+			s.Endpoints.Failing = append(s.Endpoints.Failing, EndpointState{ID: id, Reason: "no 2xx since the first failure", Since: deref(failingSince)})
+		default:
+			s.Endpoints.Healthy++
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return OutboxStatus{}, fmt.Errorf("endpoint health: %w", err)
+	}
+	return s, nil
+}
+
+func validStatus(s string) bool {
+	for _, v := range DeliveryStatuses {
+		if s == v {
+			return true
+		}
+	}
+	return false
+}
+
+func clampLimit(n int) int {
+	switch {
+	case n <= 0:
+		return DefaultListLimit
+	case n > MaxListLimit:
+		return MaxListLimit
+	}
+	return n
+}
+
+func nullTime(t time.Time) *time.Time {
+	if t.IsZero() {
+		return nil
+	}
+	return &t
+}
+
+// A cursor is base64url("<unix microseconds>:<id>"): timestamptz has
+// microsecond resolution, so the keyset comparison is exact.
+func encodeCursor(t time.Time, id string) string {
+	return base64.RawURLEncoding.EncodeToString([]byte(strconv.FormatInt(t.UnixMicro(), 10) + ":" + id))
+}
+
+func decodeCursor(c string) (*time.Time, string, error) {
+	if c == "" {
+		return nil, "", nil
+	}
+	raw, err := base64.RawURLEncoding.DecodeString(c)
+	if err != nil {
+		return nil, "", ErrInvalidCursor
+	}
+	us, id, ok := strings.Cut(string(raw), ":")
+	if !ok || id == "" {
+		return nil, "", ErrInvalidCursor
+	}
+	n, err := strconv.ParseInt(us, 10, 64)
+	if err != nil {
+		return nil, "", ErrInvalidCursor
+	}
+	t := time.UnixMicro(n).UTC()
+	return &t, id, nil
+}
