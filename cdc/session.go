@@ -40,6 +40,9 @@ type session struct {
 	sentConfirm  LSN
 	lastAdvance  time.Time
 	readDeadline time.Time
+
+	sizes []int  // changes in each of the last len(sizes) values sent
+	nsent uint64 // values sent on txs by this session
 }
 
 // session connects, starts replication at *pos and streams until an error
@@ -69,7 +72,8 @@ func (s *Stream) session(ctx context.Context, pos *LSN) (streamed bool, err erro
 	stop := context.AfterFunc(ctx, func() { _ = conn.Conn().SetReadDeadline(time.Now()) })
 	defer stop()
 
-	ss := &session{s: s, ctx: ctx, conn: conn, dec: newDecoder(pgtype.NewMap()), walEnd: *pos, lastStatus: time.Now()}
+	ss := &session{s: s, ctx: ctx, conn: conn, dec: newDecoder(pgtype.NewMap()), walEnd: *pos, lastStatus: time.Now(),
+		sizes: make([]int, cap(s.txs))}
 	ss.sentConfirm = LSN(s.confirmed.Load())
 	err = ss.loop()
 	*pos = LSN(s.handed.Load())
@@ -235,8 +239,10 @@ func (ss *session) handle(walStart LSN, b []byte) error {
 		if ss.cur == nil {
 			return protoErr("%q change outside a transaction", b[0])
 		}
-		c := ss.next()
-		var err error
+		c, err := ss.next()
+		if err != nil {
+			return err
+		}
 		if b[0] == msgTruncate {
 			err = ss.dec.truncate(b, c)
 		} else {
@@ -246,7 +252,6 @@ func (ss *session) handle(walStart LSN, b []byte) error {
 			return err
 		}
 		c.LSN = walStart
-		return ss.added()
 	case msgMessage:
 		var c Change
 		transactional, err := decodeMessage(b, &c)
@@ -258,67 +263,104 @@ func (ss *session) handle(walStart LSN, b []byte) error {
 		if !transactional || ss.cur == nil || strings.HasPrefix(c.Prefix, heartbeatPrefix) {
 			return nil
 		}
-		*ss.next() = c
-		return ss.added()
+		next, err := ss.next()
+		if err != nil {
+			return err
+		}
+		c.Position = next.Position
+		*next = c
 	default:
 		return protoErr("unknown pgoutput message type %q (walhook speaks protocol version 1)", b[0])
 	}
 	return nil
 }
 
-// next appends an empty change to the current chunk and returns it.
-func (ss *session) next() *Change {
-	ss.cur.Changes = append(ss.cur.Changes, Change{})
-	return &ss.cur.Changes[len(ss.cur.Changes)-1]
-}
-
-// added numbers the change just decoded and hands over a full chunk. The
-// server decodes a transaction only once it committed and Begin carries the
-// commit LSN, so every chunk already knows Xid, CommitLSN and CommitTime;
-// only the final chunk (sent at Commit) carries EndLSN.
-func (ss *session) added() error {
-	c := &ss.cur.Changes[len(ss.cur.Changes)-1]
-	c.Position = ss.position
-	ss.position++
-	if len(ss.cur.Changes) < ss.s.opts.MaxChunkChanges {
-		return nil
+// next appends an empty change to the current chunk and returns it. A
+// full chunk is handed over first — only when another change follows, so
+// the last chunk of a transaction is always the Final one. The server
+// decodes a transaction only once it committed and Begin carries the commit
+// LSN, so every chunk already knows Xid, CommitLSN and CommitTime; only the
+// final chunk (sent at Commit) carries EndLSN.
+func (ss *session) next() (*Change, error) {
+	if len(ss.cur.Changes) >= ss.s.opts.MaxChunkChanges {
+		chunk := ss.cur
+		next := *chunk
+		next.Chunk++
+		next.Changes = make([]Change, 0, ss.s.opts.MaxChunkChanges)
+		ss.cur = &next
+		if err := ss.emit(chunk); err != nil {
+			return nil, err
+		}
 	}
-	chunk := ss.cur
-	next := *chunk
-	next.Chunk++
-	next.Changes = make([]Change, 0, ss.s.opts.MaxChunkChanges)
-	ss.cur = &next
-	return ss.emit(chunk)
+	ss.cur.Changes = append(ss.cur.Changes, Change{Position: ss.position})
+	ss.position++
+	return &ss.cur.Changes[len(ss.cur.Changes)-1], nil
 }
 
-// emit hands tx to the consumer. While the channel is full it keeps the
-// connection alive: status updates (with whatever the consumer has
-// confirmed, never more) go out so the walsender does not time us out.
-// Keepalives queue up on the socket meanwhile; the server only needs to
-// hear from us within wal_sender_timeout.
+// emit hands tx to the consumer. While the channel is full, or holds
+// MaxBufferedChanges changes already, it keeps the connection alive: status
+// updates (with whatever the consumer has confirmed, never more) go out so
+// the walsender does not time us out. Keepalives queue up on the socket
+// meanwhile; the server only needs to hear from us within
+// wal_sender_timeout.
 func (ss *session) emit(tx *Tx) error {
-	select {
-	case ss.s.txs <- tx:
-	default:
-		t := time.NewTimer(pollInterval)
-		defer t.Stop()
-	wait:
-		for {
+	var t *time.Timer
+	for {
+		// Only the consumer changes len(txs), and only downwards: once a
+		// chunk fits it keeps fitting.
+		fits := len(ss.s.txs) == 0 || ss.buffered()+len(tx.Changes) <= ss.s.opts.MaxBufferedChanges
+		if fits {
 			select {
 			case ss.s.txs <- tx:
-				break wait
-			case <-ss.ctx.Done():
-				return ss.ctx.Err()
-			case now := <-t.C:
-				if err := ss.periodic(now); err != nil {
-					return err
-				}
-				t.Reset(pollInterval)
+				return ss.sent(tx)
+			default:
+			}
+		}
+		// Not fitting by size is polled (the channel cannot tell us when
+		// the consumer takes a chunk); a full channel is waited on.
+		wait, send := budgetPoll, chan<- *Tx(nil)
+		if fits {
+			wait, send = pollInterval, ss.s.txs
+		}
+		if t == nil {
+			t = time.NewTimer(wait)
+			defer t.Stop()
+		} else {
+			t.Reset(wait)
+		}
+		select {
+		case send <- tx:
+			return ss.sent(tx)
+		case <-ss.ctx.Done():
+			return ss.ctx.Err()
+		case now := <-t.C:
+			if err := ss.periodic(now); err != nil {
+				return err
 			}
 		}
 	}
+}
+
+// budgetPoll is how often emit looks whether the consumer has taken enough
+// changes off the channel to make room for the next chunk.
+const budgetPoll = 2 * time.Millisecond
+
+// sent records what went on the channel. The channel is FIFO with one
+// sender, so the len(txs) values in it are the last len(txs) ones sent.
+func (ss *session) sent(tx *Tx) error {
+	ss.sizes[ss.nsent%uint64(len(ss.sizes))] = len(tx.Changes)
+	ss.nsent++
 	if tx.Final {
 		ss.s.handed.Store(uint64(tx.EndLSN))
 	}
 	return nil
+}
+
+// buffered is the number of changes waiting in the channel.
+func (ss *session) buffered() int {
+	n, sum := uint64(len(ss.s.txs)), 0
+	for j := uint64(1); j <= n && j <= ss.nsent; j++ {
+		sum += ss.sizes[(ss.nsent-j)%uint64(len(ss.sizes))]
+	}
+	return sum
 }

@@ -31,9 +31,12 @@ type Options struct {
 	// MaxChunkChanges is the most changes one Tx value carries; larger
 	// transactions arrive in several chunks (default 10000).
 	MaxChunkChanges int
-	// TxBuffer is the capacity of the Txs channel (default 64). Memory held
-	// by the stream is bounded by about TxBuffer × MaxChunkChanges changes.
+	// TxBuffer is the capacity of the Txs channel (default 64).
 	TxBuffer int
+	// MaxBufferedChanges caps the changes waiting in the Txs channel
+	// (default 4 × MaxChunkChanges), so a slow consumer of a huge
+	// transaction holds a few chunks in memory, not TxBuffer of them.
+	MaxBufferedChanges int
 	// MaxReconnectDelay caps the exponential reconnect backoff (default 30s).
 	MaxReconnectDelay time.Duration
 	Logger            *slog.Logger
@@ -105,6 +108,9 @@ func NewStream(opts Options) (*Stream, error) {
 	}
 	if opts.TxBuffer <= 0 {
 		opts.TxBuffer = 64
+	}
+	if opts.MaxBufferedChanges <= 0 {
+		opts.MaxBufferedChanges = 4 * opts.MaxChunkChanges
 	}
 	if opts.MaxReconnectDelay <= 0 {
 		opts.MaxReconnectDelay = 30 * time.Second
