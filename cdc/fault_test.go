@@ -5,6 +5,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
 
 	"github.com/jackc/pglogrepl"
 	"github.com/walhook/walhook/internal/pgtest"
@@ -144,5 +147,68 @@ func TestCrashResume(t *testing.T) {
 		if !seen[fmt.Sprint(i)] {
 			t.Fatalf("row %d lost", i)
 		}
+	}
+}
+
+// TestSlotInvalidated: a slot that fell behind max_slot_wal_keep_size is
+// invalidated by PostgreSQL; Run stops with ErrSlotLost and Status shows it.
+func TestSlotInvalidated(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	c := pgtest.StartT(t, pgtest.Options{Settings: map[string]string{
+		"max_slot_wal_keep_size": "1MB", "wal_keep_size": "0", "min_wal_size": "32MB", "max_wal_size": "64MB"}})
+	db, err := c.CreateDatabase(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dsn := c.DSN(db)
+	setupDB(t, dsn, itemSchema, "public.item")
+	for i := 0; i < 50; i++ {
+		var status string
+		queryRow(t, dsn, `SELECT wal_status FROM pg_replication_slots WHERE slot_name = '`+slotFor(dsn)+`'`, &status)
+		if status == "lost" {
+			break
+		}
+		exec(t, dsn, `INSERT INTO item SELECT g, repeat('x', 100) FROM generate_series(`+fmt.Sprint(i*10000)+`, `+fmt.Sprint(i*10000+9999)+`) g`)
+		exec(t, dsn, `SELECT pg_switch_wal()`)
+		exec(t, dsn, `CHECKPOINT`)
+	}
+	b := startStream(t, dsn, 0, nil)
+	err = b.runErr(t)
+	wantErr(t, err, ErrSlotLost)
+	t.Log(err)
+	st, serr := b.stream.Status(ctx)
+	wantErr(t, serr, ErrSlotLost)
+	if st.WALStatus != "lost" || st.State != StateError {
+		t.Fatalf("status %+v", st)
+	}
+}
+
+// TestSlotDroppedWhileStreaming: the slot disappears under a running
+// stream (its walsender terminated, the slot dropped): a specific error,
+// and no new slot.
+func TestSlotDroppedWhileStreaming(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	dsn := pgtest.Shared(t).NewDatabase(t)
+	setupDB(t, dsn, itemSchema, "public.item")
+	b := startStream(t, dsn, 0, func(o *Options) { o.MaxReconnectDelay = 3 * time.Second })
+	waitFor(t, "streaming", func() bool { st, _ := b.stream.Status(ctx); return st.State == StateStreaming && st.Active })
+	slot := slotFor(dsn)
+	waitFor(t, "the slot to be dropped", func() bool {
+		conn, err := pgx.Connect(ctx, dsn)
+		if err != nil {
+			return false
+		}
+		defer conn.Close(ctx)
+		conn.Exec(ctx, `SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = $1 AND active`, slot)
+		_, err = conn.Exec(ctx, `SELECT pg_drop_replication_slot($1)`, slot)
+		return err == nil
+	})
+	wantErr(t, b.runErr(t), ErrSlotMissing)
+	var n int
+	queryRow(t, dsn, `SELECT count(*) FROM pg_replication_slots`, &n)
+	if n != 0 {
+		t.Fatal("a slot was re-created")
 	}
 }
