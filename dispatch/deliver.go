@@ -1,0 +1,248 @@
+package dispatch
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// outcome is what one attempt did to its delivery.
+type outcome struct {
+	status   string        // delivered, pending (retry), failed
+	delay    time.Duration // until the next attempt, when pending
+	errText  string
+	disable  string // non-empty: disable the endpoint at once with this reason (410)
+	exhausts bool   // the delivery failed for good: run the disable rule
+}
+
+// deliver renders, signs and sends one claimed delivery and records the
+// attempt. It never returns an error: a failure to record leaves the row
+// claimed, and the lease rescue (or release at stop) puts it back.
+func (d *Dispatcher) deliver(ctx context.Context, c claimed) Result {
+	keys, err := d.keys(c)
+	var res Result
+	started := time.Now()
+	if err != nil {
+		res = Result{Err: err, Permanent: true}
+	} else {
+		res = d.client.Send(ctx, Request{URL: c.url, ID: c.id, Event: c.event.Type,
+			Body: c.event.Body(c.id), Keys: keys})
+	}
+	d.metrics.attemptLatency.Observe(res.Duration.Seconds())
+	o := d.decide(c, res)
+	// Recording must not be cut short by a shutdown: the attempt happened.
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer cancel()
+	if err := d.record(rctx, c, started, res, o); err != nil {
+		d.log.Error("record delivery attempt", slog.String("delivery", c.id),
+			slog.String("endpoint", c.endpointID), slog.Any("error", err))
+		return res
+	}
+	d.metrics.deliveries.WithLabelValues(c.endpointID, o.status).Inc()
+	switch o.status {
+	case "delivered":
+		d.metrics.deliveryLatency.Observe(time.Since(c.event.OccurredAt).Seconds())
+		d.log.Debug("delivered", slog.String("delivery", c.id), slog.String("endpoint", c.endpointID),
+			slog.Int("attempt", c.attempt), slog.Int("status", res.StatusCode), slog.Duration("duration", res.Duration))
+	case "pending":
+		d.log.Info("delivery attempt failed, will retry", slog.String("delivery", c.id), slog.String("endpoint", c.endpointID),
+			slog.Int("attempt", c.attempt), slog.Int("status", res.StatusCode), slog.String("error", o.errText),
+			slog.Duration("retry_in", o.delay))
+	default:
+		d.log.Warn("delivery failed for good", slog.String("delivery", c.id), slog.String("endpoint", c.endpointID),
+			slog.Int("attempts", c.attempt), slog.Int("status", res.StatusCode), slog.String("error", o.errText))
+	}
+	return res
+}
+
+// keys returns the HMAC keys to sign with: the current secret, and the
+// previous one while its rotation overlap lasts.
+func (d *Dispatcher) keys(c claimed) ([][]byte, error) {
+	k, err := DecodeSecret(c.secret)
+	if err != nil {
+		return nil, fmt.Errorf("endpoint secret: %w", err)
+	}
+	keys := [][]byte{k}
+	if c.prevSecretValid && c.prevSecret != "" {
+		if pk, err := DecodeSecret(c.prevSecret); err == nil {
+			keys = append(keys, pk)
+		}
+	}
+	return keys, nil
+}
+
+// decide maps an attempt's result to the delivery's next state with the
+// retry policy. Retry delays are relative: the store computes the due time
+// with its own now(), so every process agrees on it.
+func (d *Dispatcher) decide(c claimed, res Result) outcome {
+	if res.OK() {
+		return outcome{status: "delivered"}
+	}
+	o := outcome{errText: attemptError(res)}
+	if res.Gone {
+		o.disable = fmt.Sprintf("receiver answered 410 Gone at %s", c.url)
+	}
+	if c.test {
+		o.status = "failed"
+		return o
+	}
+	if !res.Permanent {
+		now := d.opts.Now()
+		if at, ok := d.opts.Retry.Next(c.attempt, now, res.RetryAfter); ok {
+			o.status, o.delay = "pending", max(at.Sub(now), 0)
+			return o
+		}
+	}
+	o.status, o.exhausts = "failed", true
+	return o
+}
+
+// attemptError is the delivery log's error text: the client's error, or
+// the HTTP status when there is no error value.
+func attemptError(res Result) string {
+	switch {
+	case res.Err != nil:
+		return res.Err.Error()
+	case res.StatusCode != 0:
+		return fmt.Sprintf("http status %d", res.StatusCode)
+	}
+	return "unknown failure"
+}
+
+// record writes the attempt and the delivery's new state, and updates the
+// endpoint's health, in one transaction. The delivery row is only changed
+// while this process still holds its claim (locked_by): if the lease ran
+// out and another process took it, that process owns the outcome.
+func (d *Dispatcher) record(ctx context.Context, c claimed, started time.Time, res Result, o outcome) error {
+	return pgx.BeginFunc(ctx, d.pool, func(tx pgx.Tx) error {
+		b := &pgx.Batch{}
+		b.Queue(d.q(`INSERT INTO {{schema}}.attempts
+			(delivery_id, attempt, started_at, duration_ms, status_code, error, response_body, signed_by)
+			VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`),
+			c.id, c.attempt, started, res.Duration.Milliseconds(), nullInt(res.StatusCode),
+			nullString(o.errText), nullString(storableText(res.Body)), max(res.Signatures, 1))
+		// A retry for an endpoint disabled meanwhile becomes skipped, kept
+		// for recovery.
+		b.Queue(d.q(`UPDATE {{schema}}.deliveries d SET
+				status = CASE WHEN $3 = 'pending' AND NOT coalesce((SELECT active FROM {{schema}}.endpoints WHERE id = d.endpoint_id), false)
+				              THEN 'skipped' ELSE $3 END,
+				next_attempt_at = CASE WHEN $3 = 'pending' THEN now() + make_interval(secs => $4) ELSE d.next_attempt_at END,
+				locked_by = NULL, locked_until = NULL,
+				last_status_code = $5, last_error = $6, last_duration_ms = $7,
+				delivered_at = CASE WHEN $3 = 'delivered' THEN now() ELSE d.delivered_at END,
+				updated_at = now()
+			WHERE id = $1 AND status = 'delivering' AND locked_by = $2`),
+			c.id, d.opts.InstanceID, o.status, o.delay.Seconds(), nullInt(res.StatusCode),
+			nullString(o.errText), res.Duration.Milliseconds())
+		if !c.test {
+			if o.status == "delivered" {
+				// Throttled to one write a second per endpoint unless its
+				// state changes: a busy endpoint's row would otherwise be a
+				// hot spot every worker updates.
+				b.Queue(d.q(`UPDATE {{schema}}.endpoints SET failing_since = NULL,
+						last_success_at = now(), last_attempt_at = now()
+					WHERE id = $1 AND (failing_since IS NOT NULL OR last_success_at IS NULL
+						OR last_success_at < now() - interval '1 second')`), c.endpointID)
+			} else {
+				b.Queue(d.q(`UPDATE {{schema}}.endpoints SET failing_since = coalesce(failing_since, now()),
+						last_attempt_at = now()
+					WHERE id = $1 AND (failing_since IS NULL OR last_attempt_at IS NULL
+						OR last_attempt_at < now() - interval '1 second')`), c.endpointID)
+			}
+		}
+		if err := tx.SendBatch(ctx, b).Close(); err != nil {
+			return err
+		}
+		if c.test || o.status == "delivered" {
+			return nil
+		}
+		reason := o.disable
+		if reason == "" && !d.opts.DisableNever {
+			var err error
+			if reason, err = d.disableRule(ctx, tx, c.endpointID); err != nil {
+				return err
+			}
+		}
+		if reason != "" {
+			return d.disable(ctx, tx, c.endpointID, reason)
+		}
+		return nil
+	})
+}
+
+// disableRule returns a reason when the endpoint has had no 2xx for
+// DisableWindow and at least DisableMinFailed deliveries failed for good
+// within it. Both conditions are needed: the window alone would disable a
+// quiet endpoint after one unlucky delivery, the count alone would let a
+// burst of failures in one minute disable an endpoint that is fine again.
+func (d *Dispatcher) disableRule(ctx context.Context, tx pgx.Tx, endpointID string) (string, error) {
+	var failed int
+	var since *time.Time
+	err := tx.QueryRow(ctx, d.q(`
+		SELECT e.failing_since,
+		       (SELECT count(*) FROM {{schema}}.deliveries x
+		        WHERE x.endpoint_id = e.id AND x.status = 'failed'
+		          AND x.updated_at >= now() - make_interval(secs => $2))
+		FROM {{schema}}.endpoints e
+		WHERE e.id = $1 AND e.active AND e.failing_since <= now() - make_interval(secs => $2)`),
+		endpointID, d.opts.DisableWindow.Seconds()).Scan(&since, &failed)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return "", nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("disable rule: %w", err)
+	}
+	if failed < d.opts.DisableMinFailed {
+		return "", nil
+	}
+	return fmt.Sprintf("no 2xx since %s (over %s) and %d deliveries failed after all retries",
+		since.UTC().Format(time.RFC3339), d.opts.DisableWindow, failed), nil
+}
+
+// disable turns the endpoint off with reason and time, and skips its
+// pending deliveries (kept: an admin can re-enable and recover them).
+func (d *Dispatcher) disable(ctx context.Context, tx pgx.Tx, endpointID, reason string) error {
+	tag, err := tx.Exec(ctx, d.q(`UPDATE {{schema}}.endpoints
+		SET active = false, disabled_reason = $2, disabled_at = now(), updated_at = now()
+		WHERE id = $1 AND active`), endpointID, reason)
+	if err != nil {
+		return fmt.Errorf("disable endpoint: %w", err)
+	}
+	if tag.RowsAffected() == 0 {
+		return nil
+	}
+	skipped, err := tx.Exec(ctx, d.q(`UPDATE {{schema}}.deliveries SET status = 'skipped', updated_at = now()
+		WHERE endpoint_id = $1 AND status = 'pending'`), endpointID)
+	if err != nil {
+		return fmt.Errorf("skip deliveries of disabled endpoint: %w", err)
+	}
+	d.log.Warn("endpoint disabled", slog.String("endpoint", endpointID), slog.String("reason", reason),
+		slog.Int64("skipped_deliveries", skipped.RowsAffected()))
+	return nil
+}
+
+func nullInt(n int) *int {
+	if n == 0 {
+		return nil
+	}
+	return &n
+}
+
+func nullString(s string) *string {
+	if s == "" {
+		return nil
+	}
+	return &s
+}
+
+// storableText makes a response body prefix storable in a text column:
+// PostgreSQL text holds neither NUL bytes nor invalid UTF-8.
+func storableText(b []byte) string {
+	s := strings.ToValidUTF8(string(b), "\uFFFD")
+	return strings.ReplaceAll(s, "\x00", "")
+}

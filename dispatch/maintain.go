@@ -1,0 +1,122 @@
+package dispatch
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"time"
+)
+
+// retentionBatch bounds one retention DELETE, so a large backlog of old
+// rows is removed in short transactions that never hold many locks or
+// block autovacuum for long.
+const retentionBatch = 1000
+
+// maintain runs the periodic store work: rescue expired leases, skip pending
+// deliveries of disabled endpoints, refresh the outbox gauges, and delete
+// rows past retention. Every step is safe to run in several processes at
+// once.
+func (d *Dispatcher) maintain(ctx context.Context) error {
+	every := min(max(d.opts.Lease/4, 100*time.Millisecond), 15*time.Second)
+	tick := time.NewTicker(every)
+	defer tick.Stop()
+	lastRetention := time.Time{}
+	for {
+		if n, err := d.rescue(ctx); err != nil {
+			d.logMaintenance(ctx, "rescue expired leases", err)
+		} else if n > 0 {
+			d.log.Warn("rescued deliveries whose lease expired (a walhook process stopped mid-attempt)", slog.Int64("count", n))
+			d.Notify()
+		}
+		if _, err := d.skipDisabled(ctx); err != nil {
+			d.logMaintenance(ctx, "skip deliveries of disabled endpoints", err)
+		}
+		if err := d.updateGauges(ctx); err != nil {
+			d.logMaintenance(ctx, "outbox gauges", err)
+		}
+		if d.opts.Retention > 0 && time.Since(lastRetention) >= time.Minute {
+			lastRetention = time.Now()
+			if n, err := d.deleteExpired(ctx); err != nil {
+				d.logMaintenance(ctx, "retention", err)
+			} else if n > 0 {
+				d.log.Info("retention deleted old rows", slog.Int64("rows", n))
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tick.C:
+		}
+	}
+}
+
+func (d *Dispatcher) logMaintenance(ctx context.Context, what string, err error) {
+	if ctx.Err() == nil {
+		d.log.Warn(what, slog.Any("error", err))
+	}
+}
+
+// rescue puts deliveries back to pending whose claim outlived its lease:
+// the process that claimed them crashed or lost its store connection. The
+// attempt it spent stays counted, and the request may have reached the
+// receiver; that is the at-least-once duplicate, with the same webhook id.
+func (d *Dispatcher) rescue(ctx context.Context) (int64, error) {
+	tag, err := d.pool.Exec(ctx, d.q(`UPDATE {{schema}}.deliveries
+		SET status = 'pending', locked_by = NULL, locked_until = NULL, next_attempt_at = now(), updated_at = now()
+		WHERE status = 'delivering' AND locked_until < now()`))
+	return tag.RowsAffected(), err
+}
+
+// skipDisabled marks pending deliveries of disabled endpoints skipped. The
+// disable itself does this at once; this sweep catches deliveries fanned
+// out by an Append that read the endpoint just before another process
+// disabled it.
+func (d *Dispatcher) skipDisabled(ctx context.Context) (int64, error) {
+	tag, err := d.pool.Exec(ctx, d.q(`UPDATE {{schema}}.deliveries d SET status = 'skipped', updated_at = now()
+		FROM {{schema}}.endpoints e
+		WHERE e.id = d.endpoint_id AND NOT e.active AND d.status = 'pending'`))
+	return tag.RowsAffected(), err
+}
+
+func (d *Dispatcher) updateGauges(ctx context.Context) error {
+	var pending int64
+	var age float64
+	err := d.pool.QueryRow(ctx, d.q(`SELECT count(*),
+			coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8
+		FROM {{schema}}.deliveries WHERE status IN ('pending', 'delivering')`)).Scan(&pending, &age)
+	if err != nil {
+		return err
+	}
+	d.metrics.pending.Set(float64(pending))
+	d.metrics.oldestPending.Set(age)
+	return nil
+}
+
+// deleteExpired deletes finished deliveries (their attempts cascade) and
+// then events no delivery refers to, older than Retention, in batches.
+func (d *Dispatcher) deleteExpired(ctx context.Context) (int64, error) {
+	var total int64
+	for _, stmt := range []string{
+		`DELETE FROM {{schema}}.deliveries WHERE id IN (
+			SELECT id FROM {{schema}}.deliveries
+			WHERE status IN ('delivered', 'failed', 'skipped') AND updated_at < now() - make_interval(secs => $1)
+			LIMIT $2)`,
+		`DELETE FROM {{schema}}.events WHERE id IN (
+			SELECT ev.id FROM {{schema}}.events ev
+			WHERE ev.created_at < now() - make_interval(secs => $1)
+			  AND NOT EXISTS (SELECT 1 FROM {{schema}}.deliveries x WHERE x.event_id = ev.id)
+			LIMIT $2)`,
+	} {
+		for {
+			tag, err := d.pool.Exec(ctx, d.q(stmt), d.opts.Retention.Seconds(), retentionBatch)
+			if err != nil {
+				return total, fmt.Errorf("delete expired rows: %w", err)
+			}
+			total += tag.RowsAffected()
+			if tag.RowsAffected() < retentionBatch {
+				break
+			}
+		}
+	}
+	return total, nil
+}

@@ -1,0 +1,176 @@
+package dispatch
+
+import (
+	"context"
+	"embed"
+	"errors"
+	"fmt"
+	"io/fs"
+	"sort"
+	"strconv"
+	"strings"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+//go:embed migrations/*.sql
+var migrationFiles embed.FS
+
+// Schema state errors returned by CheckSchema (and Migrate for a newer store).
+var (
+	// ErrSchemaMissing: the store schema has not been created; run `walhook setup`.
+	ErrSchemaMissing = errors.New("store schema missing: run walhook setup")
+	// ErrSchemaTooNew: the store was migrated by a newer walhook; this binary
+	// refuses to run against it rather than misread it.
+	ErrSchemaTooNew = errors.New("store schema is newer than this walhook: upgrade walhook")
+	// ErrSchemaOld: the store needs migrations this binary has; run `walhook setup`.
+	ErrSchemaOld = errors.New("store schema is older than this walhook: run walhook setup to migrate")
+)
+
+// SchemaError carries the versions behind a schema state error.
+type SchemaError struct {
+	Schema     string
+	Have, Want int
+	Err        error
+}
+
+func (e *SchemaError) Error() string {
+	return fmt.Sprintf("schema %q at version %d, walhook needs %d: %v", e.Schema, e.Have, e.Want, e.Err)
+}
+
+func (e *SchemaError) Unwrap() error { return e.Err }
+
+type migration struct {
+	version int
+	name    string
+	sql     string
+}
+
+func migrations() ([]migration, error) {
+	ents, err := fs.ReadDir(migrationFiles, "migrations")
+	if err != nil {
+		return nil, err
+	}
+	var ms []migration
+	for _, e := range ents {
+		n := e.Name()
+		v, err := strconv.Atoi(strings.SplitN(n, "_", 2)[0])
+		if err != nil {
+			return nil, fmt.Errorf("migration %s: name must start with a version number", n)
+		}
+		b, err := migrationFiles.ReadFile("migrations/" + n)
+		if err != nil {
+			return nil, err
+		}
+		ms = append(ms, migration{version: v, name: n, sql: string(b)})
+	}
+	sort.Slice(ms, func(i, j int) bool { return ms[i].version < ms[j].version })
+	return ms, nil
+}
+
+// LatestSchemaVersion is the store version this binary migrates to.
+func LatestSchemaVersion() int {
+	ms, _ := migrations()
+	if len(ms) == 0 {
+		return 0
+	}
+	return ms[len(ms)-1].version
+}
+
+func quoteIdent(s string) string { return pgx.Identifier{s}.Sanitize() }
+
+// migrateLockKey is the advisory lock key that serialises concurrent
+// `walhook setup` runs on one store (pg_advisory_xact_lock releases it at
+// commit or rollback, so a crashed setup leaves nothing held).
+const migrateLockKey = "walhook.migrate."
+
+// Migrate creates the schema when missing and applies the migrations the
+// store has not seen, in one transaction under an advisory lock, so two
+// concurrent setups neither race nor half-apply. It returns the names of
+// the migrations it applied (none when the store is current) and
+// ErrSchemaTooNew when a newer walhook migrated the store.
+func Migrate(ctx context.Context, pool *pgxpool.Pool, schema string) ([]string, error) {
+	if schema == "" {
+		return nil, errors.New("migrate: empty schema name")
+	}
+	ms, err := migrations()
+	if err != nil {
+		return nil, fmt.Errorf("migrate: %w", err)
+	}
+	var applied []string
+	err = pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock(hashtextextended($1, 0))`, migrateLockKey+schema); err != nil {
+			return fmt.Errorf("lock: %w", err)
+		}
+		if _, err := tx.Exec(ctx, `CREATE SCHEMA IF NOT EXISTS `+quoteIdent(schema)); err != nil {
+			return fmt.Errorf("create schema: %w", err)
+		}
+		have, err := schemaVersion(ctx, tx, schema)
+		if err != nil {
+			return err
+		}
+		if latest := ms[len(ms)-1].version; have > latest {
+			return &SchemaError{Schema: schema, Have: have, Want: latest, Err: ErrSchemaTooNew}
+		}
+		q := quoteIdent(schema)
+		for _, m := range ms {
+			if m.version <= have {
+				continue
+			}
+			if _, err := tx.Exec(ctx, strings.ReplaceAll(m.sql, "{{schema}}", q)); err != nil {
+				return fmt.Errorf("apply %s: %w", m.name, err)
+			}
+			if _, err := tx.Exec(ctx, `INSERT INTO `+q+`.schema_version (version) VALUES ($1)`, m.version); err != nil {
+				return fmt.Errorf("record %s: %w", m.name, err)
+			}
+			applied = append(applied, m.name)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("migrate schema %q: %w", schema, err)
+	}
+	return applied, nil
+}
+
+type querier interface {
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+}
+
+// schemaVersion returns the highest applied version, 0 when the version
+// table does not exist yet (to_regclass returns NULL instead of failing).
+func schemaVersion(ctx context.Context, q querier, schema string) (int, error) {
+	var exists bool
+	if err := q.QueryRow(ctx, `SELECT to_regclass($1) IS NOT NULL`, quoteIdent(schema)+".schema_version").Scan(&exists); err != nil {
+		return 0, fmt.Errorf("read schema version: %w", err)
+	}
+	if !exists {
+		return 0, nil
+	}
+	var v int
+	if err := q.QueryRow(ctx, `SELECT coalesce(max(version), 0) FROM `+quoteIdent(schema)+`.schema_version`).Scan(&v); err != nil {
+		return 0, fmt.Errorf("read schema version: %w", err)
+	}
+	return v, nil
+}
+
+// CheckSchema tells `walhook run` whether it may use the store: nil when
+// the schema is at this binary's version, otherwise a *SchemaError wrapping
+// ErrSchemaMissing, ErrSchemaTooNew or ErrSchemaOld.
+func CheckSchema(ctx context.Context, pool *pgxpool.Pool, schema string) error {
+	have, err := schemaVersion(ctx, pool, schema)
+	if err != nil {
+		return err
+	}
+	want := LatestSchemaVersion()
+	switch {
+	case have == 0:
+		return &SchemaError{Schema: schema, Have: have, Want: want, Err: ErrSchemaMissing}
+	case have > want:
+		return &SchemaError{Schema: schema, Have: have, Want: want, Err: ErrSchemaTooNew}
+	case have < want:
+		return &SchemaError{Schema: schema, Have: have, Want: want, Err: ErrSchemaOld}
+	}
+	return nil
+}

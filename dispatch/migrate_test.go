@@ -1,0 +1,98 @@
+package dispatch
+
+import (
+	"context"
+	"errors"
+	"testing"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/walhook/walhook/internal/pgtest"
+)
+
+func TestMigrateIdempotentAndCheckSchema(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool, err := pgxpool.New(ctx, pgtest.Shared(t).NewDatabase(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+
+	if err := CheckSchema(ctx, pool, "hooks"); !errors.Is(err, ErrSchemaMissing) {
+		t.Fatalf("CheckSchema before setup = %v, want ErrSchemaMissing", err)
+	}
+	applied, err := Migrate(ctx, pool, "hooks")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(applied) != LatestSchemaVersion() || applied[0] != "001_init.sql" {
+		t.Fatalf("first Migrate applied %v, want every migration", applied)
+	}
+	again, err := Migrate(ctx, pool, "hooks")
+	if err != nil || len(again) != 0 {
+		t.Fatalf("second Migrate = %v, %v; want nothing applied", again, err)
+	}
+	if err := CheckSchema(ctx, pool, "hooks"); err != nil {
+		t.Fatalf("CheckSchema after setup = %v", err)
+	}
+
+	// An older store: run setup to migrate.
+	if _, err := pool.Exec(ctx, `DELETE FROM hooks.schema_version WHERE version = (SELECT max(version) FROM hooks.schema_version)`); err != nil {
+		t.Fatal(err)
+	}
+	if err := CheckSchema(ctx, pool, "hooks"); !errors.Is(err, ErrSchemaOld) {
+		t.Fatalf("CheckSchema on an old store = %v, want ErrSchemaOld", err)
+	}
+	if _, err := pool.Exec(ctx, `INSERT INTO hooks.schema_version (version) VALUES ($1)`, LatestSchemaVersion()); err != nil {
+		t.Fatal(err)
+	}
+
+	// A store migrated by a newer walhook: refuse, in both calls.
+	if _, err := pool.Exec(ctx, `INSERT INTO hooks.schema_version (version) VALUES (9999)`); err != nil {
+		t.Fatal(err)
+	}
+	err = CheckSchema(ctx, pool, "hooks")
+	var se *SchemaError
+	if !errors.Is(err, ErrSchemaTooNew) || !errors.As(err, &se) || se.Have != 9999 {
+		t.Fatalf("CheckSchema on a newer store = %v, want ErrSchemaTooNew at 9999", err)
+	}
+	if _, err := Migrate(ctx, pool, "hooks"); !errors.Is(err, ErrSchemaTooNew) {
+		t.Fatalf("Migrate on a newer store = %v, want ErrSchemaTooNew", err)
+	}
+}
+
+func TestMigrateConcurrent(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool, err := pgxpool.New(ctx, pgtest.Shared(t).NewDatabase(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	errs := make(chan error, 3)
+	total := make(chan int, 3)
+	for range 3 {
+		go func() {
+			a, err := Migrate(ctx, pool, "walhook")
+			errs <- err
+			total <- len(a)
+		}()
+	}
+	sum := 0
+	for range 3 {
+		if err := <-errs; err != nil {
+			t.Fatalf("concurrent Migrate: %v", err)
+		}
+		sum += <-total
+	}
+	if sum != LatestSchemaVersion() {
+		t.Fatalf("concurrent Migrates applied %d migrations in all, want %d (each once)", sum, LatestSchemaVersion())
+	}
+}
+
+func TestMigrateEmptySchema(t *testing.T) {
+	if _, err := Migrate(context.Background(), nil, ""); err == nil {
+		t.Fatal("Migrate with an empty schema name succeeded")
+	}
+}

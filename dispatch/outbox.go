@@ -1,0 +1,263 @@
+package dispatch
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
+
+	"github.com/walhook/walhook/cdc"
+	"github.com/walhook/walhook/mapper"
+)
+
+// TxEvents are the events of one transaction (or one chunk of a large one).
+// Only a Final chunk carries EndLSN, and only Final chunks move the cursor:
+// the transaction is confirmed once all its chunks are durable. A Final
+// TxEvents without Events is a position advance (heartbeat, idle WAL end).
+type TxEvents struct {
+	Xid        uint32
+	CommitLSN  cdc.LSN
+	EndLSN     cdc.LSN
+	Final      bool
+	CommitTime time.Time
+	Events     []mapper.Event
+}
+
+// Cursor returns the end LSN of the last transaction made durable for slot,
+// and the source system id it came from; ok is false before the first
+// Append. cdc starts replication from it.
+func (d *Dispatcher) Cursor(ctx context.Context, slot string) (lsn cdc.LSN, systemID string, ok bool, err error) {
+	var s string
+	err = d.pool.QueryRow(ctx, d.q(`SELECT lsn::text, system_id FROM {{schema}}.cursor WHERE slot = $1`), slot).Scan(&s, &systemID)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return 0, "", false, nil
+	}
+	if err != nil {
+		return 0, "", false, fmt.Errorf("read cursor of slot %q: %w", slot, err)
+	}
+	lsn, err = pglogrepl.ParseLSN(s)
+	if err != nil {
+		return 0, "", false, fmt.Errorf("read cursor of slot %q: %w", slot, err)
+	}
+	return lsn, systemID, true, nil
+}
+
+// fanoutEndpoint is an endpoint as the fan-out sees it.
+type fanoutEndpoint struct {
+	id       string
+	events   []string
+	auctions []string
+	active   bool
+}
+
+// matches applies the endpoint's filters: events exact or "prefix.*" (and
+// "*"), empty = all; auctions exact, empty = all (an event without an
+// auction id matches only an empty auction filter).
+func (e *fanoutEndpoint) matches(ev *mapper.Event) bool {
+	return matchEvent(e.events, ev.Type) && matchAuction(e.auctions, ev.AuctionID)
+}
+
+func matchEvent(filters []string, typ string) bool {
+	if len(filters) == 0 {
+		return true
+	}
+	for _, f := range filters {
+		if f == typ || f == "*" {
+			return true
+		}
+		if p, ok := strings.CutSuffix(f, "*"); ok && strings.HasSuffix(p, ".") && strings.HasPrefix(typ, p) {
+			return true
+		}
+	}
+	return false
+}
+
+func matchAuction(filters []string, auction string) bool {
+	if len(filters) == 0 {
+		return true
+	}
+	for _, f := range filters {
+		if f == auction && auction != "" {
+			return true
+		}
+	}
+	return false
+}
+
+// Append is the durability point. In one store transaction it inserts the
+// events (ON CONFLICT DO NOTHING: ids are deterministic, so a replay after a
+// crash inserts nothing new), fans each out to every matching endpoint
+// (deliveries 'pending', or 'skipped' for disabled endpoints) and moves the
+// cursor of slot to the highest Final EndLSN in txs, never backwards. Only
+// after Append returns nil may cdc confirm that LSN.
+//
+// The endpoints are read inside the transaction with FOR KEY SHARE: an
+// endpoint created, changed or disabled by the API of another walhook
+// process is seen as of this transaction, and one being deleted is either
+// waited for (then skipped) or kept until this commit, so the deliveries'
+// foreign key never fails on a concurrent delete.
+//
+// Rows go in as arrays through unnest, one statement per table, so the cost
+// is a handful of round trips whatever the batch size.
+func (d *Dispatcher) Append(ctx context.Context, slot, systemID string, txs []TxEvents) error {
+	start := time.Now()
+	var ev eventRows
+	var dl deliveryRows
+	var endLSN cdc.LSN
+	var final bool
+	for i := range txs {
+		t := &txs[i]
+		if t.Final {
+			final = true
+			endLSN = max(endLSN, t.EndLSN)
+		}
+		for j := range t.Events {
+			ev.add(t, &t.Events[j])
+		}
+	}
+	if len(ev.id) == 0 && !final {
+		return nil
+	}
+	pending := 0
+	err := pgx.BeginFunc(ctx, d.pool, func(tx pgx.Tx) error {
+		if len(ev.id) > 0 {
+			eps, err := d.fanoutEndpoints(ctx, tx)
+			if err != nil {
+				return err
+			}
+			for i := range txs {
+				for j := range txs[i].Events {
+					e := &txs[i].Events[j]
+					for k := range eps {
+						if eps[k].matches(e) {
+							if dl.add(e, &eps[k]) {
+								pending++
+							}
+						}
+					}
+				}
+			}
+		}
+		b := &pgx.Batch{}
+		if len(ev.id) > 0 {
+			b.Queue(d.q(insertEventsSQL), ev.id, ev.typ, ev.auction, ev.domain, ev.envelope,
+				ev.occurred, ev.data, ev.table, ev.xid, ev.commitLSN, ev.position)
+		}
+		if len(dl.id) > 0 {
+			b.Queue(d.q(insertDeliveriesSQL), dl.id, dl.event, dl.endpoint, dl.typ, dl.status)
+		}
+		if final {
+			b.Queue(d.q(advanceCursorSQL), slot, systemID, endLSN.String())
+		}
+		if pending > 0 {
+			// pg_notify inside the transaction is delivered at commit, and
+			// only if it commits: listeners never wake for rows they
+			// cannot see yet.
+			b.Queue(`SELECT pg_notify($1, '')`, d.channel)
+		}
+		return tx.SendBatch(ctx, b).Close()
+	})
+	if err != nil {
+		return fmt.Errorf("append %d events to the outbox: %w", len(ev.id), err)
+	}
+	d.metrics.appendEvents.Observe(float64(len(ev.id)))
+	d.metrics.appendLatency.Observe(time.Since(start).Seconds())
+	if pending > 0 {
+		d.Notify()
+	}
+	return nil
+}
+
+func (d *Dispatcher) fanoutEndpoints(ctx context.Context, tx pgx.Tx) ([]fanoutEndpoint, error) {
+	rows, err := tx.Query(ctx, d.q(`SELECT id, events, auctions, active FROM {{schema}}.endpoints ORDER BY id FOR KEY SHARE`))
+	if err != nil {
+		return nil, fmt.Errorf("read endpoints: %w", err)
+	}
+	eps, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (fanoutEndpoint, error) {
+		var e fanoutEndpoint
+		err := r.Scan(&e.id, &e.events, &e.auctions, &e.active)
+		return e, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("read endpoints: %w", err)
+	}
+	return eps, nil
+}
+
+const insertEventsSQL = `
+INSERT INTO {{schema}}.events (id, type, auction_id, domain, envelope, occurred_at, data, table_name, xid, commit_lsn, position)
+SELECT id, type, NULLIF(auction_id, ''), NULLIF(domain, ''), envelope, occurred_at, data::json, NULLIF(table_name, ''), xid, commit_lsn::pg_lsn, position
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[], $7::text[], $8::text[], $9::bigint[], $10::text[], $11::int[])
+     AS t(id, type, auction_id, domain, envelope, occurred_at, data, table_name, xid, commit_lsn, position)
+ON CONFLICT (id) DO NOTHING`
+
+const insertDeliveriesSQL = `
+INSERT INTO {{schema}}.deliveries (id, event_id, endpoint_id, event_type, status)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[])
+ON CONFLICT (id) DO NOTHING`
+
+// GREATEST keeps the cursor from going back when an older batch is
+// replayed after a newer one was stored.
+const advanceCursorSQL = `
+INSERT INTO {{schema}}.cursor (slot, system_id, lsn) VALUES ($1, $2, $3::pg_lsn)
+ON CONFLICT (slot) DO UPDATE SET lsn = GREATEST({{schema}}.cursor.lsn, EXCLUDED.lsn),
+    system_id = EXCLUDED.system_id, updated_at = now()`
+
+// eventRows are events as column arrays for unnest.
+type eventRows struct {
+	id, typ, auction, domain, envelope []string
+	occurred                           []time.Time
+	data, table                        []string
+	xid                                []int64
+	commitLSN                          []string
+	position                           []int32
+}
+
+func (r *eventRows) add(t *TxEvents, e *mapper.Event) {
+	data := string(e.Data)
+	if data == "" {
+		data = "{}"
+	}
+	env := e.Envelope
+	if env == "" {
+		env = mapper.EnvelopeAuctionExcellence
+	}
+	r.id = append(r.id, e.ID)
+	r.typ = append(r.typ, e.Type)
+	r.auction = append(r.auction, e.AuctionID)
+	r.domain = append(r.domain, e.Domain)
+	r.envelope = append(r.envelope, string(env))
+	r.occurred = append(r.occurred, e.OccurredAt)
+	r.data = append(r.data, data)
+	r.table = append(r.table, e.Table)
+	r.xid = append(r.xid, int64(t.Xid))
+	r.commitLSN = append(r.commitLSN, t.CommitLSN.String())
+	r.position = append(r.position, int32(e.Position))
+}
+
+// deliveryRows are deliveries as column arrays for unnest.
+type deliveryRows struct {
+	id, event, endpoint, typ, status []string
+}
+
+// add records the delivery of e to ep and reports whether it is pending.
+func (r *deliveryRows) add(e *mapper.Event, ep *fanoutEndpoint) bool {
+	env := e.Envelope
+	if env == "" {
+		env = mapper.EnvelopeAuctionExcellence
+	}
+	status := "pending"
+	if !ep.active {
+		status = "skipped"
+	}
+	r.id = append(r.id, mapper.DeliveryID(env, e.ID, ep.id))
+	r.event = append(r.event, e.ID)
+	r.endpoint = append(r.endpoint, ep.id)
+	r.typ = append(r.typ, e.Type)
+	r.status = append(r.status, status)
+	return ep.active
+}

@@ -1,0 +1,243 @@
+package dispatch
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/walhook/walhook/mapper"
+)
+
+// claimed is one delivery claimed by this process, with what it takes to
+// render, sign and send it.
+type claimed struct {
+	id, endpointID, url string
+	attempt             int
+	secret, prevSecret  string
+	prevSecretValid     bool
+	event               mapper.Event
+	test                bool // a SendTest delivery: no retry, no health change
+}
+
+// claimSQL claims due deliveries in one statement. It walks the active
+// endpoints and, for each, takes its earliest due pending rows up to the
+// endpoint's free in-flight slots (LATERAL + LIMIT), so a backlog at one
+// endpoint can never fill a claim batch and starve the others. FOR UPDATE
+// SKIP LOCKED lets concurrent claimers (other workers, other processes)
+// pass each other's rows instead of waiting. The in-flight count is read
+// from the statement's snapshot, so two processes claiming the same
+// endpoint at the same instant may together exceed the cap by one batch;
+// it is a bound on load, not a correctness rule.
+//
+// The claim bumps attempts, so a process that crashes mid-request has still
+// spent that attempt (the lease rescue does not refund it).
+const claimSQL = `
+WITH inflight AS (
+    SELECT endpoint_id, count(*) AS n FROM {{schema}}.deliveries
+    WHERE status = 'delivering' GROUP BY endpoint_id
+), due AS (
+    SELECT x.id, x.next_attempt_at FROM {{schema}}.endpoints e
+    LEFT JOIN inflight i ON i.endpoint_id = e.id
+    CROSS JOIN LATERAL (
+        SELECT d.id, d.next_attempt_at FROM {{schema}}.deliveries d
+        WHERE d.endpoint_id = e.id AND d.status = 'pending' AND d.next_attempt_at <= now()
+        ORDER BY d.next_attempt_at
+        LIMIT greatest($3::int - coalesce(i.n, 0), 0)
+        FOR UPDATE OF d SKIP LOCKED
+    ) x
+    WHERE e.active
+    ORDER BY x.next_attempt_at
+    LIMIT $4
+)
+UPDATE {{schema}}.deliveries d
+SET status = 'delivering', attempts = d.attempts + 1, locked_by = $1,
+    locked_until = now() + make_interval(secs => $2), updated_at = now()
+FROM due, {{schema}}.events ev, {{schema}}.endpoints e
+WHERE d.id = due.id AND ev.id = d.event_id AND e.id = d.endpoint_id
+RETURNING d.id, d.endpoint_id, d.attempts, e.url, e.secret, coalesce(e.previous_secret, ''),
+    coalesce(e.previous_secret_until > now(), false),
+    ev.id, ev.type, coalesce(ev.auction_id, ''), coalesce(ev.domain, ''), ev.envelope,
+    ev.occurred_at, ev.data::text, coalesce(ev.table_name, ''), coalesce(ev.position, 0)`
+
+func (d *Dispatcher) claim(ctx context.Context, n int) ([]claimed, error) {
+	rows, err := d.pool.Query(ctx, d.q(claimSQL), d.opts.InstanceID, d.opts.Lease.Seconds(),
+		d.opts.MaxInFlightPerEndpoint, n)
+	if err != nil {
+		return nil, fmt.Errorf("claim deliveries: %w", err)
+	}
+	cs, err := pgx.CollectRows(rows, scanClaimed)
+	if err != nil {
+		return nil, fmt.Errorf("claim deliveries: %w", err)
+	}
+	return cs, nil
+}
+
+func scanClaimed(r pgx.CollectableRow) (claimed, error) {
+	var c claimed
+	var env, data string
+	err := r.Scan(&c.id, &c.endpointID, &c.attempt, &c.url, &c.secret, &c.prevSecret, &c.prevSecretValid,
+		&c.event.ID, &c.event.Type, &c.event.AuctionID, &c.event.Domain, &env,
+		&c.event.OccurredAt, &data, &c.event.Table, &c.event.Position)
+	c.event.Envelope = mapper.Envelope(env)
+	c.event.Data = []byte(data)
+	c.event.OccurredAt = c.event.OccurredAt.UTC()
+	return c, err
+}
+
+// Run delivers until ctx is cancelled: the claim loop and its workers, the
+// LISTEN connection that wakes it, and the maintenance loop (lease rescue,
+// retention, gauges). On cancel it stops claiming, lets attempts in flight
+// finish (each bounded by the attempt timeout), releases anything still
+// claimed by this process and returns nil.
+func (d *Dispatcher) Run(ctx context.Context) error {
+	d.log.Info("dispatcher started", slog.String("instance", d.opts.InstanceID),
+		slog.Int("workers", d.opts.Workers), slog.Int("max_in_flight_per_endpoint", d.opts.MaxInFlightPerEndpoint))
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return d.listen(gctx) })
+	g.Go(func() error { return d.maintain(gctx) })
+	g.Go(func() error { return d.claimLoop(gctx) })
+	err := g.Wait()
+	// Release what this process still holds (claims whose outcome could
+	// not be recorded), so other processes need not wait for the lease.
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	if n, rerr := d.release(rctx); rerr != nil {
+		d.log.Warn("release claimed deliveries", slog.Any("error", rerr))
+	} else if n > 0 {
+		d.log.Info("released claimed deliveries", slog.Int64("count", n))
+	}
+	d.client.CloseIdleConnections()
+	if err != nil && !errors.Is(err, context.Canceled) {
+		return fmt.Errorf("dispatcher: %w", err)
+	}
+	d.log.Info("dispatcher stopped", slog.String("instance", d.opts.InstanceID))
+	return nil
+}
+
+// release puts this process's claimed deliveries back to pending and
+// refunds the attempt that never happened.
+func (d *Dispatcher) release(ctx context.Context) (int64, error) {
+	tag, err := d.pool.Exec(ctx, d.q(`UPDATE {{schema}}.deliveries
+		SET status = 'pending', attempts = greatest(attempts - 1, 0), locked_by = NULL, locked_until = NULL, updated_at = now()
+		WHERE status = 'delivering' AND locked_by = $1`), d.opts.InstanceID)
+	return tag.RowsAffected(), err
+}
+
+// claimLoop claims as many deliveries as there are free workers and runs
+// each in its own goroutine. It claims again at once after a full batch,
+// after a worker finishes while work may be waiting, on a wake-up (Append,
+// Notify, NOTIFY from another process) and at every poll interval.
+func (d *Dispatcher) claimLoop(ctx context.Context) error {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	// Attempts in flight outlive ctx: graceful stop lets them finish
+	// within the client's timeout instead of abandoning them mid-request.
+	sendCtx := context.WithoutCancel(ctx)
+	done := make(chan struct{}, d.opts.Workers)
+	free := d.opts.Workers
+	poll := time.NewTicker(d.opts.PollInterval)
+	defer poll.Stop()
+	errDelay := time.Duration(0)
+	for {
+		// more: the last claim may have left due work behind (full batch or
+		// every worker busy).
+		more := false
+		if free > 0 {
+			n := min(free, d.opts.BatchSize)
+			cs, err := d.claim(ctx, n)
+			switch {
+			case ctx.Err() != nil:
+				return ctx.Err()
+			case err != nil:
+				errDelay = min(max(2*errDelay, 100*time.Millisecond), 5*time.Second)
+				d.log.Warn("claim failed, retrying", slog.Any("error", err), slog.Duration("in", errDelay))
+				select {
+				case <-ctx.Done():
+					return ctx.Err()
+				case <-time.After(errDelay):
+				}
+				continue
+			}
+			errDelay = 0
+			free -= len(cs)
+			more = len(cs) == n
+			for _, c := range cs {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					d.deliver(sendCtx, c)
+					done <- struct{}{}
+				}()
+			}
+		}
+		if more && free > 0 {
+			continue
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-done:
+			free++
+			// Coalesce finished workers so a burst of completions costs one
+			// claim, not one each.
+			for drained := false; !drained; {
+				select {
+				case <-done:
+					free++
+				default:
+					drained = true
+				}
+			}
+		case <-d.wake:
+		case <-poll.C:
+		}
+	}
+}
+
+// listen holds a LISTEN connection on the schema's channel and turns each
+// notification into an in-process wake-up. A lost connection is retried
+// with backoff; polling covers the gap.
+func (d *Dispatcher) listen(ctx context.Context) error {
+	backoff := 100 * time.Millisecond
+	for {
+		err := d.listenOnce(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
+		d.log.Warn("listen connection lost, polling until it is back", slog.Any("error", err), slog.Duration("retry_in", backoff))
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 10*time.Second)
+	}
+}
+
+func (d *Dispatcher) listenOnce(ctx context.Context) error {
+	conn, err := d.pool.Acquire(ctx)
+	if err != nil {
+		return err
+	}
+	// The connection leaves the pool for good: a pooled connection must not
+	// keep a LISTEN registration for its next user.
+	pc := conn.Hijack()
+	defer pc.Close(context.WithoutCancel(ctx))
+	if _, err := pc.Exec(ctx, "LISTEN "+quoteIdent(d.channel)); err != nil {
+		return err
+	}
+	// A notification may have been sent before LISTEN took effect.
+	d.Notify()
+	for {
+		if _, err := pc.WaitForNotification(ctx); err != nil {
+			return err
+		}
+		d.Notify()
+	}
+}
