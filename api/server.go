@@ -29,6 +29,7 @@ type AdminStore interface {
 	Recover(ctx context.Context, endpointID string, since time.Time) (int, error)
 	RotateSecret(ctx context.Context, endpointID string, overlap time.Duration) (string, time.Time, error)
 	OutboxStatus(ctx context.Context) (dispatch.OutboxStatus, error)
+	SendTest(ctx context.Context, endpointID string) (dispatch.TestResult, error)
 }
 
 // Replication reports the replication slot's state for /api/v1/status.
@@ -80,9 +81,6 @@ type Options struct {
 	// against it.
 	Catalog []CatalogEntry
 	Admin   AdminStore
-	// Tester sends a test event through the real delivery path
-	// (*dispatch.Dispatcher). Nil: the test route answers 503.
-	Tester Tester
 	// Replication is optional; /api/v1/status shows "slot": null without it.
 	Replication Replication
 	// Gatherer serves /metrics (nil: /metrics is 404); Registerer receives
@@ -103,7 +101,6 @@ type Options struct {
 // Server is the admin API. Handler serves it; Run and Serve listen.
 type Server struct {
 	admin       AdminStore
-	tester      Tester
 	replication Replication
 	ready       func(ctx context.Context) error
 	catalog     []CatalogEntry
@@ -128,7 +125,7 @@ func New(o Options) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{
-		admin: o.Admin, tester: o.Tester, replication: o.Replication, ready: o.Ready,
+		admin: o.Admin, replication: o.Replication, ready: o.Ready,
 		catalog: o.Catalog, log: o.Logger, now: o.Now, overlap: o.SecretOverlap,
 		maxBody: o.MaxBody, keys: keys, open: map[string]bool{},
 	}

@@ -1,24 +1,6 @@
 package api
 
-import (
-	"context"
-	"net/http"
-	"time"
-)
-
-// TestResult is the outcome of a test send.
-type TestResult struct {
-	DeliveryID string
-	StatusCode int
-	Duration   time.Duration
-	Error      string
-}
-
-// Tester sends a "webhook.test" event to an endpoint now, through the real
-// delivery path (signing, SSRF guard, timeout), recorded in its history.
-type Tester interface {
-	SendTest(ctx context.Context, endpointID string) (TestResult, error)
-}
+import "net/http"
 
 type testResponse struct {
 	DeliveryID     string  `json:"deliveryId"`
@@ -36,16 +18,8 @@ func (s *Server) testWebhook(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	if s.tester == nil {
-		s.fail(w, r, errorf(http.StatusServiceUnavailable, CodeInternal, "test sends are not available in this process"))
-		return
-	}
 	id := r.PathValue("id")
-	if _, err := s.admin.GetEndpoint(r.Context(), id); err != nil {
-		s.fail(w, r, err)
-		return
-	}
-	res, err := s.tester.SendTest(r.Context(), id)
+	res, err := s.admin.SendTest(r.Context(), id)
 	if err != nil {
 		s.fail(w, r, err)
 		return

@@ -134,13 +134,6 @@ const (
 	adminDisabledReason = "disabled by admin"
 )
 
-// adminHooks is what Admin needs from the dispatcher: the URL policy of the
-// delivery client, and the wake-up of the workers after a re-queue.
-type adminHooks interface {
-	ValidateURL(raw string) error
-	Notify()
-}
-
 // Admin is the store side of the admin API: endpoint CRUD, delivery history,
 // redelivery, recovery and secret rotation. Every change is one statement or
 // one transaction, so a refused request changes nothing, and other walhook
@@ -149,11 +142,14 @@ type adminHooks interface {
 type Admin struct {
 	pool   *pgxpool.Pool
 	schema string // quoted identifier
-	d      adminHooks
+	// d gives the URL policy of the delivery client, the wake-up of the
+	// workers after a re-queue, and test sends.
+	d *Dispatcher
 }
 
-// NewAdmin returns the admin store over the outbox in schema (unquoted name).
-func NewAdmin(pool *pgxpool.Pool, schema string, d adminHooks) *Admin {
+// NewAdmin returns the admin store over the outbox in schema (unquoted
+// name), using d for URL checks, wake-ups and test sends.
+func NewAdmin(pool *pgxpool.Pool, schema string, d *Dispatcher) *Admin {
 	if schema == "" {
 		schema = "walhook"
 	}
@@ -374,6 +370,12 @@ func (a *Admin) UpdateEndpoint(ctx context.Context, id string, p EndpointPatch) 
 		return Endpoint{}, err
 	}
 	return out, nil
+}
+
+// SendTest sends a "webhook.test" event to the endpoint now, through the
+// dispatcher's real delivery path (see Dispatcher.SendTest).
+func (a *Admin) SendTest(ctx context.Context, endpointID string) (TestResult, error) {
+	return a.d.SendTest(ctx, endpointID)
 }
 
 // DeleteEndpoint removes an API endpoint with its deliveries and attempts

@@ -1,0 +1,515 @@
+package dispatch
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/walhook/walhook/internal/pgtest"
+)
+
+type adminBundle struct {
+	pool  *pgxpool.Pool
+	d     *Dispatcher
+	admin *Admin
+}
+
+func setupAdmin(t *testing.T) (*Admin, *adminBundle) {
+	t.Helper()
+	t.Parallel()
+	ctx := context.Background()
+	dsn := pgtest.Shared(t).NewDatabase(t)
+	pool, err := pgxpool.New(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	if _, err := Migrate(ctx, pool, "walhook"); err != nil {
+		t.Fatal(err)
+	}
+	d, err := New(pool, Options{Schema: "walhook", Client: ClientOptions{AllowHTTP: true, Allow: []string{"127.0.0.0/8"}, Timeout: 2 * time.Second}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := NewAdmin(pool, "walhook", d)
+	return a, &adminBundle{pool: pool, d: d, admin: a}
+}
+
+func (b *adminBundle) exec(t *testing.T, sql string, args ...any) {
+	t.Helper()
+	if _, err := b.pool.Exec(context.Background(), strings.ReplaceAll(sql, "{{schema}}", "walhook"), args...); err != nil {
+		t.Fatalf("%s: %v", sql, err)
+	}
+}
+
+func (b *adminBundle) count(t *testing.T, sql string, args ...any) int {
+	t.Helper()
+	var n int
+	if err := b.pool.QueryRow(context.Background(), strings.ReplaceAll(sql, "{{schema}}", "walhook"), args...).Scan(&n); err != nil {
+		t.Fatalf("%s: %v", sql, err)
+	}
+	return n
+}
+
+// addDelivery stores an event and one delivery of it to endpointID, created
+// at created, with the given status and attempt count.
+func (b *adminBundle) addDelivery(t *testing.T, id, endpointID, status string, attempts int, created time.Time) {
+	t.Helper()
+	b.exec(t, `INSERT INTO {{schema}}.events (id, type, envelope, occurred_at, data)
+		VALUES ($1, 'auction.bid', 'sns', $2, '{"bid":1}') ON CONFLICT DO NOTHING`, "ev-"+id, created)
+	b.exec(t, `INSERT INTO {{schema}}.deliveries (id, event_id, endpoint_id, event_type, status, attempts, created_at, updated_at, next_attempt_at)
+		VALUES ($1, $2, $3, 'auction.bid', $4, $5, $6, $6, $6)`, id, "ev-"+id, endpointID, status, attempts, created)
+}
+
+func mustCreate(t *testing.T, a *Admin, in EndpointInput) Endpoint {
+	t.Helper()
+	if in.URL == "" {
+		in.URL = "https://example.com/hook"
+	}
+	e, err := a.CreateEndpoint(context.Background(), in)
+	if err != nil {
+		t.Fatalf("create endpoint: %v", err)
+	}
+	return e
+}
+
+func TestAdminCreateEndpoint(t *testing.T) {
+	a, b := setupAdmin(t)
+	ctx := context.Background()
+
+	e := mustCreate(t, a, EndpointInput{URL: "https://example.com/a", Events: []string{"auction.bid"}, Auctions: []string{"A1"}, Description: "d"})
+	if !strings.HasPrefix(e.ID, "whk_") || len(e.ID) != len("whk_")+16 {
+		t.Errorf("id = %q, want whk_ + 16 hex digits", e.ID)
+	}
+	if key, err := DecodeSecret(e.Secret); err != nil || len(key) != 32 {
+		t.Errorf("generated secret: %v (%d bytes)", err, len(key))
+	}
+	if !e.Active || e.Static || e.URL != "https://example.com/a" || e.Events[0] != "auction.bid" || e.Auctions[0] != "A1" || e.Description != "d" {
+		t.Errorf("created endpoint = %+v", e)
+	}
+	got, err := a.GetEndpoint(ctx, e.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Secret != "" {
+		t.Error("GetEndpoint shows the secret; it must be shown only at creation")
+	}
+	if !got.CreatedAt.Equal(e.CreatedAt) {
+		t.Errorf("createdAt %v != %v", got.CreatedAt, e.CreatedAt)
+	}
+
+	given := NewSecret()
+	e2 := mustCreate(t, a, EndpointInput{Secret: given})
+	var stored string
+	if err := b.pool.QueryRow(ctx, `SELECT secret FROM walhook.endpoints WHERE id = $1`, e2.ID).Scan(&stored); err != nil || stored != given {
+		t.Errorf("given secret not stored: %v", err)
+	}
+	if e2.ID == e.ID {
+		t.Error("two endpoints got the same id")
+	}
+}
+
+func TestAdminCreateRefusesBadInput(t *testing.T) {
+	a, b := setupAdmin(t)
+	ctx := context.Background()
+	cases := []struct {
+		name string
+		in   EndpointInput
+		want error
+	}{
+		{"no url", EndpointInput{}, ErrInvalidURL},
+		{"ftp", EndpointInput{URL: "ftp://example.com/x"}, ErrInvalidURL},
+		{"private ip", EndpointInput{URL: "https://10.1.2.3/x"}, ErrInvalidURL},
+		{"metadata ip", EndpointInput{URL: "http://169.254.169.254/latest"}, ErrInvalidURL},
+		{"secret without prefix", EndpointInput{URL: "https://example.com/x", Secret: "abc"}, ErrBadSecret},
+		{"secret not base64", EndpointInput{URL: "https://example.com/x", Secret: "whsec_!!!"}, ErrBadSecret},
+		{"secret too short", EndpointInput{URL: "https://example.com/x", Secret: "whsec_YWJj"}, ErrBadSecret},
+	}
+	for _, c := range cases {
+		_, err := a.CreateEndpoint(ctx, c.in)
+		if !errors.Is(err, c.want) {
+			t.Errorf("%s: err = %v, want %v", c.name, err, c.want)
+		}
+	}
+	if n := b.count(t, `SELECT count(*) FROM {{schema}}.endpoints`); n != 0 {
+		t.Errorf("%d endpoints stored after refused creates", n)
+	}
+}
+
+func TestAdminListEndpointsPaginates(t *testing.T) {
+	a, b := setupAdmin(t)
+	ctx := context.Background()
+	if err := b.d.SyncStaticEndpoints(ctx, []StaticEndpoint{{Name: "ops", URL: "https://example.com/ops", Secret: NewSecret()}}); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]bool{"static:ops": true}
+	for range 4 {
+		want[mustCreate(t, a, EndpointInput{}).ID] = true
+	}
+	seen := map[string]bool{}
+	cursor, pages := "", 0
+	for {
+		eps, next, total, err := a.ListEndpoints(ctx, ListOptions{Limit: 2, Cursor: cursor})
+		if err != nil {
+			t.Fatal(err)
+		}
+		pages++
+		if total != 5 {
+			t.Errorf("total = %d, want 5", total)
+		}
+		if len(eps) > 2 {
+			t.Errorf("page of %d, limit 2", len(eps))
+		}
+		for _, e := range eps {
+			if seen[e.ID] {
+				t.Errorf("%s listed twice", e.ID)
+			}
+			seen[e.ID] = true
+			if e.Static != (e.ID == "static:ops") {
+				t.Errorf("%s static = %v", e.ID, e.Static)
+			}
+		}
+		if next == "" {
+			break
+		}
+		cursor = next
+	}
+	if pages != 3 || len(seen) != len(want) {
+		t.Errorf("%d pages, %d endpoints seen; want 3 pages, %d endpoints", pages, len(seen), len(want))
+	}
+	if _, _, _, err := a.ListEndpoints(ctx, ListOptions{Cursor: "not-a-cursor"}); !errors.Is(err, ErrInvalidCursor) {
+		t.Errorf("bad cursor: err = %v", err)
+	}
+}
+
+func TestAdminGetMissing(t *testing.T) {
+	a, _ := setupAdmin(t)
+	ctx := context.Background()
+	if _, err := a.GetEndpoint(ctx, "whk_nope"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("GetEndpoint: %v", err)
+	}
+	if _, _, err := a.GetDelivery(ctx, "nope"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("GetDelivery: %v", err)
+	}
+	if _, _, err := a.ListDeliveries(ctx, "whk_nope", DeliveryFilter{}); !errors.Is(err, ErrNotFound) {
+		t.Errorf("ListDeliveries: %v", err)
+	}
+	if err := a.DeleteEndpoint(ctx, "whk_nope"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("DeleteEndpoint: %v", err)
+	}
+	if _, err := a.UpdateEndpoint(ctx, "whk_nope", EndpointPatch{}); !errors.Is(err, ErrNotFound) {
+		t.Errorf("UpdateEndpoint: %v", err)
+	}
+	if _, err := a.Redeliver(ctx, "nope"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("Redeliver: %v", err)
+	}
+	if _, err := a.Recover(ctx, "whk_nope", time.Time{}); !errors.Is(err, ErrNotFound) {
+		t.Errorf("Recover: %v", err)
+	}
+	if _, _, err := a.RotateSecret(ctx, "whk_nope", time.Hour); !errors.Is(err, ErrNotFound) {
+		t.Errorf("RotateSecret: %v", err)
+	}
+	if _, err := a.SendTest(ctx, "whk_nope"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("SendTest: %v", err)
+	}
+}
+
+func TestAdminUpdateEndpoint(t *testing.T) {
+	a, b := setupAdmin(t)
+	ctx := context.Background()
+	e := mustCreate(t, a, EndpointInput{Events: []string{"auction.bid"}})
+	url, events, desc := "https://example.com/new", []string{"auction.*"}, "new"
+	got, err := a.UpdateEndpoint(ctx, e.ID, EndpointPatch{URL: &url, Events: &events, Description: &desc})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.URL != url || got.Events[0] != "auction.*" || got.Description != desc || !got.Active {
+		t.Errorf("patched = %+v", got)
+	}
+
+	// A refused URL changes nothing.
+	bad := "https://192.168.1.1/x"
+	if _, err := a.UpdateEndpoint(ctx, e.ID, EndpointPatch{URL: &bad, Description: new("changed")}); !errors.Is(err, ErrInvalidURL) {
+		t.Errorf("bad url: %v", err)
+	}
+	if got, _ := a.GetEndpoint(ctx, e.ID); got.URL != url || got.Description != desc {
+		t.Errorf("refused patch changed the endpoint: %+v", got)
+	}
+
+	// Disable: pending deliveries are skipped, kept.
+	b.addDelivery(t, "d1", e.ID, "pending", 0, time.Now())
+	b.addDelivery(t, "d2", e.ID, "delivered", 1, time.Now())
+	b.exec(t, `UPDATE {{schema}}.endpoints SET failing_since = now() WHERE id = $1`, e.ID)
+	off, on := false, true
+	got, err = a.UpdateEndpoint(ctx, e.ID, EndpointPatch{Active: &off})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Active || got.DisabledReason != adminDisabledReason || got.DisabledAt.IsZero() {
+		t.Errorf("disabled = %+v", got)
+	}
+	if n := b.count(t, `SELECT count(*) FROM {{schema}}.deliveries WHERE status = 'skipped'`); n != 1 {
+		t.Errorf("%d skipped deliveries, want 1 (the pending one)", n)
+	}
+	// Re-enable clears the reason and the failing state.
+	got, err = a.UpdateEndpoint(ctx, e.ID, EndpointPatch{Active: &on})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !got.Active || got.DisabledReason != "" || !got.DisabledAt.IsZero() || !got.FailingSince.IsZero() {
+		t.Errorf("re-enabled = %+v", got)
+	}
+}
+
+func TestAdminStaticEndpointsAreReadOnly(t *testing.T) {
+	a, b := setupAdmin(t)
+	ctx := context.Background()
+	if err := b.d.SyncStaticEndpoints(ctx, []StaticEndpoint{{Name: "ops", URL: "https://example.com/ops", Secret: NewSecret()}}); err != nil {
+		t.Fatal(err)
+	}
+	url := "https://example.com/other"
+	if _, err := a.UpdateEndpoint(ctx, "static:ops", EndpointPatch{URL: &url}); !errors.Is(err, ErrStaticEndpoint) {
+		t.Errorf("update: %v", err)
+	}
+	if err := a.DeleteEndpoint(ctx, "static:ops"); !errors.Is(err, ErrStaticEndpoint) {
+		t.Errorf("delete: %v", err)
+	}
+	if _, _, err := a.RotateSecret(ctx, "static:ops", time.Hour); !errors.Is(err, ErrStaticEndpoint) {
+		t.Errorf("rotate: %v", err)
+	}
+	e, err := a.GetEndpoint(ctx, "static:ops")
+	if err != nil || e.URL != "https://example.com/ops" || !e.Static {
+		t.Errorf("static endpoint after refused changes: %+v, %v", e, err)
+	}
+}
+
+func TestAdminDeleteEndpointCascades(t *testing.T) {
+	a, b := setupAdmin(t)
+	ctx := context.Background()
+	e := mustCreate(t, a, EndpointInput{})
+	keep := mustCreate(t, a, EndpointInput{})
+	b.addDelivery(t, "d1", e.ID, "failed", 6, time.Now())
+	b.addDelivery(t, "d2", keep.ID, "failed", 6, time.Now())
+	b.exec(t, `INSERT INTO {{schema}}.attempts (delivery_id, attempt, started_at, duration_ms) VALUES ('d1', 1, now(), 5)`)
+	if err := a.DeleteEndpoint(ctx, e.ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.GetEndpoint(ctx, e.ID); !errors.Is(err, ErrNotFound) {
+		t.Errorf("deleted endpoint still there: %v", err)
+	}
+	if n := b.count(t, `SELECT count(*) FROM {{schema}}.deliveries WHERE endpoint_id = $1`, e.ID); n != 0 {
+		t.Errorf("%d deliveries left for the deleted endpoint", n)
+	}
+	if n := b.count(t, `SELECT count(*) FROM {{schema}}.attempts`); n != 0 {
+		t.Errorf("%d attempts left", n)
+	}
+	if n := b.count(t, `SELECT count(*) FROM {{schema}}.deliveries WHERE endpoint_id = $1`, keep.ID); n != 1 {
+		t.Errorf("other endpoint's deliveries: %d, want 1", n)
+	}
+}
+
+func TestAdminListDeliveries(t *testing.T) {
+	a, b := setupAdmin(t)
+	ctx := context.Background()
+	e := mustCreate(t, a, EndpointInput{})
+	other := mustCreate(t, a, EndpointInput{})
+	base := time.Date(2026, 1, 2, 10, 0, 0, 0, time.UTC)
+	statuses := []string{"delivered", "failed", "pending", "skipped", "delivered", "failed"}
+	for i, st := range statuses {
+		b.addDelivery(t, "d"+string(rune('0'+i)), e.ID, st, 1, base.Add(time.Duration(i)*time.Minute))
+	}
+	b.addDelivery(t, "x", other.ID, "delivered", 1, base)
+
+	// Newest first, paginated, nothing twice.
+	var ids []string
+	cursor := ""
+	for {
+		ds, next, err := a.ListDeliveries(ctx, e.ID, DeliveryFilter{Limit: 4, Cursor: cursor})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, d := range ds {
+			ids = append(ids, d.ID)
+		}
+		if next == "" {
+			break
+		}
+		cursor = next
+	}
+	if got := strings.Join(ids, ","); got != "d5,d4,d3,d2,d1,d0" {
+		t.Errorf("order = %s, want d5..d0", got)
+	}
+
+	ds, _, err := a.ListDeliveries(ctx, e.ID, DeliveryFilter{Status: "failed"})
+	if err != nil || len(ds) != 2 || ds[0].ID != "d5" || ds[1].ID != "d1" {
+		t.Errorf("status=failed: %v %v", ds, err)
+	}
+	ds, _, err = a.ListDeliveries(ctx, e.ID, DeliveryFilter{Since: base.Add(2 * time.Minute), Until: base.Add(4 * time.Minute)})
+	if err != nil || len(ds) != 2 || ds[0].ID != "d3" || ds[1].ID != "d2" {
+		t.Errorf("since/until: %v %v", ds, err)
+	}
+	if _, _, err := a.ListDeliveries(ctx, e.ID, DeliveryFilter{Status: "lost"}); err == nil {
+		t.Error("unknown status accepted")
+	}
+}
+
+func TestAdminGetDeliveryWithAttempts(t *testing.T) {
+	a, b := setupAdmin(t)
+	ctx := context.Background()
+	e := mustCreate(t, a, EndpointInput{})
+	b.addDelivery(t, "d1", e.ID, "pending", 2, time.Now())
+	b.exec(t, `UPDATE {{schema}}.deliveries SET last_status_code = 500, last_error = 'http status 500', last_duration_ms = 12 WHERE id = 'd1'`)
+	b.exec(t, `INSERT INTO {{schema}}.attempts (delivery_id, attempt, started_at, duration_ms, status_code, error, response_body, signed_by)
+		VALUES ('d1', 1, now(), 10, NULL, 'connection refused', NULL, 1), ('d1', 2, now(), 12, 500, 'http status 500', 'oops', 2)`)
+	d, atts, err := a.GetDelivery(ctx, "d1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d.LastStatusCode != 500 || d.LastDuration != 12*time.Millisecond || d.Attempts != 2 || d.EndpointID != e.ID {
+		t.Errorf("delivery = %+v", d)
+	}
+	if len(atts) != 2 || atts[0].Error != "connection refused" || atts[0].StatusCode != 0 ||
+		atts[1].StatusCode != 500 || atts[1].ResponseBody != "oops" || atts[1].Signatures != 2 {
+		t.Errorf("attempts = %+v", atts)
+	}
+}
+
+func TestAdminRedeliver(t *testing.T) {
+	a, b := setupAdmin(t)
+	ctx := context.Background()
+	e := mustCreate(t, a, EndpointInput{})
+	b.addDelivery(t, "d1", e.ID, "failed", 6, time.Now().Add(-time.Hour))
+	b.addDelivery(t, "d2", e.ID, "delivering", 1, time.Now())
+	d, err := a.Redeliver(ctx, "d1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d.Status != "pending" || d.Attempts != 0 || time.Since(d.NextAttemptAt) > time.Minute {
+		t.Errorf("redelivered = %+v", d)
+	}
+	if _, err := a.Redeliver(ctx, "d2"); !errors.Is(err, ErrDeliveryInFlight) {
+		t.Errorf("in flight: %v", err)
+	}
+	b.exec(t, `UPDATE {{schema}}.deliveries SET status = 'failed' WHERE id = 'd1'`)
+	off := false
+	if _, err := a.UpdateEndpoint(ctx, e.ID, EndpointPatch{Active: &off}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Redeliver(ctx, "d1"); !errors.Is(err, ErrEndpointInactive) {
+		t.Errorf("inactive endpoint: %v", err)
+	}
+	if n := b.count(t, `SELECT count(*) FROM {{schema}}.deliveries WHERE id = 'd1' AND status = 'failed'`); n != 1 {
+		t.Error("refused redeliver changed the delivery")
+	}
+}
+
+func TestAdminRecover(t *testing.T) {
+	a, b := setupAdmin(t)
+	ctx := context.Background()
+	e := mustCreate(t, a, EndpointInput{})
+	cut := time.Now().Add(-time.Hour)
+	b.addDelivery(t, "old", e.ID, "failed", 6, cut.Add(-time.Minute))
+	b.addDelivery(t, "f", e.ID, "failed", 6, cut.Add(time.Minute))
+	b.addDelivery(t, "s", e.ID, "skipped", 0, cut.Add(2*time.Minute))
+	b.addDelivery(t, "ok", e.ID, "delivered", 1, cut.Add(3*time.Minute))
+
+	off, on := false, true
+	if _, err := a.UpdateEndpoint(ctx, e.ID, EndpointPatch{Active: &off}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Recover(ctx, e.ID, cut); !errors.Is(err, ErrEndpointInactive) {
+		t.Errorf("recover while disabled: %v", err)
+	}
+	if _, err := a.UpdateEndpoint(ctx, e.ID, EndpointPatch{Active: &on}); err != nil {
+		t.Fatal(err)
+	}
+	n, err := a.Recover(ctx, e.ID, cut)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n != 2 {
+		t.Errorf("recovered %d, want 2", n)
+	}
+	got := map[string]string{}
+	rows, _ := b.pool.Query(ctx, `SELECT id, status || '/' || attempts FROM walhook.deliveries`)
+	for rows.Next() {
+		var id, s string
+		rows.Scan(&id, &s)
+		got[id] = s
+	}
+	want := map[string]string{"old": "failed/6", "f": "pending/0", "s": "pending/0", "ok": "delivered/1"}
+	for id, w := range want {
+		if got[id] != w {
+			t.Errorf("%s: %s, want %s", id, got[id], w)
+		}
+	}
+}
+
+func TestAdminRotateSecret(t *testing.T) {
+	a, b := setupAdmin(t)
+	ctx := context.Background()
+	e := mustCreate(t, a, EndpointInput{})
+	secret, until, err := a.RotateSecret(ctx, e.ID, 2*time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := DecodeSecret(secret); err != nil || secret == e.Secret {
+		t.Errorf("new secret %v (same as old: %v)", err, secret == e.Secret)
+	}
+	if d := time.Until(until); d < 119*time.Minute || d > 121*time.Minute {
+		t.Errorf("previous valid until %v, want about 2h from now", until)
+	}
+	var cur, prev string
+	if err := b.pool.QueryRow(ctx, `SELECT secret, previous_secret FROM walhook.endpoints WHERE id = $1`, e.ID).Scan(&cur, &prev); err != nil {
+		t.Fatal(err)
+	}
+	if cur != secret || prev != e.Secret {
+		t.Error("store does not hold the new secret and the old one as previous")
+	}
+	got, _ := a.GetEndpoint(ctx, e.ID)
+	if !got.PreviousSecretUntil.Equal(until) {
+		t.Errorf("endpoint previous until %v != %v", got.PreviousSecretUntil, until)
+	}
+
+	// No overlap: the old secret stops signing at once.
+	if _, until, err = a.RotateSecret(ctx, e.ID, 0); err != nil || !until.IsZero() {
+		t.Errorf("rotate without overlap: until %v, %v", until, err)
+	}
+	if n := b.count(t, `SELECT count(*) FROM {{schema}}.endpoints WHERE id = $1 AND previous_secret IS NULL AND previous_secret_until IS NULL`, e.ID); n != 1 {
+		t.Error("previous secret kept without overlap")
+	}
+}
+
+func TestAdminOutboxStatus(t *testing.T) {
+	a, b := setupAdmin(t)
+	ctx := context.Background()
+	healthy := mustCreate(t, a, EndpointInput{})
+	failing := mustCreate(t, a, EndpointInput{})
+	disabled := mustCreate(t, a, EndpointInput{})
+	b.exec(t, `UPDATE {{schema}}.endpoints SET failing_since = now() - interval '1 hour' WHERE id = $1`, failing.ID)
+	b.exec(t, `UPDATE {{schema}}.endpoints SET active = false, disabled_reason = '410 Gone', disabled_at = now() WHERE id = $1`, disabled.ID)
+	b.addDelivery(t, "p1", healthy.ID, "pending", 0, time.Now().Add(-10*time.Minute))
+	b.addDelivery(t, "p2", failing.ID, "pending", 2, time.Now())
+	b.addDelivery(t, "f1", failing.ID, "failed", 6, time.Now())
+	b.addDelivery(t, "s1", disabled.ID, "skipped", 0, time.Now())
+	b.addDelivery(t, "ok", healthy.ID, "delivered", 1, time.Now())
+
+	s, err := a.OutboxStatus(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.Pending != 2 || s.Failing != 1 || s.Failed != 1 || s.Skipped != 1 || s.DeliveredLastMinute != 1 {
+		t.Errorf("status = %+v", s)
+	}
+	if s.OldestPendingAge < 9*time.Minute {
+		t.Errorf("oldest pending age %v, want about 10m", s.OldestPendingAge)
+	}
+	if s.Endpoints.Healthy != 1 || len(s.Endpoints.Failing) != 1 || s.Endpoints.Failing[0].ID != failing.ID ||
+		len(s.Endpoints.Disabled) != 1 || s.Endpoints.Disabled[0].Reason != "410 Gone" {
+		t.Errorf("endpoints = %+v", s.Endpoints)
+	}
+}
