@@ -1,0 +1,620 @@
+package dispatch
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	standardwebhooks "github.com/standard-webhooks/standard-webhooks/libraries/go"
+
+	"github.com/walhook/walhook/cdc"
+	"github.com/walhook/walhook/mapper"
+)
+
+func (b *obBundle) deliveryState(t testing.TB, id string) (status string, attempts int, code int, errText string) {
+	t.Helper()
+	var c *int
+	var e *string
+	if err := b.pool.QueryRow(context.Background(), `SELECT status, attempts, last_status_code, last_error
+		FROM walhook.deliveries WHERE id = $1`, id).Scan(&status, &attempts, &c, &e); err != nil {
+		t.Fatal(err)
+	}
+	if c != nil {
+		code = *c
+	}
+	if e != nil {
+		errText = *e
+	}
+	return
+}
+
+func (b *obBundle) waitStatus(t testing.TB, id, want string) {
+	t.Helper()
+	obWaitFor(t, "delivery "+id+" "+want, func() bool {
+		s, _, _, _ := b.deliveryState(t, id)
+		return s == want
+	})
+}
+
+func TestDeliverSignedEndToEnd(t *testing.T) {
+	t.Parallel()
+	rc := obNewReceiver(t, nil)
+	d, b := obSetup(t, func(o *Options) { o.Client.UserAgent = "AuctionExcellence-Webhook/1.0" })
+	ep := b.endpoint(t, "whk_1", rc.URL+"/hook", nil, nil, true)
+	ev := obEvent("problem.created", "A1")
+	obAppend(t, d, 10, ev)
+	obRun(t, d)
+	id := mapper.DeliveryID(ev.Envelope, ev.ID, ep)
+	b.waitStatus(t, id, "delivered")
+
+	reqs := rc.requests()
+	if len(reqs) != 1 {
+		t.Fatalf("receiver got %d requests, want 1", len(reqs))
+	}
+	r := reqs[0]
+	wh, err := standardwebhooks.NewWebhook(obSecret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := wh.Verify(r.Body, r.Header); err != nil {
+		t.Fatalf("Standard Webhooks library refused our request: %v", err)
+	}
+	if want := ev.Body(id); string(r.Body) != string(want) {
+		t.Fatalf("body %s, want %s", r.Body, want)
+	}
+	for k, want := range map[string]string{
+		"X-Webhook-ID": id, "webhook-id": id, "X-Webhook-Event": "problem.created",
+		"Content-Type": "application/json", "User-Agent": "AuctionExcellence-Webhook/1.0",
+	} {
+		if got := r.Header.Get(k); got != want {
+			t.Errorf("header %s = %q, want %q", k, got, want)
+		}
+	}
+	for _, p := range [][2]string{{"X-Webhook-Timestamp", "webhook-timestamp"}, {"X-Webhook-Signature", "webhook-signature"}} {
+		if r.Header.Get(p[0]) != r.Header.Get(p[1]) || r.Header.Get(p[0]) == "" {
+			t.Errorf("%s %q and %s %q differ", p[0], r.Header.Get(p[0]), p[1], r.Header.Get(p[1]))
+		}
+	}
+	if n := b.count(t, `SELECT count(*) FROM walhook.attempts WHERE delivery_id = $1 AND attempt = 1 AND status_code = 200`, id); n != 1 {
+		t.Fatalf("attempt log has %d rows for the delivery, want 1", n)
+	}
+	if n := b.count(t, `SELECT count(*) FROM walhook.endpoints WHERE id = $1 AND last_success_at IS NOT NULL AND failing_since IS NULL`, ep); n != 1 {
+		t.Fatal("endpoint's last success not recorded")
+	}
+}
+
+func TestDeliverSignsWithPreviousSecretDuringOverlap(t *testing.T) {
+	t.Parallel()
+	rc := obNewReceiver(t, nil)
+	d, b := obSetup(t, nil)
+	ep := b.endpoint(t, "whk_1", rc.URL, nil, nil, true)
+	newSecret := NewSecret()
+	if _, err := b.pool.Exec(context.Background(), `UPDATE walhook.endpoints SET secret = $1, previous_secret = $2,
+		previous_secret_until = now() + interval '1 hour' WHERE id = $3`, newSecret, obSecret, ep); err != nil {
+		t.Fatal(err)
+	}
+	ev := obEvent("a.b", "")
+	obAppend(t, d, 10, ev)
+	obRun(t, d)
+	id := mapper.DeliveryID(ev.Envelope, ev.ID, ep)
+	b.waitStatus(t, id, "delivered")
+	r := rc.requests()[0]
+	for _, s := range []string{newSecret, obSecret} {
+		wh, _ := standardwebhooks.NewWebhook(s)
+		if err := wh.Verify(r.Body, r.Header); err != nil {
+			t.Errorf("a receiver holding one of the two secrets refused: %v", err)
+		}
+	}
+	if n := strings.Count(r.Header.Get("webhook-signature"), "v1,"); n != 2 {
+		t.Fatalf("%d signatures, want 2 during the overlap", n)
+	}
+	if n := b.count(t, `SELECT count(*) FROM walhook.attempts WHERE delivery_id = $1 AND signed_by = 2`, id); n != 1 {
+		t.Fatal("attempt log does not record two signatures")
+	}
+}
+
+func TestDeliverRetries500Then200(t *testing.T) {
+	t.Parallel()
+	rc := obNewReceiver(t, func(n int, w http.ResponseWriter, r *http.Request) int {
+		if n == 0 {
+			w.WriteHeader(500)
+			w.Write([]byte("boom \x00\xff"))
+			return 0
+		}
+		return 200
+	})
+	d, b := obSetup(t, func(o *Options) {
+		o.Retry = RetryPolicy{Schedule: []time.Duration{0, 50 * time.Millisecond, time.Millisecond}}
+	})
+	ep := b.endpoint(t, "whk_1", rc.URL, nil, nil, true)
+	ev := obEvent("a.b", "")
+	obAppend(t, d, 10, ev)
+	obRun(t, d)
+	id := mapper.DeliveryID(ev.Envelope, ev.ID, ep)
+	b.waitStatus(t, id, "delivered")
+	_, attempts, code, _ := b.deliveryState(t, id)
+	if attempts != 2 || code != 200 {
+		t.Fatalf("attempts %d, last code %d; want 2 attempts ending in 200", attempts, code)
+	}
+	reqs := rc.requests()
+	if len(reqs) != 2 || reqs[0].Header.Get("webhook-id") != reqs[1].Header.Get("webhook-id") {
+		t.Fatalf("want 2 requests with one webhook-id, got %d", len(reqs))
+	}
+	// Never earlier than the schedule (a lower bound, not a speed check).
+	if gap := reqs[1].At.Sub(reqs[0].At); gap < 50*time.Millisecond {
+		t.Fatalf("retry came %v after the failure, schedule says 50ms", gap)
+	}
+	if n := b.count(t, `SELECT count(*) FROM walhook.attempts WHERE delivery_id = $1 AND attempt = 1 AND status_code = 500
+		AND error LIKE '%500%' AND response_body LIKE 'boom%'`, id); n != 1 {
+		t.Fatal("first attempt (500, body prefix) not in the delivery log")
+	}
+}
+
+func TestDeliverHonoursRetryAfter(t *testing.T) {
+	t.Parallel()
+	rc := obNewReceiver(t, func(n int, w http.ResponseWriter, r *http.Request) int {
+		if n == 0 {
+			w.Header().Set("Retry-After", "1")
+			return 429
+		}
+		return 204
+	})
+	d, b := obSetup(t, func(o *Options) {
+		o.Retry = RetryPolicy{Schedule: []time.Duration{0, time.Millisecond}}
+	})
+	ep := b.endpoint(t, "whk_1", rc.URL, nil, nil, true)
+	ev := obEvent("a.b", "")
+	obAppend(t, d, 10, ev)
+	obRun(t, d)
+	id := mapper.DeliveryID(ev.Envelope, ev.ID, ep)
+	b.waitStatus(t, id, "delivered")
+	reqs := rc.requests()
+	if len(reqs) != 2 {
+		t.Fatalf("%d requests, want 2", len(reqs))
+	}
+	if gap := reqs[1].At.Sub(reqs[0].At); gap < time.Second {
+		t.Fatalf("retry %v after a 429 with Retry-After: 1, want at least 1s", gap)
+	}
+}
+
+func TestDeliver410DisablesEndpoint(t *testing.T) {
+	t.Parallel()
+	rc := obNewReceiver(t, func(int, http.ResponseWriter, *http.Request) int { return 410 })
+	d, b := obSetup(t, func(o *Options) { o.Workers = 1 })
+	ep := b.endpoint(t, "whk_1", rc.URL, nil, nil, true)
+	ev1, ev2 := obEvent("a.b", ""), obEvent("a.b", "")
+	obAppend(t, d, 10, ev1, ev2)
+	obRun(t, d)
+	obWaitFor(t, "endpoint disabled", func() bool {
+		return b.count(t, `SELECT count(*) FROM walhook.endpoints WHERE id = $1 AND NOT active
+			AND disabled_reason LIKE '%410%' AND disabled_at IS NOT NULL`, ep) == 1
+	})
+	// Both deliveries are kept as skipped (recoverable), none failed.
+	obWaitFor(t, "deliveries skipped", func() bool {
+		return b.count(t, `SELECT count(*) FROM walhook.deliveries WHERE endpoint_id = $1 AND status = 'skipped'`, ep) == 2
+	})
+	if rc.n() != 1 {
+		t.Fatalf("receiver got %d requests after a 410, want 1", rc.n())
+	}
+	// New events for the disabled endpoint are stored as skipped.
+	ev3 := obEvent("a.b", "")
+	obAppend(t, d, 20, ev3)
+	s, _, _, _ := b.deliveryState(t, mapper.DeliveryID(ev3.Envelope, ev3.ID, ep))
+	if s != "skipped" {
+		t.Fatalf("delivery to a disabled endpoint is %s, want skipped", s)
+	}
+}
+
+func TestDeliverTimeoutRedirectAndBlockedAddress(t *testing.T) {
+	t.Parallel()
+	release := make(chan struct{})
+	hang := obNewReceiver(t, func(_ int, _ http.ResponseWriter, r *http.Request) int {
+		select {
+		case <-r.Context().Done():
+		case <-release:
+		}
+		return 200
+	})
+	t.Cleanup(func() { close(release) })
+	target := obNewReceiver(t, nil)
+	redirect := obNewReceiver(t, func(_ int, w http.ResponseWriter, r *http.Request) int {
+		w.Header().Set("Location", target.URL)
+		return 302
+	})
+	d, b := obSetup(t, func(o *Options) {
+		o.Client.Timeout = 300 * time.Millisecond
+		o.Retry = RetryPolicy{Schedule: []time.Duration{0}}
+	})
+	epHang := b.endpoint(t, "hang", hang.URL, nil, nil, true)
+	epRedirect := b.endpoint(t, "redirect", redirect.URL, nil, nil, true)
+	ev := obEvent("a.b", "")
+	obAppend(t, d, 10, ev)
+	obRun(t, d)
+
+	idHang := mapper.DeliveryID(ev.Envelope, ev.ID, epHang)
+	b.waitStatus(t, idHang, "failed")
+	if _, _, code, errText := b.deliveryState(t, idHang); code != 0 || !strings.Contains(errText, "timeout") {
+		t.Errorf("hanging receiver: code %d error %q, want a timeout", code, errText)
+	}
+	idRedirect := mapper.DeliveryID(ev.Envelope, ev.ID, epRedirect)
+	b.waitStatus(t, idRedirect, "failed")
+	if _, _, code, errText := b.deliveryState(t, idRedirect); code != 302 || !strings.Contains(errText, "redirect") {
+		t.Errorf("redirect: code %d error %q, want 302 and a redirect error", code, errText)
+	}
+	if target.n() != 0 {
+		t.Error("the redirect was followed")
+	}
+
+	// Without the loopback allowlist the same receiver is refused, and
+	// the refusal is permanent: no retries.
+	d2, b2 := obSetup(t, func(o *Options) {
+		o.Client = ClientOptions{AllowHTTP: true}
+		o.Retry = RetryPolicy{Schedule: []time.Duration{0, time.Millisecond, time.Millisecond}}
+	})
+	if err := d2.ValidateURL(target.URL); err == nil {
+		t.Error("ValidateURL accepted a loopback URL without the allowlist")
+	}
+	if err := d2.SyncStaticEndpoints(context.Background(), []StaticEndpoint{{Name: "x", URL: target.URL, Secret: obSecret}}); err == nil {
+		t.Error("a loopback static endpoint was accepted without the allowlist")
+	}
+	epBlocked := b2.endpoint(t, "blocked", target.URL, nil, nil, true)
+	obAppend(t, d2, 10, ev)
+	obRun(t, d2)
+	idBlocked := mapper.DeliveryID(ev.Envelope, ev.ID, epBlocked)
+	b2.waitStatus(t, idBlocked, "failed")
+	if _, attempts, _, errText := b2.deliveryState(t, idBlocked); attempts != 1 || !strings.Contains(errText, "blocked") {
+		t.Errorf("private address: %d attempts, error %q; want 1 attempt refused as blocked", attempts, errText)
+	}
+	if target.n() != 0 {
+		t.Error("a private address was dialled")
+	}
+}
+
+// One dead endpoint (it never answers) must not hold up a healthy one: the
+// per-endpoint in-flight cap keeps workers free for it.
+func TestDeliverDeadEndpointDoesNotDelayHealthy(t *testing.T) {
+	t.Parallel()
+	release := make(chan struct{})
+	var once sync.Once
+	free := func() { once.Do(func() { close(release) }) }
+	dead := obNewReceiver(t, func(_ int, _ http.ResponseWriter, r *http.Request) int {
+		select {
+		case <-r.Context().Done():
+		case <-release:
+		}
+		return 503
+	})
+	t.Cleanup(free)
+	healthy := obNewReceiver(t, nil)
+	d, b := obSetup(t, func(o *Options) {
+		o.Workers = 4
+		o.MaxInFlightPerEndpoint = 2
+		o.BatchSize = 4
+		o.Client.Timeout = time.Minute
+	})
+	epDead := b.endpoint(t, "dead", dead.URL, nil, nil, true)
+	// The dead endpoint's deliveries come first in due order.
+	var deadEvents []mapper.Event
+	for range 20 {
+		deadEvents = append(deadEvents, obEvent("x.dead", ""))
+	}
+	if _, err := b.pool.Exec(context.Background(), `UPDATE walhook.endpoints SET events = '{x.dead}' WHERE id = $1`, epDead); err != nil {
+		t.Fatal(err)
+	}
+	obAppend(t, d, 10, deadEvents...)
+	epHealthy := b.endpoint(t, "healthy", healthy.URL, []string{"x.ok"}, nil, true)
+	var okEvents []mapper.Event
+	for range 50 {
+		okEvents = append(okEvents, obEvent("x.ok", ""))
+	}
+	obAppend(t, d, 20, okEvents...)
+	obRun(t, d)
+
+	obWaitFor(t, "healthy deliveries", func() bool {
+		return b.count(t, `SELECT count(*) FROM walhook.deliveries WHERE endpoint_id = $1 AND status = 'delivered'`, epHealthy) == 50
+	})
+	if n := b.count(t, `SELECT count(*) FROM walhook.deliveries WHERE endpoint_id = $1 AND status IN ('pending', 'delivering')`, epDead); n != 20 {
+		t.Fatalf("dead endpoint: %d deliveries still open, want all 20", n)
+	}
+	if n := dead.n(); n > 2 {
+		t.Fatalf("dead endpoint got %d concurrent requests, cap is 2", n)
+	}
+	free()
+}
+
+func TestTwoDispatchersDeliverEachOnce(t *testing.T) {
+	t.Parallel()
+	rc := obNewReceiver(t, nil)
+	d1, b := obSetup(t, func(o *Options) { o.InstanceID = "one"; o.BatchSize = 5 })
+	d2 := b.dispatcher(t, func(o *Options) { o.InstanceID = "two"; o.BatchSize = 5 })
+	ep := b.endpoint(t, "whk_1", rc.URL, nil, nil, true)
+	obRun(t, d1)
+	obRun(t, d2)
+	const n = 300
+	var evs []mapper.Event
+	for i := range n {
+		evs = append(evs, obEvent("a.b", ""))
+		if len(evs) == 20 {
+			obAppend(t, d1, LSNfor(i), evs...)
+			evs = nil
+		}
+	}
+	obWaitFor(t, "all delivered", func() bool {
+		return b.count(t, `SELECT count(*) FROM walhook.deliveries WHERE endpoint_id = $1 AND status = 'delivered'`, ep) == n
+	})
+	seen := map[string]int{}
+	for _, r := range rc.requests() {
+		seen[r.Header.Get("webhook-id")]++
+	}
+	if len(seen) != n {
+		t.Fatalf("receiver saw %d distinct ids, want %d", len(seen), n)
+	}
+	for id, c := range seen {
+		if c != 1 {
+			t.Errorf("delivery %s received %d times", id, c)
+		}
+	}
+	if b.count(t, `SELECT count(*) FROM walhook.attempts`) != n {
+		t.Error("attempt log does not hold exactly one attempt per delivery")
+	}
+}
+
+func LSNfor(i int) cdc.LSN { return cdc.LSN(1000 + i) }
+
+// A process that claims and then dies: its claims are rescued once the
+// lease runs out and delivered by another process.
+func TestLeaseRescueAfterCrash(t *testing.T) {
+	t.Parallel()
+	rc := obNewReceiver(t, nil)
+	crashed, b := obSetup(t, func(o *Options) { o.InstanceID = "crashed"; o.Lease = 200 * time.Millisecond })
+	ep := b.endpoint(t, "whk_1", rc.URL, nil, nil, true)
+	ev := obEvent("a.b", "")
+	obAppend(t, crashed, 10, ev)
+	cs, err := crashed.claim(context.Background(), 10)
+	if err != nil || len(cs) != 1 {
+		t.Fatalf("claim = %d, %v; want 1", len(cs), err)
+	}
+	// A second claim while the lease holds takes nothing.
+	if cs2, err := crashed.claim(context.Background(), 10); err != nil || len(cs2) != 0 {
+		t.Fatalf("claimed a leased delivery again: %d, %v", len(cs2), err)
+	}
+	// The crashed process never records anything. Another one rescues.
+	other := b.dispatcher(t, func(o *Options) { o.InstanceID = "other"; o.Lease = 200 * time.Millisecond })
+	obRun(t, other)
+	id := mapper.DeliveryID(ev.Envelope, ev.ID, ep)
+	b.waitStatus(t, id, "delivered")
+	if _, attempts, _, _ := b.deliveryState(t, id); attempts != 2 {
+		t.Fatalf("attempts = %d, want 2 (the crashed claim counts)", attempts)
+	}
+	if rc.n() != 1 {
+		t.Fatalf("receiver got %d requests, want 1", rc.n())
+	}
+}
+
+func TestReleaseOnStopRefundsClaims(t *testing.T) {
+	t.Parallel()
+	d, b := obSetup(t, func(o *Options) { o.InstanceID = "me" })
+	b.endpoint(t, "whk_1", "https://x.example/", nil, nil, true)
+	obAppend(t, d, 10, obEvent("a.b", ""), obEvent("a.b", ""))
+	cs, err := d.claim(context.Background(), 10)
+	if err != nil || len(cs) != 2 {
+		t.Fatalf("claim = %d, %v", len(cs), err)
+	}
+	n, err := d.release(context.Background())
+	if err != nil || n != 2 {
+		t.Fatalf("release = %d, %v; want 2", n, err)
+	}
+	if c := b.count(t, `SELECT count(*) FROM walhook.deliveries WHERE status = 'pending' AND attempts = 0 AND locked_by IS NULL`); c != 2 {
+		t.Fatalf("%d deliveries back to pending with the attempt refunded, want 2", c)
+	}
+}
+
+func TestDisableRuleNeedsWindowAndCount(t *testing.T) {
+	t.Parallel()
+	fail := true
+	var mu sync.Mutex
+	rc := obNewReceiver(t, func(int, http.ResponseWriter, *http.Request) int {
+		mu.Lock()
+		defer mu.Unlock()
+		if fail {
+			return 500
+		}
+		return 200
+	})
+	d, b := obSetup(t, func(o *Options) {
+		o.Retry = RetryPolicy{Schedule: []time.Duration{0}}
+		o.DisableWindow = time.Hour
+		o.DisableMinFailed = 3
+	})
+	ep := b.endpoint(t, "whk_1", rc.URL, nil, nil, true)
+	obRun(t, d)
+	ctx := context.Background()
+	failAll := func(k int) {
+		t.Helper()
+		var evs []mapper.Event
+		for range k {
+			evs = append(evs, obEvent("a.b", ""))
+		}
+		obAppend(t, d, 10, evs...)
+		for _, e := range evs {
+			id := mapper.DeliveryID(e.Envelope, e.ID, ep)
+			obWaitFor(t, "delivery finished", func() bool {
+				s, _, _, _ := b.deliveryState(t, id)
+				return s == "failed" || s == "skipped"
+			})
+		}
+	}
+	active := func() bool {
+		return b.count(t, `SELECT count(*) FROM walhook.endpoints WHERE id = $1 AND active`, ep) == 1
+	}
+
+	// A burst: many failures, but failing for less than the window.
+	failAll(5)
+	if !active() {
+		t.Fatal("a burst of failures disabled the endpoint")
+	}
+	if b.count(t, `SELECT count(*) FROM walhook.endpoints WHERE id = $1 AND failing_since IS NOT NULL`, ep) != 1 {
+		t.Fatal("failing_since not set")
+	}
+	// A 2xx resets the failure state.
+	mu.Lock()
+	fail = false
+	mu.Unlock()
+	e := obEvent("a.b", "")
+	obAppend(t, d, 20, e)
+	b.waitStatus(t, mapper.DeliveryID(e.Envelope, e.ID, ep), "delivered")
+	if b.count(t, `SELECT count(*) FROM walhook.endpoints WHERE id = $1 AND failing_since IS NULL`, ep) != 1 {
+		t.Fatal("a 2xx did not reset failing_since")
+	}
+	mu.Lock()
+	fail = true
+	mu.Unlock()
+
+	// Failing for longer than the window, but too few exhausted in it.
+	if _, err := b.pool.Exec(ctx, `UPDATE walhook.deliveries SET updated_at = now() - interval '2 hours' WHERE status = 'failed'`); err != nil {
+		t.Fatal(err)
+	}
+	failAll(1)
+	if _, err := b.pool.Exec(ctx, `UPDATE walhook.endpoints SET failing_since = now() - interval '2 hours' WHERE id = $1`, ep); err != nil {
+		t.Fatal(err)
+	}
+	failAll(1)
+	if !active() {
+		t.Fatal("disabled with only 2 deliveries failed within the window")
+	}
+	// The third exhausted delivery within the window trips it.
+	failAll(1)
+	if active() {
+		t.Fatal("not disabled after no 2xx for the window and 3 failed deliveries")
+	}
+	if b.count(t, `SELECT count(*) FROM walhook.endpoints WHERE id = $1 AND disabled_reason LIKE 'no 2xx since%' AND disabled_at IS NOT NULL`, ep) != 1 {
+		t.Fatal("disable reason or time missing")
+	}
+}
+
+func TestDisableNever(t *testing.T) {
+	t.Parallel()
+	rc := obNewReceiver(t, func(int, http.ResponseWriter, *http.Request) int { return 500 })
+	d, b := obSetup(t, func(o *Options) {
+		o.Retry = RetryPolicy{Schedule: []time.Duration{0}}
+		o.DisableNever = true
+		o.DisableMinFailed = 1
+	})
+	ep := b.endpoint(t, "whk_1", rc.URL, nil, nil, true)
+	if _, err := b.pool.Exec(context.Background(), `UPDATE walhook.endpoints SET failing_since = now() - interval '48 hours'`); err != nil {
+		t.Fatal(err)
+	}
+	e := obEvent("a.b", "")
+	obAppend(t, d, 10, e)
+	obRun(t, d)
+	b.waitStatus(t, mapper.DeliveryID(e.Envelope, e.ID, ep), "failed")
+	if b.count(t, `SELECT count(*) FROM walhook.endpoints WHERE active`) != 1 {
+		t.Fatal("DisableNever endpoint was disabled")
+	}
+}
+
+func TestRetentionDeletesOnlyOldFinishedRows(t *testing.T) {
+	t.Parallel()
+	d, b := obSetup(t, func(o *Options) { o.Retention = time.Hour })
+	ep := b.endpoint(t, "whk_1", "https://x.example/", nil, nil, true)
+	ctx := context.Background()
+	mk := func(status string, age string) mapper.Event {
+		e := obEvent("a.b", "")
+		obAppend(t, d, 10, e)
+		id := mapper.DeliveryID(e.Envelope, e.ID, ep)
+		if _, err := b.pool.Exec(ctx, `UPDATE walhook.deliveries SET status = $2, updated_at = now() - $3::interval WHERE id = $1`, id, status, age); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := b.pool.Exec(ctx, `UPDATE walhook.events SET created_at = now() - $2::interval WHERE id = $1`, e.ID, age); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := b.pool.Exec(ctx, `INSERT INTO walhook.attempts (delivery_id, attempt, started_at, duration_ms) VALUES ($1, 1, now(), 1)`, id); err != nil {
+			t.Fatal(err)
+		}
+		return e
+	}
+	var gone, kept []mapper.Event
+	for _, s := range []string{"delivered", "failed", "skipped"} {
+		gone = append(gone, mk(s, "2 hours"))
+		kept = append(kept, mk(s, "10 minutes"))
+	}
+	kept = append(kept, mk("pending", "2 hours"))
+	// An old event without deliveries is an orphan.
+	orphan := obEvent("a.b", "")
+	if err := d.Append(ctx, "slot", "sys", []TxEvents{{Events: []mapper.Event{orphan}}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.pool.Exec(ctx, `DELETE FROM walhook.deliveries WHERE event_id = $1`, orphan.ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.pool.Exec(ctx, `UPDATE walhook.events SET created_at = now() - interval '2 hours' WHERE id = $1`, orphan.ID); err != nil {
+		t.Fatal(err)
+	}
+	gone = append(gone, orphan)
+
+	n, err := d.deleteExpired(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n != 7 {
+		t.Errorf("deleted %d rows, want 3 deliveries + 4 events", n)
+	}
+	for _, e := range gone {
+		if b.count(t, `SELECT count(*) FROM walhook.events WHERE id = $1`, e.ID) != 0 {
+			t.Errorf("old event %s kept", e.ID)
+		}
+	}
+	for _, e := range kept {
+		if b.count(t, `SELECT count(*) FROM walhook.deliveries WHERE event_id = $1`, e.ID) != 1 {
+			t.Errorf("delivery of %s deleted", e.ID)
+		}
+	}
+	if c := b.count(t, `SELECT count(*) FROM walhook.attempts`); c != 4 {
+		t.Errorf("%d attempts left, want the 4 of kept deliveries", c)
+	}
+}
+
+func TestSendTestAndStats(t *testing.T) {
+	t.Parallel()
+	rc := obNewReceiver(t, nil)
+	d, b := obSetup(t, nil)
+	ep := b.endpoint(t, "whk_1", rc.URL, nil, nil, false) // a disabled endpoint can be tested
+	res, err := d.SendTest(context.Background(), ep)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.StatusCode != 200 || res.Error != "" || res.DeliveryID == "" {
+		t.Fatalf("SendTest = %+v, want 200", res)
+	}
+	if s, attempts, _, _ := b.deliveryState(t, res.DeliveryID); s != "delivered" || attempts != 1 {
+		t.Fatalf("test delivery %s after %d attempts, want delivered after 1", s, attempts)
+	}
+	r := rc.requests()[0]
+	wh, _ := standardwebhooks.NewWebhook(obSecret)
+	if err := wh.Verify(r.Body, r.Header); err != nil || r.Header.Get("X-Webhook-Event") != TestEventType {
+		t.Fatalf("test request: verify %v, event %q", err, r.Header.Get("X-Webhook-Event"))
+	}
+	if _, err := d.SendTest(context.Background(), "whk_nope"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("SendTest of an unknown endpoint = %v, want ErrNotFound", err)
+	}
+
+	b.endpoint(t, "whk_2", "https://x.example/", nil, nil, true)
+	obAppend(t, d, 10, obEvent("a.b", ""))
+	if _, err := b.pool.Exec(context.Background(), `UPDATE walhook.endpoints SET failing_since = now() WHERE id = 'whk_2'`); err != nil {
+		t.Fatal(err)
+	}
+	st, err := d.Stats(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Pending != 1 || st.DeliveredLastMinute != 1 || len(st.Endpoints) != 2 {
+		t.Fatalf("Stats = %+v, want 1 pending, 1 delivered, 2 endpoints", st)
+	}
+	if st.Endpoints[0].State != StateDisabled || st.Endpoints[1].State != StateFailing {
+		t.Fatalf("endpoint states %+v, want disabled and failing", st.Endpoints)
+	}
+}

@@ -1,0 +1,297 @@
+package dispatch
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/walhook/walhook/mapper"
+)
+
+func TestAppendIdempotentOnReplay(t *testing.T) {
+	t.Parallel()
+	d, b := obSetup(t, nil)
+	b.endpoint(t, "whk_a", "https://a.example/hook", nil, nil, true)
+	b.endpoint(t, "whk_b", "https://b.example/hook", nil, nil, true)
+	evs := []mapper.Event{obEvent("problem.created", "A1"), obEvent("problem.closed", "A1")}
+
+	obAppend(t, d, 100, evs...)
+	ids := obDeliveryIDs(t, b)
+	if len(ids) != 4 {
+		t.Fatalf("got %d deliveries, want 2 events × 2 endpoints", len(ids))
+	}
+	for _, e := range evs {
+		for _, ep := range []string{"whk_a", "whk_b"} {
+			if !slices.Contains(ids, mapper.DeliveryID(e.Envelope, e.ID, ep)) {
+				t.Errorf("delivery of %s to %s missing or with another id", e.ID, ep)
+			}
+		}
+	}
+
+	// A replay after a crash resends the same transaction.
+	obAppend(t, d, 100, evs...)
+	if got := obDeliveryIDs(t, b); !slices.Equal(got, ids) {
+		t.Fatalf("replay changed deliveries: %v, want %v", got, ids)
+	}
+	if n := b.count(t, `SELECT count(*) FROM walhook.events`); n != 2 {
+		t.Fatalf("replay: %d events, want 2", n)
+	}
+	// Data bytes are kept exactly (json, not jsonb: key order and spacing).
+	var data string
+	if err := b.pool.QueryRow(context.Background(), `SELECT data::text FROM walhook.events WHERE id = $1`, evs[0].ID).Scan(&data); err != nil {
+		t.Fatal(err)
+	}
+	if data != string(evs[0].Data) {
+		t.Fatalf("stored data %s, want %s", data, evs[0].Data)
+	}
+}
+
+func obDeliveryIDs(t testing.TB, b *obBundle) []string {
+	t.Helper()
+	rows, err := b.pool.Query(context.Background(), `SELECT id FROM walhook.deliveries ORDER BY id`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ids []string
+	for rows.Next() {
+		var id string
+		if err := rows.Scan(&id); err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, id)
+	}
+	return ids
+}
+
+func TestAppendCursorNeverGoesBack(t *testing.T) {
+	t.Parallel()
+	d, _ := obSetup(t, nil)
+	ctx := context.Background()
+	if _, _, ok, err := d.Cursor(ctx, "slot"); ok || err != nil {
+		t.Fatalf("Cursor before any Append: ok=%v err=%v, want not ok", ok, err)
+	}
+	obAppend(t, d, 0x2000)
+	lsn, sys, ok, err := d.Cursor(ctx, "slot")
+	if err != nil || !ok || lsn != 0x2000 || sys != "sys" {
+		t.Fatalf("Cursor = %v %q %v %v, want 0/2000 sys", lsn, sys, ok, err)
+	}
+	// An older position (a replayed batch) does not move it back.
+	obAppend(t, d, 0x1000, obEvent("a.b", ""))
+	if lsn, _, _, _ := d.Cursor(ctx, "slot"); lsn != 0x2000 {
+		t.Fatalf("cursor went back to %v", lsn)
+	}
+	// A non-final chunk stores events but does not move the cursor; the
+	// highest Final EndLSN of a batch wins.
+	err = d.Append(ctx, "slot", "sys", []TxEvents{
+		{Xid: 9, CommitLSN: 0x5000, Events: []mapper.Event{obEvent("a.b", "")}},
+		{Xid: 8, CommitLSN: 0x2900, EndLSN: 0x3000, Final: true},
+		{Xid: 10, CommitLSN: 0x2990, EndLSN: 0x2A00, Final: true},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if lsn, _, _, _ := d.Cursor(ctx, "slot"); lsn != 0x3000 {
+		t.Fatalf("cursor = %v, want 0/3000", lsn)
+	}
+	if err := d.Append(ctx, "slot", "sys", []TxEvents{{Xid: 11, CommitLSN: 0x6000, Events: []mapper.Event{obEvent("a.b", "")}}}); err != nil {
+		t.Fatal(err)
+	}
+	if lsn, _, _, _ := d.Cursor(ctx, "slot"); lsn != 0x3000 {
+		t.Fatalf("non-final chunk moved the cursor to %v", lsn)
+	}
+	// Cursors are per slot.
+	if _, _, ok, _ := d.Cursor(ctx, "other"); ok {
+		t.Fatal("another slot has a cursor")
+	}
+}
+
+func TestAppendFanOutFilters(t *testing.T) {
+	t.Parallel()
+	d, b := obSetup(t, nil)
+	b.endpoint(t, "all", "https://x.example/", nil, nil, true)
+	b.endpoint(t, "exact", "https://x.example/", []string{"problem.created"}, nil, true)
+	b.endpoint(t, "prefix", "https://x.example/", []string{"submission.*"}, nil, true)
+	b.endpoint(t, "auction", "https://x.example/", nil, []string{"A1"}, true)
+	b.endpoint(t, "both", "https://x.example/", []string{"problem.*"}, []string{"A2"}, true)
+	b.endpoint(t, "off", "https://x.example/", nil, nil, false)
+
+	evs := map[string]mapper.Event{
+		"pc-A1": obEvent("problem.created", "A1"),
+		"pc-A2": obEvent("problem.created", "A2"),
+		"sa-A1": obEvent("submission.approved", "A1"),
+		"sub":   obEvent("submissions.x", "A3"), // "submission.*" must not match "submissions."
+		"none":  obEvent("member.joined", ""),
+	}
+	var all []mapper.Event
+	for _, e := range evs {
+		all = append(all, e)
+	}
+	obAppend(t, d, 10, all...)
+
+	want := map[string][]string{
+		"pc-A1": {"all", "auction", "exact", "off"},
+		"pc-A2": {"all", "both", "exact", "off"},
+		"sa-A1": {"all", "auction", "off", "prefix"},
+		"sub":   {"all", "off"},
+		"none":  {"all", "off"},
+	}
+	for k, e := range evs {
+		rows, err := b.pool.Query(context.Background(), `SELECT endpoint_id, status FROM walhook.deliveries WHERE event_id = $1 ORDER BY endpoint_id`, e.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		for rows.Next() {
+			var ep, status string
+			if err := rows.Scan(&ep, &status); err != nil {
+				t.Fatal(err)
+			}
+			got = append(got, ep)
+			if wantStatus := map[bool]string{true: "skipped", false: "pending"}[ep == "off"]; status != wantStatus {
+				t.Errorf("%s → %s: status %s, want %s", k, ep, status, wantStatus)
+			}
+		}
+		if !slices.Equal(got, want[k]) {
+			t.Errorf("%s (%s, auction %q) fanned out to %v, want %v", k, e.Type, e.AuctionID, got, want[k])
+		}
+	}
+}
+
+func TestMatchEvent(t *testing.T) {
+	for _, c := range []struct {
+		filters []string
+		typ     string
+		want    bool
+	}{
+		{nil, "a.b", true},
+		{[]string{"a.b"}, "a.b", true},
+		{[]string{"a.b"}, "a.bc", false},
+		{[]string{"a.*"}, "a.b", true},
+		{[]string{"a.*"}, "a.b.c", true},
+		{[]string{"a.*"}, "ab.c", false},
+		{[]string{"a.*"}, "a", false},
+		{[]string{"*"}, "x.y", true},
+		{[]string{"x.y", "a.*"}, "a.z", true},
+	} {
+		if got := matchEvent(c.filters, c.typ); got != c.want {
+			t.Errorf("matchEvent(%v, %q) = %v, want %v", c.filters, c.typ, got, c.want)
+		}
+	}
+}
+
+// An endpoint deleted by another process while Append runs must neither
+// fail the Append (foreign key) nor be fanned out to after its delete
+// committed.
+func TestAppendSeesEndpointChangesOfOtherProcesses(t *testing.T) {
+	t.Parallel()
+	d, b := obSetup(t, nil)
+	b.endpoint(t, "e1", "https://x.example/", nil, nil, true)
+	obAppend(t, d, 10, obEvent("a.b", ""))
+	// Another process disables e1 and adds e2.
+	ctx := context.Background()
+	if _, err := b.pool.Exec(ctx, `UPDATE walhook.endpoints SET active = false WHERE id = 'e1'`); err != nil {
+		t.Fatal(err)
+	}
+	b.endpoint(t, "e2", "https://x.example/", nil, nil, true)
+	ev := obEvent("a.b", "")
+	obAppend(t, d, 20, ev)
+	if n := b.count(t, `SELECT count(*) FROM walhook.deliveries WHERE event_id = $1 AND endpoint_id = 'e1' AND status = 'skipped'`, ev.ID); n != 1 {
+		t.Fatalf("disabled e1: %d skipped deliveries, want 1", n)
+	}
+	if n := b.count(t, `SELECT count(*) FROM walhook.deliveries WHERE event_id = $1 AND endpoint_id = 'e2' AND status = 'pending'`, ev.ID); n != 1 {
+		t.Fatalf("new e2: %d pending deliveries, want 1", n)
+	}
+	if _, err := b.pool.Exec(ctx, `DELETE FROM walhook.endpoints WHERE id = 'e2'`); err != nil {
+		t.Fatal(err)
+	}
+	ev = obEvent("a.b", "")
+	obAppend(t, d, 30, ev)
+	if n := b.count(t, `SELECT count(*) FROM walhook.deliveries WHERE event_id = $1`, ev.ID); n != 1 {
+		t.Fatalf("after delete: %d deliveries, want only e1's", n)
+	}
+}
+
+func TestAppendCancelledContextStoresNothing(t *testing.T) {
+	t.Parallel()
+	d, b := obSetup(t, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	err := d.Append(ctx, "slot", "sys", []TxEvents{{Final: true, EndLSN: 5, Events: []mapper.Event{obEvent("a.b", "")}}})
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("Append with a cancelled context = %v, want context.Canceled", err)
+	}
+	if n := b.count(t, `SELECT count(*) FROM walhook.events`); n != 0 {
+		t.Fatalf("%d events stored by a failed Append", n)
+	}
+}
+
+func TestSyncStaticEndpoints(t *testing.T) {
+	t.Parallel()
+	d, b := obSetup(t, nil)
+	ctx := context.Background()
+	one := StaticEndpoint{Name: "one", URL: "https://one.example/hook", Secret: obSecret, Events: []string{"a.*"}}
+	two := StaticEndpoint{Name: "two", URL: "https://two.example/hook", Secret: obSecret, Disabled: true}
+	if err := d.SyncStaticEndpoints(ctx, []StaticEndpoint{one, two}); err != nil {
+		t.Fatal(err)
+	}
+	if n := b.count(t, `SELECT count(*) FROM walhook.endpoints WHERE static AND id IN ('static:one', 'static:two')`); n != 2 {
+		t.Fatalf("%d static endpoints, want 2", n)
+	}
+	if n := b.count(t, `SELECT count(*) FROM walhook.endpoints WHERE id = 'static:two' AND NOT active AND disabled_reason IS NOT NULL`); n != 1 {
+		t.Fatal("static:two is not disabled with a reason")
+	}
+	b.endpoint(t, "whk_api", "https://api.example/", nil, nil, true)
+
+	// The runtime disables one; a restart with the same config keeps it
+	// disabled. two is enabled by the config; one's secret changes.
+	if _, err := b.pool.Exec(ctx, `UPDATE walhook.endpoints SET active = false, disabled_reason = '410' WHERE id = 'static:one'`); err != nil {
+		t.Fatal(err)
+	}
+	two.Disabled = false
+	newSecret := NewSecret()
+	one.Secret = newSecret
+	if err := d.SyncStaticEndpoints(ctx, []StaticEndpoint{one, two}); err != nil {
+		t.Fatal(err)
+	}
+	if n := b.count(t, `SELECT count(*) FROM walhook.endpoints WHERE id = 'static:one' AND NOT active AND disabled_reason = '410'
+		AND secret = $1 AND previous_secret = $2 AND previous_secret_until > now()`, newSecret, obSecret); n != 1 {
+		t.Fatal("static:one: want still disabled by the runtime, new secret, old one signing for the overlap")
+	}
+	if n := b.count(t, `SELECT count(*) FROM walhook.endpoints WHERE id = 'static:two' AND active AND disabled_reason IS NULL`); n != 1 {
+		t.Fatal("static:two not re-enabled by the config")
+	}
+
+	// Dropped from the config: deleted; API endpoints untouched.
+	if err := d.SyncStaticEndpoints(ctx, []StaticEndpoint{two}); err != nil {
+		t.Fatal(err)
+	}
+	if n := b.count(t, `SELECT count(*) FROM walhook.endpoints`); n != 2 {
+		t.Fatalf("%d endpoints after dropping one, want static:two and whk_api", n)
+	}
+
+	for _, bad := range []struct {
+		ep   StaticEndpoint
+		want string
+	}{
+		{StaticEndpoint{Name: "x", URL: "https://x.example/", Secret: "nope"}, "secret"},
+		{StaticEndpoint{Name: "x", URL: "ftp://x.example/", Secret: obSecret}, "url"},
+		{StaticEndpoint{URL: "https://x.example/", Secret: obSecret}, "without a name"},
+	} {
+		err := d.SyncStaticEndpoints(ctx, []StaticEndpoint{bad.ep})
+		if err == nil || !containsFold(err.Error(), bad.want) {
+			t.Errorf("SyncStaticEndpoints(%+v) = %v, want an error about %s", bad.ep.Name, err, bad.want)
+		}
+	}
+	if err := d.SyncStaticEndpoints(ctx, []StaticEndpoint{two, two}); err == nil {
+		t.Error("duplicate static endpoint names accepted")
+	}
+	if n := b.count(t, `SELECT count(*) FROM walhook.endpoints`); n != 2 {
+		t.Fatal("a refused sync changed the endpoints")
+	}
+}
+
+func containsFold(s, sub string) bool {
+	return strings.Contains(strings.ToLower(s), strings.ToLower(sub))
+}
