@@ -43,7 +43,7 @@ func (d *Dispatcher) deliver(ctx context.Context, c claimed) Result {
 			slog.String("endpoint", c.endpointID), slog.Any("error", err))
 		return res
 	}
-	d.metrics.deliveries.WithLabelValues(c.endpointID, o.status).Inc()
+	d.metrics.deliveries.WithLabelValues(c.endpointID, outcomeLabel(o.status)).Inc()
 	switch o.status {
 	case "delivered":
 		d.metrics.deliveryLatency.Observe(time.Since(c.event.OccurredAt).Seconds())
@@ -245,4 +245,15 @@ func nullString(s string) *string {
 func storableText(b []byte) string {
 	s := strings.ToValidUTF8(string(b), "\uFFFD")
 	return strings.ReplaceAll(s, "\x00", "")
+}
+
+// outcomeLabel names a delivery's new status for the metrics.
+func outcomeLabel(status string) string {
+	switch status {
+	case "delivered":
+		return outcomeDelivered
+	case "pending":
+		return outcomeRetry
+	}
+	return outcomeFailed
 }

@@ -15,19 +15,18 @@ type metrics struct {
 	appendLatency   prometheus.Histogram
 }
 
-// Delivery outcomes, the "outcome" label of walhook_deliveries_total.
+// Delivery outcomes, the "outcome" label of walhook_delivery_attempts_total.
 const (
 	outcomeDelivered = "delivered"
 	outcomeRetry     = "retry"
 	outcomeFailed    = "failed"
-	outcomeDisabled  = "skipped"
 )
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	m := &metrics{
 		deliveries: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "walhook_delivery_attempts_total",
-			Help: "Delivery attempts by endpoint and outcome (delivered, retry, failed = retries exhausted, skipped = endpoint disabled).",
+			Help: "Delivery attempts by endpoint and outcome (delivered, retry = will be retried, failed = retries exhausted or refused).",
 		}, []string{"endpoint", "outcome"}),
 		attemptLatency: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "walhook_attempt_duration_seconds",

@@ -1,0 +1,77 @@
+package dispatch
+
+import (
+	"context"
+	"net/http"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/walhook/walhook/mapper"
+)
+
+// Graceful stop: Run stops claiming but lets the attempt in flight finish
+// and records it before returning nil.
+func TestRunGracefulStopFinishesInFlight(t *testing.T) {
+	t.Parallel()
+	arrived := make(chan struct{}, 1)
+	proceed := make(chan struct{})
+	rc := obNewReceiver(t, func(int, http.ResponseWriter, *http.Request) int {
+		arrived <- struct{}{}
+		<-proceed
+		return 200
+	})
+	reg := prometheus.NewRegistry()
+	d, b := obSetup(t, func(o *Options) { o.Registerer = reg })
+	ep := b.endpoint(t, "whk_1", rc.URL, nil, nil, true)
+	ev := obEvent("a.b", "")
+	obAppend(t, d, 10, ev)
+	ctx, cancel := context.WithCancel(context.Background())
+	errc := make(chan error, 1)
+	go func() { errc <- d.Run(ctx) }()
+	<-arrived
+	cancel()
+	close(proceed)
+	if err := <-errc; err != nil {
+		t.Fatalf("Run after cancel = %v, want nil", err)
+	}
+	id := mapper.DeliveryID(ev.Envelope, ev.ID, ep)
+	if s, _, code, _ := b.deliveryState(t, id); s != "delivered" || code != 200 {
+		t.Fatalf("in-flight delivery is %s (%d) after stop, want delivered", s, code)
+	}
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]float64{}
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			switch {
+			case m.GetCounter() != nil:
+				got[mf.GetName()] += m.GetCounter().GetValue()
+			case m.GetHistogram() != nil:
+				got[mf.GetName()] += float64(m.GetHistogram().GetSampleCount())
+			}
+		}
+	}
+	for _, name := range []string{"walhook_delivery_attempts_total", "walhook_attempt_duration_seconds",
+		"walhook_commit_to_delivery_seconds", "walhook_append_events", "walhook_append_duration_seconds"} {
+		if got[name] != 1 {
+			t.Errorf("metric %s = %v, want 1", name, got[name])
+		}
+	}
+}
+
+func TestNewRejectsNilPoolAndDoubleRegistration(t *testing.T) {
+	if _, err := New(nil, Options{}); err == nil {
+		t.Fatal("New(nil pool) succeeded")
+	}
+	_, b := obSetup(t, nil)
+	reg := prometheus.NewRegistry()
+	if _, err := New(b.pool, Options{Registerer: reg}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := New(b.pool, Options{Registerer: reg}); err == nil {
+		t.Fatal("two Dispatchers registered the same metrics on one registry without an error")
+	}
+}
