@@ -1,0 +1,131 @@
+package config
+
+import (
+	"fmt"
+	"time"
+)
+
+// Default values, exported so docs, tests and other packages agree.
+const (
+	DefaultPublication       = "walhook"
+	DefaultSlot              = "walhook"
+	DefaultHeartbeatInterval = 5 * time.Second
+	DefaultStatusInterval    = 10 * time.Second
+	DefaultMaxChunkChanges   = 10000
+	DefaultStoreSchema       = "walhook"
+	DefaultEnvelope          = EnvelopeAuctionExcellence
+	DefaultJitter            = 0.1
+	DefaultRetryAfterCap     = time.Hour
+	DefaultTimeout           = 30 * time.Second
+	DefaultWorkers           = 32
+	DefaultMaxInFlight       = 8
+	DefaultBatchSize         = 64
+	DefaultPollInterval      = time.Second
+	DefaultMaxResponseBody   = 1024
+	DefaultRetention         = 168 * time.Hour
+	DefaultDisableWindow     = 24 * time.Hour
+	DefaultMinFailed         = 3
+	DefaultSecretOverlap     = 24 * time.Hour
+	DefaultListen            = "127.0.0.1:8080"
+	DefaultWritePerMinute    = 60
+	DefaultReadPerMinute     = 100
+	DefaultLogLevel          = "info"
+	DefaultLogFormat         = "text"
+
+	// LeaseMargin is added to the delivery timeout for the default lease.
+	LeaseMargin = 30 * time.Second
+)
+
+// Envelope styles.
+const (
+	EnvelopeAuctionExcellence = "auction-excellence"
+	EnvelopeSNS               = "sns"
+)
+
+// DefaultRetrySchedule is seed 000's schedule: at once, then +1m, +5m,
+// +30m, +2h, +12h.
+func DefaultRetrySchedule() []Duration {
+	return []Duration{0, Duration(time.Minute), Duration(5 * time.Minute),
+		Duration(30 * time.Minute), Duration(2 * time.Hour), Duration(12 * time.Hour)}
+}
+
+// DefaultOpenPaths are served without an API key.
+func DefaultOpenPaths() []string { return []string{"/healthz", "/readyz", "/metrics"} }
+
+// applyDefaults fills every key that was not written. set holds the key
+// paths present in the file, so an explicit zero is kept.
+func applyDefaults(c *Config, set map[string]bool) {
+	str := func(p *string, path, def string) {
+		if !set[path] && *p == "" {
+			*p = def
+		}
+	}
+	dur := func(p *Duration, path string, def time.Duration) {
+		if !set[path] {
+			*p = Duration(def)
+		}
+	}
+	num := func(p *int, path string, def int) {
+		if !set[path] {
+			*p = def
+		}
+	}
+
+	str(&c.Source.Publication, "source.publication", DefaultPublication)
+	str(&c.Source.Slot, "source.slot", DefaultSlot)
+	dur(&c.Source.HeartbeatInterval, "source.heartbeat_interval", DefaultHeartbeatInterval)
+	dur(&c.Source.StatusInterval, "source.status_interval", DefaultStatusInterval)
+	num(&c.Source.MaxChunkChanges, "source.max_chunk_changes", DefaultMaxChunkChanges)
+
+	if c.Store.DSN == "" {
+		c.Store.DSN = c.Source.DSN
+	}
+	str(&c.Store.Schema, "store.schema", DefaultStoreSchema)
+
+	str(&c.Mapping.Envelope, "mapping.envelope", DefaultEnvelope)
+	for i := range c.Events {
+		if c.Events[i].Envelope == "" {
+			c.Events[i].Envelope = c.Mapping.Envelope
+		}
+	}
+
+	dl := &c.Delivery
+	if !set["delivery.retry_schedule"] {
+		dl.RetrySchedule = DefaultRetrySchedule()
+	}
+	if !set["delivery.jitter"] {
+		dl.Jitter = DefaultJitter
+	}
+	dur(&dl.RetryAfterCap, "delivery.retry_after_cap", DefaultRetryAfterCap)
+	dur(&dl.Timeout, "delivery.timeout", DefaultTimeout)
+	num(&dl.Workers, "delivery.workers", DefaultWorkers)
+	num(&dl.MaxInFlightPerEndpoint, "delivery.max_in_flight_per_endpoint", DefaultMaxInFlight)
+	num(&dl.BatchSize, "delivery.batch_size", DefaultBatchSize)
+	dur(&dl.Lease, "delivery.lease", dl.Timeout.D()+LeaseMargin)
+	dur(&dl.PollInterval, "delivery.poll_interval", DefaultPollInterval)
+	num(&dl.MaxResponseBody, "delivery.max_response_body", DefaultMaxResponseBody)
+	dur(&dl.Retention, "delivery.retention", DefaultRetention)
+	dur(&dl.Disable.Window, "delivery.disable.window", DefaultDisableWindow)
+	num(&dl.Disable.MinFailedDeliveries, "delivery.disable.min_failed_deliveries", DefaultMinFailed)
+	dur(&dl.SecretOverlap, "delivery.secret_overlap", DefaultSecretOverlap)
+	// UserAgent stays "" unless written: cmd/walhook fills in
+	// "walhook/<version>", which this package does not know.
+
+	str(&c.API.Listen, "api.listen", DefaultListen)
+	if c.API.Listen == "off" {
+		c.API.Listen = "" // one spelling for "disabled" downstream
+	}
+	if !set["api.open"] {
+		c.API.Open = DefaultOpenPaths()
+	}
+	for i := range c.API.Keys {
+		if c.API.Keys[i].Name == "" {
+			c.API.Keys[i].Name = fmt.Sprintf("key%d", i+1)
+		}
+	}
+	num(&c.API.RateLimits.WritePerMinute, "api.rate_limits.write_per_minute", DefaultWritePerMinute)
+	num(&c.API.RateLimits.ReadPerMinute, "api.rate_limits.read_per_minute", DefaultReadPerMinute)
+
+	str(&c.Log.Level, "log.level", DefaultLogLevel)
+	str(&c.Log.Format, "log.format", DefaultLogFormat)
+}

@@ -1,0 +1,113 @@
+package config
+
+import (
+	"fmt"
+	"strings"
+
+	"gopkg.in/yaml.v3"
+)
+
+// expandTree replaces ${VAR} and ${VAR:-default} in every scalar value of
+// the tree. Mapping keys are left alone: a variable may fill in a value but
+// never invent a key. Expansion happens after parsing, so a value containing
+// ": " or a newline cannot change the document's structure.
+func expandTree(n *yaml.Node, path string, lookup func(string) (string, bool), c *collector) {
+	switch n.Kind {
+	case yaml.DocumentNode:
+		for _, ch := range n.Content {
+			expandTree(ch, path, lookup, c)
+		}
+	case yaml.SequenceNode:
+		for i, ch := range n.Content {
+			expandTree(ch, index(path, i), lookup, c)
+		}
+	case yaml.MappingNode:
+		for i := 1; i < len(n.Content); i += 2 {
+			expandTree(n.Content[i], join(path, n.Content[i-1].Value), lookup, c)
+		}
+	case yaml.ScalarNode:
+		if !strings.Contains(n.Value, "$") {
+			return
+		}
+		v, err := expand(n.Value, lookup)
+		if err != nil {
+			c.add(posOf(c.file, n), path, "%v", err)
+			// Decode the value as an empty string and stay quiet about
+			// it below: "source.dsn: required" would only repeat this.
+			c.silence(path)
+			n.Value, n.Tag, n.Style = "", "!!str", yaml.DoubleQuotedStyle
+			return
+		}
+		if v != n.Value {
+			n.Value = v
+			// A plain scalar is re-resolved from its new text, so
+			// `workers: ${WORKERS:-4}` is the integer 4 and `x: ${V}` with
+			// V unset-to-"" behaves like an empty value. Quoted scalars stay
+			// strings.
+			if n.Style == 0 {
+				n.Tag = ""
+			}
+		}
+	}
+}
+
+// expand performs shell-like substitution on one string:
+//
+//	${VAR}          the value of VAR; an error when VAR is unset
+//	${VAR:-default} the value of VAR, or default when VAR is unset or empty
+//	$$              a literal $
+//
+// A $ followed by anything else is kept as it is, so passwords and regular
+// expressions with a lone $ need no escaping.
+func expand(s string, lookup func(string) (string, bool)) (string, error) {
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] != '$' || i+1 >= len(s) {
+			b.WriteByte(s[i])
+			continue
+		}
+		switch s[i+1] {
+		case '$':
+			b.WriteByte('$')
+			i++
+		case '{':
+			end := strings.IndexByte(s[i+2:], '}')
+			if end < 0 {
+				return "", fmt.Errorf("unterminated ${ in %q", s)
+			}
+			expr := s[i+2 : i+2+end]
+			name, def, hasDef := strings.Cut(expr, ":-")
+			if !validVarName(name) {
+				return "", fmt.Errorf("invalid variable name %q in ${%s} (use letters, digits and _; write $$ for a literal $)", name, expr)
+			}
+			v, ok := lookup(name)
+			switch {
+			case hasDef && (!ok || v == ""):
+				v = def
+			case !ok:
+				return "", fmt.Errorf("environment variable %s is not set (set it, or give a default: ${%s:-value})", name, name)
+			}
+			b.WriteString(v)
+			i += 2 + end
+		default:
+			b.WriteByte('$')
+		}
+	}
+	return b.String(), nil
+}
+
+func validVarName(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		ch := s[i]
+		switch {
+		case ch == '_', ch >= 'A' && ch <= 'Z', ch >= 'a' && ch <= 'z':
+		case ch >= '0' && ch <= '9' && i > 0:
+		default:
+			return false
+		}
+	}
+	return true
+}

@@ -1,0 +1,502 @@
+package config
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+)
+
+func env(m map[string]string) func(string) (string, bool) {
+	return func(k string) (string, bool) { v, ok := m[k]; return v, ok }
+}
+
+// badConfigs lists, per file in testdata/config, every error the file must
+// produce (substrings, each including its line:col).
+var badConfigs = map[string][]string{
+	"unknown-key.bad.yaml": {
+		`:3:3: source.slots: unknown key (did you mean "slot"?)`,
+		`:6:5: events[0].tabel: unknown key (did you mean "table"?)`,
+	},
+	"three-errors.bad.yaml": {
+		`:2:8: source.dsn: environment variable WALHOOK_TEST_UNSET_DSN is not set`,
+		`:3:3: source.colour: unknown key`,
+		`:5:12: delivery.timeout: invalid duration "30"`,
+	},
+	"rules.bad.yaml": {
+		`:4:12: events[0].event: must be lowercase dotted segments`,
+		`:5:12: events[0].table: must be "table" or "schema.table", got "a.b.c"`,
+		`:6:26: events[0].operations[1]: must be insert, update or delete, got "upsert"`,
+		`:6:34: events[0].operations[2]: "insert" listed twice`,
+		`:7:5: events[1].event: required`,
+		`:7:5: events[1].table: required`,
+		`:7:5: events[1].operations: required`,
+		`:11:14: events[2].changed: only applies to updates`,
+		`:12:11: events[2].when: is empty`,
+		`:13:17: events[2].auction_id: column reference "older.auction_id"`,
+		`:14:15: events[2].envelope: must be "auction-excellence" or "sns", got "json"`,
+		`:20:9: events[3].data[1]: new.… has no value for deletes`,
+		`:21:9: events[3].data[2]: data key "id" repeats events[3].data[0]`,
+		`:22:16: events[3].data[3].weird: a mapping value must be {const: value}`,
+		`:23:9: events[3].data[4]: must be a column name or a one-key mapping`,
+		`:28:9: events[4].data[0]: old.… has no value for inserts`,
+	},
+	"envelope-conflict.bad.yaml": {
+		`:12:15: events[1].envelope: event "auction.created" uses envelope "auction-excellence" here but "sns" at`,
+	},
+	"endpoints.bad.yaml": {
+		`:12:9: endpoints[1].id: "ops" is already the id of endpoints[0]`,
+		`:13:10: endpoints[1].url: must be an http:// or https:// URL, got scheme "ftp"`,
+		`:14:13: endpoints[1].secret: must start with whsec_`,
+		`:15:14: endpoints[1].events[0]: "member.*" matches no event type`,
+		`:15:24: endpoints[1].events[1]: unknown event type "problem.gone"`,
+		`:16:9: endpoints[2].id: must be 1 to 64 characters`,
+		`:17:10: endpoints[2].url: has no host`,
+		`:18:13: endpoints[2].secret: decodes to 5 bytes; use at least 24`,
+		`:19:5: endpoints[3].secret: required for static endpoints`,
+		`:20:10: endpoints[3].url: not a URL`,
+	},
+	"delivery.bad.yaml": {
+		`:8:19: delivery.retry_schedule: must list at least one delay`,
+		`:9:11: delivery.jitter: must be between 0 and 1, got 1.5`,
+		`:10:12: delivery.workers: must be at least 1, got 0`,
+		`:11:12: delivery.timeout: invalid duration "1 minute"`,
+		`:12:10: delivery.lease: must be positive, got -1s`,
+		`:13:11: delivery.allow[0]: must be a CIDR`,
+		`:13:24: delivery.allow[1]: must be a CIDR like "10.0.0.0/8" or a host name like "hooks.internal", got "not a host"`,
+		`:15:28: delivery.disable.min_failed_deliveries: must be at least 1, got 0`,
+		`:16:13: delivery.disable.window: invalid duration "forever"`,
+	},
+	"api.bad.yaml": {
+		`:8:11: api.listen: must be host:port`,
+		`:10:7: api.keys[0]: key is 5 characters; use at least 16`,
+		`:11:7: api.keys[1]: key is empty`,
+		`:14:7: api.keys[3]: same key as api.keys[2]`,
+		`:14:7: api.keys[3]: name "a" is already used by api.keys[2]`,
+		`:17:23: api.rate_limits.write_per_minute: must be at least 1, got 0`,
+		`:18:22: api.rate_limits.read_per_minute: must be an integer, got "lots"`,
+		`:20:10: log.level: must be debug, info, warn or error, got "loud"`,
+	},
+	"types.bad.yaml": {
+		`:1:9: source: must be a mapping, got "postgres://localhost/app"`,
+		`:3:3: events: must be a list, got a mapping`,
+		`:5:12: delivery.workers: must be an integer, got a list`,
+		`:6:15: delivery.allow_http: must be true or false, got "maybe"`,
+		`:7:11: delivery.jitter: must be a number, got "high"`,
+		`:8:24: delivery.retry_schedule[1]: must not be negative, got -1m0s`,
+		`:8:29: delivery.retry_schedule[2]: invalid duration "5"`,
+	},
+	"missing.bad.yaml": {
+		`:2:11: store.schema: must be a schema name`,
+		`:4:3: source.dsn: required`,
+		`:4:9: source.slot: must be 1 to 63 characters of a-z, 0-9 and _`,
+		`:5:23: source.heartbeat_interval: must not be negative`,
+		`:6:9: events: required: at least one event rule`,
+	},
+	"syntax.bad.yaml":    {`syntax.bad.yaml:2: invalid YAML: did not find expected key`},
+	"empty.bad.yaml":     {`empty.bad.yaml:1:1: the file is empty`},
+	"multidoc.bad.yaml":  {`:3:1: a second YAML document`},
+	"duplicate.bad.yaml": {`:3:3: source.dsn: key written twice (first at line 2)`},
+	"expand.bad.yaml": {
+		`:2:8: source.dsn: environment variable WALHOOK_TEST_UNSET_DB is not set`,
+		`:3:9: source.slot: invalid variable name "1BAD"`,
+		`:4:16: source.publication: unterminated ${`,
+	},
+}
+
+func TestBadConfigs(t *testing.T) {
+	t.Parallel()
+	files, err := filepath.Glob("../testdata/config/*.bad.yaml")
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no bad configs: %v", err)
+	}
+	for _, f := range files {
+		want, ok := badConfigs[filepath.Base(f)]
+		if !ok {
+			t.Errorf("%s: no expected errors listed in badConfigs", f)
+			continue
+		}
+		t.Run(filepath.Base(f), func(t *testing.T) {
+			t.Parallel()
+			cfg, err := Load(f, env(nil))
+			if err == nil {
+				t.Fatalf("loaded without error: %+v", cfg)
+			}
+			if cfg != nil {
+				t.Errorf("config returned with an error")
+			}
+			var errs *Errors
+			if !errors.As(err, &errs) {
+				t.Fatalf("error is %T, want *Errors: %v", err, err)
+			}
+			got := err.Error()
+			for _, w := range want {
+				if !strings.Contains(got, f+w) && !strings.Contains(got, w) {
+					t.Errorf("missing %q in\n%s", w, got)
+				}
+			}
+			if n := len(strings.Split(got, "\n")); n != len(want) {
+				t.Errorf("got %d errors, want %d:\n%s", n, len(want), got)
+			}
+			for _, e := range errs.Errs {
+				if e.Pos.File != f || e.Pos.Line < 1 {
+					t.Errorf("error without file and line: %+v", e)
+				}
+			}
+		})
+	}
+}
+
+func TestGoodConfigs(t *testing.T) {
+	t.Parallel()
+	files, _ := filepath.Glob("../testdata/config/*.good.yaml")
+	samples, _ := filepath.Glob("../testdata/*/walhook.yaml")
+	if len(files) == 0 {
+		t.Fatal("no good configs")
+	}
+	lookup := env(map[string]string{
+		"DATABASE_URL":    "postgres://walhook@localhost/app",
+		"WALHOOK_API_KEY": "test-key-0123456789abcdef",
+	})
+	for _, f := range append(files, samples...) {
+		t.Run(f, func(t *testing.T) {
+			t.Parallel()
+			cfg, err := Load(f, lookup)
+			if err != nil {
+				t.Fatalf("load:\n%v", err)
+			}
+			if len(cfg.Events) == 0 || len(cfg.Catalog()) == 0 {
+				t.Fatal("no events")
+			}
+			for i, r := range cfg.Events {
+				if r.Pos.Line == 0 || r.Pos.File != f {
+					t.Errorf("events[%d] has no position: %+v", i, r.Pos)
+				}
+			}
+			if err := cfg.Validate(); err != nil {
+				t.Errorf("Validate after Load: %v", err)
+			}
+		})
+	}
+}
+
+func TestSampleCatalogs(t *testing.T) {
+	t.Parallel()
+	lookup := env(map[string]string{"DATABASE_URL": "postgres://x@y/z", "WALHOOK_API_KEY": "test-key-0123456789abcdef"})
+	for file, want := range map[string]int{
+		"../testdata/auction-excellence/walhook.yaml": 17,
+		"../testdata/sns-auctions/walhook.yaml":       6,
+	} {
+		if _, err := os.Stat(file); err != nil {
+			t.Logf("%s not there yet", file)
+			continue
+		}
+		cfg, err := Load(file, lookup)
+		if err != nil {
+			t.Fatalf("%s: %v", file, err)
+		}
+		if got := len(cfg.Catalog()); got != want {
+			t.Errorf("%s: %d event types, want %d", file, got, want)
+		}
+	}
+}
+
+func TestDefaults(t *testing.T) {
+	t.Parallel()
+	cfg, err := Load("../testdata/config/minimal.good.yaml", env(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := Config{
+		File:    "../testdata/config/minimal.good.yaml",
+		Source:  Source{DSN: "postgres://walhook@localhost/app", Publication: "walhook", Slot: "walhook", HeartbeatInterval: Duration(5 * time.Second), StatusInterval: Duration(10 * time.Second), MaxChunkChanges: 10000},
+		Store:   Store{DSN: "postgres://walhook@localhost/app", Schema: "walhook"},
+		Mapping: Mapping{Envelope: "auction-excellence"},
+		Events: []Rule{{Event: "problem.created", Table: "problem_reports", Operations: []string{"insert"}, Envelope: "auction-excellence",
+			Pos: Pos{File: "../testdata/config/minimal.good.yaml", Line: 4, Column: 5}}},
+		Delivery: Delivery{
+			RetrySchedule: []Duration{0, Duration(time.Minute), Duration(5 * time.Minute), Duration(30 * time.Minute), Duration(2 * time.Hour), Duration(12 * time.Hour)},
+			Jitter:        0.1, RetryAfterCap: Duration(time.Hour), Timeout: Duration(30 * time.Second), Workers: 32,
+			MaxInFlightPerEndpoint: 8, BatchSize: 64, Lease: Duration(time.Minute), PollInterval: Duration(time.Second),
+			MaxResponseBody: 1024, Retention: Duration(168 * time.Hour),
+			Disable:       DisableRule{Window: Duration(24 * time.Hour), MinFailedDeliveries: 3},
+			SecretOverlap: Duration(24 * time.Hour),
+		},
+		API: API{Listen: "127.0.0.1:8080", Open: []string{"/healthz", "/readyz", "/metrics"},
+			RateLimits: RateLimits{WritePerMinute: 60, ReadPerMinute: 100}},
+		Log: Log{Level: "info", Format: "text"},
+	}
+	if !reflect.DeepEqual(*cfg, want) {
+		t.Errorf("got  %+v\nwant %+v", *cfg, want)
+	}
+}
+
+func TestFullConfigValues(t *testing.T) {
+	t.Parallel()
+	cfg, err := Load("../testdata/config/full.good.yaml", env(map[string]string{"CI_KEY": ""}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Source.HeartbeatInterval != 0 {
+		t.Errorf("explicit heartbeat_interval 0 became %s", cfg.Source.HeartbeatInterval.D())
+	}
+	if cfg.Delivery.Jitter != 0 || cfg.Delivery.MaxResponseBody != 0 {
+		t.Errorf("explicit zeros overwritten: jitter %v, max_response_body %d", cfg.Delivery.Jitter, cfg.Delivery.MaxResponseBody)
+	}
+	if cfg.Source.DSN != "postgres://walhook@localhost/app" {
+		t.Errorf("dsn default not expanded: %q", cfg.Source.DSN)
+	}
+	if cfg.Store.DSN != "postgres://walhook@localhost/walhook_store" {
+		t.Errorf("store dsn %q", cfg.Store.DSN)
+	}
+	r := cfg.Events[0]
+	wantData := []DataField{
+		{Key: "id", Column: "id", Pos: Pos{cfg.File, 25, 9}},
+		{Key: "auctionId", Column: "id", Pos: Pos{cfg.File, 26, 9}},
+		{Key: "reserve", Column: "reserve_price", From: "new", Pos: Pos{cfg.File, 27, 9}},
+		{Key: "source", IsConst: true, Const: "walhook", Pos: Pos{cfg.File, 28, 9}},
+		{Key: "tags", IsConst: true, Const: []any{"a", "b"}, Pos: Pos{cfg.File, 29, 9}},
+		{Key: "nothing", IsConst: true, Pos: Pos{cfg.File, 30, 9}},
+	}
+	if !reflect.DeepEqual(r.Data, wantData) {
+		t.Errorf("data:\n got  %+v\n want %+v", r.Data, wantData)
+	}
+	ended := cfg.Events[1]
+	if !reflect.DeepEqual(ended.Operations, []string{"update"}) {
+		t.Errorf("merge key: operations %v", ended.Operations)
+	}
+	if ended.Data[2].Key != "previous" || ended.Data[2].From != "old" || ended.Data[2].Column != "status" {
+		t.Errorf("flow mapping data field: %+v", ended.Data[2])
+	}
+	if del := cfg.Events[2].Data[1]; del.Key != "domain" || del.From != "old" {
+		t.Errorf("bare old.domain: %+v", del)
+	}
+	if cfg.Events[0].Envelope != "sns" {
+		t.Errorf("rule envelope not defaulted from mapping: %q", cfg.Events[0].Envelope)
+	}
+	keys := cfg.API.Keys
+	if len(keys) != 2 || keys[0].Name != "key1" || keys[0].Key != "0123456789abcdef0123" ||
+		keys[1].Name != "ci" || keys[1].Key != "fedcba9876543210fedcba" {
+		t.Errorf("api keys: %+v", keys)
+	}
+	if cfg.Delivery.Lease.D() != time.Minute || cfg.API.Listen != ":9090" {
+		t.Errorf("lease %s listen %q", cfg.Delivery.Lease.D(), cfg.API.Listen)
+	}
+	if len(cfg.Endpoints) != 1 || cfg.Endpoints[0].Pos.Line != 44 {
+		t.Errorf("endpoint position: %+v", cfg.Endpoints)
+	}
+}
+
+func TestLeaseFollowsTimeout(t *testing.T) {
+	t.Parallel()
+	cfg, err := Parse("x.yaml", []byte("source: {dsn: d}\nevents: [{event: a.b, table: t, operations: [insert]}]\ndelivery: {timeout: 2m}\napi: {listen: \"off\"}\n"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Delivery.Lease.D() != 2*time.Minute+LeaseMargin {
+		t.Errorf("lease %s", cfg.Delivery.Lease.D())
+	}
+	if cfg.API.Listen != "" {
+		t.Errorf("listen off: %q", cfg.API.Listen)
+	}
+}
+
+// TestThreeErrorsAtOnce is issue 2's acceptance case: an unknown key, a bad
+// duration and an unset variable, all reported with line numbers.
+func TestThreeErrorsAtOnce(t *testing.T) {
+	t.Parallel()
+	_, err := Load("../testdata/config/three-errors.bad.yaml", env(nil))
+	var errs *Errors
+	if !errors.As(err, &errs) || len(errs.Errs) != 3 {
+		t.Fatalf("want 3 errors, got %v", err)
+	}
+	want := []struct {
+		line int
+		path string
+	}{{2, "source.dsn"}, {3, "source.colour"}, {5, "delivery.timeout"}}
+	for i, w := range want {
+		if e := errs.Errs[i]; e.Pos.Line != w.line || e.Path != w.path {
+			t.Errorf("error %d: %s:%d %s, want line %d %s", i, e.Pos.File, e.Pos.Line, e.Path, w.line, w.path)
+		}
+	}
+	var one *Error
+	if !errors.As(err, &one) || one.Path != "source.dsn" {
+		t.Errorf("errors.As(*Error) = %v", one)
+	}
+}
+
+func TestExpand(t *testing.T) {
+	t.Parallel()
+	lookup := env(map[string]string{"HOST": "db", "EMPTY": "", "PORT": "5433"})
+	for _, tc := range []struct{ in, want, err string }{
+		{in: "plain", want: "plain"},
+		{in: "${HOST}", want: "db"},
+		{in: "postgres://${HOST}:${PORT}/x", want: "postgres://db:5433/x"},
+		{in: "${MISSING:-fallback}", want: "fallback"},
+		{in: "${EMPTY:-fallback}", want: "fallback"},
+		{in: "${EMPTY}", want: ""},
+		{in: "${MISSING:-}", want: ""},
+		{in: "${MISSING:-a:-b}", want: "a:-b"},
+		{in: "cost $$5", want: "cost $5"},
+		{in: "$${HOST}", want: "${HOST}"},
+		{in: "pa$word$", want: "pa$word$"},
+		{in: "${MISSING}", err: "environment variable MISSING is not set"},
+		{in: "${HOST", err: "unterminated ${"},
+		{in: "${}", err: "invalid variable name"},
+		{in: "${A-B}", err: "invalid variable name"},
+	} {
+		got, err := expand(tc.in, lookup)
+		if tc.err != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.err) {
+				t.Errorf("expand(%q) error %v, want %q", tc.in, err, tc.err)
+			}
+			continue
+		}
+		if err != nil || got != tc.want {
+			t.Errorf("expand(%q) = %q, %v; want %q", tc.in, got, err, tc.want)
+		}
+	}
+}
+
+func TestExpandInTree(t *testing.T) {
+	t.Parallel()
+	src := `# ${NOT_EXPANDED_IN_COMMENTS}
+source:
+  dsn: postgres://${HOST}/app
+events:
+  - event: a.b
+    table: t
+    operations: ["${OP:-insert}", "${OP2}"]
+    data:
+      - "${KEY_NOT_EXPANDED}": id
+      - price: {const: "$$5"}
+      - n: {const: ${NUM:-7}}
+delivery:
+  workers: ${WORKERS:-4}
+api:
+  keys: ["${API_KEY}"]
+`
+	lookup := env(map[string]string{"HOST": "db", "OP2": "update", "API_KEY": "k-0123456789abcdef"})
+	cfg, err := Parse("t.yaml", []byte(src), lookup)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := cfg.Events[0]
+	if cfg.Source.DSN != "postgres://db/app" || !reflect.DeepEqual(r.Operations, []string{"insert", "update"}) {
+		t.Errorf("dsn %q ops %v", cfg.Source.DSN, r.Operations)
+	}
+	if r.Data[0].Key != "${KEY_NOT_EXPANDED}" {
+		t.Errorf("key expanded: %q", r.Data[0].Key)
+	}
+	if r.Data[1].Const != "$5" {
+		t.Errorf("$$: %#v", r.Data[1].Const)
+	}
+	if r.Data[2].Const != 7 {
+		t.Errorf("plain expanded scalar not re-resolved as int: %#v", r.Data[2].Const)
+	}
+	if cfg.Delivery.Workers != 4 || cfg.API.Keys[0].Key != "k-0123456789abcdef" {
+		t.Errorf("workers %d keys %+v", cfg.Delivery.Workers, cfg.API.Keys)
+	}
+
+	// Unset variables: every one reported, with its position, and no
+	// follow-up "required" error for the value it emptied.
+	_, err = Parse("t.yaml", []byte(src), env(nil))
+	got := err.Error()
+	for _, w := range []string{
+		"t.yaml:3:8: source.dsn: environment variable HOST is not set",
+		"t.yaml:7:35: events[0].operations[1]: environment variable OP2 is not set",
+		"t.yaml:15:10: api.keys[0]: environment variable API_KEY is not set",
+	} {
+		if !strings.Contains(got, w) {
+			t.Errorf("missing %q in\n%s", w, got)
+		}
+	}
+	if strings.Contains(got, "required") || strings.Contains(got, "is empty") {
+		t.Errorf("follow-up noise:\n%s", got)
+	}
+}
+
+func TestCatalog(t *testing.T) {
+	t.Parallel()
+	cfg := &Config{Events: []Rule{
+		{Event: "b.one", Table: "t1"},
+		{Event: "a.two", Table: "t2", Description: "two"},
+		{Event: "b.one", Table: "t3", Description: "one, later"},
+	}}
+	want := []CatalogEntry{{"b.one", "one, later", "t1"}, {"a.two", "two", "t2"}}
+	if got := cfg.Catalog(); !reflect.DeepEqual(got, want) {
+		t.Errorf("got %+v want %+v", got, want)
+	}
+}
+
+func TestSecretNeverInErrors(t *testing.T) {
+	t.Parallel()
+	for _, s := range []string{"whsec_c2hvcnQtc2VjcmV0", "whsec_!!!!notbase64secretvalue", "plainsecretvalue123"} {
+		_, err := DecodeSecret(s)
+		if err == nil || strings.Contains(err.Error(), s) || strings.Contains(err.Error(), s[6:]) {
+			t.Errorf("DecodeSecret(%q) = %v", s, err)
+		}
+	}
+	key, err := DecodeSecret("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
+	if err != nil || len(key) != 24 {
+		t.Errorf("good secret: %d bytes, %v", len(key), err)
+	}
+}
+
+func TestAliasBomb(t *testing.T) {
+	t.Parallel()
+	var b strings.Builder
+	b.WriteString("x-a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n")
+	for i := 1; i < 10; i++ {
+		b.WriteString("x-a" + string(rune('0'+i)) + ": &a" + string(rune('0'+i)) + " [")
+		for j := 0; j < 10; j++ {
+			if j > 0 {
+				b.WriteString(", ")
+			}
+			b.WriteString("*a" + string(rune('0'+i-1)))
+		}
+		b.WriteString("]\n")
+	}
+	b.WriteString("source: {dsn: d}\nevents: [{event: a.b, table: t, operations: [insert]}]\ndelivery: {allow: *a9}\n")
+	_, err := Parse("bomb.yaml", []byte(b.String()), nil)
+	if err == nil || !strings.Contains(err.Error(), "document too large") {
+		t.Fatalf("alias bomb: %v", err)
+	}
+}
+
+func FuzzLoad(f *testing.F) {
+	files, _ := filepath.Glob("../testdata/config/*.yaml")
+	samples, _ := filepath.Glob("../testdata/*/walhook.yaml")
+	for _, file := range append(files, samples...) {
+		b, err := os.ReadFile(file)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b)
+	}
+	lookup := env(map[string]string{"DATABASE_URL": "postgres://x@y/z", "WALHOOK_API_KEY": "k-0123456789abcdef"})
+	f.Fuzz(func(t *testing.T, data []byte) {
+		cfg, err := Parse("fuzz.yaml", data, lookup)
+		if err == nil {
+			if cfg == nil {
+				t.Fatal("nil config without error")
+			}
+			if verr := cfg.Validate(); verr != nil {
+				t.Fatalf("loaded config fails Validate: %v", verr)
+			}
+			return
+		}
+		var errs *Errors
+		if !errors.As(err, &errs) || len(errs.Errs) == 0 {
+			t.Fatalf("error is not *Errors: %v", err)
+		}
+		for _, e := range errs.Errs {
+			if e.Pos.File != "fuzz.yaml" || e.Pos.Line < 1 {
+				t.Fatalf("error without position: %q", e.Error())
+			}
+		}
+	})
+}

@@ -1,0 +1,473 @@
+package config
+
+import (
+	"encoding/base64"
+	"fmt"
+	"net"
+	"net/url"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+)
+
+var (
+	eventNameRe  = regexp.MustCompile(`^[a-z0-9_]+(\.[a-z0-9_]+)*$`)
+	slotNameRe   = regexp.MustCompile(`^[a-z0-9_]{1,63}$`) // PostgreSQL's rule for slot names
+	endpointIDRe = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,64}$`)
+	hostNameRe   = regexp.MustCompile(`^(\*\.)?([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$`)
+)
+
+// MinSecretBytes is the shortest signing key accepted after base64 decoding.
+const MinSecretBytes = 24
+
+// MinAPIKeyLen is the shortest admin API key accepted.
+const MinAPIKeyLen = 16
+
+// Validate checks a decoded, defaulted Config. Load calls it; call it again
+// after changing a Config in code. Positions come from Rule.Pos,
+// Endpoint.Pos and DataField.Pos, or the file alone for other keys.
+func (c *Config) Validate() error {
+	col := &collector{file: c.File}
+	d := newDecoder(col)
+	for i, r := range c.Events {
+		d.pos[index("events", i)] = r.Pos
+		for j, f := range r.Data {
+			d.pos[index(index("events", i)+".data", j)] = f.Pos
+		}
+	}
+	for i, e := range c.Endpoints {
+		d.pos[index("endpoints", i)] = e.Pos
+	}
+	validate(c, d, col)
+	return col.err()
+}
+
+// validator reports problems at the position of the key path, or of its
+// nearest written ancestor when the key itself is missing.
+type validator struct {
+	d *decoder
+	c *collector
+}
+
+func (v *validator) at(path string) Pos {
+	for p := path; ; {
+		if pos, ok := v.d.pos[p]; ok && pos.Line > 0 {
+			return pos
+		}
+		if p == "" {
+			return Pos{File: v.c.file}
+		}
+		i := strings.LastIndexAny(p, ".[")
+		if i < 0 {
+			i = 0
+		}
+		p = p[:i]
+	}
+}
+
+func (v *validator) errf(path, format string, args ...any) {
+	v.c.add(v.at(path), path, format, args...)
+}
+
+func validate(c *Config, d *decoder, col *collector) {
+	v := &validator{d: d, c: col}
+	v.source(c)
+	v.store(c)
+	v.mapping(c)
+	v.rules(c)
+	v.endpoints(c)
+	v.delivery(c)
+	v.api(c)
+	v.log(c)
+}
+
+func (v *validator) source(c *Config) {
+	s := c.Source
+	if strings.TrimSpace(s.DSN) == "" {
+		v.errf("source.dsn", "required: the PostgreSQL connection string of the source database")
+	}
+	if !slotNameRe.MatchString(s.Slot) {
+		v.errf("source.slot", "must be 1 to 63 characters of a-z, 0-9 and _ (PostgreSQL's rule for slot names), got %q", s.Slot)
+	}
+	if s.Publication == "" || len(s.Publication) > 63 {
+		v.errf("source.publication", "must be a name of 1 to 63 characters, got %q", s.Publication)
+	}
+	if s.HeartbeatInterval < 0 {
+		v.errf("source.heartbeat_interval", "must not be negative (0 disables heartbeats), got %s", s.HeartbeatInterval.D())
+	}
+	if s.StatusInterval <= 0 {
+		v.errf("source.status_interval", "must be positive, got %s", s.StatusInterval.D())
+	}
+	if s.MaxChunkChanges < 1 {
+		v.errf("source.max_chunk_changes", "must be at least 1, got %d", s.MaxChunkChanges)
+	}
+}
+
+func (v *validator) store(c *Config) {
+	if c.Store.Schema == "" || len(c.Store.Schema) > 63 {
+		v.errf("store.schema", "must be a schema name of 1 to 63 characters, got %q", c.Store.Schema)
+	}
+}
+
+func validEnvelope(e string) bool { return e == EnvelopeAuctionExcellence || e == EnvelopeSNS }
+
+func (v *validator) mapping(c *Config) {
+	if !validEnvelope(c.Mapping.Envelope) {
+		v.errf("mapping.envelope", "must be %q or %q, got %q", EnvelopeAuctionExcellence, EnvelopeSNS, c.Mapping.Envelope)
+	}
+}
+
+func (v *validator) rules(c *Config) {
+	if len(c.Events) == 0 {
+		v.errf("events", "required: at least one event rule")
+		return
+	}
+	type first struct {
+		envelope string
+		path     string
+		pos      Pos
+	}
+	byEvent := map[string]first{}
+	for i := range c.Events {
+		r := &c.Events[i]
+		p := index("events", i)
+		v.rule(r, p)
+		if r.Event == "" || !validEnvelope(r.Envelope) {
+			continue
+		}
+		if f, ok := byEvent[r.Event]; ok && f.envelope != r.Envelope {
+			v.errf(p+".envelope", "event %q uses envelope %q here but %q at %s (%s); one event type has one body shape", r.Event, r.Envelope, f.envelope, f.pos, f.path)
+		} else if !ok {
+			byEvent[r.Event] = first{r.Envelope, p, r.Pos}
+		}
+	}
+}
+
+func (v *validator) rule(r *Rule, p string) {
+	switch {
+	case r.Event == "":
+		v.errf(p+".event", "required: the event type, e.g. \"problem.status_changed\"")
+	case !eventNameRe.MatchString(r.Event):
+		v.errf(p+".event", "must be lowercase dotted segments of a-z, 0-9 and _ (e.g. \"problem.status_changed\"), got %q", r.Event)
+	}
+	if r.Table == "" {
+		v.errf(p+".table", "required: \"table\" or \"schema.table\"")
+	} else if _, _, err := SplitTable(r.Table); err != nil {
+		v.errf(p+".table", "%v", err)
+	}
+	ops := map[string]bool{}
+	if len(r.Operations) == 0 {
+		v.errf(p+".operations", "required: a list of insert, update and/or delete")
+	}
+	for j, op := range r.Operations {
+		switch {
+		case op != "insert" && op != "update" && op != "delete":
+			v.errf(index(p+".operations", j), "must be insert, update or delete, got %q", op)
+		case ops[op]:
+			v.errf(index(p+".operations", j), "%q listed twice", op)
+		}
+		ops[op] = true
+	}
+	if len(r.Changed) > 0 && !ops["update"] && len(r.Operations) > 0 {
+		v.errf(p+".changed", "only applies to updates; add update to operations or remove changed")
+	}
+	for j, col := range r.Changed {
+		if !validColumn(col) {
+			v.errf(index(p+".changed", j), "must be a column name, got %q", col)
+		}
+	}
+	if v.d.set[p+".when"] && strings.TrimSpace(r.When) == "" {
+		v.errf(p+".when", "is empty; remove it or write an expression over old and new")
+	}
+	if r.AuctionID != "" {
+		if from, _, err := parseColumnRef(r.AuctionID); err != nil {
+			v.errf(p+".auction_id", "%v", err)
+		} else {
+			v.checkFrom(p+".auction_id", from, ops)
+		}
+	}
+	if r.Domain != "" {
+		if from, _, err := parseColumnRef(r.Domain); err != nil {
+			v.errf(p+".domain", "%v", err)
+		} else {
+			v.checkFrom(p+".domain", from, ops)
+		}
+	}
+	if !validEnvelope(r.Envelope) {
+		v.errf(p+".envelope", "must be %q or %q, got %q", EnvelopeAuctionExcellence, EnvelopeSNS, r.Envelope)
+	}
+	keys := map[string]string{}
+	for j, f := range r.Data {
+		fp := index(p+".data", j)
+		if f.Key == "" {
+			continue // decoding already reported it
+		}
+		if prev, dup := keys[f.Key]; dup {
+			v.errf(fp, "data key %q repeats %s", f.Key, prev)
+		}
+		keys[f.Key] = fp
+		if !f.IsConst {
+			v.checkFrom(fp, f.From, ops)
+		}
+	}
+}
+
+// checkFrom refuses old.x on insert-only rules and new.x on delete-only
+// rules: that row never exists, so the value would always be missing.
+func (v *validator) checkFrom(path, from string, ops map[string]bool) {
+	switch {
+	case from == "old" && ops["insert"] && !ops["update"] && !ops["delete"]:
+		v.errf(path, "old.… has no value for inserts (there is no old row)")
+	case from == "new" && ops["delete"] && !ops["insert"] && !ops["update"]:
+		v.errf(path, "new.… has no value for deletes (there is no new row)")
+	}
+}
+
+func validColumn(s string) bool { return s != "" && !strings.ContainsAny(s, ". \t\n") }
+
+// SplitTable splits "schema.table" or "table" (schema public). Names are
+// taken as PostgreSQL stores them (no quoting, no case folding).
+func SplitTable(t string) (schema, table string, err error) {
+	parts := strings.Split(t, ".")
+	switch {
+	case len(parts) == 1 && parts[0] != "":
+		return "public", parts[0], nil
+	case len(parts) == 2 && parts[0] != "" && parts[1] != "":
+		return parts[0], parts[1], nil
+	}
+	return "", "", fmt.Errorf("must be \"table\" or \"schema.table\", got %q", t)
+}
+
+func (v *validator) endpoints(c *Config) {
+	types := map[string]bool{}
+	for _, r := range c.Events {
+		types[r.Event] = true
+	}
+	ids := map[string]string{}
+	for i, e := range c.Endpoints {
+		p := index("endpoints", i)
+		switch {
+		case e.ID == "":
+			v.errf(p+".id", "required: a stable name for this endpoint")
+		case !endpointIDRe.MatchString(e.ID):
+			v.errf(p+".id", "must be 1 to 64 characters of A-Z, a-z, 0-9, _, . and -, got %q", e.ID)
+		case ids[e.ID] != "":
+			v.errf(p+".id", "%q is already the id of %s", e.ID, ids[e.ID])
+		default:
+			ids[e.ID] = p
+		}
+		v.endpointURL(p+".url", e.URL)
+		v.secret(p+".secret", e.Secret, true)
+		for j, ev := range e.Events {
+			v.eventRef(index(p+".events", j), ev, types)
+		}
+		for j, a := range e.Auctions {
+			if strings.TrimSpace(a) == "" {
+				v.errf(index(p+".auctions", j), "must not be empty")
+			}
+		}
+	}
+}
+
+func (v *validator) endpointURL(path, raw string) {
+	if raw == "" {
+		v.errf(path, "required: the https:// URL webhooks are POSTed to")
+		return
+	}
+	u, err := url.Parse(raw)
+	if err != nil {
+		v.errf(path, "not a URL: %v", err)
+		return
+	}
+	if u.Scheme != "https" && u.Scheme != "http" {
+		v.errf(path, "must be an http:// or https:// URL, got scheme %q", u.Scheme)
+		return
+	}
+	if u.Hostname() == "" {
+		v.errf(path, "has no host")
+	}
+	if u.User != nil {
+		v.errf(path, "must not carry user:password (receivers verify the signature instead)")
+	}
+}
+
+// secret checks a whsec_ secret without ever printing it.
+func (v *validator) secret(path, s string, required bool) {
+	if s == "" {
+		if required {
+			v.errf(path, "required for static endpoints: whsec_ followed by base64 of at least %d random bytes (e.g. `echo whsec_$(openssl rand -base64 32)`)", MinSecretBytes)
+		}
+		return
+	}
+	if _, err := DecodeSecret(s); err != nil {
+		v.errf(path, "%v", err)
+	}
+}
+
+// DecodeSecret returns the signing key of a "whsec_" + base64 secret.
+// Errors never include the secret.
+func DecodeSecret(s string) ([]byte, error) {
+	b64, ok := strings.CutPrefix(s, "whsec_")
+	if !ok {
+		return nil, fmt.Errorf("must start with whsec_")
+	}
+	key, err := base64.StdEncoding.DecodeString(b64)
+	if err != nil {
+		key, err = base64.RawStdEncoding.DecodeString(b64)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("the part after whsec_ is not valid base64")
+	}
+	if len(key) < MinSecretBytes {
+		return nil, fmt.Errorf("decodes to %d bytes; use at least %d random bytes", len(key), MinSecretBytes)
+	}
+	return key, nil
+}
+
+// eventRef checks an endpoint's event filter: an exact type or "prefix.*"
+// matching at least one type of the catalog.
+func (v *validator) eventRef(path, ev string, types map[string]bool) {
+	if prefix, ok := strings.CutSuffix(ev, ".*"); ok {
+		for t := range types {
+			if strings.HasPrefix(t, prefix+".") {
+				return
+			}
+		}
+		v.errf(path, "%q matches no event type of the rules", ev)
+		return
+	}
+	if !types[ev] {
+		v.errf(path, "unknown event type %q (known: %s)", ev, strings.Join(sortedKeys(types), ", "))
+	}
+}
+
+func sortedKeys(m map[string]bool) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	slices.Sort(out)
+	return out
+}
+
+func (v *validator) delivery(c *Config) {
+	dl := c.Delivery
+	if len(dl.RetrySchedule) == 0 {
+		v.errf("delivery.retry_schedule", "must list at least one delay (its length is the number of attempts)")
+	}
+	for i, d := range dl.RetrySchedule {
+		if d < 0 {
+			v.errf(index("delivery.retry_schedule", i), "must not be negative, got %s", d.D())
+		}
+	}
+	if !(dl.Jitter >= 0 && dl.Jitter <= 1) {
+		v.errf("delivery.jitter", "must be between 0 and 1, got %v", dl.Jitter)
+	}
+	positive := func(path string, d Duration) {
+		if d <= 0 {
+			v.errf(path, "must be positive, got %s", d.D())
+		}
+	}
+	nonNeg := func(path string, d Duration) {
+		if d < 0 {
+			v.errf(path, "must not be negative, got %s", d.D())
+		}
+	}
+	atLeast1 := func(path string, n int) {
+		if n < 1 {
+			v.errf(path, "must be at least 1, got %d", n)
+		}
+	}
+	nonNeg("delivery.retry_after_cap", dl.RetryAfterCap)
+	positive("delivery.timeout", dl.Timeout)
+	atLeast1("delivery.workers", dl.Workers)
+	atLeast1("delivery.max_in_flight_per_endpoint", dl.MaxInFlightPerEndpoint)
+	atLeast1("delivery.batch_size", dl.BatchSize)
+	positive("delivery.lease", dl.Lease)
+	if dl.Lease > 0 && dl.Timeout > 0 && dl.Lease <= dl.Timeout {
+		v.errf("delivery.lease", "must be longer than delivery.timeout (%s), or a delivery still in flight is claimed again; got %s", dl.Timeout.D(), dl.Lease.D())
+	}
+	positive("delivery.poll_interval", dl.PollInterval)
+	if dl.MaxResponseBody < 0 {
+		v.errf("delivery.max_response_body", "must not be negative, got %d", dl.MaxResponseBody)
+	}
+	positive("delivery.retention", dl.Retention)
+	positive("delivery.disable.window", dl.Disable.Window)
+	atLeast1("delivery.disable.min_failed_deliveries", dl.Disable.MinFailedDeliveries)
+	nonNeg("delivery.secret_overlap", dl.SecretOverlap)
+	for i, a := range dl.Allow {
+		if !validAllow(a) {
+			v.errf(index("delivery.allow", i), "must be a CIDR like \"10.0.0.0/8\" or a host name like \"hooks.internal\", got %q", a)
+		}
+	}
+}
+
+func validAllow(a string) bool {
+	if strings.Contains(a, "/") {
+		_, _, err := net.ParseCIDR(a)
+		return err == nil
+	}
+	if net.ParseIP(a) != nil {
+		return true
+	}
+	return len(a) <= 253 && hostNameRe.MatchString(a)
+}
+
+func (v *validator) api(c *Config) {
+	a := c.API
+	if a.Listen != "" {
+		host, port, err := net.SplitHostPort(a.Listen)
+		if err != nil {
+			v.errf("api.listen", "must be host:port (e.g. \"127.0.0.1:8080\"), or \"off\"; got %q", a.Listen)
+		} else if n, perr := strconv.Atoi(port); perr != nil || n < 0 || n > 65535 {
+			v.errf("api.listen", "port must be a number 0..65535, got %q", port)
+		} else if host != "" && net.ParseIP(host) == nil && !hostNameRe.MatchString(host) {
+			v.errf("api.listen", "host must be an IP address or a host name, got %q", host)
+		}
+	}
+	seenKey := map[string]string{}
+	seenName := map[string]string{}
+	for i, k := range a.Keys {
+		p := index("api.keys", i)
+		switch {
+		case k.Key == "":
+			v.errf(p, "key is empty (is its environment variable set to \"\"?)")
+		case len(k.Key) < MinAPIKeyLen:
+			v.errf(p, "key is %d characters; use at least %d (e.g. `openssl rand -hex 24`)", len(k.Key), MinAPIKeyLen)
+		case seenKey[k.Key] != "":
+			v.errf(p, "same key as %s", seenKey[k.Key])
+		default:
+			seenKey[k.Key] = p
+		}
+		if prev := seenName[k.Name]; prev != "" {
+			v.errf(p, "name %q is already used by %s", k.Name, prev)
+		} else {
+			seenName[k.Name] = p
+		}
+	}
+	for i, o := range a.Open {
+		if !strings.HasPrefix(o, "/") {
+			v.errf(index("api.open", i), "must be a path starting with /, got %q", o)
+		}
+	}
+	if a.RateLimits.WritePerMinute < 1 {
+		v.errf("api.rate_limits.write_per_minute", "must be at least 1, got %d", a.RateLimits.WritePerMinute)
+	}
+	if a.RateLimits.ReadPerMinute < 1 {
+		v.errf("api.rate_limits.read_per_minute", "must be at least 1, got %d", a.RateLimits.ReadPerMinute)
+	}
+}
+
+func (v *validator) log(c *Config) {
+	switch c.Log.Level {
+	case "debug", "info", "warn", "error":
+	default:
+		v.errf("log.level", "must be debug, info, warn or error, got %q", c.Log.Level)
+	}
+	switch c.Log.Format {
+	case "text", "json":
+	default:
+		v.errf("log.format", "must be text or json, got %q", c.Log.Format)
+	}
+}
