@@ -1,0 +1,342 @@
+package mapper
+
+import (
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+
+	"github.com/expr-lang/expr"
+	"github.com/expr-lang/expr/ast"
+	"github.com/expr-lang/expr/parser"
+	"github.com/expr-lang/expr/vm"
+
+	"github.com/walhook/walhook/cdc"
+)
+
+// Mapper holds compiled rules and maps transactions to events. It is safe
+// for concurrent use, but is meant to be driven by the one goroutine that
+// consumes the replication stream.
+type Mapper struct {
+	opts    Options
+	log     *slog.Logger
+	rules   []*compiledRule
+	byTable map[string][]*compiledRule
+
+	mu sync.Mutex
+	// plans caches the resolved per-table plan by relation OID; a plan is
+	// valid for exactly one *cdc.Relation (cdc makes a new one for every
+	// Relation message, i.e. after DDL or a reconnect), so a new pointer
+	// means column positions are resolved again. Keyed by OID, not by
+	// pointer, so the cache stays bounded by the number of tables.
+	plans map[uint32]*tablePlan
+	stats Stats
+}
+
+// colRef names a column of the old or the new row.
+type colRef struct {
+	name string
+	// from is "new", "old" or "" (the new row, or the old row for deletes).
+	from string
+}
+
+// compiledRule is a Rule after the checks that need no schema.
+type compiledRule struct {
+	Rule
+	index     int
+	schema    string
+	table     string
+	qualified string
+	ops       uint8 // bit 1<<cdc.Op
+	envelope  Envelope
+
+	when *vm.Program
+	// whenOld / whenNew: the columns the expression reads from old / new.
+	whenOld, whenNew []string
+	// whenWhole*: the expression uses old/new other than by constant member
+	// access (e.g. new[name]), so the env gets the whole row.
+	whenWholeOld, whenWholeNew bool
+
+	auction     colRef
+	auctionSet  bool
+	domain      colRef
+	domainSet   bool
+	domainConst string
+}
+
+func (r *compiledRule) has(op cdc.Op) bool { return r.ops&(1<<op) != 0 }
+
+// exprEnv is the type environment expressions are checked against: old and
+// new are maps, so member access type-checks as "any" and comparisons of
+// mismatched literal types (`new.status == "a" && 1`) are caught at load.
+var exprEnv = map[string]any{
+	"old": map[string]any{},
+	"new": map[string]any{},
+	"op":  "",
+}
+
+// Compile checks and compiles rules. Every problem is reported, each with
+// its rule's Where; the errors are *RuleError values joined with
+// errors.Join.
+func Compile(rules []Rule, opts Options) (*Mapper, error) {
+	if opts.Envelope == "" {
+		opts.Envelope = EnvelopeAuctionExcellence
+	}
+	m := &Mapper{
+		opts:    opts,
+		log:     opts.Logger,
+		byTable: make(map[string][]*compiledRule),
+		plans:   make(map[uint32]*tablePlan),
+	}
+	if m.log == nil {
+		m.log = slog.Default()
+	}
+	var errs errorList
+	if !opts.Envelope.Valid() {
+		errs.add("", "envelope", "", ErrInvalidRule, "unknown envelope %q (want auction-excellence or sns)", opts.Envelope)
+	}
+	firstByEvent := make(map[string]*compiledRule)
+	for i := range rules {
+		cr := compileRule(i, rules[i], opts, &errs)
+		if cr == nil {
+			continue
+		}
+		if prev, ok := firstByEvent[cr.Event]; ok {
+			if prev.envelope != cr.envelope {
+				errs.add(cr.Where, "envelope", cr.Event, ErrConflict,
+					"envelope %s differs from %s given to the same event at %s; one event type has one body shape",
+					cr.envelope, prev.envelope, prev.Where)
+			}
+		} else {
+			firstByEvent[cr.Event] = cr
+		}
+		m.rules = append(m.rules, cr)
+		m.byTable[cr.qualified] = append(m.byTable[cr.qualified], cr)
+	}
+	if err := errs.err(); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+func compileRule(i int, r Rule, opts Options, errs *errorList) *compiledRule {
+	n := len(*errs)
+	cr := &compiledRule{Rule: r, index: i, envelope: r.Envelope}
+	if cr.envelope == "" {
+		cr.envelope = opts.Envelope
+	}
+	if r.Event == "" {
+		errs.add(r.Where, "event", "", ErrInvalidRule, "is required")
+	}
+	if !cr.envelope.Valid() {
+		errs.add(r.Where, "envelope", r.Event, ErrInvalidRule, "unknown envelope %q (want auction-excellence or sns)", cr.envelope)
+	}
+	cr.schema, cr.table = splitTable(r.Table)
+	if cr.table == "" {
+		errs.add(r.Where, "table", r.Event, ErrInvalidRule, "is required")
+	}
+	cr.qualified = cr.schema + "." + cr.table
+	if len(r.Ops) == 0 {
+		errs.add(r.Where, "operations", r.Event, ErrInvalidRule, "at least one of insert, update, delete is required")
+	}
+	for _, op := range r.Ops {
+		if op != cdc.OpInsert && op != cdc.OpUpdate && op != cdc.OpDelete {
+			errs.add(r.Where, "operations", r.Event, ErrInvalidRule, "%s: rules fire on insert, update or delete only", op)
+			continue
+		}
+		cr.ops |= 1 << op
+	}
+	if len(r.Changed) > 0 && !cr.has(cdc.OpUpdate) {
+		errs.add(r.Where, "changed", r.Event, ErrInvalidRule, "applies to updates only, but operations do not include update")
+	}
+	for _, c := range r.Changed {
+		if c == "" {
+			errs.add(r.Where, "changed", r.Event, ErrInvalidRule, "empty column name")
+		}
+	}
+	if r.When != "" {
+		compileWhen(cr, errs)
+	}
+	cr.auction, cr.auctionSet = parseColRef(r.AuctionID, "auction_id", cr, errs)
+	cr.domain, cr.domainSet = parseColRef(r.Domain, "domain", cr, errs)
+	if !cr.domainSet {
+		cr.domainConst = opts.Domain
+	}
+	seen := make(map[string]bool, len(r.Data))
+	for j, f := range r.Data {
+		where, field := r.Where, fmt.Sprintf("data[%d]", j)
+		if f.Where != "" {
+			where, field = f.Where, ""
+		}
+		switch {
+		case f.Key == "":
+			errs.add(where, field, r.Event, ErrInvalidRule, "empty key")
+		case seen[f.Key]:
+			errs.add(where, field, r.Event, ErrInvalidRule, "duplicate key %q", f.Key)
+		}
+		seen[f.Key] = true
+		if f.IsConst {
+			continue
+		}
+		if f.Column == "" {
+			errs.add(where, field, r.Event, ErrInvalidRule, "key %q names no column", f.Key)
+		}
+		checkFrom(f.From, where, field, cr, errs)
+	}
+	if len(*errs) > n {
+		return nil
+	}
+	return cr
+}
+
+// checkFrom refuses "old" on insert-only and "new" on delete-only rules:
+// those rows never exist there.
+func checkFrom(from, where, field string, cr *compiledRule, errs *errorList) {
+	switch from {
+	case "", "new", "old":
+	default:
+		errs.add(where, field, cr.Event, ErrInvalidRule, "row %q: want old or new", from)
+		return
+	}
+	if from == "old" && !cr.has(cdc.OpUpdate) && !cr.has(cdc.OpDelete) {
+		errs.add(where, field, cr.Event, ErrInvalidRule, "reads the old row, but inserts have none")
+	}
+	if from == "new" && !cr.has(cdc.OpUpdate) && !cr.has(cdc.OpInsert) {
+		errs.add(where, field, cr.Event, ErrInvalidRule, "reads the new row, but deletes have none")
+	}
+}
+
+// parseColRef reads "col", "new.col" or "old.col".
+func parseColRef(s, field string, cr *compiledRule, errs *errorList) (colRef, bool) {
+	if s == "" {
+		return colRef{}, false
+	}
+	ref := colRef{name: s}
+	if from, name, ok := strings.Cut(s, "."); ok && (from == "old" || from == "new") {
+		ref = colRef{name: name, from: from}
+	}
+	if ref.name == "" {
+		errs.add(cr.Where, field, cr.Event, ErrInvalidRule, "%q names no column", s)
+	}
+	checkFrom(ref.from, cr.Where, field, cr, errs)
+	return ref, true
+}
+
+// splitTable turns "table" into ("public", "table"): unqualified names mean
+// schema public, as for a client with the default search_path.
+func splitTable(t string) (schema, table string) {
+	if s, n, ok := strings.Cut(t, "."); ok {
+		return s, n
+	}
+	return "public", t
+}
+
+func compileWhen(cr *compiledRule, errs *errorList) {
+	prog, err := expr.Compile(cr.When, expr.Env(exprEnv), expr.AsBool())
+	if err != nil {
+		errs.add(cr.Where, "when", cr.Event, ErrExpression, "%s", strings.TrimSpace(err.Error()))
+		return
+	}
+	tree, err := parser.Parse(cr.When)
+	if err != nil { // compiled above, so this does not happen
+		errs.add(cr.Where, "when", cr.Event, ErrExpression, "%s", err.Error())
+		return
+	}
+	v := &refCollector{}
+	ast.Walk(&tree.Node, v)
+	cr.when = prog
+	cr.whenOld, cr.whenNew = v.cols["old"], v.cols["new"]
+	cr.whenWholeOld = v.idents["old"] > v.members["old"]+v.nilCmp["old"]
+	cr.whenWholeNew = v.idents["new"] > v.members["new"]+v.nilCmp["new"]
+	if (len(cr.whenOld) > 0 || cr.whenWholeOld) && !cr.has(cdc.OpUpdate) && !cr.has(cdc.OpDelete) {
+		// old is nil for inserts: old.x is nil, which is legal but
+		// almost certainly a mistake worth reporting.
+		errs.add(cr.Where, "when", cr.Event, ErrExpression, "reads old, but the rule fires on inserts only, where old is nil")
+	}
+}
+
+// refCollector finds the columns an expression reads: old.x, new["x"].
+// Uses of old/new that are neither constant member access nor a nil
+// comparison make the env carry the whole row.
+type refCollector struct {
+	cols    map[string][]string
+	idents  map[string]int
+	members map[string]int
+	nilCmp  map[string]int
+}
+
+func (v *refCollector) Visit(node *ast.Node) {
+	if v.cols == nil {
+		v.cols = map[string][]string{}
+		v.idents = map[string]int{}
+		v.members = map[string]int{}
+		v.nilCmp = map[string]int{}
+	}
+	switch n := (*node).(type) {
+	case *ast.IdentifierNode:
+		v.idents[n.Value]++
+	case *ast.MemberNode:
+		id, ok := n.Node.(*ast.IdentifierNode)
+		if !ok {
+			return
+		}
+		if s, ok := n.Property.(*ast.StringNode); ok && (id.Value == "old" || id.Value == "new") {
+			v.members[id.Value]++
+			for _, c := range v.cols[id.Value] {
+				if c == s.Value {
+					return
+				}
+			}
+			v.cols[id.Value] = append(v.cols[id.Value], s.Value)
+		}
+	case *ast.BinaryNode:
+		if n.Operator != "==" && n.Operator != "!=" {
+			return
+		}
+		l, lok := n.Left.(*ast.IdentifierNode)
+		r, rok := n.Right.(*ast.IdentifierNode)
+		_, lnil := n.Left.(*ast.NilNode)
+		_, rnil := n.Right.(*ast.NilNode)
+		if lok && rnil {
+			v.nilCmp[l.Value]++
+		}
+		if rok && lnil {
+			v.nilCmp[r.Value]++
+		}
+	}
+}
+
+// Events returns the event catalog: each event type once, in rule order.
+func (m *Mapper) Events() []EventType {
+	var out []EventType
+	seen := make(map[string]bool)
+	for _, r := range m.rules {
+		if seen[r.Event] {
+			continue
+		}
+		seen[r.Event] = true
+		out = append(out, EventType{Type: r.Event, Description: r.Description, Envelope: r.envelope})
+	}
+	return out
+}
+
+// Tables returns the qualified names of the tables rules read, sorted by
+// first use, for the publication.
+func (m *Mapper) Tables() []string {
+	var out []string
+	seen := make(map[string]bool)
+	for _, r := range m.rules {
+		if !seen[r.qualified] {
+			seen[r.qualified] = true
+			out = append(out, r.qualified)
+		}
+	}
+	return out
+}
+
+// Stats returns the counters.
+func (m *Mapper) Stats() Stats {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.stats
+}

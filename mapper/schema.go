@@ -1,0 +1,313 @@
+package mapper
+
+import (
+	"fmt"
+	"sort"
+	"strings"
+
+	"github.com/expr-lang/expr/vm"
+
+	"github.com/walhook/walhook/cdc"
+)
+
+// Row sources of a column read.
+const (
+	fromNew byte = 'n'
+	fromOld byte = 'o'
+	fromDef byte = 'd' // the new row, or the old row for deletes
+)
+
+// colSrc is a resolved column read: position in the relation and row.
+type colSrc struct {
+	idx  int // -1: none
+	from byte
+	name string
+}
+
+// dataPlan renders one key of the data object.
+type dataPlan struct {
+	key   []byte // `"key":` pre-rendered
+	col   colSrc
+	konst []byte // pre-rendered constant when col.idx < 0
+}
+
+// rulePlan is a compiled rule resolved against one *cdc.Relation.
+type rulePlan struct {
+	r        *compiledRule
+	changed  []int
+	data     []dataPlan
+	auction  colSrc
+	domain   colSrc
+	whenOld  []colSrc
+	whenNew  []colSrc
+	needsOld bool // for updates: the rule reads the old row
+
+	// Expression state, reused across changes (guarded by Mapper.mu) so a
+	// false `when` allocates as little as possible.
+	oldMap, newMap map[string]any
+	env            map[string]any
+	vm             vm.VM
+}
+
+// tablePlan is every rule of one relation, in rule order.
+type tablePlan struct {
+	rel   *cdc.Relation
+	rules []*rulePlan
+	keys  []int // replica identity columns, for logs
+	err   error
+}
+
+// plan returns the cached plan for rel, resolving it on first sight of
+// this *Relation. Callers hold m.mu.
+func (m *Mapper) plan(rel *cdc.Relation) (*tablePlan, error) {
+	if p := m.plans[rel.OID]; p != nil && p.rel == rel {
+		return p, p.err
+	}
+	p := &tablePlan{rel: rel}
+	var errs errorList
+	for _, r := range m.byTable[rel.Table()] {
+		if rp := m.resolve(r, rel, &errs); rp != nil {
+			p.rules = append(p.rules, rp)
+		}
+	}
+	for i, c := range rel.Columns {
+		if c.Key {
+			p.keys = append(p.keys, i)
+		}
+	}
+	if err := errs.err(); err != nil {
+		p.err = fmt.Errorf("relation %s as announced by the server: %w", rel.Table(), err)
+	}
+	m.plans[rel.OID] = p
+	return p, p.err
+}
+
+// CheckSchema checks every rule against the source tables (keyed
+// "schema.table"): tables and columns exist, and old values are sent
+// where a rule needs them. The same checks run at run time on every
+// Relation message, so a schema changed after startup is caught too.
+func (m *Mapper) CheckSchema(tables map[string]TableSchema) error {
+	var errs errorList
+	for _, r := range m.rules {
+		ts, ok := tables[r.qualified]
+		if !ok {
+			errs.add(r.Where, "table", r.Event, ErrUnknownTable, "table %s does not exist (or is not readable)", r.qualified)
+			continue
+		}
+		rel := &cdc.Relation{Schema: r.schema, Name: r.table, ReplicaIdentity: ts.ReplicaIdentity}
+		for _, c := range ts.Columns {
+			rel.Columns = append(rel.Columns, cdc.Column{Name: c, Key: contains(ts.Keys, c)})
+		}
+		m.resolve(r, rel, &errs)
+	}
+	return errs.err()
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+// resolve binds a rule to the columns of rel, reporting unknown columns and
+// old-value reads the table's replica identity cannot serve.
+func (m *Mapper) resolve(r *compiledRule, rel *cdc.Relation, errs *errorList) *rulePlan {
+	n := len(*errs)
+	rp := &rulePlan{r: r, auction: colSrc{idx: -1}, domain: colSrc{idx: -1}}
+	col := func(field, name string, from byte) colSrc {
+		i := rel.ColumnIndex(name)
+		if i < 0 {
+			errs.add(r.Where, field, r.Event, ErrUnknownColumn, "column %q does not exist in %s", name, rel.Table())
+		}
+		return colSrc{idx: i, from: from, name: name}
+	}
+	for _, c := range r.Changed {
+		rp.changed = append(rp.changed, col("changed", c, fromOld).idx)
+	}
+	for _, c := range r.whenOld {
+		rp.whenOld = append(rp.whenOld, col("when", c, fromOld))
+	}
+	for _, c := range r.whenNew {
+		rp.whenNew = append(rp.whenNew, col("when", c, fromNew))
+	}
+	if r.auctionSet {
+		rp.auction = col("auction_id", r.auction.name, fromByte(r.auction.from))
+	} else if i := rel.ColumnIndex("auction_id"); i >= 0 {
+		rp.auction = colSrc{idx: i, from: fromDef, name: "auction_id"}
+	}
+	if r.envelope == EnvelopeSNS {
+		if r.domainSet {
+			rp.domain = col("domain", r.domain.name, fromByte(r.domain.from))
+		} else if i := rel.ColumnIndex("domain"); i >= 0 && r.domainConst == "" {
+			rp.domain = colSrc{idx: i, from: fromDef, name: "domain"}
+		}
+	}
+	if len(r.Data) == 0 {
+		for i, c := range rel.Columns {
+			rp.data = append(rp.data, dataPlan{key: jsonKey(c.Name), col: colSrc{idx: i, from: fromDef, name: c.Name}})
+		}
+	}
+	for j, f := range r.Data {
+		dp := dataPlan{key: jsonKey(f.Key), col: colSrc{idx: -1}}
+		if f.IsConst {
+			dp.konst = appendValue(nil, f.Const)
+		} else {
+			where, field := r.Where, fmt.Sprintf("data[%d]", j)
+			if f.Where != "" {
+				where, field = f.Where, ""
+			}
+			i := rel.ColumnIndex(f.Column)
+			if i < 0 {
+				errs.add(where, field, r.Event, ErrUnknownColumn, "column %q does not exist in %s", f.Column, rel.Table())
+			}
+			dp.col = colSrc{idx: i, from: fromByte(f.From), name: f.Column}
+		}
+		rp.data = append(rp.data, dp)
+	}
+	if len(*errs) > n {
+		return nil
+	}
+	m.checkOldValues(rp, rel, errs)
+	if len(*errs) > n {
+		return nil
+	}
+	if r.when != nil {
+		rp.oldMap = make(map[string]any, len(rp.whenOld))
+		rp.newMap = make(map[string]any, len(rp.whenNew))
+		rp.env = map[string]any{"old": rp.oldMap, "new": rp.newMap, "op": ""}
+	}
+	return rp
+}
+
+func fromByte(from string) byte {
+	switch from {
+	case "old":
+		return fromOld
+	case "new":
+		return fromNew
+	}
+	return fromDef
+}
+
+// checkOldValues refuses rules that read old values the table does not
+// send. pgoutput sends the old row for an UPDATE only under REPLICA
+// IDENTITY FULL (DEFAULT and USING INDEX send the old key, and only when a
+// key column changed); for a DELETE, DEFAULT sends the key columns only.
+func (m *Mapper) checkOldValues(rp *rulePlan, rel *cdc.Relation, errs *errorList) {
+	r := rp.r
+	if rel.ReplicaIdentity == 'f' {
+		rp.needsOld = r.has(cdc.OpUpdate) && readsOld(rp, cdc.OpUpdate, rel, true)
+		return
+	}
+	var reads []string
+	if r.has(cdc.OpUpdate) {
+		rp.needsOld = readsOld(rp, cdc.OpUpdate, rel, true)
+		if rp.needsOld {
+			reads = append(reads, oldReads(rp, cdc.OpUpdate, rel, true)...)
+		}
+	}
+	if r.has(cdc.OpDelete) && readsOld(rp, cdc.OpDelete, rel, false) {
+		reads = append(reads, oldReads(rp, cdc.OpDelete, rel, false)...)
+	}
+	if len(reads) == 0 {
+		return
+	}
+	sort.Strings(reads)
+	reads = dedupe(reads)
+	errs.add(r.Where, "", r.Event, ErrNeedsOldValues,
+		"reads old values (%s) but %s has REPLICA IDENTITY %s, which does not send them; run: ALTER TABLE %s REPLICA IDENTITY FULL;",
+		strings.Join(reads, ", "), rel.Table(), identityName(rel.ReplicaIdentity), quoteTable(rel.Schema, rel.Name))
+}
+
+func readsOld(rp *rulePlan, op cdc.Op, rel *cdc.Relation, keysToo bool) bool {
+	return len(oldReads(rp, op, rel, keysToo)) > 0
+}
+
+// oldReads lists what the rule reads from the old row for op, as
+// "changed: status", "when: deleted_at", "data: title", … Key columns count
+// only when keysToo (updates: the old key is sent only when it changed).
+func oldReads(rp *rulePlan, op cdc.Op, rel *cdc.Relation, keysToo bool) []string {
+	var out []string
+	add := func(kind string, idx int, name string) {
+		if idx >= 0 && !keysToo && rel.Columns[idx].Key {
+			return
+		}
+		out = append(out, kind+": "+name)
+	}
+	if op == cdc.OpUpdate {
+		for i, c := range rp.r.Changed {
+			add("changed", rp.changed[i], c)
+		}
+	}
+	for _, c := range rp.whenOld {
+		add("when", c.idx, c.name)
+	}
+	if rp.r.whenWholeOld {
+		out = append(out, "when: old")
+	}
+	isOld := func(from byte) bool { return from == fromOld || (from == fromDef && op == cdc.OpDelete) }
+	for _, d := range rp.data {
+		if d.col.idx >= 0 && isOld(d.col.from) {
+			add("data", d.col.idx, d.col.name)
+		}
+	}
+	if rp.auction.idx >= 0 && isOld(rp.auction.from) {
+		add("auction_id", rp.auction.idx, rp.auction.name)
+	}
+	if rp.domain.idx >= 0 && isOld(rp.domain.from) {
+		add("domain", rp.domain.idx, rp.domain.name)
+	}
+	return out
+}
+
+func dedupe(s []string) []string {
+	out := s[:0]
+	for i, x := range s {
+		if i == 0 || x != s[i-1] {
+			out = append(out, x)
+		}
+	}
+	return out
+}
+
+func identityName(b byte) string {
+	switch b {
+	case 'd':
+		return "DEFAULT"
+	case 'f':
+		return "FULL"
+	case 'i':
+		return "USING INDEX"
+	case 'n':
+		return "NOTHING"
+	}
+	return fmt.Sprintf("%q", b)
+}
+
+// quoteTable renders schema.table for SQL, quoting only names that need it.
+func quoteTable(schema, table string) string {
+	return quoteIdent(schema) + "." + quoteIdent(table)
+}
+
+func quoteIdent(s string) string {
+	plain := s != ""
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c >= 'a' && c <= 'z' || c == '_' || i > 0 && (c >= '0' && c <= '9' || c == '$')) {
+			plain = false
+			break
+		}
+	}
+	if plain {
+		return s
+	}
+	return `"` + strings.ReplaceAll(s, `"`, `""`) + `"`
+}
+
+func jsonKey(k string) []byte {
+	b := appendJSONString(nil, k)
+	return append(b, ':')
+}
