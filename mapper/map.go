@@ -1,0 +1,381 @@
+package mapper
+
+import (
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+
+	"github.com/walhook/walhook/cdc"
+)
+
+// Map maps one transaction (or one chunk of a large one) to events, in
+// change order and, per change, in rule order.
+//
+// An error means the transaction cannot be mapped at all (a rule names a
+// column the relation no longer has, a table stopped sending the old row a
+// rule reads, an expression failed on a row): the caller must stop rather
+// than skip it. A value a rule needs that is an unchanged TOAST value
+// PostgreSQL did not send skips only that event; it is logged with table
+// and key and counted in Stats.SkippedUnavailable.
+//
+// Truncates and logical decoding messages produce no events: rules are
+// about row changes, and a truncate carries no rows.
+//
+// A change no rule matches costs no allocation.
+func (m *Mapper) Map(tx *cdc.Tx) ([]Event, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var out []Event
+	for i := range tx.Changes {
+		ch := &tx.Changes[i]
+		m.stats.Changes++
+		if ch.Rel == nil || ch.Op < cdc.OpInsert || ch.Op > cdc.OpDelete {
+			continue
+		}
+		p := m.plans[ch.Rel.OID]
+		if p == nil || p.rel != ch.Rel {
+			var err error
+			if p, err = m.plan(ch.Rel); err != nil {
+				return nil, m.txErr(tx, ch, err)
+			}
+		}
+		if p.err != nil {
+			return nil, m.txErr(tx, ch, p.err)
+		}
+		for _, rp := range p.rules {
+			ev, res, err := m.eval(tx, ch, p, rp, true)
+			if err != nil {
+				return nil, m.txErr(tx, ch, err)
+			}
+			switch res.kind {
+			case resMatched:
+				out = append(out, ev)
+				m.stats.Events++
+			case resUnavailable:
+				m.stats.SkippedUnavailable++
+				m.log.Warn("event skipped: a value it needs is an unchanged TOAST value PostgreSQL did not send; set REPLICA IDENTITY FULL on the table to receive it",
+					slog.String("event", rp.r.Event),
+					slog.String("table", ch.Rel.Table()),
+					slog.String("key", keyOf(ch, p)),
+					slog.String("column", res.column),
+					slog.Uint64("xid", uint64(tx.Xid)),
+					slog.String("commit_lsn", tx.CommitLSN.String()),
+					slog.Int("position", ch.Position),
+					slog.String("rule", rp.r.Where))
+			}
+		}
+	}
+	return out, nil
+}
+
+func (m *Mapper) txErr(tx *cdc.Tx, ch *cdc.Change, err error) error {
+	table := "?"
+	if ch.Rel != nil {
+		table = ch.Rel.Table()
+	}
+	return fmt.Errorf("map transaction %d (commit %s), change %d (%s on %s): %w",
+		tx.Xid, tx.CommitLSN, ch.Position, ch.Op, table, err)
+}
+
+// resultKind says what one rule did with one change.
+type resultKind uint8
+
+const (
+	resMatched     resultKind = iota
+	resOp                     // operation not listed
+	resUnchanged              // changed columns all equal by value
+	resWhenFalse              // when evaluated to false
+	resUnavailable            // a needed value is an unavailable TOAST value
+)
+
+// result is the outcome of one rule on one change; column names the value
+// for resUnavailable.
+type result struct {
+	kind   resultKind
+	column string
+}
+
+// value returns the column value src reads for change ch; ok is false when
+// the row does not exist for this operation.
+func value(ch *cdc.Change, src colSrc) (cdc.Value, bool) {
+	var row []cdc.Value
+	switch src.from {
+	case fromNew:
+		row = ch.New
+	case fromOld:
+		row = ch.Old
+	default:
+		if ch.Op == cdc.OpDelete {
+			row = ch.Old
+		} else {
+			row = ch.New
+		}
+	}
+	if src.idx < 0 || src.idx >= len(row) {
+		return cdc.Value{State: cdc.Absent}, row != nil
+	}
+	return row[src.idx], true
+}
+
+// eval applies one rule to one change. With build false it only decides
+// (for the dry run's explanations) and returns no Event.
+func (m *Mapper) eval(tx *cdc.Tx, ch *cdc.Change, p *tablePlan, rp *rulePlan, build bool) (Event, result, error) {
+	r := rp.r
+	if !r.has(ch.Op) {
+		return Event{}, result{kind: resOp}, nil
+	}
+	if ch.Op == cdc.OpUpdate && rp.needsOld {
+		if err := checkOldRow(ch, rp); err != nil {
+			return Event{}, result{}, err
+		}
+	}
+	if ch.Op == cdc.OpUpdate && len(rp.changed) > 0 {
+		changed := false
+		for _, idx := range rp.changed {
+			if !equalValue(ch.Old[idx], ch.New[idx]) {
+				changed = true
+				break
+			}
+		}
+		if !changed {
+			return Event{}, result{kind: resUnchanged}, nil
+		}
+	}
+	if r.when != nil {
+		ok, res, err := m.evalWhen(ch, p, rp)
+		if err != nil || res.kind != resMatched {
+			return Event{}, res, err
+		}
+		if !ok {
+			return Event{}, result{kind: resWhenFalse}, nil
+		}
+	}
+	// Every value the event reads must be available before anything is
+	// rendered, so a skipped event allocates nothing.
+	for i := range rp.data {
+		if d := &rp.data[i]; d.col.idx >= 0 {
+			if v, _ := value(ch, d.col); v.State == cdc.Unavailable {
+				return Event{}, result{kind: resUnavailable, column: d.col.name}, nil
+			}
+		}
+	}
+	var auction, domain cdc.Value
+	if rp.auction.idx >= 0 {
+		auction, _ = value(ch, rp.auction)
+		if auction.State == cdc.Unavailable {
+			return Event{}, result{kind: resUnavailable, column: rp.auction.name}, nil
+		}
+	}
+	if rp.domain.idx >= 0 {
+		domain, _ = value(ch, rp.domain)
+		if domain.State == cdc.Unavailable {
+			return Event{}, result{kind: resUnavailable, column: rp.domain.name}, nil
+		}
+	}
+	if !build {
+		return Event{}, result{kind: resMatched}, nil
+	}
+	ev := Event{
+		ID:         m.eventID(tx, ch.Position, r.index),
+		Type:       r.Event,
+		Envelope:   r.envelope,
+		OccurredAt: tx.CommitTime.UTC(),
+		Table:      p.rel.Table(),
+		Position:   ch.Position,
+		Rule:       r.index,
+	}
+	if auction.State == cdc.Present && rp.auction.idx >= 0 {
+		ev.AuctionID = keyString(auction.V)
+	}
+	if r.envelope == EnvelopeSNS {
+		if rp.domain.idx >= 0 {
+			if domain.State == cdc.Present {
+				ev.Domain = keyString(domain.V)
+			}
+		} else {
+			ev.Domain = r.domainConst
+		}
+	}
+	ev.Data = renderData(ch, rp)
+	return ev, result{kind: resMatched}, nil
+}
+
+// checkOldRow fails an update that lacks old values a rule reads: the
+// table was announced FULL (or the rule only reads keys), so a missing
+// old row means the stream and the schema disagree. Never "changed".
+func checkOldRow(ch *cdc.Change, rp *rulePlan) error {
+	if ch.Old == nil {
+		return &RuleError{Where: rp.r.Where, Event: rp.r.Event, Err: &causeError{
+			msg:   fmt.Sprintf("update of %s arrived without the old row, which this rule reads; run: ALTER TABLE %s REPLICA IDENTITY FULL;", ch.Rel.Table(), quoteTable(ch.Rel.Schema, ch.Rel.Name)),
+			cause: ErrNeedsOldValues,
+		}}
+	}
+	check := func(field string, idx int) error {
+		if idx >= 0 && idx < len(ch.Old) && ch.Old[idx].State == cdc.Absent {
+			return &RuleError{Where: rp.r.Where, Field: field, Event: rp.r.Event, Err: &causeError{
+				msg:   fmt.Sprintf("update of %s arrived without the old value of %s, which this rule reads; run: ALTER TABLE %s REPLICA IDENTITY FULL;", ch.Rel.Table(), ch.Rel.Columns[idx].Name, quoteTable(ch.Rel.Schema, ch.Rel.Name)),
+				cause: ErrNeedsOldValues,
+			}}
+		}
+		return nil
+	}
+	for _, idx := range rp.changed {
+		if err := check("changed", idx); err != nil {
+			return err
+		}
+	}
+	for _, c := range rp.whenOld {
+		if err := check("when", c.idx); err != nil {
+			return err
+		}
+	}
+	for i := range rp.data {
+		if d := &rp.data[i]; d.col.from == fromOld {
+			if err := check("data", d.col.idx); err != nil {
+				return err
+			}
+		}
+	}
+	if rp.auction.from == fromOld {
+		if err := check("auction_id", rp.auction.idx); err != nil {
+			return err
+		}
+	}
+	if rp.domain.from == fromOld {
+		if err := check("domain", rp.domain.idx); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+var opNames = [...]string{cdc.OpInsert: "insert", cdc.OpUpdate: "update", cdc.OpDelete: "delete"}
+
+// evalWhen runs the rule's expression. The env maps are reused; only the
+// columns the expression reads are set.
+func (m *Mapper) evalWhen(ch *cdc.Change, p *tablePlan, rp *rulePlan) (bool, result, error) {
+	r := rp.r
+	oldRow, newRow := ch.Old, ch.New
+	if ch.Op == cdc.OpInsert {
+		oldRow = nil
+	}
+	if ch.Op == cdc.OpDelete {
+		newRow = nil
+	}
+	env := rp.env
+	env["op"] = opNames[ch.Op]
+	fill := func(row []cdc.Value, cols []colSrc, whole bool, dst map[string]any, name string) (result, bool) {
+		if row == nil {
+			// A typed nil map: `old == nil` is true and `old.x` is nil
+			// rather than a run-time error on rules firing on inserts
+			// and updates alike.
+			env[name] = map[string]any(nil)
+			return result{}, true
+		}
+		if whole {
+			full := make(map[string]any, len(row))
+			for i, v := range row {
+				if v.State == cdc.Unavailable {
+					return result{kind: resUnavailable, column: p.rel.Columns[i].Name}, false
+				}
+				if v.State != cdc.Absent {
+					full[p.rel.Columns[i].Name] = envValue(v)
+				}
+			}
+			env[name] = full
+			return result{}, true
+		}
+		for _, c := range cols {
+			v := row[c.idx]
+			if v.State == cdc.Unavailable {
+				return result{kind: resUnavailable, column: c.name}, false
+			}
+			dst[c.name] = envValue(v)
+		}
+		env[name] = dst
+		return result{}, true
+	}
+	if res, ok := fill(oldRow, rp.whenOld, r.whenWholeOld, rp.oldMap, "old"); !ok {
+		return false, res, nil
+	}
+	if res, ok := fill(newRow, rp.whenNew, r.whenWholeNew, rp.newMap, "new"); !ok {
+		return false, res, nil
+	}
+	out, err := rp.vm.Run(r.when, env)
+	if err != nil {
+		return false, result{}, &RuleError{Where: r.Where, Field: "when", Event: r.Event,
+			Err: &causeError{msg: fmt.Sprintf("%s on %s: %v", r.When, p.rel.Table(), err), cause: ErrEvaluation}}
+	}
+	b, _ := out.(bool)
+	return b, result{kind: resMatched}, nil
+}
+
+// renderData renders the data object.
+func renderData(ch *cdc.Change, rp *rulePlan) json.RawMessage {
+	b := make([]byte, 0, 64*len(rp.data)+2)
+	b = append(b, '{')
+	for i := range rp.data {
+		d := &rp.data[i]
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = append(b, d.key...)
+		if d.col.idx < 0 {
+			b = append(b, d.konst...)
+			continue
+		}
+		v, _ := value(ch, d.col)
+		if v.State != cdc.Present {
+			b = append(b, "null"...)
+			continue
+		}
+		b = appendValue(b, v.V)
+	}
+	b = append(b, '}')
+	return b
+}
+
+// eventID is deterministic from (system id, xid, commit LSN, position,
+// rule index): 32 hex digits of their SHA-256.
+func (m *Mapper) eventID(tx *cdc.Tx, position, rule int) string {
+	var buf [24]byte
+	binary.BigEndian.PutUint32(buf[0:], tx.Xid)
+	binary.BigEndian.PutUint64(buf[4:], uint64(tx.CommitLSN))
+	binary.BigEndian.PutUint64(buf[12:], uint64(position))
+	binary.BigEndian.PutUint32(buf[20:], uint32(rule))
+	h := sha256.New()
+	h.Write([]byte(m.opts.SystemID))
+	h.Write([]byte{0})
+	h.Write(buf[:])
+	var sum [32]byte
+	return hex.EncodeToString(h.Sum(sum[:0])[:16])
+}
+
+// keyOf renders the replica identity key of a change for logs, e.g.
+// "id=42".
+func keyOf(ch *cdc.Change, p *tablePlan) string {
+	row := ch.New
+	if ch.Op == cdc.OpDelete {
+		row = ch.Old
+	}
+	var b []byte
+	for _, idx := range p.keys {
+		if idx >= len(row) {
+			continue
+		}
+		if len(b) > 0 {
+			b = append(b, ' ')
+		}
+		b = append(b, p.rel.Columns[idx].Name...)
+		b = append(b, '=')
+		if v := row[idx]; v.State == cdc.Present {
+			b = append(b, keyString(v.V)...)
+		} else {
+			b = append(b, "null"...)
+		}
+	}
+	return string(b)
+}
