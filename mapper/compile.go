@@ -106,6 +106,10 @@ func Compile(rules []Rule, opts Options) (*Mapper, error) {
 				errs.add(cr.Where, "envelope", cr.Event, ErrConflict,
 					"envelope %s differs from %s given to the same event at %s; one event type has one body shape",
 					cr.envelope, prev.envelope, prev.Where)
+			} else if a, b := shapeOf(prev), shapeOf(cr); a != b {
+				errs.add(cr.Where, "data", cr.Event, ErrConflict,
+					"data %s differs from %s given to the same event at %s; one event type has one body shape",
+					b, a, prev.Where)
 			}
 		} else {
 			firstByEvent[cr.Event] = cr
@@ -187,6 +191,19 @@ func compileRule(i int, r Rule, opts Options, errs *errorList) *compiledRule {
 		return nil
 	}
 	return cr
+}
+
+// shapeOf describes a rule's data object for the one-shape-per-event check:
+// its keys in order, or the whole row of its table.
+func shapeOf(r *compiledRule) string {
+	if len(r.Data) == 0 {
+		return "(the whole row of " + r.qualified + ")"
+	}
+	keys := make([]string, len(r.Data))
+	for i, f := range r.Data {
+		keys[i] = f.Key
+	}
+	return "keys (" + strings.Join(keys, ", ") + ")"
 }
 
 // checkFrom refuses "old" on insert-only and "new" on delete-only rules:

@@ -252,7 +252,9 @@ func checkOldRow(ch *cdc.Change, rp *rulePlan) error {
 	return nil
 }
 
-var opNames = [...]string{cdc.OpInsert: "insert", cdc.OpUpdate: "update", cdc.OpDelete: "delete"}
+// opNames are the values of `op` in expressions, boxed once so setting
+// them allocates nothing.
+var opNames = [...]any{cdc.OpInsert: "insert", cdc.OpUpdate: "update", cdc.OpDelete: "delete"}
 
 // evalWhen runs the rule's expression. The env maps are reused; only the
 // columns the expression reads are set.

@@ -1,0 +1,405 @@
+package mapper
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/walhook/walhook/cdc"
+)
+
+// unavailable marks an unchanged TOAST value in test rows; absent a column
+// pgoutput did not send.
+type marker int
+
+const (
+	unavailable marker = iota + 1
+	absent
+)
+
+var commitTime = time.Date(2024, 5, 6, 7, 8, 9, 123456789, time.UTC)
+
+// testRel builds a relation; the first column is the key.
+func testRel(oid uint32, table string, identity byte, cols ...string) *cdc.Relation {
+	schema, name := splitTable(table)
+	r := &cdc.Relation{OID: oid, Schema: schema, Name: name, ReplicaIdentity: identity}
+	for i, c := range cols {
+		r.Columns = append(r.Columns, cdc.Column{Name: c, Key: i == 0})
+	}
+	return r
+}
+
+// row builds a row of rel from column values; missing columns are Null.
+func row(rel *cdc.Relation, vals map[string]any) []cdc.Value {
+	if vals == nil {
+		return nil
+	}
+	out := make([]cdc.Value, len(rel.Columns))
+	for i, c := range rel.Columns {
+		v, ok := vals[c.Name]
+		switch {
+		case !ok || v == nil:
+			out[i] = cdc.Value{State: cdc.Null}
+		case v == unavailable:
+			out[i] = cdc.Value{State: cdc.Unavailable}
+		case v == absent:
+			out[i] = cdc.Value{State: cdc.Absent}
+		default:
+			out[i] = cdc.Value{V: v}
+		}
+	}
+	return out
+}
+
+func change(op cdc.Op, rel *cdc.Relation, old, new map[string]any) cdc.Change {
+	return cdc.Change{Op: op, Rel: rel, Old: row(rel, old), New: row(rel, new)}
+}
+
+func txOf(changes ...cdc.Change) *cdc.Tx {
+	for i := range changes {
+		changes[i].Position = i
+	}
+	return &cdc.Tx{Xid: 731, CommitLSN: 0x16B3748, CommitTime: commitTime, Changes: changes, Final: true}
+}
+
+func mustCompile(t testing.TB, opts Options, rules ...Rule) *Mapper {
+	t.Helper()
+	for i := range rules {
+		if rules[i].Where == "" {
+			rules[i].Where = "test.yaml: events[" + string(rune('0'+i)) + "]"
+		}
+	}
+	m, err := Compile(rules, opts)
+	if err != nil {
+		t.Fatalf("compile: %v", err)
+	}
+	return m
+}
+
+// summary renders events as "type auction data" lines for comparison.
+func summary(evs []Event) string {
+	var b strings.Builder
+	for _, e := range evs {
+		b.WriteString(e.Type)
+		b.WriteString(" ")
+		b.WriteString(e.AuctionID)
+		if e.Domain != "" {
+			b.WriteString(" " + e.Domain)
+		}
+		b.WriteString(" ")
+		b.Write(e.Data)
+		b.WriteString("\n")
+	}
+	return b.String()
+}
+
+var (
+	problems = testRel(1, "public.problem_reports", 'f', "id", "auction_id", "title", "status", "assignee_id", "score", "updated_at")
+	messages = testRel(2, "public.messages", 'f', "id", "auction_id", "body", "deleted_at")
+	members  = testRel(3, "members", 'f', "id", "auction_id", "email", "role", "accepted_at")
+	snsAucs  = testRel(4, "public.auctions", 'f', "id", "domain", "status", "winner", "final_price", "reserve_price")
+	plain    = testRel(5, "public.plain", 'd', "id", "auction_id", "body")
+)
+
+func TestMapRuleKinds(t *testing.T) {
+	t.Parallel()
+	ts := commitTime
+	type tc struct {
+		name  string
+		opts  Options
+		rules []Rule
+		tx    *cdc.Tx
+		want  string
+	}
+	tests := []tc{
+		{
+			name:  "insert, whole row by default",
+			rules: []Rule{{Event: "problem.created", Table: "public.problem_reports", Ops: []cdc.Op{cdc.OpInsert}}},
+			tx: txOf(change(cdc.OpInsert, problems, nil, map[string]any{
+				"id": "p1", "auction_id": "a1", "title": `Broken "lot" <7>`, "status": "open", "score": json.Number("1.50"), "updated_at": ts})),
+			want: `problem.created a1 {"id":"p1","auction_id":"a1","title":"Broken \"lot\" <7>","status":"open","assignee_id":null,"score":1.50,"updated_at":"2024-05-06T07:08:09.123Z"}` + "\n",
+		},
+		{
+			name: "changed fires on a changed value only",
+			rules: []Rule{{Event: "problem.status_changed", Table: "problem_reports", Ops: []cdc.Op{cdc.OpUpdate}, Changed: []string{"status"},
+				Data: []DataField{{Key: "id", Column: "id"}, {Key: "previous_status", Column: "status", From: "old"}, {Key: "status", Column: "status", From: "new"}}}},
+			tx: txOf(
+				change(cdc.OpUpdate, problems, map[string]any{"id": "p1", "status": "open"}, map[string]any{"id": "p1", "status": "closed"}),
+				// SET status = status: no change.
+				change(cdc.OpUpdate, problems, map[string]any{"id": "p2", "status": "open"}, map[string]any{"id": "p2", "status": "open"}),
+				// another column changed: no change of status.
+				change(cdc.OpUpdate, problems, map[string]any{"id": "p3", "status": "open", "title": "a"}, map[string]any{"id": "p3", "status": "open", "title": "b"}),
+				// null → value is a change.
+				change(cdc.OpUpdate, problems, map[string]any{"id": "p4", "status": nil}, map[string]any{"id": "p4", "status": "open"}),
+			),
+			want: `problem.status_changed  {"id":"p1","previous_status":"open","status":"closed"}` + "\n" +
+				`problem.status_changed  {"id":"p4","previous_status":null,"status":"open"}` + "\n",
+		},
+		{
+			name:  "changed compares numerics by value",
+			rules: []Rule{{Event: "problem.rescored", Table: "problem_reports", Ops: []cdc.Op{cdc.OpUpdate}, Changed: []string{"score"}, Data: []DataField{{Key: "id", Column: "id"}}}},
+			tx: txOf(
+				change(cdc.OpUpdate, problems, map[string]any{"id": "p1", "score": json.Number("1.0")}, map[string]any{"id": "p1", "score": json.Number("1.00")}),
+				change(cdc.OpUpdate, problems, map[string]any{"id": "p2", "score": json.Number("1.0")}, map[string]any{"id": "p2", "score": json.Number("1.01")}),
+			),
+			want: `problem.rescored  {"id":"p2"}` + "\n",
+		},
+		{
+			name: "when: soft delete",
+			rules: []Rule{{Event: "message.deleted", Table: "messages", Ops: []cdc.Op{cdc.OpUpdate},
+				When: "old.deleted_at == nil && new.deleted_at != nil", Data: []DataField{{Key: "id", Column: "id"}, {Key: "deleted_at", Column: "deleted_at"}}}},
+			tx: txOf(
+				change(cdc.OpUpdate, messages, map[string]any{"id": "m1", "deleted_at": nil}, map[string]any{"id": "m1", "deleted_at": ts}),
+				change(cdc.OpUpdate, messages, map[string]any{"id": "m2", "deleted_at": ts}, map[string]any{"id": "m2", "deleted_at": ts}),
+				change(cdc.OpUpdate, messages, map[string]any{"id": "m3", "body": "a"}, map[string]any{"id": "m3", "body": "b"}),
+			),
+			want: `message.deleted  {"id":"m1","deleted_at":"2024-05-06T07:08:09.123Z"}` + "\n",
+		},
+		{
+			name: "when: invitation accepted, renamed column",
+			rules: []Rule{{Event: "member.joined", Table: "public.members", Ops: []cdc.Op{cdc.OpUpdate},
+				When: "old.accepted_at == nil && new.accepted_at != nil", Data: []DataField{{Key: "email", Column: "email"}, {Key: "joined_at", Column: "accepted_at", From: "new"}}}},
+			tx: txOf(
+				change(cdc.OpUpdate, members, map[string]any{"id": "u1", "auction_id": "a1", "email": "x@y"}, map[string]any{"id": "u1", "auction_id": "a1", "email": "x@y", "accepted_at": ts}),
+				change(cdc.OpUpdate, members, map[string]any{"id": "u1", "auction_id": "a1", "email": "x@y", "accepted_at": ts}, map[string]any{"id": "u1", "auction_id": "a1", "email": "z@y", "accepted_at": ts}),
+			),
+			want: `member.joined a1 {"email":"x@y","joined_at":"2024-05-06T07:08:09.123Z"}` + "\n",
+		},
+		{
+			name: "when: reserve met or not, numeric comparison, sns envelope and domain",
+			opts: Options{Envelope: EnvelopeSNS},
+			rules: []Rule{
+				{Event: "auction.settled", Table: "auctions", Ops: []cdc.Op{cdc.OpUpdate}, Changed: []string{"status"}, AuctionID: "id", Domain: "domain",
+					When: `new.status == "settled" && new.winner != nil && new.final_price >= new.reserve_price`,
+					Data: []DataField{{Key: "winner", Column: "winner"}, {Key: "finalPrice", Column: "final_price"}}},
+				{Event: "auction.settled_unsold", Table: "auctions", Ops: []cdc.Op{cdc.OpUpdate}, Changed: []string{"status"}, AuctionID: "id", Domain: "domain",
+					When: `new.status == "settled" && (new.winner == nil || new.final_price == nil || new.final_price < new.reserve_price)`,
+					Data: []DataField{{Key: "highestBid", Column: "final_price"}}},
+			},
+			tx: txOf(
+				// 10 < 9.5 lexically, but not numerically.
+				change(cdc.OpUpdate, snsAucs, map[string]any{"id": "x1", "domain": "a.sol", "status": "active", "reserve_price": json.Number("9.5")},
+					map[string]any{"id": "x1", "domain": "a.sol", "status": "settled", "winner": "W", "final_price": json.Number("10"), "reserve_price": json.Number("9.5")}),
+				change(cdc.OpUpdate, snsAucs, map[string]any{"id": "x2", "domain": "b.sol", "status": "active", "reserve_price": json.Number("20")},
+					map[string]any{"id": "x2", "domain": "b.sol", "status": "settled", "final_price": json.Number("10"), "reserve_price": json.Number("20")}),
+			),
+			want: `auction.settled x1 a.sol {"winner":"W","finalPrice":10}` + "\n" +
+				`auction.settled_unsold x2 b.sol {"highestBid":10}` + "\n",
+		},
+		{
+			name: "const data and the domain from options",
+			opts: Options{Envelope: EnvelopeSNS, Domain: "fixed.sol"},
+			rules: []Rule{{Event: "auction.noted", Table: "auctions", Ops: []cdc.Op{cdc.OpInsert}, AuctionID: "new.id",
+				Data: []DataField{{Key: "source", IsConst: true, Const: "walhook"}, {Key: "n", IsConst: true, Const: 3}, {Key: "tags", IsConst: true, Const: []any{"a", true}}}}},
+			tx:   txOf(change(cdc.OpInsert, snsAucs, nil, map[string]any{"id": "x9", "domain": "row.sol"})),
+			want: `auction.noted x9 fixed.sol {"source":"walhook","n":3,"tags":["a",true]}` + "\n",
+		},
+		{
+			name: "delete reads the old row by default",
+			rules: []Rule{{Event: "member.removed", Table: "members", Ops: []cdc.Op{cdc.OpDelete}, When: "old.accepted_at != nil",
+				Data: []DataField{{Key: "id", Column: "id"}, {Key: "email", Column: "email"}}}},
+			tx: txOf(
+				change(cdc.OpDelete, members, map[string]any{"id": "u1", "auction_id": "a1", "email": "x@y", "accepted_at": ts}, nil),
+				change(cdc.OpDelete, members, map[string]any{"id": "u2", "auction_id": "a1", "email": "v@y"}, nil),
+			),
+			want: `member.removed a1 {"id":"u1","email":"x@y"}` + "\n",
+		},
+		{
+			name: "several events per change, in rule order; op filter",
+			rules: []Rule{
+				{Event: "problem.assigned", Table: "problem_reports", Ops: []cdc.Op{cdc.OpUpdate}, Changed: []string{"assignee_id"}, When: "new.assignee_id != nil", Data: []DataField{{Key: "to", Column: "assignee_id"}}},
+				{Event: "problem.created", Table: "problem_reports", Ops: []cdc.Op{cdc.OpInsert}, Data: []DataField{{Key: "id", Column: "id"}}},
+				{Event: "problem.status_changed", Table: "problem_reports", Ops: []cdc.Op{cdc.OpUpdate}, Changed: []string{"status"}, Data: []DataField{{Key: "status", Column: "status"}}},
+			},
+			tx: txOf(
+				change(cdc.OpUpdate, problems, map[string]any{"id": "p1", "status": "open"}, map[string]any{"id": "p1", "status": "closed", "assignee_id": "u7"}),
+				change(cdc.OpUpdate, problems, map[string]any{"id": "p1", "status": "closed", "assignee_id": "u7"}, map[string]any{"id": "p1", "status": "closed"}),
+			),
+			want: `problem.assigned  {"to":"u7"}` + "\n" + `problem.status_changed  {"status":"closed"}` + "\n",
+		},
+		{
+			name:  "truncates and messages produce nothing",
+			rules: []Rule{{Event: "problem.created", Table: "problem_reports", Ops: []cdc.Op{cdc.OpInsert}}},
+			tx: txOf(cdc.Change{Op: cdc.OpTruncate, Rel: problems, Rels: []*cdc.Relation{problems}},
+				cdc.Change{Op: cdc.OpMessage, Prefix: "x", Content: []byte("y")}),
+			want: ``,
+		},
+		{
+			name:  "tables without rules produce nothing",
+			rules: []Rule{{Event: "problem.created", Table: "problem_reports", Ops: []cdc.Op{cdc.OpInsert}}},
+			tx:    txOf(change(cdc.OpInsert, messages, nil, map[string]any{"id": "m"})),
+			want:  ``,
+		},
+		{
+			name: "when reads op and the whole row",
+			rules: []Rule{{Event: "message.touched", Table: "messages", Ops: []cdc.Op{cdc.OpInsert, cdc.OpUpdate},
+				When: `op == "insert" ? new["body"] != "" : old == nil || old.body != new.body`, Data: []DataField{{Key: "id", Column: "id"}}}},
+			tx: txOf(
+				change(cdc.OpInsert, messages, nil, map[string]any{"id": "m1", "body": "x"}),
+				change(cdc.OpInsert, messages, nil, map[string]any{"id": "m2", "body": ""}),
+				change(cdc.OpUpdate, messages, map[string]any{"id": "m1", "body": "x"}, map[string]any{"id": "m1", "body": "x"}),
+				change(cdc.OpUpdate, messages, map[string]any{"id": "m1", "body": "x"}, map[string]any{"id": "m1", "body": "y"}),
+			),
+			want: `message.touched  {"id":"m1"}` + "\n" + `message.touched  {"id":"m1"}` + "\n",
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			m := mustCompile(t, tt.opts, tt.rules...)
+			evs, err := m.Map(tt.tx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := summary(evs); got != tt.want {
+				t.Fatalf("events:\n%s\nwant:\n%s", got, tt.want)
+			}
+			for _, e := range evs {
+				if !e.OccurredAt.Equal(commitTime) || e.ID == "" {
+					t.Fatalf("event %+v: wrong time or no id", e)
+				}
+				if !json.Valid(e.Data) || !json.Valid(e.Body("d")) {
+					t.Fatalf("invalid JSON: %s", e.Body("d"))
+				}
+			}
+		})
+	}
+}
+
+func TestMapEventIDsDeterministic(t *testing.T) {
+	t.Parallel()
+	rules := []Rule{
+		{Event: "problem.status_changed", Table: "problem_reports", Ops: []cdc.Op{cdc.OpUpdate}, Changed: []string{"status"}},
+		{Event: "problem.touched", Table: "problem_reports", Ops: []cdc.Op{cdc.OpUpdate}},
+	}
+	mk := func() *cdc.Tx {
+		return txOf(
+			change(cdc.OpUpdate, problems, map[string]any{"id": "p1", "status": "a"}, map[string]any{"id": "p1", "status": "b"}),
+			change(cdc.OpUpdate, problems, map[string]any{"id": "p1", "status": "b"}, map[string]any{"id": "p1", "status": "c"}),
+		)
+	}
+	m1 := mustCompile(t, Options{SystemID: "7345"}, rules...)
+	m2 := mustCompile(t, Options{SystemID: "7345"}, rules...)
+	other := mustCompile(t, Options{SystemID: "9999"}, rules...)
+	a, _ := m1.Map(mk())
+	b, _ := m2.Map(mk())
+	c, _ := other.Map(mk())
+	if len(a) != 4 {
+		t.Fatalf("got %d events, want 4", len(a))
+	}
+	seen := map[string]bool{}
+	for i := range a {
+		if a[i].ID != b[i].ID {
+			t.Fatalf("replay changed id %d: %s vs %s", i, a[i].ID, b[i].ID)
+		}
+		if a[i].ID == c[i].ID {
+			t.Fatalf("id %d does not depend on the system id", i)
+		}
+		if seen[a[i].ID] {
+			t.Fatalf("id %s repeats", a[i].ID)
+		}
+		seen[a[i].ID] = true
+		if a[i].Position != i/2 || a[i].Rule != i%2 || a[i].Table != "public.problem_reports" {
+			t.Fatalf("provenance of %d = %+v", i, a[i])
+		}
+	}
+	tx := mk()
+	tx.CommitLSN++
+	d, _ := m1.Map(tx)
+	if d[0].ID == a[0].ID {
+		t.Fatal("id does not depend on the commit LSN")
+	}
+	tx = mk()
+	tx.Xid++
+	d, _ = m1.Map(tx)
+	if d[0].ID == a[0].ID {
+		t.Fatal("id does not depend on the xid")
+	}
+}
+
+func TestMapUnavailableToastSkipsEvent(t *testing.T) {
+	t.Parallel()
+	var logs bytes.Buffer
+	m := mustCompile(t, Options{Logger: slog.New(slog.NewTextHandler(&logs, nil))},
+		Rule{Event: "message.edited", Table: "plain", Ops: []cdc.Op{cdc.OpUpdate}, Data: []DataField{{Key: "id", Column: "id"}, {Key: "body", Column: "body"}}},
+		Rule{Event: "message.touched", Table: "plain", Ops: []cdc.Op{cdc.OpUpdate}, Data: []DataField{{Key: "id", Column: "id"}}},
+		Rule{Event: "message.when", Table: "plain", Ops: []cdc.Op{cdc.OpUpdate}, When: `new.body != ""`, Data: []DataField{{Key: "id", Column: "id"}}},
+	)
+	evs, err := m.Map(txOf(change(cdc.OpUpdate, plain, nil, map[string]any{"id": int64(42), "auction_id": "a1", "body": unavailable})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := summary(evs); got != `message.touched a1 {"id":42}`+"\n" {
+		t.Fatalf("events = %s", got)
+	}
+	if s := m.Stats(); s.SkippedUnavailable != 2 || s.Events != 1 || s.Changes != 1 {
+		t.Fatalf("stats = %+v", s)
+	}
+	for _, want := range []string{"table=public.plain", `key="id=42"`, "column=body", "event=message.edited", "event=message.when"} {
+		if !strings.Contains(logs.String(), want) {
+			t.Fatalf("log lacks %q:\n%s", want, logs.String())
+		}
+	}
+}
+
+func TestMapUpdateWithoutOldRowIsAnError(t *testing.T) {
+	t.Parallel()
+	m := mustCompile(t, Options{}, Rule{Event: "problem.status_changed", Table: "problem_reports", Ops: []cdc.Op{cdc.OpUpdate}, Changed: []string{"status"}, Where: "w.yaml:3:5: events[0]"})
+	_, err := m.Map(txOf(change(cdc.OpUpdate, problems, nil, map[string]any{"id": "p1", "status": "closed"})))
+	want := "map transaction 731 (commit 0/16B3748), change 0 (update on public.problem_reports): w.yaml:3:5: events[0]: event problem.status_changed: update of public.problem_reports arrived without the old row, which this rule reads; run: ALTER TABLE public.problem_reports REPLICA IDENTITY FULL;"
+	if err == nil || err.Error() != want || !errors.Is(err, ErrNeedsOldValues) {
+		t.Fatalf("err = %v\nwant %s", err, want)
+	}
+	// A key-only old row lacks the compared column: also an error.
+	_, err = m.Map(txOf(change(cdc.OpUpdate, problems, map[string]any{"id": "p1", "status": absent}, map[string]any{"id": "p1", "status": "closed"})))
+	if !errors.Is(err, ErrNeedsOldValues) || !strings.Contains(err.Error(), "without the old value of status") {
+		t.Fatalf("key-only old row: err = %v", err)
+	}
+}
+
+func TestMapRelationChanged(t *testing.T) {
+	t.Parallel()
+	m := mustCompile(t, Options{}, Rule{Event: "problem.status_changed", Table: "problem_reports", Ops: []cdc.Op{cdc.OpUpdate}, Changed: []string{"status"}, Where: "w.yaml:3:5: events[0]"})
+	old := map[string]any{"id": "p1", "status": "a"}
+	if _, err := m.Map(txOf(change(cdc.OpUpdate, problems, old, map[string]any{"id": "p1", "status": "b"}))); err != nil {
+		t.Fatal(err)
+	}
+	// The same table announced again (DDL): status dropped.
+	dropped := testRel(1, "public.problem_reports", 'f', "id", "title")
+	_, err := m.Map(txOf(change(cdc.OpUpdate, dropped, map[string]any{"id": "p1"}, map[string]any{"id": "p1"})))
+	want := `map transaction 731 (commit 0/16B3748), change 0 (update on public.problem_reports): relation public.problem_reports as announced by the server: w.yaml:3:5: events[0].changed: event problem.status_changed: column "status" does not exist in public.problem_reports`
+	if err == nil || err.Error() != want || !errors.Is(err, ErrUnknownColumn) {
+		t.Fatalf("err = %v\nwant %s", err, want)
+	}
+	// Identity switched to DEFAULT.
+	def := testRel(1, "public.problem_reports", 'd', "id", "status")
+	_, err = m.Map(txOf(change(cdc.OpUpdate, def, nil, map[string]any{"id": "p1", "status": "b"})))
+	if !errors.Is(err, ErrNeedsOldValues) || !strings.Contains(err.Error(), "ALTER TABLE public.problem_reports REPLICA IDENTITY FULL;") {
+		t.Fatalf("DEFAULT identity: err = %v", err)
+	}
+}
+
+func TestMapEvaluationError(t *testing.T) {
+	t.Parallel()
+	m := mustCompile(t, Options{}, Rule{Event: "x.y", Table: "messages", Ops: []cdc.Op{cdc.OpInsert}, When: `new.body + 1 > 2`})
+	_, err := m.Map(txOf(change(cdc.OpInsert, messages, nil, map[string]any{"id": "m", "body": "text"})))
+	if !errors.Is(err, ErrEvaluation) || !strings.Contains(err.Error(), "when: event x.y: new.body + 1 > 2 on public.messages") {
+		t.Fatalf("err = %v", err)
+	}
+}
+
+func TestBodies(t *testing.T) {
+	t.Parallel()
+	ev := Event{ID: "e", Type: "problem.created", AuctionID: "a1", Envelope: EnvelopeAuctionExcellence, OccurredAt: commitTime, Data: json.RawMessage(`{"id":1}`)}
+	if got := string(ev.Body("wh_1")); got != `{"event":"problem.created","timestamp":"2024-05-06T07:08:09.123Z","webhook_id":"wh_1","auction_id":"a1","data":{"id":1}}` {
+		t.Fatalf("auction-excellence body = %s", got)
+	}
+	ev.Envelope, ev.Domain, ev.AuctionID = EnvelopeSNS, "x.sol", ""
+	if got := string(ev.Body("evt_1")); got != `{"event":"problem.created","auctionId":null,"domain":"x.sol","data":{"id":1},"timestamp":1714979289,"id":"evt_1"}` {
+		t.Fatalf("sns body = %s", got)
+	}
+}
