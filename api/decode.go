@@ -7,7 +7,9 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -98,14 +100,39 @@ func kindName(t reflect.Type) string {
 }
 
 // parseTime accepts RFC 3339 (with or without fractional seconds) or unix
-// seconds.
+// seconds, from year 1 to 9999: beyond that a timestamptz parameter would
+// overflow or silently match nothing.
 func parseTime(s string) (time.Time, error) {
+	var t time.Time
 	if n, err := strconv.ParseInt(s, 10, 64); err == nil {
-		return time.Unix(n, 0).UTC(), nil
-	}
-	t, err := time.Parse(time.RFC3339Nano, s)
-	if err != nil {
+		t = time.Unix(n, 0).UTC()
+	} else if t, err = time.Parse(time.RFC3339Nano, s); err != nil {
 		return time.Time{}, fmt.Errorf("%q is neither RFC 3339 (2026-01-02T15:04:05Z) nor unix seconds", s)
 	}
+	if y := t.Year(); y < 1 || y > 9999 {
+		return time.Time{}, fmt.Errorf("%q is outside the years 1 to 9999", s)
+	}
 	return t.UTC(), nil
+}
+
+// query parses the query string strictly: a malformed one, a parameter the
+// route does not know (a typo like ?stauts= would otherwise silently list
+// everything) or a repeated parameter is refused.
+func query(r *http.Request, known ...string) (url.Values, error) {
+	q, err := url.ParseQuery(r.URL.RawQuery)
+	if err != nil {
+		return nil, errorf(http.StatusBadRequest, CodeInvalidQuery, "malformed query string: %v", err)
+	}
+	for k, vs := range q {
+		if !slices.Contains(known, k) {
+			if len(known) == 0 {
+				return nil, errorf(http.StatusBadRequest, CodeInvalidQuery, "unknown query parameter %q: this route takes none", k)
+			}
+			return nil, errorf(http.StatusBadRequest, CodeInvalidQuery, "unknown query parameter %q: this route takes %s", k, strings.Join(known, ", "))
+		}
+		if len(vs) > 1 {
+			return nil, errorf(http.StatusBadRequest, CodeInvalidQuery, "query parameter %q is given %d times", k, len(vs))
+		}
+	}
+	return q, nil
 }

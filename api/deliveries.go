@@ -67,10 +67,13 @@ type deliveriesResponse struct {
 }
 
 func (s *Server) listDeliveries(w http.ResponseWriter, r *http.Request) {
-	q := r.URL.Query()
+	q, err := query(r, "status", "since", "until", "limit", "cursor")
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
 	f := dispatch.DeliveryFilter{Status: q.Get("status"), Cursor: q.Get("cursor")}
-	var err error
-	if f.Limit, err = queryLimit(r); err != nil {
+	if f.Limit, err = queryLimit(q); err != nil {
 		s.fail(w, r, err)
 		return
 	}

@@ -2,6 +2,7 @@ package api
 
 import (
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 
@@ -130,12 +131,17 @@ type listResponse struct {
 }
 
 func (s *Server) listWebhooks(w http.ResponseWriter, r *http.Request) {
-	limit, err := queryLimit(r)
+	q, err := query(r, "limit", "cursor")
 	if err != nil {
 		s.fail(w, r, err)
 		return
 	}
-	eps, next, total, err := s.admin.ListEndpoints(r.Context(), dispatch.ListOptions{Limit: limit, Cursor: r.URL.Query().Get("cursor")})
+	limit, err := queryLimit(q)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	eps, next, total, err := s.admin.ListEndpoints(r.Context(), dispatch.ListOptions{Limit: limit, Cursor: q.Get("cursor")})
 	if err != nil {
 		s.fail(w, r, err)
 		return
@@ -309,8 +315,8 @@ func checkDescription(d string) error {
 	return nil
 }
 
-func queryLimit(r *http.Request) (int, error) {
-	v := r.URL.Query().Get("limit")
+func queryLimit(q url.Values) (int, error) {
+	v := q.Get("limit")
 	if v == "" {
 		return 0, nil
 	}

@@ -731,5 +731,11 @@ func decodeCursor(c string) (*time.Time, string, error) {
 		return nil, "", ErrInvalidCursor
 	}
 	t := time.UnixMicro(n).UTC()
+	// A cursor this store issued holds a created_at; a forged one outside
+	// PostgreSQL's range would make pgx send a value that overflows and
+	// silently matches nothing.
+	if y := t.Year(); y < 1 || y > 9999 {
+		return nil, "", ErrInvalidCursor
+	}
 	return &t, id, nil
 }

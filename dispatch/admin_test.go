@@ -2,6 +2,7 @@ package dispatch
 
 import (
 	"context"
+	"encoding/base64"
 	"errors"
 	"strings"
 	"testing"
@@ -183,6 +184,14 @@ func TestAdminListEndpointsPaginates(t *testing.T) {
 	}
 	if _, _, _, err := a.ListEndpoints(ctx, ListOptions{Cursor: "not-a-cursor"}); !errors.Is(err, ErrInvalidCursor) {
 		t.Errorf("bad cursor: err = %v", err)
+	}
+	// Well-formed but outside PostgreSQL's timestamptz range: pgx would
+	// send an overflowed value that matches nothing instead of failing.
+	for _, us := range []string{"-9223372036854775808", "9223372036854775807"} {
+		c := base64.RawURLEncoding.EncodeToString([]byte(us + ":whk_x"))
+		if _, _, _, err := a.ListEndpoints(ctx, ListOptions{Cursor: c}); !errors.Is(err, ErrInvalidCursor) {
+			t.Errorf("cursor at %s µs: err = %v, want ErrInvalidCursor", us, err)
+		}
 	}
 }
 

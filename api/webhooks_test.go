@@ -1,0 +1,323 @@
+package api_test
+
+import (
+	"context"
+	"encoding/base64"
+	"net/http"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/walhook/walhook/dispatch"
+)
+
+// webhookData is a webhook as the get, list and update routes show it.
+type webhookData struct {
+	ID                       string   `json:"id"`
+	URL                      string   `json:"url"`
+	Description              string   `json:"description"`
+	Events                   []string `json:"events"`
+	Auctions                 []string `json:"auctions"`
+	Active                   bool     `json:"active"`
+	Static                   bool     `json:"static"`
+	DisabledReason           *string  `json:"disabledReason"`
+	DisabledAt               *int64   `json:"disabledAt"`
+	LastDelivery             *int64   `json:"lastDelivery"`
+	PreviousSecretValidUntil *int64   `json:"previousSecretValidUntil"`
+	CreatedAt                int64    `json:"createdAt"`
+	Secret                   *string  `json:"secret"`
+}
+
+type listData struct {
+	Webhooks   []webhookData `json:"webhooks"`
+	Total      int           `json:"total"`
+	NextCursor *string       `json:"nextCursor"`
+}
+
+func TestWebhookLifecycle(t *testing.T) {
+	t.Parallel()
+	s := newStack(t, stackConfig{})
+	rc := newReceiver(t)
+
+	var c created
+	s.call(t, "POST", "/api/v1/webhooks/create", map[string]any{
+		"url": rc.URL + "/hooks", "events": []string{"auction.bid", "auction.settled", "auction.bid"},
+		"auctions": []string{"A1"}, "description": "the bidding desk",
+	}).ok(t, http.StatusCreated, &c)
+	if !strings.HasPrefix(c.SubscriptionID, "whk_") || len(c.SubscriptionID) != len("whk_")+16 {
+		t.Fatalf("subscriptionId %q: want whk_ + 16 hex digits", c.SubscriptionID)
+	}
+	if !slices.Equal(c.Events, []string{"auction.bid", "auction.settled"}) || !slices.Equal(c.Auctions, []string{"A1"}) {
+		t.Fatalf("events %v auctions %v: want the filters without the duplicate", c.Events, c.Auctions)
+	}
+	if !c.Active || c.URL != rc.URL+"/hooks" || c.Description != "the bidding desk" || c.CreatedAt == 0 {
+		t.Fatalf("create returned %+v", c)
+	}
+	key, err := dispatch.DecodeSecret(c.Secret)
+	if err != nil || len(key) != 32 {
+		t.Fatalf("generated secret %q: %v (want whsec_ + base64 of 32 bytes)", c.Secret, err)
+	}
+	var stored string
+	if err := s.pool.QueryRow(context.Background(), `SELECT secret FROM walhook.endpoints WHERE id = $1`, c.SubscriptionID).Scan(&stored); err != nil || stored != c.Secret {
+		t.Fatalf("stored secret differs from the returned one (err %v)", err)
+	}
+
+	// The secret is shown once: no read route returns it.
+	get := s.call(t, "GET", "/api/v1/webhooks/"+c.SubscriptionID, nil)
+	var w webhookData
+	get.ok(t, http.StatusOK, &w)
+	if strings.Contains(string(get.Raw), c.Secret) || w.Secret != nil {
+		t.Fatalf("GET shows the secret again: %s", get.Raw)
+	}
+	if w.ID != c.SubscriptionID || !w.Active || w.Static || w.DisabledReason != nil || w.LastDelivery != nil {
+		t.Fatalf("GET returned %+v", w)
+	}
+	list := s.call(t, "GET", "/api/v1/webhooks", nil)
+	var l listData
+	list.ok(t, http.StatusOK, &l)
+	if strings.Contains(string(list.Raw), c.Secret) {
+		t.Fatal("list shows the secret")
+	}
+	if l.Total != 1 || len(l.Webhooks) != 1 || l.Webhooks[0].ID != c.SubscriptionID || l.NextCursor != nil {
+		t.Fatalf("list returned %s", list.Raw)
+	}
+
+	// PUT changes only the fields it names.
+	s.call(t, "PUT", "/api/v1/webhooks/"+c.SubscriptionID, map[string]any{
+		"url": rc.URL + "/v2", "events": []string{"auction.*"}, "auctions": []string{},
+	}).ok(t, http.StatusOK, &w)
+	if w.URL != rc.URL+"/v2" || !slices.Equal(w.Events, []string{"auction.*"}) || len(w.Auctions) != 0 ||
+		w.Description != "the bidding desk" || !w.Active {
+		t.Fatalf("after PUT: %+v", w)
+	}
+	s.call(t, "PUT", "/api/v1/webhooks/"+c.SubscriptionID, map[string]any{"active": false}).ok(t, http.StatusOK, &w)
+	if w.Active || w.DisabledReason == nil || *w.DisabledReason != "disabled by admin" || w.DisabledAt == nil {
+		t.Fatalf("after PUT active=false: %+v", w)
+	}
+	s.call(t, "PUT", "/api/v1/webhooks/"+c.SubscriptionID, map[string]any{"active": true}).ok(t, http.StatusOK, &w)
+	if !w.Active || w.DisabledReason != nil || w.DisabledAt != nil {
+		t.Fatalf("after PUT active=true: %+v", w)
+	}
+
+	// A delivery of a matching event reaches the changed URL.
+	s.appendEvents(t, "auction.created", "A9", 1)
+	waitFor(t, "the event at the receiver", func() bool { return len(rc.requests()) == 1 })
+
+	var del struct {
+		Success   bool   `json:"success"`
+		DeletedID string `json:"deletedId"`
+	}
+	s.call(t, "DELETE", "/api/v1/webhooks/"+c.SubscriptionID, nil).ok(t, http.StatusOK, &del)
+	if !del.Success || del.DeletedID != c.SubscriptionID {
+		t.Fatalf("delete returned %+v", del)
+	}
+	if n := s.count(t, `SELECT count(*) FROM walhook.endpoints`); n != 0 {
+		t.Fatalf("%d endpoints after delete", n)
+	}
+	if n := s.count(t, `SELECT count(*) FROM walhook.deliveries`); n != 0 {
+		t.Fatalf("%d deliveries of the deleted endpoint remain", n)
+	}
+	s.call(t, "GET", "/api/v1/webhooks/"+c.SubscriptionID, nil).fails(t, http.StatusNotFound, "not_found")
+	s.call(t, "DELETE", "/api/v1/webhooks/"+c.SubscriptionID, nil).fails(t, http.StatusNotFound, "not_found")
+}
+
+func TestCreateWithSuppliedSecret(t *testing.T) {
+	t.Parallel()
+	s := newStack(t, stackConfig{})
+	secret := dispatch.NewSecret()
+	var c created
+	s.call(t, "POST", "/api/v1/webhooks/create", map[string]any{
+		"url": "https://hooks.example.com/in", "events": []string{"*"}, "secret": secret,
+	}).ok(t, http.StatusCreated, &c)
+	if c.Secret != secret {
+		t.Fatalf("secret %q, want the supplied one", c.Secret)
+	}
+}
+
+func TestListWebhooksPaginates(t *testing.T) {
+	t.Parallel()
+	s := newStack(t, stackConfig{})
+	var want []string
+	for i := 0; i < 5; i++ {
+		want = append(want, s.create(t, "https://hooks.example.com/"+string(rune('a'+i))).SubscriptionID)
+	}
+	var got []string
+	cursor := ""
+	pages := 0
+	for {
+		path := "/api/v1/webhooks?limit=2"
+		if cursor != "" {
+			path += "&cursor=" + cursor
+		}
+		var l listData
+		s.call(t, "GET", path, nil).ok(t, http.StatusOK, &l)
+		pages++
+		if l.Total != 5 {
+			t.Fatalf("total %d, want 5", l.Total)
+		}
+		if len(l.Webhooks) > 2 {
+			t.Fatalf("page of %d, limit 2", len(l.Webhooks))
+		}
+		for _, w := range l.Webhooks {
+			got = append(got, w.ID)
+		}
+		if l.NextCursor == nil {
+			break
+		}
+		cursor = *l.NextCursor
+		if pages > 5 {
+			t.Fatal("pagination does not end")
+		}
+	}
+	if pages != 3 || !slices.Equal(got, want) {
+		t.Fatalf("%d pages with %v, want 3 pages with %v (creation order, each once)", pages, got, want)
+	}
+}
+
+func TestStaticEndpointsAreReadOnly(t *testing.T) {
+	t.Parallel()
+	s := newStack(t, stackConfig{})
+	err := s.d.SyncStaticEndpoints(context.Background(), []dispatch.StaticEndpoint{{
+		Name: "ops", URL: "https://ops.example.com/hook", Secret: dispatch.NewSecret(), Events: []string{"auction.*"},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var l listData
+	s.call(t, "GET", "/api/v1/webhooks", nil).ok(t, http.StatusOK, &l)
+	if len(l.Webhooks) != 1 || l.Webhooks[0].ID != "static:ops" || !l.Webhooks[0].Static {
+		t.Fatalf("list: %+v, want the static endpoint marked static", l.Webhooks)
+	}
+	before := s.snapshot(t)
+	s.call(t, "PUT", "/api/v1/webhooks/static:ops", map[string]any{"active": false}).fails(t, http.StatusConflict, "static_endpoint")
+	s.call(t, "DELETE", "/api/v1/webhooks/static:ops", nil).fails(t, http.StatusConflict, "static_endpoint")
+	s.call(t, "POST", "/api/v1/webhooks/static:ops/rotate-secret", nil).fails(t, http.StatusConflict, "static_endpoint")
+	if after := s.snapshot(t); after != before {
+		t.Fatalf("a refused change to a static endpoint changed the store:\n%s\n%s", before, after)
+	}
+}
+
+// badCase is one refused request: what it sends and the code it must get.
+type badCase struct {
+	name   string
+	method string
+	path   string
+	body   any
+	status int
+	code   string
+}
+
+// checkRefused runs each case and asserts its status and code, and that the
+// store is byte for byte what it was.
+func checkRefused(t *testing.T, s *stack, cases []badCase) {
+	t.Helper()
+	before := s.snapshot(t)
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			status := c.status
+			if status == 0 {
+				status = http.StatusBadRequest
+			}
+			r := s.call(t, c.method, c.path, c.body)
+			r.fails(t, status, c.code)
+			if after := s.snapshot(t); after != before {
+				t.Fatalf("refused request changed the store:\nbefore %s\nafter  %s", before, after)
+			}
+		})
+	}
+}
+
+func TestCreateRefusesBadInput(t *testing.T) {
+	t.Parallel()
+	s := newStack(t, stackConfig{})
+	s.create(t, "https://hooks.example.com/existing")
+	const p = "/api/v1/webhooks/create"
+	ok := `"url":"https://hooks.example.com/x","events":["auction.bid"]`
+	huge := `{` + ok + `,"description":"` + strings.Repeat("x", 1<<20) + `"}`
+	checkRefused(t, s, []badCase{
+		{"malformed json", "POST", p, `{"url": "https://hooks.example.com/x", "events": [`, 0, "invalid_json"},
+		{"not json", "POST", p, `url=https://hooks.example.com`, 0, "invalid_json"},
+		{"empty body", "POST", p, ``, 0, "invalid_json"},
+		{"two objects", "POST", p, `{` + ok + `}{` + ok + `}`, 0, "invalid_json"},
+		{"trailing garbage", "POST", p, `{` + ok + `} x`, 0, "invalid_json"},
+		{"array body", "POST", p, `[{` + ok + `}]`, 0, "invalid_body"},
+		{"unknown field", "POST", p, `{` + ok + `,"active":true}`, 0, "invalid_body"},
+		{"url wrong type", "POST", p, `{"url":42,"events":["auction.bid"]}`, 0, "invalid_body"},
+		{"events wrong type", "POST", p, `{"url":"https://hooks.example.com/x","events":"auction.bid"}`, 0, "invalid_body"},
+		{"events item wrong type", "POST", p, `{"url":"https://hooks.example.com/x","events":[1]}`, 0, "invalid_body"},
+		{"auctions wrong type", "POST", p, `{` + ok + `,"auctions":"A1"}`, 0, "invalid_body"},
+		{"description wrong type", "POST", p, `{` + ok + `,"description":5}`, 0, "invalid_body"},
+		{"secret wrong type", "POST", p, `{` + ok + `,"secret":true}`, 0, "invalid_body"},
+		{"body over 1 MiB", "POST", p, huge, 0, "body_too_large"},
+		{"url missing", "POST", p, `{"events":["auction.bid"]}`, 0, "invalid_url"},
+		{"url empty", "POST", p, `{"url":"","events":["auction.bid"]}`, 0, "invalid_url"},
+		{"url not https", "POST", p, `{"url":"http://hooks.example.com/x","events":["auction.bid"]}`, 0, "invalid_url"},
+		{"url private address", "POST", p, `{"url":"https://10.1.2.3/x","events":["auction.bid"]}`, 0, "invalid_url"},
+		{"url metadata address", "POST", p, `{"url":"https://169.254.169.254/latest/meta-data","events":["auction.bid"]}`, 0, "invalid_url"},
+		{"url ipv6 loopback", "POST", p, `{"url":"https://[::1]/x","events":["auction.bid"]}`, 0, "invalid_url"},
+		{"url other scheme", "POST", p, `{"url":"ftp://hooks.example.com/x","events":["auction.bid"]}`, 0, "invalid_url"},
+		{"url with credentials", "POST", p, `{"url":"https://u:p@hooks.example.com/x","events":["auction.bid"]}`, 0, "invalid_url"},
+		{"url relative", "POST", p, `{"url":"/hooks","events":["auction.bid"]}`, 0, "invalid_url"},
+		{"events missing", "POST", p, `{"url":"https://hooks.example.com/x"}`, 0, "invalid_body"},
+		{"events empty", "POST", p, `{"url":"https://hooks.example.com/x","events":[]}`, 0, "invalid_body"},
+		{"unknown event", "POST", p, `{"url":"https://hooks.example.com/x","events":["auction.bid","auction.deleted"]}`, 0, "unknown_event"},
+		{"unknown prefix", "POST", p, `{"url":"https://hooks.example.com/x","events":["member.*"]}`, 0, "unknown_event"},
+		{"prefix without dot", "POST", p, `{"url":"https://hooks.example.com/x","events":["auction*"]}`, 0, "unknown_event"},
+		{"empty event", "POST", p, `{"url":"https://hooks.example.com/x","events":[""]}`, 0, "unknown_event"},
+		{"empty auction", "POST", p, `{` + ok + `,"auctions":[" "]}`, 0, "invalid_body"},
+		{"description too long", "POST", p, `{` + ok + `,"description":"` + strings.Repeat("é", 1001) + `"}`, 0, "invalid_body"},
+		{"secret empty", "POST", p, `{` + ok + `,"secret":""}`, 0, "invalid_secret"},
+		{"secret without prefix", "POST", p, `{` + ok + `,"secret":"` + base64.StdEncoding.EncodeToString(make([]byte, 32)) + `"}`, 0, "invalid_secret"},
+		{"secret too short", "POST", p, `{` + ok + `,"secret":"whsec_` + base64.StdEncoding.EncodeToString(make([]byte, 8)) + `"}`, 0, "invalid_secret"},
+		{"secret not base64", "POST", p, `{` + ok + `,"secret":"whsec_!!!not-base64!!!"}`, 0, "invalid_secret"},
+	})
+}
+
+func TestUpdateRefusesBadInput(t *testing.T) {
+	t.Parallel()
+	s := newStack(t, stackConfig{})
+	id := s.create(t, "https://hooks.example.com/existing").SubscriptionID
+	p := "/api/v1/webhooks/" + id
+	checkRefused(t, s, []badCase{
+		{"malformed json", "PUT", p, `{"active": tru`, 0, "invalid_json"},
+		{"empty body", "PUT", p, ``, 0, "invalid_json"},
+		{"unknown field", "PUT", p, `{"secret":"whsec_x"}`, 0, "invalid_body"},
+		{"active wrong type", "PUT", p, `{"active":"yes"}`, 0, "invalid_body"},
+		{"events wrong type", "PUT", p, `{"events":{"auction.bid":true}}`, 0, "invalid_body"},
+		{"url wrong type", "PUT", p, `{"url":["https://hooks.example.com"]}`, 0, "invalid_body"},
+		{"body over 1 MiB", "PUT", p, `{"description":"` + strings.Repeat("x", 1<<20) + `"}`, 0, "body_too_large"},
+		{"url empty", "PUT", p, `{"url":""}`, 0, "invalid_url"},
+		{"url not https", "PUT", p, `{"url":"http://hooks.example.com/x"}`, 0, "invalid_url"},
+		{"url private", "PUT", p, `{"url":"https://192.168.1.1/x"}`, 0, "invalid_url"},
+		{"events empty", "PUT", p, `{"events":[]}`, 0, "invalid_body"},
+		{"unknown event", "PUT", p, `{"events":["auction.exploded"]}`, 0, "unknown_event"},
+		{"valid fields with one bad", "PUT", p, `{"url":"https://hooks.example.com/new","events":["nope"]}`, 0, "unknown_event"},
+		{"description too long", "PUT", p, `{"description":"` + strings.Repeat("d", 1001) + `"}`, 0, "invalid_body"},
+		{"unknown id", "PUT", "/api/v1/webhooks/whk_0000000000000000", `{"active":false}`, http.StatusNotFound, "not_found"},
+	})
+}
+
+func TestListRefusesBadQuery(t *testing.T) {
+	t.Parallel()
+	s := newStack(t, stackConfig{})
+	id := s.create(t, "https://hooks.example.com/existing").SubscriptionID
+	// A cursor that decodes but holds a time PostgreSQL cannot represent.
+	farCursor := base64.RawURLEncoding.EncodeToString([]byte("-9223372036854775808:whk_x"))
+	checkRefused(t, s, []badCase{
+		{"limit zero", "GET", "/api/v1/webhooks?limit=0", nil, 0, "invalid_query"},
+		{"limit too big", "GET", "/api/v1/webhooks?limit=100000", nil, 0, "invalid_query"},
+		{"limit not a number", "GET", "/api/v1/webhooks?limit=ten", nil, 0, "invalid_query"},
+		{"cursor garbage", "GET", "/api/v1/webhooks?cursor=%%%", nil, 0, "invalid_query"},
+		{"cursor not ours", "GET", "/api/v1/webhooks?cursor=" + base64.RawURLEncoding.EncodeToString([]byte("hello")), nil, 0, "invalid_query"},
+		{"cursor out of range", "GET", "/api/v1/webhooks?cursor=" + farCursor, nil, 0, "invalid_query"},
+		{"deliveries cursor out of range", "GET", "/api/v1/webhooks/" + id + "/deliveries?cursor=" + farCursor, nil, 0, "invalid_query"},
+		{"deliveries status unknown", "GET", "/api/v1/webhooks/" + id + "/deliveries?status=lost", nil, 0, "invalid_query"},
+		{"deliveries since garbage", "GET", "/api/v1/webhooks/" + id + "/deliveries?since=yesterday", nil, 0, "invalid_query"},
+		{"deliveries until garbage", "GET", "/api/v1/webhooks/" + id + "/deliveries?until=2026-13-01T00:00:00Z", nil, 0, "invalid_query"},
+		{"deliveries since out of range", "GET", "/api/v1/webhooks/" + id + "/deliveries?since=99999999999999", nil, 0, "invalid_query"},
+		{"unknown parameter", "GET", "/api/v1/webhooks?page=2", nil, 0, "invalid_query"},
+		{"deliveries misspelt parameter", "GET", "/api/v1/webhooks/" + id + "/deliveries?stauts=failed", nil, 0, "invalid_query"},
+		{"deliveries repeated parameter", "GET", "/api/v1/webhooks/" + id + "/deliveries?status=failed&status=skipped", nil, 0, "invalid_query"},
+		{"deliveries unknown webhook", "GET", "/api/v1/webhooks/whk_0000000000000000/deliveries", nil, http.StatusNotFound, "not_found"},
+	})
+}
