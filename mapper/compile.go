@@ -262,6 +262,13 @@ func compileWhen(cr *compiledRule, errs *errorList) {
 	v := &refCollector{}
 	ast.Walk(&tree.Node, v)
 	cr.when = prog
+	// The program that runs reads old.x and new.x as the flat env keys
+	// "old.x" / "new.x": expr fetches map members through reflection,
+	// which allocates, while a top-level key of a map env is a plain map
+	// read. The expression was checked above; this compile only rewrites.
+	if fast, err := expr.Compile(cr.When, expr.Env(exprEnv), expr.AllowUndefinedVariables(), expr.Patch(flattenMembers{})); err == nil {
+		cr.when = fast
+	}
 	cr.whenOld, cr.whenNew = v.cols["old"], v.cols["new"]
 	cr.whenWholeOld = v.idents["old"] > v.members["old"]+v.nilCmp["old"]
 	cr.whenWholeNew = v.idents["new"] > v.members["new"]+v.nilCmp["new"]
@@ -269,6 +276,24 @@ func compileWhen(cr *compiledRule, errs *errorList) {
 		// old is nil for inserts: old.x is nil, which is legal but
 		// almost certainly a mistake worth reporting.
 		errs.add(cr.Where, "when", cr.Event, ErrExpression, "reads old, but the rule fires on inserts only, where old is nil")
+	}
+}
+
+// flattenMembers rewrites old.x and new["x"] into the identifiers "old.x"
+// and "new.x" (a name no user identifier can have).
+type flattenMembers struct{}
+
+func (flattenMembers) Visit(node *ast.Node) {
+	n, ok := (*node).(*ast.MemberNode)
+	if !ok || n.Method {
+		return
+	}
+	id, ok := n.Node.(*ast.IdentifierNode)
+	if !ok || (id.Value != "old" && id.Value != "new") {
+		return
+	}
+	if s, ok := n.Property.(*ast.StringNode); ok {
+		ast.Patch(node, &ast.IdentifierNode{Value: id.Value + "." + s.Value})
 	}
 }
 

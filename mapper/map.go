@@ -183,7 +183,7 @@ func (m *Mapper) eval(tx *cdc.Tx, ch *cdc.Change, p *tablePlan, rp *rulePlan, bu
 		Type:       r.Event,
 		Envelope:   r.envelope,
 		OccurredAt: tx.CommitTime.UTC(),
-		Table:      p.rel.Table(),
+		Table:      p.table,
 		Position:   ch.Position,
 		Rule:       r.index,
 	}
@@ -256,8 +256,16 @@ func checkOldRow(ch *cdc.Change, rp *rulePlan) error {
 // them allocates nothing.
 var opNames = [...]any{cdc.OpInsert: "insert", cdc.OpUpdate: "update", cdc.OpDelete: "delete"}
 
-// evalWhen runs the rule's expression. The env maps are reused; only the
-// columns the expression reads are set.
+// presentRow stands for an existing row in expressions that read only
+// its columns (through the flat keys) and compare the row with nil.
+var presentRow any = map[string]any{}
+
+// absentRow is old for inserts and new for deletes: `old == nil` holds
+// and `old.x` is nil rather than a run-time error.
+var absentRow any = map[string]any(nil)
+
+// evalWhen runs the rule's expression on the reused env: only the columns
+// the expression reads are set.
 func (m *Mapper) evalWhen(ch *cdc.Change, p *tablePlan, rp *rulePlan) (bool, result, error) {
 	r := rp.r
 	oldRow, newRow := ch.Old, ch.New
@@ -269,41 +277,10 @@ func (m *Mapper) evalWhen(ch *cdc.Change, p *tablePlan, rp *rulePlan) (bool, res
 	}
 	env := rp.env
 	env["op"] = opNames[ch.Op]
-	fill := func(row []cdc.Value, cols []colSrc, whole bool, dst map[string]any, name string) (result, bool) {
-		if row == nil {
-			// A typed nil map: `old == nil` is true and `old.x` is nil
-			// rather than a run-time error on rules firing on inserts
-			// and updates alike.
-			env[name] = map[string]any(nil)
-			return result{}, true
-		}
-		if whole {
-			full := make(map[string]any, len(row))
-			for i, v := range row {
-				if v.State == cdc.Unavailable {
-					return result{kind: resUnavailable, column: p.rel.Columns[i].Name}, false
-				}
-				if v.State != cdc.Absent {
-					full[p.rel.Columns[i].Name] = envValue(v)
-				}
-			}
-			env[name] = full
-			return result{}, true
-		}
-		for _, c := range cols {
-			v := row[c.idx]
-			if v.State == cdc.Unavailable {
-				return result{kind: resUnavailable, column: c.name}, false
-			}
-			dst[c.name] = envValue(v)
-		}
-		env[name] = dst
-		return result{}, true
-	}
-	if res, ok := fill(oldRow, rp.whenOld, r.whenWholeOld, rp.oldMap, "old"); !ok {
+	if res, ok := fillEnv(env, p.rel, oldRow, rp.whenOld, r.whenWholeOld, "old"); !ok {
 		return false, res, nil
 	}
-	if res, ok := fill(newRow, rp.whenNew, r.whenWholeNew, rp.newMap, "new"); !ok {
+	if res, ok := fillEnv(env, p.rel, newRow, rp.whenNew, r.whenWholeNew, "new"); !ok {
 		return false, res, nil
 	}
 	out, err := rp.vm.Run(r.when, env)
@@ -313,6 +290,40 @@ func (m *Mapper) evalWhen(ch *cdc.Change, p *tablePlan, rp *rulePlan) (bool, res
 	}
 	b, _ := out.(bool)
 	return b, result{kind: resMatched}, nil
+}
+
+// fillEnv sets one row's part of the env; ok is false when a column the
+// expression reads is an unavailable TOAST value.
+func fillEnv(env map[string]any, rel *cdc.Relation, row []cdc.Value, cols []colSrc, whole bool, name string) (result, bool) {
+	if row == nil {
+		env[name] = absentRow
+		for _, c := range cols {
+			env[c.envKey] = nil
+		}
+		return result{}, true
+	}
+	for _, c := range cols {
+		v := row[c.idx]
+		if v.State == cdc.Unavailable {
+			return result{kind: resUnavailable, column: c.name}, false
+		}
+		env[c.envKey] = envValue(v)
+	}
+	if !whole {
+		env[name] = presentRow
+		return result{}, true
+	}
+	full := make(map[string]any, len(row))
+	for i, v := range row {
+		if v.State == cdc.Unavailable {
+			return result{kind: resUnavailable, column: rel.Columns[i].Name}, false
+		}
+		if v.State != cdc.Absent {
+			full[rel.Columns[i].Name] = envValue(v)
+		}
+	}
+	env[name] = full
+	return result{}, true
 }
 
 // renderData renders the data object.

@@ -22,6 +22,8 @@ type colSrc struct {
 	idx  int // -1: none
 	from byte
 	name string
+	// envKey is the expression env key of a when column: "old.x", "new.x".
+	envKey string
 }
 
 // dataPlan renders one key of the data object.
@@ -43,15 +45,16 @@ type rulePlan struct {
 	needsOld bool // for updates: the rule reads the old row
 
 	// Expression state, reused across changes (guarded by Mapper.mu) so a
-	// false `when` allocates as little as possible.
-	oldMap, newMap map[string]any
-	env            map[string]any
-	vm             vm.VM
+	// false `when` allocates nothing: env holds "op", "old", "new" and
+	// the flat keys "old.x" / "new.x" of the columns the expression reads.
+	env map[string]any
+	vm  vm.VM
 }
 
 // tablePlan is every rule of one relation, in rule order.
 type tablePlan struct {
 	rel   *cdc.Relation
+	table string // rel.Table(), computed once
 	rules []*rulePlan
 	keys  []int // replica identity columns, for logs
 	err   error
@@ -63,7 +66,7 @@ func (m *Mapper) plan(rel *cdc.Relation) (*tablePlan, error) {
 	if p := m.plans[rel.OID]; p != nil && p.rel == rel {
 		return p, p.err
 	}
-	p := &tablePlan{rel: rel}
+	p := &tablePlan{rel: rel, table: rel.Table()}
 	var errs errorList
 	for _, r := range m.byTable[rel.Table()] {
 		if rp := m.resolve(r, rel, &errs); rp != nil {
@@ -128,10 +131,14 @@ func (m *Mapper) resolve(r *compiledRule, rel *cdc.Relation, errs *errorList) *r
 		rp.changed = append(rp.changed, col("changed", c, fromOld).idx)
 	}
 	for _, c := range r.whenOld {
-		rp.whenOld = append(rp.whenOld, col("when", c, fromOld))
+		src := col("when", c, fromOld)
+		src.envKey = "old." + c
+		rp.whenOld = append(rp.whenOld, src)
 	}
 	for _, c := range r.whenNew {
-		rp.whenNew = append(rp.whenNew, col("when", c, fromNew))
+		src := col("when", c, fromNew)
+		src.envKey = "new." + c
+		rp.whenNew = append(rp.whenNew, src)
 	}
 	if r.auctionSet {
 		rp.auction = col("auction_id", r.auction.name, fromByte(r.auction.from))
@@ -175,9 +182,14 @@ func (m *Mapper) resolve(r *compiledRule, rel *cdc.Relation, errs *errorList) *r
 		return nil
 	}
 	if r.when != nil {
-		rp.oldMap = make(map[string]any, len(rp.whenOld))
-		rp.newMap = make(map[string]any, len(rp.whenNew))
-		rp.env = map[string]any{"old": rp.oldMap, "new": rp.newMap, "op": ""}
+		rp.env = make(map[string]any, 3+len(rp.whenOld)+len(rp.whenNew))
+		rp.env["op"] = ""
+		for _, c := range rp.whenOld {
+			rp.env[c.envKey] = nil
+		}
+		for _, c := range rp.whenNew {
+			rp.env[c.envKey] = nil
+		}
 	}
 	return rp
 }
