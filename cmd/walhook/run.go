@@ -3,9 +3,215 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
+	"log/slog"
+	"net"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/walhook/walhook/api"
+	"github.com/walhook/walhook/cdc"
+	"github.com/walhook/walhook/config"
+	"github.com/walhook/walhook/dispatch"
+	"github.com/walhook/walhook/mapper"
 )
 
+// Log attribute keys of the run command.
+const (
+	logKeyErr     = "error"
+	logKeySlot    = "slot"
+	logKeyLSN     = "lsn"
+	logKeyAddr    = "addr"
+	logKeyEvents  = "events"
+	logKeyTxs     = "txs"
+	logKeyAttempt = "attempt"
+	logKeyRetryIn = "retry_in"
+)
+
+// runRun is `walhook run`: the daemon. It checks the store and the mapping
+// against the live databases, then runs three parts until ctx is cancelled
+// (SIGINT/SIGTERM) or one of them fails:
+//
+//   - replication (only while this process holds the slot's leader lock):
+//     cdc stream → mapper → dispatch.Append → stream.Confirm;
+//   - delivery: the dispatcher's workers;
+//   - the admin/status API.
+//
+// A cancelled ctx is a graceful stop and returns nil: the consumer finishes
+// the batch it is appending and confirms it, workers finish the attempts in
+// flight, the API drains. Any part failing stops the others and Run returns
+// its error (exit 1).
 func runRun(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	return errors.New("run: not yet built")
+	fs := newFlagSet("run", stderr)
+	cfgPath := configFlag(fs)
+	dryRun := fs.Bool("dry-run", false, "print the events the live stream maps to as JSON lines; store, deliver and confirm nothing")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	cfg, err := loadConfig(*cfgPath)
+	if err != nil {
+		return err
+	}
+	log, err := newLogger(cfg.Log, stderr)
+	if err != nil {
+		return err
+	}
+	if *dryRun {
+		return runDryRun(ctx, cfg, log, stdout, stderr)
+	}
+	r := &runner{cfg: cfg, log: log, stdout: stdout}
+	return r.run(ctx)
+}
+
+// runner holds what the parts of `walhook run` share.
+type runner struct {
+	cfg    *config.Config
+	log    *slog.Logger
+	stdout io.Writer
+
+	pool     *pgxpool.Pool
+	disp     *dispatch.Dispatcher
+	mapper   *mapper.Mapper
+	systemID string
+	reg      *prometheus.Registry
+	repl     *replicationStatus
+}
+
+func (r *runner) run(ctx context.Context) error {
+	if err := r.prepare(ctx); err != nil {
+		return err
+	}
+	defer r.pool.Close()
+
+	var srv *api.Server
+	var ln net.Listener
+	apiAddr := "off"
+	if r.cfg.API.Listen != "" {
+		var err error
+		if srv, err = api.New(apiOptions(r.cfg, dispatch.NewAdmin(r.pool, r.cfg.Store.Schema, r.disp), r.repl, r.reg, r.pool, r.log)); err != nil {
+			return &UsageError{Err: fmt.Errorf("api: %w (set api.keys, or api.listen: off)", err)}
+		}
+		var lc net.ListenConfig
+		if ln, err = lc.Listen(ctx, "tcp", r.cfg.API.Listen); err != nil {
+			return fmt.Errorf("api: listen on %s: %w", r.cfg.API.Listen, err)
+		}
+		apiAddr = "http://" + ln.Addr().String()
+	}
+	fmt.Fprintf(r.stdout, "walhook %s running: source %s, slot %s, publication %s, store schema %s, api %s\n",
+		Version, describeDSN(r.cfg.Source.DSN), r.cfg.Source.Slot, r.cfg.Source.Publication, r.cfg.Store.Schema, apiAddr)
+	r.log.Info("walhook started", slog.String("version", Version), slog.String(logKeySlot, r.cfg.Source.Slot),
+		slog.String("publication", r.cfg.Source.Publication), slog.String("store_schema", r.cfg.Store.Schema),
+		slog.String(logKeyAddr, apiAddr), slog.String("system_id", r.systemID))
+
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return r.replicate(gctx) })
+	g.Go(func() error { return r.disp.Run(gctx) })
+	if srv != nil {
+		g.Go(func() error { return srv.Serve(gctx, ln) })
+	}
+	err := g.Wait()
+	if err != nil && !errors.Is(err, context.Canceled) {
+		r.log.Error("walhook stopped", logKeyErr, err)
+		return err
+	}
+	r.log.Info("walhook stopped")
+	return nil
+}
+
+// prepare opens the store and checks everything that must hold before any
+// part starts: store schema version, static endpoints, the mapping against
+// the live source schema.
+func (r *runner) prepare(ctx context.Context) error {
+	cfg := r.cfg
+	pool, err := openStore(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	r.pool = pool
+	ok := false
+	defer func() {
+		if !ok {
+			pool.Close()
+		}
+	}()
+	if err := dispatch.CheckSchema(ctx, pool, cfg.Store.Schema); err != nil {
+		return fmt.Errorf("store %s: %w", describeDSN(cfg.Store.DSN), err)
+	}
+	r.reg = prometheus.NewRegistry()
+	r.reg.MustRegister(prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
+	if r.disp, err = dispatch.New(pool, dispatchOptions(cfg, r.log, r.reg)); err != nil {
+		return err
+	}
+	if err := r.disp.SyncStaticEndpoints(ctx, staticEndpoints(cfg)); err != nil {
+		return &UsageError{Err: fmt.Errorf("%s: endpoints: %w", cfg.File, err)}
+	}
+	if r.systemID, err = cdc.SystemID(ctx, cfg.Source.DSN); err != nil {
+		return fmt.Errorf("source %s: %w", describeDSN(cfg.Source.DSN), err)
+	}
+	if r.mapper, err = compileMapper(cfg, r.systemID, r.log); err != nil {
+		return err
+	}
+	if err := checkLiveSchema(ctx, cfg.Source.DSN, r.mapper); err != nil {
+		return err
+	}
+	standby, err := cdc.NewStream(streamOptions(cfg, r.log))
+	if err != nil {
+		return &UsageError{Err: err}
+	}
+	r.repl = &replicationStatus{standby: standby}
+	if err := r.reg.Register(newSlotCollector(r.repl)); err != nil {
+		return err
+	}
+	ok = true
+	return nil
+}
+
+// openStore connects the store pool, sized for the workers unless the DSN
+// says pool_max_conns itself.
+func openStore(ctx context.Context, cfg *config.Config) (*pgxpool.Pool, error) {
+	pc, err := pgxpool.ParseConfig(cfg.Store.DSN)
+	if err != nil {
+		return nil, &UsageError{Err: fmt.Errorf("store.dsn: %w", redactDSNError(err))}
+	}
+	if !dsnSetsPoolSize(cfg.Store.DSN) {
+		// Workers record outcomes concurrently; claim, LISTEN, maintenance,
+		// Append and the API need a few more.
+		pc.MaxConns = int32(max(8, cfg.Delivery.Workers/2+6))
+	}
+	pool, err := pgxpool.NewWithConfig(ctx, pc)
+	if err != nil {
+		return nil, fmt.Errorf("store %s: %w", describeDSN(cfg.Store.DSN), err)
+	}
+	pctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if err := pool.Ping(pctx); err != nil {
+		pool.Close()
+		return nil, fmt.Errorf("store %s: connect: %w", describeDSN(cfg.Store.DSN), err)
+	}
+	return pool, nil
+}
+
+// checkLiveSchema checks every rule against the source tables as they are
+// now (columns exist, old values are sent where a rule reads them), so a
+// mapping that cannot work is refused at startup with the fix, not at the
+// first matching change.
+func checkLiveSchema(ctx context.Context, dsn string, m *mapper.Mapper) error {
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		return fmt.Errorf("source %s: connect: %w", describeDSN(dsn), redactDSNError(err))
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	tables, err := readSourceSchema(ctx, conn, m.Tables())
+	if err != nil {
+		return err
+	}
+	if err := m.CheckSchema(tables); err != nil {
+		return &UsageError{Err: fmt.Errorf("the mapping does not fit the source database:\n%w", err)}
+	}
+	return nil
 }

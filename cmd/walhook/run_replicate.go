@@ -1,0 +1,320 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/walhook/walhook/cdc"
+	"github.com/walhook/walhook/dispatch"
+)
+
+// Several walhook processes may share one store (ARCHITECTURE.md): all of
+// them deliver, one of them replicates. PostgreSQL lets one walsender use a
+// slot at a time, but waiting on the slot alone is not enough: the process
+// that takes the slot over must start from the store's cursor as it is at
+// that moment, not as it was when the process started. A session-level
+// advisory lock on the store makes the leader explicit: whoever holds it
+// reads the cursor, then streams. A crashed leader's session ends, and with
+// it the lock.
+
+// Tuning of the replication part.
+var (
+	// leaderPoll is how often a standby process tries the leader lock and
+	// how often the leader checks it still holds it.
+	leaderPoll = time.Second
+	// maxBatchTxs and maxBatchEvents bound one Append: transactions already
+	// waiting in the stream's channel are stored together (one store
+	// commit), but never more than this.
+	maxBatchTxs    = 1000
+	maxBatchEvents = 20000
+	// appendRetryFor is how long a failing Append (store unreachable) is
+	// retried before walhook gives up and exits.
+	appendRetryFor = time.Minute
+)
+
+var errLeaderLost = errors.New("lost the store connection that holds the slot's leader lock")
+
+// leaderLockKey names the lock: one leader per store schema and slot.
+func leaderLockKey(schema, slot string) string { return "walhook.slot." + schema + "." + slot }
+
+// replicate is the replication part of `walhook run`: it waits to become
+// the slot's leader, then streams until ctx ends. A lost lock (store
+// connection broken) ends the term and it waits again; any other error
+// ends the part.
+func (r *runner) replicate(ctx context.Context) error {
+	key := leaderLockKey(r.cfg.Store.Schema, r.cfg.Source.Slot)
+	for {
+		lock, err := acquireLeader(ctx, r.pool, key, r.log)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+		err = r.lead(ctx, lock)
+		lock.release()
+		switch {
+		case ctx.Err() != nil && err == nil:
+			return nil
+		case errors.Is(err, errLeaderLost):
+			r.log.Warn("stopped replicating; waiting to take the slot again", logKeyErr, err)
+			continue
+		}
+		return err
+	}
+}
+
+// leaderLock is a dedicated store session holding the advisory lock.
+type leaderLock struct {
+	conn *pgx.Conn
+	key  string
+}
+
+// acquireLeader blocks until this process holds the lock (or ctx ends).
+func acquireLeader(ctx context.Context, pool *pgxpool.Pool, key string, log *slog.Logger) (*leaderLock, error) {
+	var conn *pgx.Conn
+	standby := false
+	for {
+		if conn == nil {
+			pc, err := pool.Acquire(ctx)
+			if err == nil {
+				// Hijack: the session must stay ours, the pool must never
+				// hand it (and the lock) to anyone else.
+				conn = pc.Hijack()
+			} else if ctx.Err() == nil {
+				log.Warn("leader lock: connect to the store", logKeyErr, err)
+			}
+		}
+		if conn != nil {
+			var got bool
+			err := conn.QueryRow(ctx, `SELECT pg_try_advisory_lock(hashtextextended($1, 0))`, key).Scan(&got)
+			switch {
+			case err == nil && got:
+				return &leaderLock{conn: conn, key: key}, nil
+			case err == nil && !standby:
+				standby = true
+				log.Info("another walhook process holds the replication slot: delivering only, taking over when it stops")
+			case err != nil:
+				closeConn(conn)
+				conn = nil
+				if ctx.Err() == nil {
+					log.Warn("leader lock", logKeyErr, err)
+				}
+			}
+		}
+		select {
+		case <-ctx.Done():
+			if conn != nil {
+				closeConn(conn)
+			}
+			return nil, ctx.Err()
+		case <-time.After(leaderPoll):
+		}
+	}
+}
+
+// watch returns errLeaderLost as soon as the lock's session stops
+// answering, nil when ctx ends.
+func (l *leaderLock) watch(ctx context.Context) error {
+	t := time.NewTicker(leaderPoll)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+		pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		err := l.conn.Ping(pctx)
+		cancel()
+		if err != nil && ctx.Err() == nil {
+			return fmt.Errorf("%w: %v", errLeaderLost, err)
+		}
+	}
+}
+
+// release unlocks by closing the session (which also covers a session
+// that is already broken).
+func (l *leaderLock) release() { closeConn(l.conn) }
+
+func closeConn(c *pgx.Conn) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_ = c.Close(ctx)
+}
+
+// lead is one leadership term: stream from the store's cursor, map, append,
+// confirm. On ctx's end the batch being appended is finished and confirmed
+// before the stream stops, so its last status update to PostgreSQL carries
+// the last durable position.
+func (r *runner) lead(ctx context.Context, lock *leaderLock) error {
+	slot := r.cfg.Source.Slot
+	cursor, systemID, ok, err := r.disp.Cursor(ctx, slot)
+	if err != nil {
+		return err
+	}
+	if ok && systemID != "" && systemID != r.systemID {
+		return fmt.Errorf("the store's cursor for slot %q was written while reading PostgreSQL system %s, "+
+			"but the source is now system %s (another cluster: restored, re-created or a different database); "+
+			"its positions mean nothing here — use another store schema or slot for this source", slot, systemID, r.systemID)
+	}
+	stream, err := cdc.NewStream(streamOptions(r.cfg, r.log))
+	if err != nil {
+		return err
+	}
+	r.repl.current.Store(stream)
+	defer r.repl.current.Store(nil)
+	from := "the slot's confirmed position (no cursor yet)"
+	if ok {
+		from = cursor.String()
+	}
+	r.log.Info("replicating: this process holds the slot", logKeySlot, slot, logKeyLSN, from)
+
+	leadCtx, stopLead := context.WithCancelCause(ctx)
+	defer stopLead(nil)
+	// The stream outlives ctx a little: it is stopped only after the
+	// consumer has confirmed its last batch.
+	streamCtx, stopStream := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopStream()
+
+	var wg sync.WaitGroup
+	streamErr := make(chan error, 1)
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		err := stream.Run(streamCtx, cursor)
+		if err != nil {
+			stopLead(err)
+		}
+		streamErr <- err
+	}()
+	go func() {
+		defer wg.Done()
+		if err := lock.watch(leadCtx); err != nil {
+			stopLead(err)
+		}
+	}()
+
+	cerr := r.consume(leadCtx, stream)
+	stopStream()
+	serr := <-streamErr
+	cause := context.Cause(leadCtx)
+	stopLead(nil)
+	wg.Wait()
+	switch {
+	case cerr != nil:
+		return cerr
+	case serr != nil:
+		return fmt.Errorf("replication: %w", serr)
+	case errors.Is(cause, errLeaderLost):
+		return cause
+	}
+	return nil
+}
+
+// consume moves transactions from the stream into the outbox until ctx
+// ends: map, Append (the durability point), then Confirm. Transactions
+// already waiting in the channel are appended together in one store commit
+// (throughput); a lone transaction is appended at once (latency).
+// Position advances (Final Txs without changes) are appended too, so the
+// cursor — and through Confirm the slot — follows the server's WAL end.
+func (r *runner) consume(ctx context.Context, stream *cdc.Stream) error {
+	txs := stream.Txs()
+	batch := make([]dispatch.TxEvents, 0, 64)
+	for {
+		var tx *cdc.Tx
+		select {
+		case <-ctx.Done():
+			return nil
+		case tx = <-txs:
+		}
+		batch = batch[:0]
+		events := 0
+		for {
+			te, err := r.mapTx(tx)
+			if err != nil {
+				return err
+			}
+			batch = append(batch, te)
+			events += len(te.Events)
+			if len(batch) >= maxBatchTxs || events >= maxBatchEvents {
+				break
+			}
+			select {
+			case tx = <-txs:
+				continue
+			default:
+			}
+			break
+		}
+		if err := r.appendBatch(ctx, stream, batch, events); err != nil {
+			return err
+		}
+	}
+}
+
+func (r *runner) mapTx(tx *cdc.Tx) (dispatch.TxEvents, error) {
+	evs, err := r.mapper.Map(tx)
+	if err != nil {
+		return dispatch.TxEvents{}, fmt.Errorf("mapping stopped replication (fix the rule or the table, then restart; "+
+			"nothing after this transaction was stored or confirmed): %w", err)
+	}
+	return dispatch.TxEvents{
+		Xid: tx.Xid, CommitLSN: tx.CommitLSN, EndLSN: tx.EndLSN, Final: tx.Final,
+		CommitTime: tx.CommitTime, Events: evs,
+	}, nil
+}
+
+// appendBatch appends and then confirms the batch's last complete
+// transaction. A failing Append is retried (it is idempotent: deterministic
+// event ids, ON CONFLICT DO NOTHING, a cursor that never moves back) with
+// backoff for appendRetryFor. It is not cut short by ctx: a graceful stop
+// finishes the batch in hand so its position can be confirmed.
+func (r *runner) appendBatch(ctx context.Context, stream *cdc.Stream, batch []dispatch.TxEvents, events int) error {
+	var confirm cdc.LSN
+	for i := range batch {
+		if batch[i].Final {
+			confirm = max(confirm, batch[i].EndLSN)
+		}
+	}
+	actx := context.WithoutCancel(ctx)
+	deadline := time.Now().Add(appendRetryFor)
+	delay := 250 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		tctx, cancel := context.WithTimeout(actx, 30*time.Second)
+		err := r.disp.Append(tctx, r.cfg.Source.Slot, r.systemID, batch)
+		cancel()
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("store: %w (retried for %s)", err, appendRetryFor)
+		}
+		if ctx.Err() != nil {
+			// Stopping: what is not appended is not confirmed either, and
+			// comes again from the slot at the next start.
+			r.log.Warn("stopping with a batch not appended; it will be replayed", logKeyErr, err)
+			return nil
+		}
+		r.log.Warn("append to the outbox failed; retrying", logKeyErr, err, logKeyAttempt, attempt, logKeyRetryIn, delay)
+		select {
+		case <-ctx.Done():
+		case <-time.After(delay):
+		}
+		delay = min(2*delay, 5*time.Second)
+	}
+	if confirm > 0 {
+		stream.Confirm(confirm)
+	}
+	if events > 0 {
+		r.log.Debug("appended", logKeyTxs, len(batch), logKeyEvents, events, logKeyLSN, confirm.String())
+	}
+	return nil
+}

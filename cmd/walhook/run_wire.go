@@ -1,0 +1,244 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/walhook/walhook/api"
+	"github.com/walhook/walhook/cdc"
+	"github.com/walhook/walhook/config"
+	"github.com/walhook/walhook/dispatch"
+	"github.com/walhook/walhook/mapper"
+)
+
+// This file converts the config into the options of cdc, dispatch and api
+// for `walhook run` (the working packages never import config).
+
+// newLogger builds the slog logger of config.Log on w (stderr).
+func newLogger(c config.Log, w io.Writer) (*slog.Logger, error) {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(c.Level)); err != nil {
+		return nil, usageErrorf("log.level: %q is not one of debug, info, warn, error", c.Level)
+	}
+	o := &slog.HandlerOptions{Level: level}
+	switch c.Format {
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, o)), nil
+	case "text", "":
+		return slog.New(slog.NewTextHandler(w, o)), nil
+	}
+	return nil, usageErrorf("log.format: %q is not text or json", c.Format)
+}
+
+// describeDSN names a database for messages without its password:
+// "host:port/dbname".
+func describeDSN(dsn string) string {
+	c, err := pgconn.ParseConfig(dsn)
+	if err != nil {
+		return "(unparsable DSN)"
+	}
+	return fmt.Sprintf("%s:%d/%s", c.Host, c.Port, c.Database)
+}
+
+// redactDSNError removes the connection string (which may hold a password)
+// that pgconn puts into its parse errors.
+func redactDSNError(err error) error {
+	var pe *pgconn.ParseConfigError
+	if errors.As(err, &pe) {
+		pe.ConnString = "(redacted)"
+	}
+	return err
+}
+
+// dsnSetsPoolSize reports whether the DSN chooses the pool size itself.
+func dsnSetsPoolSize(dsn string) bool { return strings.Contains(dsn, "pool_max_conns") }
+
+func streamOptions(cfg *config.Config, log *slog.Logger) cdc.Options {
+	return cdc.Options{
+		DSN:               cfg.Source.DSN,
+		Slot:              cfg.Source.Slot,
+		Publication:       cfg.Source.Publication,
+		HeartbeatInterval: cfg.Source.HeartbeatInterval.D(),
+		StatusInterval:    cfg.Source.StatusInterval.D(),
+		MaxChunkChanges:   cfg.Source.MaxChunkChanges,
+		Logger:            log.With("part", "cdc"),
+	}
+}
+
+// userAgent is delivery.user_agent, default "walhook/<version>".
+func userAgent(cfg *config.Config) string {
+	if cfg.Delivery.UserAgent != "" {
+		return cfg.Delivery.UserAgent
+	}
+	return "walhook/" + Version
+}
+
+func dispatchOptions(cfg *config.Config, log *slog.Logger, reg prometheus.Registerer) dispatch.Options {
+	dl := cfg.Delivery
+	sched := make([]time.Duration, len(dl.RetrySchedule))
+	for i, d := range dl.RetrySchedule {
+		sched[i] = d.D()
+	}
+	return dispatch.Options{
+		Schema:     cfg.Store.Schema,
+		Logger:     log.With("part", "dispatch"),
+		Registerer: reg,
+		Client: dispatch.ClientOptions{
+			Timeout:         dl.Timeout.D(),
+			AllowHTTP:       dl.AllowHTTP,
+			Allow:           dl.Allow,
+			MaxResponseBody: dl.MaxResponseBody,
+			UserAgent:       userAgent(cfg),
+		},
+		Retry: dispatch.RetryPolicy{
+			Schedule:      sched,
+			Jitter:        dl.Jitter,
+			RetryAfterCap: dl.RetryAfterCap.D(),
+		},
+		Workers:                dl.Workers,
+		MaxInFlightPerEndpoint: dl.MaxInFlightPerEndpoint,
+		BatchSize:              dl.BatchSize,
+		Lease:                  dl.Lease.D(),
+		PollInterval:           dl.PollInterval.D(),
+		Retention:              dl.Retention.D(),
+		DisableWindow:          dl.Disable.Window.D(),
+		DisableMinFailed:       dl.Disable.MinFailedDeliveries,
+		DisableNever:           dl.Disable.Never,
+		SecretOverlap:          dl.SecretOverlap.D(),
+		Envelope:               mapper.Envelope(cfg.Mapping.Envelope),
+	}
+}
+
+func staticEndpoints(cfg *config.Config) []dispatch.StaticEndpoint {
+	out := make([]dispatch.StaticEndpoint, 0, len(cfg.Endpoints))
+	for _, e := range cfg.Endpoints {
+		out = append(out, dispatch.StaticEndpoint{
+			Name: e.ID, URL: e.URL, Secret: e.Secret, Description: e.Description,
+			Events: e.Events, Auctions: e.Auctions, Disabled: e.Disabled,
+		})
+	}
+	return out
+}
+
+func apiOptions(cfg *config.Config, admin api.AdminStore, repl api.Replication, reg *prometheus.Registry,
+	pool *pgxpool.Pool, log *slog.Logger) api.Options {
+	keys := make([]api.Key, 0, len(cfg.API.Keys))
+	for _, k := range cfg.API.Keys {
+		keys = append(keys, api.Key{Name: k.Name, Key: k.Key})
+	}
+	catalog := cfg.Catalog()
+	entries := make([]api.CatalogEntry, 0, len(catalog))
+	for _, c := range catalog {
+		entries = append(entries, api.CatalogEntry{Type: c.Type, Description: c.Description})
+	}
+	open := cfg.API.Open
+	if open == nil {
+		open = []string{}
+	}
+	return api.Options{
+		Keys:           keys,
+		Open:           open,
+		WritePerMinute: cfg.API.RateLimits.WritePerMinute,
+		ReadPerMinute:  cfg.API.RateLimits.ReadPerMinute,
+		Catalog:        entries,
+		Admin:          admin,
+		Replication:    repl,
+		Gatherer:       reg,
+		Registerer:     reg,
+		Ready:          func(ctx context.Context) error { return pool.Ping(ctx) },
+		Logger:         log.With("part", "api"),
+		SecretOverlap:  cfg.Delivery.SecretOverlap.D(),
+	}
+}
+
+// replicationStatus adapts the cdc stream to api.Replication. The stream
+// changes with each leadership term (a new cdc.Stream each time this
+// process takes the slot); while another process holds the slot the
+// standby stream, which never runs, still reads the slot's row.
+type replicationStatus struct {
+	standby *cdc.Stream
+	current atomic.Pointer[cdc.Stream]
+}
+
+var _ api.Replication = (*replicationStatus)(nil)
+
+// stateStandby is shown while another walhook process holds the slot.
+const stateStandby = "standby"
+
+func (r *replicationStatus) slot(ctx context.Context) (cdc.SlotStatus, bool, error) {
+	if s := r.current.Load(); s != nil {
+		st, err := s.Status(ctx)
+		return st, true, err
+	}
+	st, err := r.standby.Status(ctx)
+	return st, false, err
+}
+
+func (r *replicationStatus) Status(ctx context.Context) (api.ReplicationStatus, error) {
+	st, leader, err := r.slot(ctx)
+	out := api.ReplicationStatus{
+		Slot: st.Slot, Active: st.Active, WALStatus: st.WALStatus, ConfirmedLSN: st.ConfirmedFlushLSN.String(),
+		RetainedBytes: st.RetainedBytes, LagBytes: st.LagBytes, LagSeconds: st.LagSeconds,
+		State: st.State, LastError: st.LastError,
+	}
+	if !leader {
+		out.State = stateStandby
+	}
+	return out, err
+}
+
+// slotCollector exports the slot's retained WAL, lag and the stream's
+// reconnects on /metrics, read at scrape time.
+type slotCollector struct {
+	repl                           *replicationStatus
+	retained, lagBytes, lagSeconds *prometheus.Desc
+	reconnects, leader             *prometheus.Desc
+}
+
+func newSlotCollector(r *replicationStatus) *slotCollector {
+	d := func(name, help string) *prometheus.Desc {
+		return prometheus.NewDesc("walhook_slot_"+name, help, nil, nil)
+	}
+	return &slotCollector{
+		repl:       r,
+		retained:   d("retained_wal_bytes", "WAL PostgreSQL keeps for the slot (current LSN - restart_lsn)."),
+		lagBytes:   d("lag_bytes", "Current WAL LSN - the slot's confirmed_flush_lsn."),
+		lagSeconds: d("lag_seconds", "Time since the last confirmation while something is unconfirmed."),
+		reconnects: d("reconnects_total", "Replication reconnects of this process's current stream."),
+		leader:     d("leader", "1 while this process holds the slot and streams from it."),
+	}
+}
+
+func (c *slotCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{c.retained, c.lagBytes, c.lagSeconds, c.reconnects, c.leader} {
+		ch <- d
+	}
+}
+
+func (c *slotCollector) Collect(ch chan<- prometheus.Metric) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	st, leader, err := c.repl.slot(ctx)
+	l := 0.0
+	if leader {
+		l = 1
+	}
+	ch <- prometheus.MustNewConstMetric(c.leader, prometheus.GaugeValue, l)
+	ch <- prometheus.MustNewConstMetric(c.reconnects, prometheus.CounterValue, float64(st.Reconnects))
+	if err != nil {
+		return // the slot's row is unknown; the gauges are left out rather than zero
+	}
+	ch <- prometheus.MustNewConstMetric(c.retained, prometheus.GaugeValue, float64(st.RetainedBytes))
+	ch <- prometheus.MustNewConstMetric(c.lagBytes, prometheus.GaugeValue, float64(st.LagBytes))
+	ch <- prometheus.MustNewConstMetric(c.lagSeconds, prometheus.GaugeValue, st.LagSeconds)
+}
