@@ -11,10 +11,6 @@ import (
 	"gopkg.in/yaml.v3"
 )
 
-// maxNodes bounds the nodes visited while decoding, so a document of nested
-// aliases ("billion laughs") cannot make Load run away.
-const maxNodes = 1 << 20
-
 // decoder is a strict decoder over a yaml.Node tree. yaml.v3's own
 // KnownFields stops at the first unknown key and reports no column or key
 // path; walking the tree ourselves reports every problem with both, and
@@ -84,6 +80,8 @@ var (
 // decode fills v from n. A null value leaves v untouched and the key unset,
 // so "key:" with nothing after it means "use the default".
 func (d *decoder) decode(n *yaml.Node, v reflect.Value, path string) {
+	// checkAliases has bounded the expanded document already; this is the
+	// second line of defence for trees built or changed in code.
 	d.visits++
 	if d.visits > maxNodes {
 		if d.visits == maxNodes+1 {
@@ -262,16 +260,32 @@ func (d *decoder) structure(n *yaml.Node, v reflect.Value, path string) {
 		return
 	}
 	fields := fieldsOf(v.Type())
+	written := map[string]bool{}
+	var meant []string
 	for _, p := range d.pairs(n, path) {
+		written[p.k.Value] = true
 		idx, ok := fields[p.k.Value]
 		if !ok && path == "" && strings.HasPrefix(p.k.Value, "x-") {
 			continue // top-level x-… keys hold YAML anchors for reuse
 		}
 		if !ok {
-			d.errf(p.k, join(path, p.k.Value), "unknown key%s", suggest(p.k.Value, fields))
+			hint := ""
+			if m := closest(p.k.Value, fields); m != "" {
+				hint = fmt.Sprintf(" (did you mean %q?)", m)
+				meant = append(meant, m)
+			}
+			d.errf(p.k, join(path, p.k.Value), "unknown key%s", hint)
 			continue
 		}
 		d.decode(p.v, v.Field(idx), join(path, p.k.Value))
+	}
+	// "tabel: x" leaves table unset; "events[0].table: required" would
+	// only repeat the misspelling already reported, so the key the user
+	// probably meant stays quiet unless it was written as well.
+	for _, m := range meant {
+		if !written[m] {
+			d.c.silence(join(path, m))
+		}
 	}
 }
 
@@ -289,18 +303,16 @@ func fieldsOf(t reflect.Type) map[string]int {
 	return m
 }
 
-// suggest names the known key closest to a misspelt one.
-func suggest(key string, fields map[string]int) string {
+// closest returns the known key within edit distance 2 of a misspelt one
+// (ties broken alphabetically), or "".
+func closest(key string, fields map[string]int) string {
 	best, bestD := "", 3
 	for k := range fields {
 		if dd := editDistance(strings.ToLower(key), k); dd < bestD || (dd == bestD && k < best) {
 			best, bestD = k, dd
 		}
 	}
-	if best == "" {
-		return ""
-	}
-	return fmt.Sprintf(" (did you mean %q?)", best)
+	return best
 }
 
 func editDistance(a, b string) int {

@@ -9,6 +9,7 @@ import (
 	"reflect"
 	"regexp"
 	"strconv"
+	"strings"
 
 	"gopkg.in/yaml.v3"
 )
@@ -31,7 +32,7 @@ func Parse(file string, data []byte, lookupEnv func(string) (string, bool)) (*Co
 	}
 	c := &collector{file: file}
 	root, ok := parseYAML(data, c)
-	if !ok {
+	if !ok || !checkAliases(root, c) {
 		return nil, c.err()
 	}
 	expandTree(root, "", lookupEnv, c)
@@ -47,7 +48,10 @@ func Parse(file string, data []byte, lookupEnv func(string) (string, bool)) (*Co
 	return cfg, nil
 }
 
-var yamlLineRe = regexp.MustCompile(`^yaml: line (\d+): (.*)$`)
+var (
+	yamlLineRe   = regexp.MustCompile(`^yaml: line (\d+): (.*)$`)
+	yamlAnchorRe = regexp.MustCompile(`^unknown anchor '(.*)' referenced$`)
+)
 
 // parseYAML parses exactly one document into a node tree.
 func parseYAML(data []byte, c *collector) (*yaml.Node, bool) {
@@ -58,7 +62,7 @@ func parseYAML(data []byte, c *collector) (*yaml.Node, bool) {
 			c.add(Pos{Line: 1, Column: 1}, "", "the file is empty")
 			return nil, false
 		}
-		addYAMLError(c, err)
+		addYAMLError(c, err, data)
 		return nil, false
 	}
 	var extra yaml.Node
@@ -66,7 +70,7 @@ func parseYAML(data []byte, c *collector) (*yaml.Node, bool) {
 		c.add(Pos{Line: extra.Line, Column: extra.Column}, "", "a second YAML document; walhook reads one document per file")
 		return nil, false
 	} else if !errors.Is(err, io.EOF) {
-		addYAMLError(c, err)
+		addYAMLError(c, err, data)
 		return nil, false
 	}
 	root := &doc
@@ -81,17 +85,66 @@ func parseYAML(data []byte, c *collector) (*yaml.Node, bool) {
 }
 
 // addYAMLError turns a yaml.v3 syntax error into an Error. yaml.v3 reports
-// a line (and omits it for the first line) but no column.
-func addYAMLError(c *collector, err error) {
+// a line but no column, omits the line when it is the first, and for
+// parser (not scanner) errors prints the 0-based line of the mark, so those
+// are shifted to count from 1 like every other position here.
+func addYAMLError(c *collector, err error, data []byte) {
 	msg := err.Error()
 	line := 1
 	if m := yamlLineRe.FindStringSubmatch(msg); m != nil {
 		line, _ = strconv.Atoi(m[1])
 		msg = m[2]
-	} else if len(msg) > 6 && msg[:6] == "yaml: " {
-		msg = msg[6:]
+		if yamlParserProblems[msg] {
+			line++
+		}
+	} else {
+		msg = strings.TrimPrefix(msg, "yaml: ")
+		if m := yamlAnchorRe.FindStringSubmatch(msg); m != nil {
+			if n, ok := lineContaining(data, 1, "*"+m[1]); ok {
+				line = n // yaml.v3 names no line for this one
+			}
+		}
+	}
+	if n, ok := lineContaining(data, line, "${"); flowProblems[msg] && ok && n < line+10 {
+		// In [...] and {...} a plain scalar may not contain { or }, so
+		// YAML itself refuses an unquoted ${VAR} there. The line yaml.v3
+		// names is where the collection starts; the variable may follow.
+		msg += ` (inside [...] or {...} write a variable in quotes: "${VAR}")`
 	}
 	c.add(Pos{Line: line}, "", "invalid YAML: %s", msg)
+}
+
+// yamlParserProblems are the messages of yaml.v3's parser (parserc.go); its
+// scanner's messages already carry a 1-based line.
+var yamlParserProblems = map[string]bool{
+	"did not find expected ',' or ']'":       true,
+	"did not find expected ',' or '}'":       true,
+	"did not find expected '-' indicator":    true,
+	"did not find expected <document start>": true,
+	"did not find expected <stream-start>":   true,
+	"did not find expected key":              true,
+	"did not find expected node content":     true,
+	"found duplicate %TAG directive":         true,
+	"found duplicate %YAML directive":        true,
+	"found incompatible YAML document":       true,
+	"found undefined tag handle":             true,
+}
+
+var flowProblems = map[string]bool{
+	"did not find expected ',' or ']'":   true,
+	"did not find expected ',' or '}'":   true,
+	"did not find expected node content": true,
+}
+
+// lineContaining returns the first line from line from (1-based) on that
+// contains sub.
+func lineContaining(data []byte, from int, sub string) (int, bool) {
+	for n, l := range bytes.Split(data, []byte("\n")) {
+		if n+1 >= from && bytes.Contains(l, []byte(sub)) {
+			return n + 1, true
+		}
+	}
+	return 0, false
 }
 
 func fillPositions(cfg *Config, d *decoder) {
