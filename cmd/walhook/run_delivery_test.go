@@ -1,0 +1,304 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"regexp"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/walhook/walhook/internal/receiver"
+)
+
+// A small source schema and mapping for the tests that are about running,
+// not about the seeds: one event per inserted row, data.id = the row id.
+const runItemsSchema = `CREATE TABLE items (id bigint PRIMARY KEY, auction_id text, n int NOT NULL DEFAULT 0);`
+
+const runItemsConfig = `
+source:
+  dsn: set-by-test
+events:
+  - event: item.created
+    table: public.items
+    operations: [insert]
+    data: [id, n]
+`
+
+// items prepares a database with runItemsSchema and returns it with the
+// config file for settings (on top of the db's defaults).
+func itemsRun(t *testing.T, settings map[string]any) (*runDB, string) {
+	t.Helper()
+	db := newRunDB(t, runItemsSchema)
+	s := db.settings()
+	for k, v := range settings {
+		s[k] = v
+	}
+	file, cfg := runConfig(t, []byte(runItemsConfig), s)
+	db.setup(t, cfg)
+	return db, file
+}
+
+func insertItems(t *testing.T, db *runDB, from, to int) {
+	t.Helper()
+	db.exec(t, `INSERT INTO items (id, auction_id) SELECT g, 'auc_' || (g % 3) FROM generate_series($1::int, $2::int) g`, from, to)
+}
+
+// Receiver answers 500 to the first request of each delivery, then 200:
+// walhook retries on the configured (millisecond) schedule and the delivery
+// ends delivered after two attempts, both in the delivery log.
+func TestRunRetriesFailedAttempts(t *testing.T) {
+	t.Parallel()
+	var seen sync.Map
+	rc := newRunReceiver(t, runSecret, func(d receiver.Delivery) int {
+		if _, again := seen.LoadOrStore(d.ID, true); !again {
+			return http.StatusInternalServerError
+		}
+		return http.StatusOK
+	})
+	db, file := itemsRun(t, map[string]any{"endpoints": []map[string]any{runEndpoint("flaky", rc.URL, runSecret)}})
+	p := startRunProc(t, "--config", file)
+	insertItems(t, db, 1, 5)
+	runWaitFor(t, 30*time.Second, "5 deliveries delivered", func() bool {
+		return db.count(t, `SELECT count(*) FROM walhook.deliveries WHERE status = 'delivered'`) == 5
+	}, p.diag)
+	if n := db.count(t, `SELECT count(*) FROM walhook.deliveries WHERE attempts <> 2`); n != 0 {
+		t.Errorf("%d deliveries did not take exactly 2 attempts", n)
+	}
+	if n := db.count(t, `SELECT count(*) FROM walhook.attempts WHERE status_code = 500`); n != 5 {
+		t.Errorf("%d attempts logged with 500, want 5", n)
+	}
+	if rc.Unique() != 5 || rc.Duplicates() != 5 {
+		t.Errorf("receiver: %d unique, %d repeats; want 5 and 5 (each id retried once)", rc.Unique(), rc.Duplicates())
+	}
+	if err := p.stop(t); err != nil {
+		t.Fatalf("stop: %v", err)
+	}
+}
+
+// One endpoint hangs past the timeout on every request; the other, healthy
+// one still receives every event, and the hanging one holds at most its
+// in-flight cap of workers.
+func TestRunDeadEndpointDoesNotBlockHealthyOne(t *testing.T) {
+	t.Parallel()
+	var hung atomic.Int64
+	dead := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hung.Add(1)
+		select {
+		case <-r.Context().Done():
+		case <-time.After(10 * time.Second):
+		}
+	}))
+	t.Cleanup(dead.Close)
+	rc := newRunReceiver(t, runSecret, nil)
+	db, file := itemsRun(t, map[string]any{
+		"endpoints": []map[string]any{
+			runEndpoint("dead", dead.URL, runSecret2),
+			runEndpoint("live", rc.URL, runSecret),
+		},
+		"delivery.timeout":                    "1s",
+		"delivery.lease":                      "5s",
+		"delivery.workers":                    4,
+		"delivery.max_in_flight_per_endpoint": 2,
+		"delivery.retry_schedule":             []string{"0s", "1s", "1s", "1s", "1s", "1s"},
+	})
+	p := startRunProc(t, "--config", file)
+	insertItems(t, db, 1, 40)
+	runWaitFor(t, 30*time.Second, "40 deliveries at the healthy endpoint", func() bool { return rc.Unique() == 40 }, p.diag)
+	if hung.Load() == 0 {
+		t.Error("the dead endpoint was never tried")
+	}
+	if n := db.count(t, `SELECT count(*) FROM walhook.deliveries WHERE endpoint_id = 'static:dead' AND status = 'delivered'`); n != 0 {
+		t.Errorf("%d deliveries to the hanging endpoint counted as delivered", n)
+	}
+	if n := db.count(t, `SELECT count(*) FROM walhook.deliveries WHERE endpoint_id = 'static:live' AND status = 'delivered'`); n != 40 {
+		t.Errorf("%d deliveries to the healthy endpoint delivered, want 40", n)
+	}
+	if err := p.stop(t); err != nil {
+		t.Fatalf("stop: %v", err)
+	}
+}
+
+var apiAddrRE = regexp.MustCompile(`api (http://127\.0\.0\.1:\d+)`)
+
+// apiGet calls the admin API of a running walhook.
+func apiGet(t *testing.T, base, path string) map[string]any {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodGet, base+path, nil)
+	req.Header.Set("X-API-Key", runAPIKey)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	var m map[string]any
+	if err := json.Unmarshal(b, &m); err != nil {
+		t.Fatalf("GET %s: %d %s", path, resp.StatusCode, b)
+	}
+	return m
+}
+
+// Two walhook run processes on one store: one holds the slot, the other
+// delivers only; every delivery is completed once (no duplicates without a
+// crash). When the leader stops, the other takes the slot over from the
+// store's cursor and delivers what follows.
+func TestRunTwoProcessesOneStore(t *testing.T) {
+	t.Parallel()
+	rc := newRunReceiver(t, runSecret, nil)
+	db := newRunDB(t, runItemsSchema)
+	conf := func(ua string) string {
+		s := db.settings()
+		s["endpoints"] = []map[string]any{runEndpoint("r", rc.URL, runSecret)}
+		s["delivery.user_agent"] = ua
+		file, cfg := runConfig(t, []byte(runItemsConfig), s)
+		db.setup(t, cfg)
+		return file
+	}
+	fileA, fileB := conf("walhook-A"), conf("walhook-B")
+	a := startRunProc(t, "--config", fileA)
+	runWaitFor(t, 30*time.Second, "A to hold the slot", func() bool {
+		return strings.Contains(a.stderr.String(), "this process holds the slot")
+	}, a.diag)
+	b := startRunProc(t, "--config", fileB)
+	runWaitFor(t, 30*time.Second, "B to stand by", func() bool {
+		return strings.Contains(b.stderr.String(), "another walhook process holds the replication slot")
+	}, b.diag)
+	m := apiAddrRE.FindStringSubmatch(b.stdout.String())
+	if m == nil {
+		t.Fatalf("no API address in B's startup line %q", b.stdout.String())
+	}
+	st := apiGet(t, m[1], "/api/v1/status")
+	if slot, _ := st["data"].(map[string]any)["slot"].(map[string]any); slot == nil || slot["state"] != stateStandby || slot["active"] != true {
+		t.Errorf("B's /api/v1/status slot = %v, want state standby and the slot active (held by A)", st["data"])
+	}
+
+	insertItems(t, db, 1, 200)
+	runWaitFor(t, 30*time.Second, "200 deliveries", func() bool { return rc.Unique() == 200 }, b.diag)
+
+	if err := a.stop(t); err != nil {
+		t.Fatalf("stop A: %v", err)
+	}
+	runWaitFor(t, 30*time.Second, "B to take the slot over", func() bool {
+		return strings.Contains(b.stderr.String(), "this process holds the slot")
+	}, b.diag)
+	insertItems(t, db, 201, 300)
+	runWaitFor(t, 30*time.Second, "300 deliveries", func() bool { return rc.Unique() == 300 }, b.diag)
+	if rc.Duplicates() != 0 {
+		t.Errorf("%d duplicate requests without any crash", rc.Duplicates())
+	}
+	if n := db.count(t, `SELECT count(*) FROM walhook.deliveries WHERE status <> 'delivered' OR attempts <> 1`); n != 0 {
+		t.Errorf("%d deliveries not delivered in exactly one attempt", n)
+	}
+	byUA := map[string]int{}
+	for _, d := range rc.deliveries() {
+		byUA[d.Header.Get("User-Agent")]++
+	}
+	t.Logf("requests by process: %v", byUA)
+	if byUA["walhook-B"] < 100 {
+		t.Errorf("B sent %d requests; after A stopped it alone had 100 to send", byUA["walhook-B"])
+	}
+	if err := b.stop(t); err != nil {
+		t.Fatalf("stop B: %v", err)
+	}
+	if cur, slot := db.cursor(t), db.slotLSN(t); slot != cur {
+		t.Errorf("slot confirmed_flush_lsn %s, cursor %s after a graceful stop", slot, cur)
+	}
+}
+
+// --dry-run prints the mapped events of the live stream as JSON lines and
+// stores, delivers and confirms nothing: the slot does not move, and a real
+// run afterwards still gets the same transactions.
+func TestRunDryRun(t *testing.T) {
+	t.Parallel()
+	rc := newRunReceiver(t, runSecret, nil)
+	db, file := itemsRun(t, map[string]any{"endpoints": []map[string]any{runEndpoint("r", rc.URL, runSecret)}})
+	insertItems(t, db, 1, 3)
+	before := db.slotLSN(t)
+	p := startRunProc(t, "--config", file, "--dry-run")
+	runWaitFor(t, 30*time.Second, "3 JSON lines", func() bool { return strings.Count(p.stdout.String(), "\n") >= 3 }, p.diag)
+	time.Sleep(1500 * time.Millisecond) // several status intervals: nothing may be confirmed
+	if err := p.stop(t); err != nil {
+		t.Fatalf("dry run stop: %v", err)
+	}
+	sc := bufio.NewScanner(strings.NewReader(p.stdout.String()))
+	n := 0
+	for sc.Scan() {
+		var line struct {
+			EventID   string `json:"event_id"`
+			Type      string `json:"event"`
+			AuctionID string `json:"auction_id"`
+			Body      map[string]any
+		}
+		if err := json.Unmarshal(sc.Bytes(), &line); err != nil {
+			t.Fatalf("line %q: %v", sc.Text(), err)
+		}
+		n++
+		data, _ := line.Body["data"].(map[string]any)
+		if line.Type != "item.created" || line.EventID == "" || line.Body["event"] != "item.created" || data["id"] == nil || line.AuctionID == "" {
+			t.Errorf("dry-run line %s", sc.Text())
+		}
+	}
+	if n != 3 {
+		t.Errorf("%d lines, want 3:\n%s", n, p.stdout.String())
+	}
+	if after := db.slotLSN(t); after != before {
+		t.Errorf("dry run moved the slot from %s to %s", before, after)
+	}
+	if ev := db.count(t, `SELECT count(*) FROM walhook.events`); ev != 0 || db.cursor(t) != 0 {
+		t.Errorf("dry run wrote the store: %d events, cursor %s", ev, db.cursor(t))
+	}
+	if rc.Unique() != 0 {
+		t.Errorf("dry run delivered %d webhooks", rc.Unique())
+	}
+
+	real := startRunProc(t, "--config", file)
+	runWaitFor(t, 30*time.Second, "the 3 events, still in the slot", func() bool { return rc.Unique() == 3 }, real.diag)
+	if err := real.stop(t); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Startup refusals: a store that was never set up, a cursor behind the
+// slot (the store lost data), a cursor from another cluster, a bad config.
+func TestRunRefusesToStart(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+
+	db := newRunDB(t, runItemsSchema)
+	file, _ := runConfig(t, []byte(runItemsConfig), db.settings())
+	_, errOut, code := runCLI(t, ctx, "run", "--config", file)
+	if code != 1 || !strings.Contains(errOut, "run walhook setup") {
+		t.Errorf("no store: exit %d, %q; want 1 and \"run walhook setup\"", code, errOut)
+	}
+
+	_, errOut, code = runCLI(t, ctx, "run", "--config", file+".missing")
+	if code != 2 {
+		t.Errorf("missing config: exit %d (%s), want 2", code, errOut)
+	}
+
+	rc := newRunReceiver(t, runSecret, nil)
+	db2, file2 := itemsRun(t, map[string]any{"endpoints": []map[string]any{runEndpoint("r", rc.URL, runSecret)}})
+	p := startRunProc(t, "--config", file2)
+	insertItems(t, db2, 1, 2)
+	runWaitFor(t, 30*time.Second, "2 deliveries", func() bool { return rc.Unique() == 2 }, p.diag)
+	if err := p.stop(t); err != nil {
+		t.Fatal(err)
+	}
+	db2.exec(t, `UPDATE walhook.cursor SET lsn = '0/10'`)
+	_, errOut, code = runCLI(t, ctx, "run", "--config", file2)
+	if code != 1 || !strings.Contains(errOut, "confirmed_flush_lsn") {
+		t.Errorf("cursor behind slot: exit %d, %q; want 1 and the cursor error", code, runTail(errOut, 600))
+	}
+	db2.exec(t, `UPDATE walhook.cursor SET lsn = $1::pg_lsn, system_id = '42'`, db2.slotLSN(t).String())
+	_, errOut, code = runCLI(t, ctx, "run", "--config", file2)
+	if code != 1 || !strings.Contains(errOut, "PostgreSQL system 42") {
+		t.Errorf("cursor of another cluster: exit %d, %q; want 1 and the system id error", code, runTail(errOut, 600))
+	}
+}
