@@ -108,7 +108,7 @@ func Compile(rules []Rule, opts Options) (*Mapper, error) {
 					cr.envelope, prev.envelope, prev.Where)
 			} else if a, b := shapeOf(prev), shapeOf(cr); a != b {
 				errs.add(cr.Where, "data", cr.Event, ErrConflict,
-					"data %s differs from %s given to the same event at %s; one event type has one body shape",
+					"data has %s, but the same event has %s at %s; one event type has one body shape",
 					b, a, prev.Where)
 			}
 		} else {

@@ -120,9 +120,11 @@ func contains(list []string, s string) bool {
 func (m *Mapper) resolve(r *compiledRule, rel *cdc.Relation, errs *errorList) *rulePlan {
 	n := len(*errs)
 	rp := &rulePlan{r: r, auction: colSrc{idx: -1}, domain: colSrc{idx: -1}}
+	reported := map[string]bool{}
 	col := func(field, name string, from byte) colSrc {
 		i := rel.ColumnIndex(name)
-		if i < 0 {
+		if i < 0 && !reported[field+"\x00"+name] {
+			reported[field+"\x00"+name] = true
 			errs.add(r.Where, field, r.Event, ErrUnknownColumn, "column %q does not exist in %s", name, rel.Table())
 		}
 		return colSrc{idx: i, from: from, name: name}
