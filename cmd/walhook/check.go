@@ -3,9 +3,704 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
+	"slices"
+	"strings"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/walhook/walhook/config"
+	"github.com/walhook/walhook/dispatch"
+	"github.com/walhook/walhook/mapper"
 )
 
+// Check line statuses. Only FAIL makes the database not ready; warn is a
+// fact worth knowing that does not stop walhook run.
+const (
+	statusOK   = "ok"
+	statusFail = "FAIL"
+	statusWarn = "warn"
+)
+
+// checkLine is one line of `walhook check` output.
+type checkLine struct {
+	status string
+	what   string // short subject: "wal_level", "table public.x", …
+	msg    string
+	fix    string // the command that fixes it, when there is one
+	// setupFixes: running `walhook setup` is the whole fix.
+	setupFixes bool
+}
+
+func (l checkLine) String() string {
+	s := fmt.Sprintf("%-4s  %s: %s", l.status, l.what, l.msg)
+	if l.fix != "" {
+		s += " — fix: " + l.fix
+	}
+	return s
+}
+
+// checker collects every check's outcome; nothing stops at the first
+// problem, so one run lists every missing prerequisite with its fix.
+type checker struct {
+	cfg    *config.Config
+	m      *mapper.Mapper
+	lines  []checkLine
+	tables []string // qualified rule tables, in rule order
+
+	// Facts about the source role, shared between checks.
+	user      string
+	superuser bool
+	owned     map[string]bool // rule table → the role owns it (or is superuser)
+	schema    map[string]mapper.TableSchema
+}
+
+func (c *checker) add(status, what, fix, format string, args ...any) {
+	c.lines = append(c.lines, checkLine{status: status, what: what, msg: fmt.Sprintf(format, args...), fix: fix})
+}
+
+func (c *checker) ok(what, format string, args ...any) { c.add(statusOK, what, "", format, args...) }
+func (c *checker) warn(what, fix, format string, args ...any) {
+	c.add(statusWarn, what, fix, format, args...)
+}
+func (c *checker) fail(what, fix, format string, args ...any) {
+	c.add(statusFail, what, fix, format, args...)
+}
+
+// failSetup records a problem that `walhook setup` fixes.
+func (c *checker) failSetup(what, format string, args ...any) {
+	c.add(statusFail, what, "walhook setup", format, args...)
+	c.lines[len(c.lines)-1].setupFixes = true
+}
+
 func runCheck(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	return errors.New("check: not yet built")
+	fs := newFlagSet("check", stderr)
+	cfgPath := configFlag(fs)
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	cfg, err := loadConfig(*cfgPath)
+	if err != nil {
+		return err
+	}
+	m, err := compileMapper(cfg, "", nil)
+	if err != nil {
+		return err
+	}
+	c := &checker{cfg: cfg, m: m, tables: m.Tables()}
+	fmt.Fprintf(stdout, "config %s: %d rules on %d tables, %d event types\n",
+		cfg.File, len(cfg.Events), len(c.tables), len(m.Events()))
+
+	if err := checkDSNs(cfg); err != nil {
+		return err
+	}
+	srcDesc, _ := dsnLabel(cfg.Source.DSN)
+	storeDesc, _ := dsnLabel(cfg.Store.DSN)
+	fmt.Fprintf(stdout, "source %s\n", srcDesc)
+	c.checkSource(ctx)
+	fmt.Fprintf(stdout, "store  %s schema=%s\n", storeDesc, cfg.Store.Schema)
+	c.checkStore(ctx)
+
+	fails, setupOnly := 0, true
+	for _, l := range c.lines {
+		fmt.Fprintln(stdout, l)
+		if l.status == statusFail {
+			fails++
+			setupOnly = setupOnly && l.setupFixes
+		}
+	}
+	switch {
+	case fails == 0:
+		fmt.Fprintln(stdout, "ready: walhook run can start")
+		return nil
+	case setupOnly:
+		fmt.Fprintln(stdout, "not ready: run walhook setup")
+	default:
+		fmt.Fprintf(stdout, "not ready: %d problem(s) above, each with its fix\n", fails)
+	}
+	return fmt.Errorf("check: not ready (%d problem(s))", fails)
+}
+
+// dsnLabel names the server, database and user of dsn — never the
+// password, which a DSN may carry.
+func dsnLabel(dsn string) (string, error) {
+	pc, err := pgx.ParseConfig(dsn)
+	if err != nil {
+		// pgconn quotes the whole connection string in its parse errors.
+		return "", errors.New("cannot parse the connection string (not shown: it may hold a password)")
+	}
+	host := pc.Host
+	if strings.HasPrefix(host, "/") {
+		host = "socket " + host
+	}
+	return fmt.Sprintf("host=%s port=%d db=%s user=%s", host, pc.Port, pc.Database, pc.User), nil
+}
+
+// checkDSNs refuses connection strings pgx cannot parse as bad config
+// (exit 2), before any connect could quote them (with their password) in
+// an error.
+func checkDSNs(cfg *config.Config) error {
+	if _, err := dsnLabel(cfg.Source.DSN); err != nil {
+		return &UsageError{Err: fmt.Errorf("%s: source.dsn: %w", cfg.File, err)}
+	}
+	if _, err := dsnLabel(cfg.Store.DSN); err != nil {
+		return &UsageError{Err: fmt.Errorf("%s: store.dsn: %w", cfg.File, err)}
+	}
+	return nil
+}
+
+// checkSource runs every check on the source database.
+func (c *checker) checkSource(ctx context.Context) {
+	conn, err := pgx.Connect(ctx, c.cfg.Source.DSN)
+	if err != nil {
+		c.fail("connect", "check source.dsn, the server and pg_hba.conf", "cannot connect to the source: %v", err)
+		return
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	steps := []func(context.Context, *pgx.Conn) error{
+		c.checkServer, c.checkRole, c.checkCapacity, c.checkTables, c.checkPublication, c.checkSlot,
+	}
+	for _, step := range steps {
+		if err := step(ctx, conn); err != nil {
+			c.fail("query", "", "%v", err)
+		}
+	}
+}
+
+func (c *checker) checkServer(ctx context.Context, conn *pgx.Conn) error {
+	var version, walLevel string
+	if err := conn.QueryRow(ctx, `SELECT current_setting('server_version'), current_setting('wal_level')`).
+		Scan(&version, &walLevel); err != nil {
+		return fmt.Errorf("read server settings: %w", err)
+	}
+	c.ok("server", "PostgreSQL %s", version)
+	if walLevel == "logical" {
+		c.ok("wal_level", "logical")
+	} else {
+		c.fail("wal_level", "ALTER SYSTEM SET wal_level = logical; then restart PostgreSQL",
+			"is %s; logical decoding needs logical", walLevel)
+	}
+	return nil
+}
+
+func (c *checker) checkRole(ctx context.Context, conn *pgx.Conn) error {
+	var repl bool
+	if err := conn.QueryRow(ctx, `SELECT current_user, rolsuper, rolreplication FROM pg_roles WHERE rolname = current_user`).
+		Scan(&c.user, &c.superuser, &repl); err != nil {
+		return fmt.Errorf("read role: %w", err)
+	}
+	switch {
+	case c.superuser:
+		c.ok("role", "%s is a superuser", c.user)
+	case repl:
+		c.ok("role", "%s has REPLICATION", c.user)
+	default:
+		c.fail("role", fmt.Sprintf("ALTER ROLE %s REPLICATION; (as a superuser)", sqlIdent(c.user)),
+			"%s has neither REPLICATION nor superuser, so it cannot create or read a replication slot", c.user)
+	}
+	return nil
+}
+
+// checkCapacity: a slot that does not exist yet needs a free one, and the
+// stream needs a free WAL sender.
+func (c *checker) checkCapacity(ctx context.Context, conn *pgx.Conn) error {
+	var maxSlots, usedSlots, maxSenders, usedSenders int
+	var exists bool
+	err := conn.QueryRow(ctx, `
+		SELECT current_setting('max_replication_slots')::int, (SELECT count(*) FROM pg_replication_slots)::int,
+		       current_setting('max_wal_senders')::int, (SELECT count(*) FROM pg_stat_replication)::int,
+		       EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)`, c.cfg.Source.Slot).
+		Scan(&maxSlots, &usedSlots, &maxSenders, &usedSenders, &exists)
+	if err != nil {
+		return fmt.Errorf("read replication capacity: %w", err)
+	}
+	switch {
+	case exists:
+		c.ok("max_replication_slots", "slot %s exists (%d of %d slots in use)", c.cfg.Source.Slot, usedSlots, maxSlots)
+	case usedSlots >= maxSlots:
+		c.fail("max_replication_slots",
+			fmt.Sprintf("ALTER SYSTEM SET max_replication_slots = %d; then restart PostgreSQL (or drop an unused slot: SELECT pg_drop_replication_slot('name');)", usedSlots+1),
+			"all %d replication slots are in use and slot %s does not exist yet", maxSlots, c.cfg.Source.Slot)
+	default:
+		c.ok("max_replication_slots", "%d of %d slots in use; one free for %s", usedSlots, maxSlots, c.cfg.Source.Slot)
+	}
+	if maxSenders == 0 {
+		c.fail("max_wal_senders", "ALTER SYSTEM SET max_wal_senders = 10; then restart PostgreSQL",
+			"is 0: no replication connection is possible")
+	} else if usedSenders >= maxSenders {
+		c.fail("max_wal_senders",
+			fmt.Sprintf("ALTER SYSTEM SET max_wal_senders = %d; then restart PostgreSQL", usedSenders+1),
+			"all %d WAL senders are in use", maxSenders)
+	} else {
+		c.ok("max_wal_senders", "%d of %d in use", usedSenders, maxSenders)
+	}
+	return nil
+}
+
+// tableFacts are the privileges check needs on one rule table.
+type tableFacts struct {
+	schemaUsage, selectPriv, owner bool
+	ownerName                      string
+}
+
+func (c *checker) checkTables(ctx context.Context, conn *pgx.Conn) error {
+	schema, err := readSourceSchema(ctx, conn, c.tables)
+	if err != nil {
+		return err
+	}
+	c.schema = schema
+	facts, err := readTableFacts(ctx, conn, c.tables)
+	if err != nil {
+		return err
+	}
+	c.owned = make(map[string]bool, len(facts))
+	for _, t := range c.tables {
+		ts, ok := schema[t]
+		f, okf := facts[t]
+		if !ok || !okf {
+			continue // reported with its rule below
+		}
+		c.owned[t] = f.owner
+		s, _ := splitQualified(t)
+		switch {
+		case !f.schemaUsage:
+			c.fail("table "+t, fmt.Sprintf("GRANT USAGE ON SCHEMA %s TO %s; GRANT SELECT ON %s TO %s;", sqlIdent(s), sqlIdent(c.user), sqlTable(t), sqlIdent(c.user)),
+				"%s has no USAGE on schema %s", c.user, s)
+		case !f.selectPriv:
+			c.fail("table "+t, fmt.Sprintf("GRANT SELECT ON %s TO %s;", sqlTable(t), sqlIdent(c.user)),
+				"%s has no SELECT privilege", c.user)
+		case !hasIdentity(ts):
+			c.fail("table "+t, fmt.Sprintf("ALTER TABLE %s REPLICA IDENTITY FULL; (or walhook setup --replica-identity)", sqlTable(t)),
+				"REPLICA IDENTITY %s without key columns: once published, every UPDATE and DELETE on it fails", replicaIdentityName(ts.ReplicaIdentity))
+		default:
+			c.ok("table "+t, "readable, %d columns, REPLICA IDENTITY %s%s", len(ts.Columns), replicaIdentityName(ts.ReplicaIdentity), keyNote(ts))
+		}
+	}
+	needs, err := ruleSchemaErrors(c.cfg, c.m, schema)
+	for _, e := range needs {
+		fix := e.fix
+		if e.table != "" && !c.owned[e.table] && fix != "" {
+			fix += " (as the owner of " + e.table + ", or a superuser)"
+		}
+		msg := e.err.Error()
+		if e.table != "" { // the mapper's message ends with the fix printed below
+			msg, _, _ = strings.Cut(msg, "; run: ALTER TABLE")
+		}
+		c.fail("rule", fix, "%s", msg)
+	}
+	if err == nil && len(needs) == 0 {
+		c.ok("rules", "every rule's table and columns exist, and old values are sent where rules read them")
+	}
+	return err
+}
+
+// hasIdentity: PostgreSQL refuses UPDATE and DELETE on a table that a
+// publication publishes them for when the table has no replica identity
+// (DEFAULT without a primary key, NOTHING, or an index that was dropped).
+func hasIdentity(ts mapper.TableSchema) bool {
+	return ts.ReplicaIdentity == 'f' || len(ts.Keys) > 0
+}
+
+// tablesWithoutIdentity lists the rule tables setup must not publish
+// without REPLICA IDENTITY FULL.
+func tablesWithoutIdentity(schema map[string]mapper.TableSchema, tables []string) []string {
+	var out []string
+	for _, t := range tables {
+		if ts, ok := schema[t]; ok && !hasIdentity(ts) {
+			out = append(out, t)
+		}
+	}
+	return out
+}
+
+func keyNote(ts mapper.TableSchema) string {
+	if ts.ReplicaIdentity == 'f' || len(ts.Keys) == 0 {
+		return ""
+	}
+	return " (old key: " + strings.Join(ts.Keys, ", ") + ")"
+}
+
+func replicaIdentityName(b byte) string {
+	switch b {
+	case 'd':
+		return "DEFAULT"
+	case 'f':
+		return "FULL"
+	case 'i':
+		return "USING INDEX"
+	case 'n':
+		return "NOTHING"
+	}
+	return "unknown"
+}
+
+// schemaProblem is one rule that does not fit the live schema.
+type schemaProblem struct {
+	err   error
+	table string // set for old-value problems: the table to ALTER
+	fix   string
+}
+
+// ruleSchemaErrors runs mapper.CheckSchema and returns each rule error with
+// its fix; the tables whose rules need REPLICA IDENTITY FULL have table set.
+func ruleSchemaErrors(cfg *config.Config, m *mapper.Mapper, schema map[string]mapper.TableSchema) ([]schemaProblem, error) {
+	err := m.CheckSchema(schema)
+	if err == nil {
+		return nil, nil
+	}
+	tableOf := make(map[string]string) // rule Where → qualified table
+	for _, r := range mapperRules(cfg) {
+		s, t := splitQualified(r.Table)
+		tableOf[r.Where] = s + "." + t
+	}
+	var errs []error
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		errs = j.Unwrap()
+	} else {
+		errs = []error{err}
+	}
+	var out []schemaProblem
+	for _, e := range errs {
+		p := schemaProblem{err: e}
+		var re *mapper.RuleError
+		switch {
+		case errors.Is(e, mapper.ErrNeedsOldValues) && errors.As(e, &re):
+			p.table = tableOf[re.Where]
+			p.fix = fmt.Sprintf("ALTER TABLE %s REPLICA IDENTITY FULL; (or walhook setup --replica-identity)", sqlTable(p.table))
+		case errors.Is(e, mapper.ErrUnknownTable):
+			p.fix = "create the table, or correct the rule's table"
+		case errors.Is(e, mapper.ErrUnknownColumn):
+			p.fix = "add the column, or correct the rule"
+		}
+		out = append(out, p)
+	}
+	return out, nil
+}
+
+func readTableFacts(ctx context.Context, conn *pgx.Conn, tables []string) (map[string]tableFacts, error) {
+	schemas := make([]string, len(tables))
+	names := make([]string, len(tables))
+	for i, t := range tables {
+		schemas[i], names[i] = splitQualified(t)
+	}
+	rows, err := conn.Query(ctx, `
+		SELECT n.nspname || '.' || c.relname, has_schema_privilege(n.oid, 'USAGE'),
+		       has_table_privilege(c.oid, 'SELECT'), pg_has_role(c.relowner, 'USAGE'),
+		       pg_get_userbyid(c.relowner)
+		FROM unnest($1::text[], $2::text[]) AS want(schema, name)
+		JOIN pg_namespace n ON n.nspname = want.schema
+		JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = want.name
+		WHERE c.relkind IN ('r', 'p')`, schemas, names)
+	if err != nil {
+		return nil, fmt.Errorf("read table privileges: %w", err)
+	}
+	defer rows.Close()
+	out := make(map[string]tableFacts)
+	for rows.Next() {
+		var t string
+		var f tableFacts
+		if err := rows.Scan(&t, &f.schemaUsage, &f.selectPriv, &f.owner, &f.ownerName); err != nil {
+			return nil, fmt.Errorf("read table privileges: %w", err)
+		}
+		out[t] = f
+	}
+	return out, rows.Err()
+}
+
+// checkPublication: present and publishing exactly what the rules need,
+// never the store; when absent, whether setup will be allowed to create it.
+func (c *checker) checkPublication(ctx context.Context, conn *pgx.Conn) error {
+	pub := c.cfg.Source.Publication
+	what := "publication " + pub
+	var exists, allTables, ins, upd, del bool
+	err := conn.QueryRow(ctx, `
+		SELECT count(*) > 0, coalesce(bool_or(puballtables), false), coalesce(bool_or(pubinsert), false),
+		       coalesce(bool_or(pubupdate), false), coalesce(bool_or(pubdelete), false)
+		FROM pg_publication WHERE pubname = $1`, pub).Scan(&exists, &allTables, &ins, &upd, &del)
+	if err != nil {
+		return fmt.Errorf("read publication: %w", err)
+	}
+	if !exists {
+		c.failSetup(what, "does not exist")
+		return c.checkCanCreatePublication(ctx, conn)
+	}
+	if allTables {
+		c.fail(what, fmt.Sprintf("DROP PUBLICATION %s; then walhook setup (or choose another source.publication)", sqlIdent(pub)),
+			"is FOR ALL TABLES, which would publish walhook's own store")
+		return nil
+	}
+	rows, err := conn.Query(ctx, `SELECT schemaname || '.' || tablename FROM pg_publication_tables WHERE pubname = $1 ORDER BY 1`, pub)
+	if err != nil {
+		return fmt.Errorf("read publication tables: %w", err)
+	}
+	have, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return fmt.Errorf("read publication tables: %w", err)
+	}
+	var missing, store, extra []string
+	for _, t := range c.tables {
+		if !slices.Contains(have, t) {
+			missing = append(missing, t)
+		}
+	}
+	for _, t := range have {
+		s, _ := splitQualified(t)
+		switch {
+		case slices.Contains(c.tables, t):
+		case s == c.cfg.Store.Schema && c.cfg.Store.DSN == c.cfg.Source.DSN:
+			store = append(store, t)
+		default:
+			extra = append(extra, t)
+		}
+	}
+	var ops []string
+	for op, on := range map[string]bool{"insert": ins, "update": upd, "delete": del} {
+		if !on && c.ruleOps()[op] {
+			ops = append(ops, op)
+		}
+	}
+	slices.Sort(ops)
+	ok := true
+	if len(missing) > 0 {
+		ok = false
+		c.failSetup(what, "does not publish %s", strings.Join(missing, ", "))
+	}
+	if len(store) > 0 {
+		ok = false
+		c.failSetup(what, "publishes walhook's own store tables %s", strings.Join(store, ", "))
+	}
+	if len(ops) > 0 {
+		ok = false
+		c.fail(what, fmt.Sprintf("ALTER PUBLICATION %s SET (publish = 'insert, update, delete, truncate');", sqlIdent(pub)),
+			"does not publish %s, which rules map", strings.Join(ops, ", "))
+	}
+	if len(extra) > 0 {
+		c.warn(what, "", "also publishes %s, which no rule maps (decoded and ignored; walhook setup removes them)", strings.Join(extra, ", "))
+	}
+	if ok {
+		c.ok(what, "publishes the %d rule tables", len(c.tables))
+	}
+	return nil
+}
+
+func (c *checker) ruleOps() map[string]bool {
+	ops := make(map[string]bool)
+	for _, r := range c.cfg.Events {
+		for _, op := range r.Operations {
+			ops[op] = true
+		}
+	}
+	return ops
+}
+
+// checkCanCreatePublication reports whether `walhook setup` may create the
+// publication: CREATE PUBLICATION needs CREATE on the database and, for
+// FOR TABLE, ownership of every table (superusers need neither).
+func (c *checker) checkCanCreatePublication(ctx context.Context, conn *pgx.Conn) error {
+	if c.superuser {
+		return nil
+	}
+	var db string
+	var create bool
+	if err := conn.QueryRow(ctx, `SELECT current_database(), has_database_privilege(current_database(), 'CREATE')`).
+		Scan(&db, &create); err != nil {
+		return fmt.Errorf("read database privileges: %w", err)
+	}
+	var notOwned []string
+	for _, t := range c.tables {
+		if owned, known := c.owned[t]; known && !owned {
+			notOwned = append(notOwned, t)
+		}
+	}
+	var quoted []string
+	for _, t := range c.tables {
+		quoted = append(quoted, sqlTable(t))
+	}
+	stmt := fmt.Sprintf("CREATE PUBLICATION %s FOR TABLE %s;", sqlIdent(c.cfg.Source.Publication), strings.Join(quoted, ", "))
+	switch {
+	case !create && len(notOwned) > 0:
+		c.fail("create publication", "as a superuser or the tables' owner run: "+stmt,
+			"%s has no CREATE on database %s and does not own %s", c.user, db, strings.Join(notOwned, ", "))
+	case !create:
+		c.fail("create publication", fmt.Sprintf("GRANT CREATE ON DATABASE %s TO %s; (or run as a superuser: %s)", sqlIdent(db), sqlIdent(c.user), stmt),
+			"%s has no CREATE on database %s", c.user, db)
+	case len(notOwned) > 0:
+		c.fail("create publication", "as a superuser or the tables' owner run: "+stmt,
+			"%s does not own %s (a publication FOR TABLE needs ownership)", c.user, strings.Join(notOwned, ", "))
+	default:
+		c.ok("create publication", "%s may create it (CREATE on %s, owns the tables)", c.user, db)
+	}
+	return nil
+}
+
+func (c *checker) checkSlot(ctx context.Context, conn *pgx.Conn) error {
+	slot := c.cfg.Source.Slot
+	what := "slot " + slot
+	var plugin, db, walStatus *string
+	var sameDB, temporary, active bool
+	var pid *int32
+	var retained *int64
+	err := conn.QueryRow(ctx, `
+		SELECT plugin, database, database = current_database(), temporary, active, active_pid, wal_status,
+		       CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::int8 END
+		FROM pg_replication_slots WHERE slot_name = $1`, slot).
+		Scan(&plugin, &db, &sameDB, &temporary, &active, &pid, &walStatus, &retained)
+	if errors.Is(err, pgx.ErrNoRows) {
+		c.failSetup(what, "does not exist")
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("read replication slot: %w", err)
+	}
+	drop := fmt.Sprintf("choose another source.slot, or drop it: SELECT pg_drop_replication_slot('%s');", slot)
+	ws := derefStr(walStatus)
+	switch {
+	case plugin == nil:
+		c.fail(what, drop, "is a physical slot")
+		return nil
+	case !sameDB:
+		c.fail(what, drop, "belongs to database %s", derefStr(db))
+		return nil
+	case *plugin != "pgoutput":
+		c.fail(what, drop, "uses plugin %s; walhook needs pgoutput", *plugin)
+		return nil
+	case temporary:
+		c.fail(what, drop, "is temporary; walhook needs a permanent slot")
+		return nil
+	case ws == "lost":
+		c.fail(what, "walhook teardown && walhook setup (the changes in between are gone: backfill or accept the gap)",
+			"is invalidated (wal_status lost): PostgreSQL removed WAL it had not confirmed")
+		return nil
+	}
+	retains := ""
+	if retained != nil {
+		retains = fmt.Sprintf(", retains %d bytes of WAL", *retained)
+	}
+	switch {
+	case ws == "unreserved":
+		c.warn(what, "start walhook run now; consider raising max_slot_wal_keep_size",
+			"wal_status unreserved: close to max_slot_wal_keep_size, it may be invalidated soon%s", retains)
+	case active:
+		c.warn(what, "", "held by PID %d (another walhook running?); a new walhook run waits for it%s", derefPID(pid), retains)
+	default:
+		c.ok(what, "pgoutput, wal_status %s%s", ws, retains)
+	}
+	return nil
+}
+
+func derefStr(s *string) string {
+	if s == nil {
+		return ""
+	}
+	return *s
+}
+
+func derefPID(p *int32) int32 {
+	if p == nil {
+		return 0
+	}
+	return *p
+}
+
+// checkStore reports the store schema's version against this binary's.
+func (c *checker) checkStore(ctx context.Context) {
+	schema := c.cfg.Store.Schema
+	what := "store schema " + schema
+	pool, err := connectStore(ctx, c.cfg.Store.DSN)
+	if err != nil {
+		c.fail("store", "check store.dsn (or source.dsn), the server and pg_hba.conf", "%v", err)
+		return
+	}
+	defer pool.Close()
+	err = dispatch.CheckSchema(ctx, pool, schema)
+	var se *dispatch.SchemaError
+	switch {
+	case err == nil:
+		c.ok(what, "at version %d", dispatch.LatestSchemaVersion())
+	case errors.Is(err, dispatch.ErrSchemaMissing):
+		c.failSetup(what, "does not exist (walhook needs version %d)", dispatch.LatestSchemaVersion())
+		c.checkCanCreateSchema(ctx, pool)
+	case errors.Is(err, dispatch.ErrSchemaOld) && errors.As(err, &se):
+		c.failSetup(what, "at version %d, this walhook needs %d", se.Have, se.Want)
+	case errors.Is(err, dispatch.ErrSchemaTooNew) && errors.As(err, &se):
+		c.fail(what, "upgrade walhook", "at version %d, newer than this walhook (%d)", se.Have, se.Want)
+	default:
+		c.fail(what, fmt.Sprintf("GRANT USAGE ON SCHEMA %s TO <role>; GRANT SELECT ON ALL TABLES IN SCHEMA %s TO <role>;", sqlIdent(schema), sqlIdent(schema)),
+			"cannot read its version: %v", err)
+	}
+}
+
+// checkCanCreateSchema: setup creates the store schema, which needs
+// CREATE on the store database unless the schema exists already (a DBA may
+// have created it for walhook).
+func (c *checker) checkCanCreateSchema(ctx context.Context, pool *pgxpool.Pool) {
+	var user, db string
+	var create, exists, ownsOrCreate bool
+	err := pool.QueryRow(ctx, `
+		SELECT current_user, current_database(), has_database_privilege(current_database(), 'CREATE'),
+		       EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1),
+		       coalesce((SELECT has_schema_privilege(oid, 'CREATE') FROM pg_namespace WHERE nspname = $1), false)`,
+		c.cfg.Store.Schema).Scan(&user, &db, &create, &exists, &ownsOrCreate)
+	if err != nil {
+		c.fail("store", "", "read store privileges: %v", err)
+		return
+	}
+	switch {
+	case exists && !ownsOrCreate:
+		c.fail("create store", fmt.Sprintf("GRANT CREATE, USAGE ON SCHEMA %s TO %s;", sqlIdent(c.cfg.Store.Schema), sqlIdent(user)),
+			"%s cannot create tables in schema %s", user, c.cfg.Store.Schema)
+	case !exists && !create:
+		c.fail("create store", fmt.Sprintf("CREATE SCHEMA %s AUTHORIZATION %s; (or GRANT CREATE ON DATABASE %s TO %s;)",
+			sqlIdent(c.cfg.Store.Schema), sqlIdent(user), sqlIdent(db), sqlIdent(user)),
+			"%s has no CREATE on database %s", user, db)
+	}
+}
+
+// connectStore opens a small pool on the store database.
+func connectStore(ctx context.Context, dsn string) (*pgxpool.Pool, error) {
+	pc, err := pgxpool.ParseConfig(dsn)
+	if err != nil {
+		return nil, errors.New("cannot parse the store connection string")
+	}
+	pc.MaxConns = 2
+	pool, err := pgxpool.NewWithConfig(ctx, pc)
+	if err != nil {
+		return nil, fmt.Errorf("connect to the store: %w", err)
+	}
+	if err := pool.Ping(ctx); err != nil {
+		pool.Close()
+		return nil, fmt.Errorf("connect to the store: %w", err)
+	}
+	return pool, nil
+}
+
+// sqlIdent quotes an SQL identifier only when it needs it, so printed fixes
+// read naturally.
+func sqlIdent(s string) string {
+	plain := s != ""
+	for i := 0; i < len(s); i++ {
+		ch := s[i]
+		if !(ch >= 'a' && ch <= 'z' || ch == '_' || i > 0 && ch >= '0' && ch <= '9') {
+			plain = false
+			break
+		}
+	}
+	if plain && !reservedWords[s] {
+		return s
+	}
+	return pgx.Identifier{s}.Sanitize()
+}
+
+// reservedWords that cannot be left unquoted in the statements check prints.
+var reservedWords = map[string]bool{
+	"all": true, "user": true, "table": true, "select": true, "order": true, "group": true,
+	"grant": true, "from": true, "where": true, "to": true, "check": true, "default": true,
+}
+
+// sqlTable renders "schema.table" for SQL.
+func sqlTable(t string) string {
+	s, n := splitQualified(t)
+	return sqlIdent(s) + "." + sqlIdent(n)
 }

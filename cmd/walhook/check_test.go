@@ -1,0 +1,265 @@
+package main
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/walhook/walhook/internal/pgtest"
+)
+
+const aeSampleDir = "../../testdata/auction-excellence"
+
+// ckAPIKey satisfies config.MinAPIKeyLen.
+const ckAPIKey = "0123456789abcdef0123456789abcdef0123456789abcdef"
+
+// ckSampleDB creates a database on c loaded with the Auction Excellence
+// schema and returns its DSN and name.
+func ckSampleDB(t *testing.T, c *pgtest.Cluster) (dsn, name string) {
+	t.Helper()
+	dsn = c.NewDatabase(t)
+	schema, err := os.ReadFile(filepath.Join(aeSampleDir, "schema.sql"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ckExec(t, dsn, string(schema))
+	return dsn, ckDBName(t, dsn)
+}
+
+func ckDBName(t *testing.T, dsn string) string {
+	t.Helper()
+	pc, err := pgx.ParseConfig(dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pc.Database
+}
+
+// ckSampleConfig writes the sample walhook.yaml with the database filled in
+// (instead of ${DATABASE_URL}, so tests stay parallel) and a slot named
+// after the database (slots are per cluster, not per database).
+func ckSampleConfig(t *testing.T, dsn, slot string) string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(aeSampleDir, "walhook.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := strings.NewReplacer("${DATABASE_URL}", dsn, "${WALHOOK_API_KEY}", ckAPIKey, "slot: walhook", "slot: "+slot).Replace(string(b))
+	if !strings.Contains(s, "slot: "+slot) {
+		t.Fatal("sample config: slot line not found")
+	}
+	p := filepath.Join(t.TempDir(), "walhook.yaml")
+	if err := os.WriteFile(p, []byte(s), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func ckExec(t *testing.T, dsn, sql string, args ...any) {
+	t.Helper()
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	if _, err := conn.Exec(ctx, sql, args...); err != nil {
+		t.Fatalf("%s: %v", sql, err)
+	}
+}
+
+func ckScalar[T any](t *testing.T, dsn, sql string, args ...any) T {
+	t.Helper()
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	var v T
+	if err := conn.QueryRow(ctx, sql, args...).Scan(&v); err != nil {
+		t.Fatalf("%s: %v", sql, err)
+	}
+	return v
+}
+
+// ckWantLines asserts that out has a line matching each pattern (regexps,
+// anchored at the line start).
+func ckWantLines(t *testing.T, out string, patterns ...string) {
+	t.Helper()
+	for _, p := range patterns {
+		re := regexp.MustCompile(`(?m)^` + p)
+		if !re.MatchString(out) {
+			t.Errorf("no line matching %q in:\n%s", p, out)
+		}
+	}
+}
+
+func ckNoLines(t *testing.T, out string, patterns ...string) {
+	t.Helper()
+	for _, p := range patterns {
+		if loc := regexp.MustCompile(`(?m)^` + p).FindStringIndex(out); loc != nil {
+			t.Errorf("unexpected line matching %q in:\n%s", p, out)
+		}
+	}
+}
+
+// ckWithPassword adds a password to a trust-auth DSN: the server ignores it,
+// and no output may show it.
+func ckWithPassword(dsn string) string {
+	return strings.Replace(dsn, "postgres://postgres@", "postgres://postgres:pw-s3cret-x@", 1)
+}
+
+// The sample schema sets FULL where the sample rules need it; with one
+// table put back to DEFAULT check must name exactly that table and its
+// fix, and setup --replica-identity must make everything ready.
+func TestCheckSampleThenSetup(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	dsn, db := ckSampleDB(t, pgtest.Shared(t))
+	ckExec(t, dsn, `ALTER TABLE public.problem_reports REPLICA IDENTITY DEFAULT`)
+	cfg := ckSampleConfig(t, ckWithPassword(dsn), db)
+
+	out, errOut, code := runCLI(t, ctx, "check", "--config", cfg)
+	t.Logf("check:\n%s%s", out, errOut)
+	if code != 1 {
+		t.Fatalf("check exit %d, want 1", code)
+	}
+	if strings.Contains(out+errOut, "pw-s3cret-x") {
+		t.Fatal("check printed the password")
+	}
+	ckWantLines(t, out,
+		`source host=127\.0\.0\.1 port=\d+ db=`+db+` user=postgres$`,
+		`ok    wal_level: logical$`,
+		`ok    role: postgres is a superuser$`,
+		`ok    max_replication_slots: .*one free for `+db,
+		`ok    table public\.members: readable, \d+ columns, REPLICA IDENTITY FULL$`,
+		`ok    table public\.problem_reports: readable, \d+ columns, REPLICA IDENTITY DEFAULT \(old key: id\)$`,
+		`FAIL  rule: .*walhook\.yaml:\d+:\d+: events\[\d+\]: event problem\.status_changed: reads old values \(changed: status, data: status\) but public\.problem_reports has REPLICA IDENTITY DEFAULT, which does not send them — fix: ALTER TABLE public\.problem_reports REPLICA IDENTITY FULL;`,
+		`FAIL  publication walhook: does not exist — fix: walhook setup$`,
+		`FAIL  slot `+db+`: does not exist — fix: walhook setup$`,
+		`FAIL  store schema walhook: does not exist .*— fix: walhook setup$`,
+		`not ready: \d+ problem\(s\) above`,
+	)
+	ckNoLines(t, out, `FAIL  table`, `FAIL  rule: .*public\.members`)
+
+	out, errOut, code = runCLI(t, ctx, "setup", "--config", cfg, "--replica-identity")
+	t.Logf("setup:\n%s%s", out, errOut)
+	if code != 0 {
+		t.Fatalf("setup exit %d", code)
+	}
+	ckWantLines(t, out,
+		`store schema walhook: applied 001_init\.sql`,
+		`created publication walhook for .*public\.problem_reports`,
+		`set REPLICA IDENTITY FULL on public\.problem_reports$`,
+		`created replication slot `+db+` \(pgoutput\)`,
+	)
+	if got := ckScalar[string](t, dsn, `SELECT relreplident::text FROM pg_class WHERE oid = 'public.problem_reports'::regclass`); got != "f" {
+		t.Fatalf("problem_reports replica identity %q after setup --replica-identity, want f", got)
+	}
+
+	out, errOut, code = runCLI(t, ctx, "check", "--config", cfg)
+	t.Logf("check after setup:\n%s%s", out, errOut)
+	if code != 0 {
+		t.Fatalf("check after setup exit %d, want 0", code)
+	}
+	ckWantLines(t, out,
+		`ok    rules: every rule's table and columns exist`,
+		`ok    publication walhook: publishes the 8 rule tables$`,
+		`ok    slot `+db+`: pgoutput, wal_status reserved`,
+		`ok    store schema walhook: at version \d+$`,
+		`ready: walhook run can start$`,
+	)
+	ckNoLines(t, out, `FAIL`, `warn`)
+}
+
+// Only the slot, publication and store are missing: check says to run
+// setup, and nothing else.
+func TestCheckSaysRunSetup(t *testing.T) {
+	t.Parallel()
+	dsn, db := ckSampleDB(t, pgtest.Shared(t))
+	out, _, code := runCLI(t, context.Background(), "check", "--config", ckSampleConfig(t, dsn, db))
+	if code != 1 {
+		t.Fatalf("exit %d, want 1\n%s", code, out)
+	}
+	ckWantLines(t, out, `not ready: run walhook setup$`)
+	if n := strings.Count(out, "FAIL"); n != 3 {
+		t.Fatalf("%d FAIL lines, want 3 (publication, slot, store):\n%s", n, out)
+	}
+}
+
+// A cluster set up wrong on purpose: wal_level=replica, every slot and
+// every WAL sender taken.
+func TestCheckWrongCluster(t *testing.T) {
+	t.Parallel()
+	c := pgtest.StartT(t, pgtest.Options{Settings: map[string]string{
+		"wal_level":             "replica",
+		"max_replication_slots": "1",
+		"max_wal_senders":       "0",
+	}})
+	dsn, db := ckSampleDB(t, c)
+	ckExec(t, dsn, `SELECT pg_create_physical_replication_slot('someone_else')`)
+	out, errOut, code := runCLI(t, context.Background(), "check", "--config", ckSampleConfig(t, dsn, db))
+	t.Logf("check:\n%s%s", out, errOut)
+	if code != 1 {
+		t.Fatalf("exit %d, want 1", code)
+	}
+	ckWantLines(t, out,
+		`FAIL  wal_level: is replica; logical decoding needs logical — fix: ALTER SYSTEM SET wal_level = logical; then restart PostgreSQL$`,
+		`FAIL  max_replication_slots: all 1 replication slots are in use and slot `+db+` does not exist yet — fix: ALTER SYSTEM SET max_replication_slots = 2; then restart PostgreSQL`,
+		`FAIL  max_wal_senders: is 0: no replication connection is possible — fix: ALTER SYSTEM SET max_wal_senders = 10; then restart PostgreSQL$`,
+		`not ready: \d+ problem\(s\) above`,
+	)
+}
+
+// A role without REPLICATION, without CREATE on the database, owning no
+// table and missing SELECT on one table.
+func TestCheckUnprivilegedRole(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	c := pgtest.Shared(t)
+	role := "norep_" + strings.ReplaceAll(t.Name(), "/", "_")
+	role = strings.ToLower(role)
+	if err := c.Exec(ctx, "postgres", `CREATE ROLE `+role+` LOGIN`); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Exec(context.Background(), "postgres", `DROP ROLE IF EXISTS `+role) })
+	dsn, db := ckSampleDB(t, c)
+	t.Cleanup(func() { ckExec(t, dsn, `DROP OWNED BY `+role) })
+	ckExec(t, dsn, `GRANT SELECT ON ALL TABLES IN SCHEMA public TO `+role+`; REVOKE SELECT ON public.messages FROM `+role)
+
+	out, errOut, code := runCLI(t, ctx, "check", "--config", ckSampleConfig(t, c.DSNAs(role, db), db))
+	t.Logf("check:\n%s%s", out, errOut)
+	if code != 1 {
+		t.Fatalf("exit %d, want 1", code)
+	}
+	ckWantLines(t, out,
+		`source host=127\.0\.0\.1 port=\d+ db=`+db+` user=`+role+`$`,
+		`FAIL  role: `+role+` has neither REPLICATION nor superuser.* — fix: ALTER ROLE `+role+` REPLICATION; \(as a superuser\)$`,
+		`ok    table public\.members: readable`,
+		`FAIL  table public\.messages: `+role+` has no SELECT privilege — fix: GRANT SELECT ON public\.messages TO `+role+`;$`,
+		`FAIL  create publication: `+role+` has no CREATE on database `+db+` and does not own .*public\.problem_reports`,
+		`FAIL  create store: `+role+` has no CREATE on database `+db+` — fix: CREATE SCHEMA walhook AUTHORIZATION `+role+`;`,
+	)
+}
+
+// The schema drifted from the rules: a column and a table are gone.
+func TestCheckMissingColumnAndTable(t *testing.T) {
+	t.Parallel()
+	dsn, db := ckSampleDB(t, pgtest.Shared(t))
+	ckExec(t, dsn, `ALTER TABLE public.problem_reports DROP COLUMN assignee_id; DROP TABLE public.inspection_defects`)
+	out, errOut, code := runCLI(t, context.Background(), "check", "--config", ckSampleConfig(t, dsn, db))
+	t.Logf("check:\n%s%s", out, errOut)
+	if code != 1 {
+		t.Fatalf("exit %d, want 1", code)
+	}
+	ckWantLines(t, out,
+		`FAIL  rule: .*walhook\.yaml:\d+:\d+: events\[\d+\].*: event problem\.assigned: column "assignee_id" does not exist in public\.problem_reports — fix: add the column, or correct the rule$`,
+		`FAIL  rule: .*walhook\.yaml:\d+:\d+: events\[\d+\]\.table: event inspection\.defect_added: table public\.inspection_defects does not exist .*— fix: create the table, or correct the rule's table$`,
+	)
+}

@@ -1,0 +1,89 @@
+package main
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// A bad config: every error is printed with its line, and the exit is 2,
+// before any database is touched.
+func TestCheckBadConfig(t *testing.T) {
+	t.Parallel()
+	cfg := filepath.Join(t.TempDir(), "bad.yaml")
+	err := os.WriteFile(cfg, []byte(`source:
+  dsn: ${WALHOOK_CHECK_TEST_NEVER_SET}
+  colour: blue
+delivery:
+  timeout: 30 seconds
+events:
+  - event: problem.created
+    table: problem_reports
+    operations: [insert]
+`), 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, errOut, code := runCLI(t, context.Background(), "check", "--config", cfg)
+	if code != 2 {
+		t.Fatalf("exit %d, want 2\n%s%s", code, out, errOut)
+	}
+	for _, want := range []string{
+		cfg + `:2:8: source.dsn: environment variable WALHOOK_CHECK_TEST_NEVER_SET is not set`,
+		cfg + `:3:3: source.colour: unknown key`,
+		cfg + `:5:12: delivery.timeout: invalid duration "30 seconds"`,
+	} {
+		if !strings.Contains(errOut, want) {
+			t.Errorf("stderr lacks %q:\n%s", want, errOut)
+		}
+	}
+	if out != "" {
+		t.Errorf("bad config produced check output:\n%s", out)
+	}
+}
+
+// Rules that do not compile are bad config too.
+func TestCheckBadRule(t *testing.T) {
+	t.Parallel()
+	cfg := filepath.Join(t.TempDir(), "rule.yaml")
+	err := os.WriteFile(cfg, []byte(`source:
+  dsn: postgres://walhook@127.0.0.1:1/app
+events:
+  - event: problem.created
+    table: problem_reports
+    operations: [insert]
+    when: new.status ==
+`), 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, errOut, code := runCLI(t, context.Background(), "check", "--config", cfg)
+	if code != 2 || !strings.Contains(errOut, cfg+":4:") || !strings.Contains(errOut, "when") {
+		t.Fatalf("exit %d, stderr %q; want 2 and the rule's position", code, errOut)
+	}
+}
+
+// A DSN pgx cannot parse is bad config, and its password is not echoed.
+func TestCheckBadDSNHidesPassword(t *testing.T) {
+	t.Parallel()
+	cfg := filepath.Join(t.TempDir(), "dsn.yaml")
+	err := os.WriteFile(cfg, []byte(`source:
+  dsn: postgres://walhook:pw-s3cret-x@127.0.0.1:notaport/app
+events:
+  - event: problem.created
+    table: problem_reports
+    operations: [insert]
+`), 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, errOut, code := runCLI(t, context.Background(), "check", "--config", cfg)
+	if code != 2 || !strings.Contains(errOut, "source.dsn: cannot parse the connection string") {
+		t.Fatalf("exit %d, stderr %q", code, errOut)
+	}
+	if strings.Contains(out+errOut, "pw-s3cret-x") {
+		t.Fatal("the password was printed")
+	}
+}

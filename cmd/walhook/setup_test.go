@@ -1,0 +1,121 @@
+package main
+
+import (
+	"context"
+	"strings"
+	"testing"
+
+	"github.com/walhook/walhook/internal/pgtest"
+)
+
+// Setup twice: the second run creates nothing and says what it found.
+func TestSetupIdempotent(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	dsn, db := ckSampleDB(t, pgtest.Shared(t))
+	cfg := ckSampleConfig(t, dsn, db)
+	out, errOut, code := runCLI(t, ctx, "setup", "--config", cfg)
+	t.Logf("first setup:\n%s%s", out, errOut)
+	if code != 0 {
+		t.Fatalf("first setup exit %d", code)
+	}
+	ckWantLines(t, out, `store schema walhook: applied`, `created publication walhook`, `created replication slot `+db)
+
+	out, errOut, code = runCLI(t, ctx, "setup", "--config", cfg)
+	t.Logf("second setup:\n%s%s", out, errOut)
+	if code != 0 {
+		t.Fatalf("second setup exit %d", code)
+	}
+	ckWantLines(t, out,
+		`store schema walhook already at version \d+$`,
+		`publication walhook already publishes public\.channels, .*public\.problem_reports`,
+		`replication slot `+db+` already exists \(pgoutput\); kept$`,
+	)
+	ckNoLines(t, out, `created`, `applied`, `warn`)
+
+	// One permanent pgoutput slot; the publication holds the 8 rule tables
+	// and nothing of the store schema.
+	if n := ckScalar[int64](t, dsn, `SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1 AND plugin = 'pgoutput' AND NOT temporary`, db); n != 1 {
+		t.Fatalf("%d permanent pgoutput slots named %s, want 1", n, db)
+	}
+	if n := ckScalar[int64](t, dsn, `SELECT count(*) FROM pg_publication_tables WHERE pubname = 'walhook' AND schemaname = 'public'`); n != 8 {
+		t.Fatalf("publication has %d public tables, want 8", n)
+	}
+	if n := ckScalar[int64](t, dsn, `SELECT count(*) FROM pg_publication_tables WHERE pubname = 'walhook' AND schemaname = 'walhook'`); n != 0 {
+		t.Fatalf("publication includes %d store tables", n)
+	}
+}
+
+// Without --replica-identity setup changes no table, and says which ones a
+// rule needs FULL on.
+func TestSetupWarnsReplicaIdentity(t *testing.T) {
+	t.Parallel()
+	dsn, db := ckSampleDB(t, pgtest.Shared(t))
+	ckExec(t, dsn, `ALTER TABLE public.members REPLICA IDENTITY DEFAULT`)
+	out, errOut, code := runCLI(t, context.Background(), "setup", "--config", ckSampleConfig(t, dsn, db))
+	t.Logf("setup:\n%s%s", out, errOut)
+	if code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+	ckWantLines(t, out, `warn: rules read old values of public\.members, whose REPLICA IDENTITY does not send them; .*walhook setup --replica-identity`)
+	if got := ckScalar[string](t, dsn, `SELECT relreplident::text FROM pg_class WHERE oid = 'public.members'::regclass`); got != "d" {
+		t.Fatalf("setup without --replica-identity changed members to %q", got)
+	}
+}
+
+// Rules that do not fit the schema: setup changes nothing at all.
+func TestSetupRefusesSchemaMismatch(t *testing.T) {
+	t.Parallel()
+	dsn, db := ckSampleDB(t, pgtest.Shared(t))
+	ckExec(t, dsn, `ALTER TABLE public.messages DROP COLUMN body`)
+	out, errOut, code := runCLI(t, context.Background(), "setup", "--config", ckSampleConfig(t, dsn, db))
+	t.Logf("setup:\n%s%s", out, errOut)
+	if code != 1 {
+		t.Fatalf("exit %d, want 1", code)
+	}
+	if !strings.Contains(errOut, "the source schema is not ready for the rules; nothing changed") ||
+		!strings.Contains(errOut, `column "body" does not exist in public.messages`) {
+		t.Fatalf("stderr does not explain the mismatch:\n%s", errOut)
+	}
+	n := ckScalar[int64](t, dsn, `SELECT (SELECT count(*) FROM pg_publication) + (SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1)
+		+ (SELECT count(*) FROM pg_namespace WHERE nspname = 'walhook')`, db)
+	if n != 0 {
+		t.Fatalf("refused setup left %d objects behind", n)
+	}
+}
+
+// A table without a primary key has no replica identity: publishing it
+// would make the application's UPDATEs fail, so check flags it and setup
+// publishes it only with --replica-identity (which sets FULL).
+func TestSetupTableWithoutKey(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	dsn, db := ckSampleDB(t, pgtest.Shared(t))
+	ckExec(t, dsn, `ALTER TABLE public.inspections DROP CONSTRAINT inspections_pkey CASCADE`)
+	cfg := ckSampleConfig(t, dsn, db)
+
+	out, _, code := runCLI(t, ctx, "check", "--config", cfg)
+	if code != 1 {
+		t.Fatalf("check exit %d, want 1", code)
+	}
+	ckWantLines(t, out, `FAIL  table public\.inspections: REPLICA IDENTITY DEFAULT without key columns: once published, every UPDATE and DELETE on it fails — fix: ALTER TABLE public\.inspections REPLICA IDENTITY FULL;`)
+
+	_, errOut, code := runCLI(t, ctx, "setup", "--config", cfg)
+	if code != 1 || !strings.Contains(errOut, "public.inspections have no replica identity") {
+		t.Fatalf("setup exit %d, stderr %q; want a refusal naming public.inspections", code, errOut)
+	}
+	if n := ckScalar[int64](t, dsn, `SELECT count(*) FROM pg_publication`); n != 0 {
+		t.Fatal("refused setup created the publication")
+	}
+
+	out, errOut, code = runCLI(t, ctx, "setup", "--config", cfg, "--replica-identity")
+	if code != 0 {
+		t.Fatalf("setup --replica-identity exit %d:\n%s%s", code, out, errOut)
+	}
+	ckWantLines(t, out, `set REPLICA IDENTITY FULL on public\.inspections$`)
+	// The application can update the table again.
+	ckExec(t, dsn, `UPDATE public.inspections SET notes = notes`)
+	if out, _, code := runCLI(t, ctx, "check", "--config", cfg); code != 0 {
+		t.Fatalf("check after setup --replica-identity exit %d:\n%s", code, out)
+	}
+}
