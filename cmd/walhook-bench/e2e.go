@@ -1,0 +1,242 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/walhook/walhook/dispatch"
+	"github.com/walhook/walhook/internal/receiver"
+)
+
+// results is everything the table shows.
+type results struct {
+	opts      options
+	pgVersion string
+
+	// saturation
+	backlog     int           // changes in the slot before walhook started
+	loadTime    time.Duration // writing the backlog
+	e2eTime     time.Duration // walhook run start → receiver holds all
+	e2eFirst    time.Duration // walhook run start → first delivery
+	e2eDups     int
+	bareTime    time.Duration
+	bareFailed  int
+	bareUnique  int
+	e2eRejected int
+
+	// latency
+	latSent, latMatched  int
+	latWindow            time.Duration // how long the paced load took
+	clientP50, clientP99 time.Duration
+	stampP50, stampP99   time.Duration
+
+	// pgbench: TPS per setup, one per round, in round order
+	tps       map[string][]float64
+	delivered []int // walhook rounds: deliveries received during pgbench
+	notified  []int // trigger rounds: notifications received
+}
+
+// endToEnd measures saturation (backlog → receiver), the bare loop over the
+// same bodies, and latency at a steady rate with the same walhook still
+// running.
+func (e *env) endToEnd(ctx context.Context, r *results) error {
+	s, err := e.newSession("e2e")
+	if err != nil {
+		return err
+	}
+	if err := s.setup(ctx); err != nil {
+		return err
+	}
+	defer s.teardown(context.WithoutCancel(ctx))
+
+	var rcv *receiver.Receiver
+	var p *proc
+	if !e.o.skips("e2e") {
+		n := e.o.changes
+		e.say("writing a backlog of %d changes (slot %s) …", n, s.name)
+		t0 := time.Now()
+		want, err := load{dsn: e.dsn, workers: 8, asyncCommit: true}.run(ctx, n)
+		if err != nil {
+			return err
+		}
+		r.backlog, r.loadTime = n, time.Since(t0)
+		// Flush the backlog's WAL (written with synchronous_commit off;
+		// walsenders send only flushed WAL) and take the checkpoint now
+		// rather than during the measure.
+		if err := e.cluster.Exec(ctx, e.db, "CHECKPOINT"); err != nil {
+			return err
+		}
+		var first atomic.Int64
+		if rcv, err = e.newReceiver(true, func(d receiver.Delivery) { first.CompareAndSwap(0, d.At.UnixNano()) }); err != nil {
+			return err
+		}
+		e.say("starting walhook run on the backlog …")
+		if p, err = s.run(); err != nil {
+			return err
+		}
+		defer p.stop()
+		if err := waitFor(ctx, p, rcv, n, 60*time.Second+time.Duration(n)*2*time.Millisecond); err != nil {
+			return fmt.Errorf("%w\nexpected per event: %v\nreceived per event: %v", err, fmtCounts(want), fmtCounts(rcv.Counts()))
+		}
+		r.e2eTime = time.Since(p.start)
+		r.e2eFirst = time.Unix(0, first.Load()).Sub(p.start)
+		r.e2eDups, r.e2eRejected = rcv.Duplicates(), rcv.Rejected()
+		e.say("  %d deliveries in %s: %.0f/s", n, r.e2eTime.Round(time.Millisecond), float64(n)/r.e2eTime.Seconds())
+	}
+
+	if !e.o.skips("latency") {
+		if p == nil {
+			if p, err = s.run(); err != nil {
+				return err
+			}
+			defer p.stop()
+		}
+		if err := s.ready(ctx, p, 60*time.Second); err != nil {
+			return err
+		}
+		if err := e.latency(ctx, p, r); err != nil {
+			return err
+		}
+	}
+	if p != nil {
+		if err := p.stop(); err != nil {
+			return err
+		}
+	}
+	if rcv != nil {
+		e.current.Store(rcv) // the bare loop posts to the same receiver
+		if err := e.bareLoop(ctx, rcv, r); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// waitFor polls until the receiver holds n unique deliveries.
+func waitFor(ctx context.Context, p *proc, rcv *receiver.Receiver, n int, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for rcv.Unique() < n {
+		if err := p.exited(); err != nil {
+			return err
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("receiver has %d of %d deliveries after %s (rejected %d); walhook log tail:\n%s",
+				rcv.Unique(), n, timeout, rcv.Rejected(), tail(p.log))
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(2 * time.Millisecond):
+		}
+	}
+	return nil
+}
+
+// latency writes changes at a steady rate for --duration and measures
+// commit → receiver for each.
+func (e *env) latency(ctx context.Context, p *proc, r *results) error {
+	lat := newLatencies()
+	if _, err := e.newReceiver(false, lat.delivered); err != nil {
+		return err
+	}
+	n := int(float64(e.o.rate) * e.o.duration.Seconds())
+	e.say("latency: %d changes at %d/s …", n, e.o.rate)
+	start := time.Now()
+	if _, err := (load{dsn: e.dsn, workers: 8, rate: float64(e.o.rate), before: lat.before}).run(ctx, n); err != nil {
+		return err
+	}
+	r.latWindow = time.Since(start)
+	deadline := time.Now().Add(30 * time.Second)
+	for lat.matched() < n && time.Now().Before(deadline) {
+		if err := p.exited(); err != nil {
+			return err
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	lat.mu.Lock()
+	defer lat.mu.Unlock()
+	r.latSent, r.latMatched = n, len(lat.seen)
+	r.clientP50, r.clientP99 = quantile(lat.client, 0.50), quantile(lat.client, 0.99)
+	r.stampP50, r.stampP99 = quantile(lat.stamp, 0.50), quantile(lat.stamp, 0.99)
+	if r.latMatched < n {
+		return fmt.Errorf("latency: %d of %d changes delivered within 30s after the load; walhook log tail:\n%s", r.latMatched, n, tail(p.log))
+	}
+	e.say("  p50 %s p99 %s (client clock)", r.clientP50, r.clientP99)
+	return nil
+}
+
+// bareLoop signs (dispatch.Sign via dispatch.Client, walhook's own client
+// and transport) and POSTs the bodies walhook delivered, under new ids, to
+// the same receiver with the same concurrency: the HTTP ceiling.
+func (e *env) bareLoop(ctx context.Context, rcv *receiver.Receiver, r *results) error {
+	type item struct {
+		id, event string
+		body      []byte
+	}
+	var items []item
+	for id, body := range rcv.Bodies() {
+		var env struct {
+			Event string `json:"event"`
+		}
+		_ = json.Unmarshal(body, &env)
+		items = append(items, item{"bare-" + id, env.Event, body})
+	}
+	client, err := dispatch.NewClient(dispatch.ClientOptions{Allow: []string{"127.0.0.1"},
+		UserAgent: "AuctionExcellence-Webhook/1.0", Timeout: 10 * time.Second})
+	if err != nil {
+		return err
+	}
+	defer client.CloseIdleConnections()
+	before := rcv.Unique()
+	keys := [][]byte{e.key}
+	e.say("bare loop: %d signed POSTs, %d at a time …", len(items), e.o.concurrency)
+	var next atomic.Int64
+	var failed atomic.Int64
+	var wg sync.WaitGroup
+	start := time.Now()
+	for w := 0; w < e.o.concurrency; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= len(items) || ctx.Err() != nil {
+					return
+				}
+				it := items[i]
+				res := client.Send(ctx, dispatch.Request{URL: e.rcvURL, ID: it.id, Event: it.event, Body: it.body, Keys: keys})
+				if !res.OK() {
+					failed.Add(1)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	r.bareTime = time.Since(start)
+	r.bareFailed = int(failed.Load())
+	r.bareUnique = rcv.Unique() - before
+	if r.bareFailed > 0 || r.bareUnique != len(items) {
+		return fmt.Errorf("bare loop: %d of %d requests failed, receiver took %d", r.bareFailed, len(items), r.bareUnique)
+	}
+	e.say("  %d in %s: %.0f/s", len(items), r.bareTime.Round(time.Millisecond), float64(len(items))/r.bareTime.Seconds())
+	return nil
+}
+
+func fmtCounts(m map[string]int) string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	var b strings.Builder
+	for _, k := range keys {
+		fmt.Fprintf(&b, "%s=%d ", k, m[k])
+	}
+	return strings.TrimSpace(b.String())
+}
