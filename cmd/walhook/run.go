@@ -62,10 +62,18 @@ func runRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		return err
 	}
 	if *dryRun {
-		return runDryRun(ctx, cfg, log, stdout, stderr)
+		err := runDryRun(ctx, cfg, log, stdout, stderr)
+		if ctx.Err() != nil && errors.Is(err, context.Canceled) {
+			return nil
+		}
+		return err
 	}
 	r := &runner{cfg: cfg, log: log, stdout: stdout}
-	return r.run(ctx)
+	err = r.run(ctx)
+	if ctx.Err() != nil && errors.Is(err, context.Canceled) {
+		return nil // stopped while starting: as clean as a stop while running
+	}
+	return err
 }
 
 // runner holds what the parts of `walhook run` share.
