@@ -65,17 +65,28 @@ type stackConfig struct {
 	noRun bool
 }
 
-// clock is a settable clock for rate limits; it runs with real time
-// unless set.
+// clock is the API's clock for envelopes and rate limits: real time until
+// Freeze, then only Advance moves it (rate-limit tests must not see tokens
+// refill while they run).
 type clock struct {
 	mu     sync.Mutex
+	frozen time.Time
 	offset time.Duration
 }
 
 func (c *clock) Now() time.Time {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if !c.frozen.IsZero() {
+		return c.frozen.Add(c.offset)
+	}
 	return time.Now().Add(c.offset)
+}
+
+func (c *clock) Freeze() {
+	c.mu.Lock()
+	c.frozen = time.Now()
+	c.mu.Unlock()
 }
 
 func (c *clock) Advance(d time.Duration) {

@@ -3,6 +3,7 @@ package api_test
 import (
 	"context"
 	"encoding/base64"
+	"encoding/json"
 	"net/http"
 	"slices"
 	"strings"
@@ -82,6 +83,22 @@ func TestWebhookLifecycle(t *testing.T) {
 		t.Fatalf("list returned %s", list.Raw)
 	}
 
+	// The filters apply: only auction.bid and auction.settled of auction A1.
+	s.appendEvents(t, "auction.bid", "A2", 1)
+	s.appendEvents(t, "auction.created", "A1", 1)
+	want := s.appendEvents(t, "auction.bid", "A1", 1)[0]
+	waitFor(t, "the matching event at the receiver", func() bool { return len(rc.requests()) == 1 })
+	var body struct {
+		Event     string `json:"event"`
+		AuctionID string `json:"auction_id"`
+	}
+	if err := json.Unmarshal(rc.requests()[0].Body, &body); err != nil || body.Event != "auction.bid" || body.AuctionID != want.AuctionID {
+		t.Fatalf("received %s (%v), want the auction.bid of A1", rc.requests()[0].Body, err)
+	}
+	if n := s.count(t, `SELECT count(*) FROM walhook.deliveries`); n != 1 {
+		t.Fatalf("%d deliveries, want 1: the filters must keep the others out of the outbox", n)
+	}
+
 	// PUT changes only the fields it names.
 	s.call(t, "PUT", "/api/v1/webhooks/"+c.SubscriptionID, map[string]any{
 		"url": rc.URL + "/v2", "events": []string{"auction.*"}, "auctions": []string{},
@@ -101,7 +118,10 @@ func TestWebhookLifecycle(t *testing.T) {
 
 	// A delivery of a matching event reaches the changed URL.
 	s.appendEvents(t, "auction.created", "A9", 1)
-	waitFor(t, "the event at the receiver", func() bool { return len(rc.requests()) == 1 })
+	waitFor(t, "the event at the receiver", func() bool { return len(rc.requests()) == 2 })
+	if got := rc.requests()[1]; !strings.HasPrefix(string(got.Body), `{"event":"auction.created"`) {
+		t.Fatalf("second request %s, want the auction.created event", got.Body)
+	}
 
 	var del struct {
 		Success   bool   `json:"success"`
