@@ -103,8 +103,17 @@ func Migrate(ctx context.Context, pool *pgxpool.Pool, schema string) ([]string, 
 		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock(hashtextextended($1, 0))`, migrateLockKey+schema); err != nil {
 			return fmt.Errorf("lock: %w", err)
 		}
-		if _, err := tx.Exec(ctx, `CREATE SCHEMA IF NOT EXISTS `+quoteIdent(schema)); err != nil {
-			return fmt.Errorf("create schema: %w", err)
+		// CREATE SCHEMA IF NOT EXISTS checks CREATE on the database before
+		// it looks for the schema, so it fails for a role given a schema a
+		// DBA created for it (docs/operations.md): create only when missing.
+		var exists bool
+		if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)`, schema).Scan(&exists); err != nil {
+			return fmt.Errorf("look up schema: %w", err)
+		}
+		if !exists {
+			if _, err := tx.Exec(ctx, `CREATE SCHEMA `+quoteIdent(schema)); err != nil {
+				return fmt.Errorf("create schema: %w", err)
+			}
 		}
 		have, err := schemaVersion(ctx, tx, schema)
 		if err != nil {
