@@ -1,0 +1,57 @@
+package main
+
+import (
+	"context"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+)
+
+// seed000Events are the 17 event types seed 000 lists.
+var seed000Events = []string{
+	"submission.created", "submission.updated",
+	"inspection.created", "inspection.defect_added",
+	"problem.created", "problem.status_changed", "problem.assigned", "problem.action_completed",
+	"message.created", "message.edited", "message.deleted",
+	"channel.created", "channel.archived",
+	"member.invited", "member.joined", "member.role_changed", "member.removed",
+}
+
+// TestDemo runs `walhook demo --duration 20s` as a user would and checks that
+// it exits 0 after printing a verified delivery of every seed-000 event type.
+func TestDemo(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	out, errOut, code := runCLI(t, ctx, "demo", "--duration", "20s", "--listen", "127.0.0.1:0", "--every", "2s")
+	if code != 0 {
+		t.Fatalf("demo exited %d\nstdout:\n%s\nstderr:\n%s", code, out, errOut)
+	}
+	verified := regexp.MustCompile(`(?m)^✓ verified\s+(\S+)\s+id=(\S+)`)
+	got := map[string]int{}
+	for _, m := range verified.FindAllStringSubmatch(out, -1) {
+		got[m[1]]++
+	}
+	for _, ev := range seed000Events {
+		if got[ev] == 0 {
+			t.Errorf("no verified delivery of %s", ev)
+		}
+	}
+	for _, want := range []string{"admin API http://", "X-API-Key: sk_demo_", "removed"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("demo output lacks %q", want)
+		}
+	}
+	if t.Failed() {
+		t.Logf("stdout:\n%s\nstderr:\n%s", out, errOut)
+	}
+}
+
+func TestDemoSamplesMissing(t *testing.T) {
+	t.Parallel()
+	_, errOut, code := runCLI(t, context.Background(), "demo", "--samples", t.TempDir())
+	if code != 2 || !strings.Contains(errOut, "must hold schema.sql and walhook.yaml") {
+		t.Fatalf("code %d, stderr %q", code, errOut)
+	}
+}
