@@ -263,3 +263,33 @@ func TestCheckMissingColumnAndTable(t *testing.T) {
 		`FAIL  rule: .*walhook\.yaml:\d+:\d+: events\[\d+\]\.table: event inspection\.defect_added: table public\.inspection_defects does not exist .*— fix: create the table, or correct the rule's table$`,
 	)
 }
+
+// An unreachable source is one FAIL line naming host, database and user,
+// never the password; the store is still checked (and fails the same way).
+func TestCheckUnreachable(t *testing.T) {
+	t.Parallel()
+	cfg := filepath.Join(t.TempDir(), "walhook.yaml")
+	err := os.WriteFile(cfg, []byte(`source:
+  dsn: postgres://walhook:pw-s3cret-x@127.0.0.1:1/app?sslmode=disable&connect_timeout=5
+events:
+  - event: problem.created
+    table: problem_reports
+    operations: [insert]
+`), 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, errOut, code := runCLI(t, context.Background(), "check", "--config", cfg)
+	t.Logf("check:\n%s%s", out, errOut)
+	if code != 1 {
+		t.Fatalf("exit %d, want 1", code)
+	}
+	ckWantLines(t, out,
+		`source host=127\.0\.0\.1 port=1 db=app user=walhook$`,
+		`FAIL  connect: cannot connect to the source: .* — fix: check source\.dsn, the server and pg_hba\.conf$`,
+		`FAIL  store: connect to the store: `,
+	)
+	if strings.Contains(out+errOut, "pw-s3cret-x") {
+		t.Fatal("the password was printed")
+	}
+}

@@ -119,3 +119,45 @@ func TestSetupTableWithoutKey(t *testing.T) {
 		t.Fatalf("check after setup --replica-identity exit %d:\n%s", code, out)
 	}
 }
+
+// The DBA script of docs/operations.md: a role with REPLICATION but no
+// CREATE on the database and owning no table; the DBA has created the
+// publication and the store schema. setup then only migrates the store and
+// creates the slot, and check passes.
+func TestSetupDBAPrepared(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	c := pgtest.Shared(t)
+	role := "wh_" + strings.ToLower(t.Name())
+	if err := c.Exec(ctx, "postgres", `CREATE ROLE `+role+` LOGIN REPLICATION`); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Exec(context.Background(), "postgres", `DROP ROLE IF EXISTS `+role) })
+	dsn, db := ckSampleDB(t, c)
+	t.Cleanup(func() { ckExec(t, dsn, `DROP OWNED BY `+role) })
+	ckExec(t, dsn, `
+		GRANT USAGE ON SCHEMA public TO `+role+`;
+		GRANT SELECT ON ALL TABLES IN SCHEMA public TO `+role+`;
+		CREATE PUBLICATION walhook FOR TABLE public.members, public.lot_submissions, public.inspections,
+		    public.inspection_defects, public.problem_reports, public.problem_actions, public.channels, public.messages;
+		CREATE SCHEMA walhook AUTHORIZATION `+role)
+	cfg := ckSampleConfig(t, c.DSNAs(role, db), db)
+
+	out, errOut, code := runCLI(t, ctx, "check", "--config", cfg)
+	t.Logf("check:\n%s%s", out, errOut)
+	if code != 1 {
+		t.Fatalf("check exit %d, want 1", code)
+	}
+	ckWantLines(t, out, `ok    role: `+role+` has REPLICATION$`, `ok    publication walhook: publishes the 8 rule tables$`, `not ready: run walhook setup$`)
+	ckNoLines(t, out, `FAIL  create`)
+
+	out, errOut, code = runCLI(t, ctx, "setup", "--config", cfg)
+	t.Logf("setup:\n%s%s", out, errOut)
+	if code != 0 {
+		t.Fatalf("setup exit %d", code)
+	}
+	ckWantLines(t, out, `store schema walhook: applied`, `publication walhook already publishes`, `created replication slot `+db)
+	if out, errOut, code := runCLI(t, ctx, "check", "--config", cfg); code != 0 {
+		t.Fatalf("check after setup exit %d:\n%s%s", code, out, errOut)
+	}
+}

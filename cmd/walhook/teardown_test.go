@@ -52,7 +52,14 @@ func TestTeardown(t *testing.T) {
 		return ckScalar[int64](t, dsn, `SELECT (SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1) + (SELECT count(*) FROM pg_publication)`, db)
 	}
 
-	out, errOut, code := runCLI(t, ctx, "teardown", "--config", cfg)
+	// A held slot is a fact, not a problem: a second walhook waits for it.
+	out, errOut, code := runCLI(t, ctx, "check", "--config", cfg)
+	if code != 0 {
+		t.Fatalf("check with the slot held: exit %d\n%s%s", code, out, errOut)
+	}
+	ckWantLines(t, out, `warn  slot `+db+`: held by PID \d+ \(another walhook running\?\)`, `ok    max_wal_senders: 1 of \d+ in use$`)
+
+	out, errOut, code = runCLI(t, ctx, "teardown", "--config", cfg)
 	t.Logf("teardown:\n%s%s", out, errOut)
 	if code != 1 || !strings.Contains(errOut, "slot "+`"`+db+`" is held by PID`) || !strings.Contains(errOut, "--force") {
 		t.Fatalf("teardown of an active slot: exit %d, stderr %q; want a refusal naming the holder and --force", code, errOut)
