@@ -117,9 +117,9 @@ func TestRunDeadEndpointDoesNotBlockHealthyOne(t *testing.T) {
 	if n := db.count(t, `SELECT count(*) FROM walhook.deliveries WHERE endpoint_id = 'static:dead' AND status = 'delivered'`); n != 0 {
 		t.Errorf("%d deliveries to the hanging endpoint counted as delivered", n)
 	}
-	if n := db.count(t, `SELECT count(*) FROM walhook.deliveries WHERE endpoint_id = 'static:live' AND status = 'delivered'`); n != 40 {
-		t.Errorf("%d deliveries to the healthy endpoint delivered, want 40", n)
-	}
+	runWaitFor(t, 30*time.Second, "40 deliveries to the healthy endpoint recorded", func() bool {
+		return db.count(t, `SELECT count(*) FROM walhook.deliveries WHERE endpoint_id = 'static:live' AND status = 'delivered'`) == 40
+	}, p.diag)
 	if err := p.stop(t); err != nil {
 		t.Fatalf("stop: %v", err)
 	}
@@ -193,7 +193,11 @@ func TestRunTwoProcessesOneStore(t *testing.T) {
 	if rc.Duplicates() != 0 {
 		t.Errorf("%d duplicate requests without any crash", rc.Duplicates())
 	}
-	if n := db.count(t, `SELECT count(*) FROM walhook.deliveries WHERE status <> 'delivered' OR attempts <> 1`); n != 0 {
+	// The receiver answers before walhook records the outcome.
+	runWaitFor(t, 30*time.Second, "300 deliveries recorded", func() bool {
+		return db.count(t, `SELECT count(*) FROM walhook.deliveries WHERE status = 'delivered'`) == 300
+	}, b.diag)
+	if n := db.count(t, `SELECT count(*) FROM walhook.deliveries WHERE attempts <> 1`); n != 0 {
 		t.Errorf("%d deliveries not delivered in exactly one attempt", n)
 	}
 	byUA := map[string]int{}
