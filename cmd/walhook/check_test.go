@@ -293,3 +293,48 @@ events:
 		t.Fatal("the password was printed")
 	}
 }
+
+// Objects setup would create exist but are wrong for walhook: check names
+// each, and says setup is not the whole fix where it is not.
+func TestCheckForeignObjects(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	dsn, db := ckSampleDB(t, pgtest.Shared(t))
+	cfg := ckSampleConfig(t, dsn, db)
+	if out, errOut, code := runCLI(t, ctx, "setup", "--config", cfg); code != 0 {
+		t.Fatalf("setup exit %d:\n%s%s", code, out, errOut)
+	}
+	// An older store, a publication that forgot deletes and a table, and an
+	// extra table no rule maps.
+	ckExec(t, dsn, `DELETE FROM walhook.schema_version WHERE version = (SELECT max(version) FROM walhook.schema_version);
+		ALTER PUBLICATION walhook SET (publish = 'insert, update');
+		ALTER PUBLICATION walhook DROP TABLE public.messages;
+		ALTER PUBLICATION walhook ADD TABLE public.auctions`)
+	out, errOut, code := runCLI(t, ctx, "check", "--config", cfg)
+	t.Logf("check:\n%s%s", out, errOut)
+	if code != 1 {
+		t.Fatalf("exit %d, want 1", code)
+	}
+	ckWantLines(t, out,
+		`FAIL  publication walhook: does not publish public\.messages — fix: walhook setup$`,
+		`FAIL  publication walhook: does not publish delete, which rules map — fix: ALTER PUBLICATION walhook SET \(publish = 'insert, update, delete, truncate'\);$`,
+		`warn  publication walhook: also publishes public\.auctions, which no rule maps`,
+		`FAIL  store schema walhook: at version \d+, this walhook needs \d+ — fix: walhook setup$`,
+	)
+
+	// A slot of the same name with another plugin, and a FOR ALL TABLES
+	// publication: setup would refuse both.
+	ckExec(t, dsn, `SELECT pg_drop_replication_slot($1)`, db)
+	ckExec(t, dsn, `SELECT pg_create_logical_replication_slot($1, 'test_decoding')`, db)
+	ckExec(t, dsn, `DROP PUBLICATION walhook; CREATE PUBLICATION walhook FOR ALL TABLES`)
+	out, errOut, code = runCLI(t, ctx, "check", "--config", cfg)
+	t.Logf("check:\n%s%s", out, errOut)
+	if code != 1 {
+		t.Fatalf("exit %d, want 1", code)
+	}
+	ckWantLines(t, out,
+		`FAIL  publication walhook: is FOR ALL TABLES, which would publish walhook's own store — fix: DROP PUBLICATION walhook; then walhook setup`,
+		`FAIL  slot `+db+`: uses plugin test_decoding; walhook needs pgoutput — fix: choose another source\.slot, or drop it: SELECT pg_drop_replication_slot\('`+db+`'\);$`,
+	)
+	ckNoLines(t, out, `not ready: run walhook setup`)
+}
