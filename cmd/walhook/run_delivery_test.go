@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -304,5 +305,38 @@ func TestRunRefusesToStart(t *testing.T) {
 	_, errOut, code = runCLI(t, ctx, "run", "--config", file2)
 	if code != 1 || !strings.Contains(errOut, "PostgreSQL system 42") {
 		t.Errorf("cursor of another cluster: exit %d, %q; want 1 and the system id error", code, runTail(errOut, 600))
+	}
+}
+
+// Transactions already waiting in the stream are appended together: a
+// backlog of 500 one-row transactions takes far fewer than 500 store
+// commits (walhook_append_events counts one sample per Append).
+func TestRunBatchesWaitingTransactions(t *testing.T) {
+	t.Parallel()
+	rc := newRunReceiver(t, runSecret, nil)
+	db, file := itemsRun(t, map[string]any{"endpoints": []map[string]any{runEndpoint("r", rc.URL, runSecret)}})
+	for i := 1; i <= 500; i++ {
+		insertItems(t, db, i, i)
+	}
+	p := startRunProc(t, "--config", file)
+	runWaitFor(t, 30*time.Second, "500 deliveries", func() bool { return rc.Unique() == 500 }, p.diag)
+	base := apiAddrRE.FindStringSubmatch(p.stdout.String())[1]
+	resp, err := http.Get(base + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	sum := regexp.MustCompile(`(?m)^walhook_append_events_sum (\S+)$`).FindStringSubmatch(string(body))
+	count := regexp.MustCompile(`(?m)^walhook_append_events_count (\S+)$`).FindStringSubmatch(string(body))
+	if sum == nil || count == nil {
+		t.Fatalf("no walhook_append_events in /metrics:\n%s", body)
+	}
+	t.Logf("500 events in %s appends (position advances included)", count[1])
+	if sum[1] != "500" {
+		t.Errorf("appended %s events, want 500", sum[1])
+	}
+	if n, _ := strconv.Atoi(count[1]); n == 0 || n > 250 {
+		t.Errorf("%s appends for a backlog of 500 transactions: waiting transactions are not batched", count[1])
 	}
 }

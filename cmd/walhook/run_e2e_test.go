@@ -2,9 +2,12 @@ package main
 
 import (
 	"encoding/json"
+	"io"
+	"net/http"
 	"os"
 	"regexp"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 )
@@ -120,8 +123,24 @@ func TestRunEndToEndAuctionExcellence(t *testing.T) {
 		}
 	}
 
+	base := apiAddrRE.FindStringSubmatch(p.stdout.String())[1]
+	resp, err := http.Get(base + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	metrics, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, m := range []string{"walhook_slot_leader 1", "walhook_slot_retained_wal_bytes", "walhook_delivery_attempts_total", "walhook_append_events"} {
+		if !strings.Contains(string(metrics), m) {
+			t.Errorf("/metrics lacks %s", m)
+		}
+	}
+
 	if err := p.stop(t); err != nil {
 		t.Fatalf("graceful stop: Run = %v, want nil", err)
+	}
+	if logs := p.stdout.String() + p.stderr.String(); strings.Contains(logs, runDSNPassword) {
+		t.Errorf("the DSN's password appears in walhook's output")
 	}
 	cur, slot := db.cursor(t), db.slotLSN(t)
 	if cur == 0 || slot != cur {

@@ -30,6 +30,10 @@ import (
 // (schema, publication, slot, store), a config file pointing at it, a
 // verifying receiver, and walhook run in-process or as a subprocess.
 
+// runDSNPassword is put into the source DSN (trust authentication ignores
+// it) so tests can check that it never reaches a log or an error.
+const runDSNPassword = "pw-must-not-be-logged"
+
 const (
 	runSecret  = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 	runSecret2 = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD"
@@ -190,7 +194,7 @@ func runConfig(t *testing.T, base []byte, settings map[string]any) (string, *con
 // retries, loopback receivers allowed, the API on a free port.
 func (d *runDB) settings() map[string]any {
 	return map[string]any{
-		"source.dsn":                          d.dsn,
+		"source.dsn":                          strings.Replace(d.dsn, "postgres@", "postgres:"+runDSNPassword+"@", 1),
 		"source.slot":                         d.slot,
 		"source.heartbeat_interval":           "500ms",
 		"source.status_interval":              "1s",
