@@ -70,6 +70,10 @@ var badConfigs = map[string][]string{
 		`:13:24: delivery.allow[1]: must be a CIDR like "10.0.0.0/8" or a host name like "hooks.internal", got "not a host"`,
 		`:15:28: delivery.disable.min_failed_deliveries: must be at least 1, got 0`,
 		`:16:13: delivery.disable.window: invalid duration "forever"`,
+		// The dispatcher would read these zeros as its defaults.
+		`:17:22: delivery.max_response_body: must be at least 1, got 0`,
+		`:18:20: delivery.retry_after_cap: must be positive, got 0s`,
+		`:19:19: delivery.secret_overlap: must be positive, got 0s`,
 	},
 	"api.bad.yaml": {
 		`:8:11: api.listen: must be host:port`,
@@ -244,8 +248,11 @@ func TestFullConfigValues(t *testing.T) {
 	if cfg.Source.HeartbeatInterval != 0 {
 		t.Errorf("explicit heartbeat_interval 0 became %s", cfg.Source.HeartbeatInterval.D())
 	}
-	if cfg.Delivery.Jitter != 0 || cfg.Delivery.MaxResponseBody != 0 {
-		t.Errorf("explicit zeros overwritten: jitter %v, max_response_body %d", cfg.Delivery.Jitter, cfg.Delivery.MaxResponseBody)
+	if cfg.Delivery.Jitter != 0 || cfg.Delivery.Disable.Never {
+		t.Errorf("explicit zeros overwritten: jitter %v, disable.never %v", cfg.Delivery.Jitter, cfg.Delivery.Disable.Never)
+	}
+	if cfg.Delivery.MaxResponseBody != 256 || cfg.Delivery.RetryAfterCap.D() != 30*time.Minute || cfg.Delivery.SecretOverlap.D() != time.Hour {
+		t.Errorf("delivery values: %+v", cfg.Delivery)
 	}
 	if cfg.Source.DSN != "postgres://walhook@localhost/app" {
 		t.Errorf("dsn default not expanded: %q", cfg.Source.DSN)

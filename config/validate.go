@@ -369,17 +369,16 @@ func (v *validator) delivery(c *Config) {
 			v.errf(path, "must be positive, got %s", d.D())
 		}
 	}
-	nonNeg := func(path string, d Duration) {
-		if d < 0 {
-			v.errf(path, "must not be negative, got %s", d.D())
-		}
-	}
 	atLeast1 := func(path string, n int) {
 		if n < 1 {
 			v.errf(path, "must be at least 1, got %d", n)
 		}
 	}
-	nonNeg("delivery.retry_after_cap", dl.RetryAfterCap)
+	// The dispatcher reads 0 as "use the default" for these three, so an
+	// explicit 0 would silently mean 1h, 24h and 1024 bytes.
+	if dl.RetryAfterCap <= 0 {
+		v.errf("delivery.retry_after_cap", "must be positive, got %s (to all but ignore Retry-After, use a short cap like 1s)", dl.RetryAfterCap.D())
+	}
 	positive("delivery.timeout", dl.Timeout)
 	atLeast1("delivery.workers", dl.Workers)
 	atLeast1("delivery.max_in_flight_per_endpoint", dl.MaxInFlightPerEndpoint)
@@ -389,13 +388,13 @@ func (v *validator) delivery(c *Config) {
 		v.errf("delivery.lease", "must be longer than delivery.timeout (%s), or a delivery still in flight is claimed again; got %s", dl.Timeout.D(), dl.Lease.D())
 	}
 	positive("delivery.poll_interval", dl.PollInterval)
-	if dl.MaxResponseBody < 0 {
-		v.errf("delivery.max_response_body", "must not be negative, got %d", dl.MaxResponseBody)
-	}
+	atLeast1("delivery.max_response_body", dl.MaxResponseBody)
 	positive("delivery.retention", dl.Retention)
 	positive("delivery.disable.window", dl.Disable.Window)
 	atLeast1("delivery.disable.min_failed_deliveries", dl.Disable.MinFailedDeliveries)
-	nonNeg("delivery.secret_overlap", dl.SecretOverlap)
+	if dl.SecretOverlap <= 0 {
+		v.errf("delivery.secret_overlap", "must be positive, got %s (to retire a rotated secret almost at once, use 1s)", dl.SecretOverlap.D())
+	}
 	for i, a := range dl.Allow {
 		if !validAllow(a) {
 			v.errf(index("delivery.allow", i), "must be a CIDR like \"10.0.0.0/8\" or a host name like \"hooks.internal\", got %q", a)
