@@ -50,6 +50,14 @@ func (m *Mapper) Explain(tx *cdc.Tx, i int) Explanation {
 	}
 	for _, r := range m.byTable[tp.table] {
 		o := RuleOutcome{Rule: r.index, Event: r.Event, Where: r.Where}
+		if !r.has(ch.Op) {
+			// Decided before the columns are looked at, so a sample
+			// change is not blamed for columns a rule for another
+			// operation reads.
+			o.Reason = reason(ch, &rulePlan{r: r}, result{kind: resOp})
+			out.Rules = append(out.Rules, o)
+			continue
+		}
 		var errs errorList
 		rp := m.resolve(r, ch.Rel, &errs)
 		if rp == nil {
@@ -106,4 +114,43 @@ func reason(ch *cdc.Change, rp *rulePlan, res result) string {
 		return fmt.Sprintf("skipped: column %s is an unchanged TOAST value PostgreSQL did not send (REPLICA IDENTITY FULL sends it)", res.column)
 	}
 	return ""
+}
+
+// Columns returns the columns the rules of table ("schema.table" or
+// "table") name, in rule order, each once: changed, when, data, auction
+// id and domain columns. Rules that send the whole row add none. The
+// offline dry run uses it to complete sample rows.
+func (m *Mapper) Columns(table string) []string {
+	s, t := splitTable(table)
+	var out []string
+	seen := map[string]bool{}
+	add := func(c string) {
+		if c != "" && !seen[c] {
+			seen[c] = true
+			out = append(out, c)
+		}
+	}
+	for _, r := range m.byTable[s+"."+t] {
+		for _, c := range r.Changed {
+			add(c)
+		}
+		for _, c := range r.whenOld {
+			add(c)
+		}
+		for _, c := range r.whenNew {
+			add(c)
+		}
+		for _, f := range r.Data {
+			if !f.IsConst {
+				add(f.Column)
+			}
+		}
+		if r.auctionSet {
+			add(r.auction.name)
+		}
+		if r.domainSet {
+			add(r.domain.name)
+		}
+	}
+	return out
 }
