@@ -89,14 +89,16 @@ func TestRunRetriesFailedAttempts(t *testing.T) {
 func TestRunDeadEndpointDoesNotBlockHealthyOne(t *testing.T) {
 	t.Parallel()
 	var hung atomic.Int64
+	quit := make(chan struct{})
 	dead := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		hung.Add(1)
 		select {
 		case <-r.Context().Done():
-		case <-time.After(10 * time.Second):
+		case <-quit:
 		}
 	}))
 	t.Cleanup(dead.Close)
+	t.Cleanup(func() { close(quit) }) // runs first: Close waits for handlers
 	rc := newRunReceiver(t, runSecret, nil)
 	db, file := itemsRun(t, map[string]any{
 		"endpoints": []map[string]any{

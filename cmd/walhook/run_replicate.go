@@ -61,13 +61,13 @@ func (r *runner) replicate(ctx context.Context) error {
 		err = r.lead(ctx, lock)
 		lock.release()
 		switch {
-		case ctx.Err() != nil && err == nil:
-			return nil
 		case errors.Is(err, errLeaderLost):
 			r.log.Warn("stopped replicating; waiting to take the slot again", logKeyErr, err)
-			continue
+		case err != nil:
+			return err
+		case ctx.Err() != nil:
+			return nil
 		}
-		return err
 	}
 }
 
