@@ -3,6 +3,7 @@ package config
 import (
 	"fmt"
 	"math"
+	"net/url"
 	"reflect"
 	"strconv"
 	"strings"
@@ -65,9 +66,23 @@ func kindName(n *yaml.Node) string {
 	case yaml.SequenceNode:
 		return "a list"
 	case yaml.ScalarNode:
-		return fmt.Sprintf("%q", n.Value)
+		return fmt.Sprintf("%q", redactURL(n.Value))
 	}
 	return "nothing"
+}
+
+// redactURL hides the password of a URL-shaped value, so a connection
+// string written in the wrong place is not echoed whole.
+func redactURL(s string) string {
+	if !strings.Contains(s, "://") {
+		return s
+	}
+	if u, err := url.Parse(s); err == nil && u.User != nil {
+		if _, has := u.User.Password(); has {
+			return u.Redacted()
+		}
+	}
+	return s
 }
 
 var (

@@ -73,7 +73,8 @@ func expand(s string, lookup func(string) (string, bool)) (string, error) {
 		case '{':
 			end := strings.IndexByte(s[i+2:], '}')
 			if end < 0 {
-				return "", fmt.Errorf("unterminated ${ in %q", s)
+				// The value is not quoted back: it may be a DSN or a secret.
+				return "", fmt.Errorf("unterminated ${ (close it with }, or write $$ for a literal $)")
 			}
 			expr := s[i+2 : i+2+end]
 			name, def, hasDef := strings.Cut(expr, ":-")

@@ -591,3 +591,143 @@ func FuzzLoad(f *testing.F) {
 		}
 	})
 }
+
+// docsPath is the configuration reference; the tests below keep it true.
+const docsPath = "../docs/configuration.md"
+
+// TestDocsExample loads the annotated example of the reference.
+func TestDocsExample(t *testing.T) {
+	t.Parallel()
+	b, err := os.ReadFile(docsPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, rest, ok1 := strings.Cut(string(b), "<!-- full example")
+	_, rest, ok2 := strings.Cut(rest, "```yaml\n")
+	block, _, ok3 := strings.Cut(rest, "```\n")
+	if !ok1 || !ok2 || !ok3 {
+		t.Fatal("no full example in " + docsPath)
+	}
+	cfg, err := Parse("example.yaml", []byte(block), env(map[string]string{
+		"DATABASE_URL":       "postgres://walhook@localhost/app",
+		"OPS_WEBHOOK_SECRET": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+		"WALHOOK_API_KEY":    "test-key-0123456789abcdef",
+	}))
+	if err != nil {
+		t.Fatalf("the documented example does not load:\n%v", err)
+	}
+	if len(cfg.Events) != 4 || len(cfg.Events[0].Data) != 3 || cfg.Store.DSN != cfg.Source.DSN ||
+		len(cfg.API.Keys) != 2 || cfg.API.Keys[0].Name != "key1" {
+		t.Errorf("example loaded as %+v", cfg)
+	}
+}
+
+// TestDocsReference checks that every key of Config has a row in the
+// reference, and that every default written there as a single literal is
+// what the loader fills in.
+func TestDocsReference(t *testing.T) {
+	t.Parallel()
+	b, err := os.ReadFile(docsPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rows := map[string]string{} // key path → default cell
+	for _, line := range strings.Split(string(b), "\n") {
+		cells := strings.Split(line, "|")
+		if len(cells) < 5 || !strings.HasPrefix(strings.TrimSpace(cells[1]), "`") {
+			continue
+		}
+		rows[strings.Trim(strings.TrimSpace(cells[1]), "`")] = strings.TrimSpace(cells[3])
+	}
+	var paths []string
+	keyPaths(reflect.TypeOf(Config{}), "", &paths)
+	for _, p := range paths {
+		if _, ok := rows[p]; !ok {
+			t.Errorf("%s: no row in %s", p, docsPath)
+		}
+	}
+
+	const base = "source:\n  dsn: postgres://walhook@localhost/app\nevents: [{event: a.b, table: t, operations: [insert]}]\n"
+	defaults, err := Parse("d.yaml", []byte(base), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checked := 0
+	for path, def := range rows {
+		lit, ok := strings.CutPrefix(def, "`")
+		if !ok || !strings.HasSuffix(lit, "`") || strings.Count(def, "`") != 2 || strings.Contains(path, "[") {
+			continue // "—", "**required**", or a default described in words
+		}
+		lit = strings.TrimSuffix(lit, "`")
+		if _, isKey := rows[lit]; isKey || strings.Contains(lit, "<") {
+			continue // store.dsn defaults to source.dsn; user_agent names the version
+		}
+		// Write the documented default explicitly; it must load as the
+		// value the loader fills in when the key is absent.
+		parts := strings.Split(path, ".")
+		var doc strings.Builder
+		for i, k := range parts {
+			doc.WriteString(strings.Repeat("  ", i) + k + ":")
+			if i < len(parts)-1 {
+				doc.WriteString("\n")
+			}
+		}
+		doc.WriteString(" " + lit + "\n")
+		src := doc.String()
+		if parts[0] != "source" {
+			src = base + src
+		} else {
+			src = strings.Replace(base, "source:\n", src, 1)
+		}
+		cfg, err := Parse("d.yaml", []byte(src), nil)
+		if err != nil {
+			t.Errorf("%s: documented default %s does not load: %v", path, def, err)
+			continue
+		}
+		got, want := valueAt(reflect.ValueOf(*cfg), parts), valueAt(reflect.ValueOf(*defaults), parts)
+		if !reflect.DeepEqual(got.Interface(), want.Interface()) {
+			t.Errorf("%s: documented default %s, loader's default %v", path, def, want)
+		}
+		checked++
+	}
+	if checked < 28 {
+		t.Errorf("only %d defaults checked; is the table format still | `key` | type | default | meaning |?", checked)
+	}
+}
+
+// keyPaths lists the YAML key paths of t: "source.dsn", "events[].table".
+func keyPaths(t reflect.Type, prefix string, out *[]string) {
+	for i := 0; i < t.NumField(); i++ {
+		f := t.Field(i)
+		name, _, _ := strings.Cut(f.Tag.Get("yaml"), ",")
+		if name == "" || name == "-" {
+			continue
+		}
+		p := join(prefix, name)
+		ft := f.Type
+		switch {
+		case ft.Kind() == reflect.Struct:
+			keyPaths(ft, p, out)
+		case ft.Kind() == reflect.Slice && ft.Elem().Kind() == reflect.Struct && ft.Elem() != dataFieldType:
+			if prefix != "" { // events and endpoints are sections, api.keys a row
+				*out = append(*out, p)
+			}
+			keyPaths(ft.Elem(), p+"[]", out)
+		default:
+			*out = append(*out, p)
+		}
+	}
+}
+
+// valueAt follows YAML key names from v.
+func valueAt(v reflect.Value, keys []string) reflect.Value {
+	for _, k := range keys {
+		for i := 0; i < v.NumField(); i++ {
+			if name, _, _ := strings.Cut(v.Type().Field(i).Tag.Get("yaml"), ","); name == k {
+				v = v.Field(i)
+				break
+			}
+		}
+	}
+	return v
+}
