@@ -731,3 +731,18 @@ func valueAt(v reflect.Value, keys []string) reflect.Value {
 	}
 	return v
 }
+
+// TestNoSecretsInMessages: values that may hold a password are described,
+// not echoed.
+func TestNoSecretsInMessages(t *testing.T) {
+	t.Parallel()
+	for _, src := range []string{
+		"source: postgres://u:hunter2@db/app\nevents: [{event: a.b, table: t, operations: [insert]}]\n",
+		"source:\n  dsn: postgres://u:hunter2${X@db/app\nevents: [{event: a.b, table: t, operations: [insert]}]\n",
+	} {
+		_, err := Parse("p.yaml", []byte(src), nil)
+		if err == nil || strings.Contains(err.Error(), "hunter2") {
+			t.Errorf("%q: %v", src, err)
+		}
+	}
+}
