@@ -34,6 +34,7 @@ type options struct {
 	runArgs     multiFlag     // extra arguments for `walhook run`
 	keep        bool          // keep the temporary directory (configs, logs)
 	skip        multiFlag     // parts to leave out: e2e, latency, pgbench
+	cpuprofile  string        // CPU profile of walhook run over the saturation measure
 }
 
 type multiFlag []string
@@ -66,6 +67,7 @@ func parseOptions(args []string, stderr io.Writer) (options, error) {
 	fs.Var(&o.runArgs, "run-arg", "extra argument for `walhook run` (repeatable)")
 	fs.BoolVar(&o.keep, "keep", false, "keep the temporary directory with configs and walhook logs")
 	fs.Var(&o.skip, "skip", "leave out a part: e2e, latency or pgbench (repeatable)")
+	fs.StringVar(&o.cpuprofile, "cpuprofile", "", "write a CPU profile of walhook run over the saturation measure to this file, and `go tool pprof -top` of it to FILE.top.txt (builds walhook with a profiling hook)")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
@@ -95,6 +97,9 @@ func parseOptions(args []string, stderr io.Writer) (options, error) {
 		if s != "e2e" && s != "latency" && s != "pgbench" {
 			bad = append(bad, fmt.Sprintf("--skip %q: want e2e, latency or pgbench", s))
 		}
+	}
+	if o.cpuprofile != "" && o.walhook != "" {
+		bad = append(bad, "--cpuprofile builds its own walhook: leave out --walhook")
 	}
 	if len(bad) > 0 {
 		return o, errors.New(strings.Join(bad, "; "))
@@ -166,7 +171,12 @@ func newEnv(ctx context.Context, o options, log io.Writer) (_ *env, err error) {
 	if e.samples, err = findSamples(o.samples); err != nil {
 		return nil, err
 	}
-	if e.walhook = o.walhook; e.walhook == "" {
+	if o.cpuprofile != "" {
+		e.say("building walhook with a profiling hook …")
+		if e.walhook, err = buildProfiling(ctx, e.dir); err != nil {
+			return nil, err
+		}
+	} else if e.walhook = o.walhook; e.walhook == "" {
 		e.say("building walhook …")
 		if e.walhook, err = buildWalhook(ctx, e.dir); err != nil {
 			return nil, err

@@ -76,6 +76,13 @@ func (e *env) endToEnd(ctx context.Context, r *results) error {
 		if rcv, err = e.newReceiver(true, func(d receiver.Delivery) { first.CompareAndSwap(0, d.At.UnixNano()) }); err != nil {
 			return err
 		}
+		var prof *profiler
+		if e.o.cpuprofile != "" {
+			if prof, err = newProfiler(e.o.cpuprofile); err != nil {
+				return err
+			}
+			s.env = prof.env()
+		}
 		e.say("starting walhook run on the backlog …")
 		if p, err = s.run(); err != nil {
 			return err
@@ -87,6 +94,13 @@ func (e *env) endToEnd(ctx context.Context, r *results) error {
 		r.e2eTime = time.Since(p.start)
 		r.e2eFirst = time.Unix(0, first.Load()).Sub(p.start)
 		r.e2eDups, r.e2eRejected = rcv.Duplicates(), rcv.Rejected()
+		if prof != nil {
+			top, err := prof.stop(ctx, e.walhook)
+			if err != nil {
+				return err
+			}
+			e.say("cpu profile of walhook run: %s (top: %s)", prof.file, top)
+		}
 		e.say("  %d deliveries in %s: %.0f/s", n, r.e2eTime.Round(time.Millisecond), float64(n)/r.e2eTime.Seconds())
 	}
 

@@ -19,7 +19,7 @@ func check(ok bool) *bool { return &ok }
 // printTable writes the one table of the run.
 func printTable(w io.Writer, r results) {
 	o := r.opts
-	fmt.Fprintf(w, "\nwalhook end-to-end benchmark: PostgreSQL %s (fsync %v), %s, seed-000 mix\n", r.pgVersion, o.fsync, cpus())
+	fmt.Fprintf(w, "\nwalhook end-to-end benchmark: PostgreSQL %s, fsync %s, %s, seed-000 mix\n", r.pgVersion, onOff(o.fsync), cpus())
 	fmt.Fprintf(w, "flags: --changes %d --concurrency %d --rate %d --duration %s --rounds %d --clients %d\n\n",
 		o.changes, o.concurrency, o.rate, o.duration, o.rounds, o.clients)
 	var rows []row
@@ -100,4 +100,11 @@ func ints(xs []int) string {
 		s[i] = fmt.Sprint(x)
 	}
 	return strings.Join(s, ", ")
+}
+
+func onOff(b bool) string {
+	if b {
+		return "on"
+	}
+	return "off"
 }

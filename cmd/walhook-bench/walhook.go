@@ -42,6 +42,7 @@ type session struct {
 	cfg     string
 	apiAddr string
 	logFile string
+	env     []string // added to walhook run's environment
 }
 
 // newSession writes a config for the sample mapping with the receiver as the
@@ -153,6 +154,7 @@ func (s *session) run() (*proc, error) {
 	args := append([]string{"run", "--config", s.cfg}, s.e.o.runArgs...)
 	c := exec.Command(s.e.walhook, args...)
 	c.Stdout, c.Stderr = logf, logf
+	c.Env = append(os.Environ(), s.env...)
 	c.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	p := &proc{cmd: c, done: make(chan struct{}), log: s.logFile}
 	p.start = time.Now()
