@@ -96,6 +96,10 @@ func runCheck(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err := checkDSNs(cfg); err != nil {
 		return err
 	}
+	if cfg.API.Listen != "" && len(cfg.API.Keys) == 0 {
+		c.fail("admin API", "add a key under api.keys (e.g. - ${WALHOOK_API_KEY}), or set api.listen: off",
+			"api.listen is %s but api.keys is empty: walhook run refuses to serve an admin API nobody can use", cfg.API.Listen)
+	}
 	srcDesc, _ := dsnLabel(cfg.Source.DSN)
 	storeDesc, _ := dsnLabel(cfg.Store.DSN)
 	fmt.Fprintf(stdout, "source %s\n", srcDesc)

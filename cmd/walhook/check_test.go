@@ -338,3 +338,30 @@ func TestCheckForeignObjects(t *testing.T) {
 	)
 	ckNoLines(t, out, `not ready: run walhook setup`)
 }
+
+// An admin API without keys would make `walhook run` refuse to start: check
+// says so with the fix instead of reporting ready.
+func TestCheckAPIWithoutKeys(t *testing.T) {
+	t.Parallel()
+	dsn, db := ckSampleDB(t, pgtest.Shared(t))
+	cfg := ckSampleConfig(t, dsn, db)
+	b, err := os.ReadFile(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := strings.Replace(string(b), "  keys:\n    - "+ckAPIKey+"\n", "", 1)
+	if s == string(b) {
+		t.Fatal("sample config: api.keys block not found")
+	}
+	if err := os.WriteFile(cfg, []byte(s), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if out, _, code := runCLI(t, context.Background(), "setup", "--replica-identity", "--config", cfg); code != 0 {
+		t.Fatalf("setup exit %d\n%s", code, out)
+	}
+	out, _, code := runCLI(t, context.Background(), "check", "--config", cfg)
+	if code != 1 {
+		t.Fatalf("exit %d, want 1\n%s", code, out)
+	}
+	ckWantLines(t, out, `FAIL.*admin API.*api.keys is empty`, `not ready: 1 problem`)
+}
