@@ -351,7 +351,7 @@ func demoActivity(ctx context.Context, conn *pgx.Conn, round int) error {
 		{`INSERT INTO members (id, auction_id, email, display_name, role) VALUES ($1, $2, $3, 'Alice', 'owner')`, []any{owner, a, email("alice")}}, // member.invited
 		{`INSERT INTO members (id, auction_id, email, display_name, role, invited_by) VALUES ($1, $2, $3, 'Bob', 'counter', $4), ($5, $2, $6, 'Carol', 'inspector', $4)`, []any{counter, a, email("bob"), owner, inspector, email("carol")}},
 		{`UPDATE members SET accepted_at = now(), user_id = gen_random_uuid() WHERE auction_id = $1`, []any{a}}, // member.joined ×3
-		{`UPDATE members SET role = 'admin' WHERE id = $1`, []any{counter}},                                    // member.role_changed
+		{`UPDATE members SET role = 'admin' WHERE id = $1`, []any{counter}},                                     // member.role_changed
 		{`INSERT INTO lot_submissions (id, auction_id, member_id, lot_number, item_count, notes) VALUES ($1, $2, $3, $4, 10, 'first count')`, []any{sub, a, counter, round}},
 		{`UPDATE lot_submissions SET item_count = 12, notes = 'recounted', updated_at = now() WHERE id = $1`, []any{sub}}, // submission.updated
 		{`INSERT INTO inspections (id, auction_id, submission_id, inspector_id, grade, notes) VALUES ($1, $2, $3, $4, 'B', 'minor wear')`, []any{insp, a, sub, inspector}},
