@@ -1,0 +1,110 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+)
+
+// runAPI calls the admin API of a running walhook and decodes the envelope.
+func runAPI(t *testing.T, method, url, key, body string) (int, map[string]any) {
+	t.Helper()
+	req, err := http.NewRequest(method, url, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if key != "" {
+		req.Header.Set("X-API-Key", key)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	raw, _ := io.ReadAll(resp.Body)
+	var env map[string]any
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.UseNumber()
+	if err := dec.Decode(&env); err != nil {
+		t.Fatalf("%s %s: body %q is not JSON: %v", method, url, raw, err)
+	}
+	return resp.StatusCode, env
+}
+
+// An admin's day through a real `walhook run`: subscribe an endpoint through
+// the API, see only the subscribed events arrive, read the delivery history
+// and the status; bad input and a missing key change nothing.
+func TestRunAdminAPI(t *testing.T) {
+	t.Parallel()
+	db := newRunDB(t, string(runReadFile(t, "../../testdata/auction-excellence/schema.sql")))
+	rc := newRunReceiver(t, runSecret, nil)
+	file, cfg := runConfig(t, runReadFile(t, "../../testdata/auction-excellence/walhook.yaml"), db.settings())
+	db.setup(t, cfg)
+	p := startRunProc(t, "--config", file)
+	runWaitFor(t, 30*time.Second, "the startup line", func() bool { return apiAddrRE.MatchString(p.stdout.String()) }, p.diag)
+	base := apiAddrRE.FindStringSubmatch(p.stdout.String())[1]
+
+	if code, env := runAPI(t, "GET", base+"/api/v1/webhooks", "", ""); code != 401 || env["success"] != false {
+		t.Fatalf("no key: %d %v, want 401", code, env)
+	}
+	code, env := runAPI(t, "POST", base+"/api/v1/webhooks/create", runAPIKey,
+		`{"url":"`+rc.URL+`","events":["problem.nonsense"]}`)
+	if errObj, _ := env["error"].(map[string]any); code != 400 || errObj["code"] != "unknown_event" {
+		t.Fatalf("unknown event: %d %v, want 400 unknown_event", code, env)
+	}
+	if _, env := runAPI(t, "GET", base+"/api/v1/webhooks", runAPIKey, ""); env["data"].(map[string]any)["total"] != json.Number("0") {
+		t.Fatalf("a refused create left an endpoint: %v", env)
+	}
+
+	code, env = runAPI(t, "POST", base+"/api/v1/webhooks/create", runAPIKey,
+		`{"url":"`+rc.URL+`","events":["problem.*","member.role_changed"],"secret":"`+runSecret+`","description":"ops"}`)
+	if code != 201 && code != 200 {
+		t.Fatalf("create: %d %v", code, env)
+	}
+	id, _ := env["data"].(map[string]any)["subscriptionId"].(string)
+	if !strings.HasPrefix(id, "whk_") {
+		t.Fatalf("create: subscriptionId %q, want whk_…", id)
+	}
+
+	for _, sql := range runAEActivity {
+		db.exec(t, sql)
+	}
+	want := map[string]int{"problem.created": 1, "problem.status_changed": 1, "problem.assigned": 1,
+		"problem.action_completed": 1, "member.role_changed": 1}
+	runWaitFor(t, 30*time.Second, "the subscribed events", func() bool { return rc.Unique() >= 5 }, p.diag)
+	time.Sleep(500 * time.Millisecond) // anything unsubscribed would arrive by now
+	if got := rc.Counts(); !runCountsEqual(got, want) {
+		t.Errorf("delivered %v, want only the subscribed %v", got, want)
+	}
+
+	var hist []any
+	runWaitFor(t, 10*time.Second, "five delivered rows in the history", func() bool {
+		_, env := runAPI(t, "GET", base+"/api/v1/webhooks/"+id+"/deliveries?status=delivered", runAPIKey, "")
+		data, _ := env["data"].(map[string]any)
+		hist, _ = data["deliveries"].([]any)
+		return len(hist) == 5
+	}, p.diag)
+	for _, h := range hist {
+		d := h.(map[string]any)
+		if d["status"] != "delivered" || d["responseStatusCode"] != json.Number("204") {
+			t.Errorf("history row %v: want delivered with 204", d)
+		}
+	}
+
+	code, env = runAPI(t, "GET", base+"/api/v1/status", runAPIKey, "")
+	slot, _ := env["data"].(map[string]any)["slot"].(map[string]any)
+	if code != 200 || slot["active"] != true || slot["walStatus"] == "" {
+		t.Errorf("status: %d %v, want an active slot", code, env)
+	}
+	if code, env := runAPI(t, "DELETE", base+"/api/v1/webhooks/"+id, runAPIKey, ""); code != 200 || env["data"].(map[string]any)["deletedId"] != id {
+		t.Errorf("delete: %d %v", code, env)
+	}
+	if err := p.stop(t); err != nil {
+		t.Fatalf("graceful stop: %v", err)
+	}
+}
