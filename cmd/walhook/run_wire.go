@@ -71,7 +71,12 @@ func streamOptions(cfg *config.Config, log *slog.Logger) cdc.Options {
 		HeartbeatInterval: cfg.Source.HeartbeatInterval.D(),
 		StatusInterval:    cfg.Source.StatusInterval.D(),
 		MaxChunkChanges:   cfg.Source.MaxChunkChanges,
-		Logger:            log.With("part", "cdc"),
+		// Transactions that wait while an Append commits are stored by the
+		// next Append together; a deep channel lets a backlog of small
+		// transactions form batches of hundreds (one store commit each)
+		// instead of 64. Memory stays bounded by MaxBufferedChanges.
+		TxBuffer: 1024,
+		Logger:   log.With("part", "cdc"),
 	}
 }
 
