@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
-	"encoding/base64"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -19,6 +18,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"gopkg.in/yaml.v3"
 
+	"github.com/walhook/walhook/dispatch"
 	"github.com/walhook/walhook/internal/pgtest"
 	"github.com/walhook/walhook/internal/receiver"
 )
@@ -128,7 +128,7 @@ func (d *demo) run(ctx context.Context) error {
 	dsn := cluster.DSN("auctions")
 	d.say("  PostgreSQL %s on port %d, database auctions (sample schema loaded)", filepath.Base(filepath.Dir(cluster.BinDir)), cluster.Port)
 
-	secret, apiKey := newWebhookSecret(), "sk_demo_"+randomHex(16)
+	secret, apiKey := dispatch.NewSecret(), "sk_demo_"+randomHex(16)
 	rcv, err := receiver.New(false, secret)
 	if err != nil {
 		return fmt.Errorf("demo: %w", err)
@@ -311,13 +311,6 @@ func waitHTTP(ctx context.Context, url string, runErr chan error) error {
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
-}
-
-// newWebhookSecret returns a "whsec_" + base64(32 random bytes) secret.
-func newWebhookSecret() string {
-	var b [32]byte
-	_, _ = rand.Read(b[:])
-	return "whsec_" + base64.StdEncoding.EncodeToString(b[:])
 }
 
 func randomHex(n int) string {
