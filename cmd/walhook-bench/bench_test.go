@@ -181,7 +181,7 @@ func TestPgbenchSetups(t *testing.T) {
 	if len(r.notified) != 1 || r.notified[0] == 0 {
 		t.Errorf("trigger notifications %v, want one round with some", r.notified)
 	}
-	if n := count(t, e.dsn, `SELECT count(*) FROM pg_replication_slots`); n != 0 {
+	if n := count(t, e.dsn, `SELECT count(*) FROM pg_replication_slots WHERE database = current_database()`); n != 0 {
 		t.Errorf("%d slots left behind", n)
 	}
 	if n := count(t, e.dsn, `SELECT count(*) FROM pg_trigger WHERE NOT tgisinternal`); n != 0 {

@@ -91,8 +91,7 @@ func (e *env) pgbenchIn(ctx context.Context, name, script string, round int, r *
 		if err := e.cluster.Exec(ctx, e.db, fmt.Sprintf(`SELECT pg_create_logical_replication_slot('%s', 'pgoutput')`, slot)); err != nil {
 			return 0, err
 		}
-		defer e.cluster.Exec(context.WithoutCancel(ctx), e.db, fmt.Sprintf(
-			`SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = '%s'`, slot))
+		defer e.dropSlot(context.WithoutCancel(ctx), slot)
 		cmd := exec.Command(filepath.Join(e.cluster.BinDir, "pg_recvlogical"), "-d", e.dsn, "--slot", slot,
 			"--start", "--no-loop", "-o", "proto_version=1", "-o", "publication_names=bench_recv", "-f", "/dev/null")
 		var out bytes.Buffer
@@ -224,5 +223,30 @@ func (e *env) waitSlotActive(ctx context.Context, slot string, exited chan error
 		if time.Now().After(deadline) {
 			return fmt.Errorf("slot %s not active within 30s", slot)
 		}
+	}
+}
+
+// dropSlot drops a slot once its walsender has let go of it: after
+// pg_recvlogical exits, the server may still show the slot active for a
+// moment, and dropping an active slot fails. A slot left behind would
+// retain WAL through every later measure.
+func (e *env) dropSlot(ctx context.Context, slot string) {
+	conn, err := pgx.Connect(ctx, e.dsn)
+	if err != nil {
+		fmt.Fprintf(e.log, "drop slot %s: %v\n", slot, err)
+		return
+	}
+	defer conn.Close(ctx)
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		var left int
+		_, _ = conn.Exec(ctx, `SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1 AND NOT active`, slot)
+		if err := conn.QueryRow(ctx, `SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1`, slot).Scan(&left); err == nil && left == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			fmt.Fprintf(e.log, "drop slot %s: still active after 10s\n", slot)
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }
