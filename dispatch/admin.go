@@ -378,8 +378,8 @@ func (a *Admin) SendTest(ctx context.Context, endpointID string) (TestResult, er
 	return a.d.SendTest(ctx, endpointID)
 }
 
-// DeleteEndpoint removes an API endpoint with its deliveries and attempts
-// (ON DELETE CASCADE). The events stay until retention removes them.
+// DeleteEndpoint removes an API endpoint with its deliveries and attempts.
+// The events stay until retention removes them.
 func (a *Admin) DeleteEndpoint(ctx context.Context, id string) error {
 	return pgx.BeginFunc(ctx, a.pool, func(tx pgx.Tx) error {
 		static, _, err := a.lockEndpoint(ctx, tx, id)
@@ -391,6 +391,9 @@ func (a *Admin) DeleteEndpoint(ctx context.Context, id string) error {
 		}
 		if _, err := tx.Exec(ctx, a.q(`DELETE FROM {{schema}}.endpoints WHERE id = $1`), id); err != nil {
 			return fmt.Errorf("delete endpoint: %w", err)
+		}
+		if _, err := tx.Exec(ctx, a.q(deleteDeliveriesOfSQL), []string{id}); err != nil {
+			return fmt.Errorf("delete endpoint's deliveries: %w", err)
 		}
 		return nil
 	})

@@ -21,9 +21,18 @@ type outcome struct {
 }
 
 // deliver renders, signs and sends one claimed delivery and records the
-// attempt. It never returns an error: a failure to record leaves the row
-// claimed, and the lease rescue (or release at stop) puts it back.
+// attempt before it returns. It never returns an error: a failure to
+// record leaves the row claimed, and the lease rescue (or release at stop)
+// puts it back.
 func (d *Dispatcher) deliver(ctx context.Context, c claimed) Result {
+	return d.deliverVia(ctx, c, nil)
+}
+
+// deliverVia is deliver, handing a 2xx of a claimed (non-test) delivery to
+// rec when rec is not nil: the recorder writes it with others in one
+// transaction, and the worker is free at once. Every other outcome (retry,
+// failure, disable) is written here, in its own transaction.
+func (d *Dispatcher) deliverVia(ctx context.Context, c claimed, rec *recorder) Result {
 	keys, err := d.keys(c)
 	var res Result
 	started := time.Now()
@@ -35,6 +44,10 @@ func (d *Dispatcher) deliver(ctx context.Context, c claimed) Result {
 	}
 	d.metrics.attemptLatency.Observe(res.Duration.Seconds())
 	o := d.decide(c, res)
+	if rec != nil && o.status == "delivered" && !c.test {
+		rec.add(success{c: c, started: started, res: res})
+		return res
+	}
 	// Recording must not be cut short by a shutdown: the attempt happened.
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	defer cancel()
@@ -46,7 +59,7 @@ func (d *Dispatcher) deliver(ctx context.Context, c claimed) Result {
 	d.metrics.deliveries.WithLabelValues(c.endpointID, outcomeLabel(o.status)).Inc()
 	switch o.status {
 	case "delivered":
-		d.metrics.deliveryLatency.Observe(time.Since(c.event.OccurredAt).Seconds())
+		d.metrics.deliveryLatency.Observe(started.Add(res.Duration).Sub(c.event.OccurredAt).Seconds())
 		d.log.Debug("delivered", slog.String("delivery", c.id), slog.String("endpoint", c.endpointID),
 			slog.Int("attempt", c.attempt), slog.Int("status", res.StatusCode), slog.Duration("duration", res.Duration))
 	case "pending":

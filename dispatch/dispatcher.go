@@ -38,8 +38,9 @@ type Options struct {
 
 	// Workers is the number of concurrent requests. Default 32.
 	Workers int
-	// MaxInFlightPerEndpoint caps claimed deliveries per endpoint, counted
-	// across every process sharing the store. Default 8.
+	// MaxInFlightPerEndpoint caps this process's requests in flight per
+	// endpoint, so one slow endpoint cannot hold every worker. Each
+	// process sharing a store has its own cap. Default 8.
 	MaxInFlightPerEndpoint int
 	// BatchSize is the most deliveries claimed by one statement. Default 64.
 	BatchSize int

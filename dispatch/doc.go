@@ -12,7 +12,9 @@
 // Delivery (worker.go, deliver.go): a claim is one UPDATE … FROM (SELECT …
 // FOR UPDATE SKIP LOCKED) that bumps the attempt and leases the row. It
 // walks endpoints and takes each one's due rows up to its free in-flight
-// slots, so one slow or dead endpoint never fills the workers. Workers wake
+// slots in this process, so one slow or dead endpoint never fills the
+// workers. A 2xx is handed to the recorder (record.go), which writes every
+// success handed over since its last write in one transaction. Workers wake
 // on LISTEN/NOTIFY (channel "<schema>_wake", sent inside Append's
 // transaction so it arrives only after commit) and on an in-process signal,
 // polling as a fallback. Several processes share a store: SKIP LOCKED keeps

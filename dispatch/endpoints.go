@@ -57,11 +57,21 @@ func (d *Dispatcher) SyncStaticEndpoints(ctx context.Context, eps []StaticEndpoi
 				return fmt.Errorf("upsert static endpoint %q: %w", e.Name, err)
 			}
 		}
-		if _, err := tx.Exec(ctx, d.q(`DELETE FROM {{schema}}.endpoints WHERE static AND NOT (id = ANY($1::text[]))`), ids); err != nil {
+		rows, err := tx.Query(ctx, d.q(`DELETE FROM {{schema}}.endpoints WHERE static AND NOT (id = ANY($1::text[])) RETURNING id`), ids)
+		if err != nil {
 			return fmt.Errorf("delete static endpoints no longer configured: %w", err)
 		}
+		gone, err := pgx.CollectRows(rows, pgx.RowTo[string])
+		if err != nil {
+			return fmt.Errorf("delete static endpoints no longer configured: %w", err)
+		}
+		if len(gone) > 0 {
+			if _, err := tx.Exec(ctx, d.q(deleteDeliveriesOfSQL), gone); err != nil {
+				return fmt.Errorf("delete deliveries of static endpoints no longer configured: %w", err)
+			}
+		}
 		// Deliveries of endpoints the config disables stop now.
-		_, err := tx.Exec(ctx, d.q(`UPDATE {{schema}}.deliveries SET status = 'skipped', updated_at = now()
+		_, err = tx.Exec(ctx, d.q(`UPDATE {{schema}}.deliveries SET status = 'skipped', updated_at = now()
 			WHERE status = 'pending' AND endpoint_id = ANY($1::text[])
 			  AND endpoint_id IN (SELECT id FROM {{schema}}.endpoints WHERE NOT active)`), ids)
 		return err
@@ -103,3 +113,14 @@ func nonNilStrings(s []string) []string {
 	}
 	return s
 }
+
+// deleteDeliveriesOfSQL deletes the deliveries of the endpoints in $1 and
+// their attempts. Run it in the transaction that deletes the endpoints,
+// after that DELETE: an Append that read those endpoints holds them FOR
+// KEY SHARE, so the DELETE waited for it, and this statement's snapshot
+// sees what it wrote.
+const deleteDeliveriesOfSQL = `
+WITH gone AS (
+    DELETE FROM {{schema}}.deliveries WHERE endpoint_id = ANY($1::text[]) RETURNING id
+)
+DELETE FROM {{schema}}.attempts a USING gone WHERE a.delivery_id = gone.id`

@@ -92,28 +92,38 @@ func (d *Dispatcher) updateGauges(ctx context.Context) error {
 	return nil
 }
 
-// deleteExpired deletes finished deliveries (their attempts cascade) and
-// then events no delivery refers to, older than Retention, in batches.
+// deleteExpired deletes finished deliveries with their attempts, and then
+// events no delivery refers to, older than Retention, in batches.
 func (d *Dispatcher) deleteExpired(ctx context.Context) (int64, error) {
 	var total int64
 	for _, stmt := range []string{
-		`DELETE FROM {{schema}}.deliveries WHERE id IN (
-			SELECT id FROM {{schema}}.deliveries
-			WHERE status IN ('delivered', 'failed', 'skipped') AND updated_at < now() - make_interval(secs => $1)
-			LIMIT $2)`,
-		`DELETE FROM {{schema}}.events WHERE id IN (
-			SELECT ev.id FROM {{schema}}.events ev
-			WHERE ev.created_at < now() - make_interval(secs => $1)
-			  AND NOT EXISTS (SELECT 1 FROM {{schema}}.deliveries x WHERE x.event_id = ev.id)
-			LIMIT $2)`,
+		`WITH gone AS (
+			DELETE FROM {{schema}}.deliveries WHERE id IN (
+				SELECT id FROM {{schema}}.deliveries
+				WHERE status IN ('delivered', 'failed', 'skipped') AND updated_at < now() - make_interval(secs => $1)
+				LIMIT $2)
+			RETURNING id
+		), attempts AS (
+			DELETE FROM {{schema}}.attempts a USING gone WHERE a.delivery_id = gone.id
+		)
+		SELECT count(*) FROM gone`,
+		`WITH gone AS (
+			DELETE FROM {{schema}}.events WHERE id IN (
+				SELECT ev.id FROM {{schema}}.events ev
+				WHERE ev.created_at < now() - make_interval(secs => $1)
+				  AND NOT EXISTS (SELECT 1 FROM {{schema}}.deliveries x WHERE x.event_id = ev.id)
+				LIMIT $2)
+			RETURNING id
+		)
+		SELECT count(*) FROM gone`,
 	} {
 		for {
-			tag, err := d.pool.Exec(ctx, d.q(stmt), d.opts.Retention.Seconds(), retentionBatch)
-			if err != nil {
+			var n int64
+			if err := d.pool.QueryRow(ctx, d.q(stmt), d.opts.Retention.Seconds(), retentionBatch).Scan(&n); err != nil {
 				return total, fmt.Errorf("delete expired rows: %w", err)
 			}
-			total += tag.RowsAffected()
-			if tag.RowsAffected() < retentionBatch {
+			total += n
+			if n < retentionBatch {
 				break
 			}
 		}

@@ -98,8 +98,9 @@ func matchAuction(filters []string, auction string) bool {
 // The endpoints are read inside the transaction with FOR KEY SHARE: an
 // endpoint created, changed or disabled by the API of another walhook
 // process is seen as of this transaction, and one being deleted is either
-// waited for (then skipped) or kept until this commit, so the deliveries'
-// foreign key never fails on a concurrent delete.
+// waited for (then skipped) or kept until this commit, and the delete then
+// removes the deliveries written here too (deleteDeliveriesOfSQL): no
+// delivery is left pointing at an endpoint that is gone.
 //
 // Rows go in as arrays through unnest, one statement per table, so the cost
 // is a handful of round trips whatever the batch size.

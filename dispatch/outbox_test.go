@@ -263,12 +263,35 @@ func TestSyncStaticEndpoints(t *testing.T) {
 		t.Fatal("static:two not re-enabled by the config")
 	}
 
-	// Dropped from the config: deleted; API endpoints untouched.
+	// Dropped from the config: deleted with its deliveries and their
+	// attempts; API endpoints and their deliveries untouched.
+	if _, err := b.pool.Exec(ctx, `UPDATE walhook.endpoints SET active = true WHERE id = 'static:one'`); err != nil {
+		t.Fatal(err)
+	}
+	ev := obEvent("a.b", "")
+	obAppend(t, d, 10, ev)
+	if _, err := b.pool.Exec(ctx, `INSERT INTO walhook.attempts (delivery_id, attempt, started_at, duration_ms)
+		SELECT id, 1, now(), 1 FROM walhook.deliveries`); err != nil {
+		t.Fatal(err)
+	}
+	if n := b.count(t, `SELECT count(*) FROM walhook.deliveries WHERE endpoint_id = 'static:one'`); n != 1 {
+		t.Fatalf("static:one has %d deliveries before it is dropped, want 1", n)
+	}
 	if err := d.SyncStaticEndpoints(ctx, []StaticEndpoint{two}); err != nil {
 		t.Fatal(err)
 	}
 	if n := b.count(t, `SELECT count(*) FROM walhook.endpoints`); n != 2 {
 		t.Fatalf("%d endpoints after dropping one, want static:two and whk_api", n)
+	}
+	if n := b.count(t, `SELECT count(*) FROM walhook.deliveries WHERE endpoint_id = 'static:one'`); n != 0 {
+		t.Errorf("%d deliveries of the dropped endpoint left", n)
+	}
+	if n := b.count(t, `SELECT count(*) FROM walhook.attempts a WHERE NOT EXISTS
+		(SELECT 1 FROM walhook.deliveries x WHERE x.id = a.delivery_id)`); n != 0 {
+		t.Errorf("%d attempts of deleted deliveries left", n)
+	}
+	if n := b.count(t, `SELECT count(*) FROM walhook.deliveries WHERE endpoint_id = 'whk_api'`); n != 1 {
+		t.Errorf("whk_api has %d deliveries after another endpoint was dropped, want 1", n)
 	}
 
 	for _, bad := range []struct {

@@ -45,7 +45,7 @@ func (d *Dispatcher) SendTest(ctx context.Context, endpointID string) (TestResul
 	err := pgx.BeginFunc(ctx, d.pool, func(tx pgx.Tx) error {
 		err := tx.QueryRow(ctx, d.q(`SELECT url, secret, coalesce(previous_secret, ''),
 				coalesce(previous_secret_until > now(), false)
-			FROM {{schema}}.endpoints WHERE id = $1`), endpointID).
+			FROM {{schema}}.endpoints WHERE id = $1 FOR KEY SHARE`), endpointID).
 			Scan(&c.url, &c.secret, &c.prevSecret, &c.prevSecretValid)
 		if errors.Is(err, pgx.ErrNoRows) {
 			return fmt.Errorf("endpoint %q: %w", endpointID, ErrNotFound)

@@ -27,33 +27,35 @@ type claimed struct {
 
 // claimSQL claims due deliveries in one statement. It walks the active
 // endpoints and, for each, takes its earliest due pending rows up to the
-// endpoint's free in-flight slots (LATERAL + LIMIT), so a backlog at one
-// endpoint can never fill a claim batch and starve the others. FOR UPDATE
-// SKIP LOCKED lets concurrent claimers (other workers, other processes)
-// pass each other's rows instead of waiting. The in-flight count is read
-// from the statement's snapshot, so two processes claiming the same
-// endpoint at the same instant may together exceed the cap by one batch;
-// it is a bound on load, not a correctness rule.
+// endpoint's free in-flight slots in this process (LATERAL + LIMIT), so a
+// backlog at one endpoint can never fill a claim batch and starve the
+// others. FOR UPDATE SKIP LOCKED lets concurrent claimers (other workers,
+// other processes) pass each other's rows instead of waiting.
+//
+// The in-flight counts come from the process ($3, $4: the endpoints with
+// requests in flight and their free slots; others get $5), not from
+// counting 'delivering' rows: every claimed row leaves a dead entry in a
+// partial index on that status until vacuum, so a count there costs
+// O(recent history) per claim and was most of the store's time under load.
 //
 // The claim bumps attempts, so a process that crashes mid-request has still
 // spent that attempt (the lease rescue does not refund it).
 const claimSQL = `
-WITH inflight AS (
-    SELECT endpoint_id, count(*) AS n FROM {{schema}}.deliveries
-    WHERE status = 'delivering' GROUP BY endpoint_id
+WITH busy AS (
+    SELECT * FROM unnest($3::text[], $4::int[]) AS b(endpoint_id, free)
 ), due AS (
     SELECT x.id, x.next_attempt_at FROM {{schema}}.endpoints e
-    LEFT JOIN inflight i ON i.endpoint_id = e.id
+    LEFT JOIN busy b ON b.endpoint_id = e.id
     CROSS JOIN LATERAL (
         SELECT d.id, d.next_attempt_at FROM {{schema}}.deliveries d
         WHERE d.endpoint_id = e.id AND d.status = 'pending' AND d.next_attempt_at <= now()
         ORDER BY d.next_attempt_at
-        LIMIT greatest($3::int - coalesce(i.n, 0), 0)
+        LIMIT least(coalesce(b.free, $5), $6)
         FOR UPDATE OF d SKIP LOCKED
     ) x
-    WHERE e.active
+    WHERE e.active AND coalesce(b.free, $5) > 0
     ORDER BY x.next_attempt_at
-    LIMIT $4
+    LIMIT $6
 )
 UPDATE {{schema}}.deliveries d
 SET status = 'delivering', attempts = d.attempts + 1, locked_by = $1,
@@ -65,13 +67,79 @@ RETURNING d.id, d.endpoint_id, d.attempts, e.url, e.secret, coalesce(e.previous_
     ev.id, ev.type, coalesce(ev.auction_id, ''), coalesce(ev.domain, ''), ev.envelope,
     ev.occurred_at, ev.data::text, coalesce(ev.table_name, ''), coalesce(ev.position, 0)`
 
-func (d *Dispatcher) claim(ctx context.Context, n int) ([]claimed, error) {
-	rows, err := d.pool.Query(ctx, d.q(claimSQL), d.opts.InstanceID, d.opts.Lease.Seconds(),
-		d.opts.MaxInFlightPerEndpoint, n)
-	if err != nil {
-		return nil, fmt.Errorf("claim deliveries: %w", err)
+// inflight counts this process's requests in flight per endpoint, for the
+// per-endpoint cap. The claim loop adds, workers subtract.
+type inflight struct {
+	mu sync.Mutex
+	n  map[string]int
+}
+
+func (f *inflight) add(endpointID string, delta int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.n == nil {
+		f.n = map[string]int{}
 	}
-	cs, err := pgx.CollectRows(rows, scanClaimed)
+	if f.n[endpointID] += delta; f.n[endpointID] <= 0 {
+		delete(f.n, endpointID)
+	}
+}
+
+// free returns the endpoints with requests in flight and their free slots
+// under limit.
+func (f *inflight) free(limit int) (ids []string, free []int32) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for id, n := range f.n {
+		ids = append(ids, id)
+		free = append(free, int32(max(limit-n, 0)))
+	}
+	return ids, free
+}
+
+// indexPlans makes the planner use index nested loops for the statement
+// that follows in its transaction. Claim and record touch a few rows of
+// tables that grow from empty to millions while walhook runs; their
+// prepared statements' generic plans are made early, when the store is
+// nearly empty and a sequential scan looks cheapest, and are kept until
+// the next ANALYZE. A hash join over a sequential scan of deliveries per
+// claim made throughput fall as the outbox grew; these plans are right at
+// every size.
+const indexPlans = `SELECT set_config('enable_seqscan', 'off', true),
+	set_config('enable_hashjoin', 'off', true), set_config('enable_mergejoin', 'off', true)`
+
+// claim claims up to n due deliveries, at most the free in-flight slots of
+// each endpoint (busy: this process's counts), in one round trip.
+func (d *Dispatcher) claim(ctx context.Context, n int, busy *inflight) ([]claimed, error) {
+	ids, free := busy.free(d.opts.MaxInFlightPerEndpoint)
+	b := &pgx.Batch{}
+	b.Queue("BEGIN")
+	b.Queue(indexPlans)
+	b.Queue(d.q(claimSQL), d.opts.InstanceID, d.opts.Lease.Seconds(), ids, free, d.opts.MaxInFlightPerEndpoint, n)
+	b.Queue("COMMIT")
+	br := d.pool.SendBatch(ctx, b)
+	var cs []claimed
+	err := func() error {
+		for range 2 {
+			if _, err := br.Exec(); err != nil {
+				return err
+			}
+		}
+		rows, err := br.Query()
+		if err != nil {
+			return err
+		}
+		if cs, err = pgx.CollectRows(rows, scanClaimed); err != nil {
+			return err
+		}
+		_, err = br.Exec()
+		return err
+	}()
+	// On an error the connection is left in an aborted transaction;
+	// pgxpool closes such a connection instead of reusing it.
+	if cerr := br.Close(); err == nil {
+		err = cerr
+	}
 	if err != nil {
 		return nil, fmt.Errorf("claim deliveries: %w", err)
 	}
@@ -135,12 +203,17 @@ func (d *Dispatcher) release(ctx context.Context) (int64, error) {
 // Notify, NOTIFY from another process) and at every poll interval.
 func (d *Dispatcher) claimLoop(ctx context.Context) error {
 	var wg sync.WaitGroup
+	rec := d.newRecorder()
+	// Workers first, then the recorder: every success handed over is
+	// written before Run releases what this process still holds.
+	defer rec.close()
 	defer wg.Wait()
 	// Attempts in flight outlive ctx: graceful stop lets them finish
 	// within the client's timeout instead of abandoning them mid-request.
 	sendCtx := context.WithoutCancel(ctx)
 	done := make(chan struct{}, d.opts.Workers)
 	free := d.opts.Workers
+	var busy inflight
 	poll := time.NewTicker(d.opts.PollInterval)
 	defer poll.Stop()
 	errDelay := time.Duration(0)
@@ -150,7 +223,7 @@ func (d *Dispatcher) claimLoop(ctx context.Context) error {
 		more := false
 		if free > 0 {
 			n := min(free, d.opts.BatchSize)
-			cs, err := d.claim(ctx, n)
+			cs, err := d.claim(ctx, n, &busy)
 			switch {
 			case ctx.Err() != nil:
 				return ctx.Err()
@@ -168,10 +241,12 @@ func (d *Dispatcher) claimLoop(ctx context.Context) error {
 			free -= len(cs)
 			more = len(cs) == n
 			for _, c := range cs {
+				busy.add(c.endpointID, 1)
 				wg.Add(1)
 				go func() {
 					defer wg.Done()
-					d.deliver(sendCtx, c)
+					d.deliverVia(sendCtx, c, rec)
+					busy.add(c.endpointID, -1)
 					done <- struct{}{}
 				}()
 			}

@@ -35,6 +35,7 @@ type options struct {
 	keep        bool          // keep the temporary directory (configs, logs)
 	skip        multiFlag     // parts to leave out: e2e, latency, pgbench
 	cpuprofile  string        // CPU profile of walhook run over the saturation measure
+	statements  bool          // print pg_stat_statements' top statements of the saturation measure
 }
 
 type multiFlag []string
@@ -68,6 +69,7 @@ func parseOptions(args []string, stderr io.Writer) (options, error) {
 	fs.BoolVar(&o.keep, "keep", false, "keep the temporary directory with configs and walhook logs")
 	fs.Var(&o.skip, "skip", "leave out a part: e2e, latency or pgbench (repeatable)")
 	fs.StringVar(&o.cpuprofile, "cpuprofile", "", "write a CPU profile of walhook run over the saturation measure to this file, and `go tool pprof -top` of it to FILE.top.txt (builds walhook with a profiling hook)")
+	fs.BoolVar(&o.statements, "statements", false, "load pg_stat_statements and print the store's costliest statements over the saturation measure")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
@@ -188,6 +190,10 @@ func newEnv(ctx context.Context, o options, log io.Writer) (_ *env, err error) {
 	settings := map[string]string{"max_wal_size": "'2GB'"}
 	if o.fsync {
 		settings["fsync"] = "on"
+	}
+	if o.statements {
+		settings["shared_preload_libraries"] = "'pg_stat_statements'"
+		settings["pg_stat_statements.track"] = "'all'"
 	}
 	if e.cluster, err = pgtest.Start(pgtest.Options{Settings: settings}); err != nil {
 		return nil, err

@@ -10,6 +10,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/walhook/walhook/dispatch"
 	"github.com/walhook/walhook/internal/receiver"
 )
@@ -24,6 +26,7 @@ type results struct {
 	loadTime    time.Duration // writing the backlog
 	e2eTime     time.Duration // walhook run start → receiver holds all
 	e2eFirst    time.Duration // walhook run start → first delivery
+	e2eIngest   time.Duration // walhook run start → every delivery row in the outbox
 	e2eDups     int
 	bareTime    time.Duration
 	bareFailed  int
@@ -72,6 +75,10 @@ func (e *env) endToEnd(ctx context.Context, r *results) error {
 		if err := e.cluster.Exec(ctx, e.db, "CHECKPOINT"); err != nil {
 			return err
 		}
+		walEnd, err := e.walPosition(ctx)
+		if err != nil {
+			return err
+		}
 		var first atomic.Int64
 		if rcv, err = e.newReceiver(true, func(d receiver.Delivery) { first.CompareAndSwap(0, d.At.UnixNano()) }); err != nil {
 			return err
@@ -83,17 +90,29 @@ func (e *env) endToEnd(ctx context.Context, r *results) error {
 			}
 			s.env = prof.env()
 		}
+		if e.o.statements {
+			if err := e.cluster.Exec(ctx, e.db, "CREATE EXTENSION IF NOT EXISTS pg_stat_statements; SELECT pg_stat_statements_reset()"); err != nil {
+				return err
+			}
+		}
 		e.say("starting walhook run on the backlog …")
 		if p, err = s.run(); err != nil {
 			return err
 		}
 		defer p.stop()
+		ingest := e.watchIngest(ctx, s.name, walEnd, p.start)
 		if err := waitFor(ctx, p, rcv, n, 60*time.Second+time.Duration(n)*2*time.Millisecond); err != nil {
 			return fmt.Errorf("%w\nexpected per event: %v\nreceived per event: %v", err, fmtCounts(want), fmtCounts(rcv.Counts()))
 		}
 		r.e2eTime = time.Since(p.start)
 		r.e2eFirst = time.Unix(0, first.Load()).Sub(p.start)
 		r.e2eDups, r.e2eRejected = rcv.Duplicates(), rcv.Rejected()
+		r.e2eIngest = ingest()
+		if e.o.statements {
+			if err := e.printStatements(ctx); err != nil {
+				return err
+			}
+		}
 		if prof != nil {
 			top, err := prof.stop(ctx, e.walhook)
 			if err != nil {
@@ -130,6 +149,42 @@ func (e *env) endToEnd(ctx context.Context, r *results) error {
 		}
 	}
 	return nil
+}
+
+// watchIngest polls the cursor of the session's store until it reaches
+// walEnd (the WAL position after the backlog was written) and returns a
+// function giving how long after start that took (0 if not yet seen): the
+// rate of cdc → mapper → Append, apart from delivery. Reading the one
+// cursor row keeps the probe O(1), so it does not slow what it measures.
+func (e *env) watchIngest(ctx context.Context, schema, walEnd string, start time.Time) func() time.Duration {
+	var at atomic.Int64
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		conn, err := pgx.Connect(ctx, e.dsn)
+		if err != nil {
+			return
+		}
+		defer conn.Close(context.WithoutCancel(ctx))
+		q := "SELECT coalesce(max(lsn) >= $1::pg_lsn, false) FROM " + pgx.Identifier{schema, "cursor"}.Sanitize()
+		for ctx.Err() == nil {
+			var reached bool
+			if err := conn.QueryRow(ctx, q, walEnd).Scan(&reached); err == nil && reached {
+				at.Store(int64(time.Since(start)))
+				return
+			}
+			select {
+			case <-ctx.Done():
+			case <-time.After(10 * time.Millisecond):
+			}
+		}
+	}()
+	return func() time.Duration {
+		cancel()
+		<-done
+		return time.Duration(at.Load())
+	}
 }
 
 // waitFor polls until the receiver holds n unique deliveries.
@@ -253,4 +308,45 @@ func fmtCounts(m map[string]int) string {
 		fmt.Fprintf(&b, "%s=%d ", k, m[k])
 	}
 	return strings.TrimSpace(b.String())
+}
+
+// walPosition is the current WAL insert position, as text.
+func (e *env) walPosition(ctx context.Context) (string, error) {
+	conn, err := pgx.Connect(ctx, e.dsn)
+	if err != nil {
+		return "", err
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	var lsn string
+	err = conn.QueryRow(ctx, "SELECT pg_current_wal_lsn()::text").Scan(&lsn)
+	return lsn, err
+}
+
+// printStatements prints the statements that took the most execution
+// time since the reset before the saturation measure.
+func (e *env) printStatements(ctx context.Context) error {
+	conn, err := pgx.Connect(ctx, e.dsn)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	rows, err := conn.Query(ctx, `SELECT calls, rows, total_exec_time, mean_exec_time,
+			regexp_replace(left(query, 160), '\s+', ' ', 'g')
+		FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT 12`)
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	e.say("store statements over the saturation measure (pg_stat_statements, by total time):")
+	e.say("  %8s %9s %9s %8s  %s", "calls", "rows", "total ms", "mean ms", "query")
+	for rows.Next() {
+		var calls, n int64
+		var total, mean float64
+		var q string
+		if err := rows.Scan(&calls, &n, &total, &mean, &q); err != nil {
+			return err
+		}
+		e.say("  %8d %9d %9.0f %8.3f  %s", calls, n, total, mean, q)
+	}
+	return rows.Err()
 }

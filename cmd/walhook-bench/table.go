@@ -29,6 +29,7 @@ func printTable(w io.Writer, r results) {
 		rows = append(rows,
 			row{"end-to-end deliveries/s (backlog → receiver)", fmt.Sprintf("%.0f", e2e), "≥ 6000", check(e2e >= 6000)},
 			row{"  backlog, time, first delivery after", fmt.Sprintf("%d in %s, %s", r.backlog, r.e2eTime.Round(time.Millisecond), r.e2eFirst.Round(time.Millisecond)), "", nil},
+			row{"  every delivery in the outbox after (ingest)", ingestText(r), "", nil},
 			row{"  duplicates / rejected at the receiver", fmt.Sprintf("%d / %d", r.e2eDups, r.e2eRejected), "", nil},
 			row{"bare loop deliveries/s (sign + POST, same bodies)", fmt.Sprintf("%.0f", bare), "", nil},
 			row{"  ratio end to end / bare loop", fmt.Sprintf("%.2f", e2e/bare), "≥ 0.50", check(e2e/bare >= 0.5)},
@@ -107,4 +108,13 @@ func onOff(b bool) string {
 		return "on"
 	}
 	return "off"
+}
+
+// ingestText is how long cdc → mapper → Append took to put the whole
+// backlog in the outbox, as a time and a rate.
+func ingestText(r results) string {
+	if r.e2eIngest <= 0 {
+		return "not seen"
+	}
+	return fmt.Sprintf("%s, %.0f/s", r.e2eIngest.Round(time.Millisecond), float64(r.backlog)/r.e2eIngest.Seconds())
 }
