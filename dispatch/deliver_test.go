@@ -374,12 +374,12 @@ func TestLeaseRescueAfterCrash(t *testing.T) {
 	ep := b.endpoint(t, "whk_1", rc.URL, nil, nil, true)
 	ev := obEvent("a.b", "")
 	obAppend(t, crashed, 10, ev)
-	cs, err := crashed.claim(context.Background(), 10, &inflight{})
+	cs, _, err := crashed.claim(context.Background(), 10, &inflight{})
 	if err != nil || len(cs) != 1 {
 		t.Fatalf("claim = %d, %v; want 1", len(cs), err)
 	}
 	// A second claim while the lease holds takes nothing.
-	if cs2, err := crashed.claim(context.Background(), 10, &inflight{}); err != nil || len(cs2) != 0 {
+	if cs2, _, err := crashed.claim(context.Background(), 10, &inflight{}); err != nil || len(cs2) != 0 {
 		t.Fatalf("claimed a leased delivery again: %d, %v", len(cs2), err)
 	}
 	// The crashed process never records anything. Another one rescues.
@@ -400,7 +400,7 @@ func TestReleaseOnStopRefundsClaims(t *testing.T) {
 	d, b := obSetup(t, func(o *Options) { o.InstanceID = "me" })
 	b.endpoint(t, "whk_1", "https://x.example/", nil, nil, true)
 	obAppend(t, d, 10, obEvent("a.b", ""), obEvent("a.b", ""))
-	cs, err := d.claim(context.Background(), 10, &inflight{})
+	cs, _, err := d.claim(context.Background(), 10, &inflight{})
 	if err != nil || len(cs) != 2 {
 		t.Fatalf("claim = %d, %v", len(cs), err)
 	}

@@ -58,21 +58,30 @@ func (r *recorder) loop() {
 	batch := make([]success, 0, maxRecordBatch)
 	for s := range r.in {
 		batch = append(batch[:0], s)
-	drain:
+		// Wait a moment for company: a delivered row only stays claimed a
+		// little longer (the receiver has it already), and under load one
+		// statement then writes dozens of outcomes instead of a handful.
+		wait := time.NewTimer(recordCoalesce)
+	fill:
 		for len(batch) < maxRecordBatch {
 			select {
 			case s, ok := <-r.in:
 				if !ok {
-					break drain
+					break fill
 				}
 				batch = append(batch, s)
-			default:
-				break drain
+			case <-wait.C:
+				break fill
 			}
 		}
+		wait.Stop()
 		r.write(batch)
 	}
 }
+
+// recordCoalesce is how long the recorder gathers successes before it
+// writes them.
+const recordCoalesce = 5 * time.Millisecond
 
 // write records one batch, retrying a failed write briefly: a store
 // hiccup should not turn a batch of successes into redeliveries.

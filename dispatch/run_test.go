@@ -3,7 +3,9 @@ package dispatch
 import (
 	"context"
 	"net/http"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -73,5 +75,55 @@ func TestNewRejectsNilPoolAndDoubleRegistration(t *testing.T) {
 	}
 	if _, err := New(b.pool, Options{Registerer: reg}); err == nil {
 		t.Fatal("two Dispatchers registered the same metrics on one registry without an error")
+	}
+}
+
+// A backlog for one endpoint, larger than its in-flight cap, drains by
+// claiming as workers finish, not by waiting for polls (the poll interval
+// here is an hour), and never exceeds the cap. Every delivery is recorded
+// as delivered, with one attempt row each.
+func TestRunDrainsBacklogAboveCapWithoutPolling(t *testing.T) {
+	t.Parallel()
+	const total, cap = 300, 3
+	var mu sync.Mutex
+	cur, peak := 0, 0
+	rc := obNewReceiver(t, func(int, http.ResponseWriter, *http.Request) int {
+		mu.Lock()
+		cur++
+		peak = max(peak, cur)
+		mu.Unlock()
+		time.Sleep(time.Millisecond)
+		mu.Lock()
+		cur--
+		mu.Unlock()
+		return 200
+	})
+	d, b := obSetup(t, func(o *Options) {
+		o.PollInterval = time.Hour
+		o.MaxInFlightPerEndpoint = cap
+		o.Workers = 16
+	})
+	b.endpoint(t, "whk_1", rc.URL, nil, nil, true)
+	evs := make([]mapper.Event, total)
+	for i := range evs {
+		evs[i] = obEvent("a.b", "")
+	}
+	obAppend(t, d, 10, evs...)
+	stop := obRun(t, d)
+	obWaitFor(t, "every delivery sent", func() bool { return len(rc.requests()) >= total })
+	stop()
+	if n := b.count(t, `SELECT count(*) FROM walhook.deliveries WHERE status = 'delivered'`); n != total {
+		t.Errorf("%d deliveries recorded as delivered, want %d", n, total)
+	}
+	if n := b.count(t, `SELECT count(*) FROM walhook.attempts`); n != total {
+		t.Errorf("%d attempt rows, want %d", n, total)
+	}
+	if got := len(rc.requests()); got != total {
+		t.Errorf("receiver got %d requests, want %d (no duplicates without a crash)", got, total)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if peak > cap {
+		t.Errorf("endpoint saw %d concurrent requests, cap is %d", peak, cap)
 	}
 }

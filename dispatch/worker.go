@@ -74,15 +74,20 @@ type inflight struct {
 	n  map[string]int
 }
 
-func (f *inflight) add(endpointID string, delta int) {
+// add changes the endpoint's count by delta and returns the new count.
+func (f *inflight) add(endpointID string, delta int) int {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.n == nil {
 		f.n = map[string]int{}
 	}
-	if f.n[endpointID] += delta; f.n[endpointID] <= 0 {
+	n := f.n[endpointID] + delta
+	if n <= 0 {
 		delete(f.n, endpointID)
+	} else {
+		f.n[endpointID] = n
 	}
+	return n
 }
 
 // free returns the endpoints with requests in flight and their free slots
@@ -109,18 +114,23 @@ const indexPlans = `SELECT set_config('enable_seqscan', 'off', true),
 	set_config('enable_hashjoin', 'off', true), set_config('enable_mergejoin', 'off', true)`
 
 // claim claims up to n due deliveries, at most the free in-flight slots of
-// each endpoint (busy: this process's counts), in one round trip.
-func (d *Dispatcher) claim(ctx context.Context, n int, busy *inflight) ([]claimed, error) {
+// each endpoint (busy: this process's counts), in one round trip. capped
+// reports whether some endpoint's free slots ran out in this claim (it may
+// have due work the claim could not take).
+func (d *Dispatcher) claim(ctx context.Context, n int, busy *inflight) (cs []claimed, capped bool, err error) {
 	ids, free := busy.free(d.opts.MaxInFlightPerEndpoint)
 	b := &pgx.Batch{}
 	b.Queue("BEGIN")
+	// A claim lost in a store crash before its WAL flush only undoes the
+	// lease: the delivery is pending again and is sent (again, with the
+	// same webhook id), which at-least-once allows.
+	b.Queue("SET LOCAL synchronous_commit = off")
 	b.Queue(indexPlans)
 	b.Queue(d.q(claimSQL), d.opts.InstanceID, d.opts.Lease.Seconds(), ids, free, d.opts.MaxInFlightPerEndpoint, n)
 	b.Queue("COMMIT")
 	br := d.pool.SendBatch(ctx, b)
-	var cs []claimed
-	err := func() error {
-		for range 2 {
+	err = func() error {
+		for range 3 {
 			if _, err := br.Exec(); err != nil {
 				return err
 			}
@@ -141,9 +151,25 @@ func (d *Dispatcher) claim(ctx context.Context, n int, busy *inflight) ([]claime
 		err = cerr
 	}
 	if err != nil {
-		return nil, fmt.Errorf("claim deliveries: %w", err)
+		return nil, false, fmt.Errorf("claim deliveries: %w", err)
 	}
-	return cs, nil
+	limit := make(map[string]int, len(ids))
+	for i, id := range ids {
+		limit[id] = int(free[i])
+		capped = capped || free[i] == 0
+	}
+	got := make(map[string]int)
+	for _, c := range cs {
+		got[c.endpointID]++
+	}
+	for id, k := range got {
+		l, ok := limit[id]
+		if !ok {
+			l = d.opts.MaxInFlightPerEndpoint
+		}
+		capped = capped || k >= l
+	}
+	return cs, capped, nil
 }
 
 func scanClaimed(r pgx.CollectableRow) (claimed, error) {
@@ -197,10 +223,13 @@ func (d *Dispatcher) release(ctx context.Context) (int64, error) {
 	return tag.RowsAffected(), err
 }
 
-// claimLoop claims as many deliveries as there are free workers and runs
-// each in its own goroutine. It claims again at once after a full batch,
-// after a worker finishes while work may be waiting, on a wake-up (Append,
-// Notify, NOTIFY from another process) and at every poll interval.
+// claimLoop claims due deliveries for free workers and runs each in its
+// own goroutine. It claims at once on a wake-up (Append, Notify, NOTIFY
+// from another process), at every poll interval, and again right after a
+// full batch. When workers finish while due work was left behind, it
+// claims once a few have finished (claimEvery) or coalesceDelay after the
+// first did: at saturation one claim then serves many deliveries instead
+// of one or two, and the store's cost per delivery falls with the batch.
 func (d *Dispatcher) claimLoop(ctx context.Context) error {
 	var wg sync.WaitGroup
 	rec := d.newRecorder()
@@ -213,17 +242,19 @@ func (d *Dispatcher) claimLoop(ctx context.Context) error {
 	sendCtx := context.WithoutCancel(ctx)
 	done := make(chan struct{}, d.opts.Workers)
 	free := d.opts.Workers
+	claimEvery := max(1, min(d.opts.BatchSize, d.opts.Workers, d.opts.MaxInFlightPerEndpoint)/2)
 	var busy inflight
 	poll := time.NewTicker(d.opts.PollInterval)
 	defer poll.Stop()
+	var coalesce <-chan time.Time // running while finished workers wait for company
 	errDelay := time.Duration(0)
+	claimNow := true // claim on this pass
+	left := true     // the last claim may have left due work behind
+	finished := 0    // workers finished since the last claim
 	for {
-		// more: the last claim may have left due work behind (full batch or
-		// every worker busy).
-		more := false
-		if free > 0 {
+		if claimNow && free > 0 {
 			n := min(free, d.opts.BatchSize)
-			cs, err := d.claim(ctx, n, &busy)
+			cs, capped, err := d.claim(ctx, n, &busy)
 			switch {
 			case ctx.Err() != nil:
 				return ctx.Err()
@@ -239,7 +270,11 @@ func (d *Dispatcher) claimLoop(ctx context.Context) error {
 			}
 			errDelay = 0
 			free -= len(cs)
-			more = len(cs) == n
+			finished, coalesce = 0, nil
+			// Due work may be left behind by a full batch, or at an
+			// endpoint whose cap stopped the claim.
+			full := len(cs) == n
+			left = full || capped
 			for _, c := range cs {
 				busy.add(c.endpointID, 1)
 				wg.Add(1)
@@ -250,30 +285,48 @@ func (d *Dispatcher) claimLoop(ctx context.Context) error {
 					done <- struct{}{}
 				}()
 			}
+			if full && free > 0 {
+				continue
+			}
 		}
-		if more && free > 0 {
-			continue
-		}
+		claimNow = false
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-done:
 			free++
-			// Coalesce finished workers so a burst of completions costs one
-			// claim, not one each.
+			finished++
 			for drained := false; !drained; {
 				select {
 				case <-done:
 					free++
+					finished++
 				default:
 					drained = true
 				}
 			}
+			switch {
+			case !left:
+				// Nothing was left behind: new work comes with a wake-up.
+			case finished >= claimEvery || free == d.opts.Workers:
+				claimNow = true
+			case coalesce == nil:
+				coalesce = time.After(coalesceDelay)
+			}
+		case <-coalesce:
+			coalesce = nil
+			claimNow = true
 		case <-d.wake:
+			claimNow, left = true, true
 		case <-poll.C:
+			claimNow, left = true, true
 		}
 	}
 }
+
+// coalesceDelay bounds how long finished workers wait for others before
+// the claim loop claims work that was left behind for them.
+const coalesceDelay = 2 * time.Millisecond
 
 // listen holds a LISTEN connection on the schema's channel and turns each
 // notification into an in-process wake-up. A lost connection is retried
