@@ -271,9 +271,25 @@ func TestSmoke(t *testing.T) {
 		`backlog, time, first delivery after\s+300 in `,
 		`duplicates / rejected at the receiver\s+\d+ / 0\s`, // nothing failed verification
 		`changes delivered, achieved rate\s+200 of 200,`,
+		`every delivery in the outbox after \(ingest\)\s+[0-9.]+m?s, \d+/s`,
 	} {
 		if !regexp.MustCompile(want).MatchString(out.String()) {
 			t.Errorf("table lacks %s", want)
+		}
+	}
+}
+
+// --statements loads pg_stat_statements into the bench's cluster and logs
+// the store's statements of the saturation measure, the claim among them.
+func TestStatements(t *testing.T) {
+	var out, log bytes.Buffer
+	args := []string{"--changes", "200", "--skip", "latency", "--skip", "pgbench", "--concurrency", "4", "--statements"}
+	if err := Run(context.Background(), args, &out, &log); err != nil {
+		t.Fatalf("%v\nlog:\n%s", err, log.String())
+	}
+	for _, want := range []string{"store statements over the saturation measure", "calls", "UPDATE", "deliveries"} {
+		if !strings.Contains(log.String(), want) {
+			t.Errorf("log lacks %q:\n%s", want, log.String())
 		}
 	}
 }
