@@ -36,6 +36,7 @@ type options struct {
 	skip        multiFlag     // parts to leave out: e2e, latency, pgbench
 	cpuprofile  string        // CPU profile of walhook run over the saturation measure
 	statements  bool          // print pg_stat_statements' top statements of the saturation measure
+	storeDB     bool          // keep the outbox in a database of its own (store.dsn)
 }
 
 type multiFlag []string
@@ -69,6 +70,7 @@ func parseOptions(args []string, stderr io.Writer) (options, error) {
 	fs.BoolVar(&o.keep, "keep", false, "keep the temporary directory with configs and walhook logs")
 	fs.Var(&o.skip, "skip", "leave out a part: e2e, latency or pgbench (repeatable)")
 	fs.StringVar(&o.cpuprofile, "cpuprofile", "", "write a CPU profile of walhook run over the saturation measure to this file, and `go tool pprof -top` of it to FILE.top.txt (builds walhook with a profiling hook)")
+	fs.BoolVar(&o.storeDB, "store-db", false, "keep walhook's outbox in a separate database of the same cluster (store.dsn), so the source's walsender does not decode the outbox's writes")
 	fs.BoolVar(&o.statements, "statements", false, "load pg_stat_statements and print the store's costliest statements over the saturation measure")
 	if err := fs.Parse(args); err != nil {
 		return o, err
@@ -149,6 +151,7 @@ type env struct {
 	cluster   *pgtest.Cluster
 	db        string
 	dsn       string
+	storeDSN  string // walhook's store: dsn, or a database of its own with --store-db
 	pgVersion string
 
 	secret  string
@@ -200,6 +203,14 @@ func newEnv(ctx context.Context, o options, log io.Writer) (_ *env, err error) {
 	}
 	e.db = "bench"
 	e.dsn = e.cluster.DSN(e.db)
+	e.storeDSN = e.dsn
+	if o.storeDB {
+		store, err := e.cluster.CreateDatabase(ctx)
+		if err != nil {
+			return nil, err
+		}
+		e.storeDSN = e.cluster.DSN(store)
+	}
 	if err := e.loadSchema(ctx); err != nil {
 		return nil, err
 	}

@@ -162,7 +162,7 @@ func (e *env) watchIngest(ctx context.Context, schema, walEnd string, start time
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		conn, err := pgx.Connect(ctx, e.dsn)
+		conn, err := pgx.Connect(ctx, e.storeDSN)
 		if err != nil {
 			return
 		}

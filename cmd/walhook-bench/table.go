@@ -20,8 +20,12 @@ func check(ok bool) *bool { return &ok }
 func printTable(w io.Writer, r results) {
 	o := r.opts
 	fmt.Fprintf(w, "\nwalhook end-to-end benchmark: PostgreSQL %s, fsync %s, %s, seed-000 mix\n", r.pgVersion, onOff(o.fsync), cpus())
-	fmt.Fprintf(w, "flags: --changes %d --concurrency %d --rate %d --duration %s --rounds %d --clients %d\n\n",
-		o.changes, o.concurrency, o.rate, o.duration, o.rounds, o.clients)
+	store := ""
+	if o.storeDB {
+		store = " --store-db"
+	}
+	fmt.Fprintf(w, "flags: --changes %d --concurrency %d --rate %d --duration %s --rounds %d --clients %d%s\n\n",
+		o.changes, o.concurrency, o.rate, o.duration, o.rounds, o.clients, store)
 	var rows []row
 	if r.backlog > 0 {
 		e2e := float64(r.backlog) / r.e2eTime.Seconds()

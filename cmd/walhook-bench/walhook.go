@@ -75,7 +75,7 @@ func (e *env) newSession(label string) (*session, error) {
 	}
 	cfg := map[string]any{
 		"source": map[string]any{"dsn": e.dsn, "publication": s.name, "slot": s.name},
-		"store":  map[string]any{"schema": s.name},
+		"store":  map[string]any{"dsn": e.storeDSN, "schema": s.name},
 		"mapping": map[string]any{
 			"envelope": "auction-excellence",
 		},
