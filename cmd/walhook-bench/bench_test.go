@@ -280,16 +280,23 @@ func TestSmoke(t *testing.T) {
 }
 
 // --statements loads pg_stat_statements into the bench's cluster and logs
-// the store's statements of the saturation measure, the claim among them.
-func TestStatements(t *testing.T) {
+// the store's statements of the saturation measure, the claim among them;
+// --store-db keeps the outbox in a database of its own, and every change
+// still arrives.
+func TestStatementsAndStoreDB(t *testing.T) {
 	var out, log bytes.Buffer
-	args := []string{"--changes", "200", "--skip", "latency", "--skip", "pgbench", "--concurrency", "4", "--statements"}
+	args := []string{"--changes", "200", "--skip", "latency", "--skip", "pgbench", "--concurrency", "4", "--statements", "--store-db"}
 	if err := Run(context.Background(), args, &out, &log); err != nil {
 		t.Fatalf("%v\nlog:\n%s", err, log.String())
 	}
 	for _, want := range []string{"store statements over the saturation measure", "calls", "UPDATE", "deliveries"} {
 		if !strings.Contains(log.String(), want) {
 			t.Errorf("log lacks %q:\n%s", want, log.String())
+		}
+	}
+	for _, want := range []string{`flags: .* --store-db`, `backlog, time, first delivery after\s+200 in`, `duplicates / rejected at the receiver\s+0 / 0`} {
+		if !regexp.MustCompile(want).MatchString(out.String()) {
+			t.Errorf("table lacks %q:\n%s", want, out.String())
 		}
 	}
 }
