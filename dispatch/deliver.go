@@ -179,6 +179,9 @@ func (d *Dispatcher) record(ctx context.Context, c claimed, started time.Time, r
 // queueOutcome queues the attempt row, the delivery's new state and the
 // endpoint's health update.
 func (d *Dispatcher) queueOutcome(b *pgx.Batch, c claimed, started time.Time, res Result, o outcome) {
+	// Both callers run this in a transaction: the plan settings last until
+	// its end (see indexPlans).
+	b.Queue(indexPlans)
 	b.Queue(d.q(`INSERT INTO {{schema}}.attempts
 			(delivery_id, attempt, started_at, duration_ms, status_code, error, response_body, signed_by)
 			VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`),
@@ -194,7 +197,7 @@ func (d *Dispatcher) queueOutcome(b *pgx.Batch, c claimed, started time.Time, re
 				last_status_code = $5, last_error = $6, last_duration_ms = $7,
 				delivered_at = CASE WHEN $3 = 'delivered' THEN now() ELSE d.delivered_at END,
 				updated_at = now()
-			WHERE id = $1 AND status = 'delivering' AND locked_by = $2`),
+			WHERE id = $1 AND locked_by = $2`), // held by this process (see recordSuccessesSQL)
 		c.id, d.opts.InstanceID, o.status, o.delay.Seconds(), nullInt(res.StatusCode),
 		nullString(o.errText), res.Duration.Milliseconds())
 	if !c.test {
