@@ -44,7 +44,7 @@ func BenchmarkAppend(b *testing.B) {
 
 // BenchmarkDeliveryStore measures the store's side of delivering, without
 // HTTP: claim a batch, record every one as a 2xx through the recorder's
-// statement, repeat, over an outbox already holding `backlog` pending
+// statement, repeat, over an outbox already holding the b.N pending
 // deliveries (appended in transactions of 100 events). It reports
 // deliveries/s for claim batches of 16 and 64; the rate should not fall as
 // the outbox grows (claim and record are O(batch)), and not with 300,000
