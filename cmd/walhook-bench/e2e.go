@@ -72,11 +72,13 @@ func (e *env) endToEnd(ctx context.Context, r *results) error {
 		// Flush the backlog's WAL (written with synchronous_commit off;
 		// walsenders send only flushed WAL) and take the checkpoint now
 		// rather than during the measure.
-		if err := e.cluster.Exec(ctx, e.db, "CHECKPOINT"); err != nil {
-			return err
-		}
+		// The WAL position after the backlog, read before the checkpoint
+		// so that only the backlog's commits lie behind it.
 		walEnd, err := e.walPosition(ctx)
 		if err != nil {
+			return err
+		}
+		if err := e.cluster.Exec(ctx, e.db, "CHECKPOINT"); err != nil {
 			return err
 		}
 		var first atomic.Int64
@@ -168,14 +170,28 @@ func (e *env) watchIngest(ctx context.Context, schema, walEnd string, start time
 		}
 		defer conn.Close(context.WithoutCancel(ctx))
 		q := "SELECT coalesce(max(lsn) >= $1::pg_lsn, false) FROM " + pgx.Identifier{schema, "cursor"}.Sanitize()
-		for ctx.Err() == nil {
+		// After the cancel (the receiver holds everything) it keeps looking
+		// for a while: a record written after the backlog's last commit
+		// (a checkpoint's, say) keeps the cursor below walEnd until walhook's
+		// next heartbeat (every 5 s) moves it past; the time is then an
+		// upper bound.
+		var grace <-chan time.Time
+		for {
 			var reached bool
-			if err := conn.QueryRow(ctx, q, walEnd).Scan(&reached); err == nil && reached {
+			err := conn.QueryRow(context.WithoutCancel(ctx), q, walEnd).Scan(&reached)
+			if err == nil && reached {
 				at.Store(int64(time.Since(start)))
 				return
 			}
+			if err != nil && ctx.Err() != nil {
+				return
+			}
+			if grace == nil && ctx.Err() != nil {
+				grace = time.After(10 * time.Second)
+			}
 			select {
-			case <-ctx.Done():
+			case <-grace:
+				return
 			case <-time.After(10 * time.Millisecond):
 			}
 		}
