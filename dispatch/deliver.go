@@ -56,12 +56,12 @@ func (d *Dispatcher) deliverVia(ctx context.Context, c claimed, rec *recorder) R
 			slog.String("endpoint", c.endpointID), slog.Any("error", err))
 		return res
 	}
+	if o.status == "delivered" {
+		d.delivered(c, started, res)
+		return res
+	}
 	d.metrics.deliveries.WithLabelValues(c.endpointID, outcomeLabel(o.status)).Inc()
 	switch o.status {
-	case "delivered":
-		d.metrics.deliveryLatency.Observe(started.Add(res.Duration).Sub(c.event.OccurredAt).Seconds())
-		d.log.Debug("delivered", slog.String("delivery", c.id), slog.String("endpoint", c.endpointID),
-			slog.Int("attempt", c.attempt), slog.Int("status", res.StatusCode), slog.Duration("duration", res.Duration))
 	case "pending":
 		d.log.Info("delivery attempt failed, will retry", slog.String("delivery", c.id), slog.String("endpoint", c.endpointID),
 			slog.Int("attempt", c.attempt), slog.Int("status", res.StatusCode), slog.String("error", o.errText),
@@ -71,6 +71,17 @@ func (d *Dispatcher) deliverVia(ctx context.Context, c claimed, rec *recorder) R
 			slog.Int("attempts", c.attempt), slog.Int("status", res.StatusCode), slog.String("error", o.errText))
 	}
 	return res
+}
+
+// delivered counts and logs a 2xx once it is recorded, on either path
+// (deliver's own transaction or the recorder's batch).
+func (d *Dispatcher) delivered(c claimed, started time.Time, res Result) {
+	d.metrics.deliveries.WithLabelValues(c.endpointID, outcomeDelivered).Inc()
+	d.metrics.deliveryLatency.Observe(started.Add(res.Duration).Sub(c.event.OccurredAt).Seconds())
+	if d.log.Enabled(context.Background(), slog.LevelDebug) {
+		d.log.Debug("delivered", slog.String("delivery", c.id), slog.String("endpoint", c.endpointID),
+			slog.Int("attempt", c.attempt), slog.Int("status", res.StatusCode), slog.Duration("duration", res.Duration))
+	}
 }
 
 // keys returns the HMAC keys to sign with: the current secret, and the

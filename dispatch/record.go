@@ -103,13 +103,7 @@ func (r *recorder) write(batch []success) {
 		return
 	}
 	for i := range batch {
-		s := &batch[i]
-		d.metrics.deliveries.WithLabelValues(s.c.endpointID, outcomeDelivered).Inc()
-		d.metrics.deliveryLatency.Observe(s.started.Add(s.res.Duration).Sub(s.c.event.OccurredAt).Seconds())
-		if d.log.Enabled(context.Background(), slog.LevelDebug) {
-			d.log.Debug("delivered", slog.String("delivery", s.c.id), slog.String("endpoint", s.c.endpointID),
-				slog.Int("attempt", s.c.attempt), slog.Int("status", s.res.StatusCode), slog.Duration("duration", s.res.Duration))
-		}
+		d.delivered(batch[i].c, batch[i].started, batch[i].res)
 	}
 }
 

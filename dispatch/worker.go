@@ -119,18 +119,19 @@ const indexPlans = `SELECT set_config('enable_seqscan', 'off', true),
 // have due work the claim could not take).
 func (d *Dispatcher) claim(ctx context.Context, n int, busy *inflight) (cs []claimed, capped bool, err error) {
 	ids, free := busy.free(d.opts.MaxInFlightPerEndpoint)
-	b := &pgx.Batch{}
-	b.Queue("BEGIN")
 	// A claim lost in a store crash before its WAL flush only undoes the
 	// lease: the delivery is pending again and is sent (again, with the
 	// same webhook id), which at-least-once allows.
-	b.Queue("SET LOCAL synchronous_commit = off")
-	b.Queue(indexPlans)
+	prelude := []string{"BEGIN", "SET LOCAL synchronous_commit = off", indexPlans}
+	b := &pgx.Batch{}
+	for _, sql := range prelude {
+		b.Queue(sql)
+	}
 	b.Queue(d.q(claimSQL), d.opts.InstanceID, d.opts.Lease.Seconds(), ids, free, d.opts.MaxInFlightPerEndpoint, n)
 	b.Queue("COMMIT")
 	br := d.pool.SendBatch(ctx, b)
 	err = func() error {
-		for range 3 {
+		for range prelude {
 			if _, err := br.Exec(); err != nil {
 				return err
 			}
