@@ -57,7 +57,9 @@ func TestTeardown(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("check with the slot held: exit %d\n%s%s", code, out, errOut)
 	}
-	ckWantLines(t, out, `warn  slot `+db+`: held by PID \d+ \(another walhook running\?\)`, `ok    max_wal_senders: 1 of \d+ in use$`)
+	// At least the holder's walsender is in use; the shared cluster's other
+	// tests may run their own, so the count is not exact.
+	ckWantLines(t, out, `warn  slot `+db+`: held by PID \d+ \(another walhook running\?\)`, `ok    max_wal_senders: [1-9]\d* of \d+ in use$`)
 
 	out, errOut, code = runCLI(t, ctx, "teardown", "--config", cfg)
 	t.Logf("teardown:\n%s%s", out, errOut)
