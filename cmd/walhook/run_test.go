@@ -116,12 +116,26 @@ func runFirstLine(s string) string {
 	return s
 }
 
-// slotLSN is the slot's confirmed_flush_lsn.
+// slotLSN is the slot's confirmed_flush_lsn once no walsender holds the
+// slot. Callers read it with no walhook running; after a stop the
+// walsender may still be busy decoding (the shared cluster's WAL of other
+// tests) with walhook's last status update unread in its socket, and it
+// applies that update before it exits, so the value is read only then.
 func (d *runDB) slotLSN(t *testing.T) cdc.LSN {
 	t.Helper()
 	var s string
-	if err := d.pool.QueryRow(context.Background(), `SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1`, d.slot).Scan(&s); err != nil {
-		t.Fatal(err)
+	var active bool
+	for deadline := time.Now().Add(30 * time.Second); ; {
+		if err := d.pool.QueryRow(context.Background(), `SELECT confirmed_flush_lsn::text, active FROM pg_replication_slots WHERE slot_name = $1`, d.slot).Scan(&s, &active); err != nil {
+			t.Fatal(err)
+		}
+		if !active {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("slot %s still held by a walsender 30s after walhook stopped", d.slot)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 	lsn, err := pglogrepl.ParseLSN(s)
 	if err != nil {
