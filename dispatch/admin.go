@@ -369,6 +369,9 @@ func (a *Admin) UpdateEndpoint(ctx context.Context, id string, p EndpointPatch) 
 	if err != nil {
 		return Endpoint{}, err
 	}
+	if p.Active != nil && !*p.Active {
+		a.d.noteDisabled(id)
+	}
 	return out, nil
 }
 

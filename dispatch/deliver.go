@@ -164,7 +164,8 @@ func (d *Dispatcher) record(ctx context.Context, c claimed, started time.Time, r
 		}
 		return nil
 	}
-	return pgx.BeginFunc(ctx, d.pool, func(tx pgx.Tx) error {
+	disabled := false
+	err := pgx.BeginFunc(ctx, d.pool, func(tx pgx.Tx) error {
 		b := &pgx.Batch{}
 		d.queueOutcome(b, c, started, res, o)
 		if err := tx.SendBatch(ctx, b).Close(); err != nil {
@@ -181,10 +182,29 @@ func (d *Dispatcher) record(ctx context.Context, c claimed, started time.Time, r
 			}
 		}
 		if reason != "" {
+			disabled = true
 			return d.disable(ctx, tx, c.endpointID, reason)
 		}
 		return nil
 	})
+	if err == nil && disabled {
+		d.noteDisabled(c.endpointID)
+	}
+	return err
+}
+
+// noteDisabled records that this process disabled an endpoint (or saw it
+// disabled through its API) now: deliveries to it that this process
+// claimed before and has not started are not sent (see claimLoop).
+func (d *Dispatcher) noteDisabled(endpointID string) {
+	d.disabled.Store(endpointID, time.Now())
+}
+
+// disabledSince reports whether this process noted the endpoint disabled
+// after t.
+func (d *Dispatcher) disabledSince(endpointID string, t time.Time) bool {
+	v, ok := d.disabled.Load(endpointID)
+	return ok && v.(time.Time).After(t)
 }
 
 // queueOutcome queues the attempt row, the delivery's new state and the

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -152,6 +153,10 @@ type Dispatcher struct {
 	// wake is the in-process signal: Append and Notify send without
 	// blocking, the claim loop drains it.
 	wake chan struct{}
+	// hold counts what the claim loop holds and takes Append's handoffs.
+	hold inflight
+	// disabled: endpoint id → when this process disabled it.
+	disabled sync.Map
 }
 
 // New returns a Dispatcher over the store in opts.Schema. It does not

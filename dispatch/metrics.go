@@ -13,6 +13,7 @@ type metrics struct {
 	oldestPending   prometheus.Gauge
 	appendEvents    prometheus.Histogram
 	appendLatency   prometheus.Histogram
+	started         *prometheus.CounterVec // via
 }
 
 // Delivery outcomes, the "outcome" label of walhook_delivery_attempts_total.
@@ -56,12 +57,16 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help:    "Duration of one outbox append (one store transaction).",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14),
 		}),
+		started: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "walhook_deliveries_started_total",
+			Help: "Deliveries this process started, by how it took them: handed over by the append that stored them (via=append) or claimed from the store (via=claim: retries, backlog, other processes' events).",
+		}, []string{"via"}),
 	}
 	if reg == nil {
 		return m, nil
 	}
 	for _, c := range []prometheus.Collector{m.deliveries, m.attemptLatency, m.deliveryLatency,
-		m.pending, m.oldestPending, m.appendEvents, m.appendLatency} {
+		m.pending, m.oldestPending, m.appendEvents, m.appendLatency, m.started} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

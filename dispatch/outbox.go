@@ -52,6 +52,9 @@ type fanoutEndpoint struct {
 	events   []string
 	auctions []string
 	active   bool
+	// What a delivery handed straight to a worker needs.
+	url, secret, prevSecret string
+	prevSecretValid         bool
 }
 
 // matches applies the endpoint's filters: events exact or "prefix.*" (and
@@ -104,6 +107,15 @@ func matchAuction(filters []string, auction string) bool {
 //
 // Rows go in as arrays through unnest, one statement per table, so the cost
 // is a handful of round trips whatever the batch size.
+//
+// While this process's claim loop runs and has room, Append stores the
+// deliveries it has room for as already claimed by this process (the
+// first attempt counted, leased as a claim would) and hands them to the
+// loop after the commit: a fresh delivery then costs no claim statement
+// and no claim round trip. What the loop has no room for is stored
+// pending, for any process to claim. A crash after the commit leaves the
+// handed deliveries leased, and the lease rescue sends them, as it does
+// for any claim.
 func (d *Dispatcher) Append(ctx context.Context, slot, systemID string, txs []TxEvents) error {
 	start := time.Now()
 	var ev eventRows
@@ -124,6 +136,11 @@ func (d *Dispatcher) Append(ctx context.Context, slot, systemID string, txs []Tx
 		return nil
 	}
 	pending := 0
+	res := d.hold.reserve()
+	at := time.Now()
+	var taken map[string]handed // by delivery id
+	var cs []claimed
+	defer func() { res.handoff(cs) }()
 	err := pgx.BeginFunc(ctx, d.pool, func(tx pgx.Tx) error {
 		if len(ev.id) > 0 {
 			eps, err := d.fanoutEndpoints(ctx, tx)
@@ -134,10 +151,25 @@ func (d *Dispatcher) Append(ctx context.Context, slot, systemID string, txs []Tx
 				for j := range txs[i].Events {
 					e := &txs[i].Events[j]
 					for k := range eps {
-						if eps[k].matches(e) {
-							if dl.add(e, &eps[k]) {
-								pending++
+						ep := &eps[k]
+						if !ep.matches(e) {
+							continue
+						}
+						status := "skipped"
+						switch {
+						case !ep.active:
+						case res.take(ep.id):
+							status = "delivering"
+						default:
+							status = "pending"
+							pending++
+						}
+						id := dl.add(e, ep, status)
+						if status == "delivering" {
+							if taken == nil {
+								taken = map[string]handed{}
 							}
+							taken[id] = handed{ev: e, ep: ep}
 						}
 					}
 				}
@@ -149,7 +181,8 @@ func (d *Dispatcher) Append(ctx context.Context, slot, systemID string, txs []Tx
 				ev.occurred, ev.data, ev.table, ev.xid, ev.commitLSN, ev.position)
 		}
 		if len(dl.id) > 0 {
-			b.Queue(d.q(insertDeliveriesSQL), dl.id, dl.event, dl.endpoint, dl.typ, dl.status)
+			b.Queue(d.q(insertDeliveriesSQL), dl.id, dl.event, dl.endpoint, dl.typ, dl.status,
+				d.opts.InstanceID, d.opts.Lease.Seconds())
 		}
 		if final {
 			b.Queue(d.q(advanceCursorSQL), slot, systemID, endLSN.String())
@@ -160,9 +193,15 @@ func (d *Dispatcher) Append(ctx context.Context, slot, systemID string, txs []Tx
 			// cannot see yet.
 			b.Queue(`SELECT pg_notify($1, '')`, d.channel)
 		}
-		return tx.SendBatch(ctx, b).Close()
+		br := tx.SendBatch(ctx, b)
+		if err := d.readAppend(br, len(ev.id) > 0, len(dl.id) > 0, taken, at, &cs); err != nil {
+			br.Close()
+			return err
+		}
+		return br.Close()
 	})
 	if err != nil {
+		cs = nil
 		return fmt.Errorf("append %d events to the outbox: %w", len(ev.id), err)
 	}
 	d.metrics.appendEvents.Observe(float64(len(ev.id)))
@@ -174,13 +213,15 @@ func (d *Dispatcher) Append(ctx context.Context, slot, systemID string, txs []Tx
 }
 
 func (d *Dispatcher) fanoutEndpoints(ctx context.Context, tx pgx.Tx) ([]fanoutEndpoint, error) {
-	rows, err := tx.Query(ctx, d.q(`SELECT id, events, auctions, active FROM {{schema}}.endpoints ORDER BY id FOR KEY SHARE`))
+	rows, err := tx.Query(ctx, d.q(`SELECT id, events, auctions, active, url, secret, coalesce(previous_secret, ''),
+		coalesce(previous_secret_until > now(), false)
+		FROM {{schema}}.endpoints ORDER BY id FOR KEY SHARE`))
 	if err != nil {
 		return nil, fmt.Errorf("read endpoints: %w", err)
 	}
 	eps, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (fanoutEndpoint, error) {
 		var e fanoutEndpoint
-		err := r.Scan(&e.id, &e.events, &e.auctions, &e.active)
+		err := r.Scan(&e.id, &e.events, &e.auctions, &e.active, &e.url, &e.secret, &e.prevSecret, &e.prevSecretValid)
 		return e, err
 	})
 	if err != nil {
@@ -196,10 +237,23 @@ FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::time
      AS t(id, type, auction_id, domain, envelope, occurred_at, data, table_name, xid, commit_lsn, position)
 ON CONFLICT (id) DO NOTHING`
 
+// insertDeliveriesSQL stores deliveries pending, skipped, or claimed by
+// this process ($6, leased for $7 seconds, the first attempt counted), and
+// returns the claimed ones it inserted: a replayed delivery that is in the
+// store already is left as it is, and not handed to a worker.
 const insertDeliveriesSQL = `
-INSERT INTO {{schema}}.deliveries (id, event_id, endpoint_id, event_type, status)
-SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[])
-ON CONFLICT (id) DO NOTHING`
+WITH ins AS (
+    INSERT INTO {{schema}}.deliveries (id, event_id, endpoint_id, event_type, status, attempts, locked_by, locked_until)
+    SELECT id, event_id, endpoint_id, event_type, status,
+        CASE WHEN status = 'delivering' THEN 1 ELSE 0 END,
+        CASE WHEN status = 'delivering' THEN $6 END,
+        CASE WHEN status = 'delivering' THEN now() + make_interval(secs => $7) END
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[])
+        AS t(id, event_id, endpoint_id, event_type, status)
+    ON CONFLICT (id) DO NOTHING
+    RETURNING id, status
+)
+SELECT id FROM ins WHERE status = 'delivering'`
 
 // GREATEST keeps the cursor from going back when an older batch is
 // replayed after a newer one was stored.
@@ -245,20 +299,68 @@ type deliveryRows struct {
 	id, event, endpoint, typ, status []string
 }
 
-// add records the delivery of e to ep and reports whether it is pending.
-func (r *deliveryRows) add(e *mapper.Event, ep *fanoutEndpoint) bool {
+// add records the delivery of e to ep with status and returns its id.
+func (r *deliveryRows) add(e *mapper.Event, ep *fanoutEndpoint, status string) string {
 	env := e.Envelope
 	if env == "" {
 		env = mapper.EnvelopeAuctionExcellence
 	}
-	status := "pending"
-	if !ep.active {
-		status = "skipped"
-	}
-	r.id = append(r.id, mapper.DeliveryID(env, e.ID, ep.id))
+	id := mapper.DeliveryID(env, e.ID, ep.id)
+	r.id = append(r.id, id)
 	r.event = append(r.event, e.ID)
 	r.endpoint = append(r.endpoint, ep.id)
 	r.typ = append(r.typ, e.Type)
 	r.status = append(r.status, status)
-	return ep.active
+	return id
+}
+
+// handed is a delivery Append reserved for this process's workers.
+type handed struct {
+	ev *mapper.Event
+	ep *fanoutEndpoint
+}
+
+// readAppend reads the results of Append's batch, in the order queued,
+// and collects the claimed deliveries the insert returned into cs.
+func (d *Dispatcher) readAppend(br pgx.BatchResults, events, deliveries bool, taken map[string]handed, at time.Time, cs *[]claimed) error {
+	if events {
+		if _, err := br.Exec(); err != nil {
+			return err
+		}
+	}
+	if !deliveries {
+		return nil
+	}
+	rows, err := br.Query()
+	if err != nil {
+		return err
+	}
+	var id string
+	_, err = pgx.ForEachRow(rows, []any{&id}, func() error {
+		h, ok := taken[id]
+		if !ok {
+			return fmt.Errorf("the insert returned delivery %s, which was not taken for this process", id)
+		}
+		c := h.claimed(id)
+		c.at, c.handed = at, true
+		*cs = append(*cs, c)
+		return nil
+	})
+	return err
+}
+
+// claimed returns the delivery as a claim would have returned it: the
+// event as it reads back from the store (UTC, microseconds, the default
+// envelope and data filled in), so a retry sends the same body.
+func (h handed) claimed(id string) claimed {
+	e := *h.ev
+	if e.Envelope == "" {
+		e.Envelope = mapper.EnvelopeAuctionExcellence
+	}
+	if len(e.Data) == 0 {
+		e.Data = []byte("{}")
+	}
+	e.OccurredAt = e.OccurredAt.UTC().Truncate(time.Microsecond)
+	return claimed{id: id, endpointID: h.ep.id, url: h.ep.url, attempt: 1,
+		secret: h.ep.secret, prevSecret: h.ep.prevSecret, prevSecretValid: h.ep.prevSecretValid, event: e}
 }

@@ -22,7 +22,9 @@ type claimed struct {
 	secret, prevSecret  string
 	prevSecretValid     bool
 	event               mapper.Event
-	test                bool // a SendTest delivery: no retry, no health change
+	test                bool      // a SendTest delivery: no retry, no health change
+	at                  time.Time // when the claim (or Append) began
+	handed              bool      // taken by Append, not by a claim
 }
 
 // claimSQL claims due deliveries in one statement. It walks the active
@@ -67,20 +69,43 @@ RETURNING d.id, d.endpoint_id, d.attempts, e.url, e.secret, coalesce(e.previous_
     ev.id, ev.type, coalesce(ev.auction_id, ''), coalesce(ev.domain, ''), ev.envelope,
     ev.occurred_at, ev.data::text, coalesce(ev.table_name, ''), coalesce(ev.position, 0)`
 
-// inflight counts this process's requests in flight per endpoint, for the
-// per-endpoint cap. The claim loop adds, workers subtract.
+// inflight counts the deliveries this process holds (in flight or waiting
+// for a worker) per endpoint and in all, for the claim's limits. It is
+// also where Append takes deliveries for this process's workers directly
+// (reserve, handoff) while a claim loop runs.
+//
+// A claim reads the counts once, before its statement; an Append that
+// reserves meanwhile can push an endpoint a little past its limit. That
+// only lengthens the queue: requests in flight are capped where they
+// start, and a delivery that waits too long is handed back.
 type inflight struct {
 	mu sync.Mutex
 	n  map[string]int
+	// limit is the most one endpoint may hold; zero means
+	// MaxInFlightPerEndpoint.
+	limit int
+
+	// The rest is set while a claim loop runs (open).
+	open    bool
+	total   int            // held in all
+	max     int            // the most held in all
+	handed  []claimed      // committed by Append, not yet queued
+	signal  chan struct{}  // wakes the claim loop for handed
+	appends sync.WaitGroup // Appends between reserve and handoff
 }
 
 // add changes the endpoint's count by delta and returns the new count.
 func (f *inflight) add(endpointID string, delta int) int {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	return f.addLocked(endpointID, delta)
+}
+
+func (f *inflight) addLocked(endpointID string, delta int) int {
 	if f.n == nil {
 		f.n = map[string]int{}
 	}
+	f.total += delta
 	n := f.n[endpointID] + delta
 	if n <= 0 {
 		delete(f.n, endpointID)
@@ -90,8 +115,15 @@ func (f *inflight) add(endpointID string, delta int) int {
 	return n
 }
 
-// free returns the endpoints with requests in flight and their free slots
-// under limit.
+// held returns how many deliveries are held in all.
+func (f *inflight) held() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.total
+}
+
+// free returns the endpoints holding deliveries and their free slots under
+// limit.
 func (f *inflight) free(limit int) (ids []string, free []int32) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -100,6 +132,107 @@ func (f *inflight) free(limit int) (ids []string, free []int32) {
 		free = append(free, int32(max(limit-n, 0)))
 	}
 	return ids, free
+}
+
+// reservation is an Append's claim on room in the claim loop's queue.
+type reservation struct {
+	f  *inflight
+	by map[string]int
+	n  int
+}
+
+// reserve opens a reservation, or returns nil when no claim loop runs.
+// Every non-nil reservation must be finished with handoff.
+func (f *inflight) reserve() *reservation {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if !f.open {
+		return nil
+	}
+	f.appends.Add(1)
+	return &reservation{f: f}
+}
+
+// take reserves one delivery to endpointID if there is room.
+func (r *reservation) take(endpointID string) bool {
+	if r == nil {
+		return false
+	}
+	f := r.f
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if !f.open || f.total >= f.max || f.n[endpointID] >= f.limit {
+		return false
+	}
+	f.addLocked(endpointID, 1)
+	if r.by == nil {
+		r.by = map[string]int{}
+	}
+	r.by[endpointID]++
+	r.n++
+	return true
+}
+
+// handoff gives the claim loop the reserved deliveries that were stored
+// as claimed by this process (cs, a subset of what was taken: a replayed
+// delivery already in the store is not), and returns the rest of the
+// reservation. With the loop gone, cs stays claimed in the store until
+// Run releases it, which waits for every open reservation.
+func (r *reservation) handoff(cs []claimed) {
+	if r == nil {
+		return
+	}
+	f := r.f
+	f.mu.Lock()
+	for _, c := range cs {
+		r.by[c.endpointID]--
+	}
+	for id, k := range r.by {
+		if k > 0 {
+			f.addLocked(id, -k)
+		}
+	}
+	if f.open && len(cs) > 0 {
+		f.handed = append(f.handed, cs...)
+		select {
+		case f.signal <- struct{}{}:
+		default:
+		}
+	}
+	f.mu.Unlock()
+	f.appends.Done()
+}
+
+// start opens the counts for a claim loop.
+func (f *inflight) start(limit, maxHeld int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.limit, f.max, f.open = limit, maxHeld, true
+	f.signal = make(chan struct{}, 1)
+}
+
+// takeHanded returns what Appends handed over since the last call.
+func (f *inflight) takeHanded() []claimed {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	cs := f.handed
+	f.handed = nil
+	return cs
+}
+
+// stop closes the counts to new reservations and waits for the open ones,
+// so that a release after it sees every delivery stored as claimed by
+// this process.
+func (f *inflight) stop() {
+	f.mu.Lock()
+	f.open = false
+	f.handed = nil
+	f.mu.Unlock()
+	f.appends.Wait()
+	f.mu.Lock()
+	f.handed = nil
+	f.n, f.total = nil, 0
+	f.mu.Unlock()
 }
 
 // indexPlans makes the planner use index nested loops for the statement
@@ -118,7 +251,12 @@ const indexPlans = `SELECT set_config('enable_seqscan', 'off', true),
 // reports whether some endpoint's free slots ran out in this claim (it may
 // have due work the claim could not take).
 func (d *Dispatcher) claim(ctx context.Context, n int, busy *inflight) (cs []claimed, capped bool, err error) {
-	ids, free := busy.free(d.opts.MaxInFlightPerEndpoint)
+	perEndpoint := busy.limit
+	if perEndpoint <= 0 {
+		perEndpoint = d.opts.MaxInFlightPerEndpoint
+	}
+	ids, free := busy.free(perEndpoint)
+	at := time.Now()
 	// A claim lost in a store crash before its WAL flush only undoes the
 	// lease: the delivery is pending again and is sent (again, with the
 	// same webhook id), which at-least-once allows.
@@ -127,7 +265,7 @@ func (d *Dispatcher) claim(ctx context.Context, n int, busy *inflight) (cs []cla
 	for _, sql := range prelude {
 		b.Queue(sql)
 	}
-	b.Queue(d.q(claimSQL), d.opts.InstanceID, d.opts.Lease.Seconds(), ids, free, d.opts.MaxInFlightPerEndpoint, n)
+	b.Queue(d.q(claimSQL), d.opts.InstanceID, d.opts.Lease.Seconds(), ids, free, perEndpoint, n)
 	b.Queue("COMMIT")
 	br := d.pool.SendBatch(ctx, b)
 	err = func() error {
@@ -154,6 +292,9 @@ func (d *Dispatcher) claim(ctx context.Context, n int, busy *inflight) (cs []cla
 	if err != nil {
 		return nil, false, fmt.Errorf("claim deliveries: %w", err)
 	}
+	for i := range cs {
+		cs[i].at = at
+	}
 	limit := make(map[string]int, len(ids))
 	for i, id := range ids {
 		limit[id] = int(free[i])
@@ -166,7 +307,7 @@ func (d *Dispatcher) claim(ctx context.Context, n int, busy *inflight) (cs []cla
 	for id, k := range got {
 		l, ok := limit[id]
 		if !ok {
-			l = d.opts.MaxInFlightPerEndpoint
+			l = perEndpoint
 		}
 		capped = capped || k >= l
 	}
@@ -198,8 +339,12 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 	g.Go(func() error { return d.maintain(gctx) })
 	g.Go(func() error { return d.claimLoop(gctx) })
 	err := g.Wait()
+	// No Append hands deliveries over from now on, and those that took
+	// some have stored them: the release below sees them all.
+	d.hold.stop()
 	// Release what this process still holds (claims whose outcome could
-	// not be recorded), so other processes need not wait for the lease.
+	// not be recorded, deliveries that never got a worker), so other
+	// processes need not wait for the lease.
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
 	if n, rerr := d.release(rctx); rerr != nil {
@@ -224,110 +369,241 @@ func (d *Dispatcher) release(ctx context.Context) (int64, error) {
 	return tag.RowsAffected(), err
 }
 
-// claimLoop claims due deliveries for free workers and runs each in its
-// own goroutine. It claims at once on a wake-up (Append, Notify, NOTIFY
-// from another process), at every poll interval, and again right after a
-// full batch. When workers finish while due work was left behind, it
-// claims once a few have finished (claimEvery) or coalesceDelay after the
-// first did: at saturation one claim then serves many deliveries instead
-// of one or two, and the store's cost per delivery falls with the batch.
+// queued is a claimed delivery waiting for a free worker.
+type queued struct {
+	c  claimed
+	at time.Time // when it was queued
+}
+
+// claimResult is what a claim running beside the loop hands back.
+type claimResult struct {
+	cs     []claimed
+	capped bool
+	n      int // what was asked for
+	err    error
+}
+
+// prefetch returns how many claimed deliveries this process may hold
+// beyond its busy workers, and how long one may wait for a worker.
+//
+// Held deliveries let a worker that finishes start the next one at once,
+// while the claim that refills them runs beside the requests: without
+// them every worker waited a claim round trip per batch, and at
+// saturation that wait, not the store or HTTP, set the pace.
+//
+// A held delivery is leased like one in flight, so it must start early
+// enough to finish within the lease: it waits at most Lease minus the
+// attempt timeout minus a margin, and is handed back (pending, attempt
+// refunded) if its endpoint stays at its cap that long. With a lease too
+// short for that, nothing is held beyond the workers.
+func (d *Dispatcher) prefetch() (n int, maxWait time.Duration) {
+	maxWait = d.opts.Lease - d.opts.Client.Timeout - prefetchMargin
+	if maxWait <= 0 {
+		return 0, 0
+	}
+	return min(d.opts.BatchSize, d.opts.Workers), maxWait
+}
+
+// prefetchMargin is kept between the latest start of a held delivery and
+// the end of its lease, beyond the attempt timeout.
+const prefetchMargin = 5 * time.Second
+
+// claimLoop keeps the workers fed. Claims run one at a time beside the
+// loop; what they return waits in a queue and starts as soon as a worker
+// is free and the delivery's endpoint is under its cap
+// (MaxInFlightPerEndpoint requests in flight). The loop holds at most
+// Workers + prefetch deliveries, and each endpoint at most its cap plus
+// its share of the prefetch, so one endpoint's backlog cannot crowd the
+// queue.
+//
+// It claims at once on a wake-up (Append, Notify, NOTIFY from another
+// process) and at every poll interval; when the last claim may have left
+// due work behind (a full batch, or an endpoint at its limit), it claims
+// again once a batch's worth of room (claimEvery) has freed up, or
+// coalesceDelay after the first room did: at saturation one claim then
+// serves many deliveries instead of one or two.
 func (d *Dispatcher) claimLoop(ctx context.Context) error {
 	var wg sync.WaitGroup
 	rec := d.newRecorder()
 	// Workers first, then the recorder: every success handed over is
-	// written before Run releases what this process still holds.
+	// written before Run releases what this process still holds (the
+	// queue included: those were never sent, and get their attempt back).
 	defer rec.close()
 	defer wg.Wait()
 	// Attempts in flight outlive ctx: graceful stop lets them finish
 	// within the client's timeout instead of abandoning them mid-request.
 	sendCtx := context.WithoutCancel(ctx)
-	done := make(chan struct{}, d.opts.Workers)
-	free := d.opts.Workers
-	claimEvery := max(1, min(d.opts.BatchSize, d.opts.Workers, d.opts.MaxInFlightPerEndpoint)/2)
-	var busy inflight
-	poll := time.NewTicker(d.opts.PollInterval)
-	defer poll.Stop()
-	var coalesce <-chan time.Time // running while finished workers wait for company
-	errDelay := time.Duration(0)
-	claimNow := true // claim on this pass
-	left := true     // the last claim may have left due work behind
-	finished := 0    // workers finished since the last claim
-	for {
-		if claimNow && free > 0 {
-			n := min(free, d.opts.BatchSize)
-			cs, capped, err := d.claim(ctx, n, &busy)
+	workers, perEndpoint := d.opts.Workers, d.opts.MaxInFlightPerEndpoint
+	extra, maxWait := d.prefetch()
+	maxHeld := workers + extra
+	held := &d.hold
+	held.start(perEndpoint+min(perEndpoint, extra), maxHeld)
+	claimEvery := max(1, min(d.opts.BatchSize, workers, perEndpoint)/2)
+
+	var queue []queued
+	running := 0
+	runningBy := map[string]int{}
+	done := make(chan string, workers) // the endpoint of a finished attempt
+	results := make(chan claimResult, 1)
+	claiming := false
+	// A claim still running at stop has its rows released by Run, which
+	// must not start before the claim has committed or failed.
+	defer func() {
+		if claiming {
+			<-results
+		}
+	}()
+
+	start := func() {
+		now := time.Now()
+		var expired, skipped []string
+		kept := queue[:0]
+		for _, q := range queue {
 			switch {
-			case ctx.Err() != nil:
-				return ctx.Err()
-			case err != nil:
-				errDelay = min(max(2*errDelay, 100*time.Millisecond), 5*time.Second)
-				d.log.Warn("claim failed, retrying", slog.Any("error", err), slog.Duration("in", errDelay))
-				select {
-				case <-ctx.Done():
-					return ctx.Err()
-				case <-time.After(errDelay):
+			case d.disabledSince(q.c.endpointID, q.c.at):
+				// Disabled here after it was claimed: not sent, kept
+				// skipped with the endpoint's other deliveries.
+				skipped = append(skipped, q.c.id)
+				held.add(q.c.endpointID, -1)
+			case running < workers && runningBy[q.c.endpointID] < perEndpoint:
+				running++
+				runningBy[q.c.endpointID]++
+				c := q.c
+				via := "claim"
+				if c.handed {
+					via = "append"
 				}
-				continue
-			}
-			errDelay = 0
-			free -= len(cs)
-			finished, coalesce = 0, nil
-			// Due work may be left behind by a full batch, or at an
-			// endpoint whose cap stopped the claim.
-			full := len(cs) == n
-			left = full || capped
-			for _, c := range cs {
-				busy.add(c.endpointID, 1)
+				d.metrics.started.WithLabelValues(via).Inc()
 				wg.Add(1)
 				go func() {
 					defer wg.Done()
 					d.deliverVia(sendCtx, c, rec)
-					busy.add(c.endpointID, -1)
-					done <- struct{}{}
+					done <- c.endpointID
 				}()
-			}
-			if full && free > 0 {
-				continue
+			case now.Sub(q.at) > maxWait:
+				expired = append(expired, q.c.id)
+				held.add(q.c.endpointID, -1)
+			default:
+				kept = append(kept, q)
 			}
 		}
-		claimNow = false
+		clear(queue[len(kept):])
+		queue = kept
+		if len(skipped) > 0 {
+			if _, err := d.releaseIDs(ctx, skipped, "skipped"); err != nil {
+				d.log.Warn("skip deliveries of a disabled endpoint (the lease rescue will)",
+					slog.Int("deliveries", len(skipped)), slog.Any("error", err))
+			}
+		}
+		if len(expired) > 0 {
+			n, err := d.releaseIDs(ctx, expired, "pending")
+			if err != nil {
+				d.log.Warn("hand back deliveries that waited too long for a worker (the lease rescue will)",
+					slog.Int("deliveries", len(expired)), slog.Any("error", err))
+			} else {
+				d.log.Info("handed back deliveries that waited too long for a worker", slog.Int64("deliveries", n))
+			}
+		}
+	}
+
+	poll := time.NewTicker(d.opts.PollInterval)
+	defer poll.Stop()
+	var coalesce, retry <-chan time.Time
+	errDelay := time.Duration(0)
+	claimNow := true // claim on this pass
+	left := true     // the last claim may have left due work behind
+	woke := false    // a wake-up arrived while a claim was running
+	for {
+		room := maxHeld - held.held()
+		switch {
+		case claiming || retry != nil || room <= 0:
+		case claimNow || (left && room >= claimEvery) || (left && room == maxHeld):
+			n := min(room, d.opts.BatchSize)
+			claiming, claimNow, coalesce = true, false, nil
+			go func() {
+				cs, capped, err := d.claim(ctx, n, held)
+				results <- claimResult{cs: cs, capped: capped, n: n, err: err}
+			}()
+		case left && coalesce == nil:
+			coalesce = time.After(coalesceDelay)
+		}
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-done:
-			free++
-			finished++
-			for drained := false; !drained; {
+		case r := <-results:
+			claiming = false
+			if r.err != nil {
+				if ctx.Err() != nil {
+					return ctx.Err()
+				}
+				errDelay = min(max(2*errDelay, 100*time.Millisecond), 5*time.Second)
+				d.log.Warn("claim failed, retrying", slog.Any("error", r.err), slog.Duration("in", errDelay))
+				retry = time.After(errDelay)
+				continue
+			}
+			errDelay = 0
+			now := time.Now()
+			for _, c := range r.cs {
+				held.add(c.endpointID, 1)
+				queue = append(queue, queued{c: c, at: now})
+			}
+			start()
+			// Due work may be left behind by a full batch, at an endpoint
+			// whose limit stopped the claim, or by an Append the claim
+			// did not see.
+			full := len(r.cs) == r.n
+			left = full || r.capped || woke
+			claimNow = full || woke
+			woke = false
+		case ep := <-done:
+			for more := true; more; {
+				running--
+				if runningBy[ep]--; runningBy[ep] <= 0 {
+					delete(runningBy, ep)
+				}
+				held.add(ep, -1)
 				select {
-				case <-done:
-					free++
-					finished++
+				case ep = <-done:
 				default:
-					drained = true
+					more = false
 				}
 			}
-			switch {
-			case !left:
-				// Nothing was left behind: new work comes with a wake-up.
-			case finished >= claimEvery || free == d.opts.Workers:
-				claimNow = true
-			case coalesce == nil:
-				coalesce = time.After(coalesceDelay)
+			start()
+		case <-held.signal:
+			now := time.Now()
+			for _, c := range held.takeHanded() {
+				queue = append(queue, queued{c: c, at: now})
 			}
+			start()
 		case <-coalesce:
 			coalesce = nil
 			claimNow = true
+		case <-retry:
+			retry = nil
+			claimNow = true
 		case <-d.wake:
-			claimNow, left = true, true
+			claimNow, left, woke = true, true, claiming
 		case <-poll.C:
-			claimNow, left = true, true
+			claimNow, left, woke = true, true, claiming
+			// Hand back anything that has waited too long at a stuck
+			// endpoint, even when no worker finishes.
+			start()
 		}
 	}
 }
 
-// coalesceDelay bounds how long finished workers wait for others before
-// the claim loop claims work that was left behind for them.
+// coalesceDelay bounds how long freed room waits for more before the
+// claim loop claims work that was left behind for it.
 const coalesceDelay = 2 * time.Millisecond
+
+// releaseIDs hands deliveries this process holds but never sent back as
+// status (pending, or skipped), refunding the attempt their claim counted.
+func (d *Dispatcher) releaseIDs(ctx context.Context, ids []string, status string) (int64, error) {
+	tag, err := d.pool.Exec(ctx, d.q(`UPDATE {{schema}}.deliveries
+		SET status = $3, attempts = greatest(attempts - 1, 0), locked_by = NULL, locked_until = NULL, updated_at = now()
+		WHERE id = ANY($2) AND locked_by = $1`), d.opts.InstanceID, ids, status)
+	return tag.RowsAffected(), err
+}
 
 // listen holds a LISTEN connection on the schema's channel and turns each
 // notification into an in-process wake-up. A lost connection is retried

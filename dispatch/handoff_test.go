@@ -1,0 +1,182 @@
+package dispatch
+
+import (
+	"bytes"
+	"log/slog"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/walhook/walhook/mapper"
+)
+
+// waitLoopOpen waits until d's claim loop takes handoffs.
+func waitLoopOpen(t *testing.T, d *Dispatcher) {
+	t.Helper()
+	obWaitFor(t, "claim loop running", func() bool {
+		d.hold.mu.Lock()
+		defer d.hold.mu.Unlock()
+		return d.hold.open
+	})
+}
+
+func startedVia(d *Dispatcher, via string) int {
+	return int(testutil.ToFloat64(d.metrics.started.WithLabelValues(via)))
+}
+
+// Append stores what the running claim loop has room for as claimed by
+// this process and hands it straight to the workers: no claim, first
+// attempt counted. A replay of the same transaction sends nothing again.
+func TestAppendHandsDeliveriesToWorkers(t *testing.T) {
+	t.Parallel()
+	rc := obNewReceiver(t, nil)
+	// No poll and nothing pending: only a handoff can start these.
+	d, b := obSetup(t, func(o *Options) { o.PollInterval = time.Hour })
+	ep := b.endpoint(t, "whk_1", rc.URL, nil, nil, true)
+	obRun(t, d)
+	waitLoopOpen(t, d)
+	evs := []mapper.Event{obEvent("a.b", ""), obEvent("a.b", ""), obEvent("a.b", "")}
+	obAppend(t, d, 10, evs...)
+	obWaitFor(t, "3 deliveries", func() bool { return rc.n() == 3 })
+	obWaitFor(t, "3 recorded", func() bool {
+		return b.count(t, `SELECT count(*) FROM walhook.deliveries WHERE status = 'delivered' AND attempts = 1
+			AND locked_by IS NULL`) == 3
+	})
+	if n := b.count(t, `SELECT count(*) FROM walhook.attempts WHERE attempt = 1 AND status_code = 200`); n != 3 {
+		t.Fatalf("%d attempt rows, want 3", n)
+	}
+	if a, c := startedVia(d, "append"), startedVia(d, "claim"); a != 3 || c != 0 {
+		t.Fatalf("started via append %d, via claim %d; want 3 and 0", a, c)
+	}
+	// The headers and body are the ones a claim would have sent.
+	for _, r := range rc.requests() {
+		id := r.Header.Get("X-Webhook-ID")
+		var want []byte
+		for i := range evs {
+			if mapper.DeliveryID(evs[i].Envelope, evs[i].ID, ep) == id {
+				want = evs[i].Body(id)
+			}
+		}
+		if !bytes.Equal(r.Body, want) {
+			t.Fatalf("body of %s:\n%s\nwant\n%s", id, r.Body, want)
+		}
+	}
+
+	// A replay (cdc sends the transaction again after a crash) inserts
+	// nothing, so nothing is handed over and the room is given back.
+	obAppend(t, d, 10, evs...)
+	time.Sleep(200 * time.Millisecond)
+	if rc.n() != 3 {
+		t.Fatalf("a replayed append sent %d requests more", rc.n()-3)
+	}
+	obWaitFor(t, "room given back", func() bool { return d.hold.held() == 0 })
+}
+
+// What the loop has no room for is stored pending and claimed.
+func TestAppendHandsOnlyWhatFits(t *testing.T) {
+	t.Parallel()
+	rc := obNewReceiver(t, nil)
+	d, b := obSetup(t, func(o *Options) { o.Workers, o.BatchSize = 2, 2 }) // room 2 + 2
+	b.endpoint(t, "whk_1", rc.URL, nil, nil, true)
+	obRun(t, d)
+	waitLoopOpen(t, d)
+	var evs []mapper.Event
+	for range 10 {
+		evs = append(evs, obEvent("a.b", ""))
+	}
+	obAppend(t, d, 10, evs...)
+	obWaitFor(t, "10 delivered", func() bool {
+		return b.count(t, `SELECT count(*) FROM walhook.deliveries WHERE status = 'delivered'`) == 10
+	})
+	if rc.n() != 10 {
+		t.Fatalf("receiver got %d requests, want 10", rc.n())
+	}
+	if a, c := startedVia(d, "append"), startedVia(d, "claim"); a != 4 || c != 6 {
+		t.Fatalf("started via append %d, via claim %d; want 4 and 6", a, c)
+	}
+}
+
+// A handed delivery that fails is retried through the store, and the
+// retry sends the same body under the same id.
+func TestHandedDeliveryRetriedWithSameBody(t *testing.T) {
+	t.Parallel()
+	rc := obNewReceiver(t, func(n int, _ http.ResponseWriter, _ *http.Request) int {
+		if n == 0 {
+			return 500
+		}
+		return 200
+	})
+	d, b := obSetup(t, nil)
+	b.endpoint(t, "whk_1", rc.URL, nil, nil, true)
+	obRun(t, d)
+	waitLoopOpen(t, d)
+	obAppend(t, d, 10, obEvent("a.b", "auction_7"))
+	obWaitFor(t, "the retry", func() bool { return rc.n() == 2 })
+	reqs := rc.requests()
+	if reqs[0].Header.Get("X-Webhook-ID") != reqs[1].Header.Get("X-Webhook-ID") || !bytes.Equal(reqs[0].Body, reqs[1].Body) {
+		t.Fatalf("retry differs from the handed attempt:\n%s %s\n%s %s", reqs[0].Header.Get("X-Webhook-ID"), reqs[0].Body,
+			reqs[1].Header.Get("X-Webhook-ID"), reqs[1].Body)
+	}
+	if a, c := startedVia(d, "append"), startedVia(d, "claim"); a != 1 || c != 1 {
+		t.Fatalf("started via append %d, via claim %d; want 1 and 1", a, c)
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for a logger and a test to share.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// A held delivery whose endpoint stays at its cap is handed back before
+// its lease could run out while it is sent, and is delivered once.
+func TestHeldDeliveryHandedBackBeforeLease(t *testing.T) {
+	t.Parallel()
+	release := make(chan struct{})
+	rc := obNewReceiver(t, func(n int, _ http.ResponseWriter, _ *http.Request) int {
+		if n == 0 {
+			<-release
+		}
+		return 200
+	})
+	var logs syncBuffer
+	d, b := obSetup(t, func(o *Options) {
+		o.Logger = slog.New(slog.NewTextHandler(&logs, nil))
+		o.Registerer = prometheus.NewRegistry()
+		o.Workers, o.MaxInFlightPerEndpoint, o.BatchSize = 1, 1, 1
+		o.Client.Timeout = 5 * time.Second
+		o.Lease = o.Client.Timeout + prefetchMargin + 300*time.Millisecond // a held delivery waits 300ms at most
+	})
+	b.endpoint(t, "whk_1", rc.URL, nil, nil, true)
+	obRun(t, d)
+	waitLoopOpen(t, d)
+	obAppend(t, d, 10, obEvent("a.b", ""), obEvent("a.b", ""))
+	obWaitFor(t, "the first request", func() bool { return rc.n() == 1 })
+	obWaitFor(t, "a held delivery handed back", func() bool {
+		return strings.Contains(logs.String(), "handed back deliveries that waited too long for a worker")
+	})
+	close(release)
+	obWaitFor(t, "2 delivered", func() bool {
+		return b.count(t, `SELECT count(*) FROM walhook.deliveries WHERE status = 'delivered' AND attempts = 1`) == 2
+	})
+	if rc.n() != 2 {
+		t.Fatalf("receiver got %d requests, want 2", rc.n())
+	}
+}
