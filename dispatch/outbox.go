@@ -277,15 +277,11 @@ func (r *eventRows) add(t *TxEvents, e *mapper.Event) {
 	if data == "" {
 		data = "{}"
 	}
-	env := e.Envelope
-	if env == "" {
-		env = mapper.EnvelopeAuctionExcellence
-	}
 	r.id = append(r.id, e.ID)
 	r.typ = append(r.typ, e.Type)
 	r.auction = append(r.auction, e.AuctionID)
 	r.domain = append(r.domain, e.Domain)
-	r.envelope = append(r.envelope, string(env))
+	r.envelope = append(r.envelope, string(envelopeOf(e)))
 	r.occurred = append(r.occurred, e.OccurredAt)
 	r.data = append(r.data, data)
 	r.table = append(r.table, e.Table)
@@ -301,17 +297,22 @@ type deliveryRows struct {
 
 // add records the delivery of e to ep with status and returns its id.
 func (r *deliveryRows) add(e *mapper.Event, ep *fanoutEndpoint, status string) string {
-	env := e.Envelope
-	if env == "" {
-		env = mapper.EnvelopeAuctionExcellence
-	}
-	id := mapper.DeliveryID(env, e.ID, ep.id)
+	id := mapper.DeliveryID(envelopeOf(e), e.ID, ep.id)
 	r.id = append(r.id, id)
 	r.event = append(r.event, e.ID)
 	r.endpoint = append(r.endpoint, ep.id)
 	r.typ = append(r.typ, e.Type)
 	r.status = append(r.status, status)
 	return id
+}
+
+// envelopeOf is the event's body shape; events without one are stored
+// with the Auction Excellence shape.
+func envelopeOf(e *mapper.Event) mapper.Envelope {
+	if e.Envelope == "" {
+		return mapper.EnvelopeAuctionExcellence
+	}
+	return e.Envelope
 }
 
 // handed is a delivery Append reserved for this process's workers.
@@ -354,9 +355,7 @@ func (d *Dispatcher) readAppend(br pgx.BatchResults, events, deliveries bool, ta
 // envelope and data filled in), so a retry sends the same body.
 func (h handed) claimed(id string) claimed {
 	e := *h.ev
-	if e.Envelope == "" {
-		e.Envelope = mapper.EnvelopeAuctionExcellence
-	}
+	e.Envelope = envelopeOf(&e)
 	if len(e.Data) == 0 {
 		e.Data = []byte("{}")
 	}

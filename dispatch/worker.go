@@ -138,7 +138,6 @@ func (f *inflight) free(limit int) (ids []string, free []int32) {
 type reservation struct {
 	f  *inflight
 	by map[string]int
-	n  int
 }
 
 // reserve opens a reservation, or returns nil when no claim loop runs.
@@ -169,7 +168,6 @@ func (r *reservation) take(endpointID string) bool {
 		r.by = map[string]int{}
 	}
 	r.by[endpointID]++
-	r.n++
 	return true
 }
 
@@ -225,8 +223,7 @@ func (f *inflight) takeHanded() []claimed {
 // this process.
 func (f *inflight) stop() {
 	f.mu.Lock()
-	f.open = false
-	f.handed = nil
+	f.open = false // handoff queues nothing from now on
 	f.mu.Unlock()
 	f.appends.Wait()
 	f.mu.Lock()
@@ -363,11 +360,16 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 // release puts this process's claimed deliveries back to pending and
 // refunds the attempt that never happened.
 func (d *Dispatcher) release(ctx context.Context) (int64, error) {
-	tag, err := d.pool.Exec(ctx, d.q(`UPDATE {{schema}}.deliveries
-		SET status = 'pending', attempts = greatest(attempts - 1, 0), locked_by = NULL, locked_until = NULL, updated_at = now()
-		WHERE status = 'delivering' AND locked_by = $1`), d.opts.InstanceID)
+	tag, err := d.pool.Exec(ctx, d.q(releaseSQL+`WHERE status = 'delivering' AND locked_by = $1`),
+		d.opts.InstanceID, "pending")
 	return tag.RowsAffected(), err
 }
+
+// releaseSQL gives a claim back as status $2 with its attempt refunded;
+// callers add the WHERE.
+const releaseSQL = `UPDATE {{schema}}.deliveries
+	SET status = $2, attempts = greatest(attempts - 1, 0), locked_by = NULL, locked_until = NULL, updated_at = now()
+	`
 
 // queued is a claimed delivery waiting for a free worker.
 type queued struct {
@@ -599,9 +601,7 @@ const coalesceDelay = 2 * time.Millisecond
 // releaseIDs hands deliveries this process holds but never sent back as
 // status (pending, or skipped), refunding the attempt their claim counted.
 func (d *Dispatcher) releaseIDs(ctx context.Context, ids []string, status string) (int64, error) {
-	tag, err := d.pool.Exec(ctx, d.q(`UPDATE {{schema}}.deliveries
-		SET status = $3, attempts = greatest(attempts - 1, 0), locked_by = NULL, locked_until = NULL, updated_at = now()
-		WHERE id = ANY($2) AND locked_by = $1`), d.opts.InstanceID, ids, status)
+	tag, err := d.pool.Exec(ctx, d.q(releaseSQL+`WHERE id = ANY($3) AND locked_by = $1`), d.opts.InstanceID, status, ids)
 	return tag.RowsAffected(), err
 }
 
