@@ -81,23 +81,29 @@ func TestAppendHandsDeliveriesToWorkers(t *testing.T) {
 func TestAppendHandsOnlyWhatFits(t *testing.T) {
 	t.Parallel()
 	rc := obNewReceiver(t, nil)
-	d, b := obSetup(t, func(o *Options) { o.Workers, o.BatchSize = 2, 2 }) // room 2 + 2
+	d, b := obSetup(t, func(o *Options) { o.Workers = 2 })
+	extra, _ := d.prefetch()
+	room := 2 + extra // the workers and what is held beyond them
 	b.endpoint(t, "whk_1", rc.URL, nil, nil, true)
 	obRun(t, d)
 	waitLoopOpen(t, d)
+	if got, ok := d.HandoffRoom(t.Context(), 1, 0); got != room || !ok {
+		t.Fatalf("HandoffRoom = %d, %v; want %d, true", got, ok, room)
+	}
 	var evs []mapper.Event
-	for range 10 {
+	n := room + 6
+	for range n {
 		evs = append(evs, obEvent("a.b", ""))
 	}
 	obAppend(t, d, 10, evs...)
-	obWaitFor(t, "10 delivered", func() bool {
-		return b.count(t, `SELECT count(*) FROM walhook.deliveries WHERE status = 'delivered'`) == 10
+	obWaitFor(t, "all delivered", func() bool {
+		return b.count(t, `SELECT count(*) FROM walhook.deliveries WHERE status = 'delivered'`) == n
 	})
-	if rc.n() != 10 {
-		t.Fatalf("receiver got %d requests, want 10", rc.n())
+	if rc.n() != n {
+		t.Fatalf("receiver got %d requests, want %d", rc.n(), n)
 	}
-	if a, c := startedVia(d, "append"), startedVia(d, "claim"); a != 4 || c != 6 {
-		t.Fatalf("started via append %d, via claim %d; want 4 and 6", a, c)
+	if a, c := startedVia(d, "append"), startedVia(d, "claim"); a != room || c != 6 {
+		t.Fatalf("started via append %d, via claim %d; want %d and 6", a, c, room)
 	}
 }
 
@@ -178,5 +184,75 @@ func TestHeldDeliveryHandedBackBeforeLease(t *testing.T) {
 	})
 	if rc.n() != 2 {
 		t.Fatalf("receiver got %d requests, want 2", rc.n())
+	}
+}
+
+// HandoffRoom reports the room the next Append could hand over, waits for
+// enough of it to free up, and gives up after its wait.
+func TestHandoffRoom(t *testing.T) {
+	t.Parallel()
+	release := make(chan struct{})
+	rc := obNewReceiver(t, func(int, http.ResponseWriter, *http.Request) int {
+		<-release
+		return 200
+	})
+	d, b := obSetup(t, func(o *Options) { o.Workers = 1 })
+	if got, ok := d.HandoffRoom(t.Context(), 1, time.Minute); got != 0 || ok {
+		t.Fatalf("HandoffRoom before the claim loop runs = %d, %v; want 0, false at once", got, ok)
+	}
+	extra, _ := d.prefetch()
+	room := 1 + extra
+	b.endpoint(t, "whk_1", rc.URL, nil, nil, true)
+	stop := obRun(t, d)
+	defer stop()
+	defer close(release) // before stop: the held attempt must finish
+	waitLoopOpen(t, d)
+
+	var evs []mapper.Event
+	for range room {
+		evs = append(evs, obEvent("a.b", ""))
+	}
+	obAppend(t, d, 10, evs...)
+	obWaitFor(t, "the first request", func() bool { return rc.n() == 1 })
+	start := time.Now()
+	if got, ok := d.HandoffRoom(t.Context(), room, 50*time.Millisecond); got != 0 || ok {
+		t.Fatalf("HandoffRoom with every place taken = %d, %v; want 0, false", got, ok)
+	}
+	if waited := time.Since(start); waited < 50*time.Millisecond {
+		t.Fatalf("HandoffRoom gave up after %s, before its wait", waited)
+	}
+
+	// Waiting for room: it returns once half the places (the most asked
+	// for) are free, not at the first one.
+	type result struct {
+		room int
+		ok   bool
+	}
+	got := make(chan result, 1)
+	go func() {
+		r, ok := d.HandoffRoom(t.Context(), room, time.Minute)
+		got <- result{r, ok}
+	}()
+	select {
+	case r := <-got:
+		t.Fatalf("HandoffRoom returned %+v with no room free", r)
+	case <-time.After(50 * time.Millisecond):
+	}
+	release <- struct{}{} // one delivery done: one place free
+	select {
+	case r := <-got:
+		t.Fatalf("HandoffRoom returned %+v with one place free of %d", r, room)
+	case <-time.After(50 * time.Millisecond):
+	}
+	for range room / 2 {
+		release <- struct{}{}
+	}
+	select {
+	case r := <-got:
+		if !r.ok || r.room < room/2 {
+			t.Fatalf("HandoffRoom = %+v; want at least %d, true", r, room/2)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("HandoffRoom still waiting with half the places free")
 	}
 }

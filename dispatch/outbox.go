@@ -363,3 +363,39 @@ func (h handed) claimed(id string) claimed {
 	return claimed{id: id, endpointID: h.ep.id, url: h.ep.url, attempt: 1,
 		secret: h.ep.secret, prevSecret: h.ep.prevSecret, prevSecretValid: h.ep.prevSecretValid, event: e}
 }
+
+// HandoffRoom returns how many deliveries the next Append could hand
+// straight to this process's workers, waiting up to wait for room for
+// want of them (or half the most there can be, if less) to free up. It
+// returns 0 at once when no claim loop runs here.
+//
+// The replication consumer uses it while it has a backlog: rather than
+// store the backlog pending, for the workers to claim back one batch at a
+// time, it stores what the workers are about to be free for and hands it
+// over, which saves each delivery its claim.
+//
+// ok reports whether the room was there in time; it is false at once when
+// no claim loop runs here.
+func (d *Dispatcher) HandoffRoom(ctx context.Context, want int, wait time.Duration) (room int, ok bool) {
+	var timer *time.Timer
+	for {
+		room, most, freed := d.hold.room()
+		if freed == nil {
+			return 0, false
+		}
+		if room >= min(want, max(most/2, 1)) {
+			return room, true
+		}
+		if timer == nil {
+			timer = time.NewTimer(wait)
+			defer timer.Stop()
+		}
+		select {
+		case <-ctx.Done():
+			return room, false
+		case <-timer.C:
+			return room, false
+		case <-freed:
+		}
+	}
+}

@@ -91,6 +91,7 @@ type inflight struct {
 	max     int            // the most held in all
 	handed  []claimed      // committed by Append, not yet queued
 	signal  chan struct{}  // wakes the claim loop for handed
+	freed   chan struct{}  // signalled when held deliveries are let go
 	appends sync.WaitGroup // Appends between reserve and handoff
 }
 
@@ -106,6 +107,12 @@ func (f *inflight) addLocked(endpointID string, delta int) int {
 		f.n = map[string]int{}
 	}
 	f.total += delta
+	if delta < 0 && f.freed != nil {
+		select {
+		case f.freed <- struct{}{}:
+		default:
+		}
+	}
 	n := f.n[endpointID] + delta
 	if n <= 0 {
 		delete(f.n, endpointID)
@@ -207,6 +214,25 @@ func (f *inflight) start(limit, maxHeld int) {
 	defer f.mu.Unlock()
 	f.limit, f.max, f.open = limit, maxHeld, true
 	f.signal = make(chan struct{}, 1)
+	f.freed = make(chan struct{}, 1)
+}
+
+// room returns how many more deliveries an Append could hand over now:
+// the room in all, and at most what the fullest endpoint has left (the
+// endpoints of the next events are not known yet, so this errs low), and
+// the most it can ever be; zero when no claim loop runs.
+func (f *inflight) room() (room, most int, freed <-chan struct{}) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if !f.open {
+		return 0, 0, nil
+	}
+	fullest := 0
+	for _, n := range f.n {
+		fullest = max(fullest, n)
+	}
+	most = min(f.max, f.limit)
+	return max(min(f.max-f.total, f.limit-fullest), 0), most, f.freed
 }
 
 // takeHanded returns what Appends handed over since the last call.
@@ -403,8 +429,15 @@ func (d *Dispatcher) prefetch() (n int, maxWait time.Duration) {
 	if maxWait <= 0 {
 		return 0, 0
 	}
-	return min(d.opts.BatchSize, d.opts.Workers), maxWait
+	return heldPerWorker * d.opts.Workers, maxWait
 }
+
+// heldPerWorker sizes the queue of deliveries held beyond the busy
+// workers: enough that the workers stay busy through a claim or an
+// Append round trip at full speed. With one per worker the replication
+// consumer, which hands its backlog over as room frees up, left a fifth
+// of the CPU idle waiting for its Append; with eight it keeps up.
+const heldPerWorker = 8
 
 // prefetchMargin is kept between the latest start of a held delivery and
 // the end of its lease, beyond the attempt timeout.
@@ -439,7 +472,7 @@ func (d *Dispatcher) claimLoop(ctx context.Context) error {
 	extra, maxWait := d.prefetch()
 	maxHeld := workers + extra
 	held := &d.hold
-	held.start(perEndpoint+min(perEndpoint, extra), maxHeld)
+	held.start(perEndpoint+min(heldPerWorker*perEndpoint, extra), maxHeld)
 	claimEvery := max(1, min(d.opts.BatchSize, workers, perEndpoint)/2)
 
 	var queue []queued

@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pglogrepl"
+
 	"github.com/walhook/walhook/internal/receiver"
 )
 
@@ -323,12 +325,7 @@ func TestRunBatchesWaitingTransactions(t *testing.T) {
 	p := startRunProc(t, "--config", file)
 	runWaitFor(t, 30*time.Second, "500 deliveries", func() bool { return rc.Unique() == 500 }, p.diag)
 	base := apiAddrRE.FindStringSubmatch(p.stdout.String())[1]
-	resp, err := http.Get(base + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
+	body := runMetrics(t, base)
 	sum := regexp.MustCompile(`(?m)^walhook_append_events_sum (\S+)$`).FindStringSubmatch(string(body))
 	count := regexp.MustCompile(`(?m)^walhook_append_events_count (\S+)$`).FindStringSubmatch(string(body))
 	if sum == nil || count == nil {
@@ -340,5 +337,127 @@ func TestRunBatchesWaitingTransactions(t *testing.T) {
 	}
 	if n, _ := strconv.Atoi(count[1]); n == 0 || n > 250 {
 		t.Errorf("%s appends for a backlog of 500 transactions: waiting transactions are not batched", count[1])
+	}
+}
+
+// runMetrics returns the /metrics page of a running walhook.
+func runMetrics(t *testing.T, base string) string {
+	t.Helper()
+	resp, err := http.Get(base + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(body)
+}
+
+// runStartedVia reads walhook_deliveries_started_total{via} from a
+// /metrics page (0 when the series is not there yet).
+func runStartedVia(metrics, via string) int {
+	m := regexp.MustCompile(`(?m)^walhook_deliveries_started_total\{via="` + via + `"\} (\S+)$`).FindStringSubmatch(metrics)
+	if m == nil {
+		return 0
+	}
+	n, _ := strconv.ParseFloat(m[1], 64)
+	return int(n)
+}
+
+// A backlog in the slot flows to the workers at their pace: the consumer
+// stores what they have room for and hands it straight over, so most
+// deliveries start without a claim (walhook_deliveries_started_total
+// {via="append"}), and the backlog is stored in many small store commits.
+func TestRunHandsBacklogToWorkers(t *testing.T) {
+	t.Parallel()
+	rc := newRunReceiver(t, runSecret, nil)
+	db, file := itemsRun(t, map[string]any{
+		"endpoints":                           []map[string]any{runEndpoint("r", rc.URL, runSecret)},
+		"delivery.workers":                    4,
+		"delivery.max_in_flight_per_endpoint": 4,
+		// A lease long enough for deliveries to be held beyond the busy
+		// workers (the tests' 3 s lease leaves no time for that).
+		"delivery.lease": "30s",
+	})
+	const n = 1000
+	for i := 1; i <= n; i += 10 {
+		insertItems(t, db, i, i+9)
+	}
+	p := startRunProc(t, "--config", file)
+	runWaitFor(t, 60*time.Second, "every delivery", func() bool { return rc.Unique() == n }, p.diag)
+	runWaitFor(t, 30*time.Second, "every delivery recorded", func() bool {
+		return db.count(t, `SELECT count(*) FROM walhook.deliveries WHERE status = 'delivered'`) == n
+	}, p.diag)
+	metrics := runMetrics(t, apiAddrRE.FindStringSubmatch(p.stdout.String())[1])
+	appended, claimed := runStartedVia(metrics, "append"), runStartedVia(metrics, "claim")
+	t.Logf("%d deliveries started via append, %d via claim", appended, claimed)
+	if appended+claimed != n {
+		t.Errorf("%d + %d deliveries started, want %d (each once)", appended, claimed, n)
+	}
+	// The first Append can hand over at most 4 + 8×4 = 36 deliveries;
+	// without pacing the rest of the backlog would be stored pending.
+	if appended < n/2 {
+		t.Errorf("only %d of %d deliveries of a backlog were handed to the workers by Append", appended, n)
+	}
+	if rc.Duplicates() != 0 {
+		t.Errorf("%d duplicate requests", rc.Duplicates())
+	}
+	if err := p.stop(t); err != nil {
+		t.Fatalf("stop: %v", err)
+	}
+}
+
+// Pacing never holds the slot back behind an endpoint that hangs: when
+// no room frees up, the consumer stores the backlog pending and confirms
+// it, as it would without workers.
+func TestRunHangingEndpointDoesNotHoldBackTheSlot(t *testing.T) {
+	t.Parallel()
+	quit := make(chan struct{})
+	var unhang sync.Once
+	var hung atomic.Int64
+	dead := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hung.Add(1)
+		select {
+		case <-r.Context().Done():
+		case <-quit:
+		}
+	}))
+	t.Cleanup(dead.Close)
+	t.Cleanup(func() { unhang.Do(func() { close(quit) }) })
+	db, file := itemsRun(t, map[string]any{
+		"endpoints":                           []map[string]any{runEndpoint("dead", dead.URL, runSecret)},
+		"delivery.timeout":                    "20s",
+		"delivery.lease":                      "60s",
+		"delivery.workers":                    2,
+		"delivery.max_in_flight_per_endpoint": 2,
+	})
+	const n = 3000
+	for i := 1; i <= n; i += 100 {
+		insertItems(t, db, i, i+99)
+	}
+	var end string
+	if err := db.pool.QueryRow(context.Background(), `SELECT pg_current_wal_lsn()::text`).Scan(&end); err != nil {
+		t.Fatal(err)
+	}
+	want, err := pglogrepl.ParseLSN(end)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := startRunProc(t, "--config", file)
+	// Well inside the 20 s timeout: nothing the workers hold has freed up.
+	runWaitFor(t, 15*time.Second, "the backlog stored and the cursor past it", func() bool {
+		return db.cursor(t) >= want
+	}, p.diag)
+	if got := db.count(t, `SELECT count(*) FROM walhook.deliveries`); got != n {
+		t.Errorf("%d deliveries stored, want %d", got, n)
+	}
+	if hung.Load() == 0 {
+		t.Error("the hanging endpoint was never tried")
+	}
+	unhang.Do(func() { close(quit) }) // or the stop waits out the requests
+	if err := p.stop(t); err != nil {
+		t.Fatalf("stop: %v", err)
 	}
 }

@@ -34,6 +34,9 @@ var (
 	// commit), but never more than this.
 	maxBatchTxs    = 1000
 	maxBatchEvents = 20000
+	// handoffWait is how long the consumer waits for its workers to have
+	// room before it stores a backlog's next batch pending instead.
+	handoffWait = 100 * time.Millisecond
 	// appendRetryFor is how long a failing Append (store unreachable) is
 	// retried before walhook gives up and exits.
 	appendRetryFor = time.Minute
@@ -228,6 +231,7 @@ func (r *runner) lead(ctx context.Context, lock *leaderLock) error {
 func (r *runner) consume(ctx context.Context, stream *cdc.Stream) error {
 	txs := stream.Txs()
 	batch := make([]dispatch.TxEvents, 0, 64)
+	pace := true
 	for {
 		var tx *cdc.Tx
 		select {
@@ -237,14 +241,18 @@ func (r *runner) consume(ctx context.Context, stream *cdc.Stream) error {
 		}
 		batch = batch[:0]
 		events := 0
+		limit := maxBatchEvents
 		for {
 			te, err := r.mapTx(tx)
 			if err != nil {
 				return err
 			}
 			batch = append(batch, te)
+			if len(batch) == 1 && len(te.Events) > 0 {
+				limit = r.handoffLimit(ctx, len(te.Events), len(txs) > 0, &pace)
+			}
 			events += len(te.Events)
-			if len(batch) >= maxBatchTxs || events >= maxBatchEvents {
+			if len(batch) >= maxBatchTxs || events >= limit {
 				break
 			}
 			select {
@@ -258,6 +266,35 @@ func (r *runner) consume(ctx context.Context, stream *cdc.Stream) error {
 			return err
 		}
 	}
+}
+
+// handoffLimit returns how many events the batch that starts with first
+// events should hold. While the workers keep freeing room, a batch is what
+// they have room for, so that Append hands it straight over instead of
+// storing it for them to claim (see dispatch.HandoffRoom): a backlog then
+// flows to the workers at their pace, each delivery written twice instead
+// of three times. When the room does not come within handoffWait (an
+// endpoint that hangs, no workers here), batches are as large as allowed
+// and what does not fit is stored pending, until room shows up again.
+func (r *runner) handoffLimit(ctx context.Context, first int, backlog bool, pace *bool) int {
+	want := first
+	if backlog {
+		want = maxBatchEvents
+	}
+	wait := handoffWait
+	if !*pace {
+		wait = 0
+	}
+	room, ok := r.disp.HandoffRoom(ctx, want, wait)
+	if *pace && !ok {
+		r.log.Debug("no room at the workers for the waiting transactions; storing them pending for any process to claim",
+			slog.Int("room", room), slog.Duration("waited", wait))
+	}
+	*pace = ok
+	if !ok {
+		return maxBatchEvents
+	}
+	return max(room, 1)
 }
 
 func (r *runner) mapTx(tx *cdc.Tx) (dispatch.TxEvents, error) {
