@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -87,17 +88,48 @@ func (d *Dispatcher) delivered(c claimed, started time.Time, res Result) {
 // keys returns the HMAC keys to sign with: the current secret, and the
 // previous one while its rotation overlap lasts.
 func (d *Dispatcher) keys(c claimed) ([][]byte, error) {
-	k, err := DecodeSecret(c.secret)
+	k, err := d.secrets.decode(c.secret)
 	if err != nil {
 		return nil, fmt.Errorf("endpoint secret: %w", err)
 	}
 	keys := [][]byte{k}
 	if c.prevSecretValid && c.prevSecret != "" {
-		if pk, err := DecodeSecret(c.prevSecret); err == nil {
+		if pk, err := d.secrets.decode(c.prevSecret); err == nil {
 			keys = append(keys, pk)
 		}
 	}
 	return keys, nil
+}
+
+// secretCache keeps the keys of the secrets recently signed with, so an
+// attempt does not decode its endpoint's secret again. It holds at most
+// secretCacheSize of them (a few per endpoint, while rotating); when full
+// it starts over.
+type secretCache struct {
+	mu   sync.Mutex
+	keys map[string][]byte
+}
+
+const secretCacheSize = 1024
+
+func (sc *secretCache) decode(secret string) ([]byte, error) {
+	sc.mu.Lock()
+	k, ok := sc.keys[secret]
+	sc.mu.Unlock()
+	if ok {
+		return k, nil
+	}
+	k, err := DecodeSecret(secret)
+	if err != nil {
+		return nil, err
+	}
+	sc.mu.Lock()
+	if sc.keys == nil || len(sc.keys) >= secretCacheSize {
+		sc.keys = map[string][]byte{}
+	}
+	sc.keys[secret] = k
+	sc.mu.Unlock()
+	return k, nil
 }
 
 // decide maps an attempt's result to the delivery's next state with the

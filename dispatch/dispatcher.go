@@ -157,6 +157,8 @@ type Dispatcher struct {
 	hold inflight
 	// disabled: endpoint id → when this process disabled it.
 	disabled sync.Map
+	// secrets caches decoded signing keys by secret.
+	secrets secretCache
 }
 
 // New returns a Dispatcher over the store in opts.Schema. It does not

@@ -489,11 +489,18 @@ func (d *Dispatcher) claimLoop(ctx context.Context) error {
 		}
 	}()
 
-	start := func() {
+	// start starts queued deliveries, in order, while workers are free
+	// and their endpoints are under the cap; with sweep it also looks at
+	// the rest of the queue, to hand back what waited too long and drop
+	// what a disable made moot. Without sweep it stops at the first free
+	// worker's worth, so a finished attempt costs O(1), not O(queue).
+	start := func(sweep bool) {
 		now := time.Now()
 		var expired, skipped []string
 		kept := queue[:0]
-		for _, q := range queue {
+		i := 0
+		for ; i < len(queue) && (sweep || running < workers); i++ {
+			q := queue[i]
 			switch {
 			case d.disabledSince(q.c.endpointID, q.c.at):
 				// Disabled here after it was claimed: not sent, kept
@@ -522,8 +529,17 @@ func (d *Dispatcher) claimLoop(ctx context.Context) error {
 				kept = append(kept, q)
 			}
 		}
-		clear(queue[len(kept):])
-		queue = kept
+		// Close the gap the started and dropped ones left before queue[i:]
+		// (none when kept is all that was looked at).
+		switch {
+		case len(kept) == 0:
+			clear(queue[:i])
+			queue = queue[i:]
+		case len(kept) < i:
+			n := len(kept) + copy(queue[len(kept):], queue[i:])
+			clear(queue[n:])
+			queue = queue[:n]
+		}
 		if len(skipped) > 0 {
 			if _, err := d.releaseIDs(ctx, skipped, "skipped"); err != nil {
 				d.log.Warn("skip deliveries of a disabled endpoint (the lease rescue will)",
@@ -582,7 +598,7 @@ func (d *Dispatcher) claimLoop(ctx context.Context) error {
 				held.add(c.endpointID, 1)
 				queue = append(queue, queued{c: c, at: now})
 			}
-			start()
+			start(false)
 			// Due work may be left behind by a full batch, at an endpoint
 			// whose limit stopped the claim, or by an Append the claim
 			// did not see.
@@ -603,13 +619,13 @@ func (d *Dispatcher) claimLoop(ctx context.Context) error {
 					more = false
 				}
 			}
-			start()
+			start(false)
 		case <-held.signal:
 			now := time.Now()
 			for _, c := range held.takeHanded() {
 				queue = append(queue, queued{c: c, at: now})
 			}
-			start()
+			start(false)
 		case <-coalesce:
 			coalesce = nil
 			claimNow = true
@@ -622,7 +638,7 @@ func (d *Dispatcher) claimLoop(ctx context.Context) error {
 			claimNow, left, woke = true, true, claiming
 			// Hand back anything that has waited too long at a stuck
 			// endpoint, even when no worker finishes.
-			start()
+			start(true)
 		}
 	}
 }
