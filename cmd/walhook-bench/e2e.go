@@ -32,6 +32,10 @@ type results struct {
 	bareFailed  int
 	bareUnique  int
 	e2eRejected int
+	e2eCPU      time.Duration // machine busy CPU time over the saturation measure
+	walhookCPU  time.Duration // of it, the walhook process
+	walhookRSS  int64         // walhook's peak resident memory, bytes
+	bareCPU     time.Duration // machine busy CPU time over the bare loop
 
 	// latency
 	latSent, latMatched  int
@@ -102,11 +106,15 @@ func (e *env) endToEnd(ctx context.Context, r *results) error {
 			return err
 		}
 		defer p.stop()
+		cpu := startCPU()
 		ingest := e.watchIngest(ctx, s.name, walEnd, p.start)
 		if err := waitFor(ctx, p, rcv, n, 60*time.Second+time.Duration(n)*2*time.Millisecond); err != nil {
 			return fmt.Errorf("%w\nexpected per event: %v\nreceived per event: %v", err, fmtCounts(want), fmtCounts(rcv.Counts()))
 		}
 		r.e2eTime = time.Since(p.start)
+		r.e2eCPU = cpu.since()
+		r.walhookCPU, _ = processCPU(p.cmd.Process.Pid)
+		r.walhookRSS, _ = peakRSS(p.cmd.Process.Pid)
 		r.e2eFirst = time.Unix(0, first.Load()).Sub(p.start)
 		r.e2eDups, r.e2eRejected = rcv.Duplicates(), rcv.Rejected()
 		r.e2eIngest = ingest()
@@ -284,6 +292,7 @@ func (e *env) bareLoop(ctx context.Context, rcv *receiver.Receiver, r *results) 
 	var next atomic.Int64
 	var failed atomic.Int64
 	var wg sync.WaitGroup
+	cpu := startCPU()
 	start := time.Now()
 	for w := 0; w < e.o.concurrency; w++ {
 		wg.Add(1)
@@ -304,6 +313,7 @@ func (e *env) bareLoop(ctx context.Context, rcv *receiver.Receiver, r *results) 
 	}
 	wg.Wait()
 	r.bareTime = time.Since(start)
+	r.bareCPU = cpu.since()
 	r.bareFailed = int(failed.Load())
 	r.bareUnique = rcv.Unique() - before
 	if r.bareFailed > 0 || r.bareUnique != len(items) {

@@ -37,6 +37,9 @@ func printTable(w io.Writer, r results) {
 			row{"  duplicates / rejected at the receiver", fmt.Sprintf("%d / %d", r.e2eDups, r.e2eRejected), "", nil},
 			row{"bare loop deliveries/s (sign + POST, same bodies)", fmt.Sprintf("%.0f", bare), "", nil},
 			row{"  ratio end to end / bare loop", fmt.Sprintf("%.2f", e2e/bare), "≥ 0.50", check(e2e/bare >= 0.5)},
+			row{"  CPU per delivery: end to end (walhook's part), bare loop",
+				fmt.Sprintf("%s (%s), %s", perDelivery(r.e2eCPU, r.backlog), perDelivery(r.walhookCPU, r.backlog), perDelivery(r.bareCPU, r.backlog)), "", nil},
+			row{"  walhook's peak resident memory", fmt.Sprintf("%.0f MiB", float64(r.walhookRSS)/(1<<20)), "", nil},
 		)
 	}
 	if r.latSent > 0 {
