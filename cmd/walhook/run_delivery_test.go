@@ -461,3 +461,20 @@ func TestRunHangingEndpointDoesNotHoldBackTheSlot(t *testing.T) {
 		t.Fatalf("stop: %v", err)
 	}
 }
+
+// Pacing keeps at most handoffMaxLag of WAL in the slot: a transaction
+// committed longer ago than that is stored at full speed.
+func TestMayPace(t *testing.T) {
+	now := time.Date(2026, 11, 23, 12, 0, 0, 0, time.UTC)
+	for _, c := range []struct {
+		ago  time.Duration
+		want bool
+	}{
+		{0, true}, {-time.Hour, true}, {handoffMaxLag, true},
+		{handoffMaxLag + time.Millisecond, false}, {time.Hour, false},
+	} {
+		if got := mayPace(now.Add(-c.ago), now); got != c.want {
+			t.Errorf("committed %s ago: mayPace = %v, want %v", c.ago, got, c.want)
+		}
+	}
+}

@@ -37,6 +37,11 @@ var (
 	// handoffWait is how long the consumer waits for its workers to have
 	// room before it stores a backlog's next batch pending instead.
 	handoffWait = 100 * time.Millisecond
+	// handoffMaxLag is how far behind (the commit time of the transaction
+	// in hand) the consumer may fall by pacing a backlog to its workers;
+	// further behind, it stores the backlog at full speed so the slot
+	// lets go of the WAL.
+	handoffMaxLag = time.Minute
 	// appendRetryFor is how long a failing Append (store unreachable) is
 	// retried before walhook gives up and exits.
 	appendRetryFor = time.Minute
@@ -248,7 +253,7 @@ func (r *runner) consume(ctx context.Context, stream *cdc.Stream) error {
 				return err
 			}
 			batch = append(batch, te)
-			if len(batch) == 1 && len(te.Events) > 0 {
+			if len(batch) == 1 && len(te.Events) > 0 && mayPace(te.CommitTime, time.Now()) {
 				limit = r.handoffLimit(ctx, len(te.Events), len(txs) > 0, &pace)
 			}
 			events += len(te.Events)
@@ -276,6 +281,8 @@ func (r *runner) consume(ctx context.Context, stream *cdc.Stream) error {
 // of three times. When the room does not come within handoffWait (an
 // endpoint that hangs, no workers here), batches are as large as allowed
 // and what does not fit is stored pending, until room shows up again.
+// The consumer paces only while it is less than handoffMaxLag behind, so
+// pacing never keeps more than that much WAL in the slot.
 func (r *runner) handoffLimit(ctx context.Context, first int, backlog bool, pace *bool) int {
 	want := first
 	if backlog {
@@ -295,6 +302,13 @@ func (r *runner) handoffLimit(ctx context.Context, first int, backlog bool, pace
 		return maxBatchEvents
 	}
 	return max(room, 1)
+}
+
+// mayPace reports whether a transaction committed at commitTime is recent
+// enough to be paced to the workers (handoffMaxLag). A commit time ahead
+// of the clock (a skewed server) counts as recent.
+func mayPace(commitTime, now time.Time) bool {
+	return now.Sub(commitTime) <= handoffMaxLag
 }
 
 func (r *runner) mapTx(tx *cdc.Tx) (dispatch.TxEvents, error) {
