@@ -633,24 +633,32 @@ type EndpointState struct {
 	Since  time.Time
 }
 
-// OutboxStatus reads outbox depth and endpoint health. The counts come from
-// the partial indexes on pending and delivering rows, and from the
-// deliveries_done index for the last minute, so they stay cheap on a large
-// delivered history.
+// outboxStatusSQL reads each count through the partial index of its
+// status (pending, delivering, failed, skipped; deliveries_done from a
+// minute ago for the delivered ones), one status at a time: a condition
+// like status IN ('pending', 'delivering') matches no partial index and
+// read the whole delivered history kept for retention.
+const outboxStatusSQL = `
+SELECT
+    (SELECT count(*) FROM {{schema}}.deliveries WHERE status = 'pending'),
+    (SELECT count(*) FROM {{schema}}.deliveries WHERE status = 'delivering'),
+    (SELECT count(*) FROM {{schema}}.deliveries WHERE status = 'pending' AND attempts > 0),
+    (SELECT count(*) FROM {{schema}}.deliveries WHERE status = 'failed'),
+    (SELECT count(*) FROM {{schema}}.deliveries WHERE status = 'skipped'),
+    (SELECT min(oldest) FROM (
+        SELECT min(created_at) AS oldest FROM {{schema}}.deliveries WHERE status = 'pending'
+        UNION ALL
+        SELECT min(created_at) FROM {{schema}}.deliveries WHERE status = 'delivering') o),
+    (SELECT count(*) FROM {{schema}}.deliveries WHERE status = 'delivered' AND updated_at > now() - interval '1 minute'),
+    now()`
+
+// OutboxStatus reads outbox depth and endpoint health, at a cost that
+// does not grow with the delivered history (outboxStatusSQL).
 func (a *Admin) OutboxStatus(ctx context.Context) (OutboxStatus, error) {
 	var s OutboxStatus
 	var oldest *time.Time
 	var now time.Time
-	err := a.pool.QueryRow(ctx, a.q(`
-		SELECT
-			(SELECT count(*) FROM {{schema}}.deliveries WHERE status = 'pending'),
-			(SELECT count(*) FROM {{schema}}.deliveries WHERE status = 'delivering'),
-			(SELECT count(*) FROM {{schema}}.deliveries WHERE status = 'pending' AND attempts > 0),
-			(SELECT count(*) FROM {{schema}}.deliveries WHERE status = 'failed'),
-			(SELECT count(*) FROM {{schema}}.deliveries WHERE status = 'skipped'),
-			(SELECT min(created_at) FROM {{schema}}.deliveries WHERE status IN ('pending', 'delivering')),
-			(SELECT count(*) FROM {{schema}}.deliveries WHERE status = 'delivered' AND updated_at > now() - interval '1 minute'),
-			now()`)).Scan(&s.Pending, &s.Delivering, &s.Failing, &s.Failed, &s.Skipped, &oldest, &s.DeliveredLastMinute, &now)
+	err := a.pool.QueryRow(ctx, a.q(outboxStatusSQL)).Scan(&s.Pending, &s.Delivering, &s.Failing, &s.Failed, &s.Skipped, &oldest, &s.DeliveredLastMinute, &now)
 	if err != nil {
 		return OutboxStatus{}, fmt.Errorf("outbox status: %w", err)
 	}
