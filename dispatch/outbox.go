@@ -366,8 +366,8 @@ func (h handed) claimed(id string) claimed {
 
 // HandoffRoom returns how many deliveries the next Append could hand
 // straight to this process's workers, waiting up to wait for room for
-// want of them (or half the most there can be, if less) to free up. It
-// returns 0 at once when no claim loop runs here.
+// want of them (or an eighth of the most there can be, if less) to free
+// up. It returns 0 at once when no claim loop runs here.
 //
 // The replication consumer uses it while it has a backlog: rather than
 // store the backlog pending, for the workers to claim back one batch at a
@@ -383,7 +383,7 @@ func (d *Dispatcher) HandoffRoom(ctx context.Context, want int, wait time.Durati
 		if freed == nil {
 			return 0, false
 		}
-		if room >= min(want, max(most/2, 1)) {
+		if room >= min(want, max(most/handoffMinShare, 1)) {
 			return room, true
 		}
 		if timer == nil {
@@ -399,3 +399,10 @@ func (d *Dispatcher) HandoffRoom(ctx context.Context, want int, wait time.Durati
 		}
 	}
 }
+
+// handoffMinShare: HandoffRoom waits for at least 1/handoffMinShare of the
+// handoff room to be free. Waiting for half of it left the workers idle
+// while the Append that refilled them ran (6,500–6,900 deliveries/s on
+// the saturation bench against 7,300–8,100 with an eighth); waiting for
+// less makes more and smaller Appends.
+const handoffMinShare = 8
