@@ -36,6 +36,7 @@ type results struct {
 	walhookCPU  time.Duration // of it, the walhook process
 	walhookRSS  int64         // walhook's peak resident memory, bytes
 	bareCPU     time.Duration // machine busy CPU time over the bare loop
+	settleTime  time.Duration // after the backlog, until every outcome was recorded
 
 	// latency
 	latSent, latMatched  int
@@ -139,6 +140,12 @@ func (e *env) endToEnd(ctx context.Context, r *results) error {
 				return err
 			}
 			defer p.stop()
+		} else {
+			// Latency is measured at a steady rate: let the walhook that
+			// just drained the backlog finish its after-work first.
+			if err := e.settle(ctx, s.name, p, r); err != nil {
+				return err
+			}
 		}
 		if err := s.ready(ctx, p, 60*time.Second); err != nil {
 			return err
@@ -159,6 +166,64 @@ func (e *env) endToEnd(ctx context.Context, r *results) error {
 		}
 	}
 	return nil
+}
+
+// settle waits until every delivery of the backlog is recorded as
+// delivered in the store, nothing is pending or in flight, and walhook's
+// cursor has passed the WAL written until then: the state a steady rate
+// starts from. Right after the receiver holds the last delivery, the
+// walsender still has to read the WAL of the store's writes during the
+// drain (the store is in the source database: it decodes them, then
+// skips them), and a load started then waited 0.1–0.6 s behind it in its
+// first second.
+func (e *env) settle(ctx context.Context, schema string, p *proc, r *results) error {
+	conn, err := pgx.Connect(ctx, e.storeDSN)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	t := pgx.Identifier{schema, "deliveries"}.Sanitize()
+	q := "SELECT (SELECT count(*) FROM " + t + " WHERE status = 'delivered'), " +
+		"(SELECT count(*) FROM " + t + " WHERE status = 'pending') + (SELECT count(*) FROM " + t + " WHERE status = 'delivering')"
+	start := time.Now()
+	for deadline := start.Add(60 * time.Second); ; {
+		var delivered, open int
+		if err := conn.QueryRow(ctx, q).Scan(&delivered, &open); err != nil {
+			return err
+		}
+		if delivered >= r.backlog && open == 0 {
+			break
+		}
+		if err := p.exited(); err != nil {
+			return err
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("after the backlog: %d of %d deliveries recorded, %d open, 60s after the receiver had them all", delivered, r.backlog, open)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	walEnd, err := e.walPosition(ctx)
+	if err != nil {
+		return err
+	}
+	q = "SELECT coalesce(max(lsn) >= $1::pg_lsn, false) FROM " + pgx.Identifier{schema, "cursor"}.Sanitize()
+	for deadline := time.Now().Add(60 * time.Second); ; {
+		var reached bool
+		if err := conn.QueryRow(ctx, q, walEnd).Scan(&reached); err != nil {
+			return err
+		}
+		if reached {
+			r.settleTime = time.Since(start)
+			return nil
+		}
+		if err := p.exited(); err != nil {
+			return err
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("after the backlog: walhook's cursor did not reach %s within 60s", walEnd)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 // watchIngest polls the cursor of the session's store until it reaches
