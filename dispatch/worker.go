@@ -602,6 +602,12 @@ func (d *Dispatcher) claimLoop(ctx context.Context) error {
 
 	poll := time.NewTicker(d.opts.PollInterval)
 	defer poll.Stop()
+	// The whole queue is looked at for hand-backs at least every second
+	// (start looks only as far as it starts deliveries), well inside the
+	// margin a held delivery keeps before its lease runs out, whatever
+	// the poll interval.
+	sweep := time.NewTicker(min(d.opts.PollInterval, time.Second))
+	defer sweep.Stop()
 	var coalesce, retry <-chan time.Time
 	errDelay := time.Duration(0)
 	claimNow := true // claim on this pass
@@ -683,6 +689,7 @@ func (d *Dispatcher) claimLoop(ctx context.Context) error {
 			claimNow, left, woke = true, true, claiming
 		case <-poll.C:
 			claimNow, left, woke = true, true, claiming
+		case <-sweep.C:
 			// Hand back anything that has waited too long at a stuck
 			// endpoint, even when no worker finishes.
 			start(true)
