@@ -90,17 +90,7 @@ func TestRunRetriesFailedAttempts(t *testing.T) {
 // in-flight cap of workers.
 func TestRunDeadEndpointDoesNotBlockHealthyOne(t *testing.T) {
 	t.Parallel()
-	var hung atomic.Int64
-	quit := make(chan struct{})
-	dead := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		hung.Add(1)
-		select {
-		case <-r.Context().Done():
-		case <-quit:
-		}
-	}))
-	t.Cleanup(dead.Close)
-	t.Cleanup(func() { close(quit) }) // runs first: Close waits for handlers
+	dead := newHangingEndpoint(t)
 	rc := newRunReceiver(t, runSecret, nil)
 	db, file := itemsRun(t, map[string]any{
 		"endpoints": []map[string]any{
@@ -116,7 +106,7 @@ func TestRunDeadEndpointDoesNotBlockHealthyOne(t *testing.T) {
 	p := startRunProc(t, "--config", file)
 	insertItems(t, db, 1, 40)
 	runWaitFor(t, 30*time.Second, "40 deliveries at the healthy endpoint", func() bool { return rc.Unique() == 40 }, p.diag)
-	if hung.Load() == 0 {
+	if dead.hung.Load() == 0 {
 		t.Error("the dead endpoint was never tried")
 	}
 	if n := db.count(t, `SELECT count(*) FROM walhook.deliveries WHERE endpoint_id = 'static:dead' AND status = 'delivered'`); n != 0 {
@@ -340,6 +330,31 @@ func TestRunBatchesWaitingTransactions(t *testing.T) {
 	}
 }
 
+// hangingEndpoint never answers: each request waits until the client
+// gives up or release is called.
+type hangingEndpoint struct {
+	*httptest.Server
+	hung    atomic.Int64 // requests received
+	quit    chan struct{}
+	release func()
+}
+
+func newHangingEndpoint(t *testing.T) *hangingEndpoint {
+	h := &hangingEndpoint{quit: make(chan struct{})}
+	var once sync.Once
+	h.release = func() { once.Do(func() { close(h.quit) }) }
+	h.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h.hung.Add(1)
+		select {
+		case <-r.Context().Done():
+		case <-h.quit:
+		}
+	}))
+	t.Cleanup(h.Close)
+	t.Cleanup(h.release) // runs first: Close waits for handlers
+	return h
+}
+
 // runMetrics returns the /metrics page of a running walhook.
 func runMetrics(t *testing.T, base string) string {
 	t.Helper()
@@ -414,18 +429,7 @@ func TestRunHandsBacklogToWorkers(t *testing.T) {
 // it, as it would without workers.
 func TestRunHangingEndpointDoesNotHoldBackTheSlot(t *testing.T) {
 	t.Parallel()
-	quit := make(chan struct{})
-	var unhang sync.Once
-	var hung atomic.Int64
-	dead := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		hung.Add(1)
-		select {
-		case <-r.Context().Done():
-		case <-quit:
-		}
-	}))
-	t.Cleanup(dead.Close)
-	t.Cleanup(func() { unhang.Do(func() { close(quit) }) })
+	dead := newHangingEndpoint(t)
 	db, file := itemsRun(t, map[string]any{
 		"endpoints":                           []map[string]any{runEndpoint("dead", dead.URL, runSecret)},
 		"delivery.timeout":                    "20s",
@@ -453,10 +457,10 @@ func TestRunHangingEndpointDoesNotHoldBackTheSlot(t *testing.T) {
 	if got := db.count(t, `SELECT count(*) FROM walhook.deliveries`); got != n {
 		t.Errorf("%d deliveries stored, want %d", got, n)
 	}
-	if hung.Load() == 0 {
+	if dead.hung.Load() == 0 {
 		t.Error("the hanging endpoint was never tried")
 	}
-	unhang.Do(func() { close(quit) }) // or the stop waits out the requests
+	dead.release() // or the stop waits out the requests
 	if err := p.stop(t); err != nil {
 		t.Fatalf("stop: %v", err)
 	}
