@@ -484,9 +484,10 @@ const prefetchMargin = 5 * time.Second
 // claimLoop keeps the workers fed. Claims run one at a time beside the
 // loop; what they return waits in a queue and starts as soon as a worker
 // is free and the delivery's endpoint is under its cap
-// (MaxInFlightPerEndpoint requests in flight). The loop holds at most
-// Workers + prefetch deliveries, and each endpoint at most its cap plus
-// its share of the prefetch, so one endpoint's backlog cannot crowd the
+// (MaxInFlightPerEndpoint requests in flight). Claims hold at most
+// Workers + their prefetch, and each endpoint at most its cap plus its
+// share of it; Appends hand over within a larger budget of their own (see
+// prefetch and inflight), so one endpoint's backlog cannot crowd the
 // queue.
 //
 // It claims at once on a wake-up (Append, Notify, NOTIFY from another
