@@ -29,6 +29,8 @@ const (
 	DefaultListen            = "127.0.0.1:8080"
 	DefaultWritePerMinute    = 60
 	DefaultReadPerMinute     = 100
+	DefaultCPUYield          = true
+	DefaultCPUMaxLag         = time.Minute
 	DefaultLogLevel          = "info"
 	DefaultLogFormat         = "text"
 
@@ -125,6 +127,11 @@ func applyDefaults(c *Config, set map[string]bool) {
 	}
 	num(&c.API.RateLimits.WritePerMinute, "api.rate_limits.write_per_minute", DefaultWritePerMinute)
 	num(&c.API.RateLimits.ReadPerMinute, "api.rate_limits.read_per_minute", DefaultReadPerMinute)
+
+	if !set["cpu.yield"] {
+		c.CPU.Yield = DefaultCPUYield
+	}
+	dur(&c.CPU.MaxLag, "cpu.max_lag", DefaultCPUMaxLag)
 
 	str(&c.Log.Level, "log.level", DefaultLogLevel)
 	str(&c.Log.Format, "log.format", DefaultLogFormat)

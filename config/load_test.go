@@ -83,7 +83,12 @@ var badConfigs = map[string][]string{
 		`:14:7: api.keys[3]: name "a" is already used by api.keys[2]`,
 		`:17:23: api.rate_limits.write_per_minute: must be at least 1, got 0`,
 		`:18:22: api.rate_limits.read_per_minute: must be an integer, got "lots"`,
-		`:20:10: log.level: must be debug, info, warn or error, got "loud"`,
+		`:20:10: cpu.yield: must be true or false, got "sometimes"`,
+		`:21:12: cpu.max_lag: must be positive, got 0s (to never yield the CPU, set cpu.yield: false)`,
+		`:23:10: log.level: must be debug, info, warn or error, got "loud"`,
+	},
+	"cpu.bad.yaml": {
+		`:9:12: cpu.max_lag: must be at least twice source.heartbeat_interval (1m0s), got 1m30s: an idle source would look that far behind between heartbeats`,
 	},
 	"types.bad.yaml": {
 		`:1:9: source: must be a mapping, got "postgres://localhost/app"`,
@@ -232,6 +237,7 @@ func TestDefaults(t *testing.T) {
 		},
 		API: API{Listen: "127.0.0.1:8080", Open: []string{"/healthz", "/readyz", "/metrics"},
 			RateLimits: RateLimits{WritePerMinute: 60, ReadPerMinute: 100}},
+		CPU: CPU{Yield: true, MaxLag: Duration(time.Minute)},
 		Log: Log{Level: "info", Format: "text"},
 	}
 	if !reflect.DeepEqual(*cfg, want) {

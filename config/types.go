@@ -15,6 +15,7 @@ type Config struct {
 	Endpoints []Endpoint `yaml:"endpoints"`
 	Delivery  Delivery   `yaml:"delivery"`
 	API       API        `yaml:"api"`
+	CPU       CPU        `yaml:"cpu"`
 	Log       Log        `yaml:"log"`
 }
 
@@ -181,6 +182,18 @@ type APIKey struct {
 type RateLimits struct {
 	WritePerMinute int `yaml:"write_per_minute"` // default 60
 	ReadPerMinute  int `yaml:"read_per_minute"`  // default 100
+}
+
+// CPU is how walhook shares the CPUs with the database and the
+// application on the same machine.
+type CPU struct {
+	// Yield: run at SCHED_IDLE priority while the CPUs are busy and walhook
+	// is less than MaxLag behind (Linux; needs the right to come back).
+	// Default true.
+	Yield bool `yaml:"yield"`
+	// MaxLag: how far behind the source walhook may fall while yielding.
+	// Default 1m; positive.
+	MaxLag Duration `yaml:"max_lag"`
 }
 
 // Log configures logging.

@@ -79,6 +79,15 @@ func validate(c *Config, d *decoder, col *collector) {
 	v.endpoints(c)
 	v.delivery(c)
 	v.api(c)
+	switch hb := c.Source.HeartbeatInterval.D(); {
+	case c.CPU.MaxLag <= 0:
+		v.errf("cpu.max_lag", "must be positive, got %s (to never yield the CPU, set cpu.yield: false)", c.CPU.MaxLag.D())
+	case c.CPU.Yield && hb > 0 && c.CPU.MaxLag.D() < 2*hb:
+		// Lag is read from the commit times walhook sees; on an idle source
+		// only heartbeats bring new ones.
+		v.errf("cpu.max_lag", "must be at least twice source.heartbeat_interval (%s), got %s: "+
+			"an idle source would look that far behind between heartbeats", hb, c.CPU.MaxLag.D())
+	}
 	v.log(c)
 }
 

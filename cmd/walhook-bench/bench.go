@@ -37,6 +37,7 @@ type options struct {
 	cpuprofile  string        // CPU profile of walhook run over the saturation measure
 	statements  bool          // print pg_stat_statements' top statements of the saturation measure
 	storeDB     bool          // keep the outbox in a database of its own (store.dsn)
+	cpuYield    bool          // walhook's cpu.yield
 }
 
 type multiFlag []string
@@ -71,6 +72,7 @@ func parseOptions(args []string, stderr io.Writer) (options, error) {
 	fs.Var(&o.skip, "skip", "leave out a part: e2e, latency or pgbench (repeatable)")
 	fs.StringVar(&o.cpuprofile, "cpuprofile", "", "write a CPU profile of walhook run over the saturation measure to this file, and `go tool pprof -top` of it to FILE.top.txt (builds walhook with a profiling hook)")
 	fs.BoolVar(&o.storeDB, "store-db", false, "keep walhook's outbox in a separate database of the same cluster (store.dsn), so the source's walsender does not decode the outbox's writes")
+	fs.BoolVar(&o.cpuYield, "cpu-yield", true, "walhook's cpu.yield in every measure (true is walhook's default); with true, the pgbench part also runs walhook with it off")
 	fs.BoolVar(&o.statements, "statements", false, "load pg_stat_statements and print the store's costliest statements over the saturation measure")
 	if err := fs.Parse(args); err != nil {
 		return o, err

@@ -141,7 +141,7 @@ func TestBareLoop(t *testing.T) {
 // receiver as the only endpoint and the sample's rules.
 func TestSessionConfig(t *testing.T) {
 	e := testEnv(t, options{concurrency: 7})
-	s, err := e.newSession("x")
+	s, err := e.newSession("x", true)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -235,7 +235,9 @@ func TestBadFlags(t *testing.T) {
 // table is printed and every number in it is sane (no timing assertions).
 func TestSmoke(t *testing.T) {
 	var out, log bytes.Buffer
-	args := []string{"--changes", "300", "--rate", "100", "--duration", "2s", "--rounds", "1", "--clients", "4", "--concurrency", "8"}
+	// cpu.yield off: the packages' tests share the CPUs, and a yielding
+	// walhook would wait for them (TestTableWithYieldOff covers the extra rows).
+	args := []string{"--changes", "300", "--rate", "100", "--duration", "2s", "--rounds", "1", "--clients", "4", "--concurrency", "8", "--cpu-yield=false"}
 	if err := Run(context.Background(), args, &out, &log); err != nil {
 		t.Fatalf("%v\nlog:\n%s", err, log.String())
 	}
@@ -285,7 +287,7 @@ func TestSmoke(t *testing.T) {
 // still arrives.
 func TestStatementsAndStoreDB(t *testing.T) {
 	var out, log bytes.Buffer
-	args := []string{"--changes", "200", "--skip", "latency", "--skip", "pgbench", "--concurrency", "4", "--statements", "--store-db"}
+	args := []string{"--changes", "200", "--skip", "latency", "--skip", "pgbench", "--concurrency", "4", "--statements", "--store-db", "--cpu-yield=false"}
 	if err := Run(context.Background(), args, &out, &log); err != nil {
 		t.Fatalf("%v\nlog:\n%s", err, log.String())
 	}
@@ -294,9 +296,41 @@ func TestStatementsAndStoreDB(t *testing.T) {
 			t.Errorf("log lacks %q:\n%s", want, log.String())
 		}
 	}
-	for _, want := range []string{`flags: .* --store-db`, `backlog, time, first delivery after\s+200 in`, `duplicates / rejected at the receiver\s+0 / 0`} {
+	for _, want := range []string{`flags: .* --store-db --cpu-yield=false`, `backlog, time, first delivery after\s+200 in`, `duplicates / rejected at the receiver\s+0 / 0`} {
 		if !regexp.MustCompile(want).MatchString(out.String()) {
 			t.Errorf("table lacks %q:\n%s", want, out.String())
 		}
+	}
+}
+
+// With cpu.yield on (the default), the pgbench part also runs walhook with
+// it off, and the table shows both.
+func TestTableWithYieldOff(t *testing.T) {
+	r := results{opts: options{cpuYield: true, rounds: 2, clients: 16, duration: time.Second}, pgVersion: "15"}
+	r.tps = map[string][]float64{
+		setupBare: {100, 110}, setupRecv: {90, 90}, setupWalhook: {72, 80}, setupNoYield: {50, 60}, setupTrigger: {40, 40},
+	}
+	r.delivered = map[string][]int{setupWalhook: {10, 20}, setupNoYield: {30, 40}}
+	var out bytes.Buffer
+	printTable(&out, r)
+	for _, want := range []string{
+		`pgbench TPS, walhook attached \(run \+ receiver\)\s+76 `,
+		`pgbench TPS, walhook attached, cpu.yield off\s+55 `,
+		`ratio walhook / pg_recvlogical\s+0.84\s+≥ 0.90\s+MISSED`,
+		`ratio walhook / trigger\s+1.90\s+≥ 1.50\s+met`,
+		`cpu.yield off: ratios to pg_recvlogical, trigger\s+0.61, 1.38`,
+		`walhook deliveries during its pgbench runs\s+10, 20`,
+		`cpu.yield off: deliveries during its pgbench runs\s+30, 40`,
+	} {
+		if !regexp.MustCompile(want).MatchString(out.String()) {
+			t.Errorf("table lacks %s:\n%s", want, out.String())
+		}
+	}
+	r.opts.cpuYield = false
+	delete(r.tps, setupNoYield)
+	out.Reset()
+	printTable(&out, r)
+	if strings.Contains(out.String(), "cpu.yield off:") || !strings.Contains(out.String(), "--cpu-yield=false") {
+		t.Errorf("with --cpu-yield=false:\n%s", out.String())
 	}
 }

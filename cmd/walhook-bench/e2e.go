@@ -46,7 +46,7 @@ type results struct {
 
 	// pgbench: TPS per setup, one per round, in round order
 	tps       map[string][]float64
-	delivered []int // walhook rounds: deliveries received during pgbench
+	delivered map[string][]int // walhook setups: deliveries received during each pgbench run
 	notified  []int // trigger rounds: notifications received
 }
 
@@ -54,7 +54,7 @@ type results struct {
 // same bodies, and latency at a steady rate with the same walhook still
 // running.
 func (e *env) endToEnd(ctx context.Context, r *results) error {
-	s, err := e.newSession("e2e")
+	s, err := e.newSession("e2e", e.o.cpuYield)
 	if err != nil {
 		return err
 	}

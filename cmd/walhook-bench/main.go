@@ -11,9 +11,10 @@
 //     ceiling of the machine), and their ratio;
 //   - commit → receiver latency p50/p99 at a steady --rate changes/s;
 //   - application TPS under pgbench (16 clients, a seed-000-like script) in
-//     four setups interleaved over --rounds rounds, medians: no consumer,
-//     pg_recvlogical alone, walhook attached, and seed 000's trigger +
-//     queue table + pg_notify design.
+//     setups interleaved over --rounds rounds, medians: no consumer,
+//     pg_recvlogical alone, walhook attached (as configured by default, and
+//     with cpu.yield off), and seed 000's trigger + queue table + pg_notify
+//     design.
 //
 // Usage:
 //

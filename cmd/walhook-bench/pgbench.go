@@ -17,15 +17,25 @@ import (
 	"github.com/jackc/pgx/v5"
 )
 
-// The four setups of the application-TPS measure, in the table's order.
+// The setups of the application-TPS measure, in the table's order.
 const (
 	setupBare    = "bare"
 	setupRecv    = "pg_recvlogical"
 	setupWalhook = "walhook"
+	setupNoYield = "walhook, cpu.yield off"
 	setupTrigger = "trigger"
 )
 
-var setups = []string{setupBare, setupRecv, setupWalhook, setupTrigger}
+var setups = []string{setupBare, setupRecv, setupWalhook, setupNoYield, setupTrigger}
+
+// setupsFor is the setups a run measures: walhook with cpu.yield off only
+// next to walhook with it on.
+func setupsFor(o options) []string {
+	if o.cpuYield {
+		return setups
+	}
+	return []string{setupBare, setupRecv, setupWalhook, setupTrigger}
+}
 
 // pgbenchScript is one seed-000-like application transaction: a chat
 // message and a problem report's status change (two events for walhook and
@@ -65,9 +75,11 @@ func (e *env) pgbenchAB(ctx context.Context, r *results) error {
 		return fmt.Errorf("pg_recvlogical publication: %w", err)
 	}
 	r.tps = map[string][]float64{}
+	r.delivered = map[string][]int{}
+	ran := setupsFor(e.o)
 	for round := 0; round < e.o.rounds; round++ {
-		for i := range setups {
-			name := setups[(i+round)%len(setups)]
+		for i := range ran {
+			name := ran[(i+round)%len(ran)]
 			e.say("pgbench round %d/%d: %s …", round+1, e.o.rounds, name)
 			tps, err := e.pgbenchIn(ctx, name, script, round, r)
 			if err != nil {
@@ -116,8 +128,8 @@ func (e *env) pgbenchIn(ctx context.Context, name, script string, round int, r *
 		}
 		return tps, err
 
-	case setupWalhook:
-		s, err := e.newSession("pgbench")
+	case setupWalhook, setupNoYield:
+		s, err := e.newSession("pgbench", e.o.cpuYield && name == setupWalhook)
 		if err != nil {
 			return 0, err
 		}
@@ -141,7 +153,7 @@ func (e *env) pgbenchIn(ctx context.Context, name, script string, round int, r *
 		if err != nil {
 			return 0, err
 		}
-		r.delivered = append(r.delivered, rcv.Unique())
+		r.delivered[name] = append(r.delivered[name], rcv.Unique())
 		if err := p.exited(); err != nil {
 			return 0, err
 		}

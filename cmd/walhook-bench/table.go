@@ -24,6 +24,9 @@ func printTable(w io.Writer, r results) {
 	if o.storeDB {
 		store = " --store-db"
 	}
+	if !o.cpuYield {
+		store += " --cpu-yield=false"
+	}
 	fmt.Fprintf(w, "flags: --changes %d --concurrency %d --rate %d --duration %s --rounds %d --clients %d%s\n\n",
 		o.changes, o.concurrency, o.rate, o.duration, o.rounds, o.clients, store)
 	var rows []row
@@ -54,16 +57,18 @@ func printTable(w io.Writer, r results) {
 	}
 	if len(r.tps) > 0 {
 		med := map[string]float64{}
-		for _, s := range setups {
+		ran := setupsFor(o)
+		for _, s := range ran {
 			med[s] = median(r.tps[s])
 		}
 		label := map[string]string{
 			setupBare:    "pgbench TPS, no consumer",
 			setupRecv:    "pgbench TPS, pg_recvlogical consuming a slot",
 			setupWalhook: "pgbench TPS, walhook attached (run + receiver)",
+			setupNoYield: "pgbench TPS, walhook attached, cpu.yield off",
 			setupTrigger: "pgbench TPS, trigger + queue table + pg_notify",
 		}
-		for _, s := range setups {
+		for _, s := range ran {
 			rows = append(rows, row{label[s], fmt.Sprintf("%.0f  %s", med[s], runs(r.tps[s])), "", nil})
 		}
 		wr, wt := med[setupWalhook]/med[setupRecv], med[setupWalhook]/med[setupTrigger]
@@ -71,8 +76,14 @@ func printTable(w io.Writer, r results) {
 			row{"  ratio walhook / pg_recvlogical", fmt.Sprintf("%.2f", wr), "≥ 0.90", check(wr >= 0.9)},
 			row{"  ratio walhook / trigger", fmt.Sprintf("%.2f", wt), "≥ 1.50", check(wt >= 1.5)},
 			row{"  ratio pg_recvlogical / bare, trigger / bare", fmt.Sprintf("%.2f, %.2f", med[setupRecv]/med[setupBare], med[setupTrigger]/med[setupBare]), "", nil},
-			row{"  walhook deliveries during its pgbench runs", ints(r.delivered), "", nil},
+			row{"  walhook deliveries during its pgbench runs", ints(r.delivered[setupWalhook]), "", nil},
 		)
+		if _, ok := med[setupNoYield]; ok {
+			rows = append(rows,
+				row{"  cpu.yield off: ratios to pg_recvlogical, trigger", fmt.Sprintf("%.2f, %.2f", med[setupNoYield]/med[setupRecv], med[setupNoYield]/med[setupTrigger]), "", nil},
+				row{"  cpu.yield off: deliveries during its pgbench runs", ints(r.delivered[setupNoYield]), "", nil},
+			)
+		}
 	}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "measure\tvalue\ttarget\t")

@@ -47,7 +47,7 @@ type session struct {
 
 // newSession writes a config for the sample mapping with the receiver as the
 // only (static) endpoint. The rules are the sample's `events:` unchanged.
-func (e *env) newSession(label string) (*session, error) {
+func (e *env) newSession(label string, cpuYield bool) (*session, error) {
 	e.seq++
 	s := &session{e: e, name: fmt.Sprintf("walhook_%s%d", label, e.seq)}
 	s.cfg = filepath.Join(e.dir, s.name+".yaml")
@@ -88,6 +88,7 @@ func (e *env) newSession(label string) (*session, error) {
 		},
 		"api": map[string]any{"listen": s.apiAddr, "keys": []string{"sk_bench_" + newUUID()}},
 		"log": map[string]any{"level": "warn"},
+		"cpu": map[string]any{"yield": cpuYield},
 		"endpoints": []map[string]any{{
 			"id": "bench", "url": e.rcvURL, "secret": e.secret,
 			"description": "walhook-bench's verifying receiver",

@@ -13,6 +13,7 @@ import (
 
 func main() {
 	tuneGC(os.Getenv)
+	ownsProcess = true
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := Run(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()
@@ -21,6 +22,11 @@ func main() {
 	}
 	os.Exit(ExitCode(err))
 }
+
+// ownsProcess is set when Run runs as the walhook binary, not inside a test
+// binary or another program: only then may `walhook run` change settings
+// of the whole process, such as its threads' CPU priority (cpu.yield).
+var ownsProcess bool
 
 // The Go garbage collector's defaults for walhook, unless the environment
 // sets its own (GOGC, GOMEMLIMIT). walhook's live heap is small (tens of

@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -18,6 +19,7 @@ import (
 	"github.com/walhook/walhook/cdc"
 	"github.com/walhook/walhook/config"
 	"github.com/walhook/walhook/dispatch"
+	"github.com/walhook/walhook/internal/cpuyield"
 	"github.com/walhook/walhook/mapper"
 )
 
@@ -88,6 +90,22 @@ type runner struct {
 	systemID string
 	reg      *prometheus.Registry
 	repl     *replicationStatus
+
+	// lastCommit is the commit time (Unix ns) of the transaction the
+	// consumer read last, 0 while this process does not hold the slot.
+	lastCommit atomic.Int64
+	yielding   prometheus.Gauge
+}
+
+// lag is how far behind the source this process reads, by commit time: 0
+// when it does not hold the slot. While the slot is caught up, keepalives
+// and heartbeats carry the server's time, so lag stays near 0.
+func (r *runner) lag() time.Duration {
+	ns := r.lastCommit.Load()
+	if ns == 0 {
+		return 0
+	}
+	return max(time.Since(time.Unix(0, ns)), 0)
 }
 
 func (r *runner) run(ctx context.Context) error {
@@ -122,6 +140,12 @@ func (r *runner) run(ctx context.Context) error {
 	if srv != nil {
 		g.Go(func() error { return srv.Serve(gctx, ln) })
 	}
+	if r.cfg.CPU.Yield && ownsProcess {
+		g.Go(func() error {
+			return cpuyield.Run(gctx, cpuyield.Options{MaxLag: r.cfg.CPU.MaxLag.D(), Lag: r.lag, Log: r.log,
+				Yielding: func(y bool) { r.yielding.Set(b2f(y)) }})
+		})
+	}
 	err := g.Wait()
 	if err != nil && !errors.Is(err, context.Canceled) {
 		r.log.Error("walhook stopped", logKeyErr, err)
@@ -129,6 +153,13 @@ func (r *runner) run(ctx context.Context) error {
 	}
 	r.log.Info("walhook stopped")
 	return nil
+}
+
+func b2f(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // prepare opens the store and checks everything that must hold before any
@@ -151,7 +182,9 @@ func (r *runner) prepare(ctx context.Context) error {
 		return fmt.Errorf("store %s: %w", describeDSN(cfg.Store.DSN), err)
 	}
 	r.reg = prometheus.NewRegistry()
-	r.reg.MustRegister(prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
+	r.yielding = prometheus.NewGauge(prometheus.GaugeOpts{Name: "walhook_cpu_yielding",
+		Help: "1 while walhook's threads run at idle CPU priority (cpu.yield), else 0."})
+	r.reg.MustRegister(prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}), r.yielding)
 	if r.disp, err = dispatch.New(pool, dispatchOptions(cfg, r.log, r.reg)); err != nil {
 		return err
 	}

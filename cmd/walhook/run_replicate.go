@@ -179,6 +179,7 @@ func (r *runner) lead(ctx context.Context, lock *leaderLock) error {
 	}
 	r.repl.current.Store(stream)
 	defer r.repl.current.Store(nil)
+	defer r.lastCommit.Store(0)
 	from := "the slot's confirmed position (no cursor yet)"
 	if ok {
 		from = cursor.String()
@@ -248,6 +249,9 @@ func (r *runner) consume(ctx context.Context, stream *cdc.Stream) error {
 		events := 0
 		limit := maxBatchEvents
 		for {
+			if !tx.CommitTime.IsZero() {
+				r.lastCommit.Store(tx.CommitTime.UnixNano())
+			}
 			te, err := r.mapTx(tx)
 			if err != nil {
 				return err
