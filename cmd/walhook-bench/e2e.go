@@ -47,7 +47,7 @@ type results struct {
 	// pgbench: TPS per setup, one per round, in round order
 	tps       map[string][]float64
 	delivered map[string][]int // walhook setups: deliveries received during each pgbench run
-	notified  []int // trigger rounds: notifications received
+	notified  []int            // trigger rounds: notifications received
 }
 
 // endToEnd measures saturation (backlog → receiver), the bare loop over the
