@@ -1,9 +1,9 @@
 package main
 
 import (
-	"context"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strconv"
@@ -38,8 +38,9 @@ func threadPolicies(pid int) map[uint32]int {
 // SCHED_IDLE, changes written meanwhile are still delivered (from the time
 // idle priority leaves, or at normal priority once cpu.max_lag behind),
 // and SIGTERM still stops it cleanly.
+//
+// Not parallel: the busy CPUs would slow this package's other tests.
 func TestRunYieldsTheCPU(t *testing.T) {
-	t.Parallel()
 	if os.Geteuid() != 0 {
 		// internal/cpuyield tests the unprivileged case: no yielding.
 		t.Log("not root: walhook may not come back from SCHED_IDLE, so it must not yield")
@@ -66,13 +67,24 @@ func TestRunYieldsTheCPU(t *testing.T) {
 	logs := func() string { b, _ := os.ReadFile(logFile); return string(b) }
 	runWaitFor(t, 30*time.Second, "walhook started", func() bool { return strings.Contains(logs(), "walhook started") }, logs)
 
-	ctx, stopBurn := context.WithCancel(context.Background())
+	// Busy CPUs: shell loops in processes of their own, so that this test
+	// binary's goroutines are not starved along with walhook.
+	var burners []*exec.Cmd
+	stopBurn := func() {
+		for _, c := range burners {
+			_ = c.Process.Kill()
+			_ = c.Wait()
+		}
+		burners = nil
+	}
 	defer stopBurn()
-	for range runtime.NumCPU() * 2 {
-		go func() {
-			for ctx.Err() == nil {
-			}
-		}()
+	for range runtime.NumCPU() + 1 {
+		c := exec.Command("sh", "-c", "while :; do :; done")
+		c.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+		if err := c.Start(); err != nil {
+			t.Fatal(err)
+		}
+		burners = append(burners, c)
 	}
 	policies := func() string { return fmt.Sprintf("threads by policy: %v", threadPolicies(pid)) }
 
