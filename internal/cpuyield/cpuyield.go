@@ -153,16 +153,29 @@ func Run(ctx context.Context, o Options) error {
 					slog.Duration("lag", lag.Round(time.Millisecond)))
 			}
 		}
-		// Applied every interval, not only on a change: threads the Go
-		// runtime starts later inherit the policy of the thread that
-		// started them, which may have been set a moment after.
-		if err := setAll(n.yielding); err != nil {
-			o.Log.Warn("cpu.yield: could not change the scheduling policy; staying at normal priority",
+		// While yielding, applied every interval, not only on a change:
+		// a thread the Go runtime starts inherits the policy of the thread
+		// that starts it, which may have been set a moment later. At
+		// normal priority the threads are left alone (an operator's
+		// renice stands) once restoreAll has seen every one back.
+		var err error
+		switch {
+		case n.yielding:
+			err = setAll(true)
+		case s.yielding:
+			err = restoreAll()
+		}
+		if err != nil {
+			o.Log.Warn("cpu.yield: could not change the scheduling policy; off until restart, at normal priority",
 				slog.Any("error", err))
 			if rerr := restoreAll(); rerr != nil {
 				return fmt.Errorf("cpu.yield: restore normal priority: %w", rerr)
 			}
-			n.yielding = false
+			if s.yielding && o.Yielding != nil {
+				o.Yielding(false)
+			}
+			s = state{}
+			return nil
 		}
 		if n.yielding != s.yielding {
 			o.Log.Debug("cpu.yield: policy changed", slog.Bool("yielding", n.yielding),
