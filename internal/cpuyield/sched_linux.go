@@ -113,11 +113,35 @@ func threads() ([]int, error) {
 	return tids, nil
 }
 
-// probeRestore checks, on a thread of its own, that the process may go idle
-// and come back to normal priority. A thread it could not bring back is
-// not returned to the Go runtime: its goroutine ends locked to it, and the
-// runtime then ends the thread.
+// mayRestore is the kernel's rule for leaving SCHED_IDLE for nice 0:
+// CAP_SYS_NICE, or an RLIMIT_NICE of at least 20.
+func mayRestore() error {
+	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+	var caps [2]unix.CapUserData
+	if err := unix.Capget(&hdr, &caps[0]); err == nil && caps[0].Effective&(1<<unix.CAP_SYS_NICE) != 0 {
+		return nil
+	}
+	var rl unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NICE, &rl); err != nil {
+		return fmt.Errorf("RLIMIT_NICE: %w", err)
+	}
+	if rl.Cur >= 20 {
+		return nil
+	}
+	return fmt.Errorf("no CAP_SYS_NICE and RLIMIT_NICE is %d", rl.Cur)
+}
+
+// probeRestore checks that the process may go idle and come back to
+// normal priority: by the kernel's rule first (so that an unprivileged
+// process changes nothing), then by trying, on a thread of its own, in
+// case a namespace or security module says otherwise. A thread it could
+// not bring back is not returned to the Go runtime: its goroutine ends
+// locked to it, and the runtime ends the thread (or, for the main thread,
+// parks it for good).
 func probeRestore() error {
+	if err := mayRestore(); err != nil {
+		return err
+	}
 	res := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
