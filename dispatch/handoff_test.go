@@ -5,13 +5,13 @@ import (
 	"log/slog"
 	"net/http"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/walhook/walhook/internal/syncbuf"
 	"github.com/walhook/walhook/mapper"
 )
 
@@ -133,24 +133,6 @@ func TestHandedDeliveryRetriedWithSameBody(t *testing.T) {
 	}
 }
 
-// syncBuffer is a bytes.Buffer safe for a logger and a test to share.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // A held delivery whose endpoint stays at its cap is handed back before
 // its lease could run out while it is sent, and is delivered once.
 func TestHeldDeliveryHandedBackBeforeLease(t *testing.T) {
@@ -162,7 +144,7 @@ func TestHeldDeliveryHandedBackBeforeLease(t *testing.T) {
 		}
 		return 200
 	})
-	var logs syncBuffer
+	var logs syncbuf.Buffer
 	d, b := obSetup(t, func(o *Options) {
 		o.Logger = slog.New(slog.NewTextHandler(&logs, nil))
 		o.Registerer = prometheus.NewRegistry()

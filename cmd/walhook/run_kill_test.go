@@ -26,6 +26,20 @@ func buildWalhook(t *testing.T) string {
 	return bin
 }
 
+// subprocessLog is the path for a child walhook's log, whose tail the
+// test prints if it fails.
+func subprocessLog(t *testing.T) string {
+	t.Helper()
+	logFile := filepath.Join(t.TempDir(), "walhook.log")
+	t.Cleanup(func() {
+		if t.Failed() {
+			b, _ := os.ReadFile(logFile)
+			t.Logf("walhook log (tail):\n%s", runTail(string(b), 8000))
+		}
+	})
+	return logFile
+}
+
 // subprocess is `walhook run` as a child process.
 type subprocess struct {
 	cmd *exec.Cmd
@@ -92,13 +106,7 @@ func TestRunSurvivesKill9(t *testing.T) {
 		// (TestRunYieldsTheCPU covers yielding).
 		"cpu.yield": false,
 	})
-	logFile := filepath.Join(t.TempDir(), "walhook.log")
-	t.Cleanup(func() {
-		if t.Failed() {
-			b, _ := os.ReadFile(logFile)
-			t.Logf("walhook log (tail):\n%s", runTail(string(b), 8000))
-		}
-	})
+	logFile := subprocessLog(t)
 	proc := startSubprocess(t, bin, file, logFile)
 	t.Cleanup(func() { proc.kill() })
 

@@ -24,6 +24,7 @@ import (
 	"github.com/walhook/walhook/dispatch"
 	"github.com/walhook/walhook/internal/pgtest"
 	"github.com/walhook/walhook/internal/receiver"
+	"github.com/walhook/walhook/internal/syncbuf"
 )
 
 // Shared helpers of the `walhook run` tests: a prepared source database
@@ -39,24 +40,6 @@ const (
 	runSecret2 = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD"
 	runAPIKey  = "test-api-key-0123456789"
 )
-
-// runBuffer is an io.Writer safe for the goroutines of walhook run.
-type runBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *runBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *runBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
 
 // runDB is a source database prepared for walhook run.
 type runDB struct {
@@ -300,13 +283,13 @@ func runWaitFor(t *testing.T, timeout time.Duration, what string, cond func() bo
 type runProc struct {
 	cancel         context.CancelFunc
 	done           chan error
-	stdout, stderr *runBuffer
+	stdout, stderr *syncbuf.Buffer
 }
 
 func startRunProc(t *testing.T, args ...string) *runProc {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	p := &runProc{cancel: cancel, done: make(chan error, 1), stdout: &runBuffer{}, stderr: &runBuffer{}}
+	p := &runProc{cancel: cancel, done: make(chan error, 1), stdout: &syncbuf.Buffer{}, stderr: &syncbuf.Buffer{}}
 	go func() { p.done <- Run(ctx, append([]string{"run"}, args...), p.stdout, p.stderr) }()
 	t.Cleanup(func() {
 		cancel()

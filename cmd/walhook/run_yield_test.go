@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
@@ -54,13 +53,7 @@ func TestRunYieldsTheCPU(t *testing.T) {
 		// Heartbeats keep an idle walhook's lag under cpu.max_lag.
 		"source.heartbeat_interval": "500ms",
 	})
-	logFile := filepath.Join(t.TempDir(), "walhook.log")
-	t.Cleanup(func() {
-		if t.Failed() {
-			b, _ := os.ReadFile(logFile)
-			t.Logf("walhook log (tail):\n%s", runTail(string(b), 8000))
-		}
-	})
+	logFile := subprocessLog(t)
 	proc := startSubprocess(t, bin, file, logFile)
 	t.Cleanup(func() { proc.kill() })
 	pid := proc.cmd.Process.Pid

@@ -1,13 +1,11 @@
 package cpuyield
 
 import (
-	"bytes"
 	"context"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 )
@@ -94,22 +92,4 @@ func TestRunRefusesNonPositiveMaxLag(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "MaxLag must be positive") {
 		t.Fatalf("err = %v", err)
 	}
-}
-
-// syncBuffer is a log sink safe for the controller's goroutine.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

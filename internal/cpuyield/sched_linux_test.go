@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/walhook/walhook/internal/syncbuf"
 )
 
 // allThreads reports whether every thread of this process has the policy.
@@ -71,7 +73,7 @@ func TestRunSwitchesEveryThread(t *testing.T) {
 		if os.Geteuid() == 0 {
 			t.Fatalf("root could not leave SCHED_IDLE: %v", err)
 		}
-		var logs syncBuffer
+		var logs syncbuf.Buffer
 		err := Run(context.Background(), Options{MaxLag: time.Minute, Lag: func() time.Duration { return 0 },
 			Log: slog.New(slog.NewTextHandler(&logs, nil))})
 		if err != nil || !strings.Contains(logs.String(), "CAP_SYS_NICE") {
@@ -84,7 +86,7 @@ func TestRunSwitchesEveryThread(t *testing.T) {
 	var busy atomic.Int64 // percent
 	var lag atomic.Int64
 	var yielding atomic.Bool
-	var logs syncBuffer
+	var logs syncbuf.Buffer
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
@@ -160,7 +162,7 @@ func TestRunLeavesAnOperatorsPolicyAlone(t *testing.T) {
 			t.Fatal(err)
 		}
 	}()
-	var logs syncBuffer
+	var logs syncbuf.Buffer
 	var busyCalled atomic.Bool
 	err := Run(context.Background(), Options{MaxLag: time.Minute, Lag: func() time.Duration { return 0 },
 		Log:  slog.New(slog.NewTextHandler(&logs, nil)),
