@@ -198,6 +198,12 @@ func TestParseTPS(t *testing.T) {
 	if _, err := parseTPS([]byte("pgbench: error: connection refused")); err == nil || !strings.Contains(err.Error(), "no tps line") {
 		t.Errorf("parseTPS of an error output: %v", err)
 	}
+	if n, err := parseTxs(out); err != nil || n != 1234 {
+		t.Errorf("parseTxs = %v, %v", n, err)
+	}
+	if _, err := parseTxs([]byte("pgbench: error: connection refused")); err == nil || !strings.Contains(err.Error(), "no transaction count") {
+		t.Errorf("parseTxs of an error output: %v", err)
+	}
 }
 
 func TestQuantileMedian(t *testing.T) {
@@ -311,6 +317,7 @@ func TestTableWithYieldOff(t *testing.T) {
 		setupBare: {100, 110}, setupRecv: {90, 90}, setupWalhook: {72, 80}, setupNoYield: {50, 60}, setupTrigger: {40, 40},
 	}
 	r.delivered = map[string][]int{setupWalhook: {10, 20}, setupNoYield: {30, 40}}
+	r.caughtUp = map[string][]time.Duration{setupWalhook: {21 * time.Second, 19500 * time.Millisecond}, setupNoYield: {300 * time.Millisecond, time.Second}}
 	var out bytes.Buffer
 	printTable(&out, r)
 	for _, want := range []string{
@@ -321,6 +328,8 @@ func TestTableWithYieldOff(t *testing.T) {
 		`cpu.yield off: ratios to pg_recvlogical, trigger\s+0.61, 1.38`,
 		`walhook deliveries during its pgbench runs\s+10, 20`,
 		`cpu.yield off: deliveries during its pgbench runs\s+30, 40`,
+		`walhook: every webhook of a run received, after its end\s+21.0 s, 19.5 s`,
+		`cpu.yield off: every webhook of a run received, after its end\s+0.3 s, 1.0 s`,
 	} {
 		if !regexp.MustCompile(want).MatchString(out.String()) {
 			t.Errorf("table lacks %s:\n%s", want, out.String())
@@ -332,5 +341,28 @@ func TestTableWithYieldOff(t *testing.T) {
 	printTable(&out, r)
 	if strings.Contains(out.String(), "cpu.yield off:") || !strings.Contains(out.String(), "--cpu-yield=false") {
 		t.Errorf("with --cpu-yield=false:\n%s", out.String())
+	}
+}
+
+// The pgbench part end to end with a real walhook (short runs): every
+// setup gets a TPS, and walhook's row says when the run's webhooks had all
+// arrived, which the bench waits for before the next setup.
+func TestPgbenchPart(t *testing.T) {
+	var out, log bytes.Buffer
+	args := []string{"--skip", "e2e", "--skip", "latency", "--rounds", "1", "--duration", "1s", "--clients", "2", "--cpu-yield=false"}
+	if err := Run(context.Background(), args, &out, &log); err != nil {
+		t.Fatalf("%v\nlog:\n%s", err, log.String())
+	}
+	for _, want := range []string{
+		`pgbench TPS, no consumer\s+\d+ `,
+		`pgbench TPS, pg_recvlogical consuming a slot\s+\d+ `,
+		`pgbench TPS, walhook attached \(run \+ receiver\)\s+\d+ `,
+		`pgbench TPS, trigger \+ queue table \+ pg_notify\s+\d+ `,
+		`walhook deliveries during its pgbench runs\s+\d+`,
+		`walhook: every webhook of a run received, after its end\s+\d+\.\d s`,
+	} {
+		if !regexp.MustCompile(want).MatchString(out.String()) {
+			t.Errorf("table lacks %s:\n%s", want, out.String())
+		}
 	}
 }

@@ -48,6 +48,9 @@ type results struct {
 	tps       map[string][]float64
 	delivered map[string][]int // walhook setups: deliveries received during each pgbench run
 	notified  []int            // trigger rounds: notifications received
+	// walhook setups: time from the end of each pgbench run until the
+	// receiver had every event of the run
+	caughtUp map[string][]time.Duration
 }
 
 // endToEnd measures saturation (backlog → receiver), the bare loop over the

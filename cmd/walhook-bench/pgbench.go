@@ -53,7 +53,17 @@ END;
 // publication covers the same ones as walhook's.
 const recvTables = "members, lot_submissions, inspections, inspection_defects, problem_reports, problem_actions, channels, messages"
 
-var tpsLine = regexp.MustCompile(`(?m)^tps = ([0-9.]+) \(without initial connection time\)`)
+var (
+	tpsLine = regexp.MustCompile(`(?m)^tps = ([0-9.]+) \(without initial connection time\)`)
+	txsLine = regexp.MustCompile(`(?m)^number of transactions actually processed: ([0-9]+)`)
+)
+
+// eventsPerTx is how many webhooks one run of pgbenchScript makes.
+const eventsPerTx = 2
+
+// catchUpWait bounds how long the bench waits, after a pgbench run, for
+// walhook to deliver every event of the run.
+const catchUpWait = 5 * time.Minute
 
 // parseTPS reads pgbench's "tps = … (without initial connection time)".
 func parseTPS(out []byte) (float64, error) {
@@ -62,6 +72,15 @@ func parseTPS(out []byte) (float64, error) {
 		return 0, fmt.Errorf("pgbench printed no tps line:\n%s", out)
 	}
 	return strconv.ParseFloat(string(m[1]), 64)
+}
+
+// parseTxs reads pgbench's "number of transactions actually processed".
+func parseTxs(out []byte) (int, error) {
+	m := txsLine.FindSubmatch(out)
+	if m == nil {
+		return 0, fmt.Errorf("pgbench printed no transaction count:\n%s", out)
+	}
+	return strconv.Atoi(string(m[1]))
 }
 
 // pgbenchAB runs pgbench in every setup, --rounds times, each round in a
@@ -76,6 +95,7 @@ func (e *env) pgbenchAB(ctx context.Context, r *results) error {
 	}
 	r.tps = map[string][]float64{}
 	r.delivered = map[string][]int{}
+	r.caughtUp = map[string][]time.Duration{}
 	ran := setupsFor(e.o)
 	for round := 0; round < e.o.rounds; round++ {
 		for i := range ran {
@@ -96,7 +116,8 @@ func (e *env) pgbenchAB(ctx context.Context, r *results) error {
 func (e *env) pgbenchIn(ctx context.Context, name, script string, round int, r *results) (float64, error) {
 	switch name {
 	case setupBare:
-		return e.pgbench(ctx, script)
+		tps, _, err := e.pgbench(ctx, script)
+		return tps, err
 
 	case setupRecv:
 		slot := fmt.Sprintf("bench_recv_%d", round)
@@ -118,7 +139,7 @@ func (e *env) pgbenchIn(ctx context.Context, name, script string, round int, r *
 			cmd.Process.Kill()
 			return 0, fmt.Errorf("pg_recvlogical: %w\n%s", err, out.String())
 		}
-		tps, err := e.pgbench(ctx, script)
+		tps, _, err := e.pgbench(ctx, script)
 		_ = cmd.Process.Signal(syscall.SIGINT)
 		select {
 		case <-done:
@@ -149,11 +170,25 @@ func (e *env) pgbenchIn(ctx context.Context, name, script string, round int, r *
 		if err := s.ready(ctx, p, 60*time.Second); err != nil {
 			return 0, err
 		}
-		tps, err := e.pgbench(ctx, script)
+		tps, txs, err := e.pgbench(ctx, script)
 		if err != nil {
 			return 0, err
 		}
+		ended := time.Now()
 		r.delivered[name] = append(r.delivered[name], rcv.Unique())
+		// What the application's TPS does not show: how long the run's
+		// webhooks took to arrive (walhook defers while the CPUs are busy).
+		want := eventsPerTx * txs
+		for rcv.Unique() < want && time.Since(ended) < catchUpWait {
+			if err := p.exited(); err != nil {
+				return 0, err
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		if got := rcv.Unique(); got < want {
+			return 0, fmt.Errorf("walhook delivered %d of the run's %d events within %s after it ended; log tail:\n%s", got, want, catchUpWait, tail(p.log))
+		}
+		r.caughtUp[name] = append(r.caughtUp[name], time.Since(ended))
 		if err := p.exited(); err != nil {
 			return 0, err
 		}
@@ -185,7 +220,7 @@ func (e *env) pgbenchIn(ctx context.Context, name, script string, round int, r *
 				got.Add(1)
 			}
 		}()
-		tps, err := e.pgbench(ctx, script)
+		tps, _, err := e.pgbench(ctx, script)
 		stop()
 		<-listened
 		r.notified = append(r.notified, int(got.Load()))
@@ -194,10 +229,11 @@ func (e *env) pgbenchIn(ctx context.Context, name, script string, round int, r *
 	return 0, fmt.Errorf("unknown setup %q", name)
 }
 
-// pgbench runs the application script and returns its TPS.
-func (e *env) pgbench(ctx context.Context, script string) (float64, error) {
+// pgbench runs the application script and returns its TPS and how many
+// transactions it committed.
+func (e *env) pgbench(ctx context.Context, script string) (float64, int, error) {
 	if err := e.cluster.Exec(ctx, e.db, "CHECKPOINT"); err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	secs := int(math.Ceil(e.o.duration.Seconds()))
 	cmd := exec.CommandContext(ctx, filepath.Join(e.cluster.BinDir, "pgbench"), "-n",
@@ -206,9 +242,14 @@ func (e *env) pgbench(ctx context.Context, script string) (float64, error) {
 	cmd.Env = append(os.Environ(), "PGSSLMODE=disable")
 	out, err := cmd.CombinedOutput()
 	if err != nil {
-		return 0, fmt.Errorf("pgbench: %w\n%s", err, out)
+		return 0, 0, fmt.Errorf("pgbench: %w\n%s", err, out)
 	}
-	return parseTPS(out)
+	tps, err := parseTPS(out)
+	if err != nil {
+		return 0, 0, err
+	}
+	txs, err := parseTxs(out)
+	return tps, txs, err
 }
 
 // waitSlotActive waits until a consumer holds slot.

@@ -77,11 +77,13 @@ func printTable(w io.Writer, r results) {
 			row{"  ratio walhook / trigger", fmt.Sprintf("%.2f", wt), "≥ 1.50", check(wt >= 1.5)},
 			row{"  ratio pg_recvlogical / bare, trigger / bare", fmt.Sprintf("%.2f, %.2f", med[setupRecv]/med[setupBare], med[setupTrigger]/med[setupBare]), "", nil},
 			row{"  walhook deliveries during its pgbench runs", ints(r.delivered[setupWalhook]), "", nil},
+			row{"  walhook: every webhook of a run received, after its end", secs(r.caughtUp[setupWalhook]), "", nil},
 		)
 		if _, ok := med[setupNoYield]; ok {
 			rows = append(rows,
 				row{"  cpu.yield off: ratios to pg_recvlogical, trigger", fmt.Sprintf("%.2f, %.2f", med[setupNoYield]/med[setupRecv], med[setupNoYield]/med[setupTrigger]), "", nil},
 				row{"  cpu.yield off: deliveries during its pgbench runs", ints(r.delivered[setupNoYield]), "", nil},
+				row{"  cpu.yield off: every webhook of a run received, after its end", secs(r.caughtUp[setupNoYield]), "", nil},
 			)
 		}
 	}
@@ -118,6 +120,14 @@ func ints(xs []int) string {
 	s := make([]string, len(xs))
 	for i, x := range xs {
 		s[i] = fmt.Sprint(x)
+	}
+	return strings.Join(s, ", ")
+}
+
+func secs(ds []time.Duration) string {
+	s := make([]string, len(ds))
+	for i, d := range ds {
+		s[i] = fmt.Sprintf("%.1f s", d.Seconds())
 	}
 	return strings.Join(s, ", ")
 }

@@ -95,6 +95,40 @@ type runner struct {
 	// consumer read last, 0 while this process does not hold the slot.
 	lastCommit atomic.Int64
 	yielding   prometheus.Gauge
+	// deferred is open while cpu.yield defers new changes: the consumer
+	// waits for it to close before it takes the next transaction.
+	deferred      atomic.Pointer[chan struct{}]
+	deferredGauge prometheus.Gauge
+}
+
+// deferIntake pauses (true) or resumes (false) the consumer's intake of
+// new transactions. Safe from any goroutine.
+func (r *runner) deferIntake(on bool) {
+	if on {
+		ch := make(chan struct{})
+		if r.deferred.CompareAndSwap(nil, &ch) {
+			r.deferredGauge.Set(1)
+		}
+		return
+	}
+	if ch := r.deferred.Swap(nil); ch != nil {
+		close(*ch)
+		r.deferredGauge.Set(0)
+	}
+}
+
+// intakeOpen waits while the intake is deferred; false when ctx ended first.
+func (r *runner) intakeOpen(ctx context.Context) bool {
+	ch := r.deferred.Load()
+	if ch == nil {
+		return true
+	}
+	select {
+	case <-ctx.Done():
+		return false
+	case <-*ch:
+		return true
+	}
 }
 
 // lag is how far behind the source this process reads, by commit time: 0
@@ -143,7 +177,7 @@ func (r *runner) run(ctx context.Context) error {
 	if r.cfg.CPU.Yield && ownsProcess {
 		g.Go(func() error {
 			return cpuyield.Run(gctx, cpuyield.Options{MaxLag: r.cfg.CPU.MaxLag.D(), Lag: r.lag, Log: r.log,
-				Yielding: func(y bool) { r.yielding.Set(b2f(y)) }})
+				Yielding: func(y bool) { r.yielding.Set(b2f(y)) }, Defer: r.deferIntake})
 		})
 	}
 	err := g.Wait()
@@ -184,7 +218,10 @@ func (r *runner) prepare(ctx context.Context) error {
 	r.reg = prometheus.NewRegistry()
 	r.yielding = prometheus.NewGauge(prometheus.GaugeOpts{Name: "walhook_cpu_yielding",
 		Help: "1 while walhook's threads run at idle CPU priority (cpu.yield), else 0."})
-	r.reg.MustRegister(prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}), r.yielding)
+	r.deferredGauge = prometheus.NewGauge(prometheus.GaugeOpts{Name: "walhook_intake_deferred",
+		Help: "1 while cpu.yield defers new changes from the source because the CPUs stay busy with other processes, else 0."})
+	r.reg.MustRegister(prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}),
+		r.yielding, r.deferredGauge)
 	if r.disp, err = dispatch.New(pool, dispatchOptions(cfg, r.log, r.reg)); err != nil {
 		return err
 	}

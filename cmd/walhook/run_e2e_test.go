@@ -131,7 +131,7 @@ func TestRunEndToEndAuctionExcellence(t *testing.T) {
 	metrics, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
 	for _, m := range []string{"walhook_slot_leader 1", "walhook_slot_retained_wal_bytes", "walhook_delivery_attempts_total", "walhook_append_events",
-		"walhook_cpu_yielding 0"} {
+		"walhook_cpu_yielding 0", "walhook_intake_deferred 0"} {
 		if !strings.Contains(string(metrics), m) {
 			t.Errorf("/metrics lacks %s", m)
 		}

@@ -239,6 +239,11 @@ func (r *runner) consume(ctx context.Context, stream *cdc.Stream) error {
 	batch := make([]dispatch.TxEvents, 0, 64)
 	pace := true
 	for {
+		// While cpu.yield defers, transactions wait in the stream (which
+		// keeps the connection alive) and then in the slot.
+		if !r.intakeOpen(ctx) {
+			return nil
+		}
 		var tx *cdc.Tx
 		select {
 		case <-ctx.Done():

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"os/exec"
@@ -11,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"golang.org/x/sys/unix"
 )
 
@@ -34,9 +37,9 @@ func threadPolicies(pid int) map[uint32]int {
 }
 
 // The real binary, on CPUs this test keeps busy: every walhook thread runs
-// SCHED_IDLE, changes written meanwhile are still delivered (from the time
-// idle priority leaves, or at normal priority once cpu.max_lag behind),
-// and SIGTERM still stops it cleanly.
+// SCHED_IDLE and it defers new changes, changes written meanwhile are
+// still delivered once it is cpu.max_lag behind, and SIGTERM still stops
+// it cleanly.
 //
 // Not parallel: the busy CPUs would slow this package's other tests.
 func TestRunYieldsTheCPU(t *testing.T) {
@@ -94,14 +97,18 @@ func TestRunYieldsTheCPU(t *testing.T) {
 		return p[unix.SCHED_IDLE] > 0 && p[unix.SCHED_NORMAL] == 0
 	}, policies)
 
+	// The CPUs stay busy without walhook, so it defers new changes too,
+	// until it is cpu.max_lag behind.
+	runWaitFor(t, 30*time.Second, "the deferral held", func() bool { return strings.Contains(logs(), "stay busy without walhook") }, logs)
 	insertItems(t, db, 1, 20)
 	runWaitFor(t, 60*time.Second, "20 deliveries while the CPUs stay busy", func() bool { return rc.Unique() >= 20 }, func() string {
 		return fmt.Sprintf("%d delivered; %s", rc.Unique(), policies())
 	})
-	// Idle priority still gets a trickle of CPU, so whether walhook fell
-	// cpu.max_lag behind first depends on the machine; internal/cpuyield
-	// tests that bound with the threads' real policies.
-	t.Logf("fell behind by cpu.max_lag first: %v", strings.Contains(logs(), "taking a normal CPU share"))
+	for _, want := range []string{"taking new changes again", "behind=true", "taking a normal CPU share"} {
+		if !strings.Contains(logs(), want) {
+			t.Errorf("walhook's log lacks %q:\n%s", want, logs())
+		}
+	}
 	stopBurn()
 
 	if err := proc.cmd.Process.Signal(syscall.SIGTERM); err != nil {
@@ -116,5 +123,43 @@ func TestRunYieldsTheCPU(t *testing.T) {
 		}
 	case <-time.After(30 * time.Second):
 		t.Fatal("walhook run did not stop within 30s of SIGTERM")
+	}
+}
+
+// The consumer's gate: deferIntake(true) holds intakeOpen until
+// deferIntake(false), a stop releases it, and the gauge follows.
+func TestIntakeGate(t *testing.T) {
+	r := &runner{deferredGauge: prometheus.NewGauge(prometheus.GaugeOpts{Name: "g"})}
+	ctx := context.Background()
+	if !r.intakeOpen(ctx) {
+		t.Fatal("intake closed before any deferral")
+	}
+	r.deferIntake(true)
+	r.deferIntake(true) // idempotent
+	if g := testutil.ToFloat64(r.deferredGauge); g != 1 {
+		t.Fatalf("gauge %v while deferred, want 1", g)
+	}
+	opened := make(chan bool, 1)
+	go func() { opened <- r.intakeOpen(ctx) }()
+	select {
+	case <-opened:
+		t.Fatal("intake open while deferred")
+	case <-time.After(50 * time.Millisecond):
+	}
+	r.deferIntake(false)
+	if !<-opened {
+		t.Fatal("intakeOpen returned false after the deferral ended")
+	}
+	r.deferIntake(false) // idempotent
+	if g := testutil.ToFloat64(r.deferredGauge); g != 0 {
+		t.Fatalf("gauge %v after the deferral, want 0", g)
+	}
+
+	r.deferIntake(true)
+	cctx, cancel := context.WithCancel(ctx)
+	go func() { opened <- r.intakeOpen(cctx) }()
+	cancel()
+	if <-opened {
+		t.Fatal("intakeOpen reported open when the stop came first")
 	}
 }

@@ -9,6 +9,16 @@
 // normal priority again, so a saturated machine can delay webhooks by
 // about the bound but never leave the slot ever further behind.
 //
+// Idle priority alone still lets walhook cause work at normal priority
+// elsewhere: its store sessions in PostgreSQL, the walsender, the
+// receivers. So while the CPUs stay busy with work that is not walhook's,
+// Run also defers: it tells the caller (Options.Defer) to take no new
+// changes from the source for now. Whether the load is walhook's own is
+// found out by trying: the first interval of a deferral is a probe, and
+// when the CPUs empty at once the load was walhook's (a backlog it drains
+// through its own store sessions), so the deferral ends and the next probe
+// waits, twice as long after each such miss.
+//
 // Only a process that may raise its priority back runs idle: leaving
 // SCHED_IDLE needs CAP_SYS_NICE or an RLIMIT_NICE of at least 20 (nice 0).
 // Without that, or when the process was started under another policy or
@@ -33,6 +43,20 @@ import (
 const (
 	enterBusy = 0.90 // start yielding once the CPUs were at least this busy
 	leaveBusy = 0.75 // stop yielding once they are less busy than this
+	// deferOthers: start deferring once the CPUs were at least this busy
+	// with processes other than this one. Below enterBusy because the
+	// probe decides; above what a drain's own store sessions and receivers
+	// usually take (about two thirds of two cores here), so that a drain
+	// is not probed every few seconds.
+	deferOthers = 0.80
+)
+
+// Probe back-off, in intervals: after a deferral that the CPUs did not
+// need (they emptied at once), the next one waits firstBackoff intervals,
+// doubling up to maxBackoff; a deferral that held resets it.
+const (
+	firstBackoff = 10
+	maxBackoff   = 320
 )
 
 // DefaultInterval is how often Run samples the CPUs and the lag.
@@ -52,21 +76,32 @@ type Options struct {
 	Log *slog.Logger
 	// Yielding, when set, is called with every change of policy.
 	Yielding func(bool)
+	// Defer, when set, is called with every change of deferral: while
+	// true, the caller should take no new work from the source. Deferring
+	// happens only while yielding, so it also ends once MaxLag behind.
+	Defer func(bool)
 
 	// busy replaces the /proc/stat meter in tests.
-	busy func() (float64, bool)
+	busy func() (load, bool)
 }
+
+// load is how busy the CPUs were over one interval, as fractions of all
+// CPU time: all processes (busy), and this process alone (own).
+type load struct{ busy, own float64 }
 
 // state is what the controller decided last.
 type state struct {
-	yielding bool // threads run SCHED_IDLE
-	behind   bool // past MaxLag, until back under half of it
+	yielding  bool // threads run SCHED_IDLE
+	behind    bool // past MaxLag, until back under half of it
+	deferring bool // the caller takes no new work
+	held      int  // intervals the current deferral has lasted
+	wait      int  // intervals before the next deferral may start
+	backoff   int  // wait after the next deferral the CPUs do not need
 }
 
-// next decides the policy for the coming interval from the CPUs' busy
-// fraction over the last one (busyOK false when it could not be measured)
-// and the lag.
-func next(s state, busy float64, busyOK bool, lag, maxLag time.Duration) state {
+// next decides the policy for the coming interval from the CPUs' load over
+// the last one (ok false when it could not be measured) and the lag.
+func next(s state, l load, ok bool, lag, maxLag time.Duration) state {
 	switch {
 	case lag > maxLag:
 		s.behind = true
@@ -74,12 +109,32 @@ func next(s state, busy float64, busyOK bool, lag, maxLag time.Duration) state {
 		s.behind = false
 	}
 	switch {
-	case s.behind || !busyOK:
+	case s.behind || !ok:
 		s.yielding = false
 	case s.yielding:
-		s.yielding = busy >= leaveBusy
+		s.yielding = l.busy >= leaveBusy
 	default:
-		s.yielding = busy >= enterBusy
+		s.yielding = l.busy >= enterBusy
+	}
+	if s.backoff == 0 {
+		s.backoff = firstBackoff
+	}
+	switch {
+	case s.deferring && !s.yielding:
+		if s.held == 0 && ok && !s.behind {
+			// The CPUs emptied as soon as walhook paused: the load was
+			// its own. Probe again later, and later after every miss.
+			s.wait, s.backoff = s.backoff, min(2*s.backoff, maxBackoff)
+		} else {
+			s.backoff = firstBackoff
+		}
+		s.deferring, s.held = false, 0
+	case s.deferring:
+		s.held++
+	case s.wait > 0:
+		s.wait--
+	case s.yielding && l.busy-l.own >= deferOthers:
+		s.deferring = true
 	}
 	return s
 }
@@ -116,7 +171,7 @@ func Run(ctx context.Context, o Options) error {
 	}
 	busy := o.busy
 	if busy == nil {
-		m := &procStat{path: "/proc/stat"}
+		m := &procStat{path: "/proc/stat", self: "/proc/self/stat"}
 		m.sample() // the first sample only sets the baseline
 		busy = m.sample
 	}
@@ -126,6 +181,7 @@ func Run(ctx context.Context, o Options) error {
 	t := time.NewTicker(o.Interval)
 	defer t.Stop()
 	defer func() {
+		s = leave(s, o)
 		if s.yielding {
 			if err := restoreAll(); err != nil {
 				o.Log.Warn("cpu.yield: could not restore normal priority", slog.Any("error", err))
@@ -135,6 +191,7 @@ func Run(ctx context.Context, o Options) error {
 			}
 		}
 	}()
+	var deferredAt time.Time
 	for {
 		select {
 		case <-ctx.Done():
@@ -144,6 +201,24 @@ func Run(ctx context.Context, o Options) error {
 		b, ok := busy()
 		lag := o.Lag()
 		n := next(s, b, ok, lag, o.MaxLag)
+		switch {
+		case n.deferring && !s.deferring:
+			deferredAt = time.Now()
+			o.Log.Debug("cpu.yield: CPUs busy with other processes; deferring new changes to see whether they stay busy",
+				slog.Float64("busy", b.busy), slog.Float64("own", b.own))
+		case n.held == 1:
+			o.Log.Info("cpu.yield: the CPUs stay busy without walhook; deferring new changes until they have time to spare or walhook is cpu.max_lag behind",
+				slog.Float64("busy", b.busy), slog.Duration("max_lag", o.MaxLag))
+		case s.held > 0 && !n.deferring:
+			o.Log.Info("cpu.yield: taking new changes again", slog.Duration("deferred", time.Since(deferredAt).Round(time.Millisecond)),
+				slog.Duration("lag", lag.Round(time.Millisecond)), slog.Float64("busy", b.busy), slog.Bool("behind", n.behind))
+		case s.deferring && !n.deferring && n.wait > 0:
+			o.Log.Debug("cpu.yield: the CPUs emptied once walhook paused, the load was its own; taking new changes again",
+				slog.Float64("busy", b.busy), slog.Int("next_probe_in_intervals", n.wait))
+		}
+		if n.deferring != s.deferring && o.Defer != nil {
+			o.Defer(n.deferring)
+		}
 		if n.behind != s.behind {
 			if n.behind {
 				o.Log.Info("cpu.yield: behind the source by more than cpu.max_lag; taking a normal CPU share until caught up",
@@ -168,6 +243,7 @@ func Run(ctx context.Context, o Options) error {
 		if err != nil {
 			o.Log.Warn("cpu.yield: could not change the scheduling policy; off until restart, at normal priority",
 				slog.Any("error", err))
+			leave(n, o)
 			if rerr := restoreAll(); rerr != nil {
 				return fmt.Errorf("cpu.yield: restore normal priority: %w", rerr)
 			}
@@ -179,7 +255,7 @@ func Run(ctx context.Context, o Options) error {
 		}
 		if n.yielding != s.yielding {
 			o.Log.Debug("cpu.yield: policy changed", slog.Bool("yielding", n.yielding),
-				slog.Float64("busy", b), slog.Duration("lag", lag.Round(time.Millisecond)))
+				slog.Float64("busy", b.busy), slog.Duration("lag", lag.Round(time.Millisecond)))
 			if o.Yielding != nil {
 				o.Yielding(n.yielding)
 			}
@@ -188,29 +264,76 @@ func Run(ctx context.Context, o Options) error {
 	}
 }
 
-// procStat measures how busy all CPUs were between two reads of /proc/stat.
-type procStat struct {
-	path        string
-	idle, total uint64
-	ok          bool
+// leave ends a deferral (telling the caller) and returns the state without it.
+func leave(s state, o Options) state {
+	if s.deferring && o.Defer != nil {
+		o.Defer(false)
+	}
+	s.deferring, s.held = false, 0
+	return s
 }
 
-// sample returns the busy fraction since the previous sample; ok is false
-// for the first sample and when the file cannot be read.
-func (p *procStat) sample() (float64, bool) {
+// procStat measures how busy all CPUs were between two reads of /proc/stat,
+// and how much of that was this process (/proc/self/stat).
+type procStat struct {
+	path, self       string
+	idle, total, own uint64
+	ok               bool
+}
+
+// sample returns the load since the previous sample; ok is false for the
+// first sample and when the files cannot be read.
+func (p *procStat) sample() (load, bool) {
 	idle, total, err := readCPUTimes(p.path)
+	var own uint64
+	if err == nil {
+		own, err = readOwnTime(p.self)
+	}
 	if err != nil {
 		p.ok = false
-		return 0, false
+		return load{}, false
 	}
-	prevIdle, prevTotal, had := p.idle, p.total, p.ok
-	p.idle, p.total, p.ok = idle, total, true
-	if !had || total <= prevTotal || idle < prevIdle {
-		return 0, false
+	prevIdle, prevTotal, prevOwn, had := p.idle, p.total, p.own, p.ok
+	p.idle, p.total, p.own, p.ok = idle, total, own, true
+	if !had || total <= prevTotal || idle < prevIdle || own < prevOwn {
+		return load{}, false
 	}
 	dt := total - prevTotal
 	di := min(idle-prevIdle, dt)
-	return 1 - float64(di)/float64(dt), true
+	busy := 1 - float64(di)/float64(dt)
+	return load{busy: busy, own: min(float64(own-prevOwn)/float64(dt), busy)}, true
+}
+
+// readOwnTime reads utime + stime (clock ticks, the unit of /proc/stat)
+// from a /proc/<pid>/stat file.
+func readOwnTime(path string) (uint64, error) {
+	b, err := readFile(path)
+	if err != nil {
+		return 0, err
+	}
+	return parseOwnTime(string(b))
+}
+
+func parseOwnTime(stat string) (uint64, error) {
+	// The command name (field 2) is in parentheses and may hold anything,
+	// spaces and parentheses included: count fields after the last ')'.
+	i := strings.LastIndexByte(stat, ')')
+	if i < 0 {
+		return 0, fmt.Errorf("unexpected /proc/self/stat: %q", stat)
+	}
+	f := strings.Fields(stat[i+1:])
+	if len(f) < 13 {
+		return 0, fmt.Errorf("unexpected /proc/self/stat: %d fields after the command name", len(f))
+	}
+	var sum uint64
+	for _, s := range f[11:13] { // fields 14 and 15: utime, stime
+		v, err := strconv.ParseUint(s, 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("unexpected utime or stime in /proc/self/stat: %q", s)
+		}
+		sum += v
+	}
+	return sum, nil
 }
 
 // readCPUTimes reads the aggregate "cpu" line of /proc/stat: idle is idle

@@ -96,7 +96,7 @@ func TestRunSwitchesEveryThread(t *testing.T) {
 			Interval: 20 * time.Millisecond,
 			Log:      slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 			Yielding: yielding.Store,
-			busy:     func() (float64, bool) { return float64(busy.Load()) / 100, true },
+			busy:     func() (load, bool) { return load{busy: float64(busy.Load()) / 100}, true },
 		})
 	}()
 	stop := sync.OnceValue(func() error {
@@ -166,7 +166,7 @@ func TestRunLeavesAnOperatorsPolicyAlone(t *testing.T) {
 	var busyCalled atomic.Bool
 	err := Run(context.Background(), Options{MaxLag: time.Minute, Lag: func() time.Duration { return 0 },
 		Log:  slog.New(slog.NewTextHandler(&logs, nil)),
-		busy: func() (float64, bool) { busyCalled.Store(true); return 1, true }})
+		busy: func() (load, bool) { busyCalled.Store(true); return load{busy: 1}, true }})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -180,4 +180,98 @@ func TestRunLeavesAnOperatorsPolicyAlone(t *testing.T) {
 	if busyCalled.Load() {
 		t.Fatal("Run measured the CPUs although it does not act")
 	}
+}
+
+// TestRunDefers drives Run with a made-up machine whose load depends on
+// whether walhook takes new changes, and follows Defer.
+func TestRunDefers(t *testing.T) {
+	if err := probeRestore(); err != nil {
+		var deferred atomic.Bool
+		err := Run(context.Background(), Options{MaxLag: time.Minute, Lag: func() time.Duration { return 0 },
+			Log: slog.New(slog.DiscardHandler), Defer: deferred.Store})
+		if err != nil || deferred.Load() {
+			t.Fatalf("Run without the right to come back: err %v, deferred %v", err, deferred.Load())
+		}
+		return
+	}
+	var (
+		others   atomic.Int64 // percent busy with other processes while walhook takes changes
+		paused   atomic.Int64 // percent busy while walhook pauses
+		lag      atomic.Int64
+		deferred atomic.Bool
+		changes  atomic.Int64 // calls of Defer
+		logs     syncbuf.Buffer
+	)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- Run(ctx, Options{
+			MaxLag:   time.Minute,
+			Lag:      func() time.Duration { return time.Duration(lag.Load()) },
+			Interval: 20 * time.Millisecond,
+			Log:      slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
+			Defer: func(on bool) {
+				if deferred.Swap(on) == on {
+					t.Errorf("Defer(%v) twice in a row", on)
+				}
+				changes.Add(1)
+			},
+			busy: func() (load, bool) {
+				if deferred.Load() {
+					return load{busy: float64(paused.Load()) / 100}, true
+				}
+				// Taking changes, walhook fills what the others leave.
+				return load{busy: 1, own: 1 - float64(others.Load())/100}, true
+			},
+		})
+	}()
+	stop := sync.OnceValue(func() error {
+		cancel()
+		return <-done
+	})
+	defer stop()
+
+	// Another process keeps the CPUs busy: defer, and say so once it holds.
+	others.Store(97)
+	paused.Store(97)
+	waitFor(t, "Defer(true)", deferred.Load)
+	waitFor(t, "the deferral held", func() bool { return strings.Contains(logs.String(), "stay busy without walhook") })
+
+	// MaxLag behind: take changes again, and defer again once caught up.
+	lag.Store(int64(2 * time.Minute))
+	waitFor(t, "Defer(false) once behind", func() bool { return !deferred.Load() })
+	if !strings.Contains(logs.String(), "taking new changes again") || !strings.Contains(logs.String(), "behind=true") {
+		t.Fatalf("no log line for ending the deferral behind:\n%s", logs.String())
+	}
+	lag.Store(int64(10 * time.Second))
+	waitFor(t, "Defer(true) once caught up", deferred.Load)
+
+	// The others stop: take changes again.
+	others.Store(20)
+	paused.Store(20)
+	waitFor(t, "Defer(false) with CPUs to spare", func() bool { return !deferred.Load() })
+
+	// Load that is walhook's own (others at 85 % only while it takes
+	// changes, 20 % once it pauses): a probe, then a back-off of
+	// firstBackoff intervals without another.
+	n := changes.Load()
+	others.Store(85)
+	waitFor(t, "the probe ends", func() bool { return changes.Load() >= n+2 })
+	if !strings.Contains(logs.String(), "the load was its own") {
+		t.Fatalf("no log line for the missed probe:\n%s", logs.String())
+	}
+	n = changes.Load()
+	time.Sleep(time.Duration(firstBackoff/2) * 20 * time.Millisecond)
+	if changes.Load() != n {
+		t.Fatalf("probed again within half the back-off:\n%s", logs.String())
+	}
+	waitFor(t, "the next probe after the back-off", deferred.Load)
+
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	if deferred.Load() {
+		t.Fatal("Defer(false) was not called when Run returned")
+	}
+	waitThreads(t, policyNormal, "after Run returned")
 }
