@@ -16,7 +16,7 @@ import (
 	"time"
 
 	"github.com/walhook/walhook/dispatch"
-	"github.com/walhook/walhook/internal/pgtest"
+	"github.com/walhook/walhook/internal/pgcluster"
 	"github.com/walhook/walhook/internal/receiver"
 )
 
@@ -150,7 +150,7 @@ type env struct {
 	dir       string
 	walhook   string
 	samples   string
-	cluster   *pgtest.Cluster
+	cluster   *pgcluster.Cluster
 	db        string
 	dsn       string
 	storeDSN  string // walhook's store: dsn, or a database of its own with --store-db
@@ -200,7 +200,7 @@ func newEnv(ctx context.Context, o options, log io.Writer) (_ *env, err error) {
 		settings["shared_preload_libraries"] = "'pg_stat_statements'"
 		settings["pg_stat_statements.track"] = "'all'"
 	}
-	if e.cluster, err = pgtest.Start(pgtest.Options{Settings: settings}); err != nil {
+	if e.cluster, err = pgcluster.Start(pgcluster.Options{Settings: settings}); err != nil {
 		return nil, err
 	}
 	e.db = "bench"

@@ -19,7 +19,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/walhook/walhook/dispatch"
-	"github.com/walhook/walhook/internal/pgtest"
+	"github.com/walhook/walhook/internal/pgcluster"
 	"github.com/walhook/walhook/internal/receiver"
 )
 
@@ -111,7 +111,7 @@ func (d *demo) run(ctx context.Context) error {
 		return fmt.Errorf("demo: %w", err)
 	}
 	d.say("walhook demo: starting a throwaway PostgreSQL from the local server binaries …")
-	cluster, err := pgtest.Start(pgtest.Options{})
+	cluster, err := pgcluster.Start(pgcluster.Options{})
 	if err != nil {
 		return fmt.Errorf("demo: %w", err)
 	}

@@ -2,7 +2,10 @@ package main
 
 import (
 	"context"
+	"os/exec"
+	"path/filepath"
 	"regexp"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -53,5 +56,22 @@ func TestDemoSamplesMissing(t *testing.T) {
 	_, errOut, code := runCLI(t, context.Background(), "demo", "--samples", t.TempDir())
 	if code != 2 || !strings.Contains(errOut, "must hold schema.sql and walhook.yaml") {
 		t.Fatalf("code %d, stderr %q", code, errOut)
+	}
+}
+
+// The walhook binary does not link package testing: demo starts its
+// cluster through internal/pgcluster, not the test helpers of pgtest.
+func TestBinaryDoesNotLinkTesting(t *testing.T) {
+	out, err := exec.Command(filepath.Join(runtime.GOROOT(), "bin", "go"), "list", "-deps", ".").CombinedOutput()
+	if err != nil {
+		t.Fatalf("go list -deps: %v\n%s", err, out)
+	}
+	for _, pkg := range strings.Fields(string(out)) {
+		if pkg == "testing" || pkg == "github.com/walhook/walhook/internal/pgtest" {
+			t.Errorf("the walhook binary links %s", pkg)
+		}
+	}
+	if !strings.Contains(string(out), "github.com/walhook/walhook/internal/pgcluster") {
+		t.Errorf("go list -deps does not list internal/pgcluster; the check above may be looking at the wrong package:\n%s", out)
 	}
 }
