@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"fmt"
 	"io"
 	"log/slog"
 	"strings"
@@ -40,14 +39,14 @@ func newLogger(c config.Log, w io.Writer) (*slog.Logger, error) {
 	return nil, usageErrorf("log.format: %q is not text or json", c.Format)
 }
 
-// describeDSN names a database for messages without its password:
-// "host:port/dbname".
+// describeDSN names a database for logs and errors without its password,
+// as walhook check does (dsnLabel); run refuses an unparsable DSN before.
 func describeDSN(dsn string) string {
-	c, err := pgconn.ParseConfig(dsn)
+	l, err := dsnLabel(dsn)
 	if err != nil {
 		return "(unparsable DSN)"
 	}
-	return fmt.Sprintf("%s:%d/%s", c.Host, c.Port, c.Database)
+	return l
 }
 
 // redactDSNError removes the connection string (which may hold a password)
