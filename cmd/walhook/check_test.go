@@ -371,7 +371,7 @@ func TestCheckAPIWithoutKeys(t *testing.T) {
 func TestDescribeDSN(t *testing.T) {
 	for dsn, want := range map[string]string{
 		"postgres://walhook:s3cret@db.internal:6432/app?sslmode=require": "host=db.internal port=6432 db=app user=walhook",
-		"host=/run/postgresql dbname=app user=walhook password=s3cret":    "host=socket /run/postgresql port=5432 db=app user=walhook",
+		"host=/run/postgresql dbname=app user=walhook password=s3cret":   "host=socket /run/postgresql port=5432 db=app user=walhook",
 		"postgres://walhook:s3cret@db.internal:notaport/app":             "(unparsable DSN)",
 	} {
 		if got := describeDSN(dsn); got != want || strings.Contains(got, "s3cret") {
