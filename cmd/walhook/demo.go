@@ -197,7 +197,9 @@ func (d *demo) run(ctx context.Context) error {
 
 // writeConfig writes the sample walhook.yaml with the demo's values set:
 // the throwaway database, the admin API address and key, the receiver as a
-// static endpoint (loopback allowed), and quiet logs so deliveries stand out.
+// static endpoint (loopback allowed), quiet logs so deliveries stand out,
+// and cpu.yield off: the demo shows each change as it is delivered, and on
+// a busy laptop yielding would hold them back for up to cpu.max_lag.
 func (d *demo) writeConfig(file, dsn, apiAddr, apiKey, receiverURL, secret string) error {
 	src, err := os.ReadFile(filepath.Join(d.dir, "walhook.yaml"))
 	if err != nil {
@@ -225,6 +227,7 @@ func (d *demo) writeConfig(file, dsn, apiAddr, apiKey, receiverURL, secret strin
 		{[]string{apiKey}, []string{"api", "keys"}},
 		{[]string{"127.0.0.1"}, []string{"delivery", "allow"}},
 		{"warn", []string{"log", "level"}},
+		{false, []string{"cpu", "yield"}},
 		{[]map[string]any{{
 			"id": "demo-receiver", "url": receiverURL, "secret": secret,
 			"description": "the demo's verifying receiver",

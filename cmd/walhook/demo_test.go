@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/walhook/walhook/dispatch"
 )
 
 // seed000Events are the 17 event types seed 000 lists.
@@ -73,5 +75,30 @@ func TestBinaryDoesNotLinkTesting(t *testing.T) {
 	}
 	if !strings.Contains(string(out), "github.com/walhook/walhook/internal/pgcluster") {
 		t.Errorf("go list -deps does not list internal/pgcluster; the check above may be looking at the wrong package:\n%s", out)
+	}
+}
+
+// The demo's config is the sample's with the demo's values, cpu.yield off
+// among them, and it loads.
+func TestDemoConfig(t *testing.T) {
+	dir, err := findSamples("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := &demo{dir: dir}
+	file := filepath.Join(t.TempDir(), "walhook-demo.yaml")
+	if err := d.writeConfig(file, "postgres://postgres@127.0.0.1:5432/demo", "127.0.0.1:0", "sk_demo_0123456789abcdef0123456789abcdef",
+		"http://127.0.0.1:9/hook", dispatch.NewSecret()); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := loadConfig(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.CPU.Yield {
+		t.Error("cpu.yield is on in the demo's config")
+	}
+	if len(cfg.Endpoints) != 1 || cfg.Endpoints[0].URL != "http://127.0.0.1:9/hook" || cfg.Log.Level != "warn" {
+		t.Errorf("demo config: endpoints %+v, log level %q", cfg.Endpoints, cfg.Log.Level)
 	}
 }
