@@ -41,8 +41,10 @@ type session struct {
 	lastAdvance  time.Time
 	readDeadline time.Time
 
-	sizes []int  // changes in each of the last len(sizes) values sent
-	nsent uint64 // values sent on txs by this session
+	sizes  []int  // changes in each of the last len(sizes) values sent
+	nsent  uint64 // values sent on txs by this session
+	ntaken uint64 // values sent that are known to be taken off txs
+	queued int    // changes in the values sent and not known to be taken
 }
 
 // session connects, starts replication at *pos and streams until an error
@@ -348,7 +350,14 @@ const budgetPoll = 2 * time.Millisecond
 // sent records what went on the channel. The channel is FIFO with one
 // sender, so the len(txs) values in it are the last len(txs) ones sent.
 func (ss *session) sent(tx *Tx) error {
-	ss.sizes[ss.nsent%uint64(len(ss.sizes))] = len(tx.Changes)
+	l := uint64(len(ss.sizes))
+	// With tx in the channel, at most len(sizes) - 1 earlier values can
+	// be too: the one whose slot tx takes over has been taken.
+	if ss.nsent >= l {
+		ss.take(ss.nsent - l + 1)
+	}
+	ss.sizes[ss.nsent%l] = len(tx.Changes)
+	ss.queued += len(tx.Changes)
 	ss.nsent++
 	if tx.Final {
 		ss.s.handed.Store(uint64(tx.EndLSN))
@@ -356,11 +365,19 @@ func (ss *session) sent(tx *Tx) error {
 	return nil
 }
 
-// buffered is the number of changes waiting in the channel.
-func (ss *session) buffered() int {
-	n, sum := uint64(len(ss.s.txs)), 0
-	for j := uint64(1); j <= n && j <= ss.nsent; j++ {
-		sum += ss.sizes[(ss.nsent-j)%uint64(len(ss.sizes))]
+// take notes that the first n values sent have been taken.
+func (ss *session) take(n uint64) {
+	for ; ss.ntaken < n; ss.ntaken++ {
+		ss.queued -= ss.sizes[ss.ntaken%uint64(len(ss.sizes))]
 	}
-	return sum
+}
+
+// buffered is the number of changes waiting in the channel, from this
+// session (amortised O(1)). Only the consumer changes len(txs), and only
+// downwards, so all but the last len(txs) values sent have been taken.
+func (ss *session) buffered() int {
+	if n := uint64(len(ss.s.txs)); n < ss.nsent {
+		ss.take(ss.nsent - n)
+	}
+	return ss.queued
 }
