@@ -6,8 +6,9 @@
 // SCHED_IDLE policy: the kernel then gives walhook only the CPU time that
 // no normally scheduled process wants. Once walhook trails the source by
 // more than the bound, or the CPUs have time to spare, its threads run at
-// normal priority again, so a saturated machine can delay webhooks by
-// about the bound but never leave the slot ever further behind.
+// normal priority again: walhook steps back for about the bound at most,
+// and from then on gets the share it would have had without yielding
+// (which, on cores the application keeps saturated, may only keep pace).
 //
 // Idle priority alone still lets walhook cause work at normal priority
 // elsewhere: its store sessions in PostgreSQL, the walsender, the
