@@ -13,6 +13,7 @@ import (
 
 	"github.com/walhook/walhook/config"
 	"github.com/walhook/walhook/dispatch"
+	"github.com/walhook/walhook/internal/cpuyield"
 	"github.com/walhook/walhook/mapper"
 )
 
@@ -106,6 +107,7 @@ func runCheck(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	c.checkSource(ctx)
 	fmt.Fprintf(stdout, "store  %s schema=%s\n", storeDesc, cfg.Store.Schema)
 	c.checkStore(ctx)
+	c.checkCPUYield()
 
 	fails, setupOnly := 0, true
 	for _, l := range c.lines {
@@ -634,6 +636,22 @@ func (c *checker) checkStore(ctx context.Context) {
 		c.fail(what, fmt.Sprintf("GRANT USAGE ON SCHEMA %s TO <role>; GRANT SELECT ON ALL TABLES IN SCHEMA %s TO <role>;", sqlIdent(schema), sqlIdent(schema)),
 			"cannot read its version: %v", err)
 	}
+}
+
+// checkCPUYield says whether cpu.yield would act in a walhook started as
+// this check was (same user, capabilities, limits and priority). It only
+// warns: walhook runs either way, at normal priority.
+func (c *checker) checkCPUYield() {
+	if !c.cfg.CPU.Yield {
+		c.ok("cpu.yield", "off in the config")
+		return
+	}
+	if err := cpuyield.Available(); err != nil {
+		c.warn("cpu.yield", "to yield, start walhook at normal priority as root or with CAP_SYS_NICE (or LimitNICE=+0 in systemd, --ulimit nice=20:20 in docker); or set cpu.yield: false",
+			"off for a walhook started like this check: %v", err)
+		return
+	}
+	c.ok("cpu.yield", "on: a walhook started like this check may yield the CPU and take it back")
 }
 
 // checkCanCreateSchema: setup creates the store schema, which needs

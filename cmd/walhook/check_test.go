@@ -2,7 +2,9 @@ package main
 
 import (
 	"context"
+	"errors"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -10,6 +12,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/walhook/walhook/internal/cpuyield"
 	"github.com/walhook/walhook/internal/pgtest"
 )
 
@@ -173,9 +176,21 @@ func TestCheckSampleThenSetup(t *testing.T) {
 		`ok    publication walhook: publishes the 8 rule tables$`,
 		`ok    slot `+db+`: pgoutput, wal_status reserved`,
 		`ok    store schema walhook: at version \d+$`,
+		ckCPUYieldLine(),
 		`ready: walhook run can start$`,
 	)
-	ckNoLines(t, out, `FAIL`, `warn`)
+	// cpu.yield only warns (off for an unprivileged user); nothing else may.
+	ckNoLines(t, regexp.MustCompile(`(?m)^warn  cpu\.yield: .*$`).ReplaceAllString(out, ""), `FAIL`, `warn`)
+}
+
+// ckCPUYieldLine is check's cpu.yield line for this test process, which
+// starts walhook check as a child with its own user and limits: on for
+// root (CI), a warning with the fix for a user without CAP_SYS_NICE.
+func ckCPUYieldLine() string {
+	if cpuyield.Available() == nil {
+		return `ok    cpu\.yield: on: a walhook started like this check may yield the CPU and take it back$`
+	}
+	return `warn  cpu\.yield: off for a walhook started like this check: .* — fix: to yield, start walhook at normal priority as root or with CAP_SYS_NICE .*; or set cpu\.yield: false$`
 }
 
 // Only the slot, publication and store are missing: check says to run
@@ -288,10 +303,45 @@ events:
 		`source host=127\.0\.0\.1 port=1 db=app user=walhook$`,
 		`FAIL  connect: cannot connect to the source: .* — fix: check source\.dsn, the server and pg_hba\.conf$`,
 		`FAIL  store: connect to the store: `,
+		ckCPUYieldLine(),
 	)
 	if strings.Contains(out+errOut, "pw-s3cret-x") {
 		t.Fatal("the password was printed")
 	}
+}
+
+// check's cpu.yield line: off in the config, and a walhook started at a
+// priority of its own (chrt -b: SCHED_BATCH), which run leaves alone.
+func TestCheckCPUYield(t *testing.T) {
+	t.Parallel()
+	cfg := filepath.Join(t.TempDir(), "walhook.yaml")
+	write := func(extra string) {
+		t.Helper()
+		err := os.WriteFile(cfg, []byte(`source:
+  dsn: postgres://walhook@127.0.0.1:1/app?sslmode=disable&connect_timeout=5
+events:
+  - event: problem.created
+    table: problem_reports
+    operations: [insert]
+`+extra), 0o600)
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("cpu: {yield: false}\n")
+	out, errOut, _ := runCLI(t, context.Background(), "check", "--config", cfg)
+	ckWantLines(t, out+errOut, `ok    cpu\.yield: off in the config$`)
+
+	write("")
+	bin := buildWalhook(t)
+	cmd := exec.Command("chrt", "-b", "0", bin, "check", "--config", cfg)
+	b, err := cmd.CombinedOutput()
+	var exit *exec.ExitError
+	if err != nil && !errors.As(err, &exit) {
+		t.Fatalf("chrt -b 0 walhook check: %v\n%s", err, b)
+	}
+	ckWantLines(t, string(b),
+		`warn  cpu\.yield: off for a walhook started like this check: the process was started with its own priority \(batch, nice 0\); it is left as it is — fix: `)
 }
 
 // Objects setup would create exist but are wrong for walhook: check names

@@ -140,6 +140,34 @@ func next(s state, l load, ok bool, lag, maxLag time.Duration) state {
 	return s
 }
 
+// Available reports whether Run would act in this process, or why not:
+// the scheduling policy cannot be read here, the process was started at
+// another priority (left as it is), or it could not raise its priority
+// back once behind. The error reads after "cpu.yield: off, ".
+func Available() error {
+	start, err := currentPolicy()
+	if err != nil {
+		return &offError{"the scheduling policy cannot be read or changed here", err}
+	}
+	if start.policy != policyNormal || start.nice != 0 {
+		return &offError{"the process was started with its own priority (" + start.String() + "); it is left as it is", nil}
+	}
+	if err := probeRestore(); err != nil {
+		return &offError{"this process could not raise its priority back once behind " +
+			"(it needs CAP_SYS_NICE, or RLIMIT_NICE of at least 20: systemd LimitNICE=+0, docker --ulimit nice=20:20 or --cap-add SYS_NICE)", err}
+	}
+	return nil
+}
+
+// offError is why Run does not act; Unwrap gives the system's error.
+type offError struct {
+	why string
+	err error
+}
+
+func (e *offError) Error() string { return e.why }
+func (e *offError) Unwrap() error { return e.err }
+
 // errUnsupported: this platform has no SCHED_IDLE.
 var errUnsupported = errors.New("not supported on this platform")
 
@@ -154,20 +182,12 @@ func Run(ctx context.Context, o Options) error {
 	if o.Interval <= 0 {
 		o.Interval = DefaultInterval
 	}
-	start, err := currentPolicy()
-	if err != nil {
-		o.Log.Info("cpu.yield: off, the scheduling policy cannot be read or changed here", slog.Any("error", err))
-		return nil
-	}
-	if start.policy != policyNormal || start.nice != 0 {
-		o.Log.Info("cpu.yield: off, the process was started with its own priority; it is left as it is",
-			slog.String("policy", start.String()))
-		return nil
-	}
-	if err := probeRestore(); err != nil {
-		o.Log.Info("cpu.yield: off, this process could not raise its priority back once behind "+
-			"(it needs CAP_SYS_NICE, or RLIMIT_NICE of at least 20: systemd LimitNICE=+0, docker --ulimit nice=20:20 or --cap-add SYS_NICE)",
-			slog.Any("error", err))
+	if err := Available(); err != nil {
+		var attrs []any
+		if sys := errors.Unwrap(err); sys != nil {
+			attrs = append(attrs, slog.Any("error", sys))
+		}
+		o.Log.Info("cpu.yield: off, "+err.Error(), attrs...)
 		return nil
 	}
 	busy := o.busy
