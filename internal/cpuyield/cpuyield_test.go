@@ -88,10 +88,13 @@ func TestNextDrainIsProbedRarely(t *testing.T) {
 	}
 }
 
-// An application that keeps the CPUs busy on its own: walhook defers from
-// the first interval until it is MaxLag behind, catches up at normal
-// priority to half of MaxLag, and defers again.
-func TestNextSustainedLoadKeepsLagBounded(t *testing.T) {
+// An application that keeps the CPUs busy on its own, on a machine where
+// walhook at normal priority catches up faster than the lag grows: walhook
+// defers from the first interval until it is MaxLag behind, catches up to
+// half of MaxLag, and defers again, so it never steps back past MaxLag.
+// (Where walhook at normal priority only keeps pace, the lag stays near
+// MaxLag instead; docs/operations.md says so.)
+func TestNextSustainedLoadDefersUpToMaxLag(t *testing.T) {
 	lag := time.Duration(0)
 	var trace []bool
 	step := func(_ int, deferring bool) time.Duration {
