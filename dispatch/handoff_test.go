@@ -287,3 +287,120 @@ func TestClaimBudgetApartFromHandoffs(t *testing.T) {
 	f.appends.Done() // the second reservation, never handed off
 	f.mu.Unlock()
 }
+
+// HandoffRoom's wait counts from the last room freed, not from the call:
+// workers that free room slowly but steadily keep the consumer waiting
+// for them (pacing holds on a busy machine); only workers that free
+// nothing for the wait make it give up.
+func TestHandoffRoomWaitsWhileRoomFrees(t *testing.T) {
+	t.Parallel()
+	release := make(chan struct{})
+	rc := obNewReceiver(t, func(int, http.ResponseWriter, *http.Request) int {
+		<-release
+		return 200
+	})
+	d, b := obSetup(t, func(o *Options) { o.Workers = 1 })
+	_, extra, _ := d.prefetch()
+	room := 1 + extra
+	b.endpoint(t, "whk_1", rc.URL, nil, nil, true)
+	stop := obRun(t, d)
+	defer stop()
+	defer close(release)
+	waitLoopOpen(t, d)
+
+	var evs []mapper.Event
+	for range room {
+		evs = append(evs, obEvent("a.b", ""))
+	}
+	obAppend(t, d, 10, evs...)
+	obWaitFor(t, "the first request", func() bool { return rc.n() == 1 })
+
+	const wait = 250 * time.Millisecond
+	const every = 100 * time.Millisecond
+	need := max(room/8, 1)
+	if time.Duration(need)*every <= wait {
+		t.Fatalf("the test needs freeing %d places at %s each to take longer than the %s wait", need, every, wait)
+	}
+	type result struct {
+		room int
+		ok   bool
+	}
+	got := make(chan result, 1)
+	start := time.Now()
+	go func() {
+		r, ok := d.HandoffRoom(t.Context(), room, wait)
+		got <- result{r, ok}
+	}()
+	for i := 0; ; i++ {
+		select {
+		case r := <-got:
+			if !r.ok || r.room < need {
+				t.Fatalf("HandoffRoom = %+v after %d places freed one every %s; want at least %d, true",
+					r, i, every, need)
+			}
+			if took := time.Since(start); took <= wait {
+				t.Fatalf("HandoffRoom returned after %s; the room cannot have freed before %s", took, wait)
+			}
+			return
+		case <-time.After(every):
+		}
+		if i > need+50 {
+			t.Fatalf("HandoffRoom still waiting after %d places freed", i)
+		}
+		release <- struct{}{}
+	}
+}
+
+// Room freed at other endpoints while the fullest one hangs at its limit
+// does not count as progress: HandoffRoom gives up after its wait however
+// often the healthy endpoint frees room (it would otherwise hold the
+// replication consumer for as long as the healthy endpoint is busy).
+func TestHandoffRoomGivesUpBehindAHangingEndpoint(t *testing.T) {
+	t.Parallel()
+	var d Dispatcher
+	d.hold.start(2, 4, 10, 12) // handoffs: 10 per endpoint, 12 in all
+	res := d.hold.reserve()    // an Append's reservation, never handed off here
+	for range 10 {
+		res.take("hangs")
+	}
+	res.take("healthy")
+	res.take("healthy")
+	if room, _, _ := d.hold.room(); room != 0 {
+		t.Fatalf("handoff room %d with every place taken, want 0", room)
+	}
+
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() { // the healthy endpoint finishes one and takes another, again and again
+		defer close(done)
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(5 * time.Millisecond):
+			}
+			d.hold.add("healthy", -1, true)
+			d.hold.add("healthy", 1, true)
+		}
+	}()
+	defer func() { close(stop); <-done }()
+
+	const wait = 100 * time.Millisecond
+	start := time.Now()
+	got := make(chan bool, 1)
+	go func() {
+		_, ok := d.HandoffRoom(t.Context(), 4, wait)
+		got <- ok
+	}()
+	select {
+	case ok := <-got:
+		if ok {
+			t.Fatal("HandoffRoom found room with the hanging endpoint at its limit")
+		}
+		if took := time.Since(start); took < wait {
+			t.Fatalf("HandoffRoom gave up after %s, before its wait", took)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("HandoffRoom still waiting after 10 s: room freed at the healthy endpoint kept it waiting")
+	}
+}

@@ -365,9 +365,12 @@ func (h handed) claimed(id string) claimed {
 }
 
 // HandoffRoom returns how many deliveries the next Append could hand
-// straight to this process's workers, waiting up to wait for room for
-// want of them (or an eighth of the most there can be, if less) to free
-// up. It returns 0 at once when no claim loop runs here.
+// straight to this process's workers, waiting for room for want of them
+// (or an eighth of the most there can be, if less) to free up for as long
+// as that room keeps growing: it gives up once it has not grown for wait
+// (an endpoint that hangs), not after wait in all, so workers that are
+// slow but moving (a busy or shared machine) keep being paced. It
+// returns 0 at once when no claim loop runs here.
 //
 // The replication consumer uses it while it has a backlog: rather than
 // store the backlog pending, for the workers to claim back one batch at a
@@ -378,6 +381,7 @@ func (h handed) claimed(id string) claimed {
 // no claim loop runs here.
 func (d *Dispatcher) HandoffRoom(ctx context.Context, want int, wait time.Duration) (room int, ok bool) {
 	var timer *time.Timer
+	best := 0
 	for {
 		room, most, freed := d.hold.room()
 		if freed == nil {
@@ -386,9 +390,18 @@ func (d *Dispatcher) HandoffRoom(ctx context.Context, want int, wait time.Durati
 		if room >= min(want, max(most/handoffMinShare, 1)) {
 			return room, true
 		}
-		if timer == nil {
+		switch {
+		case timer == nil:
 			timer = time.NewTimer(wait)
 			defer timer.Stop()
+			best = room
+		case room > best:
+			// Progress: the wait starts again (since Go 1.23 Reset
+			// leaves no stale tick in timer.C). Room freed at other
+			// endpoints while the fullest one hangs is not progress:
+			// the room is bounded by the fullest.
+			timer.Reset(wait)
+			best = room
 		}
 		select {
 		case <-ctx.Done():

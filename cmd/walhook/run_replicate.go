@@ -34,8 +34,9 @@ var (
 	// commit), but never more than this.
 	maxBatchTxs    = 1000
 	maxBatchEvents = 20000
-	// handoffWait is how long the consumer waits for its workers to have
-	// room before it stores a backlog's next batch pending instead.
+	// handoffWait is how long the consumer waits for its workers to free
+	// any room before it stores a backlog's next batch pending instead
+	// (workers that keep freeing some are waited for).
 	handoffWait = 100 * time.Millisecond
 	// handoffMaxLag is how far behind (the commit time of the transaction
 	// in hand) the consumer may fall by pacing a backlog to its workers;
@@ -287,7 +288,7 @@ func (r *runner) consume(ctx context.Context, stream *cdc.Stream) error {
 // they have room for, so that Append hands it straight over instead of
 // storing it for them to claim (see dispatch.HandoffRoom): a backlog then
 // flows to the workers at their pace, each delivery written twice instead
-// of three times. When the room does not come within handoffWait (an
+// of three times. When no room frees up for handoffWait (an
 // endpoint that hangs, no workers here), batches are as large as allowed
 // and what does not fit is stored pending, until room shows up again.
 // The consumer paces only while it is less than handoffMaxLag behind, so
