@@ -118,20 +118,64 @@ func setupPublication(ctx context.Context, conn *pgx.Conn, pub string, tables []
 	if slices.Equal(have, want) {
 		return []string{fmt.Sprintf("publication %s already publishes %s", pub, listOrNone(want))}, nil
 	}
+	var alter string
 	if len(quoted) > 0 {
-		_, err = conn.Exec(ctx, "ALTER PUBLICATION "+pubIdent+" SET TABLE "+strings.Join(quoted, ", "))
+		alter = "ALTER PUBLICATION " + pubIdent + " SET TABLE " + strings.Join(quoted, ", ")
 	} else {
 		// SET TABLE needs at least one table: drop the ones it has.
 		drop := make([]string, len(have))
 		for i, t := range have {
 			drop[i], _, _ = tableIdent(t)
 		}
-		_, err = conn.Exec(ctx, "ALTER PUBLICATION "+pubIdent+" DROP TABLE "+strings.Join(drop, ", "))
+		alter = "ALTER PUBLICATION " + pubIdent + " DROP TABLE " + strings.Join(drop, ", ")
 	}
+	// A publication the DBA created (docs/operations.md) belongs to the
+	// DBA: say what to run instead of failing on "must be owner".
+	owner, mine, err := publicationOwner(ctx, conn, pub)
 	if err != nil {
+		return nil, fmt.Errorf("setup: %w", err)
+	}
+	if !mine {
+		var differs []string
+		if missing := without(want, have); len(missing) > 0 {
+			differs = append(differs, "does not publish "+strings.Join(missing, ", ")+", which the rules map")
+		}
+		if extra := without(have, want); len(extra) > 0 {
+			differs = append(differs, "publishes "+strings.Join(extra, ", ")+", which no rule maps")
+		}
+		return nil, fmt.Errorf("setup: publication %s %s; it belongs to role %s, which this role may not act for, "+
+			"so walhook cannot change it — fix: have %s (or a superuser) run %s; and then run walhook setup again",
+			pub, strings.Join(differs, " and "), owner, owner, alter)
+	}
+	if _, err = conn.Exec(ctx, alter); err != nil {
 		return nil, fmt.Errorf("setup: alter publication %q: %w", pub, err)
 	}
 	return []string{fmt.Sprintf("changed publication %s from %s to %s", pub, listOrNone(have), listOrNone(want))}, nil
+}
+
+// without returns the names in a that are not in b.
+func without(a, b []string) []string {
+	var out []string
+	for _, x := range a {
+		if !slices.Contains(b, x) {
+			out = append(out, x)
+		}
+	}
+	return out
+}
+
+// publicationOwner returns the publication's owner and whether this
+// session's role may alter or drop it (a superuser, the owner, or a
+// member that inherits the owner's privileges).
+func publicationOwner(ctx context.Context, conn *pgx.Conn, pub string) (owner string, mine bool, err error) {
+	err = conn.QueryRow(ctx, `SELECT pg_get_userbyid(p.pubowner),
+		       pg_has_role(current_user, p.pubowner, 'USAGE') OR r.rolsuper
+		FROM pg_publication p, pg_roles r
+		WHERE p.pubname = $1 AND r.rolname = current_user`, pub).Scan(&owner, &mine)
+	if err != nil {
+		return "", false, fmt.Errorf("look up the owner of publication %q: %w", pub, err)
+	}
+	return owner, mine, nil
 }
 
 func listOrNone(tables []string) string {
@@ -215,7 +259,18 @@ func Teardown(ctx context.Context, dsn, slot, publication string, force bool) ([
 	if !exists {
 		return append(did, fmt.Sprintf("publication %s does not exist; nothing to drop", publication)), nil
 	}
-	if _, err := conn.Exec(ctx, "DROP PUBLICATION "+pgx.Identifier{publication}.Sanitize()); err != nil {
+	drop := "DROP PUBLICATION " + pgx.Identifier{publication}.Sanitize()
+	owner, mine, err := publicationOwner(ctx, conn, publication)
+	if err != nil {
+		return did, fmt.Errorf("teardown: %w", err)
+	}
+	if !mine {
+		// The DBA's publication (docs/operations.md): it retains no WAL,
+		// so the teardown goes on, and says what is left to whom.
+		return append(did, fmt.Sprintf("warn: publication %s belongs to role %s, which this role may not act for, so it stays "+
+			"(a publication retains no WAL); to remove it, have %s (or a superuser) run %s;", publication, owner, owner, drop)), nil
+	}
+	if _, err := conn.Exec(ctx, drop); err != nil {
 		return did, fmt.Errorf("teardown: drop publication %q: %w", publication, err)
 	}
 	return append(did, fmt.Sprintf("dropped publication %s", publication)), nil

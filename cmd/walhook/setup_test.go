@@ -160,4 +160,36 @@ func TestSetupDBAPrepared(t *testing.T) {
 	if out, errOut, code := runCLI(t, ctx, "check", "--config", cfg); code != 0 {
 		t.Fatalf("check after setup exit %d:\n%s%s", code, out, errOut)
 	}
+
+	// The publication stays the DBA's: when it no longer fits the rules,
+	// setup says what the DBA must run instead of failing on "must be
+	// owner", and changes nothing.
+	ckExec(t, dsn, `ALTER PUBLICATION walhook DROP TABLE public.messages`)
+	out, errOut, code = runCLI(t, ctx, "setup", "--config", cfg)
+	t.Logf("setup with the DBA's publication short of a table:\n%s%s", out, errOut)
+	if code != 1 {
+		t.Fatalf("setup exit %d, want 1", code)
+	}
+	ckWantLines(t, errOut, `setup: publication walhook does not publish public\.messages, which the rules map; it belongs to role postgres, which this role may not act for, so walhook cannot change it — fix: have postgres \(or a superuser\) run ALTER PUBLICATION "walhook" SET TABLE .*"public"\."messages".*; and then run walhook setup again`)
+	ckNoLines(t, errOut, `.*must be owner`)
+	if n := ckScalar[int64](t, dsn, `SELECT count(*) FROM pg_publication_tables WHERE pubname = 'walhook'`); n != 7 {
+		t.Fatalf("publication has %d tables after a refused setup, want the 7 the DBA left", n)
+	}
+
+	// teardown drops what is walhook's (slot, store) and names what is
+	// left for the DBA; twice is harmless.
+	for i := range 2 {
+		out, errOut, code = runCLI(t, ctx, "teardown", "--config", cfg, "--store")
+		t.Logf("teardown %d:\n%s%s", i+1, out, errOut)
+		if code != 0 {
+			t.Fatalf("teardown %d exit %d, want 0", i+1, code)
+		}
+		ckWantLines(t, out, `warn: publication walhook belongs to role postgres, .* so it stays \(a publication retains no WAL\); to remove it, have postgres \(or a superuser\) run DROP PUBLICATION "walhook";$`)
+	}
+	if n := ckScalar[int64](t, dsn, `SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1`, db); n != 0 {
+		t.Fatalf("%d slots left after teardown", n)
+	}
+	if ckScalar[bool](t, dsn, `SELECT to_regnamespace('walhook') IS NOT NULL`) {
+		t.Fatal("store schema still there after teardown --store")
+	}
 }
