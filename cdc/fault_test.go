@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -219,5 +220,81 @@ func TestSlotDroppedWhileStreaming(t *testing.T) {
 	queryRow(t, dsn, ourSlots, &slots)
 	if slots != "" {
 		t.Fatalf("a slot was re-created: %s", slots)
+	}
+}
+
+// slotConfirmed reads the slot's confirmed_flush_lsn.
+func slotConfirmed(t *testing.T, dsn string) LSN {
+	t.Helper()
+	var s string
+	queryRow(t, dsn, `SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = '`+slotFor(dsn)+`'`, &s)
+	lsn, err := pglogrepl.ParseLSN(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return lsn
+}
+
+// A stream that waits for a held slot (start 0: the slot's position, as
+// the dry run does) takes the slot's position when it gets the slot, not
+// the one it read while the holder was still confirming: no false gap.
+func TestWaitingConsumerFollowsTheSlot(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	dsn := pgtest.Shared(t).NewDatabase(t)
+	setupDB(t, dsn, itemSchema, "public.item")
+	fast := func(o *Options) { o.StatusInterval = 100 * time.Millisecond }
+	a := startStream(t, dsn, 0, fast)
+	waitFor(t, "a to stream", func() bool { st, _ := a.stream.Status(ctx); return st.State == StateStreaming })
+	b := startStream(t, dsn, 0, nil)
+	waitFor(t, "b to wait for the slot", func() bool {
+		st, _ := b.stream.Status(ctx)
+		return st.State == StateWaitingForSlot && st.Active
+	})
+	before := slotConfirmed(t, dsn)
+	exec(t, dsn, `INSERT INTO item VALUES (1, 'x')`)
+	first := a.nextTx(t)
+	waitFor(t, "the slot to move past a's transaction", func() bool { return slotConfirmed(t, dsn) >= first.EndLSN })
+	if slotConfirmed(t, dsn) <= before {
+		t.Fatal("the slot did not move")
+	}
+	a.stop(t)
+	exec(t, dsn, `INSERT INTO item VALUES (2, 'y')`)
+	if tx := b.nextTx(t); col(t, tx.Changes[0], tx.Changes[0].New, "id") != json.Number("2") {
+		t.Fatalf("b got %+v, want the transaction after a's", tx)
+	}
+}
+
+// A consumer that takes the slot over from another process sharing its
+// store starts from the store's cursor as it is when it gets the slot
+// (Options.Durable), not as it was when it began to wait: the holder kept
+// storing and confirming meanwhile, and nothing was lost.
+func TestTakeoverStartsFromDurable(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	dsn := pgtest.Shared(t).NewDatabase(t)
+	setupDB(t, dsn, itemSchema, "public.item")
+	var cursor atomic.Uint64 // the shared store's cursor
+	fast := func(o *Options) { o.StatusInterval = 100 * time.Millisecond }
+	a := startStream(t, dsn, 0, fast)
+	waitFor(t, "a to stream", func() bool { st, _ := a.stream.Status(ctx); return st.State == StateStreaming })
+	stale := slotConfirmed(t, dsn)
+	cursor.Store(uint64(stale))
+	b := startStream(t, dsn, stale, func(o *Options) {
+		o.Durable = func(context.Context) (LSN, bool, error) { return LSN(cursor.Load()), true, nil }
+	})
+	waitFor(t, "b to wait for the slot", func() bool {
+		st, _ := b.stream.Status(ctx)
+		return st.State == StateWaitingForSlot && st.Active
+	})
+	exec(t, dsn, `INSERT INTO item VALUES (1, 'x')`)
+	tx := a.next(t)
+	cursor.Store(uint64(tx.EndLSN)) // stored, then confirmed
+	a.stream.Confirm(tx.EndLSN)
+	waitFor(t, "the slot to move past a's transaction", func() bool { return slotConfirmed(t, dsn) >= tx.EndLSN })
+	a.stop(t)
+	exec(t, dsn, `INSERT INTO item VALUES (2, 'y')`)
+	if got := b.nextTx(t); col(t, got.Changes[0], got.Changes[0].New, "id") != json.Number("2") {
+		t.Fatalf("b got %+v, want the transaction after the stored one", got)
 	}
 }

@@ -362,6 +362,7 @@ func (ss *session) sent(tx *Tx) error {
 	if tx.Final {
 		ss.s.handed.Store(uint64(tx.EndLSN))
 	}
+	ss.s.nhanded.Add(1)
 	return nil
 }
 

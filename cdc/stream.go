@@ -39,7 +39,14 @@ type Options struct {
 	MaxBufferedChanges int
 	// MaxReconnectDelay caps the exponential reconnect backoff (default 30s).
 	MaxReconnectDelay time.Duration
-	Logger            *slog.Logger
+	// Durable, when set, returns the position the consumer has made
+	// durable (the store's cursor; ok is false when there is none yet).
+	// The stream reads it before every connection, so a consumer that
+	// takes the slot over from another process that shares its store
+	// starts from what that process stored, not from what it read
+	// while the other still held the slot.
+	Durable func(ctx context.Context) (lsn LSN, ok bool, err error)
+	Logger  *slog.Logger
 }
 
 // Stream states reported in SlotStatus.State.
@@ -76,6 +83,8 @@ type Stream struct {
 	confirmed atomic.Uint64
 	// handed is the EndLSN of the last Final Tx sent on txs.
 	handed atomic.Uint64
+	// nhanded counts the values sent on txs.
+	nhanded atomic.Uint64
 
 	lastMessageAt atomic.Int64 // unix nanoseconds
 	lastConfirmAt atomic.Int64
@@ -215,12 +224,17 @@ func (s *Stream) Run(ctx context.Context, start LSN) error {
 		go func() { defer wg.Done(); s.heartbeat(hbCtx) }()
 	}
 
-	first := true
+	n0 := s.nhanded.Load()
 	pos := start
 	delay := time.Duration(0)
 	for attempt := 1; ; attempt++ {
 		s.setState(StateConnecting, nil)
-		streamed, err := s.attempt(ctx, &pos, first)
+		// Until this Run hands something out, every attempt starts from
+		// start again (or the slot's position as it is then): a position
+		// read while another process held the slot is stale once it lets
+		// go.
+		fresh := s.nhanded.Load() == n0
+		streamed, err := s.attempt(ctx, &pos, start, fresh)
 		if ctx.Err() != nil {
 			s.setState(StateStopped, nil)
 			return nil
@@ -228,7 +242,6 @@ func (s *Stream) Run(ctx context.Context, start LSN) error {
 		if err == nil || streamed {
 			delay = 0
 		}
-		first = first && pos == 0
 		if permanent(err) {
 			s.setState(StateError, err)
 			s.log.Error("replication stopped", logKeyErr, err)
@@ -269,18 +282,40 @@ func nextDelay(prev, max time.Duration) time.Duration {
 // attempt runs one connection: checks the slot, then streams. pos is the
 // position to start from and is advanced to the last position handed out,
 // so a reconnect does not hand out again what the consumer already has.
+// While fresh (nothing handed out yet) pos is derived again from start.
 // streamed reports whether the stream got as far as receiving data.
-func (s *Stream) attempt(ctx context.Context, pos *LSN, first bool) (streamed bool, err error) {
+func (s *Stream) attempt(ctx context.Context, pos *LSN, start LSN, fresh bool) (streamed bool, err error) {
 	slot, err := s.preflight(ctx)
 	if err != nil {
 		return false, err
 	}
-	if first && *pos == 0 {
-		*pos = slot.ConfirmedFlushLSN
+	// A held slot is waited for before its position means anything: the
+	// holder may still be confirming.
+	if slot.Active {
+		s.mu.Lock()
+		s.activePID = slot.ActivePID
+		s.mu.Unlock()
+		return false, fmt.Errorf("%w: slot %q is held by PID %d; waiting for it to be released", ErrSlotActive, s.opts.Slot, slot.ActivePID)
 	}
-	if first {
+	if fresh {
+		*pos = start
+		if *pos == 0 {
+			*pos = slot.ConfirmedFlushLSN
+		}
 		s.confirmed.Store(uint64(*pos))
 		s.handed.Store(uint64(*pos))
+	}
+	if s.opts.Durable != nil {
+		d, ok, err := s.opts.Durable(ctx)
+		if err != nil {
+			return false, fmt.Errorf("read the consumer's durable position: %w", err)
+		}
+		if ok && d > *pos {
+			// Stored by another process that held the slot meanwhile.
+			*pos = d
+			s.handed.Store(uint64(d))
+			s.Confirm(d)
+		}
 	}
 	// The slot's confirmed_flush_lsn only moves when a consumer confirms.
 	// Above what our consumer made durable, someone else consumed the slot
@@ -288,15 +323,10 @@ func (s *Stream) attempt(ctx context.Context, pos *LSN, first bool) (streamed bo
 	// between are gone from the slot.
 	if durable := LSN(s.confirmed.Load()); slot.ConfirmedFlushLSN > durable {
 		return false, fmt.Errorf("%w: cursor %s < confirmed_flush_lsn %s of slot %q: the transactions in between "+
-			"can no longer be read, so events for them were lost (was the store restored from a backup, or did another "+
-			"consumer use the slot?); to accept the gap, set the cursor to %s",
+			"can no longer be read, so events for them were lost (the slot was dropped and created again, the source "+
+			"failed over, the store was restored from a backup, or another consumer used the slot); "+
+			"to accept the gap, run walhook setup --accept-gap (it moves the cursor to %s)",
 			ErrCursorBehindSlot, durable, slot.ConfirmedFlushLSN, s.opts.Slot, slot.ConfirmedFlushLSN)
-	}
-	if slot.Active {
-		s.mu.Lock()
-		s.activePID = slot.ActivePID
-		s.mu.Unlock()
-		return false, fmt.Errorf("%w: slot %q is held by PID %d; waiting for it to be released", ErrSlotActive, s.opts.Slot, slot.ActivePID)
 	}
 	return s.session(ctx, pos)
 }

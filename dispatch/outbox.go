@@ -2,12 +2,10 @@ package dispatch
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"strings"
 	"time"
 
-	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
 
 	"github.com/walhook/walhook/cdc"
@@ -25,25 +23,6 @@ type TxEvents struct {
 	Final      bool
 	CommitTime time.Time
 	Events     []mapper.Event
-}
-
-// Cursor returns the end LSN of the last transaction made durable for slot,
-// and the source system id it came from; ok is false before the first
-// Append. cdc starts replication from it.
-func (d *Dispatcher) Cursor(ctx context.Context, slot string) (lsn cdc.LSN, systemID string, ok bool, err error) {
-	var s string
-	err = d.pool.QueryRow(ctx, d.q(`SELECT lsn::text, system_id FROM {{schema}}.cursor WHERE slot = $1`), slot).Scan(&s, &systemID)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return 0, "", false, nil
-	}
-	if err != nil {
-		return 0, "", false, fmt.Errorf("read cursor of slot %q: %w", slot, err)
-	}
-	lsn, err = pglogrepl.ParseLSN(s)
-	if err != nil {
-		return 0, "", false, fmt.Errorf("read cursor of slot %q: %w", slot, err)
-	}
-	return lsn, systemID, true, nil
 }
 
 // fanoutEndpoint is an endpoint as the fan-out sees it.

@@ -56,6 +56,7 @@ type checker struct {
 	superuser bool
 	owned     map[string]bool // rule table → the role owns it (or is superuser)
 	schema    map[string]mapper.TableSchema
+	slotFound bool // the slot exists and walhook can read it
 }
 
 func (c *checker) add(status, what, fix, format string, args ...any) {
@@ -580,6 +581,7 @@ func (c *checker) checkSlot(ctx context.Context, conn *pgx.Conn) error {
 			"is invalidated (wal_status lost): PostgreSQL removed WAL it had not confirmed")
 		return nil
 	}
+	c.slotFound = true
 	retains := ""
 	if retained != nil {
 		retains = fmt.Sprintf(", retains %d bytes of WAL", *retained)
@@ -625,6 +627,7 @@ func (c *checker) checkStore(ctx context.Context) {
 	switch {
 	case err == nil:
 		c.ok(what, "at version %d", dispatch.LatestSchemaVersion())
+		c.checkCursor(ctx)
 	case errors.Is(err, dispatch.ErrSchemaMissing):
 		c.failSetup(what, "does not exist (walhook needs version %d)", dispatch.LatestSchemaVersion())
 		c.checkCanCreateSchema(ctx, pool)
@@ -635,6 +638,21 @@ func (c *checker) checkStore(ctx context.Context) {
 	default:
 		c.fail(what, fmt.Sprintf("GRANT USAGE ON SCHEMA %s TO <role>; GRANT SELECT ON ALL TABLES IN SCHEMA %s TO <role>;", sqlIdent(schema), sqlIdent(schema)),
 			"cannot read its version: %v", err)
+	}
+}
+
+// checkCursor reports a store cursor behind the slot (a gap walhook run
+// refuses to start with).
+func (c *checker) checkCursor(ctx context.Context) {
+	if !c.slotFound {
+		return
+	}
+	gap, err := readCursorGap(ctx, c.cfg)
+	switch {
+	case err != nil:
+		c.fail("cursor", "", "cannot compare the store's cursor with the slot: %v", err)
+	case gap != nil:
+		c.fail("cursor", "walhook setup --accept-gap (backfill the changes in between if they matter)", "%s", gap)
 	}
 }
 

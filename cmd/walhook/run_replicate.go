@@ -174,7 +174,12 @@ func (r *runner) lead(ctx context.Context, lock *leaderLock) error {
 			"but the source is now system %s (another cluster: restored, re-created or a different database); "+
 			"its positions mean nothing here — use another store schema or slot for this source", slot, systemID, r.systemID)
 	}
-	stream, err := cdc.NewStream(streamOptions(r.cfg, r.log))
+	opts := streamOptions(r.cfg, r.log)
+	opts.Durable = func(ctx context.Context) (cdc.LSN, bool, error) {
+		lsn, _, ok, err := r.disp.Cursor(ctx, slot)
+		return lsn, ok, err
+	}
+	stream, err := cdc.NewStream(opts)
 	if err != nil {
 		return err
 	}

@@ -7,9 +7,11 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
 
 	"github.com/walhook/walhook/cdc"
+	"github.com/walhook/walhook/config"
 	"github.com/walhook/walhook/dispatch"
 )
 
@@ -21,6 +23,9 @@ func runSetup(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	cfgPath := configFlag(fs)
 	identity := fs.Bool("replica-identity", false,
 		"also ALTER TABLE … REPLICA IDENTITY FULL on the tables whose rules read old values")
+	acceptGap := fs.Bool("accept-gap", false,
+		"when the store's cursor is behind the slot (a new slot after a lost one or a failover), move it to the slot: "+
+			"the changes in between are lost and become no events")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -103,10 +108,97 @@ func runSetup(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
+	gapLine, gapErr := setupCursor(ctx, cfg, *acceptGap)
+	if gapLine != "" {
+		fmt.Fprintln(stdout, gapLine)
+	}
 	if !*identity && len(full) > 0 {
 		fmt.Fprintf(stdout, "warn: rules read old values of %s, whose REPLICA IDENTITY does not send them; "+
 			"walhook run refuses them until you run walhook setup --replica-identity (or ALTER TABLE … REPLICA IDENTITY FULL)\n",
 			strings.Join(full, ", "))
 	}
-	return nil
+	return gapErr
+}
+
+// setupCursor compares the store's cursor with the slot's confirmed
+// position. A cursor behind it (the slot was lost and created again, the
+// source failed over, the store was restored) is a gap: the changes in
+// between can no longer be read, and walhook run refuses to start. With
+// accept the cursor moves to the slot and the gap is reported; without,
+// the gap is an error that says how to accept it.
+func setupCursor(ctx context.Context, cfg *config.Config, accept bool) (string, error) {
+	gap, err := readCursorGap(ctx, cfg)
+	if err != nil || gap == nil {
+		return "", err
+	}
+	if !accept {
+		return "", fmt.Errorf("setup: %s — fix: walhook setup --accept-gap, "+
+			"which moves the cursor to %s (backfill the changes in between if they matter)", gap, gap.slot)
+	}
+	pool, err := connectStore(ctx, cfg.Store.DSN)
+	if err != nil {
+		return "", fmt.Errorf("setup: %w", err)
+	}
+	defer pool.Close()
+	moved, err := dispatch.AcceptGap(ctx, pool, cfg.Store.Schema, cfg.Source.Slot, gap.cursor, gap.slot)
+	if err != nil {
+		return "", fmt.Errorf("setup: %w", err)
+	}
+	if !moved {
+		return "", fmt.Errorf("setup: the store's cursor for slot %s moved while accepting the gap (is a walhook running?); "+
+			"run walhook check and try again", cfg.Source.Slot)
+	}
+	return fmt.Sprintf("accepted a gap: the store's cursor for slot %s moved from %s to %s; "+
+		"changes committed in between became no events (backfill them if they matter)", cfg.Source.Slot, gap.cursor, gap.slot), nil
+}
+
+// cursorGap is a store cursor behind its slot's confirmed position.
+type cursorGap struct {
+	name         string
+	cursor, slot cdc.LSN
+}
+
+func (g *cursorGap) String() string {
+	return fmt.Sprintf("the store's cursor for slot %s is at %s, behind the slot's confirmed position %s "+
+		"(a slot created again after it was lost or dropped, a failover, or a store restored from a backup): "+
+		"the changes in between can no longer be read, so walhook run refuses to start", g.name, g.cursor, g.slot)
+}
+
+// readCursorGap returns the gap between the store's cursor and the slot,
+// nil when there is none: no slot, no store, no cursor yet, a cursor at
+// or past the slot, or a cursor from another source system (run refuses
+// that one with its own message).
+func readCursorGap(ctx context.Context, cfg *config.Config) (*cursorGap, error) {
+	conn, err := pgx.Connect(ctx, cfg.Source.DSN)
+	if err != nil {
+		return nil, fmt.Errorf("connect to the source: %w", err)
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	var confirmed *string
+	var systemID string
+	err = conn.QueryRow(ctx, `SELECT (SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1),
+		(SELECT system_identifier::text FROM pg_control_system())`, cfg.Source.Slot).Scan(&confirmed, &systemID)
+	if err != nil {
+		return nil, fmt.Errorf("read replication slot %s: %w", cfg.Source.Slot, err)
+	}
+	if confirmed == nil {
+		return nil, nil
+	}
+	slotLSN, err := pglogrepl.ParseLSN(*confirmed)
+	if err != nil {
+		return nil, fmt.Errorf("read replication slot %s: %w", cfg.Source.Slot, err)
+	}
+	pool, err := connectStore(ctx, cfg.Store.DSN)
+	if err != nil {
+		return nil, err
+	}
+	defer pool.Close()
+	if err := dispatch.CheckSchema(ctx, pool, cfg.Store.Schema); err != nil {
+		return nil, nil // check and run report the schema
+	}
+	cursor, cursorSystem, ok, err := dispatch.StoredCursor(ctx, pool, cfg.Store.Schema, cfg.Source.Slot)
+	if err != nil || !ok || cursor >= slotLSN || (cursorSystem != "" && cursorSystem != systemID) {
+		return nil, err
+	}
+	return &cursorGap{name: cfg.Source.Slot, cursor: cursor, slot: slotLSN}, nil
 }

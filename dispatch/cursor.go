@@ -1,0 +1,64 @@
+package dispatch
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/walhook/walhook/cdc"
+)
+
+const cursorSQL = `SELECT lsn::text, system_id FROM {{schema}}.cursor WHERE slot = $1`
+
+// Cursor returns the end LSN of the last transaction made durable for slot,
+// and the source system id it came from; ok is false before the first
+// Append. cdc starts replication from it.
+func (d *Dispatcher) Cursor(ctx context.Context, slot string) (lsn cdc.LSN, systemID string, ok bool, err error) {
+	return readCursor(ctx, d.pool, d.q(cursorSQL), slot)
+}
+
+// StoredCursor is Cursor for a store that no Dispatcher runs on (check,
+// setup); ok is false when the store holds no cursor for slot.
+func StoredCursor(ctx context.Context, pool *pgxpool.Pool, schema, slot string) (lsn cdc.LSN, systemID string, ok bool, err error) {
+	return readCursor(ctx, pool, strings.ReplaceAll(cursorSQL, "{{schema}}", quoteIdent(schema)), slot)
+}
+
+func readCursor(ctx context.Context, q querier, sql, slot string) (lsn cdc.LSN, systemID string, ok bool, err error) {
+	var s string
+	err = q.QueryRow(ctx, sql, slot).Scan(&s, &systemID)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return 0, "", false, nil
+	}
+	if err != nil {
+		return 0, "", false, fmt.Errorf("read cursor of slot %q: %w", slot, err)
+	}
+	lsn, err = pglogrepl.ParseLSN(s)
+	if err != nil {
+		return 0, "", false, fmt.Errorf("read cursor of slot %q: %w", slot, err)
+	}
+	return lsn, systemID, true, nil
+}
+
+// AcceptGap moves slot's cursor from `from` forward to `to` (the slot's
+// confirmed_flush_lsn), which accepts that the changes committed in
+// between never become events: the only way on once they can no longer be
+// read (a lost or re-created slot, a failover). It moves the cursor only
+// if it still is at from, so it never moves one a running walhook has
+// advanced since, and never moves a cursor back; moved is false then.
+func AcceptGap(ctx context.Context, pool *pgxpool.Pool, schema, slot string, from, to cdc.LSN) (moved bool, err error) {
+	if to <= from {
+		return false, fmt.Errorf("accept gap of slot %q: %s is not past the cursor %s", slot, to, from)
+	}
+	tag, err := pool.Exec(ctx, strings.ReplaceAll(
+		`UPDATE {{schema}}.cursor SET lsn = $3::pg_lsn, updated_at = now() WHERE slot = $1 AND lsn = $2::pg_lsn`,
+		"{{schema}}", quoteIdent(schema)), slot, from.String(), to.String())
+	if err != nil {
+		return false, fmt.Errorf("accept gap of slot %q: %w", slot, err)
+	}
+	return tag.RowsAffected() == 1, nil
+}
