@@ -628,6 +628,32 @@ func TestDocsExample(t *testing.T) {
 	}
 }
 
+// TestReadmeExample loads the configuration sketch of the README.
+func TestReadmeExample(t *testing.T) {
+	t.Parallel()
+	b, err := os.ReadFile("../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, rest, ok1 := strings.Cut(string(b), "<!-- README example")
+	_, rest, ok2 := strings.Cut(rest, "```yaml\n")
+	block, _, ok3 := strings.Cut(rest, "```\n")
+	if !ok1 || !ok2 || !ok3 {
+		t.Fatal("no configuration example in the README")
+	}
+	cfg, err := Parse("README.md", []byte(block), env(map[string]string{
+		"DATABASE_URL":    "postgres://walhook@localhost/app",
+		"OPS_SECRET":      "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+		"WALHOOK_API_KEY": "test-key-0123456789abcdef",
+	}))
+	if err != nil {
+		t.Fatalf("the README's example does not load:\n%v", err)
+	}
+	if len(cfg.Events) != 1 || len(cfg.Endpoints) != 1 || len(cfg.API.Keys) != 1 || cfg.Source.DSN != "postgres://walhook@localhost/app" {
+		t.Errorf("README example loaded as %+v", cfg)
+	}
+}
+
 // TestDocsReference checks that every key of Config has a row in the
 // reference, and that every default written there as a single literal is
 // what the loader fills in.

@@ -34,7 +34,7 @@ func usageErrorf(format string, args ...any) error {
 
 // ExitCode maps an error from Run to the process exit code.
 func ExitCode(err error) int {
-	if err == nil {
+	if err == nil || errors.Is(err, ErrHelpShown) {
 		return exitOK
 	}
 	var ue *UsageError
@@ -62,6 +62,10 @@ Commands:
 Configuration comes from --config FILE or $WALHOOK_CONFIG.
 Exit codes: 0 ok, 1 runtime failure, 2 bad usage or bad config.
 `
+
+// ErrHelpShown is returned when -h or --help asked a command for its help
+// and it was printed: exit 0, nothing more to print.
+var ErrHelpShown = errors.New("help shown")
 
 // Run is the whole CLI; main only calls it. It never calls os.Exit.
 func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -108,7 +112,7 @@ func newFlagSet(name string, stderr io.Writer) *flag.FlagSet {
 func parseFlags(fs *flag.FlagSet, args []string) error {
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
-			return &UsageError{Err: err}
+			return ErrHelpShown // the flag set has printed its help
 		}
 		return &UsageError{Err: err}
 	}

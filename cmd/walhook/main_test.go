@@ -3,8 +3,10 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
 	"math"
 	"runtime/debug"
+	"strings"
 	"testing"
 
 	"github.com/walhook/walhook/internal/pgtest"
@@ -17,7 +19,7 @@ func runCLI(t *testing.T, ctx context.Context, args ...string) (string, string, 
 	t.Helper()
 	var out, errb bytes.Buffer
 	err := Run(ctx, args, &out, &errb)
-	if err != nil {
+	if err != nil && !errors.Is(err, ErrHelpShown) { // as main prints it
 		errb.WriteString(err.Error())
 	}
 	return out.String(), errb.String(), ExitCode(err)
@@ -61,5 +63,26 @@ func TestTuneGC(t *testing.T) {
 	}
 	if got := debug.SetMemoryLimit(math.MaxInt64); got != math.MaxInt64 {
 		t.Errorf("GOMEMLIMIT set: memory limit changed to %d", got)
+	}
+}
+
+// Asking a command for its help is not an error: the help is printed and
+// the exit code is 0.
+func TestSubcommandHelp(t *testing.T) {
+	t.Parallel()
+	for _, args := range [][]string{
+		{"run", "--help"}, {"check", "-h"}, {"setup", "--help"}, {"teardown", "--help"},
+		{"demo", "--help"}, {"receive", "--help"}, {"mapping", "test", "--help"}, {"mapping", "--help"},
+	} {
+		out, errOut, code := runCLI(t, context.Background(), args...)
+		if code != 0 {
+			t.Errorf("walhook %s: exit %d, want 0\n%s", strings.Join(args, " "), code, errOut)
+		}
+		if help := out + errOut; !strings.Contains(help, "Usage") {
+			t.Errorf("walhook %s printed no help:\n%s", strings.Join(args, " "), help)
+		}
+		if strings.Contains(errOut, "help shown") || strings.Contains(errOut, "help requested") {
+			t.Errorf("walhook %s reported the help as an error:\n%s", strings.Join(args, " "), errOut)
+		}
 	}
 }

@@ -34,6 +34,10 @@ See docs/mapping.md for the whole format.
 `
 
 func runMapping(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) > 0 && (args[0] == "-h" || args[0] == "--help" || args[0] == "help") {
+		fmt.Fprint(stdout, mappingUsage)
+		return ErrHelpShown
+	}
 	if len(args) == 0 || args[0] != "test" {
 		fmt.Fprint(stderr, mappingUsage)
 		if len(args) == 0 {

@@ -154,7 +154,7 @@ func (r *runner) run(ctx context.Context) error {
 	if r.cfg.API.Listen != "" {
 		var err error
 		if srv, err = api.New(apiOptions(r.cfg, dispatch.NewAdmin(r.pool, r.cfg.Store.Schema, r.disp), r.repl, r.reg, r.pool, r.log)); err != nil {
-			return &UsageError{Err: fmt.Errorf("api: %w (set api.keys, or api.listen: off)", err)}
+			return &UsageError{Err: fmt.Errorf("%w (set api.keys, or api.listen: off)", err)}
 		}
 		var lc net.ListenConfig
 		if ln, err = lc.Listen(ctx, "tcp", r.cfg.API.Listen); err != nil {

@@ -14,6 +14,8 @@ import (
 	"time"
 
 	standardwebhooks "github.com/standard-webhooks/standard-webhooks/libraries/go"
+
+	"github.com/walhook/walhook/dispatch"
 )
 
 // Delivery is one verified request.
@@ -48,10 +50,15 @@ type Receiver struct {
 // ("whsec_…"). keepBodies keeps each unique body for inspection (tests).
 func New(keepBodies bool, secrets ...string) (*Receiver, error) {
 	r := &Receiver{seen: map[string]int{}, byEvent: map[string]int{}, bodies: map[string][]byte{}, keep: keepBodies}
-	for _, s := range secrets {
+	for i, s := range secrets {
+		// walhook's own check first: its message says what a secret
+		// looks like, where the library's says only what failed.
+		if _, err := dispatch.DecodeSecret(s); err != nil {
+			return nil, fmt.Errorf("receiver secret %d of %d: %w", i+1, len(secrets), err)
+		}
 		wh, err := standardwebhooks.NewWebhook(s)
 		if err != nil {
-			return nil, fmt.Errorf("receiver secret: %w", err)
+			return nil, fmt.Errorf("receiver secret %d of %d: %w", i+1, len(secrets), err)
 		}
 		r.verifiers = append(r.verifiers, wh)
 	}

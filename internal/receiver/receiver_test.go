@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -57,5 +58,24 @@ func TestReceiverVerifiesAndDeduplicates(t *testing.T) {
 	}
 	if _, err := New(false, "whsec_!!!not-base64"); err == nil {
 		t.Fatal("bad secret accepted")
+	}
+}
+
+// A bad secret is refused with what a secret must look like, naming which
+// of several is wrong.
+func TestNewRefusesBadSecret(t *testing.T) {
+	good := "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+	for _, tc := range []struct {
+		secrets []string
+		want    string
+	}{
+		{[]string{"notasecret"}, `receiver secret 1 of 1: invalid webhook secret: must start with "whsec_"`},
+		{[]string{good, "whsec_!!!"}, `receiver secret 2 of 2: invalid webhook secret: the part after "whsec_" is not standard base64`},
+		{nil, "receiver: no secret"},
+	} {
+		_, err := New(false, tc.secrets...)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("New(%q) = %v, want an error containing %q", tc.secrets, err, tc.want)
+		}
 	}
 }
