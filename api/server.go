@@ -87,7 +87,8 @@ type Options struct {
 	// the API's own metrics (nil: not registered).
 	Gatherer   prometheus.Gatherer
 	Registerer prometheus.Registerer
-	// Ready is /readyz (nil: always ready).
+	// Ready is /readyz: nil when the store answers (nil func: always
+	// ready). Its error is logged, never shown: it names hosts and users.
 	Ready  func(ctx context.Context) error
 	Logger *slog.Logger
 	// Now is the clock of envelopes and rate limits (tests inject one).

@@ -2,6 +2,7 @@ package api
 
 import (
 	"context"
+	"log/slog"
 	"net/http"
 	"time"
 
@@ -109,7 +110,10 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 		ctx, cancel := context.WithTimeout(r.Context(), statusTimeout)
 		defer cancel()
 		if err := s.ready(ctx); err != nil {
-			s.fail(w, r, errorf(http.StatusServiceUnavailable, CodeNotReady, "not ready: %v", err))
+			// The cause names hosts, users and databases: logged, not
+			// shown to whoever asks (/readyz needs no key).
+			s.log.Warn("not ready", slog.Any("error", err))
+			s.fail(w, r, errorf(http.StatusServiceUnavailable, CodeNotReady, "not ready: the store does not answer (the log says why)"))
 			return
 		}
 	}

@@ -12,6 +12,13 @@ import (
 // MaxDescription bounds an endpoint's description (characters).
 const MaxDescription = 1000
 
+// MaxAuctions bounds an endpoint's auction filter (items), and
+// MaxAuctionID one auction id (characters).
+const (
+	MaxAuctions  = 1000
+	MaxAuctionID = 200
+)
+
 // webhook is an endpoint as every webhook route shows it. Timestamps are
 // unix seconds; null when the thing never happened.
 type webhook struct {
@@ -296,9 +303,17 @@ func (s *Server) knownEvent(f string) bool {
 func checkAuctions(in []string) ([]string, error) {
 	out := make([]string, 0, len(in))
 	seen := map[string]bool{}
+	if len(in) > MaxAuctions {
+		return nil, errorf(http.StatusBadRequest, CodeInvalidBody, `field "auctions" has %d items; at most %d`, len(in), MaxAuctions)
+	}
 	for i, a := range in {
-		if strings.TrimSpace(a) == "" {
+		switch {
+		case strings.TrimSpace(a) == "":
 			return nil, errorf(http.StatusBadRequest, CodeInvalidBody, `field "auctions" item %d is empty`, i)
+		case strings.ContainsRune(a, 0):
+			return nil, errorf(http.StatusBadRequest, CodeInvalidBody, `field "auctions" item %d holds a NUL character`, i)
+		case len([]rune(a)) > MaxAuctionID:
+			return nil, errorf(http.StatusBadRequest, CodeInvalidBody, `field "auctions" item %d is %d characters; at most %d`, i, len([]rune(a)), MaxAuctionID)
 		}
 		if !seen[a] {
 			seen[a] = true
@@ -311,6 +326,9 @@ func checkAuctions(in []string) ([]string, error) {
 func checkDescription(d string) error {
 	if n := len([]rune(d)); n > MaxDescription {
 		return errorf(http.StatusBadRequest, CodeInvalidBody, `field "description" is %d characters; at most %d`, n, MaxDescription)
+	}
+	if strings.ContainsRune(d, 0) { // PostgreSQL text cannot hold it
+		return errorf(http.StatusBadRequest, CodeInvalidBody, `field "description" holds a NUL character`)
 	}
 	return nil
 }

@@ -778,3 +778,18 @@ func TestNoSecretsInMessages(t *testing.T) {
 		}
 	}
 }
+
+// A URL that does not parse is refused without repeating it: endpoint
+// URLs often carry a token.
+func TestBadURLNotEchoed(t *testing.T) {
+	t.Parallel()
+	src := "source:\n  dsn: postgres://walhook@localhost/app\nevents: [{event: a.b, table: t, operations: [insert]}]\n" +
+		"endpoints:\n  - {id: ops, url: \"https://hooks.example.com/T0/tok3n-s3cret%zz\", secret: whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw}\n"
+	_, err := Parse("c.yaml", []byte(src), nil)
+	if err == nil || !strings.Contains(err.Error(), "endpoints[0].url: not a URL") {
+		t.Fatalf("err = %v, want endpoints[0].url: not a URL", err)
+	}
+	if strings.Contains(err.Error(), "tok3n-s3cret") {
+		t.Fatalf("the error repeats the URL: %v", err)
+	}
+}

@@ -286,6 +286,10 @@ func (v *validator) endpointURL(path, raw string) {
 	}
 	u, err := url.Parse(raw)
 	if err != nil {
+		// url.Error repeats the whole URL, which may carry a token.
+		if ue, ok := err.(*url.Error); ok {
+			err = ue.Err
+		}
 		v.errf(path, "not a URL: %v", err)
 		return
 	}

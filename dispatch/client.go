@@ -494,10 +494,10 @@ var blockedRanges = func() []blockedRange {
 		{"::/128", "unspecified"},
 		{"::1/128", "loopback"},
 		{"::/96", "IPv4-compatible (deprecated)"},
-		{"64:ff9b::/96", "NAT64"},
 		{"64:ff9b:1::/48", "local-use NAT64"},
 		{"100::/64", "discard-only"},
 		{"2001::/32", "Teredo"},
+		{"2001:2::/48", "benchmarking"},
 		{"2001:db8::/32", "documentation"},
 		{"2002::/16", "6to4"},
 		{"fc00::/7", "private (unique local)"},
@@ -512,6 +512,8 @@ var blockedRanges = func() []blockedRange {
 	return out
 }()
 
+var nat64 = netip.MustParsePrefix("64:ff9b::/96")
+
 // blockedReason says why ip may not be dialled, or "" when it may.
 func blockedReason(ip netip.Addr) string {
 	if !ip.IsValid() {
@@ -520,6 +522,16 @@ func blockedReason(ip netip.Addr) string {
 	// netip.Prefix.Contains is false for an address with a zone and for a
 	// v4-mapped address against a v4 prefix, so normalise first.
 	ip = ip.WithZone("").Unmap()
+	// NAT64 (RFC 6052's well-known prefix): on an IPv6-only network with
+	// DNS64 every IPv4 receiver resolves into it, and the gateway dials
+	// the IPv4 address in its last 32 bits, which is what is checked.
+	if nat64.Contains(ip) {
+		b := ip.As16()
+		if reason := blockedReason(netip.AddrFrom4([4]byte(b[12:]))); reason != "" {
+			return reason + " (through NAT64)"
+		}
+		return ""
+	}
 	for _, r := range blockedRanges {
 		if r.prefix.Contains(ip) {
 			return r.reason

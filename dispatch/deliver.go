@@ -141,7 +141,9 @@ func (d *Dispatcher) decide(c claimed, res Result) outcome {
 	}
 	o := outcome{errText: attemptError(res)}
 	if res.Gone {
-		o.disable = fmt.Sprintf("receiver answered 410 Gone at %s", c.url)
+		// Not the URL: it may carry a token, and the reason is logged
+		// and shown by the API.
+		o.disable = "receiver answered 410 Gone"
 	}
 	if c.test {
 		o.status = "failed"
