@@ -92,8 +92,8 @@ func runCheck(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 	c := &checker{cfg: cfg, m: m, tables: m.Tables()}
-	fmt.Fprintf(stdout, "config %s: %d rules on %d tables, %d event types\n",
-		cfg.File, len(cfg.Events), len(c.tables), len(m.Events()))
+	fmt.Fprintf(stdout, "config %s: %s on %s, %s\n", cfg.File, plural(len(cfg.Events), "rule"),
+		plural(len(c.tables), "table"), plural(len(m.Events()), "event type"))
 
 	if err := checkDSNs(cfg); err != nil {
 		return err
@@ -128,6 +128,14 @@ func runCheck(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		fmt.Fprintf(stdout, "not ready: %d problem(s) above, each with its fix\n", fails)
 	}
 	return fmt.Errorf("check: not ready (%d problem(s))", fails)
+}
+
+// plural is "1 rule", "2 rules".
+func plural(n int, noun string) string {
+	if n == 1 {
+		return "1 " + noun
+	}
+	return fmt.Sprintf("%d %ss", n, noun)
 }
 
 // dsnLabel names the server, database and user of dsn — never the
