@@ -170,7 +170,7 @@ func checkDSNs(cfg *config.Config) error {
 func (c *checker) checkSource(ctx context.Context) {
 	conn, err := pgx.Connect(ctx, c.cfg.Source.DSN)
 	if err != nil {
-		c.fail("connect", "check source.dsn, the server and pg_hba.conf", "cannot connect to the source: %v", err)
+		c.fail("connect", "check source.dsn, the server and pg_hba.conf", "cannot connect to the source: %s", oneLine(err))
 		return
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
@@ -626,7 +626,7 @@ func (c *checker) checkStore(ctx context.Context) {
 	what := "store schema " + schema
 	pool, err := connectStore(ctx, c.cfg.Store.DSN)
 	if err != nil {
-		c.fail("store", "check store.dsn (or source.dsn), the server and pg_hba.conf", "%v", err)
+		c.fail("store", "check store.dsn (or source.dsn), the server and pg_hba.conf", "%s", oneLine(err))
 		return
 	}
 	defer pool.Close()
@@ -722,6 +722,25 @@ func connectStore(ctx context.Context, dsn string) (*pgxpool.Pool, error) {
 		return nil, fmt.Errorf("connect to the store: %w", err)
 	}
 	return pool, nil
+}
+
+// oneLine renders a connection error on one line for check's report.
+// pgconn reports every attempt of a connection on its own line; with the
+// default sslmode=prefer against a server without TLS the first is always
+// "tls error: server refused TLS connection", which reads like the cause
+// when the real one (a password, a database, pg_hba.conf) is the next
+// attempt's, so that line is left out when another one follows.
+func oneLine(err error) string {
+	lines := strings.Split(err.Error(), "\n")
+	kept := lines[:0]
+	for i, l := range lines {
+		l = strings.TrimSpace(l)
+		if l == "" || (strings.HasSuffix(l, "tls error: server refused TLS connection") && i < len(lines)-1) {
+			continue
+		}
+		kept = append(kept, l)
+	}
+	return strings.ReplaceAll(strings.Join(kept, " "), ": ;", ":")
 }
 
 // sqlIdent quotes an SQL identifier only when it needs it, so printed fixes

@@ -310,6 +310,41 @@ events:
 	}
 }
 
+// A connection refused by the server is one line that gives its cause,
+// not pgconn's first attempt (sslmode=prefer: "server refused TLS
+// connection") on a line of its own.
+func TestCheckConnectionErrorOneLine(t *testing.T) {
+	t.Parallel()
+	dsn := strings.Replace(pgtest.Shared(t).DSN("nosuch_db"), "?sslmode=disable", "", 1)
+	cfg := filepath.Join(t.TempDir(), "walhook.yaml")
+	err := os.WriteFile(cfg, []byte(`source:
+  dsn: `+dsn+`
+events:
+  - event: problem.created
+    table: problem_reports
+    operations: [insert]
+`), 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, errOut, code := runCLI(t, context.Background(), "check", "--config", cfg)
+	t.Logf("check:\n%s%s", out, errOut)
+	if code != 1 {
+		t.Fatalf("exit %d, want 1", code)
+	}
+	ckWantLines(t, out,
+		`FAIL  connect: cannot connect to the source: failed to connect to .user=postgres database=nosuch_db.: .*database "nosuch_db" does not exist.* — fix: check source\.dsn`,
+		`FAIL  store: connect to the store: .*database "nosuch_db" does not exist`)
+	if strings.Contains(out, "refused TLS") {
+		t.Error("the TLS attempt is reported as if it were the cause")
+	}
+	for _, l := range strings.Split(out, "\n") {
+		if strings.HasPrefix(l, "\t") || strings.HasPrefix(l, " ") {
+			t.Errorf("a continuation line breaks the one-line-per-item report: %q", l)
+		}
+	}
+}
+
 // check's cpu.yield line: off in the config, and a walhook started at a
 // priority of its own (chrt -b: SCHED_BATCH), which run leaves alone.
 func TestCheckCPUYield(t *testing.T) {
