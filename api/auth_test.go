@@ -128,7 +128,13 @@ func TestRoutingErrorsAreEnvelopes(t *testing.T) {
 	if allow := r.Header.Get("Allow"); !strings.Contains(allow, "GET") || !strings.Contains(allow, "PUT") || !strings.Contains(allow, "DELETE") {
 		t.Fatalf("Allow %q, want GET, PUT and DELETE", allow)
 	}
-	s.call(t, "GET", "/api/v1/webhooks/create", nil).fails(t, http.StatusNotFound, "not_found")
+	// A literal route's path is that route for every method, not an id.
+	r = s.call(t, "GET", "/api/v1/webhooks/create", nil)
+	r.fails(t, http.StatusMethodNotAllowed, "method_not_allowed")
+	if allow := r.Header.Get("Allow"); allow != "POST" {
+		t.Fatalf("GET /api/v1/webhooks/create: Allow %q, want POST", allow)
+	}
+	s.call(t, "GET", "/api/v1/webhooks/whk_nope", nil).fails(t, http.StatusNotFound, "not_found")
 	r = s.call(t, "DELETE", "/api/v1/webhooks", nil)
 	r.fails(t, http.StatusMethodNotAllowed, "method_not_allowed")
 }

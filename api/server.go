@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -197,10 +198,16 @@ var probeMethods = []string{http.MethodGet, http.MethodPost, http.MethodPut, htt
 // route returns the matched pattern, or "" with the methods the path allows
 // (for a 405) — probing the mux, so the JSON 405 stays in step with the
 // registered routes.
+//
+// A path that is a literal route for other methods is that route, not an
+// id: GET /api/v1/webhooks/create is a 405 (Allow: POST), not a lookup of
+// the endpoint "create".
 func (s *Server) route(r *http.Request) (pattern string, allow []string) {
-	if _, p := s.mux.Handler(r); p != "" {
-		return p, nil
+	_, matched := s.mux.Handler(r)
+	if matched != "" && !strings.Contains(matched, "{") {
+		return matched, nil
 	}
+	var literal []string
 	for _, m := range probeMethods {
 		if m == r.Method {
 			continue
@@ -209,7 +216,16 @@ func (s *Server) route(r *http.Request) (pattern string, allow []string) {
 		probe.Method = m
 		if _, p := s.mux.Handler(probe); p != "" {
 			allow = append(allow, m)
+			if !strings.Contains(p, "{") {
+				literal = append(literal, m)
+			}
 		}
+	}
+	switch {
+	case len(literal) > 0:
+		return "", literal
+	case matched != "":
+		return matched, nil
 	}
 	return "", allow
 }
