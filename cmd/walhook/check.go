@@ -659,6 +659,8 @@ func (c *checker) checkCursor(ctx context.Context) {
 	switch {
 	case err != nil:
 		c.fail("cursor", "", "cannot compare the store's cursor with the slot: %v", err)
+	case gap != nil && gap.otherSystem != "":
+		c.fail("cursor", otherSystemFix, "%s", gap)
 	case gap != nil:
 		c.fail("cursor", "walhook setup --accept-gap (backfill the changes in between if they matter)", "%s", gap)
 	}

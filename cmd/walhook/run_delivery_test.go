@@ -300,6 +300,19 @@ func TestRunRefusesToStart(t *testing.T) {
 	if code != 1 || !strings.Contains(errOut, "PostgreSQL system 42") {
 		t.Errorf("cursor of another cluster: exit %d, %q; want 1 and the system id error", code, runTail(errOut, 600))
 	}
+	// check and setup say so too; --accept-gap does not paper over it.
+	out, errOut, code := runCLI(t, ctx, "check", "--config", file2)
+	if code != 1 {
+		t.Errorf("check with a cursor of another cluster: exit %d, want 1\n%s%s", code, out, errOut)
+	}
+	ckWantLines(t, out, `FAIL  cursor: the store's cursor for slot \S+ was written while reading PostgreSQL system 42, but the source is system \d+ .* — fix: use another store.schema or source.slot`)
+	_, errOut, code = runCLI(t, ctx, "setup", "--config", file2, "--accept-gap")
+	if code != 1 || !strings.Contains(errOut, "PostgreSQL system 42") || strings.Contains(errOut, "accepted") {
+		t.Errorf("setup --accept-gap with a cursor of another cluster: exit %d, %q; want 1 and the system id error", code, errOut)
+	}
+	if got := db2.count(t, `SELECT count(*) FROM walhook.cursor WHERE system_id = '42'`); got != 1 {
+		t.Error("setup changed the cursor of another cluster")
+	}
 }
 
 // Transactions already waiting in the stream are appended together: a

@@ -131,6 +131,9 @@ func setupCursor(ctx context.Context, cfg *config.Config, accept bool) (string, 
 	if err != nil || gap == nil {
 		return "", err
 	}
+	if gap.otherSystem != "" {
+		return "", fmt.Errorf("setup: %s — fix: %s", gap, otherSystemFix)
+	}
 	if !accept {
 		return "", fmt.Errorf("setup: %s — fix: walhook setup --accept-gap, "+
 			"which moves the cursor to %s (backfill the changes in between if they matter)", gap, gap.slot)
@@ -152,22 +155,35 @@ func setupCursor(ctx context.Context, cfg *config.Config, accept bool) (string, 
 		"changes committed in between became no events (backfill them if they matter)", cfg.Source.Slot, gap.cursor, gap.slot), nil
 }
 
-// cursorGap is a store cursor behind its slot's confirmed position.
+// cursorGap is a store cursor behind its slot's confirmed position, or
+// one written while reading another PostgreSQL system (otherSystem), whose
+// positions mean nothing here.
 type cursorGap struct {
 	name         string
 	cursor, slot cdc.LSN
+	otherSystem  string
+	system       string
 }
 
+// otherSystemFix is what to do about a cursor from another system:
+// --accept-gap does not apply, the positions are another cluster's.
+const otherSystemFix = "use another store.schema or source.slot for this source (or drop the old store: walhook teardown --store)"
+
 func (g *cursorGap) String() string {
+	if g.otherSystem != "" {
+		return fmt.Sprintf("the store's cursor for slot %s was written while reading PostgreSQL system %s, but the source "+
+			"is system %s (another cluster: restored, re-created or a different database), so its positions mean nothing here "+
+			"and walhook run refuses to start", g.name, g.otherSystem, g.system)
+	}
 	return fmt.Sprintf("the store's cursor for slot %s is at %s, behind the slot's confirmed position %s "+
 		"(a slot created again after it was lost or dropped, a failover, or a store restored from a backup): "+
 		"the changes in between can no longer be read, so walhook run refuses to start", g.name, g.cursor, g.slot)
 }
 
 // readCursorGap returns the gap between the store's cursor and the slot,
-// nil when there is none: no slot, no store, no cursor yet, a cursor at
-// or past the slot, or a cursor from another source system (run refuses
-// that one with its own message).
+// nil when there is none: no slot, no store, no cursor yet, or a cursor
+// at or past the slot. A cursor from another source system is returned
+// as such (otherSystem).
 func readCursorGap(ctx context.Context, cfg *config.Config) (*cursorGap, error) {
 	conn, err := pgx.Connect(ctx, cfg.Source.DSN)
 	if err != nil {
@@ -197,8 +213,14 @@ func readCursorGap(ctx context.Context, cfg *config.Config) (*cursorGap, error) 
 		return nil, nil // check and run report the schema
 	}
 	cursor, cursorSystem, ok, err := dispatch.StoredCursor(ctx, pool, cfg.Store.Schema, cfg.Source.Slot)
-	if err != nil || !ok || cursor >= slotLSN || (cursorSystem != "" && cursorSystem != systemID) {
+	if err != nil || !ok {
 		return nil, err
+	}
+	if cursorSystem != "" && cursorSystem != systemID {
+		return &cursorGap{name: cfg.Source.Slot, otherSystem: cursorSystem, system: systemID}, nil
+	}
+	if cursor >= slotLSN {
+		return nil, nil
 	}
 	return &cursorGap{name: cfg.Source.Slot, cursor: cursor, slot: slotLSN}, nil
 }
