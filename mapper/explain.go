@@ -100,12 +100,15 @@ func reason(ch *cdc.Change, rp *rulePlan, res result) string {
 			b.Write(appendValue(nil, envValue(ch.New[rp.changed[i]])))
 		}
 		return fmt.Sprintf("changed: no column changed value (%s in old and new row)", b.String())
-	case resWhenFalse:
+	case resWhenFalse, resWhenUnknown:
 		var vals []string
 		for _, c := range append(append([]colSrc(nil), rp.whenOld...), rp.whenNew...) {
 			vals = append(vals, c.envKey+"="+string(appendValue(nil, rp.env[c.envKey])))
 		}
 		s := "when is false: " + r.When
+		if res.kind == resWhenUnknown {
+			s = "when is unknown (it reads a NULL, as in SQL: not matched): " + r.When
+		}
 		if len(vals) > 0 {
 			s += " (" + strings.Join(vals, ", ") + ")"
 		}

@@ -88,6 +88,7 @@ const (
 	resOp                     // operation not listed
 	resUnchanged              // changed columns all equal by value
 	resWhenFalse              // when evaluated to false
+	resWhenUnknown            // when failed on a NULL (SQL's unknown: no match)
 	resUnavailable            // a needed value is an unavailable TOAST value
 )
 
@@ -285,11 +286,48 @@ func (m *Mapper) evalWhen(ch *cdc.Change, p *tablePlan, rp *rulePlan) (bool, res
 	}
 	out, err := rp.vm.Run(r.when, env)
 	if err != nil {
+		// An ordering, arithmetic or ! on a NULL fails in expr where SQL
+		// says unknown: data, not a rule's mistake, so no match rather
+		// than a halt of the whole stream. A failure on values that are
+		// all present is the rule's (text compared with a number).
+		if readsNull(env, rp, r, oldRow, newRow) {
+			return false, result{kind: resWhenUnknown}, nil
+		}
 		return false, result{}, &RuleError{Where: r.Where, Field: "when", Event: r.Event,
 			Err: &causeError{msg: fmt.Sprintf("%s on %s: %v", r.When, p.rel.Table(), err), cause: ErrEvaluation}}
 	}
 	b, _ := out.(bool)
 	return b, result{kind: resMatched}, nil
+}
+
+// readsNull reports whether a value the when expression reads is NULL:
+// a column it names, a column of a row it reads whole, or the row itself
+// (old of an insert, new of a delete).
+func readsNull(env map[string]any, rp *rulePlan, r *compiledRule, oldRow, newRow []cdc.Value) bool {
+	for _, cols := range [][]colSrc{rp.whenOld, rp.whenNew} {
+		for _, c := range cols {
+			if env[c.envKey] == nil {
+				return true
+			}
+		}
+	}
+	for _, side := range []struct {
+		whole bool
+		row   []cdc.Value
+	}{{r.whenWholeOld, oldRow}, {r.whenWholeNew, newRow}} {
+		if !side.whole {
+			continue
+		}
+		if side.row == nil {
+			return true
+		}
+		for _, v := range side.row {
+			if v.State == cdc.Null {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // fillEnv sets one row's part of the env; ok is false when a column the

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"log/slog"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -389,6 +390,46 @@ func TestMapEvaluationError(t *testing.T) {
 	_, err := m.Map(txOf(change(cdc.OpInsert, messages, nil, map[string]any{"id": "m", "body": "text"})))
 	if !errors.Is(err, ErrEvaluation) || !strings.Contains(err.Error(), "when: event x.y: new.body + 1 > 2 on public.messages") {
 		t.Fatalf("err = %v", err)
+	}
+}
+
+// A when that fails on a NULL is unknown, as in SQL: no event and no
+// error, so a row with a NULL never halts replication. On non-NULL values
+// the same expression still matches or not, and explain says why.
+func TestMapWhenOnNullIsUnknown(t *testing.T) {
+	t.Parallel()
+	lots := testRel(7, "public.lots", 'f', "id", "final_price", "reserve_price", "archived")
+	m := mustCompile(t, Options{},
+		Rule{Event: "lot.sold", Table: "lots", Ops: []cdc.Op{cdc.OpUpdate, cdc.OpInsert}, When: `new.final_price >= new.reserve_price`},
+		Rule{Event: "lot.live", Table: "lots", Ops: []cdc.Op{cdc.OpInsert}, When: `!new.archived`},
+		Rule{Event: "lot.raised", Table: "lots", Ops: []cdc.Op{cdc.OpInsert, cdc.OpUpdate}, When: `new.reserve_price > old.reserve_price`},
+	)
+	for _, tc := range []struct {
+		name string
+		ch   cdc.Change
+		want []string
+	}{
+		{"reserve NULL", change(cdc.OpInsert, lots, nil, map[string]any{"id": "l1", "final_price": 10.0, "archived": false}), []string{"lot.live"}},
+		{"archived NULL", change(cdc.OpInsert, lots, nil, map[string]any{"id": "l2", "final_price": 10.0, "reserve_price": 5.0}), []string{"lot.sold"}},
+		{"old of an insert", change(cdc.OpInsert, lots, nil, map[string]any{"id": "l3", "final_price": 1.0, "reserve_price": 5.0, "archived": true}), nil},
+		{"all present", change(cdc.OpUpdate, lots, map[string]any{"id": "l4", "reserve_price": 1.0}, map[string]any{"id": "l4", "final_price": 10.0, "reserve_price": 5.0, "archived": true}), []string{"lot.sold", "lot.raised"}},
+	} {
+		evs, err := m.Map(txOf(tc.ch))
+		if err != nil {
+			t.Errorf("%s: %v", tc.name, err)
+			continue
+		}
+		var got []string
+		for _, e := range evs {
+			got = append(got, e.Type)
+		}
+		if !slices.Equal(got, tc.want) {
+			t.Errorf("%s: events %v, want %v", tc.name, got, tc.want)
+		}
+	}
+	x := m.Explain(txOf(change(cdc.OpInsert, lots, nil, map[string]any{"id": "l1", "final_price": 10.0})), 0)
+	if r := x.Rules[0]; r.Matched || r.Err != nil || !strings.Contains(r.Reason, "when is unknown (it reads a NULL, as in SQL: not matched): new.final_price >= new.reserve_price (new.final_price=10, new.reserve_price=null)") {
+		t.Errorf("explain: %+v", r)
 	}
 }
 
