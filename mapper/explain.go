@@ -119,6 +119,44 @@ func reason(ch *cdc.Change, rp *rulePlan, res result) string {
 	return ""
 }
 
+// UpdateReads returns the columns the table's update rules read, each
+// once in rule order, and whether one of them reads or sends the whole
+// row (no data list, or a when that indexes the row). An update that
+// leaves a large (TOASTed) value unchanged does not carry it unless the
+// table has REPLICA IDENTITY FULL, and an event that needs it is skipped:
+// check warns about such columns.
+func (m *Mapper) UpdateReads(table string) (cols []string, whole bool) {
+	s, t := splitTable(table)
+	seen := map[string]bool{}
+	add := func(c string) {
+		if c != "" && !seen[c] {
+			seen[c] = true
+			cols = append(cols, c)
+		}
+	}
+	for _, r := range m.byTable[s+"."+t] {
+		if !r.has(cdc.OpUpdate) {
+			continue
+		}
+		whole = whole || len(r.Data) == 0 || r.whenWholeNew
+		for _, c := range r.whenNew {
+			add(c)
+		}
+		for _, f := range r.Data {
+			if !f.IsConst {
+				add(f.Column)
+			}
+		}
+		if r.auctionSet {
+			add(r.auction.name)
+		}
+		if r.domainSet {
+			add(r.domain.name)
+		}
+	}
+	return cols, whole
+}
+
 // Columns returns the columns the rules of table ("schema.table" or
 // "table") name, in rule order, each once: changed, when, data, auction
 // id and domain columns. Rules that send the whole row add none. The

@@ -293,6 +293,9 @@ func (c *checker) checkTables(ctx context.Context, conn *pgx.Conn) error {
 			c.ok("table "+t, "readable, %d columns, REPLICA IDENTITY %s%s", len(ts.Columns), replicaIdentityName(ts.ReplicaIdentity), keyNote(ts))
 		}
 	}
+	if err := c.checkLargeValues(ctx, conn); err != nil {
+		return err
+	}
 	needs, err := ruleSchemaErrors(c.cfg, c.m, schema)
 	for _, e := range needs {
 		fix := e.fix
@@ -309,6 +312,63 @@ func (c *checker) checkTables(ctx context.Context, conn *pgx.Conn) error {
 		c.ok("rules", "every rule's table and columns exist, and old values are sent where rules read them")
 	}
 	return err
+}
+
+// checkLargeValues warns about tables without REPLICA IDENTITY FULL whose
+// update rules read a column that can be stored out of line (TOAST): an
+// update that leaves such a value unchanged does not carry it, and the
+// event that needs it is skipped (logged and counted), not sent.
+func (c *checker) checkLargeValues(ctx context.Context, conn *pgx.Conn) error {
+	risky, err := largeValueRisks(ctx, conn, c.m, c.schema, c.tables)
+	if err != nil {
+		return err
+	}
+	for _, t := range c.tables {
+		if cols := risky[t]; len(cols) > 0 {
+			c.warn("large values "+t, fmt.Sprintf("ALTER TABLE %s REPLICA IDENTITY FULL; (or walhook setup --replica-identity), unless these values stay under ~2 kB", sqlTable(t)),
+				"update rules read %s, which PostgreSQL stores out of line when large and, without REPLICA IDENTITY FULL, does not send when an update leaves them unchanged: such an event is skipped (logged, walhook_events_skipped_unavailable_total)",
+				strings.Join(cols, ", "))
+		}
+	}
+	return nil
+}
+
+// largeValueRisks returns, per rule table without REPLICA IDENTITY FULL,
+// the columns its update rules read (all of them for a rule that sends
+// or reads the whole row) that can be TOASTed (attstorage other than
+// plain), key columns aside.
+func largeValueRisks(ctx context.Context, conn *pgx.Conn, m *mapper.Mapper, schema map[string]mapper.TableSchema, tables []string) (map[string][]string, error) {
+	out := map[string][]string{}
+	for _, t := range tables {
+		ts, ok := schema[t]
+		if !ok || ts.ReplicaIdentity == 'f' {
+			continue
+		}
+		cols, whole := m.UpdateReads(t)
+		if len(cols) == 0 && !whole {
+			continue
+		}
+		s, n := splitQualified(t)
+		rows, err := conn.Query(ctx, `
+			SELECT a.attname::text FROM pg_attribute a
+			JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace ns ON ns.oid = c.relnamespace
+			WHERE ns.nspname = $1 AND c.relname = $2 AND a.attnum > 0 AND NOT a.attisdropped
+			  AND a.attstorage <> 'p' AND a.attgenerated = ''
+			ORDER BY a.attnum`, s, n)
+		if err != nil {
+			return nil, fmt.Errorf("read column storage of %s: %w", t, err)
+		}
+		toastable, err := pgx.CollectRows(rows, pgx.RowTo[string])
+		if err != nil {
+			return nil, fmt.Errorf("read column storage of %s: %w", t, err)
+		}
+		for _, col := range toastable {
+			if (whole || slices.Contains(cols, col)) && !slices.Contains(ts.Keys, col) {
+				out[t] = append(out[t], col)
+			}
+		}
+	}
+	return out, nil
 }
 
 // hasIdentity: PostgreSQL refuses UPDATE and DELETE on a table that a

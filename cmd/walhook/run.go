@@ -237,6 +237,11 @@ func (r *runner) prepare(ctx context.Context) error {
 	if err := checkLiveSchema(ctx, cfg.Source.DSN, r.mapper); err != nil {
 		return err
 	}
+	m := r.mapper
+	r.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "walhook_events_skipped_unavailable_total",
+		Help: "Events not produced because a value they need was a large (TOASTed) value an UPDATE left unchanged, " +
+			"which PostgreSQL sends only with REPLICA IDENTITY FULL (each one is logged with table, key and column)."},
+		func() float64 { return float64(m.Stats().SkippedUnavailable) }))
 	standby, err := cdc.NewStream(streamOptions(cfg, r.log))
 	if err != nil {
 		return &UsageError{Err: err}

@@ -22,7 +22,7 @@ func runSetup(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs := newFlagSet("setup", stderr)
 	cfgPath := configFlag(fs)
 	identity := fs.Bool("replica-identity", false,
-		"also ALTER TABLE … REPLICA IDENTITY FULL on the tables whose rules read old values")
+		"also ALTER TABLE … REPLICA IDENTITY FULL on the tables whose rules read old values, or large values an update may leave unchanged")
 	acceptGap := fs.Bool("accept-gap", false,
 		"when the store's cursor is behind the slot (a new slot after a lost one or a failover), move it to the slot: "+
 			"the changes in between are lost and become no events")
@@ -49,6 +49,10 @@ func runSetup(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return fmt.Errorf("setup: connect to the source: %w", err)
 	}
 	schema, err := readSourceSchema(ctx, conn, tables)
+	var large map[string][]string
+	if err == nil {
+		large, err = largeValueRisks(ctx, conn, m, schema, tables)
+	}
 	conn.Close(context.WithoutCancel(ctx))
 	if err != nil {
 		return fmt.Errorf("setup: %w", err)
@@ -65,6 +69,13 @@ func runSetup(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			mismatch = append(mismatch, fmt.Sprintf("  %v — fix: %s", p.err, p.fix))
 		case !slices.Contains(full, p.table):
 			full = append(full, p.table)
+		}
+	}
+	// Large values an update leaves unchanged reach rules only with FULL:
+	// --replica-identity covers those tables too (check warns about them).
+	for _, t := range tables {
+		if len(large[t]) > 0 && *identity && !slices.Contains(full, t) {
+			full = append(full, t)
 		}
 	}
 	noIdentity := tablesWithoutIdentity(schema, tables)
