@@ -233,8 +233,11 @@ func (ss *session) handle(walStart LSN, b []byte) error {
 			ss.cur.Origin = name
 		}
 	case msgRelation:
-		_, err := ss.dec.relation(b)
-		return err
+		rel, err := ss.dec.relation(b)
+		if err != nil {
+			return err
+		}
+		return ss.resolveDomains(rel)
 	case msgType:
 		return ss.dec.typ(b)
 	case msgInsert, msgUpdate, msgDelete, msgTruncate:

@@ -145,7 +145,7 @@ func NewStream(opts Options) (*Stream, error) {
 
 // replicationConfig parses dsn for a logical replication connection with
 // session settings that make text values decode the same on every server:
-// ISO dates, UTC, postgres interval style, shortest-exact floats.
+// ISO dates, UTC, postgres interval style, shortest-exact floats, hex bytea.
 func replicationConfig(dsn string) (*pgconn.Config, error) {
 	cfg, err := pgconn.ParseConfig(dsn)
 	if err != nil {
@@ -157,6 +157,7 @@ func replicationConfig(dsn string) (*pgconn.Config, error) {
 		"IntervalStyle":      "postgres",
 		"extra_float_digits": "3",
 		"TimeZone":           "UTC",
+		"bytea_output":       "hex", // a database may default to escape
 	} {
 		cfg.RuntimeParams[k] = v
 	}

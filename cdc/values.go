@@ -18,6 +18,11 @@ import (
 // TimeZone=UTC (see replicationConfig).
 type valueDecoder struct {
 	tm *pgtype.Map
+	// base maps a user-defined type's OID to the built-in type a domain
+	// over it ends in (through domains of domains), 0 for a type that is
+	// not a domain: a domain's values decode as its base type's. Filled
+	// as Relation messages name new types (see session.resolveDomains).
+	base map[uint32]uint32
 }
 
 func (d *valueDecoder) decode(oid uint32, b []byte) any {
@@ -67,12 +72,15 @@ func (d *valueDecoder) decode(oid uint32, b []byte) any {
 			}
 		}
 	default:
+		if base := d.base[oid]; base != 0 {
+			return d.decode(base, b)
+		}
 		if v, ok := d.array(oid, b); ok {
 			return v
 		}
 	}
-	// Unknown OIDs (enums, domains over unknown types, extension types) and
-	// anything that did not parse keep the server's text.
+	// Unknown OIDs (enums, domains over them, arrays of domains, extension
+	// types) and anything that did not parse keep the server's text.
 	return string(b)
 }
 
@@ -80,7 +88,9 @@ func (d *valueDecoder) decode(oid uint32, b []byte) any {
 // whose elements are decoded like scalar columns (nil for NULL elements).
 // Multi-dimensional arrays and arrays of unknown element types stay text.
 func (d *valueDecoder) array(oid uint32, b []byte) ([]any, bool) {
-	if d.tm == nil {
+	// Several dimensions ({{1,2},{3,4}}) or explicit bounds ([0:2]={…})
+	// would be flattened by the scan: they keep the server's text.
+	if d.tm == nil || len(b) < 2 || b[0] == '[' || b[1] == '{' {
 		return nil, false
 	}
 	t, ok := d.tm.TypeForOID(oid)
