@@ -433,6 +433,39 @@ func TestMapWhenOnNullIsUnknown(t *testing.T) {
 	}
 }
 
+// A mapped table renamed while walhook runs stops the run loudly: its
+// rules would otherwise match nothing from then on.
+func TestMapTableRenamed(t *testing.T) {
+	t.Parallel()
+	m := mustCompile(t, Options{}, Rule{Event: "lot.created", Table: "lots", Ops: []cdc.Op{cdc.OpInsert}})
+	if evs, err := m.Map(txOf(change(cdc.OpInsert, testRel(7, "public.lots", 'd', "id"), nil, map[string]any{"id": "l1"}))); err != nil || len(evs) != 1 {
+		t.Fatalf("before the rename: %v, %v", evs, err)
+	}
+	// An unmapped table renamed is nobody's business.
+	if _, err := m.Map(txOf(change(cdc.OpInsert, testRel(8, "public.audit", 'd', "id"), nil, map[string]any{"id": "a"}))); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.Map(txOf(change(cdc.OpInsert, testRel(8, "public.audit_old", 'd', "id"), nil, map[string]any{"id": "a"}))); err != nil {
+		t.Fatalf("an unmapped table renamed: %v", err)
+	}
+	_, err := m.Map(txOf(change(cdc.OpInsert, testRel(7, "public.lots_old", 'd', "id"), nil, map[string]any{"id": "l2"})))
+	if !errors.Is(err, ErrUnknownTable) || !strings.Contains(err.Error(), "table public.lots was renamed to public.lots_old while walhook ran") {
+		t.Fatalf("after the rename: err = %v", err)
+	}
+}
+
+// A rule reading a generated column is refused at the schema check: logical
+// replication does not send it, so the first change would stop the run.
+func TestCheckSchemaGeneratedColumn(t *testing.T) {
+	t.Parallel()
+	m := mustCompile(t, Options{}, Rule{Event: "lot.created", Table: "lots", Ops: []cdc.Op{cdc.OpInsert},
+		Data: []DataField{{Key: "id", Column: "id"}, {Key: "total", Column: "total"}}})
+	err := m.CheckSchema(map[string]TableSchema{"public.lots": {Columns: []string{"id", "price"}, Generated: []string{"total"}, Keys: []string{"id"}}})
+	if !errors.Is(err, ErrUnknownColumn) || !strings.Contains(err.Error(), `column "total" of public.lots is a generated column, which logical replication (PostgreSQL 15) does not send`) {
+		t.Fatalf("err = %v", err)
+	}
+}
+
 func TestBodies(t *testing.T) {
 	t.Parallel()
 	ev := Event{ID: "e", Type: "problem.created", AuctionID: "a1", Envelope: EnvelopeAuctionExcellence, OccurredAt: commitTime, Data: json.RawMessage(`{"id":1}`)}

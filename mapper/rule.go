@@ -80,7 +80,11 @@ type Stats struct {
 
 // TableSchema is what CheckSchema needs to know about one source table.
 type TableSchema struct {
+	// Columns are the columns logical replication sends, in order.
 	Columns []string
+	// Generated are the generated columns, which PostgreSQL 15's
+	// logical replication does not send.
+	Generated []string
 	// Keys are the replica identity's columns (the primary key under
 	// DEFAULT). Optional: nil means unknown, and delete rules then need FULL
 	// for every old column they read.

@@ -67,6 +67,19 @@ func (m *Mapper) plan(rel *cdc.Relation) (*tablePlan, error) {
 		return p, p.err
 	}
 	p := &tablePlan{rel: rel, table: rel.Table()}
+	// A table the rules name, announced again under another name: it was
+	// renamed (or moved to another schema), and its rules would match
+	// nothing from now on. That is a rule naming a table that no longer
+	// exists, as loud as a dropped column.
+	if old := m.plans[rel.OID]; old != nil && old.table != p.table && len(m.byTable[old.table]) > 0 && len(m.byTable[p.table]) == 0 {
+		r := m.byTable[old.table][0]
+		p.err = &RuleError{Where: r.Where, Field: "table", Event: r.Event, Err: &causeError{
+			msg: fmt.Sprintf("table %s was renamed to %s while walhook ran: its rules would match nothing; "+
+				"put the new name in the rules (or rename it back)", old.table, p.table), cause: ErrUnknownTable}}
+		p.err = fmt.Errorf("relation %s as announced by the server: %w", rel.Table(), p.err)
+		m.plans[rel.OID] = p
+		return p, p.err
+	}
 	var errs errorList
 	for _, r := range m.byTable[rel.Table()] {
 		if rp := m.resolve(r, rel, &errs); rp != nil {
@@ -97,6 +110,11 @@ func (m *Mapper) CheckSchema(tables map[string]TableSchema) error {
 			errs.add(r.Where, "table", r.Event, ErrUnknownTable, "table %s does not exist (or is not readable)", r.qualified)
 			continue
 		}
+		if g := generatedRead(r, ts.Generated); g != "" {
+			errs.add(r.Where, "table", r.Event, ErrUnknownColumn, "column %q of %s is a generated column, which logical replication "+
+				"(PostgreSQL 15) does not send; read the columns it is computed from instead", g, r.qualified)
+			continue
+		}
 		rel := &cdc.Relation{Schema: r.schema, Name: r.table, ReplicaIdentity: ts.ReplicaIdentity}
 		for _, c := range ts.Columns {
 			rel.Columns = append(rel.Columns, cdc.Column{Name: c, Key: contains(ts.Keys, c)})
@@ -104,6 +122,31 @@ func (m *Mapper) CheckSchema(tables map[string]TableSchema) error {
 		m.resolve(r, rel, &errs)
 	}
 	return errs.err()
+}
+
+// generatedRead returns the first of generated that r names, or "".
+func generatedRead(r *compiledRule, generated []string) string {
+	if len(generated) == 0 {
+		return ""
+	}
+	names := append(append(append([]string(nil), r.Changed...), r.whenOld...), r.whenNew...)
+	for _, f := range r.Data {
+		if !f.IsConst {
+			names = append(names, f.Column)
+		}
+	}
+	if r.auctionSet {
+		names = append(names, r.auction.name)
+	}
+	if r.domainSet {
+		names = append(names, r.domain.name)
+	}
+	for _, n := range names {
+		if contains(generated, n) {
+			return n
+		}
+	}
+	return ""
 }
 
 func contains(list []string, s string) bool {

@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -234,7 +235,7 @@ func (r *runner) prepare(ctx context.Context) error {
 	if r.mapper, err = compileMapper(cfg, r.systemID, r.log); err != nil {
 		return err
 	}
-	if err := checkLiveSchema(ctx, cfg.Source.DSN, r.mapper); err != nil {
+	if err := checkLiveSchema(ctx, cfg.Source.DSN, cfg.Source.Publication, r.mapper); err != nil {
 		return err
 	}
 	m := r.mapper
@@ -283,7 +284,7 @@ func openStore(ctx context.Context, cfg *config.Config) (*pgxpool.Pool, error) {
 // now (columns exist, old values are sent where a rule reads them), so a
 // mapping that cannot work is refused at startup with the fix, not at the
 // first matching change.
-func checkLiveSchema(ctx context.Context, dsn string, m *mapper.Mapper) error {
+func checkLiveSchema(ctx context.Context, dsn, publication string, m *mapper.Mapper) error {
 	conn, err := pgx.Connect(ctx, dsn)
 	if err != nil {
 		return fmt.Errorf("source %s: connect: %w", describeDSN(dsn), redactDSNError(err))
@@ -295,6 +296,24 @@ func checkLiveSchema(ctx context.Context, dsn string, m *mapper.Mapper) error {
 	}
 	if err := m.CheckSchema(tables); err != nil {
 		return &UsageError{Err: fmt.Errorf("the mapping does not fit the source database:\n%w", err)}
+	}
+	// A rule table the publication does not publish (dropped and created
+	// again, which takes it out of the publication) would stream nothing
+	// and say nothing. A missing publication is the stream's to report.
+	rows, err := conn.Query(ctx, `SELECT t.name FROM unnest($2::text[]) AS t(name)
+		WHERE EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)
+		  AND NOT EXISTS (SELECT 1 FROM pg_publication_tables p
+		                  WHERE p.pubname = $1 AND p.schemaname || '.' || p.tablename = t.name)`, publication, m.Tables())
+	if err != nil {
+		return fmt.Errorf("source %s: read publication %s: %w", describeDSN(dsn), publication, err)
+	}
+	missing, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return fmt.Errorf("source %s: read publication %s: %w", describeDSN(dsn), publication, err)
+	}
+	if len(missing) > 0 {
+		return fmt.Errorf("publication %s does not publish %s, which the rules map (was it dropped and created again?), "+
+			"so no change of it would arrive; run walhook setup", publication, strings.Join(missing, ", "))
 	}
 	return nil
 }

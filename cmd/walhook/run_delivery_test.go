@@ -295,6 +295,14 @@ func TestRunRefusesToStart(t *testing.T) {
 	if code != 1 || !strings.Contains(errOut, "confirmed_flush_lsn") {
 		t.Errorf("cursor behind slot: exit %d, %q; want 1 and the cursor error", code, runTail(errOut, 600))
 	}
+	// A rule table dropped and created again left the publication: run
+	// refuses to stream a table that would never send a change.
+	db2.exec(t, `DROP TABLE items; `+runItemsSchema)
+	_, errOut, code = runCLI(t, ctx, "run", "--config", file2)
+	if code != 1 || !strings.Contains(errOut, "does not publish public.items, which the rules map (was it dropped and created again?)") {
+		t.Errorf("table out of the publication: exit %d, %q; want 1 and the publication error", code, runTail(errOut, 600))
+	}
+	db2.exec(t, `ALTER PUBLICATION walhook ADD TABLE items`)
 	db2.exec(t, `UPDATE walhook.cursor SET lsn = $1::pg_lsn, system_id = '42'`, db2.slotLSN(t).String())
 	_, errOut, code = runCLI(t, ctx, "run", "--config", file2)
 	if code != 1 || !strings.Contains(errOut, "PostgreSQL system 42") {

@@ -30,7 +30,10 @@ func readSourceSchema(ctx context.Context, conn *pgx.Conn, tables []string) (map
 	rows, err := conn.Query(ctx, `
 		SELECT n.nspname, c.relname, c.relreplident::text,
 		       array(SELECT a.attname::text FROM pg_attribute a
-		             WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+		             WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
+		             ORDER BY a.attnum),
+		       array(SELECT a.attname::text FROM pg_attribute a
+		             WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated <> ''
 		             ORDER BY a.attnum),
 		       array(SELECT a.attname::text FROM pg_index i
 		             JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = ANY (i.indkey)
@@ -51,7 +54,7 @@ func readSourceSchema(ctx context.Context, conn *pgx.Conn, tables []string) (map
 	for rows.Next() {
 		var schema, name, ident string
 		var ts mapper.TableSchema
-		if err := rows.Scan(&schema, &name, &ident, &ts.Columns, &ts.Keys); err != nil {
+		if err := rows.Scan(&schema, &name, &ident, &ts.Columns, &ts.Generated, &ts.Keys); err != nil {
 			return nil, fmt.Errorf("read source schema: %w", err)
 		}
 		if ident != "" {
