@@ -29,6 +29,12 @@ var (
 	// between: the store lost data (restored from an old backup, or another
 	// consumer advanced the slot).
 	ErrCursorBehindSlot = errors.New("store cursor is behind the replication slot's confirmed_flush_lsn")
+	// ErrCursorAhead: the store's cursor is past the server's WAL end, a
+	// position this server never wrote: the store followed another history
+	// of the cluster (a failover to a standby that was behind, a
+	// point-in-time restore). Streaming from it would skip every change the
+	// server writes up to it.
+	ErrCursorAhead = errors.New("store cursor is ahead of the server's WAL")
 	// ErrProtocol: the server sent something this decoder does not know
 	// (a pgoutput message type, tuple kind or layout). Continuing could
 	// misread data, so the stream stops.
@@ -50,6 +56,6 @@ func (e *ProtocolError) Unwrap() error { return ErrProtocol }
 // permanent reports whether Run must stop instead of reconnecting.
 func permanent(err error) bool {
 	return errors.Is(err, ErrSlotMissing) || errors.Is(err, ErrSlotLost) ||
-		errors.Is(err, ErrPublicationMissing) || errors.Is(err, ErrCursorBehindSlot) ||
+		errors.Is(err, ErrPublicationMissing) || errors.Is(err, ErrCursorBehindSlot) || errors.Is(err, ErrCursorAhead) ||
 		errors.Is(err, ErrProtocol)
 }

@@ -27,6 +27,8 @@ type SlotStatus struct {
 	RetainedBytes int64
 	// LagBytes is pg_current_wal_lsn() - confirmed_flush_lsn.
 	LagBytes int64
+	// WALEnd is pg_current_wal_lsn() when the slot was read.
+	WALEnd LSN
 	// LagSeconds is 0 when nothing is unconfirmed, otherwise the time since
 	// the last confirmation (or since the stream started).
 	LagSeconds    float64
@@ -47,6 +49,7 @@ func querySlot(ctx context.Context, conn *pgx.Conn, slot string) (SlotStatus, er
 		plugin, walStatus, db *string
 		pid                   *int32
 		restart, confirmed    *string
+		walEnd                string
 		retained, lag         *int64
 		sameDB                bool
 	)
@@ -54,9 +57,10 @@ func querySlot(ctx context.Context, conn *pgx.Conn, slot string) (SlotStatus, er
 		SELECT plugin, database, database = current_database(), active, active_pid, wal_status,
 		       restart_lsn::text, confirmed_flush_lsn::text,
 		       pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::int8,
-		       pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::int8
+		       pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::int8,
+		       pg_current_wal_lsn()::text
 		FROM pg_replication_slots WHERE slot_name = $1`, slot).
-		Scan(&plugin, &db, &sameDB, &st.Active, &pid, &walStatus, &restart, &confirmed, &retained, &lag)
+		Scan(&plugin, &db, &sameDB, &st.Active, &pid, &walStatus, &restart, &confirmed, &retained, &lag, &walEnd)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return st, fmt.Errorf("%w: slot %q (dropped, or never created: run `walhook setup`; re-creating it "+
 			"would skip every change made since it went missing)", ErrSlotMissing, slot)
@@ -82,6 +86,7 @@ func querySlot(ctx context.Context, conn *pgx.Conn, slot string) (SlotStatus, er
 	if confirmed != nil {
 		st.ConfirmedFlushLSN, _ = pglogrepl.ParseLSN(*confirmed)
 	}
+	st.WALEnd, _ = pglogrepl.ParseLSN(walEnd)
 	if retained != nil {
 		st.RetainedBytes = *retained
 	}
@@ -90,7 +95,7 @@ func querySlot(ctx context.Context, conn *pgx.Conn, slot string) (SlotStatus, er
 	}
 	if st.WALStatus == "lost" {
 		return st, fmt.Errorf("%w: slot %q: PostgreSQL removed WAL it still needed (max_slot_wal_keep_size "+
-			"exceeded); changes since %s are lost: drop the slot, run `walhook setup` and resynchronise consumers",
+			"exceeded); changes since %s are lost: run walhook teardown, then walhook setup --accept-gap, and backfill what matters",
 			ErrSlotLost, slot, st.ConfirmedFlushLSN)
 	}
 	return st, nil

@@ -44,15 +44,16 @@ func readCursor(ctx context.Context, q querier, sql, slot string) (lsn cdc.LSN, 
 	return lsn, systemID, true, nil
 }
 
-// AcceptGap moves slot's cursor from `from` forward to `to` (the slot's
+// AcceptGap moves slot's cursor from `from` to `to` (the slot's
 // confirmed_flush_lsn), which accepts that the changes committed in
 // between never become events: the only way on once they can no longer be
-// read (a lost or re-created slot, a failover). It moves the cursor only
-// if it still is at from, so it never moves one a running walhook has
-// advanced since, and never moves a cursor back; moved is false then.
+// read (a lost or re-created slot, a failover). A cursor ahead of the
+// server's WAL (a failover to a standby that was behind) moves back to the
+// slot. It moves the cursor only if it still is at from, so it never
+// moves one a running walhook has advanced since; moved is false then.
 func AcceptGap(ctx context.Context, pool *pgxpool.Pool, schema, slot string, from, to cdc.LSN) (moved bool, err error) {
-	if to <= from {
-		return false, fmt.Errorf("accept gap of slot %q: %s is not past the cursor %s", slot, to, from)
+	if to == from {
+		return false, fmt.Errorf("accept gap of slot %q: the cursor is at %s already", slot, to)
 	}
 	tag, err := pool.Exec(ctx, strings.ReplaceAll(
 		`UPDATE {{schema}}.cursor SET lsn = $3::pg_lsn, updated_at = now() WHERE slot = $1 AND lsn = $2::pg_lsn`,

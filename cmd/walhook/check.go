@@ -645,7 +645,7 @@ func (c *checker) checkSlot(ctx context.Context, conn *pgx.Conn) error {
 		c.fail(what, drop, "is temporary; walhook needs a permanent slot")
 		return nil
 	case ws == "lost":
-		c.fail(what, "walhook teardown && walhook setup (the changes in between are gone: backfill or accept the gap)",
+		c.fail(what, "walhook teardown && walhook setup --accept-gap (the changes in between are gone: backfill what matters)",
 			"is invalidated (wal_status lost): PostgreSQL removed WAL it had not confirmed")
 		return nil
 	}

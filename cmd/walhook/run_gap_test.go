@@ -165,3 +165,57 @@ func TestRunTakeoverWhileTheOldLeaderStillConfirms(t *testing.T) {
 		t.Errorf("stop A: %v", err)
 	}
 }
+
+// A store cursor past the server's WAL end (a failover to a standby that
+// was behind the old primary, or a point-in-time restore of the source)
+// would make run skip every change the server writes up to it: run,
+// check and setup refuse it until setup --accept-gap moves it back to
+// the slot.
+func TestRunRefusesACursorAheadOfTheServer(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	rc := newRunReceiver(t, runSecret, nil)
+	db, file := itemsRun(t, map[string]any{"endpoints": []map[string]any{runEndpoint("r", rc.URL, runSecret)}})
+	p := startRunProc(t, "--config", file)
+	insertItems(t, db, 1, 3)
+	runWaitFor(t, 30*time.Second, "the first 3 deliveries", func() bool { return rc.Unique() == 3 }, p.diag)
+	if err := p.stop(t); err != nil {
+		t.Fatalf("stop: %v", err)
+	}
+	slot := db.slotLSN(t)
+	// The old primary's cursor, far past what this server has written.
+	db.exec(t, `UPDATE walhook.cursor SET lsn = 'FF/0'`)
+
+	rctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	_, errOut, code := runCLI(t, rctx, "run", "--config", file)
+	if code != 1 || !strings.Contains(errOut, "store cursor is ahead of the server's WAL: cursor FF/0 > WAL end") ||
+		!strings.Contains(errOut, "run walhook setup --accept-gap") {
+		t.Fatalf("run with a cursor ahead: exit %d, want 1 with the fix; stderr:\n%s", code, runTail(errOut, 3000))
+	}
+	out, errOut, code := runCLI(t, ctx, "check", "--config", file)
+	if code != 1 {
+		t.Fatalf("check: exit %d, want 1\n%s%s", code, out, errOut)
+	}
+	ckWantLines(t, out, `FAIL  cursor: the store's cursor for slot `+db.slot+` is at FF/0, past the server's WAL end \S+: the store followed another history .* — fix: walhook setup --accept-gap`)
+	_, errOut, code = runCLI(t, ctx, "setup", "--config", file)
+	if code != 1 || !strings.Contains(errOut, "past the server's WAL end") {
+		t.Fatalf("setup: exit %d, want 1 with the cursor error\n%s", code, errOut)
+	}
+
+	out, errOut, code = runCLI(t, ctx, "setup", "--config", file, "--accept-gap")
+	if code != 0 {
+		t.Fatalf("setup --accept-gap: exit %d\n%s%s", code, out, errOut)
+	}
+	ckWantLines(t, out, `accepted a fork: the store's cursor for slot `+db.slot+` moved back from FF/0 to `+slot.String()+`, the slot's position on this server`)
+	if got := db.cursor(t); got != slot {
+		t.Fatalf("cursor %s after --accept-gap, want the slot's %s", got, slot)
+	}
+
+	p = startRunProc(t, "--config", file)
+	insertItems(t, db, 4, 6)
+	runWaitFor(t, 30*time.Second, "the changes after the fork", func() bool { return rc.Unique() == 6 }, p.diag)
+	if err := p.stop(t); err != nil {
+		t.Fatalf("stop: %v", err)
+	}
+}

@@ -329,8 +329,9 @@ func mayPace(commitTime, now time.Time) bool {
 func (r *runner) mapTx(tx *cdc.Tx) (dispatch.TxEvents, error) {
 	evs, err := r.mapper.Map(tx)
 	if err != nil {
-		return dispatch.TxEvents{}, fmt.Errorf("mapping stopped replication (fix the rule or the table, then restart; "+
-			"nothing after this transaction was stored or confirmed): %w", err)
+		return dispatch.TxEvents{}, fmt.Errorf("mapping stopped replication (fix the rule, then restart; nothing after this "+
+			"transaction was stored or confirmed; fixing the table helps only changes written after the fix, see "+
+			"docs/mapping.md): %w", err)
 	}
 	return dispatch.TxEvents{
 		Xid: tx.Xid, CommitLSN: tx.CommitLSN, EndLSN: tx.EndLSN, Final: tx.Final,

@@ -162,6 +162,11 @@ func setupCursor(ctx context.Context, cfg *config.Config, accept bool) (string, 
 		return "", fmt.Errorf("setup: the store's cursor for slot %s moved while accepting the gap (is a walhook running?); "+
 			"run walhook check and try again", cfg.Source.Slot)
 	}
+	if gap.walEnd != 0 {
+		return fmt.Sprintf("accepted a fork: the store's cursor for slot %s moved back from %s to %s, the slot's position on "+
+			"this server; events stored past it came from the old history (backfill or reconcile what matters)",
+			cfg.Source.Slot, gap.cursor, gap.slot), nil
+	}
 	return fmt.Sprintf("accepted a gap: the store's cursor for slot %s moved from %s to %s; "+
 		"changes committed in between became no events (backfill them if they matter)", cfg.Source.Slot, gap.cursor, gap.slot), nil
 }
@@ -172,6 +177,7 @@ func setupCursor(ctx context.Context, cfg *config.Config, accept bool) (string, 
 type cursorGap struct {
 	name         string
 	cursor, slot cdc.LSN
+	walEnd       cdc.LSN // set when the cursor is past the server's WAL end
 	otherSystem  string
 	system       string
 }
@@ -185,6 +191,12 @@ func (g *cursorGap) String() string {
 		return fmt.Sprintf("the store's cursor for slot %s was written while reading PostgreSQL system %s, but the source "+
 			"is system %s (another cluster: restored, re-created or a different database), so its positions mean nothing here "+
 			"and walhook run refuses to start", g.name, g.otherSystem, g.system)
+	}
+	if g.walEnd != 0 {
+		return fmt.Sprintf("the store's cursor for slot %s is at %s, past the server's WAL end %s: the store followed "+
+			"another history of this cluster (a failover to a standby that was behind, or a point-in-time restore), and "+
+			"streaming from the cursor would skip every change the server writes up to it, so walhook run refuses to start",
+			g.name, g.cursor, g.walEnd)
 	}
 	return fmt.Sprintf("the store's cursor for slot %s is at %s, behind the slot's confirmed position %s "+
 		"(a slot created again after it was lost or dropped, a failover, or a store restored from a backup): "+
@@ -202,9 +214,10 @@ func readCursorGap(ctx context.Context, cfg *config.Config) (*cursorGap, error) 
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
 	var confirmed *string
-	var systemID string
+	var systemID, walEnd string
 	err = conn.QueryRow(ctx, `SELECT (SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1),
-		(SELECT system_identifier::text FROM pg_control_system())`, cfg.Source.Slot).Scan(&confirmed, &systemID)
+		(SELECT system_identifier::text FROM pg_control_system()), pg_current_wal_lsn()::text`, cfg.Source.Slot).
+		Scan(&confirmed, &systemID, &walEnd)
 	if err != nil {
 		return nil, fmt.Errorf("read replication slot %s: %w", cfg.Source.Slot, err)
 	}
@@ -229,6 +242,9 @@ func readCursorGap(ctx context.Context, cfg *config.Config) (*cursorGap, error) 
 	}
 	if cursorSystem != "" && cursorSystem != systemID {
 		return &cursorGap{name: cfg.Source.Slot, otherSystem: cursorSystem, system: systemID}, nil
+	}
+	if end, err := pglogrepl.ParseLSN(walEnd); err == nil && cursor > end {
+		return &cursorGap{name: cfg.Source.Slot, cursor: cursor, slot: slotLSN, walEnd: end}, nil
 	}
 	if cursor >= slotLSN {
 		return nil, nil
