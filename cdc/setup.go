@@ -296,7 +296,7 @@ func dropSlot(ctx context.Context, conn *pgx.Conn, slot string, force bool) (str
 			p = *pid
 		}
 		if !force {
-			return "", fmt.Errorf("teardown: %w: slot %q is held by PID %d (a running walhook?); stop it, or use --force to terminate it",
+			return "", fmt.Errorf("teardown: %w: slot %q is held by the server process with PID %d (the walsender of a running walhook?); stop that walhook, or use --force to terminate the walsender",
 				ErrSlotActive, slot, p)
 		}
 		if p != 0 { // again on every round: a holder may reconnect in between

@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"slices"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -31,9 +32,10 @@ type success struct {
 // lease rescue makes it pending again and it is sent once more with the
 // same webhook id: at-least-once, never lost.
 type recorder struct {
-	d    *Dispatcher
-	in   chan success
-	done chan struct{}
+	d       *Dispatcher
+	in      chan success
+	done    chan struct{}
+	closing atomic.Bool // close has begun: retry briefly, the process is stopping
 }
 
 func (d *Dispatcher) newRecorder() *recorder {
@@ -49,6 +51,7 @@ func (r *recorder) add(s success) { r.in <- s }
 // close writes what was handed over and returns when it is written (or
 // failed to be). No add may follow.
 func (r *recorder) close() {
+	r.closing.Store(true)
 	close(r.in)
 	<-r.done
 }
@@ -83,16 +86,38 @@ func (r *recorder) loop() {
 // writes them.
 const recordCoalesce = 5 * time.Millisecond
 
-// write records one batch, retrying a failed write briefly: a store
-// hiccup should not turn a batch of successes into redeliveries.
+// recordRetryFor is how long a failed write of successes is retried
+// (a store restart), and recordRetryClosing the same while the process
+// stops.
+const (
+	recordRetryFor     = 20 * time.Second
+	recordRetryClosing = 2 * time.Second
+)
+
+// write records one batch, retrying a failed write with backoff for as
+// long as a store restart takes (recordRetryFor), but never past the
+// batch's leases, after which the rescue sends the deliveries again
+// anyway, and only briefly while the process stops: a store hiccup
+// should not turn a batch of successes into redeliveries.
 func (r *recorder) write(batch []success) {
 	d := r.d
+	budget := recordRetryFor
+	if r.closing.Load() {
+		budget = recordRetryClosing
+	}
+	deadline := time.Now().Add(budget)
+	for _, s := range batch {
+		if end := s.started.Add(d.opts.Lease - 2*time.Second); end.Before(deadline) {
+			deadline = end
+		}
+	}
 	var err error
-	for try, delay := 0, 50*time.Millisecond; try < 3; try, delay = try+1, 4*delay {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	for delay := 50 * time.Millisecond; ; delay = min(2*delay, 2*time.Second) {
+		// Each try gets at least 5 s, even past the deadline (the last one).
+		ctx, cancel := context.WithTimeout(context.Background(), max(time.Until(deadline), 5*time.Second))
 		err = d.recordSuccesses(ctx, batch)
 		cancel()
-		if err == nil {
+		if err == nil || time.Now().Add(delay).After(deadline) {
 			break
 		}
 		time.Sleep(delay)

@@ -659,7 +659,7 @@ func (c *checker) checkSlot(ctx context.Context, conn *pgx.Conn) error {
 		c.warn(what, "start walhook run now; consider raising max_slot_wal_keep_size",
 			"wal_status unreserved: close to max_slot_wal_keep_size, it may be invalidated soon%s", retains)
 	case active:
-		c.warn(what, "", "held by PID %d (another walhook running?); a new walhook run waits for it%s", derefPID(pid), retains)
+		c.warn(what, "", "held by the server process with PID %d (the walsender of another walhook?); a new walhook run waits for it%s", derefPID(pid), retains)
 	default:
 		c.ok(what, "pgoutput, wal_status %s%s", ws, retains)
 	}

@@ -59,11 +59,11 @@ func TestTeardown(t *testing.T) {
 	}
 	// At least the holder's walsender is in use; the shared cluster's other
 	// tests may run their own, so the count is not exact.
-	ckWantLines(t, out, `warn  slot `+db+`: held by PID \d+ \(another walhook running\?\)`, `ok    max_wal_senders: [1-9]\d* of \d+ in use$`)
+	ckWantLines(t, out, `warn  slot `+db+`: held by the server process with PID \d+ \(the walsender of another walhook\?\)`, `ok    max_wal_senders: [1-9]\d* of \d+ in use$`)
 
 	out, errOut, code = runCLI(t, ctx, "teardown", "--config", cfg)
 	t.Logf("teardown:\n%s%s", out, errOut)
-	if code != 1 || !strings.Contains(errOut, "slot "+`"`+db+`" is held by PID`) || !strings.Contains(errOut, "--force") {
+	if code != 1 || !strings.Contains(errOut, "slot "+`"`+db+`" is held by the server process with PID`) || !strings.Contains(errOut, "--force") {
 		t.Fatalf("teardown of an active slot: exit %d, stderr %q; want a refusal naming the holder and --force", code, errOut)
 	}
 	if n := objects(); n != 2 {
