@@ -49,9 +49,12 @@ type endpointsView struct {
 }
 
 type statusResponse struct {
-	Slot      *slotView     `json:"slot"`
-	Outbox    outboxView    `json:"outbox"`
-	Endpoints endpointsView `json:"endpoints"`
+	Slot      *slotView      `json:"slot"`
+	Outbox    *outboxView    `json:"outbox"`
+	Endpoints *endpointsView `json:"endpoints"`
+	// StoreError is set, and outbox and endpoints are null, while the
+	// store does not answer: the slot part is still worth seeing then.
+	StoreError string `json:"storeError,omitempty"`
 }
 
 // statusTimeout bounds each status probe, so a stalled source database
@@ -73,15 +76,19 @@ func (s *Server) status(w http.ResponseWriter, r *http.Request) {
 	}
 	ob, err := s.admin.OutboxStatus(ctx)
 	if err != nil {
-		s.fail(w, r, err)
+		// The slot (retained WAL, lag) matters most exactly while the
+		// store is down: answer with it. The cause names hosts: logged.
+		s.log.Warn("status: the store does not answer", slog.Any("error", err))
+		out.StoreError = "the store does not answer (the log says why)"
+		s.ok(w, http.StatusOK, out)
 		return
 	}
-	out.Outbox = outboxView{
+	out.Outbox = &outboxView{
 		Pending: ob.Pending, Delivering: ob.Delivering, Failing: ob.Failing, Failed: ob.Failed, Skipped: ob.Skipped,
 		OldestPendingAgeSeconds: ob.OldestPendingAge.Seconds(),
 		DeliveriesPerSecond:     float64(ob.DeliveredLastMinute) / 60,
 	}
-	out.Endpoints = endpointsView{Healthy: ob.Endpoints.Healthy,
+	out.Endpoints = &endpointsView{Healthy: ob.Endpoints.Healthy,
 		Failing: stateViews(ob.Endpoints.Failing), Disabled: stateViews(ob.Endpoints.Disabled)}
 	s.ok(w, http.StatusOK, out)
 }

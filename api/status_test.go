@@ -9,8 +9,11 @@ import (
 	"sync/atomic"
 	"testing"
 
+	"github.com/jackc/pgx/v5/pgxpool"
+
 	"github.com/walhook/walhook/api"
 	"github.com/walhook/walhook/cdc"
+	"github.com/walhook/walhook/dispatch"
 )
 
 type statusData struct {
@@ -132,6 +135,38 @@ func TestStatusReportsSlotOutboxAndEndpoints(t *testing.T) {
 	r.ok(t, http.StatusOK, &ps)
 	if ps.Slot != nil || !strings.Contains(string(r.Raw), `"slot":null`) {
 		t.Fatalf("status without replication: %s", r.Raw)
+	}
+}
+
+// While the store does not answer, the status still shows the slot
+// (what an operator watches then), with outbox and endpoints null and a
+// storeError that names no host.
+func TestStatusWithTheStoreDown(t *testing.T) {
+	t.Parallel()
+	s := newStack(t, stackConfig{noRun: true, api: func(o *api.Options) {
+		o.Replication = replicationFunc(func(ctx context.Context) (api.ReplicationStatus, error) {
+			return api.ReplicationStatus{Slot: "walhook", RetainedBytes: 12345}, nil
+		})
+		closed, err := pgxpool.New(context.Background(), "postgres://walhook@127.0.0.1:1/app?connect_timeout=1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		closed.Close()
+		o.Admin = dispatch.NewAdmin(closed, "walhook", nil)
+	}})
+	r := s.call(t, "GET", "/api/v1/status", nil)
+	var st struct {
+		Slot *struct {
+			RetainedBytes int64 `json:"retainedBytes"`
+		} `json:"slot"`
+		Outbox     *struct{} `json:"outbox"`
+		Endpoints  *struct{} `json:"endpoints"`
+		StoreError string    `json:"storeError"`
+	}
+	r.ok(t, http.StatusOK, &st)
+	if st.Slot == nil || st.Slot.RetainedBytes != 12345 || st.Outbox != nil || st.Endpoints != nil ||
+		st.StoreError != "the store does not answer (the log says why)" || strings.Contains(string(r.Raw), "127.0.0.1") {
+		t.Fatalf("status with the store down: %s", r.Raw)
 	}
 }
 
