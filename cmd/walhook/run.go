@@ -284,6 +284,33 @@ func openStore(ctx context.Context, cfg *config.Config) (*pgxpool.Pool, error) {
 // now (columns exist, old values are sent where a rule reads them), so a
 // mapping that cannot work is refused at startup with the fix, not at the
 // first matching change.
+// publicationTablesMissing returns the tables the publication does not
+// publish (none when the publication does not exist).
+func publicationTablesMissing(ctx context.Context, conn *pgx.Conn, publication string, tables []string) ([]string, error) {
+	rows, err := conn.Query(ctx, `SELECT t.name FROM unnest($2::text[]) AS t(name)
+		WHERE EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)
+		  AND NOT EXISTS (SELECT 1 FROM pg_publication_tables p
+		                  WHERE p.pubname = $1 AND p.schemaname || '.' || p.tablename = t.name)`, publication, tables)
+	if err != nil {
+		return nil, fmt.Errorf("read publication %s: %w", publication, err)
+	}
+	missing, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return nil, fmt.Errorf("read publication %s: %w", publication, err)
+	}
+	return missing, nil
+}
+
+// publicationMissing is publicationTablesMissing on a connection of its own.
+func publicationMissing(ctx context.Context, dsn, publication string, tables []string) ([]string, error) {
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	return publicationTablesMissing(ctx, conn, publication, tables)
+}
+
 func checkLiveSchema(ctx context.Context, dsn, publication string, m *mapper.Mapper) error {
 	conn, err := pgx.Connect(ctx, dsn)
 	if err != nil {
@@ -300,16 +327,9 @@ func checkLiveSchema(ctx context.Context, dsn, publication string, m *mapper.Map
 	// A rule table the publication does not publish (dropped and created
 	// again, which takes it out of the publication) would stream nothing
 	// and say nothing. A missing publication is the stream's to report.
-	rows, err := conn.Query(ctx, `SELECT t.name FROM unnest($2::text[]) AS t(name)
-		WHERE EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)
-		  AND NOT EXISTS (SELECT 1 FROM pg_publication_tables p
-		                  WHERE p.pubname = $1 AND p.schemaname || '.' || p.tablename = t.name)`, publication, m.Tables())
+	missing, err := publicationTablesMissing(ctx, conn, publication, m.Tables())
 	if err != nil {
-		return fmt.Errorf("source %s: read publication %s: %w", describeDSN(dsn), publication, err)
-	}
-	missing, err := pgx.CollectRows(rows, pgx.RowTo[string])
-	if err != nil {
-		return fmt.Errorf("source %s: read publication %s: %w", describeDSN(dsn), publication, err)
+		return fmt.Errorf("source %s: %w", describeDSN(dsn), err)
 	}
 	if len(missing) > 0 {
 		return fmt.Errorf("publication %s does not publish %s, which the rules map (was it dropped and created again?), "+

@@ -219,3 +219,21 @@ func TestRunRefusesACursorAheadOfTheServer(t *testing.T) {
 		t.Fatalf("stop: %v", err)
 	}
 }
+
+// A rule table taken out of the publication while walhook runs would go
+// quiet (PostgreSQL sends nothing for it): the leader notices within
+// publicationPoll and run stops with the fix.
+func TestRunStopsWhenARuleTableLeavesThePublication(t *testing.T) {
+	t.Parallel()
+	rc := newRunReceiver(t, runSecret, nil)
+	db, file := itemsRun(t, map[string]any{"endpoints": []map[string]any{runEndpoint("r", rc.URL, runSecret)}})
+	p := startRunProc(t, "--config", file)
+	insertItems(t, db, 1, 2)
+	runWaitFor(t, 30*time.Second, "the first deliveries", func() bool { return rc.Unique() == 2 }, p.diag)
+	db.exec(t, `ALTER PUBLICATION walhook DROP TABLE items`)
+	runWaitFor(t, 3*publicationPoll, "run to stop", func() bool { _, done := p.exited(); return done }, p.diag)
+	err, _ := p.exited()
+	if err == nil || !strings.Contains(err.Error(), "publication walhook does not publish public.items any more") || ExitCode(err) != 1 {
+		t.Fatalf("run ended with %v (exit %d), want exit 1 and the publication error", err, ExitCode(err))
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"time"
 
@@ -201,7 +202,13 @@ func (r *runner) lead(ctx context.Context, lock *leaderLock) error {
 
 	var wg sync.WaitGroup
 	streamErr := make(chan error, 1)
-	wg.Add(2)
+	wg.Add(3)
+	go func() {
+		defer wg.Done()
+		if err := r.watchPublication(leadCtx); err != nil {
+			stopLead(err)
+		}
+	}()
 	go func() {
 		defer wg.Done()
 		err := stream.Run(streamCtx, cursor)
@@ -228,10 +235,41 @@ func (r *runner) lead(ctx context.Context, lock *leaderLock) error {
 		return cerr
 	case serr != nil:
 		return fmt.Errorf("replication: %w", serr)
-	case errors.Is(cause, errLeaderLost):
+	case errors.Is(cause, errLeaderLost), errors.Is(cause, errPublicationChanged):
 		return cause
 	}
 	return nil
+}
+
+var errPublicationChanged = errors.New("the publication no longer publishes every rule table")
+
+// publicationPoll is how often the leader checks that the publication
+// still publishes every rule table.
+const publicationPoll = 10 * time.Second
+
+// watchPublication stops the term when a rule table leaves the
+// publication (ALTER PUBLICATION … DROP TABLE, or the table dropped and
+// created again): PostgreSQL then sends nothing for it, not even an
+// error, and the rules would go quiet. A failing check (the source
+// unreachable) is the stream's to report; it is tried again.
+func (r *runner) watchPublication(ctx context.Context) error {
+	t := time.NewTicker(publicationPoll)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		missing, err := publicationMissing(cctx, r.cfg.Source.DSN, r.cfg.Source.Publication, r.mapper.Tables())
+		cancel()
+		if err == nil && len(missing) > 0 {
+			return fmt.Errorf("%w: publication %s does not publish %s any more (ALTER PUBLICATION, or the table dropped "+
+				"and created again), so no change of it arrives; run walhook setup, then check what changed meanwhile",
+				errPublicationChanged, r.cfg.Source.Publication, strings.Join(missing, ", "))
+		}
+	}
 }
 
 // consume moves transactions from the stream into the outbox until ctx
