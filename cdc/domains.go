@@ -1,13 +1,18 @@
 package cdc
 
 import (
+	"context"
 	"fmt"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 )
 
 // firstUserOID is FirstNormalObjectId: OIDs below it are built in.
 const firstUserOID = 16384
+
+// domainLookupTimeout bounds one lookup of new types.
+const domainLookupTimeout = 15 * time.Second
 
 // resolveDomains looks up the types of rel's columns that are not built
 // in and not looked up before: a domain decodes as the built-in type it
@@ -26,12 +31,16 @@ func (ss *session) resolveDomains(rel *Relation) error {
 	if len(oids) == 0 {
 		return nil
 	}
-	conn, err := pgx.ConnectConfig(ss.ctx, ss.s.sqlCfg)
+	// Bounded well under wal_sender_timeout (60 s by default): the loop
+	// sends no status while it waits here.
+	ctx, cancel := context.WithTimeout(ss.ctx, domainLookupTimeout)
+	defer cancel()
+	conn, err := pgx.ConnectConfig(ctx, ss.s.sqlCfg)
 	if err != nil {
 		return fmt.Errorf("look up the types of %s: connect: %w", rel.Table(), err)
 	}
 	defer closeQuietly(conn)
-	rows, err := conn.Query(ss.ctx, `
+	rows, err := conn.Query(ctx, `
 		WITH RECURSIVE d(oid, base) AS (
 		    SELECT t.oid, t.typbasetype FROM pg_type t WHERE t.oid = ANY($1) AND t.typtype = 'd'
 		    UNION ALL

@@ -35,7 +35,7 @@ type recorder struct {
 	d       *Dispatcher
 	in      chan success
 	done    chan struct{}
-	closing atomic.Bool // close has begun: retry briefly, the process is stopping
+	closing atomic.Int64 // unix nanoseconds close began (0: running): retry briefly, the process is stopping
 }
 
 func (d *Dispatcher) newRecorder() *recorder {
@@ -51,7 +51,7 @@ func (r *recorder) add(s success) { r.in <- s }
 // close writes what was handed over and returns when it is written (or
 // failed to be). No add may follow.
 func (r *recorder) close() {
-	r.closing.Store(true)
+	r.closing.Store(time.Now().UnixNano())
 	close(r.in)
 	<-r.done
 }
@@ -101,23 +101,36 @@ const (
 // should not turn a batch of successes into redeliveries.
 func (r *recorder) write(batch []success) {
 	d := r.d
-	budget := recordRetryFor
-	if r.closing.Load() {
-		budget = recordRetryClosing
-	}
-	deadline := time.Now().Add(budget)
+	deadline := time.Now().Add(recordRetryFor)
 	for _, s := range batch {
 		if end := s.started.Add(d.opts.Lease - 2*time.Second); end.Before(deadline) {
 			deadline = end
 		}
 	}
+	// Once close has begun, nothing waits much longer than
+	// recordRetryClosing (checked again at every try: a write that began
+	// before the close is cut short too).
+	bound := func() time.Time {
+		if c := r.closing.Load(); c != 0 {
+			if end := time.Unix(0, c).Add(recordRetryClosing); end.Before(deadline) {
+				return end
+			}
+		}
+		return deadline
+	}
 	var err error
 	for delay := 50 * time.Millisecond; ; delay = min(2*delay, 2*time.Second) {
-		// Each try gets at least 5 s, even past the deadline (the last one).
-		ctx, cancel := context.WithTimeout(context.Background(), max(time.Until(deadline), 5*time.Second))
+		// A try gets at least a second even past the deadline (the last
+		// one), a fifth of that while closing: batches still queued at a
+		// close get one short try each.
+		least := time.Second
+		if r.closing.Load() != 0 {
+			least = 200 * time.Millisecond
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), max(time.Until(bound()), least))
 		err = d.recordSuccesses(ctx, batch)
 		cancel()
-		if err == nil || time.Now().Add(delay).After(deadline) {
+		if err == nil || time.Now().Add(delay).After(bound()) {
 			break
 		}
 		time.Sleep(delay)

@@ -49,7 +49,13 @@ func TestRecorderRidesOutAStoreRestart(t *testing.T) {
 		})
 		return http.StatusOK
 	})
-	d := b.dispatcher(t, func(o *Options) { o.Workers = 1; o.Lease = 20 * time.Second })
+	d := b.dispatcher(t, func(o *Options) {
+		o.Workers = 1
+		// A slow cluster stop (inside the receiver's answer) must not
+		// time the attempt out.
+		o.Client.Timeout = 30 * time.Second
+		o.Lease = time.Minute
+	})
 	b.endpoint(t, "whk_1", rc.URL, nil, nil, true)
 	obAppend(t, d, 10, obEvent("a.b", ""))
 	obRun(t, d)

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"strings"
 
 	"github.com/walhook/walhook/cdc"
 )
@@ -54,6 +55,8 @@ func (m *Mapper) Map(tx *cdc.Tx) ([]Event, error) {
 			case resMatched:
 				out = append(out, ev)
 				m.stats.Events++
+			case resWhenUnknown:
+				m.stats.WhenUnknown++
 			case resUnavailable:
 				m.stats.SkippedUnavailable++
 				m.log.Warn("event skipped: a value it needs is an unchanged TOAST value PostgreSQL did not send; set REPLICA IDENTITY FULL on the table to receive it",
@@ -290,7 +293,7 @@ func (m *Mapper) evalWhen(ch *cdc.Change, p *tablePlan, rp *rulePlan) (bool, res
 		// says unknown: data, not a rule's mistake, so no match rather
 		// than a halt of the whole stream. A failure on values that are
 		// all present is the rule's (text compared with a number).
-		if readsNull(env, rp, r, oldRow, newRow) {
+		if nilOperand(err) && readsNull(env, rp, r, oldRow, newRow) {
 			return false, result{kind: resWhenUnknown}, nil
 		}
 		return false, result{}, &RuleError{Where: r.Where, Field: "when", Event: r.Event,
@@ -298,6 +301,14 @@ func (m *Mapper) evalWhen(ch *cdc.Change, p *tablePlan, rp *rulePlan) (bool, res
 	}
 	b, _ := out.(bool)
 	return b, result{kind: resMatched}, nil
+}
+
+// nilOperand reports whether an expr run-time error is about a nil
+// operand (an ordering or arithmetic on <nil>, ! or && on nil), not a
+// type mismatch between present values.
+func nilOperand(err error) bool {
+	msg := err.Error()
+	return strings.Contains(msg, "<nil>") || strings.Contains(msg, " is nil")
 }
 
 // readsNull reports whether a value the when expression reads is NULL:

@@ -427,6 +427,15 @@ func TestMapWhenOnNullIsUnknown(t *testing.T) {
 			t.Errorf("%s: events %v, want %v", tc.name, got, tc.want)
 		}
 	}
+	if st := m.Stats(); st.WhenUnknown != 5 {
+		t.Errorf("Stats().WhenUnknown = %d, want 5 (one per rule evaluated on a NULL)", st.WhenUnknown)
+	}
+	// A NULL elsewhere does not hide a rule's own type error.
+	bad := mustCompile(t, Options{}, Rule{Event: "lot.bad", Table: "lots", Ops: []cdc.Op{cdc.OpInsert},
+		When: `new.final_price > "5" && new.archived == nil`})
+	if _, err := bad.Map(txOf(change(cdc.OpInsert, lots, nil, map[string]any{"id": "l9", "final_price": 10.0}))); !errors.Is(err, ErrEvaluation) {
+		t.Errorf("a type error beside a NULL: err = %v, want the evaluation error", err)
+	}
 	x := m.Explain(txOf(change(cdc.OpInsert, lots, nil, map[string]any{"id": "l1", "final_price": 10.0})), 0)
 	if r := x.Rules[0]; r.Matched || r.Err != nil || !strings.Contains(r.Reason, "when is unknown (it reads a NULL, as in SQL: not matched): new.final_price >= new.reserve_price (new.final_price=10, new.reserve_price=null)") {
 		t.Errorf("explain: %+v", r)

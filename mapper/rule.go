@@ -76,6 +76,9 @@ type Stats struct {
 	// SkippedUnavailable counts events not produced because a value they
 	// need was an unchanged TOAST value PostgreSQL did not send.
 	SkippedUnavailable uint64
+	// WhenUnknown counts rule evaluations whose when failed on a NULL
+	// and so did not match (SQL's unknown).
+	WhenUnknown uint64
 }
 
 // TableSchema is what CheckSchema needs to know about one source table.

@@ -74,8 +74,10 @@ func (m *Mapper) plan(rel *cdc.Relation) (*tablePlan, error) {
 	if old := m.plans[rel.OID]; old != nil && old.table != p.table && len(m.byTable[old.table]) > 0 && len(m.byTable[p.table]) == 0 {
 		r := m.byTable[old.table][0]
 		p.err = &RuleError{Where: r.Where, Field: "table", Event: r.Event, Err: &causeError{
-			msg: fmt.Sprintf("table %s was renamed to %s while walhook ran: its rules would match nothing; "+
-				"put the new name in the rules (or rename it back)", old.table, p.table), cause: ErrUnknownTable}}
+			msg: fmt.Sprintf("table %s was renamed to %s while walhook ran, so the rules naming %s would match none of "+
+				"its changes; put the new name in the rules (or rename it back); if a new table %s took the name, run "+
+				"walhook setup to publish it and restart (changes to %s are then not mapped)",
+				old.table, p.table, old.table, old.table, p.table), cause: ErrUnknownTable}}
 		p.err = fmt.Errorf("relation %s as announced by the server: %w", rel.Table(), p.err)
 		m.plans[rel.OID] = p
 		return p, p.err

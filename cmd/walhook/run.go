@@ -242,7 +242,10 @@ func (r *runner) prepare(ctx context.Context) error {
 	r.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "walhook_events_skipped_unavailable_total",
 		Help: "Events not produced because a value they need was a large (TOASTed) value an UPDATE left unchanged, " +
 			"which PostgreSQL sends only with REPLICA IDENTITY FULL (each one is logged with table, key and column)."},
-		func() float64 { return float64(m.Stats().SkippedUnavailable) }))
+		func() float64 { return float64(m.Stats().SkippedUnavailable) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "walhook_rule_when_unknown_total",
+			Help: "Rule evaluations whose when: failed on a NULL value and so did not match (SQL's unknown)."},
+			func() float64 { return float64(m.Stats().WhenUnknown) }))
 	standby, err := cdc.NewStream(streamOptions(cfg, r.log))
 	if err != nil {
 		return &UsageError{Err: err}

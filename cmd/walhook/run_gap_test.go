@@ -237,3 +237,37 @@ func TestRunStopsWhenARuleTableLeavesThePublication(t *testing.T) {
 		t.Fatalf("run ended with %v (exit %d), want exit 1 and the publication error", err, ExitCode(err))
 	}
 }
+
+// check and setup compare the cursor of a running walhook with the slot
+// and the server's WAL end without seeing a gap or a fork that is not
+// there, however busy the source.
+func TestCursorGapWhileRunning(t *testing.T) {
+	t.Parallel()
+	rc := newRunReceiver(t, runSecret, nil)
+	db, file := itemsRun(t, map[string]any{"endpoints": []map[string]any{runEndpoint("r", rc.URL, runSecret)}})
+	cfg, err := loadConfig(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := startRunProc(t, "--config", file)
+	insertItems(t, db, 1, 1)
+	runWaitFor(t, 30*time.Second, "the first delivery", func() bool { return rc.Unique() == 1 }, p.diag)
+	var stop atomic.Bool
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for id := 2; !stop.Load(); id++ {
+			if _, err := db.pool.Exec(context.Background(), `INSERT INTO items (id) VALUES ($1)`, id); err != nil {
+				return
+			}
+			time.Sleep(2 * time.Millisecond)
+		}
+	}()
+	defer func() { stop.Store(true); <-done }()
+	for i := range 100 {
+		gap, err := readCursorGap(context.Background(), cfg)
+		if err != nil || gap != nil {
+			t.Fatalf("read %d with walhook running: gap %v, err %v", i, gap, err)
+		}
+	}
+}

@@ -213,11 +213,15 @@ func readCursorGap(ctx context.Context, cfg *config.Config) (*cursorGap, error) 
 		return nil, fmt.Errorf("connect to the source: %w", err)
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
+	// Read in this order: the slot, then the cursor, then the server's WAL
+	// end. A running walhook stores its cursor before it confirms, so the
+	// cursor read after the slot is at or past it, and the WAL end read
+	// after the cursor is at or past any cursor of this history.
 	var confirmed *string
 	var systemID, walEnd string
 	err = conn.QueryRow(ctx, `SELECT (SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1),
-		(SELECT system_identifier::text FROM pg_control_system()), pg_current_wal_lsn()::text`, cfg.Source.Slot).
-		Scan(&confirmed, &systemID, &walEnd)
+		(SELECT system_identifier::text FROM pg_control_system())`, cfg.Source.Slot).
+		Scan(&confirmed, &systemID)
 	if err != nil {
 		return nil, fmt.Errorf("read replication slot %s: %w", cfg.Source.Slot, err)
 	}
@@ -242,6 +246,9 @@ func readCursorGap(ctx context.Context, cfg *config.Config) (*cursorGap, error) 
 	}
 	if cursorSystem != "" && cursorSystem != systemID {
 		return &cursorGap{name: cfg.Source.Slot, otherSystem: cursorSystem, system: systemID}, nil
+	}
+	if err := conn.QueryRow(ctx, `SELECT pg_current_wal_lsn()::text`).Scan(&walEnd); err != nil {
+		return nil, fmt.Errorf("read the server's WAL end: %w", err)
 	}
 	if end, err := pglogrepl.ParseLSN(walEnd); err == nil && cursor > end {
 		return &cursorGap{name: cfg.Source.Slot, cursor: cursor, slot: slotLSN, walEnd: end}, nil
