@@ -56,7 +56,7 @@ type checker struct {
 	superuser bool
 	owned     map[string]bool // rule table → the role owns it (or is superuser)
 	schema    map[string]mapper.TableSchema
-	slotFound bool // the slot exists and walhook can read it
+	sourceOK  bool // connected to the source
 }
 
 func (c *checker) add(status, what, fix, format string, args ...any) {
@@ -174,6 +174,7 @@ func (c *checker) checkSource(ctx context.Context) {
 		return
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
+	c.sourceOK = true
 	steps := []func(context.Context, *pgx.Conn) error{
 		c.checkServer, c.checkRole, c.checkCapacity, c.checkTables, c.checkPublication, c.checkSlot,
 	}
@@ -649,7 +650,6 @@ func (c *checker) checkSlot(ctx context.Context, conn *pgx.Conn) error {
 			"is invalidated (wal_status lost): PostgreSQL removed WAL it had not confirmed")
 		return nil
 	}
-	c.slotFound = true
 	retains := ""
 	if retained != nil {
 		retains = fmt.Sprintf(", retains %d bytes of WAL", *retained)
@@ -712,8 +712,8 @@ func (c *checker) checkStore(ctx context.Context) {
 // checkCursor reports a store cursor behind the slot (a gap walhook run
 // refuses to start with).
 func (c *checker) checkCursor(ctx context.Context) {
-	if !c.slotFound {
-		return
+	if !c.sourceOK {
+		return // reported by the source's lines
 	}
 	gap, err := readCursorGap(ctx, c.cfg)
 	switch {

@@ -225,12 +225,11 @@ func readCursorGap(ctx context.Context, cfg *config.Config) (*cursorGap, error) 
 	if err != nil {
 		return nil, fmt.Errorf("read replication slot %s: %w", cfg.Source.Slot, err)
 	}
-	if confirmed == nil {
-		return nil, nil
-	}
-	slotLSN, err := pglogrepl.ParseLSN(*confirmed)
-	if err != nil {
-		return nil, fmt.Errorf("read replication slot %s: %w", cfg.Source.Slot, err)
+	var slotLSN cdc.LSN // 0: no slot (after a failover on PostgreSQL 15)
+	if confirmed != nil {
+		if slotLSN, err = pglogrepl.ParseLSN(*confirmed); err != nil {
+			return nil, fmt.Errorf("read replication slot %s: %w", cfg.Source.Slot, err)
+		}
 	}
 	pool, err := connectStore(ctx, cfg.Store.DSN)
 	if err != nil {
@@ -253,7 +252,7 @@ func readCursorGap(ctx context.Context, cfg *config.Config) (*cursorGap, error) 
 	if end, err := pglogrepl.ParseLSN(walEnd); err == nil && cursor > end {
 		return &cursorGap{name: cfg.Source.Slot, cursor: cursor, slot: slotLSN, walEnd: end}, nil
 	}
-	if cursor >= slotLSN {
+	if confirmed == nil || cursor >= slotLSN {
 		return nil, nil
 	}
 	return &cursorGap{name: cfg.Source.Slot, cursor: cursor, slot: slotLSN}, nil
