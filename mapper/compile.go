@@ -30,7 +30,12 @@ type Mapper struct {
 	// means column positions are resolved again. Keyed by OID, not by
 	// pointer, so the cache stays bounded by the number of tables.
 	plans map[uint32]*tablePlan
-	stats Stats
+	// tableOIDs maps the OIDs of the rule tables, as the live schema had
+	// them at startup (CheckSchema), to their names: a change announced
+	// under another name for one of them is a rename, even in a process
+	// that never saw the old name.
+	tableOIDs map[uint32]string
+	stats     Stats
 }
 
 // colRef names a column of the old or the new row.

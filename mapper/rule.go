@@ -95,6 +95,9 @@ type TableSchema struct {
 	// ReplicaIdentity is pg_class.relreplident: 'd' default, 'f' full,
 	// 'i' index, 'n' nothing.
 	ReplicaIdentity byte
+	// OID is pg_class.oid (0: unknown): a change announced under another
+	// name for this OID is a rename of a rule table.
+	OID uint32
 }
 
 // EventType is one entry of the event catalog.

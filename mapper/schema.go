@@ -70,13 +70,20 @@ func (m *Mapper) plan(rel *cdc.Relation) (*tablePlan, error) {
 	// A table the rules name, announced again under another name: it was
 	// renamed (or moved to another schema), and its rules would match
 	// nothing from now on. That is a rule naming a table that no longer
-	// exists, as loud as a dropped column.
-	if old := m.plans[rel.OID]; old != nil && old.table != p.table && len(m.byTable[old.table]) > 0 && len(m.byTable[p.table]) == 0 {
+	// exists, as loud as a dropped column. The old name comes from an
+	// earlier plan of this process or from the live schema at startup.
+	oldName := m.tableOIDs[rel.OID]
+	if old := m.plans[rel.OID]; old != nil {
+		oldName = old.table
+	}
+	if oldName != "" && oldName != p.table && len(m.byTable[oldName]) > 0 && len(m.byTable[p.table]) == 0 {
+		old := &tablePlan{table: oldName}
 		r := m.byTable[old.table][0]
 		p.err = &RuleError{Where: r.Where, Field: "table", Event: r.Event, Err: &causeError{
-			msg: fmt.Sprintf("table %s was renamed to %s while walhook ran, so the rules naming %s would match none of "+
-				"its changes; put the new name in the rules (or rename it back); if a new table %s took the name, run "+
-				"walhook setup to publish it and restart (changes to %s are then not mapped)",
+			msg: fmt.Sprintf("table %s was renamed to %s, so the rules naming %s would match none of its changes; "+
+				"put the new name in the rules (renaming it back helps only changes written after that: PostgreSQL "+
+				"decodes each change with the name it had then); if a new table %s took the name, run walhook setup "+
+				"to publish it and restart (changes to %s are then not mapped)",
 				old.table, p.table, old.table, old.table, p.table), cause: ErrUnknownTable}}
 		p.err = fmt.Errorf("relation %s as announced by the server: %w", rel.Table(), p.err)
 		m.plans[rel.OID] = p
@@ -105,6 +112,16 @@ func (m *Mapper) plan(rel *cdc.Relation) (*tablePlan, error) {
 // where a rule needs them. The same checks run at run time on every
 // Relation message, so a schema changed after startup is caught too.
 func (m *Mapper) CheckSchema(tables map[string]TableSchema) error {
+	m.mu.Lock()
+	for name, ts := range tables {
+		if ts.OID != 0 && len(m.byTable[name]) > 0 {
+			if m.tableOIDs == nil {
+				m.tableOIDs = make(map[uint32]string)
+			}
+			m.tableOIDs[ts.OID] = name
+		}
+	}
+	m.mu.Unlock()
 	var errs errorList
 	for _, r := range m.rules {
 		ts, ok := tables[r.qualified]

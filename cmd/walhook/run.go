@@ -335,7 +335,7 @@ func checkLiveSchema(ctx context.Context, dsn, publication string, m *mapper.Map
 		return fmt.Errorf("source %s: %w", describeDSN(dsn), err)
 	}
 	if len(missing) > 0 {
-		return fmt.Errorf("publication %s does not publish %s, which the rules map (was it dropped and created again?), "+
+		return fmt.Errorf("publication %s does not publish %s, which the rules map (was it dropped and created again, or renamed?), "+
 			"so no change of it would arrive; run walhook setup", publication, strings.Join(missing, ", "))
 	}
 	return nil

@@ -280,3 +280,31 @@ func TestCursorGapWhileRunning(t *testing.T) {
 		}
 	}
 }
+
+// A rule table renamed while walhook runs stops the run at its first
+// change under the new name, even in a process that never saw a change
+// of it before (it knows the table's OID from the startup check), and
+// that change is not confirmed past.
+func TestRunStopsAtAChangeToARenamedTable(t *testing.T) {
+	t.Parallel()
+	rc := newRunReceiver(t, runSecret, nil)
+	db, file := itemsRun(t, map[string]any{"endpoints": []map[string]any{runEndpoint("r", rc.URL, runSecret)}})
+	p := startRunProc(t, "--config", file)
+	runWaitFor(t, 30*time.Second, "run to hold the slot", func() bool {
+		return strings.Contains(p.stderr.String(), "this process holds the slot")
+	}, p.diag)
+	db.exec(t, `ALTER TABLE items RENAME TO items_old`)
+	db.exec(t, `INSERT INTO items_old (id) VALUES (1)`)
+	runWaitFor(t, 3*publicationPoll, "run to stop", func() bool { _, done := p.exited(); return done }, p.diag)
+	err, _ := p.exited()
+	if err == nil || !strings.Contains(err.Error(), "table public.items was renamed to public.items_old") || ExitCode(err) != 1 {
+		t.Fatalf("run ended with %v (exit %d), want exit 1 and the rename error", err, ExitCode(err))
+	}
+	var pending int
+	if err := db.pool.QueryRow(context.Background(), `SELECT count(*) FROM walhook.events`).Scan(&pending); err != nil || pending != 0 {
+		t.Errorf("%d events stored (%v), want none: the change stops the run before it is stored", pending, err)
+	}
+	if rc.Unique() != 0 {
+		t.Errorf("%d deliveries", rc.Unique())
+	}
+}

@@ -265,8 +265,9 @@ func (r *runner) watchPublication(ctx context.Context) error {
 		missing, err := publicationMissing(cctx, r.cfg.Source.DSN, r.cfg.Source.Publication, r.mapper.Tables())
 		cancel()
 		if err == nil && len(missing) > 0 {
-			return fmt.Errorf("%w: publication %s does not publish %s any more (ALTER PUBLICATION, or the table dropped "+
-				"and created again), so no change of it arrives; run walhook setup, then check what changed meanwhile",
+			return fmt.Errorf("%w: publication %s does not publish %s any more (ALTER PUBLICATION, the table renamed, or "+
+				"dropped and created again), so no change of it arrives; run walhook setup (or put a renamed table's new "+
+				"name in the rules), then check what changed meanwhile",
 				errPublicationChanged, r.cfg.Source.Publication, strings.Join(missing, ", "))
 		}
 	}

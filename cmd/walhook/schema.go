@@ -28,7 +28,7 @@ func readSourceSchema(ctx context.Context, conn *pgx.Conn, tables []string) (map
 		schemas[i], names[i] = splitQualified(t)
 	}
 	rows, err := conn.Query(ctx, `
-		SELECT n.nspname, c.relname, c.relreplident::text,
+		SELECT n.nspname, c.relname, c.relreplident::text, c.oid,
 		       array(SELECT a.attname::text FROM pg_attribute a
 		             WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
 		             ORDER BY a.attnum),
@@ -54,7 +54,7 @@ func readSourceSchema(ctx context.Context, conn *pgx.Conn, tables []string) (map
 	for rows.Next() {
 		var schema, name, ident string
 		var ts mapper.TableSchema
-		if err := rows.Scan(&schema, &name, &ident, &ts.Columns, &ts.Generated, &ts.Keys); err != nil {
+		if err := rows.Scan(&schema, &name, &ident, &ts.OID, &ts.Columns, &ts.Generated, &ts.Keys); err != nil {
 			return nil, fmt.Errorf("read source schema: %w", err)
 		}
 		if ident != "" {
