@@ -54,6 +54,23 @@ func (e *ProtocolError) Error() string {
 func (e *ProtocolError) Unwrap() error { return ErrProtocol }
 
 // permanent reports whether Run must stop instead of reconnecting.
+// CursorAheadError is ErrCursorAhead with its positions: the consumer's
+// durable cursor and the server's WAL end when it was found past it.
+type CursorAheadError struct {
+	Cursor, WALEnd LSN
+	Slot           string
+	SlotLSN        LSN
+}
+
+func (e *CursorAheadError) Error() string {
+	return fmt.Sprintf("%v: cursor %s > WAL end %s of the server: the store holds positions this server never wrote "+
+		"(a failover to a standby that was behind, or a point-in-time restore of the source), and streaming from the "+
+		"cursor would skip every change the server writes up to it; to start from slot %q at %s instead, run "+
+		"walhook setup --accept-gap", ErrCursorAhead, e.Cursor, e.WALEnd, e.Slot, e.SlotLSN)
+}
+
+func (e *CursorAheadError) Unwrap() error { return ErrCursorAhead }
+
 func permanent(err error) bool {
 	return errors.Is(err, ErrSlotMissing) || errors.Is(err, ErrSlotLost) ||
 		errors.Is(err, ErrPublicationMissing) || errors.Is(err, ErrCursorBehindSlot) || errors.Is(err, ErrCursorAhead) ||

@@ -330,11 +330,7 @@ func (s *Stream) attempt(ctx context.Context, pos *LSN, start LSN, fresh bool) (
 			ErrCursorBehindSlot, durable, slot.ConfirmedFlushLSN, s.opts.Slot, slot.ConfirmedFlushLSN)
 	}
 	if durable := LSN(s.confirmed.Load()); slot.WALEnd != 0 && durable > slot.WALEnd {
-		return false, fmt.Errorf("%w: cursor %s > WAL end %s of the server: the store holds positions this server never wrote "+
-			"(a failover to a standby that was behind, or a point-in-time restore of the source), and streaming from the "+
-			"cursor would skip every change the server writes up to it; to start from slot %q at %s instead, run "+
-			"walhook setup --accept-gap",
-			ErrCursorAhead, durable, slot.WALEnd, s.opts.Slot, slot.ConfirmedFlushLSN)
+		return false, &CursorAheadError{Cursor: durable, WALEnd: slot.WALEnd, Slot: s.opts.Slot, SlotLSN: slot.ConfirmedFlushLSN}
 	}
 	return s.session(ctx, pos)
 }

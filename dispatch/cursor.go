@@ -56,10 +56,43 @@ func AcceptGap(ctx context.Context, pool *pgxpool.Pool, schema, slot string, fro
 		return false, fmt.Errorf("accept gap of slot %q: the cursor is at %s already", slot, to)
 	}
 	tag, err := pool.Exec(ctx, strings.ReplaceAll(
-		`UPDATE {{schema}}.cursor SET lsn = $3::pg_lsn, updated_at = now() WHERE slot = $1 AND lsn = $2::pg_lsn`,
+		`UPDATE {{schema}}.cursor SET lsn = $3::pg_lsn, fork_wal_end = NULL, updated_at = now() WHERE slot = $1 AND lsn = $2::pg_lsn`,
 		"{{schema}}", quoteIdent(schema)), slot, from.String(), to.String())
 	if err != nil {
 		return false, fmt.Errorf("accept gap of slot %q: %w", slot, err)
 	}
 	return tag.RowsAffected() == 1, nil
+}
+
+// RecordFork remembers that slot's cursor was found past the source's WAL
+// end walEnd (a fork of the source's history), so that check, setup and
+// run keep refusing once the server's WAL has passed the cursor, until
+// AcceptGap. The first record stays.
+func RecordFork(ctx context.Context, pool *pgxpool.Pool, schema, slot string, walEnd cdc.LSN) error {
+	_, err := pool.Exec(ctx, strings.ReplaceAll(
+		`UPDATE {{schema}}.cursor SET fork_wal_end = $2::pg_lsn WHERE slot = $1 AND fork_wal_end IS NULL`,
+		"{{schema}}", quoteIdent(schema)), slot, walEnd.String())
+	if err != nil {
+		return fmt.Errorf("record the fork of slot %q: %w", slot, err)
+	}
+	return nil
+}
+
+// StoredFork returns the WAL end recorded by RecordFork for slot, ok false
+// when none is pending.
+func StoredFork(ctx context.Context, pool *pgxpool.Pool, schema, slot string) (walEnd cdc.LSN, ok bool, err error) {
+	var s *string
+	err = pool.QueryRow(ctx, strings.ReplaceAll(`SELECT fork_wal_end::text FROM {{schema}}.cursor WHERE slot = $1`,
+		"{{schema}}", quoteIdent(schema)), slot).Scan(&s)
+	if errors.Is(err, pgx.ErrNoRows) || (err == nil && s == nil) {
+		return 0, false, nil
+	}
+	if err != nil {
+		return 0, false, fmt.Errorf("read the fork of slot %q: %w", slot, err)
+	}
+	walEnd, err = pglogrepl.ParseLSN(*s)
+	if err != nil {
+		return 0, false, fmt.Errorf("read the fork of slot %q: %w", slot, err)
+	}
+	return walEnd, true, nil
 }

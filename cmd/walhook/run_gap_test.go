@@ -203,13 +203,13 @@ func TestRunRefusesACursorAheadOfTheServer(t *testing.T) {
 		t.Fatalf("check: exit %d, want 1\n%s%s", code, out, errOut)
 	}
 	ckWantLines(t, out, `FAIL  slot `+db.slot+`: does not exist`,
-		`FAIL  cursor: the store's cursor for slot `+db.slot+` is at FF/0, past the server's WAL end \S+: the store followed another history .* — fix: walhook setup --accept-gap`)
+		`FAIL  cursor: the store's cursor for slot `+db.slot+` is at FF/0 and was found past the server's WAL end \S+: the store followed another history .* — fix: walhook setup --accept-gap`)
 	_, errOut, code = runCLI(t, ctx, "setup", "--config", file)
-	if code != 1 || !strings.Contains(errOut, "past the server's WAL end") {
+	if code != 1 || !strings.Contains(errOut, "was found past the server's WAL end") {
 		t.Fatalf("setup: exit %d, want 1 with the cursor error\n%s", code, errOut)
 	}
 	out, _, _ = runCLI(t, ctx, "check", "--config", file)
-	ckWantLines(t, out, `FAIL  cursor: the store's cursor for slot `+db.slot+` is at FF/0, past the server's WAL end`)
+	ckWantLines(t, out, `FAIL  cursor: the store's cursor for slot `+db.slot+` is at FF/0 and was found past the server's WAL end`)
 	slot = db.slotLSN(t) // created again by setup
 
 	out, errOut, code = runCLI(t, ctx, "setup", "--config", file, "--accept-gap")
@@ -306,5 +306,59 @@ func TestRunStopsAtAChangeToARenamedTable(t *testing.T) {
 	}
 	if rc.Unique() != 0 {
 		t.Errorf("%d deliveries", rc.Unique())
+	}
+}
+
+// A fork found once stays refused after the server's WAL has passed the
+// old cursor (the positions alone no longer show it then), until setup
+// --accept-gap.
+func TestRunRemembersAFork(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	rc := newRunReceiver(t, runSecret, nil)
+	db, file := itemsRun(t, map[string]any{"endpoints": []map[string]any{runEndpoint("r", rc.URL, runSecret)}})
+	p := startRunProc(t, "--config", file)
+	insertItems(t, db, 1, 2)
+	runWaitFor(t, 30*time.Second, "the first deliveries", func() bool { return rc.Unique() == 2 }, p.diag)
+	if err := p.stop(t); err != nil {
+		t.Fatalf("stop: %v", err)
+	}
+	slot := db.slotLSN(t)
+	// The old primary's cursor, a little past what this server has written.
+	db.exec(t, `UPDATE walhook.cursor SET lsn = pg_current_wal_lsn() + 1000000`)
+	_, errOut, code := runCLI(t, ctx, "setup", "--config", file)
+	if code != 1 || !strings.Contains(errOut, "was found past the server's WAL end") {
+		t.Fatalf("setup: exit %d, want 1 with the fork\n%s", code, errOut)
+	}
+	// The new primary writes on, past the old cursor.
+	db.exec(t, `SELECT pg_switch_wal()`)
+	db.exec(t, `INSERT INTO items (id) VALUES (100)`)
+	db.exec(t, `SELECT pg_switch_wal()`)
+	if db.count(t, `SELECT count(*) FROM walhook.cursor WHERE lsn < pg_current_wal_lsn()`) != 1 {
+		t.Fatal("the server's WAL did not pass the old cursor")
+	}
+	out, errOut, code := runCLI(t, ctx, "check", "--config", file)
+	if code != 1 {
+		t.Fatalf("check after the WAL passed the cursor: exit %d, want 1\n%s%s", code, out, errOut)
+	}
+	ckWantLines(t, out, `FAIL  cursor: the store's cursor for slot `+db.slot+` is at \S+ and was found past the server's WAL end`)
+	rctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	_, errOut, code = runCLI(t, rctx, "run", "--config", file)
+	if code != 1 || !strings.Contains(errOut, "was found past the server's WAL end") || !strings.Contains(errOut, "setup --accept-gap") {
+		t.Fatalf("run after the WAL passed the cursor: exit %d, want 1 with the fork\n%s", code, runTail(errOut, 2000))
+	}
+	out, errOut, code = runCLI(t, ctx, "setup", "--config", file, "--accept-gap")
+	if code != 0 {
+		t.Fatalf("setup --accept-gap: exit %d\n%s%s", code, out, errOut)
+	}
+	ckWantLines(t, out, `accepted a fork: the store's cursor for slot `+db.slot+` moved back from \S+ to `+slot.String())
+	if out, errOut, code := runCLI(t, ctx, "check", "--config", file); code != 0 {
+		t.Fatalf("check after --accept-gap: exit %d\n%s%s", code, out, errOut)
+	}
+	p = startRunProc(t, "--config", file)
+	runWaitFor(t, 30*time.Second, "the change written after the fork", func() bool { return rc.Unique() == 3 }, p.diag)
+	if err := p.stop(t); err != nil {
+		t.Fatalf("stop: %v", err)
 	}
 }

@@ -175,6 +175,14 @@ func (r *runner) lead(ctx context.Context, lock *leaderLock) error {
 			"but the source is now system %s (another cluster: restored, re-created or a different database); "+
 			"its positions mean nothing here — use another store schema or slot for this source", slot, systemID, r.systemID)
 	}
+	if walEnd, forked, err := dispatch.StoredFork(ctx, r.pool, r.cfg.Store.Schema, slot); err != nil {
+		return err
+	} else if forked {
+		return fmt.Errorf("%w: the store's cursor for slot %q (%s) was found past the server's WAL end %s: the store "+
+			"followed another history of the source (a failover to a standby that was behind, or a point-in-time "+
+			"restore), and streaming from the cursor would skip the changes the server wrote up to it; run walhook "+
+			"setup --accept-gap to start from the slot", cdc.ErrCursorAhead, slot, cursor, walEnd)
+	}
 	opts := streamOptions(r.cfg, r.log)
 	opts.Durable = func(ctx context.Context) (cdc.LSN, bool, error) {
 		lsn, _, ok, err := r.disp.Cursor(ctx, slot)
@@ -234,6 +242,12 @@ func (r *runner) lead(ctx context.Context, lock *leaderLock) error {
 	case cerr != nil:
 		return cerr
 	case serr != nil:
+		// A fork stays refused after the server's WAL passes the cursor.
+		if ae := (*cdc.CursorAheadError)(nil); errors.As(serr, &ae) {
+			if err := dispatch.RecordFork(context.WithoutCancel(ctx), r.pool, r.cfg.Store.Schema, slot, ae.WALEnd); err != nil {
+				r.log.Error("record the fork in the store", slog.Any("error", err))
+			}
+		}
 		return fmt.Errorf("replication: %w", serr)
 	case errors.Is(cause, errLeaderLost), errors.Is(cause, errPublicationChanged):
 		return cause

@@ -145,6 +145,17 @@ func setupCursor(ctx context.Context, cfg *config.Config, accept bool) (string, 
 	if gap.otherSystem != "" {
 		return "", fmt.Errorf("setup: %s — fix: %s", gap, otherSystemFix)
 	}
+	if !accept && gap.walEnd != 0 {
+		// Remembered, so that check and run refuse the fork after the
+		// server's WAL has passed the cursor.
+		if pool, err := connectStore(ctx, cfg.Store.DSN); err == nil {
+			err = dispatch.RecordFork(ctx, pool, cfg.Store.Schema, cfg.Source.Slot, gap.walEnd)
+			pool.Close()
+			if err != nil {
+				return "", fmt.Errorf("setup: %w", err)
+			}
+		}
+	}
 	if !accept {
 		return "", fmt.Errorf("setup: %s — fix: walhook setup --accept-gap, "+
 			"which moves the cursor to %s (backfill the changes in between if they matter)", gap, gap.slot)
@@ -193,9 +204,9 @@ func (g *cursorGap) String() string {
 			"and walhook run refuses to start", g.name, g.otherSystem, g.system)
 	}
 	if g.walEnd != 0 {
-		return fmt.Sprintf("the store's cursor for slot %s is at %s, past the server's WAL end %s: the store followed "+
-			"another history of this cluster (a failover to a standby that was behind, or a point-in-time restore), and "+
-			"streaming from the cursor would skip every change the server writes up to it, so walhook run refuses to start",
+		return fmt.Sprintf("the store's cursor for slot %s is at %s and was found past the server's WAL end %s: the store "+
+			"followed another history of this cluster (a failover to a standby that was behind, or a point-in-time restore), "+
+			"and streaming from the cursor would skip every change the server wrote up to it, so walhook run refuses to start",
 			g.name, g.cursor, g.walEnd)
 	}
 	return fmt.Sprintf("the store's cursor for slot %s is at %s, behind the slot's confirmed position %s "+
@@ -245,6 +256,11 @@ func readCursorGap(ctx context.Context, cfg *config.Config) (*cursorGap, error) 
 	}
 	if cursorSystem != "" && cursorSystem != systemID {
 		return &cursorGap{name: cfg.Source.Slot, otherSystem: cursorSystem, system: systemID}, nil
+	}
+	if forkEnd, forked, err := dispatch.StoredFork(ctx, pool, cfg.Store.Schema, cfg.Source.Slot); err != nil {
+		return nil, err
+	} else if forked { // found before; the WAL end may have passed the cursor since
+		return &cursorGap{name: cfg.Source.Slot, cursor: cursor, slot: slotLSN, walEnd: forkEnd}, nil
 	}
 	if err := conn.QueryRow(ctx, `SELECT pg_current_wal_lsn()::text`).Scan(&walEnd); err != nil {
 		return nil, fmt.Errorf("read the server's WAL end: %w", err)
