@@ -325,17 +325,21 @@ func TestRunRemembersAFork(t *testing.T) {
 	}
 	slot := db.slotLSN(t)
 	// The old primary's cursor, a little past what this server has written.
-	db.exec(t, `UPDATE walhook.cursor SET lsn = pg_current_wal_lsn() + 1000000`)
+	// (The shared cluster's other tests write WAL too: a wide margin.)
+	db.exec(t, `UPDATE walhook.cursor SET lsn = pg_current_wal_lsn() + 64 * 1024 * 1024`)
 	_, errOut, code := runCLI(t, ctx, "setup", "--config", file)
 	if code != 1 || !strings.Contains(errOut, "was found past the server's WAL end") {
 		t.Fatalf("setup: exit %d, want 1 with the fork\n%s", code, errOut)
 	}
 	// The new primary writes on, past the old cursor.
-	db.exec(t, `SELECT pg_switch_wal()`)
 	db.exec(t, `INSERT INTO items (id) VALUES (100)`)
-	db.exec(t, `SELECT pg_switch_wal()`)
-	if db.count(t, `SELECT count(*) FROM walhook.cursor WHERE lsn < pg_current_wal_lsn()`) != 1 {
-		t.Fatal("the server's WAL did not pass the old cursor")
+	for i := 0; db.count(t, `SELECT count(*) FROM walhook.cursor WHERE lsn < pg_current_wal_lsn()`) != 1; i++ {
+		if i == 10 {
+			t.Fatal("the server's WAL did not pass the old cursor")
+		}
+		// Each switch starts a new 16 MiB segment (after some WAL).
+		db.exec(t, `SELECT pg_logical_emit_message(false, 'walhook-test', 'x')`)
+		db.exec(t, `SELECT pg_switch_wal()`)
 	}
 	out, errOut, code := runCLI(t, ctx, "check", "--config", file)
 	if code != 1 {
