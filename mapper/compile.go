@@ -71,6 +71,35 @@ type compiledRule struct {
 
 func (r *compiledRule) has(op cdc.Op) bool { return r.ops&(1<<op) != 0 }
 
+// columns calls fn with every column the rule names, in rule order:
+// changed, when's old and new columns, data, auction id, domain. With
+// newOnly it leaves out changed and when's old columns (what an update
+// rule reads from the new row alone).
+func (r *compiledRule) columns(newOnly bool, fn func(string)) {
+	if !newOnly {
+		for _, c := range r.Changed {
+			fn(c)
+		}
+		for _, c := range r.whenOld {
+			fn(c)
+		}
+	}
+	for _, c := range r.whenNew {
+		fn(c)
+	}
+	for _, f := range r.Data {
+		if !f.IsConst {
+			fn(f.Column)
+		}
+	}
+	if r.auctionSet {
+		fn(r.auction.name)
+	}
+	if r.domainSet {
+		fn(r.domain.name)
+	}
+}
+
 // exprEnv is the type environment expressions are checked against: old and
 // new are maps, so member access type-checks as "any" and comparisons of
 // mismatched literal types (`new.status == "a" && 1`) are caught at load.

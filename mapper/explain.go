@@ -127,32 +127,13 @@ func reason(ch *cdc.Change, rp *rulePlan, res result) string {
 // check warns about such columns.
 func (m *Mapper) UpdateReads(table string) (cols []string, whole bool) {
 	s, t := splitTable(table)
-	seen := map[string]bool{}
-	add := func(c string) {
-		if c != "" && !seen[c] {
-			seen[c] = true
-			cols = append(cols, c)
-		}
-	}
+	add := uniqueAppender(&cols)
 	for _, r := range m.byTable[s+"."+t] {
 		if !r.has(cdc.OpUpdate) {
 			continue
 		}
 		whole = whole || len(r.Data) == 0 || r.whenWholeNew
-		for _, c := range r.whenNew {
-			add(c)
-		}
-		for _, f := range r.Data {
-			if !f.IsConst {
-				add(f.Column)
-			}
-		}
-		if r.auctionSet {
-			add(r.auction.name)
-		}
-		if r.domainSet {
-			add(r.domain.name)
-		}
+		r.columns(true, add)
 	}
 	return cols, whole
 }
@@ -164,34 +145,21 @@ func (m *Mapper) UpdateReads(table string) (cols []string, whole bool) {
 func (m *Mapper) Columns(table string) []string {
 	s, t := splitTable(table)
 	var out []string
-	seen := map[string]bool{}
-	add := func(c string) {
-		if c != "" && !seen[c] {
-			seen[c] = true
-			out = append(out, c)
-		}
-	}
+	add := uniqueAppender(&out)
 	for _, r := range m.byTable[s+"."+t] {
-		for _, c := range r.Changed {
-			add(c)
-		}
-		for _, c := range r.whenOld {
-			add(c)
-		}
-		for _, c := range r.whenNew {
-			add(c)
-		}
-		for _, f := range r.Data {
-			if !f.IsConst {
-				add(f.Column)
-			}
-		}
-		if r.auctionSet {
-			add(r.auction.name)
-		}
-		if r.domainSet {
-			add(r.domain.name)
-		}
+		r.columns(false, add)
 	}
 	return out
+}
+
+// uniqueAppender returns a func that appends a non-empty name to *list
+// unless it holds it already.
+func uniqueAppender(list *[]string) func(string) {
+	seen := map[string]bool{}
+	return func(c string) {
+		if c != "" && !seen[c] {
+			seen[c] = true
+			*list = append(*list, c)
+		}
+	}
 }

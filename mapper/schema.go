@@ -145,27 +145,13 @@ func (m *Mapper) CheckSchema(tables map[string]TableSchema) error {
 
 // generatedRead returns the first of generated that r names, or "".
 func generatedRead(r *compiledRule, generated []string) string {
-	if len(generated) == 0 {
-		return ""
-	}
-	names := append(append(append([]string(nil), r.Changed...), r.whenOld...), r.whenNew...)
-	for _, f := range r.Data {
-		if !f.IsConst {
-			names = append(names, f.Column)
+	found := ""
+	r.columns(false, func(n string) {
+		if found == "" && contains(generated, n) {
+			found = n
 		}
-	}
-	if r.auctionSet {
-		names = append(names, r.auction.name)
-	}
-	if r.domainSet {
-		names = append(names, r.domain.name)
-	}
-	for _, n := range names {
-		if contains(generated, n) {
-			return n
-		}
-	}
-	return ""
+	})
+	return found
 }
 
 func contains(list []string, s string) bool {
