@@ -146,25 +146,7 @@ func apiGet(t *testing.T, base, path string) map[string]any {
 // store's cursor and delivers what follows.
 func TestRunTwoProcessesOneStore(t *testing.T) {
 	t.Parallel()
-	rc := newRunReceiver(t, runSecret, nil)
-	db := newRunDB(t, runItemsSchema)
-	conf := func(ua string) string {
-		s := db.settings()
-		s["endpoints"] = []map[string]any{runEndpoint("r", rc.URL, runSecret)}
-		s["delivery.user_agent"] = ua
-		file, cfg := runConfig(t, []byte(runItemsConfig), s)
-		db.setup(t, cfg)
-		return file
-	}
-	fileA, fileB := conf("walhook-A"), conf("walhook-B")
-	a := startRunProc(t, "--config", fileA)
-	runWaitFor(t, 30*time.Second, "A to hold the slot", func() bool {
-		return strings.Contains(a.stderr.String(), "this process holds the slot")
-	}, a.diag)
-	b := startRunProc(t, "--config", fileB)
-	runWaitFor(t, 30*time.Second, "B to stand by", func() bool {
-		return strings.Contains(b.stderr.String(), "another walhook process holds the replication slot")
-	}, b.diag)
+	rc, db, a, b := startLeaderAndStandby(t)
 	m := apiAddrRE.FindStringSubmatch(b.stdout.String())
 	if m == nil {
 		t.Fatalf("no API address in B's startup line %q", b.stdout.String())
@@ -502,4 +484,31 @@ func TestMayPace(t *testing.T) {
 			t.Errorf("committed %s ago: mayPace = %v, want %v", c.ago, got, c.want)
 		}
 	}
+}
+
+// startLeaderAndStandby starts two walhook runs on one store and source
+// (user agents walhook-A and walhook-B) delivering to one receiver, and
+// returns once A holds the slot and B stands by.
+func startLeaderAndStandby(t *testing.T) (*runReceiver, *runDB, *runProc, *runProc) {
+	t.Helper()
+	rc := newRunReceiver(t, runSecret, nil)
+	db := newRunDB(t, runItemsSchema)
+	conf := func(ua string) string {
+		s := db.settings()
+		s["endpoints"] = []map[string]any{runEndpoint("r", rc.URL, runSecret)}
+		s["delivery.user_agent"] = ua
+		file, cfg := runConfig(t, []byte(runItemsConfig), s)
+		db.setup(t, cfg)
+		return file
+	}
+	fileA, fileB := conf("walhook-A"), conf("walhook-B")
+	a := startRunProc(t, "--config", fileA)
+	runWaitFor(t, 30*time.Second, "A to hold the slot", func() bool {
+		return strings.Contains(a.stderr.String(), "this process holds the slot")
+	}, a.diag)
+	b := startRunProc(t, "--config", fileB)
+	runWaitFor(t, 30*time.Second, "B to stand by", func() bool {
+		return strings.Contains(b.stderr.String(), "another walhook process holds the replication slot")
+	}, b.diag)
+	return rc, db, a, b
 }

@@ -93,25 +93,7 @@ func TestRunRecoversFromALostSlot(t *testing.T) {
 // false "events were lost", nothing lost, both processes keep running.
 func TestRunTakeoverWhileTheOldLeaderStillConfirms(t *testing.T) {
 	t.Parallel()
-	rc := newRunReceiver(t, runSecret, nil)
-	db := newRunDB(t, runItemsSchema)
-	conf := func(ua string) string {
-		s := db.settings()
-		s["endpoints"] = []map[string]any{runEndpoint("r", rc.URL, runSecret)}
-		s["delivery.user_agent"] = ua
-		file, cfg := runConfig(t, []byte(runItemsConfig), s)
-		db.setup(t, cfg)
-		return file
-	}
-	fileA, fileB := conf("walhook-A"), conf("walhook-B")
-	a := startRunProc(t, "--config", fileA)
-	runWaitFor(t, 30*time.Second, "A to hold the slot", func() bool {
-		return strings.Contains(a.stderr.String(), "this process holds the slot")
-	}, a.diag)
-	b := startRunProc(t, "--config", fileB)
-	runWaitFor(t, 30*time.Second, "B to stand by", func() bool {
-		return strings.Contains(b.stderr.String(), "another walhook process holds the replication slot")
-	}, b.diag)
+	rc, db, a, b := startLeaderAndStandby(t)
 
 	// A steady stream of changes, so A is confirming when it loses the lock.
 	var stop atomic.Bool
