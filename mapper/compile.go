@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"github.com/expr-lang/expr"
 	"github.com/expr-lang/expr/ast"
@@ -36,6 +37,8 @@ type Mapper struct {
 	// that never saw the old name.
 	tableOIDs map[uint32]string
 	stats     Stats
+	// epoch is the store's id epoch (SetIDEpoch).
+	epoch atomic.Uint32
 }
 
 // colRef names a column of the old or the new row.
@@ -409,6 +412,13 @@ func (m *Mapper) Tables() []string {
 	}
 	return out
 }
+
+// SetIDEpoch sets the id epoch that goes into event ids from now on (see
+// EventID). The store keeps it with its cursor and counts it up when an
+// operator accepts a fork of the source's history, so that a transaction
+// of the new history with the xid and commit LSN of a stored one of the
+// old gets an id of its own instead of being taken for a replay.
+func (m *Mapper) SetIDEpoch(epoch uint32) { m.epoch.Store(epoch) }
 
 // Stats returns the counters.
 func (m *Mapper) Stats() Stats {

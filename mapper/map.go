@@ -400,18 +400,30 @@ func renderData(ch *cdc.Change, rp *rulePlan) json.RawMessage {
 	return b
 }
 
-// eventID is deterministic from (system id, xid, commit LSN, position,
-// rule index): 32 hex digits of their SHA-256.
+// eventID is EventID for a change of tx under the mapper's system id and
+// id epoch.
 func (m *Mapper) eventID(tx *cdc.Tx, position, rule int) string {
-	var buf [24]byte
-	binary.BigEndian.PutUint32(buf[0:], tx.Xid)
-	binary.BigEndian.PutUint64(buf[4:], uint64(tx.CommitLSN))
+	return EventID(m.opts.SystemID, m.epoch.Load(), tx.Xid, tx.CommitLSN, position, rule)
+}
+
+// EventID is deterministic from (system id, id epoch, xid, commit LSN,
+// position, rule index): 32 hex digits of their SHA-256. Epoch 0 is left
+// out of the hash, so ids stay what they were before epochs existed.
+func EventID(systemID string, epoch uint32, xid uint32, commitLSN cdc.LSN, position, rule int) string {
+	var buf [28]byte
+	binary.BigEndian.PutUint32(buf[0:], xid)
+	binary.BigEndian.PutUint64(buf[4:], uint64(commitLSN))
 	binary.BigEndian.PutUint64(buf[12:], uint64(position))
 	binary.BigEndian.PutUint32(buf[20:], uint32(rule))
+	n := 24
+	if epoch != 0 {
+		binary.BigEndian.PutUint32(buf[24:], epoch)
+		n = 28
+	}
 	h := sha256.New()
-	h.Write([]byte(m.opts.SystemID))
+	h.Write([]byte(systemID))
 	h.Write([]byte{0})
-	h.Write(buf[:])
+	h.Write(buf[:n])
 	var sum [32]byte
 	return hex.EncodeToString(h.Sum(sum[:0])[:16])
 }

@@ -320,6 +320,25 @@ func TestMapEventIDsDeterministic(t *testing.T) {
 	if d[0].ID == a[0].ID {
 		t.Fatal("id does not depend on the xid")
 	}
+	// After an accepted fork the store's id epoch is counted up: the same
+	// xid, commit LSN and position make another id. Epoch 0 is the id as
+	// it was before epochs existed.
+	tx = mk()
+	if got := EventID("7345", 0, tx.Xid, tx.CommitLSN, 0, 0); got != a[0].ID {
+		t.Fatalf("EventID(epoch 0) = %s, Map gave %s", got, a[0].ID)
+	}
+	m1.SetIDEpoch(1)
+	e1, _ := m1.Map(mk())
+	m1.SetIDEpoch(2)
+	e2, _ := m1.Map(mk())
+	for i := range a {
+		if e1[i].ID == a[i].ID || e2[i].ID == a[i].ID || e1[i].ID == e2[i].ID {
+			t.Fatalf("id %d does not depend on the epoch: %s, %s, %s", i, a[i].ID, e1[i].ID, e2[i].ID)
+		}
+	}
+	if got := EventID("7345", 1, tx.Xid, tx.CommitLSN, 1, 1); got != e1[3].ID {
+		t.Fatalf("EventID(epoch 1) = %s, Map gave %s", got, e1[3].ID)
+	}
 }
 
 func TestMapUnavailableToastSkipsEvent(t *testing.T) {

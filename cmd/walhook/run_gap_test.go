@@ -6,6 +6,10 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/jackc/pglogrepl"
+
+	"github.com/walhook/walhook/mapper"
 )
 
 // The documented recovery from a lost slot (or a failover): teardown,
@@ -66,6 +70,10 @@ func TestRunRecoversFromALostSlot(t *testing.T) {
 	ckWantLines(t, out, `accepted a gap: the store's cursor for slot `+db.slot+` moved from `+cursor.String()+` to `+slot.String()+`; changes committed in between became no events`)
 	if got := db.cursor(t); got != slot {
 		t.Fatalf("cursor %s after --accept-gap, want the slot's %s", got, slot)
+	}
+	// A gap forward keeps the ids as they were: no position repeats.
+	if n := db.count(t, `SELECT id_epoch FROM walhook.cursor WHERE slot = $1`, db.slot); n != 0 {
+		t.Fatalf("id_epoch %d after accepting a gap forward, want 0", n)
 	}
 	if out, errOut, code := runCLI(t, ctx, "check", "--config", file); code != 0 {
 		t.Fatalf("check after --accept-gap: exit %d\n%s%s", code, out, errOut)
@@ -208,6 +216,44 @@ func TestRunRefusesACursorAheadOfTheServer(t *testing.T) {
 	runWaitFor(t, 30*time.Second, "the changes after the fork", func() bool { return rc.Unique() == 6 }, p.diag)
 	if err := p.stop(t); err != nil {
 		t.Fatalf("stop: %v", err)
+	}
+	// The new history reuses xids and positions of the old one: the events
+	// after the fork carry the id epoch accepting it counted up, so none
+	// can be taken for a replay of a stored one.
+	if n := db.count(t, `SELECT id_epoch FROM walhook.cursor WHERE slot = $1`, db.slot); n != 1 {
+		t.Fatalf("id_epoch %d after accepting a fork, want 1", n)
+	}
+	var sys string
+	if err := db.pool.QueryRow(ctx, `SELECT system_identifier::text FROM pg_control_system()`).Scan(&sys); err != nil {
+		t.Fatal(err)
+	}
+	rows, err := db.pool.Query(ctx, `SELECT id, xid, commit_lsn::text, position, (data->>'id')::int FROM walhook.events ORDER BY 5`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for rows.Next() {
+		var id, lsn string
+		var xid int64
+		var pos, item int
+		if err := rows.Scan(&id, &xid, &lsn, &pos, &item); err != nil {
+			t.Fatal(err)
+		}
+		commit, err := pglogrepl.ParseLSN(lsn)
+		if err != nil {
+			t.Fatal(err)
+		}
+		epoch := uint32(0)
+		if item > 3 {
+			epoch = 1
+		}
+		if want := mapper.EventID(sys, epoch, uint32(xid), commit, pos, 0); id != want {
+			t.Errorf("event of item %d: id %s, want %s (epoch %d)", item, id, want, epoch)
+		}
+		n++
+	}
+	if err := rows.Err(); err != nil || n != 6 {
+		t.Fatalf("%d events (%v), want 6", n, err)
 	}
 }
 
