@@ -523,6 +523,25 @@ func (d *Dispatcher) claimLoop(ctx context.Context) error {
 		handed     bool
 	}
 	done := make(chan finished, workers) // a finished attempt
+	// A fixed set of worker goroutines, not one per attempt: a new
+	// goroutine starts on a small stack and grew it on every attempt
+	// (rendering and sending run deep), which cost a twentieth of
+	// walhook's CPU at saturation. start hands an attempt over only while
+	// running < workers, so the channel never holds more than there are
+	// workers and start never waits. Closed before wg.Wait (defers run
+	// last-registered first): the workers finish what they hold and exit.
+	work := make(chan claimed, workers)
+	defer close(work)
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for c := range work {
+				d.deliverVia(sendCtx, c, rec)
+				done <- finished{c.endpointID, c.handed}
+			}
+		}()
+	}
 	results := make(chan claimResult, 1)
 	claiming := false
 	// A claim still running at stop has its rows released by Run, which
@@ -560,12 +579,7 @@ func (d *Dispatcher) claimLoop(ctx context.Context) error {
 					via = "append"
 				}
 				d.metrics.started.WithLabelValues(via).Inc()
-				wg.Add(1)
-				go func() {
-					defer wg.Done()
-					d.deliverVia(sendCtx, c, rec)
-					done <- finished{c.endpointID, c.handed}
-				}()
+				work <- c
 			case now.Sub(q.at) > maxWait:
 				expired = append(expired, q.c.id)
 				held.add(q.c.endpointID, -1, q.c.handed)
