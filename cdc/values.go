@@ -55,11 +55,16 @@ func (d *valueDecoder) decode(oid uint32, b []byte) any {
 			}
 		}
 		return string(b) // NaN, Infinity: JSON has no such numbers
-	case pgtype.TimestamptzOID, pgtype.TimestampOID:
+	case pgtype.TimestamptzOID:
 		if t, ok := parseTimestamp(b); ok {
 			return t
 		}
 		return string(b) // infinity, BC dates, years past 9999
+	case pgtype.TimestampOID:
+		if t, ok := parseTimestamp(b); ok {
+			return t.In(NoZone)
+		}
+		return string(b)
 	case pgtype.DateOID:
 		return string(b)
 	case pgtype.JSONOID, pgtype.JSONBOID:
@@ -192,6 +197,13 @@ func isJSONNumber(b []byte) bool {
 	}
 	return i == len(b)
 }
+
+// NoZone is the location of a `timestamp without time zone` value: its
+// wall clock is read as UTC, so it compares with other times (and
+// `changed:` sees it equal) as if it were UTC, and the location marks it,
+// so that it renders without a zone: the column does not say which zone
+// its values are in, and a "Z" would claim UTC.
+var NoZone = time.FixedZone("", 0)
 
 // parseTimestamp parses the ISO output of timestamp and timestamptz:
 // "YYYY-MM-DD HH:MM:SS[.ffffff][+HH[:MM[:SS]]]". The result is in UTC; a

@@ -516,3 +516,31 @@ func TestBodies(t *testing.T) {
 		t.Fatalf("sns body = %s", got)
 	}
 }
+
+// A `timestamp without time zone` value (cdc.NoZone) renders its wall
+// clock without a zone, where a timestamptz renders in UTC with a "Z"; it
+// compares (when:, changed:) as if it were UTC.
+func TestMapTimestampWithoutZone(t *testing.T) {
+	t.Parallel()
+	rel := testRel(9, "public.slots", 'f', "id", "auction_id", "at", "local", "locals")
+	m := mustCompile(t, Options{},
+		Rule{Event: "slot.moved", Table: "public.slots", Ops: []cdc.Op{cdc.OpUpdate}, Changed: []string{"local"},
+			When: `new.local > new.at`, Data: []DataField{{Key: "at", Column: "at"}, {Key: "local", Column: "local"}, {Key: "locals", Column: "locals"}}})
+	at := time.Date(2024, 3, 1, 10, 0, 0, 250_000_000, time.FixedZone("CET", 3600))
+	local := func(h int) time.Time { return time.Date(2024, 3, 1, h, 0, 0, 0, cdc.NoZone) }
+	row := func(h int) map[string]any {
+		return map[string]any{"id": int64(1), "auction_id": "a1", "at": at, "local": local(h), "locals": []any{local(h), nil}}
+	}
+	evs, err := m.Map(txOf(
+		change(cdc.OpUpdate, rel, row(8), row(12)), // moved, and 12:00 is after 09:00 UTC
+		change(cdc.OpUpdate, rel, row(8), row(8)),  // not changed
+		change(cdc.OpUpdate, rel, row(12), row(9)), // changed, but 09:00 is not after 09:00:00.250 UTC
+	))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := `slot.moved a1 {"at":"2024-03-01T09:00:00.250Z","local":"2024-03-01T12:00:00.000","locals":["2024-03-01T12:00:00.000",null]}` + "\n"
+	if got := summary(evs); got != want {
+		t.Fatalf("events =\n%swant\n%s", got, want)
+	}
+}

@@ -133,7 +133,7 @@ func keyString(v any) string {
 	case bool:
 		return strconv.FormatBool(x)
 	case time.Time:
-		return x.UTC().Format(timeLayout)
+		return string(appendTime(nil, x))
 	case json.RawMessage:
 		return string(x)
 	case []byte:
@@ -143,8 +143,22 @@ func keyString(v any) string {
 	return string(b)
 }
 
-// timeLayout is RFC 3339 with milliseconds, always UTC ("Z").
-const timeLayout = "2006-01-02T15:04:05.000Z07:00"
+// timeLayout is RFC 3339 with milliseconds, always UTC ("Z");
+// noZoneLayout is the same without the zone, for `timestamp without time
+// zone` values (cdc.NoZone).
+const (
+	timeLayout   = "2006-01-02T15:04:05.000Z07:00"
+	noZoneLayout = "2006-01-02T15:04:05.000"
+)
+
+// appendTime appends t in UTC with a "Z", or, for a value of a column
+// without time zone, its wall clock without one.
+func appendTime(b []byte, t time.Time) []byte {
+	if t.Location() == cdc.NoZone {
+		return t.AppendFormat(b, noZoneLayout)
+	}
+	return t.UTC().AppendFormat(b, timeLayout)
+}
 
 // appendValue appends v as JSON. The kinds are those of cdc.Value: numbers
 // keep their exact text, times are RFC 3339 UTC with milliseconds, json
@@ -168,7 +182,7 @@ func appendValue(b []byte, v any) []byte {
 		return appendJSONString(b, string(x)) // NaN, Infinity
 	case time.Time:
 		b = append(b, '"')
-		b = x.UTC().AppendFormat(b, timeLayout)
+		b = appendTime(b, x)
 		return append(b, '"')
 	case json.RawMessage:
 		if len(x) == 0 {

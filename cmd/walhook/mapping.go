@@ -393,6 +393,10 @@ func jsonValue(v json.RawMessage) cdc.Value {
 		if t, err := time.Parse(time.RFC3339Nano, s); err == nil {
 			return cdc.Value{V: t.UTC()}
 		}
+		// Without a zone: a `timestamp without time zone` value.
+		if t, err := time.ParseInLocation("2006-01-02T15:04:05.999999999", s, cdc.NoZone); err == nil {
+			return cdc.Value{V: t}
+		}
 		return cdc.Value{V: s}
 	case v[0] == '{' || v[0] == '[':
 		return cdc.Value{V: v}

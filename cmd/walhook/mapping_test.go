@@ -2,10 +2,15 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/walhook/walhook/cdc"
 )
 
 const (
@@ -154,6 +159,23 @@ func TestMappingTestUsage(t *testing.T) {
 		_, errOut, code := runCLI(t, ctx, tc.args...)
 		if code != 2 || !strings.Contains(errOut, tc.want) {
 			t.Fatalf("%v: exit %d, stderr %q; want 2 and %q", tc.args, code, errOut, tc.want)
+		}
+	}
+}
+
+// Sample values: a string with a zone is a timestamptz, one without a
+// timestamp without time zone, anything else a string.
+func TestMappingTestTimestampValues(t *testing.T) {
+	t.Parallel()
+	for in, want := range map[string]any{
+		`"2024-03-01T10:00:00.25+01:00"`: time.Date(2024, 3, 1, 9, 0, 0, 250_000_000, time.UTC),
+		`"2024-03-01T12:00:00"`:          time.Date(2024, 3, 1, 12, 0, 0, 0, cdc.NoZone),
+		`"2024-03-01T12:00:00.5"`:        time.Date(2024, 3, 1, 12, 0, 0, 500_000_000, cdc.NoZone),
+		`"2024-03-01"`:                   "2024-03-01",
+		`"12:00"`:                        "12:00",
+	} {
+		if got := jsonValue(json.RawMessage(in)).V; !reflect.DeepEqual(got, want) {
+			t.Errorf("%s = %#v, want %#v", in, got, want)
 		}
 	}
 }
