@@ -159,6 +159,8 @@ type Dispatcher struct {
 	disabled sync.Map
 	// secrets caches decoded signing keys by secret.
 	secrets secretCache
+	// endpoints is the fan-out's copy of the endpoints.
+	endpoints endpointCache
 }
 
 // New returns a Dispatcher over the store in opts.Schema. It does not

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -33,7 +34,16 @@ type fanoutEndpoint struct {
 	active   bool
 	// What a delivery handed straight to a worker needs.
 	url, secret, prevSecret string
-	prevSecretValid         bool
+	prevSecretUntil         time.Time // zero when there is no previous secret
+}
+
+// endpointCache is the fan-out's copy of the endpoints, valid while the
+// store's endpoints_version is version (migration 007). Its slice is
+// replaced, never changed in place: handed deliveries point into it.
+type endpointCache struct {
+	mu      sync.Mutex
+	version int64
+	eps     []fanoutEndpoint
 }
 
 // matches applies the endpoint's filters: events exact or "prefix.*" (and
@@ -77,12 +87,13 @@ func matchAuction(filters []string, auction string) bool {
 // cursor of slot to the highest Final EndLSN in txs, never backwards. Only
 // after Append returns nil may cdc confirm that LSN.
 //
-// The endpoints are read inside the transaction with FOR KEY SHARE: an
-// endpoint created, changed or disabled by the API of another walhook
-// process is seen as of this transaction, and one being deleted is either
-// waited for (then skipped) or kept until this commit, and the delete then
-// removes the deliveries written here too (deleteDeliveriesOfSQL): no
-// delivery is left pointing at an endpoint that is gone.
+// The endpoints are read as of this transaction (fanoutEndpoints, under a
+// share lock on endpoints_version): an endpoint created, changed or
+// disabled by the API of another walhook process is seen, and one being
+// deleted is either waited for (then skipped) or kept until this commit,
+// and the delete then removes the deliveries written here too
+// (deleteDeliveriesOfSQL): no delivery is left pointing at an endpoint
+// that is gone.
 //
 // Rows go in as arrays through unnest, one statement per table, so the cost
 // is a handful of round trips whatever the batch size.
@@ -122,7 +133,7 @@ func (d *Dispatcher) Append(ctx context.Context, slot, systemID string, txs []Tx
 	defer func() { res.handoff(cs) }()
 	err := pgx.BeginFunc(ctx, d.pool, func(tx pgx.Tx) error {
 		if len(ev.id) > 0 {
-			eps, err := d.fanoutEndpoints(ctx, tx)
+			eps, now, err := d.fanoutEndpoints(ctx, tx)
 			if err != nil {
 				return err
 			}
@@ -148,7 +159,7 @@ func (d *Dispatcher) Append(ctx context.Context, slot, systemID string, txs []Tx
 							if taken == nil {
 								taken = map[string]handed{}
 							}
-							taken[id] = handed{ev: e, ep: ep}
+							taken[id] = handed{ev: e, ep: ep, prevValid: ep.prevSecretUntil.After(now)}
 						}
 					}
 				}
@@ -191,22 +202,49 @@ func (d *Dispatcher) Append(ctx context.Context, slot, systemID string, txs []Tx
 	return nil
 }
 
-func (d *Dispatcher) fanoutEndpoints(ctx context.Context, tx pgx.Tx) ([]fanoutEndpoint, error) {
+// fanoutEndpoints returns the endpoints as of tx, and tx's now() (which a
+// previous secret's overlap is measured against). It locks the one
+// endpoints_version row FOR SHARE: a transaction that changes endpoints
+// (their triggers update that row) is waited for, and the next one waits
+// until tx commits, so the endpoints cannot change under the fan-out and
+// one being deleted is either gone or kept until this commit (its delete
+// then removes the deliveries written here too: deleteDeliveriesOfSQL).
+// The rows are read again only when the version moved.
+func (d *Dispatcher) fanoutEndpoints(ctx context.Context, tx pgx.Tx) ([]fanoutEndpoint, time.Time, error) {
+	var version int64
+	var now time.Time
+	if err := tx.QueryRow(ctx, d.q(`SELECT version, now() FROM {{schema}}.endpoints_version FOR SHARE`)).Scan(&version, &now); err != nil {
+		return nil, now, fmt.Errorf("read endpoints version: %w", err)
+	}
+	c := &d.endpoints
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.eps != nil && c.version == version {
+		return c.eps, now, nil
+	}
 	rows, err := tx.Query(ctx, d.q(`SELECT id, events, auctions, active, url, secret, coalesce(previous_secret, ''),
-		coalesce(previous_secret_until > now(), false)
-		FROM {{schema}}.endpoints ORDER BY id FOR KEY SHARE`))
+		previous_secret_until
+		FROM {{schema}}.endpoints ORDER BY id`))
 	if err != nil {
-		return nil, fmt.Errorf("read endpoints: %w", err)
+		return nil, now, fmt.Errorf("read endpoints: %w", err)
 	}
 	eps, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (fanoutEndpoint, error) {
 		var e fanoutEndpoint
-		err := r.Scan(&e.id, &e.events, &e.auctions, &e.active, &e.url, &e.secret, &e.prevSecret, &e.prevSecretValid)
+		var until *time.Time
+		err := r.Scan(&e.id, &e.events, &e.auctions, &e.active, &e.url, &e.secret, &e.prevSecret, &until)
+		if until != nil {
+			e.prevSecretUntil = *until
+		}
 		return e, err
 	})
 	if err != nil {
-		return nil, fmt.Errorf("read endpoints: %w", err)
+		return nil, now, fmt.Errorf("read endpoints: %w", err)
 	}
-	return eps, nil
+	if eps == nil {
+		eps = []fanoutEndpoint{}
+	}
+	c.version, c.eps = version, eps
+	return eps, now, nil
 }
 
 const insertEventsSQL = `
@@ -298,6 +336,9 @@ func envelopeOf(e *mapper.Event) mapper.Envelope {
 type handed struct {
 	ev *mapper.Event
 	ep *fanoutEndpoint
+	// prevValid: the endpoint's previous secret still signs (as of the
+	// append's now()).
+	prevValid bool
 }
 
 // readAppend reads the results of Append's batch, in the order queued,
@@ -340,7 +381,7 @@ func (h handed) claimed(id string) claimed {
 	}
 	e.OccurredAt = e.OccurredAt.UTC().Truncate(time.Microsecond)
 	return claimed{id: id, endpointID: h.ep.id, url: h.ep.url, attempt: 1,
-		secret: h.ep.secret, prevSecret: h.ep.prevSecret, prevSecretValid: h.ep.prevSecretValid, event: e}
+		secret: h.ep.secret, prevSecret: h.ep.prevSecret, prevSecretValid: h.prevValid, event: e}
 }
 
 // HandoffRoom returns how many deliveries the next Append could hand

@@ -16,11 +16,17 @@ import (
 //
 //	go test ./dispatch -run '^$' -bench Append -benchtime 3s
 func BenchmarkAppend(b *testing.B) {
-	for _, txs := range []int{1, 100} {
-		b.Run(fmt.Sprintf("txs=%d", txs), func(b *testing.B) {
+	for _, c := range []struct{ txs, others int }{{1, 0}, {100, 0}, {1, 1000}, {100, 1000}} {
+		txs := c.txs
+		b.Run(fmt.Sprintf("txs=%d/other_endpoints=%d", txs, c.others), func(b *testing.B) {
 			d, bb := obSetup(b, func(o *Options) { o.Logger = nil })
 			bb.endpoint(b, "e1", "https://one.example/", nil, nil, true)
 			bb.endpoint(b, "e2", "https://two.example/", []string{"problem.*"}, nil, true)
+			// Endpoints the events do not match (other subscribers).
+			if _, err := bb.pool.Exec(context.Background(), `INSERT INTO walhook.endpoints (id, url, events, secret)
+				SELECT 'o' || i, 'https://other.example/' || i, '{member.*}', $2 FROM generate_series(1, $1) i`, c.others, obSecret); err != nil {
+				b.Fatal(err)
+			}
 			ctx := context.Background()
 			lsn := cdc.LSN(1 << 20)
 			b.ResetTimer()

@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/walhook/walhook/mapper"
 )
@@ -317,4 +318,139 @@ func TestSyncStaticEndpoints(t *testing.T) {
 
 func containsFold(s, sub string) bool {
 	return strings.Contains(strings.ToLower(s), strings.ToLower(sub))
+}
+
+// The fan-out keeps the endpoints between appends while endpoints_version
+// stays (migration 007): what the recorder writes (failure state, last
+// success) keeps it, any change the fan-out depends on moves it, and a
+// previous secret's overlap is judged at each append, not when the rows
+// were read.
+func TestAppendEndpointCache(t *testing.T) {
+	t.Parallel()
+	d, b := obSetup(t, nil)
+	ctx := context.Background()
+	b.endpoint(t, "e1", "https://x.example/", nil, nil, true)
+	exec := func(sql string) {
+		t.Helper()
+		if _, err := b.pool.Exec(ctx, sql); err != nil {
+			t.Fatal(err)
+		}
+	}
+	fanout := func() ([]fanoutEndpoint, time.Time) {
+		t.Helper()
+		tx, err := b.pool.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer tx.Rollback(ctx)
+		eps, now, err := d.fanoutEndpoints(ctx, tx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return eps, now
+	}
+	first, _ := fanout()
+	exec(`UPDATE walhook.endpoints SET failing_since = now(), last_attempt_at = now()`)
+	exec(`UPDATE walhook.endpoints SET failing_since = NULL, last_success_at = now(), url = url`)
+	if again, _ := fanout(); &again[0] != &first[0] {
+		t.Fatal("the endpoints were read again after a change the fan-out does not depend on")
+	}
+	for _, change := range []string{
+		`UPDATE walhook.endpoints SET url = 'https://y.example/'`,
+		`UPDATE walhook.endpoints SET events = '{a.*}'`,
+		`UPDATE walhook.endpoints SET auctions = '{A1}'`,
+		`UPDATE walhook.endpoints SET active = false`,
+		`UPDATE walhook.endpoints SET active = true, previous_secret = secret, secret = 'whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD',
+			previous_secret_until = now() + interval '1 hour'`,
+		`UPDATE walhook.endpoints SET previous_secret_until = now() - interval '1 second'`,
+		`INSERT INTO walhook.endpoints (id, url, secret) VALUES ('e2', 'https://z.example/', 'whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD')`,
+		`DELETE FROM walhook.endpoints WHERE id = 'e2'`,
+		`TRUNCATE walhook.endpoints`,
+	} {
+		before, _ := fanout()
+		exec(change)
+		after, _ := fanout()
+		var want []fanoutEndpoint
+		rows, err := b.pool.Query(ctx, `SELECT id, url, events, auctions, active, secret FROM walhook.endpoints ORDER BY id`)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for rows.Next() {
+			var e fanoutEndpoint
+			if err := rows.Scan(&e.id, &e.url, &e.events, &e.auctions, &e.active, &e.secret); err != nil {
+				t.Fatal(err)
+			}
+			want = append(want, e)
+		}
+		if len(after) != len(want) || (len(before) > 0 && len(after) > 0 && &before[0] == &after[0]) {
+			t.Fatalf("after %q: %d endpoints (cache kept: %v), want %d read again", change, len(after),
+				len(before) > 0 && len(after) > 0 && &before[0] == &after[0], len(want))
+		}
+		for i := range want {
+			g, w := after[i], want[i]
+			if g.id != w.id || g.url != w.url || !slices.Equal(g.events, w.events) || !slices.Equal(g.auctions, w.auctions) ||
+				g.active != w.active || g.secret != w.secret {
+				t.Fatalf("after %q: endpoint %+v, want %+v", change, g, w)
+			}
+		}
+	}
+
+	// The overlap of a previous secret ends while the cache is kept.
+	b.endpoint(t, "e3", "https://x.example/", nil, nil, true)
+	exec(`UPDATE walhook.endpoints SET previous_secret = secret, previous_secret_until = now() + interval '300 milliseconds'`)
+	eps, now := fanout()
+	if !eps[0].prevSecretUntil.After(now) {
+		t.Fatalf("previous secret until %s, not after the append's now() %s", eps[0].prevSecretUntil, now)
+	}
+	time.Sleep(400 * time.Millisecond)
+	later, now := fanout()
+	if &later[0] != &eps[0] || later[0].prevSecretUntil.After(now) {
+		t.Fatalf("350 ms later: cache kept %v, previous secret still valid %v", &later[0] == &eps[0], later[0].prevSecretUntil.After(now))
+	}
+}
+
+// A transaction changing endpoints holds the append off until it commits,
+// and the append then fans out to the endpoints as committed.
+func TestAppendWaitsForAnEndpointChange(t *testing.T) {
+	t.Parallel()
+	d, b := obSetup(t, nil)
+	ctx := context.Background()
+	b.endpoint(t, "e1", "https://x.example/", []string{"a.*"}, nil, true)
+	obAppend(t, d, 10, obEvent("a.b", "")) // fills the cache
+	tx, err := b.pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(ctx)
+	if _, err := tx.Exec(ctx, `UPDATE walhook.endpoints SET events = '{b.*}'`); err != nil {
+		t.Fatal(err)
+	}
+	ev := obEvent("a.b", "")
+	done := make(chan error, 1)
+	go func() {
+		done <- d.Append(ctx, "slot", "sys", []TxEvents{{Xid: 8, CommitLSN: 19, EndLSN: 20, Final: true, CommitTime: time.Now(), Events: []mapper.Event{ev}}})
+	}()
+	// The append waits on the lock of endpoints_version.
+	deadline := time.Now().Add(30 * time.Second)
+	for b.count(t, `SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'
+		AND query LIKE '%endpoints_version%'`) == 0 {
+		select {
+		case err := <-done:
+			t.Fatalf("Append returned (%v) while an endpoint change was uncommitted", err)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("Append never waited for the endpoint change")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if n := b.count(t, `SELECT count(*) FROM walhook.deliveries WHERE event_id = $1`, ev.ID); n != 0 {
+		t.Fatalf("%d deliveries for an a.b event to an endpoint that now subscribes to b.*, want 0", n)
+	}
 }
