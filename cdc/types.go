@@ -93,7 +93,9 @@ const (
 //   - bool, int16/int32 as int64, float4/float8 as float64
 //   - int8 and numeric as json.Number (no precision lost)
 //   - text, varchar, uuid, enums, unknown types: string
-//   - timestamptz/timestamp: time.Time in UTC (rendered RFC 3339)
+//   - timestamptz: time.Time in UTC (rendered RFC 3339 with "Z")
+//   - timestamp (without time zone): time.Time in NoZone, its wall clock
+//     read as UTC (rendered without a zone)
 //   - date: string "YYYY-MM-DD"
 //   - json/jsonb: json.RawMessage
 //   - bytea: []byte

@@ -198,7 +198,7 @@ func (d *Dispatcher) record(ctx context.Context, c claimed, started time.Time, r
 		}
 		return nil
 	}
-	disabled := false
+	reason := ""
 	err := pgx.BeginFunc(ctx, d.pool, func(tx pgx.Tx) error {
 		b := &pgx.Batch{}
 		d.queueOutcome(b, c, started, res, o)
@@ -208,23 +208,21 @@ func (d *Dispatcher) record(ctx context.Context, c claimed, started time.Time, r
 		if c.test {
 			return nil
 		}
-		reason := o.disable
+		reason = o.disable
 		if reason == "" && !d.opts.DisableNever {
 			var err error
 			if reason, err = d.disableRule(ctx, tx, c.endpointID); err != nil {
 				return err
 			}
 		}
-		if reason != "" {
-			disabled = true
-			return d.disable(ctx, tx, c.endpointID, reason)
-		}
 		return nil
 	})
-	if err == nil && disabled {
-		d.noteDisabled(c.endpointID)
+	if err != nil || reason == "" {
+		return err
 	}
-	return err
+	// Not in the outcome's transaction: disabling takes the endpoints lock
+	// (lockEndpointsSQL), which must come before any delivery row.
+	return d.disable(ctx, c.endpointID, reason)
 }
 
 // noteDisabled records that this process disabled an endpoint (or saw it
@@ -312,22 +310,36 @@ func (d *Dispatcher) disableRule(ctx context.Context, tx pgx.Tx, endpointID stri
 		since.UTC().Format(time.RFC3339), d.opts.DisableWindow, failed), nil
 }
 
-// disable turns the endpoint off with reason and time, and skips its
-// pending deliveries (kept: an admin can re-enable and recover them).
-func (d *Dispatcher) disable(ctx context.Context, tx pgx.Tx, endpointID, reason string) error {
-	tag, err := tx.Exec(ctx, d.q(`UPDATE {{schema}}.endpoints
-		SET active = false, disabled_reason = $2, disabled_at = now(), updated_at = now()
-		WHERE id = $1 AND active`), endpointID, reason)
+// disable turns the endpoint off with reason and time, then skips its
+// pending deliveries (kept: an admin can re-enable and recover them). The
+// skip runs after the disable has committed, so appends (which wait while
+// an endpoint changes) are not held up for as long as a large backlog
+// takes to skip.
+func (d *Dispatcher) disable(ctx context.Context, endpointID, reason string) error {
+	var n int64
+	err := pgx.BeginFunc(ctx, d.pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, d.q(lockEndpointsSQL)); err != nil {
+			return err
+		}
+		tag, err := tx.Exec(ctx, d.q(`UPDATE {{schema}}.endpoints
+			SET active = false, disabled_reason = $2, disabled_at = now(), updated_at = now()
+			WHERE id = $1 AND active`), endpointID, reason)
+		n = tag.RowsAffected()
+		return err
+	})
 	if err != nil {
 		return fmt.Errorf("disable endpoint: %w", err)
 	}
-	if tag.RowsAffected() == 0 {
+	if n == 0 {
 		return nil
 	}
-	skipped, err := tx.Exec(ctx, d.q(`UPDATE {{schema}}.deliveries SET status = 'skipped', updated_at = now()
-		WHERE endpoint_id = $1 AND status = 'pending'`), endpointID)
+	d.noteDisabled(endpointID)
+	skipped, err := d.pool.Exec(ctx, d.q(skipPendingSQL), endpointID)
 	if err != nil {
-		return fmt.Errorf("skip deliveries of disabled endpoint: %w", err)
+		// The maintenance sweep skips them (claims pass them by).
+		d.log.Warn("endpoint disabled; skipping its pending deliveries failed (the maintenance sweep will)",
+			slog.String("endpoint", endpointID), slog.String("reason", reason), slog.Any("error", err))
+		return nil
 	}
 	d.log.Warn("endpoint disabled", slog.String("endpoint", endpointID), slog.String("reason", reason),
 		slog.Int64("skipped_deliveries", skipped.RowsAffected()))

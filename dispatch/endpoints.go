@@ -48,7 +48,24 @@ func (d *Dispatcher) SyncStaticEndpoints(ctx context.Context, eps []StaticEndpoi
 		}
 		ids = append(ids, StaticPrefix+e.Name)
 	}
-	err := pgx.BeginFunc(ctx, d.pool, func(tx pgx.Tx) error {
+	// Deliveries of static endpoints no longer configured go first, while
+	// appends run on (see deleteEndpointsSQL); those appended meanwhile go
+	// with the endpoints.
+	var gone []string
+	rows, err := d.pool.Query(ctx, d.q(`SELECT id FROM {{schema}}.endpoints WHERE static AND NOT (id = ANY($1::text[]))`), ids)
+	if err == nil {
+		gone, err = pgx.CollectRows(rows, pgx.RowTo[string])
+	}
+	if err == nil && len(gone) > 0 {
+		_, err = d.pool.Exec(ctx, d.q(deleteDeliveriesOfSQL), gone)
+	}
+	if err != nil {
+		return fmt.Errorf("sync static endpoints: delete deliveries of static endpoints no longer configured: %w", err)
+	}
+	err = pgx.BeginFunc(ctx, d.pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, d.q(lockEndpointsSQL)); err != nil {
+			return fmt.Errorf("lock endpoints: %w", err)
+		}
 		for i, e := range eps {
 			_, err := tx.Exec(ctx, d.q(upsertStaticSQL), ids[i], e.URL, e.Description,
 				nonNilStrings(e.Events), nonNilStrings(e.Auctions), e.Secret, e.Disabled,
@@ -70,18 +87,39 @@ func (d *Dispatcher) SyncStaticEndpoints(ctx context.Context, eps []StaticEndpoi
 				return fmt.Errorf("delete deliveries of static endpoints no longer configured: %w", err)
 			}
 		}
-		// Deliveries of endpoints the config disables stop now.
-		_, err = tx.Exec(ctx, d.q(`UPDATE {{schema}}.deliveries SET status = 'skipped', updated_at = now()
-			WHERE status = 'pending' AND endpoint_id = ANY($1::text[])
-			  AND endpoint_id IN (SELECT id FROM {{schema}}.endpoints WHERE NOT active)`), ids)
-		return err
+		return nil
 	})
 	if err != nil {
 		return fmt.Errorf("sync static endpoints: %w", err)
 	}
+	// Deliveries of endpoints the config disables stop now (claims pass
+	// inactive endpoints by already).
+	if _, err := d.pool.Exec(ctx, d.q(`UPDATE {{schema}}.deliveries SET status = 'skipped', updated_at = now()
+			WHERE status = 'pending' AND endpoint_id = ANY($1::text[])
+			  AND endpoint_id IN (SELECT id FROM {{schema}}.endpoints WHERE NOT active)`), ids); err != nil {
+		return fmt.Errorf("sync static endpoints: skip deliveries of disabled endpoints: %w", err)
+	}
 	d.Notify()
 	return nil
 }
+
+// lockEndpointsSQL is the first statement of every transaction that
+// changes what the fan-out reads of endpoints (migration 007). The
+// triggers would take this lock at the first change anyway; taking it
+// before any endpoint or delivery row keeps one lock order — version row,
+// endpoint rows, deliveries — shared with Append (version row, then
+// deliveries), so none of them can deadlock another. Every Append waits
+// while it is held: such a transaction changes endpoint rows only, and
+// skips or deletes their deliveries in statements of their own.
+const lockEndpointsSQL = `SELECT FROM {{schema}}.endpoints_version FOR UPDATE`
+
+// skipPendingSQL skips the pending deliveries of endpoint $1 if it is
+// disabled, after the transaction that disabled it; claims pass them by
+// meanwhile (they claim for active endpoints only), and the maintenance
+// sweep (skipDisabledSQL) skips any this statement did not get to.
+const skipPendingSQL = `UPDATE {{schema}}.deliveries SET status = 'skipped', updated_at = now()
+	WHERE endpoint_id = $1 AND status = 'pending'
+	  AND NOT coalesce((SELECT active FROM {{schema}}.endpoints WHERE id = $1), true)`
 
 const upsertStaticSQL = `
 INSERT INTO {{schema}}.endpoints AS e (id, static, url, description, events, auctions, secret, active, disabled_reason, disabled_at)
@@ -115,10 +153,13 @@ func nonNilStrings(s []string) []string {
 }
 
 // deleteDeliveriesOfSQL deletes the deliveries of the endpoints in $1 and
-// their attempts. Run it in the transaction that deletes the endpoints,
-// after that DELETE: an Append that read those endpoints holds them FOR
-// KEY SHARE, so the DELETE waited for it, and this statement's snapshot
-// sees what it wrote.
+// their attempts. Deleting endpoints runs it twice: first on its own,
+// while appends go on (the bulk of the history, without holding them
+// up), then in the transaction that deletes the endpoints, after that
+// DELETE: the DELETE's trigger waited for every Append in flight (they
+// hold endpoints_version FOR SHARE) and holds the next ones off, so this
+// statement's snapshot sees the few they wrote meanwhile and none can
+// follow. No delivery is left pointing at an endpoint that is gone.
 const deleteDeliveriesOfSQL = `
 WITH gone AS (
     DELETE FROM {{schema}}.deliveries WHERE endpoint_id = ANY($1::text[]) RETURNING id

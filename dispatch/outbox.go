@@ -38,12 +38,15 @@ type fanoutEndpoint struct {
 }
 
 // endpointCache is the fan-out's copy of the endpoints, valid while the
-// store's endpoints_version is version (migration 007). Its slice is
-// replaced, never changed in place: handed deliveries point into it.
+// store's endpoints_version row is at version and was last written by
+// transaction xmin (migration 007): a store dropped and set up again
+// starts counting at 1 again, in a row another transaction wrote. Its
+// slice is replaced, never changed in place: handed deliveries point into
+// it.
 type endpointCache struct {
-	mu      sync.Mutex
-	version int64
-	eps     []fanoutEndpoint
+	mu            sync.Mutex
+	version, xmin int64
+	eps           []fanoutEndpoint
 }
 
 // matches applies the endpoint's filters: events exact or "prefix.*" (and
@@ -211,15 +214,16 @@ func (d *Dispatcher) Append(ctx context.Context, slot, systemID string, txs []Tx
 // then removes the deliveries written here too: deleteDeliveriesOfSQL).
 // The rows are read again only when the version moved.
 func (d *Dispatcher) fanoutEndpoints(ctx context.Context, tx pgx.Tx) ([]fanoutEndpoint, time.Time, error) {
-	var version int64
+	var version, xmin int64
 	var now time.Time
-	if err := tx.QueryRow(ctx, d.q(`SELECT version, now() FROM {{schema}}.endpoints_version FOR SHARE`)).Scan(&version, &now); err != nil {
+	if err := tx.QueryRow(ctx, d.q(`SELECT version, xmin::text::bigint, now() FROM {{schema}}.endpoints_version FOR SHARE`)).
+		Scan(&version, &xmin, &now); err != nil {
 		return nil, now, fmt.Errorf("read endpoints version: %w", err)
 	}
 	c := &d.endpoints
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.eps != nil && c.version == version {
+	if c.eps != nil && c.version == version && c.xmin == xmin {
 		return c.eps, now, nil
 	}
 	rows, err := tx.Query(ctx, d.q(`SELECT id, events, auctions, active, url, secret, coalesce(previous_secret, ''),
@@ -243,7 +247,7 @@ func (d *Dispatcher) fanoutEndpoints(ctx context.Context, tx pgx.Tx) ([]fanoutEn
 	if eps == nil {
 		eps = []fanoutEndpoint{}
 	}
-	c.version, c.eps = version, eps
+	c.version, c.xmin, c.eps = version, xmin, eps
 	return eps, now, nil
 }
 

@@ -454,3 +454,86 @@ func TestAppendWaitsForAnEndpointChange(t *testing.T) {
 		t.Fatalf("%d deliveries for an a.b event to an endpoint that now subscribes to b.*, want 0", n)
 	}
 }
+
+// Disabling an endpoint with a backlog must not hold appends up while its
+// pending deliveries are skipped: appends wait for a transaction that
+// changes endpoints (endpoints_version), so the skip runs after it. Here
+// the skip is held on one row another transaction has locked, and an
+// Append for another endpoint still goes through.
+func TestDisableDoesNotHoldUpAppends(t *testing.T) {
+	t.Parallel()
+	d, b := obSetup(t, nil)
+	ctx := context.Background()
+	b.endpoint(t, "e1", "https://x.example/", []string{"a.*"}, nil, true)
+	b.endpoint(t, "e2", "https://y.example/", []string{"b.*"}, nil, true)
+	pending := obEvent("a.x", "")
+	obAppend(t, d, 10, pending)
+	blocker, err := b.pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer blocker.Rollback(ctx)
+	if _, err := blocker.Exec(ctx, `SELECT FROM walhook.deliveries WHERE event_id = $1 FOR UPDATE`, pending.ID); err != nil {
+		t.Fatal(err)
+	}
+	disabled := make(chan error, 1)
+	go func() { disabled <- d.disable(ctx, "e1", "test") }()
+	deadline := time.Now().Add(30 * time.Second)
+	for b.count(t, `SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'
+		AND query LIKE '%status = ''skipped''%'`) == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the skip never waited on the locked delivery")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	// The disable has committed; only the skip waits.
+	if n := b.count(t, `SELECT count(*) FROM walhook.endpoints WHERE id = 'e1' AND NOT active`); n != 1 {
+		t.Fatalf("e1 not disabled while its deliveries are being skipped")
+	}
+	actx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	other := obEvent("b.x", "")
+	if err := d.Append(actx, "slot", "sys", []TxEvents{{Xid: 9, CommitLSN: 19, EndLSN: 20, Final: true, CommitTime: time.Now(),
+		Events: []mapper.Event{other, obEvent("a.y", "")}}}); err != nil {
+		t.Fatalf("Append while a disabled endpoint's backlog is skipped: %v", err)
+	}
+	if n := b.count(t, `SELECT count(*) FROM walhook.deliveries WHERE endpoint_id = 'e1' AND status = 'skipped'`); n != 1 {
+		t.Fatalf("%d skipped deliveries of e1 from the Append after the disable, want 1", n)
+	}
+	if err := blocker.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-disabled; err != nil {
+		t.Fatal(err)
+	}
+	if n := b.count(t, `SELECT count(*) FROM walhook.deliveries WHERE event_id = $1 AND status = 'skipped'`, pending.ID); n != 1 {
+		t.Fatalf("the pending delivery of the disabled endpoint was not skipped")
+	}
+}
+
+// A store dropped and set up again under a running process counts its
+// endpoints_version from 1 again: the cache must not take the new
+// store's version 2 for the old one's.
+func TestAppendEndpointCacheSurvivesANewStore(t *testing.T) {
+	t.Parallel()
+	d, b := obSetup(t, nil)
+	ctx := context.Background()
+	b.endpoint(t, "old", "https://x.example/", nil, nil, true)
+	ev := obEvent("a.b", "")
+	obAppend(t, d, 10, ev)
+	if _, err := b.pool.Exec(ctx, `DROP SCHEMA walhook CASCADE`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Migrate(ctx, b.pool, "walhook"); err != nil {
+		t.Fatal(err)
+	}
+	b.endpoint(t, "new", "https://y.example/", nil, nil, true)
+	if n := b.count(t, `SELECT version FROM walhook.endpoints_version`); n != 2 {
+		t.Fatalf("version %d, want 2 as in the old store when it was read", n)
+	}
+	ev = obEvent("a.b", "")
+	obAppend(t, d, 20, ev)
+	if n := b.count(t, `SELECT count(*) FROM walhook.deliveries WHERE event_id = $1 AND endpoint_id = 'new'`, ev.ID); n != 1 {
+		t.Fatalf("%d deliveries to the new store's endpoint, want 1 (the old store's endpoints were kept)", n)
+	}
+}
