@@ -4,6 +4,10 @@ import (
 	"context"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
 
 	"github.com/walhook/walhook/internal/pgtest"
 )
@@ -91,5 +95,86 @@ func TestTeardown(t *testing.T) {
 	again, err := Teardown(ctx, dsn, slot, "walhook", false)
 	if err != nil || !strings.Contains(again[0], "does not exist") {
 		t.Fatalf("second teardown: %q %v", again, err)
+	}
+}
+
+func TestTimelineSwitch(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct {
+		in   string
+		want LSN
+		err  bool
+	}{
+		{"1\t0/3000000\tno recovery target specified\n", 0x3000000, false},
+		{"1\t0/3000000\tno recovery target specified\n\n2\t1/A0000028\tat restore point \"x\"\n", 0x1A0000028, false},
+		{"# comment\n1\t0/5000000\treason\n", 0x5000000, false},
+		{"", 0, true},
+		{"1\n", 0, true},
+		{"1\tnot-an-lsn\treason\n", 0, true},
+	} {
+		got, err := timelineSwitch([]byte(c.in))
+		if (err != nil) != c.err || got != c.want {
+			t.Errorf("timelineSwitch(%q) = %s, %v; want %s, error %v", c.in, got, err, c.want, c.err)
+		}
+	}
+}
+
+// A cluster that was never promoted is on timeline 1, which has no start.
+func TestTimelineStartOfAPrimary(t *testing.T) {
+	t.Parallel()
+	dsn := pgtest.Shared(t).NewDatabase(t)
+	_, tl, ok, err := TimelineStart(context.Background(), dsn)
+	if err != nil || ok || tl != 1 {
+		t.Fatalf("TimelineStart = timeline %d, ok %v, %v; want timeline 1, not ok", tl, ok, err)
+	}
+}
+
+// A promoted standby is on timeline 2, which began where it stopped
+// replaying the primary: past everything it replayed, at or before its
+// first own WAL.
+func TestTimelineStartOfAPromotedStandby(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	primary := pgtest.StartT(t, pgtest.Options{})
+	standby, err := primary.StartStandby()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { standby.Remove() })
+	if err := primary.Exec(ctx, "postgres", `CREATE TABLE t (id int); INSERT INTO t SELECT generate_series(1, 1000)`); err != nil {
+		t.Fatal(err)
+	}
+	sconn, err := pgx.Connect(ctx, standby.DSN("postgres"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sconn.Close(ctx)
+	var replayed string
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		var caughtUp bool
+		if err := sconn.QueryRow(ctx, `SELECT pg_last_wal_replay_lsn()::text, EXISTS (SELECT FROM t WHERE id = 1000)`).Scan(&replayed, &caughtUp); err == nil && caughtUp {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the standby did not replay the primary's writes")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if err := standby.Promote(ctx); err != nil {
+		t.Fatal(err)
+	}
+	start, tl, ok, err := TimelineStart(ctx, standby.DSN("postgres"))
+	if err != nil || !ok || tl != 2 {
+		t.Fatalf("TimelineStart = %s, timeline %d, ok %v, %v; want timeline 2", start, tl, ok, err)
+	}
+	var nowLSN string
+	if err := sconn.QueryRow(ctx, `SELECT pg_current_wal_lsn()::text`).Scan(&nowLSN); err != nil {
+		t.Fatal(err)
+	}
+	r, _ := pglogrepl.ParseLSN(replayed)
+	n, _ := pglogrepl.ParseLSN(nowLSN)
+	if start < r || start > n {
+		t.Fatalf("timeline 2 starts at %s, want between the last replayed %s and the WAL end %s", start, r, n)
 	}
 }

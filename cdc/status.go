@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/jackc/pglogrepl"
@@ -147,4 +148,65 @@ func SystemID(ctx context.Context, dsn string) (string, error) {
 		return "", fmt.Errorf("identify system: %w", err)
 	}
 	return res.SystemID, nil
+}
+
+// TimelineStart returns the position where the server's current timeline
+// began (its last promotion, from TIMELINE_HISTORY) and the timeline; ok is
+// false on timeline 1, which began with the cluster. Transactions committed
+// at or past start are the server's own; those before it the server shares
+// with the one it was promoted from.
+func TimelineStart(ctx context.Context, dsn string) (start LSN, timeline int32, ok bool, err error) {
+	cfg, err := replicationConfig(dsn)
+	if err != nil {
+		return 0, 0, false, err
+	}
+	conn, err := pgconn.ConnectConfig(ctx, cfg)
+	if err != nil {
+		return 0, 0, false, fmt.Errorf("connect for TIMELINE_HISTORY: %w", err)
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	id, err := pglogrepl.IdentifySystem(ctx, conn)
+	if err != nil {
+		return 0, 0, false, fmt.Errorf("identify system: %w", err)
+	}
+	if id.Timeline <= 1 {
+		return 0, id.Timeline, false, nil
+	}
+	h, err := pglogrepl.TimelineHistory(ctx, conn, id.Timeline)
+	if err != nil {
+		return 0, id.Timeline, false, fmt.Errorf("timeline history of timeline %d: %w", id.Timeline, err)
+	}
+	start, err = timelineSwitch(h.Content)
+	if err != nil {
+		return 0, id.Timeline, false, fmt.Errorf("timeline history of timeline %d (%s): %w", id.Timeline, h.FileName, err)
+	}
+	return start, id.Timeline, true, nil
+}
+
+// timelineSwitch returns the switch point of a timeline history file's
+// last entry ("<parent timeline>\t<switch point>\t<reason>" per line;
+// blank lines and # comments are skipped): where the file's timeline
+// began.
+func timelineSwitch(content []byte) (LSN, error) {
+	var last LSN
+	found := false
+	for _, line := range strings.Split(string(content), "\n") {
+		line = strings.TrimSpace(line)
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		f := strings.Fields(line)
+		if len(f) < 2 {
+			return 0, fmt.Errorf("malformed line %q", line)
+		}
+		lsn, err := pglogrepl.ParseLSN(f[1])
+		if err != nil {
+			return 0, fmt.Errorf("malformed line %q: %w", line, err)
+		}
+		last, found = lsn, true
+	}
+	if !found {
+		return 0, errors.New("no switch point")
+	}
+	return last, nil
 }

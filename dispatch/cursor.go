@@ -49,19 +49,21 @@ func readCursor(ctx context.Context, q querier, sql, slot string) (lsn cdc.LSN, 
 // between never become events: the only way on once they can no longer be
 // read (a lost or re-created slot, a failover). A cursor ahead of the
 // server's WAL (a failover to a standby that was behind) moves back to the
-// slot, and the id epoch is counted up (IDEpoch): the new history reuses
-// the old one's xids and positions. It moves the cursor only if it still
-// is at from, so it never moves one a running walhook has advanced since;
-// moved is false then.
-func AcceptGap(ctx context.Context, pool *pgxpool.Pool, schema, slot string, from, to cdc.LSN) (moved bool, err error) {
+// slot, and the id epoch is counted up from newFrom on (IDEpoch): the new
+// history reuses the old one's xids and positions past the point where it
+// began, newFrom. It moves the cursor only if it still is at from, so it
+// never moves one a running walhook has advanced since; moved is false
+// then.
+func AcceptGap(ctx context.Context, pool *pgxpool.Pool, schema, slot string, from, to, newFrom cdc.LSN) (moved bool, err error) {
 	if to == from {
 		return false, fmt.Errorf("accept gap of slot %q: the cursor is at %s already", slot, to)
 	}
 	tag, err := pool.Exec(ctx, strings.ReplaceAll(
 		`UPDATE {{schema}}.cursor SET lsn = $3::pg_lsn, fork_wal_end = NULL, updated_at = now(),
-		    id_epoch = id_epoch + CASE WHEN $3::pg_lsn < $2::pg_lsn THEN 1 ELSE 0 END
+		    id_epoch = id_epoch + CASE WHEN $3::pg_lsn < $2::pg_lsn THEN 1 ELSE 0 END,
+		    id_epoch_from = CASE WHEN $3::pg_lsn < $2::pg_lsn THEN $4::pg_lsn ELSE id_epoch_from END
 		WHERE slot = $1 AND lsn = $2::pg_lsn`,
-		"{{schema}}", quoteIdent(schema)), slot, from.String(), to.String())
+		"{{schema}}", quoteIdent(schema)), slot, from.String(), to.String(), newFrom.String())
 	if err != nil {
 		return false, fmt.Errorf("accept gap of slot %q: %w", slot, err)
 	}
@@ -69,18 +71,23 @@ func AcceptGap(ctx context.Context, pool *pgxpool.Pool, schema, slot string, fro
 }
 
 // IDEpoch returns the id epoch of slot's cursor (0 before the first Append
-// and until a fork is accepted): the leader gives it to the mapper
-// (mapper.SetIDEpoch) before it streams.
-func (d *Dispatcher) IDEpoch(ctx context.Context, slot string) (uint32, error) {
+// and until a fork is accepted) and the position from which it applies:
+// the leader gives them to the mapper (mapper.SetIDEpoch) before it
+// streams.
+func (d *Dispatcher) IDEpoch(ctx context.Context, slot string) (epoch uint32, from cdc.LSN, err error) {
 	var e int32
-	err := d.pool.QueryRow(ctx, d.q(`SELECT id_epoch FROM {{schema}}.cursor WHERE slot = $1`), slot).Scan(&e)
+	var f *string
+	err = d.pool.QueryRow(ctx, d.q(`SELECT id_epoch, id_epoch_from::text FROM {{schema}}.cursor WHERE slot = $1`), slot).Scan(&e, &f)
 	if errors.Is(err, pgx.ErrNoRows) {
-		return 0, nil
+		return 0, 0, nil
+	}
+	if err == nil && f != nil {
+		from, err = pglogrepl.ParseLSN(*f)
 	}
 	if err != nil {
-		return 0, fmt.Errorf("read the id epoch of slot %q: %w", slot, err)
+		return 0, 0, fmt.Errorf("read the id epoch of slot %q: %w", slot, err)
 	}
-	return uint32(e), nil
+	return uint32(e), from, nil
 }
 
 // RecordFork remembers that slot's cursor was found past the source's WAL

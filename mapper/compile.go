@@ -38,7 +38,13 @@ type Mapper struct {
 	tableOIDs map[uint32]string
 	stats     Stats
 	// epoch is the store's id epoch (SetIDEpoch).
-	epoch atomic.Uint32
+	epoch atomic.Pointer[idEpoch]
+}
+
+// idEpoch is an id epoch and the commit position from which it applies.
+type idEpoch struct {
+	n    uint32
+	from cdc.LSN
 }
 
 // colRef names a column of the old or the new row.
@@ -413,12 +419,17 @@ func (m *Mapper) Tables() []string {
 	return out
 }
 
-// SetIDEpoch sets the id epoch that goes into event ids from now on (see
-// EventID). The store keeps it with its cursor and counts it up when an
-// operator accepts a fork of the source's history, so that a transaction
-// of the new history with the xid and commit LSN of a stored one of the
-// old gets an id of its own instead of being taken for a replay.
-func (m *Mapper) SetIDEpoch(epoch uint32) { m.epoch.Store(epoch) }
+// SetIDEpoch sets the id epoch that goes into the ids of transactions
+// committed at or past from (see EventID); those before it get the epoch
+// before (epoch-1). The store keeps both with its cursor and counts the
+// epoch up when an operator accepts a fork of the source's history, from
+// where the new history begins: a transaction of the new history with the
+// xid and commit LSN of a stored one of the old gets an id of its own
+// instead of being taken for a replay, and one the two histories share
+// keeps the id it was stored with.
+func (m *Mapper) SetIDEpoch(epoch uint32, from cdc.LSN) {
+	m.epoch.Store(&idEpoch{n: epoch, from: from})
+}
 
 // Stats returns the counters.
 func (m *Mapper) Stats() Stats {

@@ -403,7 +403,14 @@ func renderData(ch *cdc.Change, rp *rulePlan) json.RawMessage {
 // eventID is EventID for a change of tx under the mapper's system id and
 // id epoch.
 func (m *Mapper) eventID(tx *cdc.Tx, position, rule int) string {
-	return EventID(m.opts.SystemID, m.epoch.Load(), tx.Xid, tx.CommitLSN, position, rule)
+	var epoch uint32
+	if e := m.epoch.Load(); e != nil {
+		epoch = e.n
+		if tx.CommitLSN < e.from && epoch > 0 {
+			epoch--
+		}
+	}
+	return EventID(m.opts.SystemID, epoch, tx.Xid, tx.CommitLSN, position, rule)
 }
 
 // EventID is deterministic from (system id, id epoch, xid, commit LSN,

@@ -327,9 +327,9 @@ func TestMapEventIDsDeterministic(t *testing.T) {
 	if got := EventID("7345", 0, tx.Xid, tx.CommitLSN, 0, 0); got != a[0].ID {
 		t.Fatalf("EventID(epoch 0) = %s, Map gave %s", got, a[0].ID)
 	}
-	m1.SetIDEpoch(1)
+	m1.SetIDEpoch(1, 0)
 	e1, _ := m1.Map(mk())
-	m1.SetIDEpoch(2)
+	m1.SetIDEpoch(2, 0)
 	e2, _ := m1.Map(mk())
 	for i := range a {
 		if e1[i].ID == a[i].ID || e2[i].ID == a[i].ID || e1[i].ID == e2[i].ID {
@@ -338,6 +338,20 @@ func TestMapEventIDsDeterministic(t *testing.T) {
 	}
 	if got := EventID("7345", 1, tx.Xid, tx.CommitLSN, 1, 1); got != e1[3].ID {
 		t.Fatalf("EventID(epoch 1) = %s, Map gave %s", got, e1[3].ID)
+	}
+	// A transaction committed before where the epoch applies (the two
+	// histories share it) keeps the id of the epoch before.
+	m1.SetIDEpoch(1, tx.CommitLSN+1)
+	if shared, _ := m1.Map(mk()); shared[0].ID != a[0].ID {
+		t.Fatalf("a transaction before the epoch's start got %s, want its epoch-0 id %s", shared[0].ID, a[0].ID)
+	}
+	m1.SetIDEpoch(2, tx.CommitLSN+1)
+	if shared, _ := m1.Map(mk()); shared[0].ID != e1[0].ID {
+		t.Fatalf("a transaction before epoch 2's start got %s, want its epoch-1 id %s", shared[0].ID, e1[0].ID)
+	}
+	m1.SetIDEpoch(1, tx.CommitLSN)
+	if at, _ := m1.Map(mk()); at[0].ID != e1[0].ID {
+		t.Fatalf("a transaction at the epoch's start got %s, want its epoch-1 id %s", at[0].ID, e1[0].ID)
 	}
 }
 

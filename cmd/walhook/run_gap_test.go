@@ -223,6 +223,10 @@ func TestRunRefusesACursorAheadOfTheServer(t *testing.T) {
 	if n := db.count(t, `SELECT id_epoch FROM walhook.cursor WHERE slot = $1`, db.slot); n != 1 {
 		t.Fatalf("id_epoch %d after accepting a fork, want 1", n)
 	}
+	// This server was never promoted: the new history begins at the slot.
+	if n := db.count(t, `SELECT count(*) FROM walhook.cursor WHERE slot = $1 AND id_epoch_from = $2::pg_lsn`, db.slot, slot.String()); n != 1 {
+		t.Fatalf("id_epoch_from is not the slot's position %s", slot)
+	}
 	var sys string
 	if err := db.pool.QueryRow(ctx, `SELECT system_identifier::text FROM pg_control_system()`).Scan(&sys); err != nil {
 		t.Fatal(err)

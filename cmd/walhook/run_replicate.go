@@ -183,11 +183,11 @@ func (r *runner) lead(ctx context.Context, lock *leaderLock) error {
 			"restore), and streaming from the cursor would skip the changes the server wrote up to it; run walhook "+
 			"setup --accept-gap to start from the slot", cdc.ErrCursorAhead, slot, cursor, walEnd)
 	}
-	epoch, err := r.disp.IDEpoch(ctx, slot)
+	epoch, epochFrom, err := r.disp.IDEpoch(ctx, slot)
 	if err != nil {
 		return err
 	}
-	r.mapper.SetIDEpoch(epoch)
+	r.mapper.SetIDEpoch(epoch, epochFrom)
 	opts := streamOptions(r.cfg, r.log)
 	opts.Durable = func(ctx context.Context) (cdc.LSN, bool, error) {
 		lsn, _, ok, err := r.disp.Cursor(ctx, slot)

@@ -165,7 +165,21 @@ func setupCursor(ctx context.Context, cfg *config.Config, accept bool) (string, 
 		return "", fmt.Errorf("setup: %w", err)
 	}
 	defer pool.Close()
-	moved, err := dispatch.AcceptGap(ctx, pool, cfg.Store.Schema, cfg.Source.Slot, gap.cursor, gap.slot)
+	// A fork: the ids of transactions of the new history get the next id
+	// epoch, from where that history begins — the server's last promotion
+	// if the slot is older than it (the transactions in between are in
+	// both histories, stored already, and keep their ids), else the slot.
+	epochFrom := gap.slot
+	if gap.walEnd != 0 {
+		start, _, ok, err := cdc.TimelineStart(ctx, cfg.Source.DSN)
+		if err != nil {
+			return "", fmt.Errorf("setup: %w", err)
+		}
+		if ok && start > epochFrom {
+			epochFrom = start
+		}
+	}
+	moved, err := dispatch.AcceptGap(ctx, pool, cfg.Store.Schema, cfg.Source.Slot, gap.cursor, gap.slot, epochFrom)
 	if err != nil {
 		return "", fmt.Errorf("setup: %w", err)
 	}

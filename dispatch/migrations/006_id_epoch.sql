@@ -7,6 +7,10 @@
 -- walhook setup --accept-gap moves the cursor back: a new transaction with
 -- the xid and commit LSN of a stored one would be taken for a replay of it
 -- (ON CONFLICT DO NOTHING) and lost. Accepting a fork counts id_epoch up,
--- and the epoch goes into every event id from then on (epoch 0 leaves the
--- ids as they were).
-ALTER TABLE {{schema}}.cursor ADD COLUMN id_epoch int NOT NULL DEFAULT 0;
+-- and the epoch goes into the ids of transactions committed at or past
+-- id_epoch_from: where the new history begins (the server's last
+-- promotion, or the slot's position if that is later). Transactions
+-- before it are in both histories and keep the ids they had (epoch 0
+-- leaves the ids as they were).
+ALTER TABLE {{schema}}.cursor ADD COLUMN id_epoch int NOT NULL DEFAULT 0,
+    ADD COLUMN id_epoch_from pg_lsn;

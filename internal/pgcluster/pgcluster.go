@@ -311,6 +311,62 @@ func (c *Cluster) Reload() error {
 	return c.cmd.Process.Signal(syscall.SIGHUP)
 }
 
+// StartStandby starts a streaming standby of c (pg_basebackup -R) on a
+// port and directory of its own; Promote makes it a primary on the next
+// timeline. The caller removes it.
+func (c *Cluster) StartStandby() (*Cluster, error) {
+	root, err := os.MkdirTemp("", "walhook-pgtest-")
+	if err != nil {
+		return nil, err
+	}
+	s := &Cluster{BinDir: c.BinDir, root: root, DataDir: filepath.Join(root, "data"),
+		SocketDir: root, LogFile: filepath.Join(root, "postgres.log"), cred: c.cred}
+	if c.cred != nil {
+		if err := os.Chown(root, int(c.cred.Uid), int(c.cred.Gid)); err != nil {
+			os.RemoveAll(root)
+			return nil, err
+		}
+	}
+	out, err := s.command("pg_basebackup", "-D", s.DataDir, "-h", c.SocketDir, "-p", strconv.Itoa(c.Port),
+		"-U", "postgres", "-R", "-X", "stream", "--no-sync").CombinedOutput()
+	if err != nil {
+		os.RemoveAll(root)
+		return nil, fmt.Errorf("pg_basebackup: %w: %s", err, out)
+	}
+	if s.Port, err = freePort(); err != nil {
+		os.RemoveAll(root)
+		return nil, err
+	}
+	if err := s.writeConf(map[string]string{"port": strconv.Itoa(s.Port),
+		"unix_socket_directories": "'" + s.SocketDir + "'"}); err != nil {
+		os.RemoveAll(root)
+		return nil, err
+	}
+	if err := s.start(); err != nil {
+		s.Remove()
+		return nil, err
+	}
+	return s, nil
+}
+
+// Promote ends a standby's recovery (pg_promote, waiting for it): it
+// starts the next timeline and takes writes.
+func (c *Cluster) Promote(ctx context.Context) error {
+	conn, err := pgx.Connect(ctx, c.DSN("postgres"))
+	if err != nil {
+		return err
+	}
+	defer conn.Close(ctx)
+	var ok bool
+	if err := conn.QueryRow(ctx, `SELECT pg_promote(true, 60)`).Scan(&ok); err != nil {
+		return fmt.Errorf("promote: %w", err)
+	}
+	if !ok {
+		return errors.New("promote: not promoted within 60s")
+	}
+	return nil
+}
+
 // Remove stops the server and deletes its directory.
 func (c *Cluster) Remove() error {
 	c.stop(syscall.SIGINT)
