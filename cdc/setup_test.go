@@ -2,6 +2,7 @@ package cdc
 
 import (
 	"context"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -98,41 +99,41 @@ func TestTeardown(t *testing.T) {
 	}
 }
 
-func TestTimelineSwitch(t *testing.T) {
+func TestTimelineSwitches(t *testing.T) {
 	t.Parallel()
 	for _, c := range []struct {
 		in   string
-		want LSN
+		want []LSN
 		err  bool
 	}{
-		{"1\t0/3000000\tno recovery target specified\n", 0x3000000, false},
-		{"1\t0/3000000\tno recovery target specified\n\n2\t1/A0000028\tat restore point \"x\"\n", 0x1A0000028, false},
-		{"# comment\n1\t0/5000000\treason\n", 0x5000000, false},
-		{"", 0, true},
-		{"1\n", 0, true},
-		{"1\tnot-an-lsn\treason\n", 0, true},
+		{"1\t0/3000000\tno recovery target specified\n", []LSN{0x3000000}, false},
+		{"1\t0/3000000\tno recovery target specified\n\n2\t1/A0000028\tat restore point \"x\"\n", []LSN{0x3000000, 0x1A0000028}, false},
+		{"# comment\n1\t0/5000000\treason\n", []LSN{0x5000000}, false},
+		{"", nil, true},
+		{"1\n", nil, true},
+		{"1\tnot-an-lsn\treason\n", nil, true},
 	} {
-		got, err := timelineSwitch([]byte(c.in))
-		if (err != nil) != c.err || got != c.want {
-			t.Errorf("timelineSwitch(%q) = %s, %v; want %s, error %v", c.in, got, err, c.want, c.err)
+		got, err := timelineSwitches([]byte(c.in))
+		if (err != nil) != c.err || !slices.Equal(got, c.want) {
+			t.Errorf("timelineSwitches(%q) = %v, %v; want %v, error %v", c.in, got, err, c.want, c.err)
 		}
 	}
 }
 
 // A cluster that was never promoted is on timeline 1, which has no start.
-func TestTimelineStartOfAPrimary(t *testing.T) {
+func TestTimelineSwitchesOfAPrimary(t *testing.T) {
 	t.Parallel()
 	dsn := pgtest.Shared(t).NewDatabase(t)
-	_, tl, ok, err := TimelineStart(context.Background(), dsn)
-	if err != nil || ok || tl != 1 {
-		t.Fatalf("TimelineStart = timeline %d, ok %v, %v; want timeline 1, not ok", tl, ok, err)
+	sw, tl, err := TimelineSwitches(context.Background(), dsn)
+	if err != nil || len(sw) != 0 || tl != 1 {
+		t.Fatalf("TimelineSwitches = %v, timeline %d, %v; want none on timeline 1", sw, tl, err)
 	}
 }
 
 // A promoted standby is on timeline 2, which began where it stopped
 // replaying the primary: past everything it replayed, at or before its
 // first own WAL.
-func TestTimelineStartOfAPromotedStandby(t *testing.T) {
+func TestTimelineSwitchesOfAPromotedStandby(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	primary := pgtest.StartT(t, pgtest.Options{})
@@ -164,10 +165,11 @@ func TestTimelineStartOfAPromotedStandby(t *testing.T) {
 	if err := standby.Promote(ctx); err != nil {
 		t.Fatal(err)
 	}
-	start, tl, ok, err := TimelineStart(ctx, standby.DSN("postgres"))
-	if err != nil || !ok || tl != 2 {
-		t.Fatalf("TimelineStart = %s, timeline %d, ok %v, %v; want timeline 2", start, tl, ok, err)
+	sw, tl, err := TimelineSwitches(ctx, standby.DSN("postgres"))
+	if err != nil || len(sw) != 1 || tl != 2 {
+		t.Fatalf("TimelineSwitches = %v, timeline %d, %v; want one switch, timeline 2", sw, tl, err)
 	}
+	start := sw[0]
 	var nowLSN string
 	if err := sconn.QueryRow(ctx, `SELECT pg_current_wal_lsn()::text`).Scan(&nowLSN); err != nil {
 		t.Fatal(err)

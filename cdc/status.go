@@ -150,46 +150,44 @@ func SystemID(ctx context.Context, dsn string) (string, error) {
 	return res.SystemID, nil
 }
 
-// TimelineStart returns the position where the server's current timeline
-// began (its last promotion, from TIMELINE_HISTORY) and the timeline; ok is
-// false on timeline 1, which began with the cluster. Transactions committed
-// at or past start are the server's own; those before it the server shares
-// with the one it was promoted from.
-func TimelineStart(ctx context.Context, dsn string) (start LSN, timeline int32, ok bool, err error) {
+// TimelineSwitches returns the positions where the server's timeline
+// history switched timelines, oldest first (TIMELINE_HISTORY of its
+// current timeline; none on timeline 1), and the current timeline.
+// Transactions committed at or past the last one are the server's own;
+// those before a switch it shares with the servers it descends from.
+func TimelineSwitches(ctx context.Context, dsn string) (switches []LSN, timeline int32, err error) {
 	cfg, err := replicationConfig(dsn)
 	if err != nil {
-		return 0, 0, false, err
+		return nil, 0, err
 	}
 	conn, err := pgconn.ConnectConfig(ctx, cfg)
 	if err != nil {
-		return 0, 0, false, fmt.Errorf("connect for TIMELINE_HISTORY: %w", err)
+		return nil, 0, fmt.Errorf("connect for TIMELINE_HISTORY: %w", err)
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
 	id, err := pglogrepl.IdentifySystem(ctx, conn)
 	if err != nil {
-		return 0, 0, false, fmt.Errorf("identify system: %w", err)
+		return nil, 0, fmt.Errorf("identify system: %w", err)
 	}
 	if id.Timeline <= 1 {
-		return 0, id.Timeline, false, nil
+		return nil, id.Timeline, nil
 	}
 	h, err := pglogrepl.TimelineHistory(ctx, conn, id.Timeline)
 	if err != nil {
-		return 0, id.Timeline, false, fmt.Errorf("timeline history of timeline %d: %w", id.Timeline, err)
+		return nil, id.Timeline, fmt.Errorf("timeline history of timeline %d: %w", id.Timeline, err)
 	}
-	start, err = timelineSwitch(h.Content)
+	switches, err = timelineSwitches(h.Content)
 	if err != nil {
-		return 0, id.Timeline, false, fmt.Errorf("timeline history of timeline %d (%s): %w", id.Timeline, h.FileName, err)
+		return nil, id.Timeline, fmt.Errorf("timeline history of timeline %d (%s): %w", id.Timeline, h.FileName, err)
 	}
-	return start, id.Timeline, true, nil
+	return switches, id.Timeline, nil
 }
 
-// timelineSwitch returns the switch point of a timeline history file's
-// last entry ("<parent timeline>\t<switch point>\t<reason>" per line;
-// blank lines and # comments are skipped): where the file's timeline
-// began.
-func timelineSwitch(content []byte) (LSN, error) {
-	var last LSN
-	found := false
+// timelineSwitches returns the switch points of a timeline history file,
+// in file order ("<parent timeline>\t<switch point>\t<reason>" per line;
+// blank lines and # comments are skipped).
+func timelineSwitches(content []byte) ([]LSN, error) {
+	var out []LSN
 	for _, line := range strings.Split(string(content), "\n") {
 		line = strings.TrimSpace(line)
 		if line == "" || strings.HasPrefix(line, "#") {
@@ -197,16 +195,16 @@ func timelineSwitch(content []byte) (LSN, error) {
 		}
 		f := strings.Fields(line)
 		if len(f) < 2 {
-			return 0, fmt.Errorf("malformed line %q", line)
+			return nil, fmt.Errorf("malformed line %q", line)
 		}
 		lsn, err := pglogrepl.ParseLSN(f[1])
 		if err != nil {
-			return 0, fmt.Errorf("malformed line %q: %w", line, err)
+			return nil, fmt.Errorf("malformed line %q: %w", line, err)
 		}
-		last, found = lsn, true
+		out = append(out, lsn)
 	}
-	if !found {
-		return 0, errors.New("no switch point")
+	if len(out) == 0 {
+		return nil, errors.New("no switch point")
 	}
-	return last, nil
+	return out, nil
 }

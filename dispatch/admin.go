@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strconv"
 	"strings"
 	"time"
@@ -325,6 +326,13 @@ func (a *Admin) UpdateEndpoint(ctx context.Context, id string, p EndpointPatch) 
 		if _, err := tx.Exec(ctx, a.q(lockEndpointsSQL)); err != nil {
 			return fmt.Errorf("lock endpoints: %w", err)
 		}
+		if p.Active != nil && *p.Active {
+			// Waits for a skip of its pending deliveries under way (see
+			// skipPending), and stops the rest of it.
+			if _, err := tx.Exec(ctx, reenableLockSQL, a.d.skipLockKey(id)); err != nil {
+				return fmt.Errorf("lock endpoint: %w", err)
+			}
+		}
 		static, _, err := a.lockEndpoint(ctx, tx, id)
 		if err != nil {
 			return err
@@ -368,9 +376,10 @@ func (a *Admin) UpdateEndpoint(ctx context.Context, id string, p EndpointPatch) 
 	if p.Active != nil && !*p.Active {
 		a.d.noteDisabled(id)
 		// After the commit (see lockEndpointsSQL); claims pass them by
-		// meanwhile, and the maintenance sweep retries a failure.
-		if _, err := a.pool.Exec(ctx, a.q(skipPendingSQL), id); err != nil {
-			return Endpoint{}, fmt.Errorf("endpoint disabled; skip its pending deliveries: %w", err)
+		// meanwhile, and the maintenance loop finishes a failed skip.
+		if _, err := a.d.skipPending(ctx, id); err != nil {
+			a.d.log.Warn("endpoint disabled; skipping its pending deliveries failed (maintenance will)",
+				slog.String("endpoint", id), slog.Any("error", err))
 		}
 	}
 	return out, nil
@@ -383,22 +392,15 @@ func (a *Admin) SendTest(ctx context.Context, endpointID string) (TestResult, er
 }
 
 // DeleteEndpoint removes an API endpoint with its deliveries and attempts.
-// The events stay until retention removes them.
+// The events stay until retention removes them. The transaction that
+// deletes the endpoint changes nothing else, so appends wait only for it;
+// it leaves a tombstone, and the deliveries and attempts are deleted after
+// it in batches (purgeDeleted), by the maintenance loop if this process
+// stops first. Nothing is sent to the endpoint once it is deleted: claims
+// take only existing endpoints' deliveries, and this process drops the
+// ones it holds.
 func (a *Admin) DeleteEndpoint(ctx context.Context, id string) error {
-	// The history first, while appends go on (see deleteDeliveriesOfSQL).
-	var static bool
-	if err := a.pool.QueryRow(ctx, a.q(`SELECT static FROM {{schema}}.endpoints WHERE id = $1`), id).Scan(&static); errors.Is(err, pgx.ErrNoRows) {
-		return fmt.Errorf("endpoint %q: %w", id, ErrNotFound)
-	} else if err != nil {
-		return fmt.Errorf("delete endpoint: %w", err)
-	}
-	if static {
-		return fmt.Errorf("endpoint %q: %w", id, ErrStaticEndpoint)
-	}
-	if _, err := a.pool.Exec(ctx, a.q(deleteDeliveriesOfSQL), []string{id}); err != nil {
-		return fmt.Errorf("delete endpoint's deliveries: %w", err)
-	}
-	return pgx.BeginFunc(ctx, a.pool, func(tx pgx.Tx) error {
+	err := pgx.BeginFunc(ctx, a.pool, func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, a.q(lockEndpointsSQL)); err != nil {
 			return fmt.Errorf("lock endpoints: %w", err)
 		}
@@ -412,11 +414,20 @@ func (a *Admin) DeleteEndpoint(ctx context.Context, id string) error {
 		if _, err := tx.Exec(ctx, a.q(`DELETE FROM {{schema}}.endpoints WHERE id = $1`), id); err != nil {
 			return fmt.Errorf("delete endpoint: %w", err)
 		}
-		if _, err := tx.Exec(ctx, a.q(deleteDeliveriesOfSQL), []string{id}); err != nil {
-			return fmt.Errorf("delete endpoint's deliveries: %w", err)
+		if _, err := tx.Exec(ctx, a.q(tombstoneSQL), []string{id}); err != nil {
+			return fmt.Errorf("delete endpoint: %w", err)
 		}
 		return nil
 	})
+	if err != nil {
+		return err
+	}
+	a.d.noteDisabled(id)
+	if _, err := a.d.purgeDeleted(ctx, id, 0); err != nil {
+		a.d.log.Warn("endpoint deleted; deleting its deliveries failed (maintenance will)",
+			slog.String("endpoint", id), slog.Any("error", err))
+	}
+	return nil
 }
 
 const deliveryColumns = `id, event_id, endpoint_id, event_type, status, attempts, next_attempt_at,
@@ -530,7 +541,11 @@ func (a *Admin) Redeliver(ctx context.Context, id string) (Delivery, error) {
 			return fmt.Errorf("delivery %q: %w", id, ErrDeliveryInFlight)
 		}
 		var active bool
-		if err := tx.QueryRow(ctx, a.q(`SELECT active FROM {{schema}}.endpoints WHERE id = $1 FOR SHARE`), endpointID).Scan(&active); err != nil {
+		err = tx.QueryRow(ctx, a.q(`SELECT active FROM {{schema}}.endpoints WHERE id = $1 FOR SHARE`), endpointID).Scan(&active)
+		if errors.Is(err, pgx.ErrNoRows) { // deleted; its history goes next
+			return fmt.Errorf("delivery %q: %w", id, ErrNotFound)
+		}
+		if err != nil {
 			return fmt.Errorf("read endpoint: %w", err)
 		}
 		if !active {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/base64"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -522,3 +523,143 @@ func TestAdminOutboxStatus(t *testing.T) {
 		t.Errorf("endpoints = %+v", s.Endpoints)
 	}
 }
+
+// waitForLockWait waits until a session of this database waits on a lock
+// while running a statement containing what.
+func waitForLockWait(t *testing.T, b *adminBundle, what string) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for b.count(t, `SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'
+		AND query LIKE '%' || $1 || '%'`, what) == 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("no session waited on a lock in a statement with %q", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// A re-enable while the disable's skip is under way waits for the batch
+// in progress and stops the rest: Recover right after it finds what was
+// skipped, and nothing is skipped behind the re-enabled endpoint's back.
+func TestAdminReenableDuringTheSkip(t *testing.T) {
+	a, b := setupAdmin(t)
+	ctx := context.Background()
+	e := mustCreate(t, a, EndpointInput{})
+	since := time.Now().Add(-time.Hour)
+	for i := range 5 {
+		b.addDelivery(t, fmt.Sprintf("d%d", i), e.ID, "pending", 0, time.Now())
+	}
+	blocker, err := b.pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer blocker.Rollback(ctx)
+	if _, err := blocker.Exec(ctx, q(`SELECT FROM {{schema}}.deliveries WHERE id = 'd0' FOR UPDATE`)); err != nil {
+		t.Fatal(err)
+	}
+	disabled := make(chan error, 1)
+	go func() { disabled <- b.d.disable(ctx, e.ID, "test") }()
+	waitForLockWait(t, b, "status = 'skipped'")
+	active := true
+	enabled := make(chan error, 1)
+	go func() {
+		_, err := a.UpdateEndpoint(ctx, e.ID, EndpointPatch{Active: &active})
+		enabled <- err
+	}()
+	waitForLockWait(t, b, "pg_advisory_xact_lock")
+	if err := blocker.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-enabled; err != nil {
+		t.Fatal(err)
+	}
+	n, err := a.Recover(ctx, e.ID, since)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := <-disabled; err != nil {
+		t.Fatal(err)
+	}
+	if p := b.count(t, `SELECT count(*) FROM {{schema}}.deliveries WHERE status = 'pending'`); n != 5 || p != 5 {
+		t.Fatalf("recovered %d, %d pending after the re-enable; want 5 and 5", n, p)
+	}
+}
+
+// Deleting an endpoint changes only the endpoint in its transaction, so an
+// outcome transaction that holds one of its deliveries and then updates
+// the endpoint cannot deadlock with it (the old delete locked the
+// endpoint, then the deliveries); the history goes after it. What an interrupted delete
+// leaves is finished by maintenance, and a static endpoint configured
+// again keeps its history.
+func TestAdminDeleteLeavesATombstone(t *testing.T) {
+	a, b := setupAdmin(t)
+	ctx := context.Background()
+	e := mustCreate(t, a, EndpointInput{})
+	b.addDelivery(t, "d1", e.ID, "delivering", 1, time.Now())
+	b.addDelivery(t, "d2", e.ID, "pending", 0, time.Now())
+	// An outcome transaction has written delivery d1 and will update the
+	// endpoint's health next: the order the recorder locks in.
+	holder, err := b.pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer holder.Rollback(ctx)
+	if _, err := holder.Exec(ctx, q(`UPDATE {{schema}}.deliveries SET last_error = 'x' WHERE id = 'd1'`)); err != nil {
+		t.Fatal(err)
+	}
+	deleted := make(chan error, 1)
+	go func() { deleted <- a.DeleteEndpoint(ctx, e.ID) }()
+	// The endpoint is gone before its history: only the history's delete
+	// waits for d1.
+	waitForLockWait(t, b, "DELETE FROM")
+	if n := b.count(t, `SELECT count(*) FROM {{schema}}.endpoints WHERE id = $1`, e.ID); n != 0 {
+		t.Fatal("the endpoint is still there while its history is deleted")
+	}
+	if _, err := holder.Exec(ctx, q(`UPDATE {{schema}}.endpoints SET last_attempt_at = now() WHERE id = $1`), e.ID); err != nil {
+		t.Fatalf("the outcome's endpoint update: %v", err)
+	}
+	if err := holder.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-deleted; err != nil {
+		t.Fatal(err)
+	}
+	if n := b.count(t, `SELECT count(*) FROM {{schema}}.deliveries WHERE endpoint_id = $1`, e.ID) +
+		b.count(t, `SELECT count(*) FROM {{schema}}.endpoints_deleted`); n != 0 {
+		t.Fatalf("%d deliveries and tombstones left after the delete", n)
+	}
+
+	// A delete cut short after its commit: maintenance finishes it.
+	b.addDelivery(t, "o1", "whk_gone", "pending", 0, time.Now())
+	b.exec(t, `INSERT INTO {{schema}}.attempts (delivery_id, attempt, started_at, duration_ms) VALUES ('o1', 1, now(), 5)`)
+	b.exec(t, `INSERT INTO {{schema}}.endpoints_deleted (id) VALUES ('whk_gone')`)
+	if err := b.d.purgeTombstones(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n := b.count(t, `SELECT count(*) FROM {{schema}}.deliveries`) + b.count(t, `SELECT count(*) FROM {{schema}}.attempts`) +
+		b.count(t, `SELECT count(*) FROM {{schema}}.endpoints_deleted`); n != 0 {
+		t.Fatalf("%d rows left after maintenance", n)
+	}
+
+	// A static endpoint removed from the config and put back before its
+	// history was deleted keeps it.
+	st := []StaticEndpoint{{Name: "s", URL: "http://127.0.0.1:1/", Secret: NewSecret()}}
+	if err := b.d.SyncStaticEndpoints(ctx, st); err != nil {
+		t.Fatal(err)
+	}
+	b.addDelivery(t, "s1", "static:s", "delivered", 1, time.Now())
+	b.exec(t, `DELETE FROM {{schema}}.endpoints WHERE id = 'static:s'`)
+	b.exec(t, `INSERT INTO {{schema}}.endpoints_deleted (id) VALUES ('static:s')`)
+	if err := b.d.SyncStaticEndpoints(ctx, st); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.d.purgeTombstones(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n := b.count(t, `SELECT count(*) FROM {{schema}}.deliveries WHERE endpoint_id = 'static:s'`); n != 1 {
+		t.Fatalf("the static endpoint configured again has %d deliveries, want its 1", n)
+	}
+}
+
+// q fills in the test store's schema.
+func q(sql string) string { return strings.ReplaceAll(sql, "{{schema}}", "walhook") }

@@ -245,9 +245,11 @@ func (d *Dispatcher) queueOutcome(b *pgx.Batch, c claimed, started time.Time, re
 	// Both callers run this in a transaction: the plan settings last until
 	// its end (see indexPlans).
 	b.Queue(indexPlans)
+	// Not for a delivery deleted meanwhile (its endpoint was deleted): the
+	// attempt would outlive it.
 	b.Queue(d.q(`INSERT INTO {{schema}}.attempts
 			(delivery_id, attempt, started_at, duration_ms, status_code, error, response_body, signed_by)
-			VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`),
+			SELECT $1, $2, $3, $4, $5, $6, $7, $8 WHERE EXISTS (SELECT 1 FROM {{schema}}.deliveries WHERE id = $1)`),
 		c.id, c.attempt, started, res.Duration.Milliseconds(), nullInt(res.StatusCode),
 		nullString(o.errText), nullString(storableText(res.Body)), max(res.Signatures, 1))
 	// A retry for an endpoint disabled meanwhile becomes skipped, kept
@@ -334,15 +336,15 @@ func (d *Dispatcher) disable(ctx context.Context, endpointID, reason string) err
 		return nil
 	}
 	d.noteDisabled(endpointID)
-	skipped, err := d.pool.Exec(ctx, d.q(skipPendingSQL), endpointID)
+	skipped, err := d.skipPending(ctx, endpointID)
 	if err != nil {
-		// The maintenance sweep skips them (claims pass them by).
-		d.log.Warn("endpoint disabled; skipping its pending deliveries failed (the maintenance sweep will)",
+		// The maintenance loop skips them (claims pass them by).
+		d.log.Warn("endpoint disabled; skipping its pending deliveries failed (maintenance will)",
 			slog.String("endpoint", endpointID), slog.String("reason", reason), slog.Any("error", err))
 		return nil
 	}
 	d.log.Warn("endpoint disabled", slog.String("endpoint", endpointID), slog.String("reason", reason),
-		slog.Int64("skipped_deliveries", skipped.RowsAffected()))
+		slog.Int64("skipped_deliveries", skipped))
 	return nil
 }
 

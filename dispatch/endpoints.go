@@ -3,6 +3,8 @@ package dispatch
 import (
 	"context"
 	"fmt"
+	"log/slog"
+	"sort"
 
 	"github.com/jackc/pgx/v5"
 )
@@ -48,25 +50,20 @@ func (d *Dispatcher) SyncStaticEndpoints(ctx context.Context, eps []StaticEndpoi
 		}
 		ids = append(ids, StaticPrefix+e.Name)
 	}
-	// Deliveries of static endpoints no longer configured go first, while
-	// appends run on (see deleteEndpointsSQL); those appended meanwhile go
-	// with the endpoints.
+	// In id order, as every transaction that locks several endpoint rows
+	// (the recorder too): two of them cannot wait for each other.
+	order := make([]int, len(eps))
+	for i := range order {
+		order[i] = i
+	}
+	sort.Slice(order, func(a, b int) bool { return ids[order[a]] < ids[order[b]] })
 	var gone []string
-	rows, err := d.pool.Query(ctx, d.q(`SELECT id FROM {{schema}}.endpoints WHERE static AND NOT (id = ANY($1::text[]))`), ids)
-	if err == nil {
-		gone, err = pgx.CollectRows(rows, pgx.RowTo[string])
-	}
-	if err == nil && len(gone) > 0 {
-		_, err = d.pool.Exec(ctx, d.q(deleteDeliveriesOfSQL), gone)
-	}
-	if err != nil {
-		return fmt.Errorf("sync static endpoints: delete deliveries of static endpoints no longer configured: %w", err)
-	}
-	err = pgx.BeginFunc(ctx, d.pool, func(tx pgx.Tx) error {
+	err := pgx.BeginFunc(ctx, d.pool, func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, d.q(lockEndpointsSQL)); err != nil {
 			return fmt.Errorf("lock endpoints: %w", err)
 		}
-		for i, e := range eps {
+		for _, i := range order {
+			e := eps[i]
 			_, err := tx.Exec(ctx, d.q(upsertStaticSQL), ids[i], e.URL, e.Description,
 				nonNilStrings(e.Events), nonNilStrings(e.Auctions), e.Secret, e.Disabled,
 				configDisabledReason, d.opts.SecretOverlap.Seconds())
@@ -74,30 +71,43 @@ func (d *Dispatcher) SyncStaticEndpoints(ctx context.Context, eps []StaticEndpoi
 				return fmt.Errorf("upsert static endpoint %q: %w", e.Name, err)
 			}
 		}
+		// A static endpoint configured again is the same endpoint: what is
+		// left of its history stays.
+		if _, err := tx.Exec(ctx, d.q(`DELETE FROM {{schema}}.endpoints_deleted WHERE id = ANY($1::text[])`), ids); err != nil {
+			return fmt.Errorf("upsert static endpoints: %w", err)
+		}
 		rows, err := tx.Query(ctx, d.q(`DELETE FROM {{schema}}.endpoints WHERE static AND NOT (id = ANY($1::text[])) RETURNING id`), ids)
 		if err != nil {
 			return fmt.Errorf("delete static endpoints no longer configured: %w", err)
 		}
-		gone, err := pgx.CollectRows(rows, pgx.RowTo[string])
-		if err != nil {
+		if gone, err = pgx.CollectRows(rows, pgx.RowTo[string]); err != nil {
 			return fmt.Errorf("delete static endpoints no longer configured: %w", err)
 		}
-		if len(gone) > 0 {
-			if _, err := tx.Exec(ctx, d.q(deleteDeliveriesOfSQL), gone); err != nil {
-				return fmt.Errorf("delete deliveries of static endpoints no longer configured: %w", err)
-			}
+		if _, err := tx.Exec(ctx, d.q(tombstoneSQL), gone); err != nil {
+			return fmt.Errorf("delete static endpoints no longer configured: %w", err)
 		}
 		return nil
 	})
 	if err != nil {
 		return fmt.Errorf("sync static endpoints: %w", err)
 	}
-	// Deliveries of endpoints the config disables stop now (claims pass
-	// inactive endpoints by already).
-	if _, err := d.pool.Exec(ctx, d.q(`UPDATE {{schema}}.deliveries SET status = 'skipped', updated_at = now()
-			WHERE status = 'pending' AND endpoint_id = ANY($1::text[])
-			  AND endpoint_id IN (SELECT id FROM {{schema}}.endpoints WHERE NOT active)`), ids); err != nil {
-		return fmt.Errorf("sync static endpoints: skip deliveries of disabled endpoints: %w", err)
+	// After the commit (see lockEndpointsSQL). Both are finished by the
+	// maintenance loop if they fail here.
+	for _, id := range gone {
+		d.noteDisabled(id)
+		if _, err := d.purgeDeleted(ctx, id, 0); err != nil {
+			d.log.Warn("delete the deliveries of a static endpoint no longer configured (maintenance will)",
+				slog.String("endpoint", id), slog.Any("error", err))
+		}
+	}
+	for i, e := range eps {
+		if !e.Disabled {
+			continue
+		}
+		if _, err := d.skipPending(ctx, ids[i]); err != nil {
+			d.log.Warn("skip the pending deliveries of an endpoint the config disables (maintenance will)",
+				slog.String("endpoint", ids[i]), slog.Any("error", err))
+		}
 	}
 	d.Notify()
 	return nil
@@ -113,13 +123,86 @@ func (d *Dispatcher) SyncStaticEndpoints(ctx context.Context, eps []StaticEndpoi
 // skips or deletes their deliveries in statements of their own.
 const lockEndpointsSQL = `SELECT FROM {{schema}}.endpoints_version FOR UPDATE`
 
-// skipPendingSQL skips the pending deliveries of endpoint $1 if it is
-// disabled, after the transaction that disabled it; claims pass them by
-// meanwhile (they claim for active endpoints only), and the maintenance
-// sweep (skipDisabledSQL) skips any this statement did not get to.
-const skipPendingSQL = `UPDATE {{schema}}.deliveries SET status = 'skipped', updated_at = now()
-	WHERE endpoint_id = $1 AND status = 'pending'
-	  AND NOT coalesce((SELECT active FROM {{schema}}.endpoints WHERE id = $1), true)`
+// skipBatch bounds one statement of skipPending and purgeDeleted.
+const skipBatch = 1000
+
+// skipPending skips the pending deliveries of endpoint id while it is
+// disabled, after the transaction that disabled it (claims pass them by
+// meanwhile: they claim for active endpoints only). It works in batches,
+// each its own transaction under an advisory lock of the endpoint that a
+// re-enable takes too (reenableLockSQL): a re-enable waits for at most
+// the batch under way, and the batches after it find the endpoint active
+// and stop, so a re-enabled endpoint's deliveries are not skipped behind
+// its back. The maintenance loop runs it for every disabled endpoint, for
+// what a failed or interrupted run left.
+func (d *Dispatcher) skipPending(ctx context.Context, id string) (int64, error) {
+	var total int64
+	for {
+		var n int64
+		err := pgx.BeginFunc(ctx, d.pool, func(tx pgx.Tx) error {
+			if _, err := tx.Exec(ctx, reenableLockSQL, d.skipLockKey(id)); err != nil {
+				return err
+			}
+			tag, err := tx.Exec(ctx, d.q(`UPDATE {{schema}}.deliveries SET status = 'skipped', updated_at = now()
+				WHERE id IN (SELECT id FROM {{schema}}.deliveries WHERE endpoint_id = $1 AND status = 'pending' LIMIT $2)
+				  AND status = 'pending'
+				  AND NOT coalesce((SELECT active FROM {{schema}}.endpoints WHERE id = $1), true)`), id, skipBatch)
+			n = tag.RowsAffected()
+			return err
+		})
+		total += n
+		if err != nil {
+			return total, fmt.Errorf("skip pending deliveries of endpoint %q: %w", id, err)
+		}
+		if n < skipBatch {
+			return total, nil
+		}
+	}
+}
+
+// reenableLockSQL is the advisory lock of one endpoint between skipPending
+// and a re-enable.
+const reenableLockSQL = `SELECT pg_advisory_xact_lock(hashtextextended($1, 0))`
+
+func (d *Dispatcher) skipLockKey(id string) string { return "walhook skip " + d.schema + " " + id }
+
+// tombstoneSQL records endpoints $1 as deleted, in the transaction that
+// deletes them (migration 007).
+const tombstoneSQL = `INSERT INTO {{schema}}.endpoints_deleted (id) SELECT unnest($1::text[]) ON CONFLICT (id) DO NOTHING`
+
+// purgeDeleted deletes the deliveries and attempts of a deleted endpoint
+// in batches, then its tombstone, stopping after maxRows deliveries when
+// maxRows > 0 (the maintenance loop's share per pass); done reports that
+// nothing is left. Nothing is deleted while an endpoint of that id exists
+// (a static endpoint configured again).
+func (d *Dispatcher) purgeDeleted(ctx context.Context, id string, maxRows int64) (done bool, err error) {
+	var total int64
+	for maxRows <= 0 || total < maxRows {
+		var n int64
+		err := d.pool.QueryRow(ctx, d.q(`WITH gone AS (
+				DELETE FROM {{schema}}.deliveries WHERE id IN (
+					SELECT id FROM {{schema}}.deliveries WHERE endpoint_id = $1 LIMIT $2)
+				  AND NOT EXISTS (SELECT 1 FROM {{schema}}.endpoints WHERE id = $1)
+				RETURNING id
+			), attempts AS (
+				DELETE FROM {{schema}}.attempts a USING gone WHERE a.delivery_id = gone.id
+			)
+			SELECT count(*) FROM gone`), id, skipBatch).Scan(&n)
+		if err != nil {
+			return false, fmt.Errorf("delete the deliveries of deleted endpoint %q: %w", id, err)
+		}
+		total += n
+		if n < skipBatch {
+			_, err := d.pool.Exec(ctx, d.q(`DELETE FROM {{schema}}.endpoints_deleted WHERE id = $1
+				AND NOT EXISTS (SELECT 1 FROM {{schema}}.deliveries WHERE endpoint_id = $1)`), id)
+			if err != nil {
+				return false, fmt.Errorf("delete the tombstone of endpoint %q: %w", id, err)
+			}
+			return true, nil
+		}
+	}
+	return false, nil
+}
 
 const upsertStaticSQL = `
 INSERT INTO {{schema}}.endpoints AS e (id, static, url, description, events, auctions, secret, active, disabled_reason, disabled_at)
@@ -151,17 +234,3 @@ func nonNilStrings(s []string) []string {
 	}
 	return s
 }
-
-// deleteDeliveriesOfSQL deletes the deliveries of the endpoints in $1 and
-// their attempts. Deleting endpoints runs it twice: first on its own,
-// while appends go on (the bulk of the history, without holding them
-// up), then in the transaction that deletes the endpoints, after that
-// DELETE: the DELETE's trigger waited for every Append in flight (they
-// hold endpoints_version FOR SHARE) and holds the next ones off, so this
-// statement's snapshot sees the few they wrote meanwhile and none can
-// follow. No delivery is left pointing at an endpoint that is gone.
-const deleteDeliveriesOfSQL = `
-WITH gone AS (
-    DELETE FROM {{schema}}.deliveries WHERE endpoint_id = ANY($1::text[]) RETURNING id
-)
-DELETE FROM {{schema}}.attempts a USING gone WHERE a.delivery_id = gone.id`

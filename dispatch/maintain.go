@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"log/slog"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 )
 
 // retentionBatch bounds one retention DELETE, so a large backlog of old
@@ -30,6 +32,9 @@ func (d *Dispatcher) maintain(ctx context.Context) error {
 		}
 		if _, err := d.skipDisabled(ctx); err != nil {
 			d.logMaintenance(ctx, "skip deliveries of disabled endpoints", err)
+		}
+		if err := d.purgeTombstones(ctx); err != nil {
+			d.logMaintenance(ctx, "delete deliveries of deleted endpoints", err)
 		}
 		if err := d.updateGauges(ctx); err != nil {
 			d.logMaintenance(ctx, "outbox gauges", err)
@@ -70,17 +75,59 @@ const rescueSQL = `UPDATE {{schema}}.deliveries
 	WHERE status = 'delivering' AND locked_until < now()`
 
 // skipDisabled marks pending deliveries of disabled endpoints skipped. The
-// disable itself does this at once; this sweep catches deliveries fanned
-// out by an Append that read the endpoint just before another process
-// disabled it.
+// disable itself does this right after it commits; this sweep catches
+// deliveries fanned out by an Append that read the endpoint just before
+// another process disabled it, and a skip that failed or was cut short.
+// It goes endpoint by endpoint through skipPending, so it never skips
+// behind a re-enable.
 func (d *Dispatcher) skipDisabled(ctx context.Context) (int64, error) {
-	tag, err := d.pool.Exec(ctx, d.q(skipDisabledSQL))
-	return tag.RowsAffected(), err
+	rows, err := d.pool.Query(ctx, d.q(disabledWithPendingSQL))
+	if err != nil {
+		return 0, err
+	}
+	ids, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return 0, err
+	}
+	var total int64
+	for _, id := range ids {
+		n, err := d.skipPending(ctx, id)
+		total += n
+		if err != nil {
+			return total, err
+		}
+	}
+	return total, nil
 }
 
-const skipDisabledSQL = `UPDATE {{schema}}.deliveries d SET status = 'skipped', updated_at = now()
-	FROM {{schema}}.endpoints e
-	WHERE e.id = d.endpoint_id AND NOT e.active AND d.status = 'pending'`
+// disabledWithPendingSQL finds the disabled endpoints with pending
+// deliveries, through the partial index on pending rows per endpoint.
+const disabledWithPendingSQL = `SELECT e.id FROM {{schema}}.endpoints e
+	WHERE NOT e.active AND EXISTS (SELECT 1 FROM {{schema}}.deliveries x WHERE x.endpoint_id = e.id AND x.status = 'pending')`
+
+// tombstonePass bounds the deliveries of deleted endpoints one maintenance
+// pass deletes, so retention and the other chores keep their turn.
+const tombstonePass = 20 * skipBatch
+
+// purgeTombstones deletes what deleted endpoints left (purgeDeleted), a
+// bounded share per pass.
+func (d *Dispatcher) purgeTombstones(ctx context.Context) error {
+	rows, err := d.pool.Query(ctx, d.q(`SELECT id FROM {{schema}}.endpoints_deleted ORDER BY deleted_at LIMIT 100`))
+	if err != nil {
+		return err
+	}
+	ids, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return err
+	}
+	for _, id := range ids {
+		done, err := d.purgeDeleted(ctx, id, tombstonePass)
+		if err != nil || !done {
+			return err
+		}
+	}
+	return nil
+}
 
 // gaugesSQL counts the deliveries not finished and the age of the oldest
 // one. Each status is read through its own partial index, so the cost is

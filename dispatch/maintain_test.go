@@ -65,7 +65,7 @@ func TestMaintenanceReadsOnlyUnfinishedDeliveries(t *testing.T) {
 	for name, sql := range map[string]string{
 		"gauges":        gaugesSQL,
 		"rescue":        rescueSQL,
-		"skip disabled": skipDisabledSQL,
+		"skip disabled": disabledWithPendingSQL,
 		"status":        outboxStatusSQL,
 	} {
 		tx, err := b.pool.Begin(ctx)

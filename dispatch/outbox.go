@@ -94,9 +94,8 @@ func matchAuction(filters []string, auction string) bool {
 // share lock on endpoints_version): an endpoint created, changed or
 // disabled by the API of another walhook process is seen, and one being
 // deleted is either waited for (then skipped) or kept until this commit,
-// and the delete then removes the deliveries written here too
-// (deleteDeliveriesOfSQL): no delivery is left pointing at an endpoint
-// that is gone.
+// and its tombstone then has the deliveries written here deleted too
+// (purgeDeleted).
 //
 // Rows go in as arrays through unnest, one statement per table, so the cost
 // is a handful of round trips whatever the batch size.
@@ -210,8 +209,8 @@ func (d *Dispatcher) Append(ctx context.Context, slot, systemID string, txs []Tx
 // endpoints_version row FOR SHARE: a transaction that changes endpoints
 // (their triggers update that row) is waited for, and the next one waits
 // until tx commits, so the endpoints cannot change under the fan-out and
-// one being deleted is either gone or kept until this commit (its delete
-// then removes the deliveries written here too: deleteDeliveriesOfSQL).
+// one being deleted is either gone or kept until this commit (its
+// deliveries written here are then deleted with the rest: purgeDeleted).
 // The rows are read again only when the version moved.
 func (d *Dispatcher) fanoutEndpoints(ctx context.Context, tx pgx.Tx) ([]fanoutEndpoint, time.Time, error) {
 	var version, xmin int64

@@ -200,10 +200,15 @@ func (d *Dispatcher) recordSuccesses(ctx context.Context, batch []success) error
 	b.Queue("SET LOCAL synchronous_commit = off")
 	b.Queue(indexPlans)
 	b.Queue(d.q(recordSuccessesSQL), d.opts.InstanceID, ids, attempt, started, dur, code, body, signed)
+	// The rows are locked in id order, as by every transaction that locks
+	// several endpoints (SyncStaticEndpoints): two cannot wait for each
+	// other.
 	b.Queue(d.q(`UPDATE {{schema}}.endpoints SET failing_since = NULL,
 			last_success_at = now(), last_attempt_at = now()
-		WHERE id = ANY($1) AND (failing_since IS NOT NULL OR last_success_at IS NULL
-			OR last_success_at < now() - interval '1 second')`), endpoints)
+		WHERE id IN (SELECT id FROM {{schema}}.endpoints
+			WHERE id = ANY($1) AND (failing_since IS NOT NULL OR last_success_at IS NULL
+				OR last_success_at < now() - interval '1 second')
+			ORDER BY id FOR NO KEY UPDATE)`), endpoints)
 	b.Queue("COMMIT")
 	// On an error the connection is left in an aborted transaction;
 	// pgxpool closes such a connection instead of reusing it.

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/binary"
 	"strings"
 	"testing"
 	"time"
@@ -11,15 +12,20 @@ import (
 	"github.com/walhook/walhook/cdc"
 	"github.com/walhook/walhook/dispatch"
 	"github.com/walhook/walhook/internal/pgtest"
+	"github.com/walhook/walhook/mapper"
 )
 
 // A real failover to a standby that was behind: walhook delivered changes
 // the standby never received, the primary is lost, the standby is
 // promoted (timeline 2) and the application writes on it — the same item
-// ids again, in transactions that reuse the old history's xids. check,
-// setup and run refuse the fork until setup --accept-gap; after it every
-// change of the new history arrives, under webhook ids of its own, and
-// nothing of the old history is sent again.
+// ids again, in a transaction that reuses the old history's xid. check,
+// setup and run refuse the fork until setup --accept-gap. The store is
+// given old-history events and deliveries with the ids that transaction
+// would get without an id epoch (as if the old one had also committed at
+// its position): after the accept every change of the new history still
+// arrives, under ids of its own, and nothing is sent twice. With the id
+// epoch switched off the new history's items 51-80 are lost and this test
+// times out.
 func TestRunFailoverToAStandbyThatWasBehind(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
@@ -116,7 +122,30 @@ func TestRunFailoverToAStandbyThatWasBehind(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("items 51-80: xid %d in the old history, %d in the new", oldXid, newXid)
-	if _, errOut, code := runCLI(t, ctx, "run", "--config", file); code != 1 || !strings.Contains(errOut, "was found past the server's WAL end") {
+	// Make the collision certain: the store gets events of the old history
+	// with the ids this transaction would have without an id epoch (its
+	// xid, commit LSN and positions), as if the old history's transaction
+	// had committed at the same position too. Without the epoch, the new
+	// history's items 51-80 would be taken for replays of them and lost.
+	commitLSN := beginFinalLSN(t, sb, uint32(newXid))
+	var sys string
+	if err := sb.pool.QueryRow(ctx, `SELECT system_identifier::text FROM pg_control_system()`).Scan(&sys); err != nil {
+		t.Fatal(err)
+	}
+	spool := pool(store.DSN("postgres"))
+	for pos := range 30 {
+		ev := mapper.EventID(sys, 0, uint32(newXid), commitLSN, pos, 0)
+		if _, err := spool.Exec(ctx, `WITH e AS (INSERT INTO walhook.events (id, type, envelope, occurred_at, data)
+				VALUES ($1, 'item.created', 'auction-excellence', now(), '{}'))
+			INSERT INTO walhook.deliveries (id, event_id, endpoint_id, event_type, status, attempts)
+				VALUES ($2, $1, 'static:r', 'item.created', 'delivered', 1)`,
+			ev, mapper.DeliveryID(mapper.EnvelopeAuctionExcellence, ev, "static:r")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	if _, errOut, code := runCLI(t, rctx, "run", "--config", file); code != 1 || !strings.Contains(errOut, "was found past the server's WAL end") {
 		t.Fatalf("run before the fork is accepted: exit %d, want 1\n%s", code, runTail(errOut, 3000))
 	}
 	out, errOut, code = runCLI(t, ctx, "setup", "--config", file, "--accept-gap")
@@ -134,7 +163,6 @@ func TestRunFailoverToAStandbyThatWasBehind(t *testing.T) {
 	// setup created the slot on the new primary before it refused, so the
 	// new history's items 51-80 are read from it: delivered under ids of
 	// the next epoch, next to the old history's 51-80, and nothing twice.
-	spool := pool(store.DSN("postgres"))
 	var epoch int
 	var from string
 	if err := spool.QueryRow(ctx, `SELECT id_epoch, id_epoch_from::text FROM walhook.cursor WHERE slot = $1`, sb.slot).Scan(&epoch, &from); err != nil {
@@ -150,6 +178,7 @@ func TestRunFailoverToAStandbyThatWasBehind(t *testing.T) {
 	if ids != 60 {
 		t.Fatalf("%d events for items 51-80, want 60 (30 of each history)", ids)
 	}
+
 	if n := len(rc.deliveries()); n != rc.Unique() {
 		t.Fatalf("%d requests for %d deliveries: something was sent twice", n, rc.Unique())
 	}
@@ -168,4 +197,29 @@ func (d *runDB) cursorIn(t *testing.T, c *pgtest.Cluster) cdc.LSN {
 		t.Fatalf("store cursor: %v (found %v)", err, ok)
 	}
 	return l
+}
+
+// beginFinalLSN peeks at d's slot (pgoutput, without consuming it) for the
+// Begin message of transaction xid and returns its final LSN: the commit
+// LSN walhook's event ids are made from.
+func beginFinalLSN(t *testing.T, d *runDB, xid uint32) cdc.LSN {
+	t.Helper()
+	rows, err := d.pool.Query(context.Background(), `SELECT data FROM pg_logical_slot_peek_binary_changes($1, NULL, NULL,
+		'proto_version', '1', 'publication_names', 'walhook')`, d.slot)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var b []byte
+		if err := rows.Scan(&b); err != nil {
+			t.Fatal(err)
+		}
+		// 'B', final LSN (8), commit time (8), xid (4).
+		if len(b) == 21 && b[0] == 'B' && binary.BigEndian.Uint32(b[17:]) == xid {
+			return cdc.LSN(binary.BigEndian.Uint64(b[1:9]))
+		}
+	}
+	t.Fatalf("no Begin of transaction %d in slot %s (%v)", xid, d.slot, rows.Err())
+	return 0
 }

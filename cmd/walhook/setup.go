@@ -166,17 +166,25 @@ func setupCursor(ctx context.Context, cfg *config.Config, accept bool) (string, 
 	}
 	defer pool.Close()
 	// A fork: the ids of transactions of the new history get the next id
-	// epoch, from where that history begins — the server's last promotion
-	// if the slot is older than it (the transactions in between are in
-	// both histories, stored already, and keep their ids), else the slot.
+	// epoch, from where that history begins. With a slot older than a
+	// promotion in the server's timeline history, that is the first such
+	// promotion (the transactions before it are in both histories, stored
+	// already, and keep their ids; should the store have followed a later
+	// timeline, what lies between is sent again under new ids — never
+	// lost); else the slot.
 	epochFrom := gap.slot
+	warn := ""
 	if gap.walEnd != 0 {
-		start, _, ok, err := cdc.TimelineStart(ctx, cfg.Source.DSN)
+		switches, _, err := cdc.TimelineSwitches(ctx, cfg.Source.DSN)
 		if err != nil {
-			return "", fmt.Errorf("setup: %w", err)
+			warn = fmt.Sprintf("\nwarn: could not read the server's timeline history (%v): the new history is taken to begin at the slot, "+
+				"so changes the two histories share after it may be delivered again under new webhook ids", err)
 		}
-		if ok && start > epochFrom {
-			epochFrom = start
+		for _, sw := range switches {
+			if sw > epochFrom {
+				epochFrom = sw
+				break
+			}
 		}
 	}
 	moved, err := dispatch.AcceptGap(ctx, pool, cfg.Store.Schema, cfg.Source.Slot, gap.cursor, gap.slot, epochFrom)
@@ -189,8 +197,8 @@ func setupCursor(ctx context.Context, cfg *config.Config, accept bool) (string, 
 	}
 	if gap.walEnd != 0 {
 		return fmt.Sprintf("accepted a fork: the store's cursor for slot %s moved back from %s to %s, the slot's position on "+
-			"this server; events stored past it came from the old history (backfill or reconcile what matters)",
-			cfg.Source.Slot, gap.cursor, gap.slot), nil
+			"this server; events stored past it came from the old history (backfill or reconcile what matters)%s",
+			cfg.Source.Slot, gap.cursor, gap.slot, warn), nil
 	}
 	return fmt.Sprintf("accepted a gap: the store's cursor for slot %s moved from %s to %s; "+
 		"changes committed in between became no events (backfill them if they matter)", cfg.Source.Slot, gap.cursor, gap.slot), nil

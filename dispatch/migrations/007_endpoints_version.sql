@@ -31,3 +31,15 @@ CREATE TRIGGER endpoints_changed_update AFTER UPDATE ON {{schema}}.endpoints
     EXECUTE FUNCTION {{schema}}.endpoints_changed();
 CREATE TRIGGER endpoints_changed_truncate AFTER TRUNCATE ON {{schema}}.endpoints
     FOR EACH STATEMENT EXECUTE FUNCTION {{schema}}.endpoints_changed();
+
+-- An endpoint deleted (by the API, or a static endpoint gone from the
+-- config) leaves a tombstone here. Its delete transaction changes the
+-- endpoint row only, so appends wait for it no longer than for any other
+-- endpoint change; its deliveries and attempts are deleted after it in
+-- batches (claims pass them by: they claim for existing active endpoints
+-- only), and the maintenance loop finishes that if the process stops
+-- before, then removes the tombstone.
+CREATE TABLE {{schema}}.endpoints_deleted (
+    id          text        NOT NULL PRIMARY KEY,
+    deleted_at  timestamptz NOT NULL DEFAULT now()
+);
