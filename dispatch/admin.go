@@ -368,6 +368,11 @@ func (a *Admin) UpdateEndpoint(ctx context.Context, id string, p EndpointPatch) 
 		if err != nil {
 			return fmt.Errorf("update endpoint: %w", err)
 		}
+		if p.Active != nil && !*p.Active {
+			if _, err := tx.Exec(ctx, notifyEndpointsOffSQL, a.d.channel, []string{id}); err != nil {
+				return fmt.Errorf("notify endpoint off: %w", err)
+			}
+		}
 		return nil
 	})
 	if err != nil {
@@ -416,6 +421,9 @@ func (a *Admin) DeleteEndpoint(ctx context.Context, id string) error {
 		}
 		if _, err := tx.Exec(ctx, a.q(tombstoneSQL), []string{id}); err != nil {
 			return fmt.Errorf("delete endpoint: %w", err)
+		}
+		if _, err := tx.Exec(ctx, notifyEndpointsOffSQL, a.d.channel, []string{id}); err != nil {
+			return fmt.Errorf("notify endpoint off: %w", err)
 		}
 		return nil
 	})

@@ -663,3 +663,53 @@ func TestAdminDeleteLeavesATombstone(t *testing.T) {
 
 // q fills in the test store's schema.
 func q(sql string) string { return strings.ReplaceAll(sql, "{{schema}}", "walhook") }
+
+// Disabling or deleting an endpoint through one process reaches the other
+// processes on the store (their LISTEN connection): each drops the
+// deliveries to it that it holds and has not started.
+func TestEndpointOffReachesOtherProcesses(t *testing.T) {
+	a, b := setupAdmin(t)
+	ctx := context.Background()
+	other, err := New(b.pool, Options{Schema: "walhook", PollInterval: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- other.Run(rctx) }()
+	defer func() { cancel(); <-done }()
+	waitFor := func(what string, cond func() bool) {
+		t.Helper()
+		deadline := time.Now().Add(30 * time.Second)
+		for !cond() {
+			if time.Now().After(deadline) {
+				t.Fatalf("the other process never heard that %s", what)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	// The other process listens once LISTEN is in place: a first change
+	// may go unheard, so wait for it with a probe endpoint.
+	probe := mustCreate(t, a, EndpointInput{})
+	off := false
+	waitFor("the probe was disabled", func() bool {
+		if _, err := a.UpdateEndpoint(ctx, probe.ID, EndpointPatch{Active: &off}); err != nil {
+			t.Fatal(err)
+		}
+		return other.disabledSince(probe.ID, time.Time{})
+	})
+
+	t0 := time.Now()
+	e := mustCreate(t, a, EndpointInput{})
+	if _, err := a.UpdateEndpoint(ctx, e.ID, EndpointPatch{Active: &off}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor("an endpoint was disabled", func() bool { return other.disabledSince(e.ID, t0) })
+	t1 := time.Now()
+	gone := mustCreate(t, a, EndpointInput{})
+	if err := a.DeleteEndpoint(ctx, gone.ID); err != nil {
+		t.Fatal(err)
+	}
+	waitFor("an endpoint was deleted", func() bool { return other.disabledSince(gone.ID, t1) })
+}

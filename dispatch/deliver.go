@@ -326,7 +326,10 @@ func (d *Dispatcher) disable(ctx context.Context, endpointID, reason string) err
 		tag, err := tx.Exec(ctx, d.q(`UPDATE {{schema}}.endpoints
 			SET active = false, disabled_reason = $2, disabled_at = now(), updated_at = now()
 			WHERE id = $1 AND active`), endpointID, reason)
-		n = tag.RowsAffected()
+		if n = tag.RowsAffected(); err != nil || n == 0 {
+			return err
+		}
+		_, err = tx.Exec(ctx, notifyEndpointsOffSQL, d.channel, []string{endpointID})
 		return err
 	})
 	if err != nil {

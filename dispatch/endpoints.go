@@ -86,6 +86,17 @@ func (d *Dispatcher) SyncStaticEndpoints(ctx context.Context, eps []StaticEndpoi
 		if _, err := tx.Exec(ctx, d.q(tombstoneSQL), gone); err != nil {
 			return fmt.Errorf("delete static endpoints no longer configured: %w", err)
 		}
+		off := append([]string(nil), gone...)
+		for i, e := range eps {
+			if e.Disabled {
+				off = append(off, ids[i])
+			}
+		}
+		if len(off) > 0 {
+			if _, err := tx.Exec(ctx, notifyEndpointsOffSQL, d.channel, off); err != nil {
+				return fmt.Errorf("notify endpoints off: %w", err)
+			}
+		}
 		return nil
 	})
 	if err != nil {
@@ -112,6 +123,17 @@ func (d *Dispatcher) SyncStaticEndpoints(ctx context.Context, eps []StaticEndpoi
 	d.Notify()
 	return nil
 }
+
+// endpointOffPayload + an endpoint id, sent on the store's channel by the
+// transaction that disables or deletes the endpoint (notifyEndpointsOffSQL):
+// every walhook process on the store then drops the deliveries to it that
+// it holds and has not started (noteDisabled), not only the one whose
+// API or worker made the change.
+const endpointOffPayload = "endpoint-off:"
+
+// notifyEndpointsOffSQL notifies channel $1 that endpoints $2 are off; the
+// notifications go out when the transaction commits.
+const notifyEndpointsOffSQL = `SELECT pg_notify($1, '` + endpointOffPayload + `' || id) FROM unnest($2::text[]) AS t(id)`
 
 // lockEndpointsSQL is the first statement of every transaction that
 // changes what the fan-out reads of endpoints (migration 007). The

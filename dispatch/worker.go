@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"time"
 
@@ -758,8 +759,12 @@ func (d *Dispatcher) listenOnce(ctx context.Context) error {
 	// A notification may have been sent before LISTEN took effect.
 	d.Notify()
 	for {
-		if _, err := pc.WaitForNotification(ctx); err != nil {
+		n, err := pc.WaitForNotification(ctx)
+		if err != nil {
 			return err
+		}
+		if id, ok := strings.CutPrefix(n.Payload, endpointOffPayload); ok {
+			d.noteDisabled(id)
 		}
 		d.Notify()
 	}
