@@ -323,15 +323,16 @@ func (a *Admin) UpdateEndpoint(ctx context.Context, id string, p EndpointPatch) 
 	}
 	var out Endpoint
 	err := pgx.BeginFunc(ctx, a.pool, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, a.q(lockEndpointsSQL)); err != nil {
-			return fmt.Errorf("lock endpoints: %w", err)
-		}
 		if p.Active != nil && *p.Active {
 			// Waits for a skip of its pending deliveries under way (see
-			// skipPending), and stops the rest of it.
+			// skipPending). Before the endpoints lock: appends must not
+			// wait for as long as a skip takes.
 			if _, err := tx.Exec(ctx, reenableLockSQL, a.d.skipLockKey(id)); err != nil {
 				return fmt.Errorf("lock endpoint: %w", err)
 			}
+		}
+		if _, err := tx.Exec(ctx, a.q(lockEndpointsSQL)); err != nil {
+			return fmt.Errorf("lock endpoints: %w", err)
 		}
 		static, _, err := a.lockEndpoint(ctx, tx, id)
 		if err != nil {
@@ -431,7 +432,7 @@ func (a *Admin) DeleteEndpoint(ctx context.Context, id string) error {
 		return err
 	}
 	a.d.noteDisabled(id)
-	if _, err := a.d.purgeDeleted(ctx, id, 0); err != nil {
+	if _, err := a.d.purgeDeleted(ctx, id, tombstonePass); err != nil {
 		a.d.log.Warn("endpoint deleted; deleting its deliveries failed (maintenance will)",
 			slog.String("endpoint", id), slog.Any("error", err))
 	}

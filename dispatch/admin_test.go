@@ -713,3 +713,41 @@ func TestEndpointOffReachesOtherProcesses(t *testing.T) {
 	}
 	waitFor("an endpoint was deleted", func() bool { return other.disabledSince(gone.ID, t1) })
 }
+
+// A config that drops static endpoint a and keeps b, synced while another
+// process's recorder holds a and is about to update b (its rows in id
+// order): the sync takes every row it changes in id order before changing
+// any, so it waits for the recorder instead of deadlocking with it.
+func TestSyncStaticEndpointsWaitsForTheRecorder(t *testing.T) {
+	_, b := setupAdmin(t)
+	ctx := context.Background()
+	ep := func(name string) StaticEndpoint {
+		return StaticEndpoint{Name: name, URL: "http://127.0.0.1:1/", Secret: "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD"}
+	}
+	if err := b.d.SyncStaticEndpoints(ctx, []StaticEndpoint{ep("a"), ep("b")}); err != nil {
+		t.Fatal(err)
+	}
+	rec, err := b.pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rec.Rollback(ctx)
+	if _, err := rec.Exec(ctx, q(`UPDATE {{schema}}.endpoints SET last_attempt_at = now() WHERE id = 'static:a'`)); err != nil {
+		t.Fatal(err)
+	}
+	synced := make(chan error, 1)
+	go func() { synced <- b.d.SyncStaticEndpoints(ctx, []StaticEndpoint{ep("b")}) }()
+	waitForLockWait(t, b, "FOR UPDATE")
+	if _, err := rec.Exec(ctx, q(`UPDATE {{schema}}.endpoints SET last_attempt_at = now() WHERE id = 'static:b'`)); err != nil {
+		t.Fatalf("the recorder's second update: %v", err)
+	}
+	if err := rec.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-synced; err != nil {
+		t.Fatalf("sync: %v", err)
+	}
+	if n := b.count(t, `SELECT count(*) FROM {{schema}}.endpoints`); n != 1 {
+		t.Fatalf("%d endpoints after the sync, want b only", n)
+	}
+}

@@ -245,13 +245,6 @@ func (d *Dispatcher) queueOutcome(b *pgx.Batch, c claimed, started time.Time, re
 	// Both callers run this in a transaction: the plan settings last until
 	// its end (see indexPlans).
 	b.Queue(indexPlans)
-	// Not for a delivery deleted meanwhile (its endpoint was deleted): the
-	// attempt would outlive it.
-	b.Queue(d.q(`INSERT INTO {{schema}}.attempts
-			(delivery_id, attempt, started_at, duration_ms, status_code, error, response_body, signed_by)
-			SELECT $1, $2, $3, $4, $5, $6, $7, $8 WHERE EXISTS (SELECT 1 FROM {{schema}}.deliveries WHERE id = $1)`),
-		c.id, c.attempt, started, res.Duration.Milliseconds(), nullInt(res.StatusCode),
-		nullString(o.errText), nullString(storableText(res.Body)), max(res.Signatures, 1))
 	// A retry for an endpoint disabled meanwhile becomes skipped, kept
 	// for recovery.
 	b.Queue(d.q(`UPDATE {{schema}}.deliveries d SET
@@ -265,6 +258,15 @@ func (d *Dispatcher) queueOutcome(b *pgx.Batch, c claimed, started time.Time, re
 			WHERE id = $1 AND locked_by = $2`), // held by this process (see recordSuccessesSQL)
 		c.id, d.opts.InstanceID, o.status, o.delay.Seconds(), nullInt(res.StatusCode),
 		nullString(o.errText), res.Duration.Milliseconds())
+	// After the delivery's update, and not for a delivery deleted meanwhile
+	// (its endpoint was deleted): the update waits for such a delete, and
+	// this statement then sees the delivery gone, where an attempt written
+	// first would outlive it.
+	b.Queue(d.q(`INSERT INTO {{schema}}.attempts
+			(delivery_id, attempt, started_at, duration_ms, status_code, error, response_body, signed_by)
+			SELECT $1, $2, $3, $4, $5, $6, $7, $8 WHERE EXISTS (SELECT 1 FROM {{schema}}.deliveries WHERE id = $1)`),
+		c.id, c.attempt, started, res.Duration.Milliseconds(), nullInt(res.StatusCode),
+		nullString(o.errText), nullString(storableText(res.Body)), max(res.Signatures, 1))
 	if !c.test {
 		if o.status == "delivered" {
 			// Throttled to one write a second per endpoint unless its

@@ -2,6 +2,7 @@ package dispatch
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"sort"
@@ -59,7 +60,23 @@ func (d *Dispatcher) SyncStaticEndpoints(ctx context.Context, eps []StaticEndpoi
 	sort.Slice(order, func(a, b int) bool { return ids[order[a]] < ids[order[b]] })
 	var gone []string
 	err := pgx.BeginFunc(ctx, d.pool, func(tx pgx.Tx) error {
+		// An endpoint the config enables may be one whose disable is
+		// being skipped: the re-enable waits for that skip (see
+		// skipPending). Advisory locks come first, in id order, then the
+		// endpoints lock, then every endpoint row this changes, in id
+		// order, before any is changed (the delete of static endpoints no
+		// longer configured would take its rows in another order).
+		for _, i := range order {
+			if !eps[i].Disabled {
+				if _, err := tx.Exec(ctx, reenableLockSQL, d.skipLockKey(ids[i])); err != nil {
+					return fmt.Errorf("lock endpoint: %w", err)
+				}
+			}
+		}
 		if _, err := tx.Exec(ctx, d.q(lockEndpointsSQL)); err != nil {
+			return fmt.Errorf("lock endpoints: %w", err)
+		}
+		if _, err := tx.Exec(ctx, d.q(`SELECT FROM {{schema}}.endpoints WHERE static OR id = ANY($1::text[]) ORDER BY id FOR UPDATE`), ids); err != nil {
 			return fmt.Errorf("lock endpoints: %w", err)
 		}
 		for _, i := range order {
@@ -106,7 +123,7 @@ func (d *Dispatcher) SyncStaticEndpoints(ctx context.Context, eps []StaticEndpoi
 	// maintenance loop if they fail here.
 	for _, id := range gone {
 		d.noteDisabled(id)
-		if _, err := d.purgeDeleted(ctx, id, 0); err != nil {
+		if _, err := d.purgeDeleted(ctx, id, tombstonePass); err != nil {
 			d.log.Warn("delete the deliveries of a static endpoint no longer configured (maintenance will)",
 				slog.String("endpoint", id), slog.Any("error", err))
 		}
@@ -145,41 +162,34 @@ const notifyEndpointsOffSQL = `SELECT pg_notify($1, '` + endpointOffPayload + `'
 // skips or deletes their deliveries in statements of their own.
 const lockEndpointsSQL = `SELECT FROM {{schema}}.endpoints_version FOR UPDATE`
 
-// skipBatch bounds one statement of skipPending and purgeDeleted.
+// skipBatch bounds one batch of purgeDeleted.
 const skipBatch = 1000
 
 // skipPending skips the pending deliveries of endpoint id while it is
 // disabled, after the transaction that disabled it (claims pass them by
-// meanwhile: they claim for active endpoints only). It works in batches,
-// each its own transaction under an advisory lock of the endpoint that a
-// re-enable takes too (reenableLockSQL): a re-enable waits for at most
-// the batch under way, and the batches after it find the endpoint active
-// and stop, so a re-enabled endpoint's deliveries are not skipped behind
-// its back. The maintenance loop runs it for every disabled endpoint, for
-// what a failed or interrupted run left.
+// meanwhile: they claim for active endpoints only), in one statement
+// under an advisory lock of the endpoint that a re-enable takes before
+// anything else (reenableLockSQL): a re-enable waits for a skip under way,
+// and a skip after it finds the endpoint active and skips nothing, so a
+// re-enabled endpoint's deliveries are not skipped behind its back. The
+// maintenance loop runs it for every disabled endpoint with pending
+// deliveries, for what a failed run left.
 func (d *Dispatcher) skipPending(ctx context.Context, id string) (int64, error) {
-	var total int64
-	for {
-		var n int64
-		err := pgx.BeginFunc(ctx, d.pool, func(tx pgx.Tx) error {
-			if _, err := tx.Exec(ctx, reenableLockSQL, d.skipLockKey(id)); err != nil {
-				return err
-			}
-			tag, err := tx.Exec(ctx, d.q(`UPDATE {{schema}}.deliveries SET status = 'skipped', updated_at = now()
-				WHERE id IN (SELECT id FROM {{schema}}.deliveries WHERE endpoint_id = $1 AND status = 'pending' LIMIT $2)
-				  AND status = 'pending'
-				  AND NOT coalesce((SELECT active FROM {{schema}}.endpoints WHERE id = $1), true)`), id, skipBatch)
-			n = tag.RowsAffected()
+	var n int64
+	err := pgx.BeginFunc(ctx, d.pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, reenableLockSQL, d.skipLockKey(id)); err != nil {
 			return err
-		})
-		total += n
-		if err != nil {
-			return total, fmt.Errorf("skip pending deliveries of endpoint %q: %w", id, err)
 		}
-		if n < skipBatch {
-			return total, nil
-		}
+		tag, err := tx.Exec(ctx, d.q(`UPDATE {{schema}}.deliveries SET status = 'skipped', updated_at = now()
+			WHERE endpoint_id = $1 AND status = 'pending'
+			  AND NOT coalesce((SELECT active FROM {{schema}}.endpoints WHERE id = $1), true)`), id)
+		n = tag.RowsAffected()
+		return err
+	})
+	if err != nil {
+		return n, fmt.Errorf("skip pending deliveries of endpoint %q: %w", id, err)
 	}
+	return n, nil
 }
 
 // reenableLockSQL is the advisory lock of one endpoint between skipPending
@@ -193,35 +203,53 @@ func (d *Dispatcher) skipLockKey(id string) string { return "walhook skip " + d.
 const tombstoneSQL = `INSERT INTO {{schema}}.endpoints_deleted (id) SELECT unnest($1::text[]) ON CONFLICT (id) DO NOTHING`
 
 // purgeDeleted deletes the deliveries and attempts of a deleted endpoint
-// in batches, then its tombstone, stopping after maxRows deliveries when
-// maxRows > 0 (the maintenance loop's share per pass); done reports that
-// nothing is left. Nothing is deleted while an endpoint of that id exists
-// (a static endpoint configured again).
+// in batches of skipBatch, then its tombstone, stopping after maxRows
+// deliveries (the rest is the maintenance loop's); done reports that
+// nothing is left. Each batch holds the tombstone (FOR KEY SHARE): a
+// static endpoint configured again removes it (SyncStaticEndpoints), and
+// waits for the batch under way; the batches after it find no tombstone
+// and delete nothing of the endpoint's history. The attempts go in a
+// statement after the deliveries', so it sees those an outcome wrote
+// meanwhile.
 func (d *Dispatcher) purgeDeleted(ctx context.Context, id string, maxRows int64) (done bool, err error) {
 	var total int64
-	for maxRows <= 0 || total < maxRows {
+	for total < maxRows {
 		var n int64
-		err := d.pool.QueryRow(ctx, d.q(`WITH gone AS (
-				DELETE FROM {{schema}}.deliveries WHERE id IN (
-					SELECT id FROM {{schema}}.deliveries WHERE endpoint_id = $1 LIMIT $2)
-				  AND NOT EXISTS (SELECT 1 FROM {{schema}}.endpoints WHERE id = $1)
-				RETURNING id
-			), attempts AS (
-				DELETE FROM {{schema}}.attempts a USING gone WHERE a.delivery_id = gone.id
-			)
-			SELECT count(*) FROM gone`), id, skipBatch).Scan(&n)
+		gone := false
+		err := pgx.BeginFunc(ctx, d.pool, func(tx pgx.Tx) error {
+			var one int
+			err := tx.QueryRow(ctx, d.q(`SELECT 1 FROM {{schema}}.endpoints_deleted WHERE id = $1 FOR KEY SHARE`), id).Scan(&one)
+			if errors.Is(err, pgx.ErrNoRows) {
+				gone = true
+				return nil
+			}
+			if err != nil {
+				return err
+			}
+			rows, err := tx.Query(ctx, d.q(`DELETE FROM {{schema}}.deliveries WHERE id IN (
+				SELECT id FROM {{schema}}.deliveries WHERE endpoint_id = $1 LIMIT $2) RETURNING id`), id, skipBatch)
+			if err != nil {
+				return err
+			}
+			ids, err := pgx.CollectRows(rows, pgx.RowTo[string])
+			if err != nil {
+				return err
+			}
+			n = int64(len(ids))
+			if n == 0 {
+				_, err = tx.Exec(ctx, d.q(`DELETE FROM {{schema}}.endpoints_deleted WHERE id = $1`), id)
+				return err
+			}
+			_, err = tx.Exec(ctx, d.q(`DELETE FROM {{schema}}.attempts WHERE delivery_id = ANY($1::text[])`), ids)
+			return err
+		})
 		if err != nil {
 			return false, fmt.Errorf("delete the deliveries of deleted endpoint %q: %w", id, err)
 		}
-		total += n
-		if n < skipBatch {
-			_, err := d.pool.Exec(ctx, d.q(`DELETE FROM {{schema}}.endpoints_deleted WHERE id = $1
-				AND NOT EXISTS (SELECT 1 FROM {{schema}}.deliveries WHERE endpoint_id = $1)`), id)
-			if err != nil {
-				return false, fmt.Errorf("delete the tombstone of endpoint %q: %w", id, err)
-			}
+		if gone || n == 0 {
 			return true, nil
 		}
+		total += n
 	}
 	return false, nil
 }

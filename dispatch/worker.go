@@ -424,8 +424,14 @@ func (d *Dispatcher) release(ctx context.Context) (int64, error) {
 
 // releaseSQL gives a claim back as status $2 with its attempt refunded;
 // callers add the WHERE.
+// A delivery dropped as skipped because its endpoint was noted disabled
+// goes back pending if the endpoint is active again (a quick re-enable):
+// claims pass pending deliveries of inactive endpoints by, and the
+// maintenance sweep skips them.
 const releaseSQL = `UPDATE {{schema}}.deliveries
-	SET status = $2, attempts = greatest(attempts - 1, 0), locked_by = NULL, locked_until = NULL, updated_at = now()
+	SET status = CASE WHEN $2 = 'skipped' AND coalesce((SELECT e.active FROM {{schema}}.endpoints e WHERE e.id = endpoint_id), false)
+	                  THEN 'pending' ELSE $2 END,
+	    attempts = greatest(attempts - 1, 0), locked_by = NULL, locked_until = NULL, updated_at = now()
 	`
 
 // queued is a claimed delivery waiting for a free worker.
@@ -755,6 +761,21 @@ func (d *Dispatcher) listenOnce(ctx context.Context) error {
 	defer pc.Close(context.WithoutCancel(ctx))
 	if _, err := pc.Exec(ctx, "LISTEN "+quoteIdent(d.channel)); err != nil {
 		return err
+	}
+	// Notifications are not kept for a listener that was away: endpoints
+	// disabled or deleted within a lease (as long as this process may
+	// hold a delivery) are noted as if announced.
+	rows, err := pc.Query(ctx, d.q(`SELECT id FROM {{schema}}.endpoints WHERE NOT active AND disabled_at > now() - make_interval(secs => $1)
+		UNION SELECT id FROM {{schema}}.endpoints_deleted WHERE deleted_at > now() - make_interval(secs => $1)`), d.opts.Lease.Seconds())
+	if err != nil {
+		return err
+	}
+	off, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return err
+	}
+	for _, id := range off {
+		d.noteDisabled(id)
 	}
 	// A notification may have been sent before LISTEN took effect.
 	d.Notify()
