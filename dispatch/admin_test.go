@@ -751,3 +751,21 @@ func TestSyncStaticEndpointsWaitsForTheRecorder(t *testing.T) {
 		t.Fatalf("%d endpoints after the sync, want b only", n)
 	}
 }
+
+// Notes of disabled endpoints older than two leases are dropped, so
+// deleted endpoints do not pile up in a long-running process.
+func TestDisabledNotesArePruned(t *testing.T) {
+	t.Parallel()
+	d, _ := obSetup(t, func(o *Options) { o.Lease = time.Second })
+	d.disabled.Store("old", time.Now().Add(-time.Hour))
+	d.disabled.Store("recent", time.Now())
+	for i := range 64 {
+		d.noteDisabled(fmt.Sprintf("e%d", i))
+	}
+	if _, ok := d.disabled.Load("old"); ok {
+		t.Fatal("a note an hour old was kept")
+	}
+	if !d.disabledSince("recent", time.Now().Add(-time.Minute)) || !d.disabledSince("e0", time.Now().Add(-time.Minute)) {
+		t.Fatal("a recent note was dropped")
+	}
+}

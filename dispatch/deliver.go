@@ -228,8 +228,22 @@ func (d *Dispatcher) record(ctx context.Context, c claimed, started time.Time, r
 // noteDisabled records that this process disabled an endpoint (or saw it
 // disabled through its API) now: deliveries to it that this process
 // claimed before and has not started are not sent (see claimLoop).
+//
+// A note matters only to deliveries claimed before it, and this process
+// holds none for longer than a lease: every 64th note drops the notes
+// older than two leases, so deleted and long-disabled endpoints do not
+// pile up.
 func (d *Dispatcher) noteDisabled(endpointID string) {
-	d.disabled.Store(endpointID, time.Now())
+	now := time.Now()
+	d.disabled.Store(endpointID, now)
+	if d.notes.Add(1)%64 == 0 {
+		d.disabled.Range(func(k, v any) bool {
+			if now.Sub(v.(time.Time)) > 2*d.opts.Lease {
+				d.disabled.CompareAndDelete(k, v)
+			}
+			return true
+		})
+	}
 }
 
 // disabledSince reports whether this process noted the endpoint disabled

@@ -9,6 +9,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -157,6 +158,7 @@ type Dispatcher struct {
 	hold inflight
 	// disabled: endpoint id → when this process disabled it.
 	disabled sync.Map
+	notes    atomic.Uint64 // noteDisabled calls, for pruning disabled
 	// secrets caches decoded signing keys by secret.
 	secrets secretCache
 	// endpoints is the fan-out's copy of the endpoints.
