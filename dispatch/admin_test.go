@@ -769,3 +769,35 @@ func TestDisabledNotesArePruned(t *testing.T) {
 		t.Fatal("a recent note was dropped")
 	}
 }
+
+// A deleted endpoint's history goes in batches that continue from where
+// the one before stopped (ties on created_at included), within the budget
+// given, and the tombstone goes with the last of it.
+func TestPurgeDeletedInBatches(t *testing.T) {
+	_, b := setupAdmin(t)
+	ctx := context.Background()
+	b.exec(t, `INSERT INTO {{schema}}.deliveries (id, event_id, endpoint_id, event_type, status, attempts, created_at)
+		SELECT 'd' || i, 'e' || i, 'whk_gone', 'a.b', 'delivered', 1,
+		       CASE WHEN i <= 1200 THEN timestamptz '2026-01-01' ELSE timestamptz '2026-01-01' + i * interval '1 second' END
+		FROM generate_series(1, 2500) i`)
+	b.exec(t, `INSERT INTO {{schema}}.attempts (delivery_id, attempt, started_at, duration_ms) SELECT 'd' || i, 1, now(), 1 FROM generate_series(1, 2500) i`)
+	b.exec(t, `INSERT INTO {{schema}}.deliveries (id, event_id, endpoint_id, event_type, status, attempts) VALUES ('keep', 'e', 'whk_other', 'a.b', 'pending', 0)`)
+	b.exec(t, `INSERT INTO {{schema}}.endpoints_deleted (id) VALUES ('whk_gone')`)
+	done, err := b.d.purgeDeleted(ctx, "whk_gone", 1500)
+	if err != nil || done {
+		t.Fatalf("purge with a budget of 1,500 = done %v, %v; want not done", done, err)
+	}
+	if n := b.count(t, `SELECT count(*) FROM {{schema}}.deliveries WHERE endpoint_id = 'whk_gone'`); n != 500 {
+		t.Fatalf("%d deliveries left after two batches, want 500", n)
+	}
+	if done, err = b.d.purgeDeleted(ctx, "whk_gone", 100000); err != nil || !done {
+		t.Fatalf("purge = done %v, %v; want done", done, err)
+	}
+	if n := b.count(t, `SELECT count(*) FROM {{schema}}.deliveries WHERE endpoint_id = 'whk_gone'`) +
+		b.count(t, `SELECT count(*) FROM {{schema}}.attempts`) + b.count(t, `SELECT count(*) FROM {{schema}}.endpoints_deleted`); n != 0 {
+		t.Fatalf("%d deliveries, attempts and tombstones left", n)
+	}
+	if n := b.count(t, `SELECT count(*) FROM {{schema}}.deliveries`); n != 1 {
+		t.Fatalf("another endpoint's delivery was deleted")
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sort"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 )
@@ -211,8 +212,18 @@ const tombstoneSQL = `INSERT INTO {{schema}}.endpoints_deleted (id) SELECT unnes
 // and delete nothing of the endpoint's history. The attempts go in a
 // statement after the deliveries', so it sees those an outcome wrote
 // meanwhile.
+//
+// Batches continue from where the one before stopped, in the order of the
+// index on (endpoint_id, created_at DESC, id), so none walks the dead
+// index entries the ones before it left (which would make a large
+// history's purge quadratic until vacuum).
 func (d *Dispatcher) purgeDeleted(ctx context.Context, id string, maxRows int64) (done bool, err error) {
 	var total int64
+	after := struct {
+		set bool
+		at  time.Time
+		id  string
+	}{}
 	for total < maxRows {
 		var n int64
 		gone := false
@@ -227,18 +238,36 @@ func (d *Dispatcher) purgeDeleted(ctx context.Context, id string, maxRows int64)
 				return err
 			}
 			rows, err := tx.Query(ctx, d.q(`DELETE FROM {{schema}}.deliveries WHERE id IN (
-				SELECT id FROM {{schema}}.deliveries WHERE endpoint_id = $1 LIMIT $2) RETURNING id`), id, skipBatch)
+				SELECT id FROM {{schema}}.deliveries WHERE endpoint_id = $1
+				  AND (NOT $3 OR created_at < $4 OR (created_at = $4 AND id > $5))
+				ORDER BY created_at DESC, id LIMIT $2) RETURNING id, created_at`), id, skipBatch, after.set, after.at, after.id)
 			if err != nil {
 				return err
 			}
-			ids, err := pgx.CollectRows(rows, pgx.RowTo[string])
+			type gone struct {
+				ID string
+				At time.Time
+			}
+			del, err := pgx.CollectRows(rows, pgx.RowToStructByPos[gone])
 			if err != nil {
 				return err
+			}
+			ids := make([]string, len(del))
+			for i, g := range del {
+				ids[i] = g.ID
+				// The last in (created_at DESC, id) order.
+				if !after.set || g.At.Before(after.at) || (g.At.Equal(after.at) && g.ID > after.id) {
+					after.set, after.at, after.id = true, g.At, g.ID
+				}
 			}
 			n = int64(len(ids))
-			if n == 0 {
+			if n == 0 && !after.set {
+				// A pass from the start found nothing: the history is gone.
 				_, err = tx.Exec(ctx, d.q(`DELETE FROM {{schema}}.endpoints_deleted WHERE id = $1`), id)
 				return err
+			}
+			if n == 0 {
+				return nil
 			}
 			_, err = tx.Exec(ctx, d.q(`DELETE FROM {{schema}}.attempts WHERE delivery_id = ANY($1::text[])`), ids)
 			return err
@@ -246,8 +275,14 @@ func (d *Dispatcher) purgeDeleted(ctx context.Context, id string, maxRows int64)
 		if err != nil {
 			return false, fmt.Errorf("delete the deliveries of deleted endpoint %q: %w", id, err)
 		}
-		if gone || n == 0 {
+		if gone || (n == 0 && !after.set) {
 			return true, nil
+		}
+		if n == 0 {
+			// The end of the history: one more pass from the start makes
+			// sure nothing is left before the tombstone goes.
+			after.set = false
+			continue
 		}
 		total += n
 	}
