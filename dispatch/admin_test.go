@@ -801,3 +801,49 @@ func TestPurgeDeletedInBatches(t *testing.T) {
 		t.Fatalf("another endpoint's delivery was deleted")
 	}
 }
+
+// Two purges of one endpoint at once (the API's and maintenance's): the
+// one that finds the rows it waited for gone keeps the tombstone while
+// rows are left, so nothing is orphaned.
+func TestConcurrentPurgesLeaveNothing(t *testing.T) {
+	_, b := setupAdmin(t)
+	ctx := context.Background()
+	b.exec(t, `INSERT INTO {{schema}}.deliveries (id, event_id, endpoint_id, event_type, status, attempts)
+		SELECT 'd' || i, 'e' || i, 'whk_gone', 'a.b', 'pending', 0 FROM generate_series(1, 5000) i`)
+	b.exec(t, `INSERT INTO {{schema}}.endpoints_deleted (id) VALUES ('whk_gone')`)
+	errs := make(chan error, 2)
+	for range 2 {
+		go func() { _, err := b.d.purgeDeleted(ctx, "whk_gone", 100000); errs <- err }()
+	}
+	for range 2 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := b.d.purgeTombstones(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n, m := b.count(t, `SELECT count(*) FROM {{schema}}.deliveries`), b.count(t, `SELECT count(*) FROM {{schema}}.endpoints_deleted`); n != 0 || m != 0 {
+		t.Fatalf("%d deliveries and %d tombstones left", n, m)
+	}
+}
+
+// A schema name near PostgreSQL's 63-byte limit still gets a channel
+// pg_notify takes.
+func TestWakeChannelOfALongSchema(t *testing.T) {
+	t.Parallel()
+	d, b := obSetup(t, nil)
+	long := strings.Repeat("s", 63)
+	for _, schema := range []string{"walhook", long} {
+		c := wakeChannel(schema)
+		if len(c) > 63 || c != wakeChannel(schema) {
+			t.Fatalf("channel of %q = %q", schema, c)
+		}
+		if _, err := b.pool.Exec(context.Background(), `SELECT pg_notify($1, '')`, c); err != nil {
+			t.Fatalf("pg_notify on the channel of %q: %v", schema, err)
+		}
+	}
+	if d.channel != "walhook_wake" {
+		t.Fatalf("channel %q, want walhook_wake (unchanged for short names)", d.channel)
+	}
+}

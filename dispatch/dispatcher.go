@@ -2,6 +2,7 @@ package dispatch
 
 import (
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -187,9 +188,20 @@ func New(pool *pgxpool.Pool, opts Options) (*Dispatcher, error) {
 		client:  client,
 		metrics: m,
 		schema:  quoteIdent(opts.Schema),
-		channel: opts.Schema + "_wake",
+		channel: wakeChannel(opts.Schema),
 		wake:    make(chan struct{}, 1),
 	}, nil
+}
+
+// wakeChannel is the LISTEN/NOTIFY channel of a store schema: schema +
+// "_wake", or, when that is longer than PostgreSQL's 63-byte names (where
+// pg_notify refuses it), a name made from the schema's hash.
+func wakeChannel(schema string) string {
+	if c := schema + "_wake"; len(c) <= 63 {
+		return c
+	}
+	h := sha256.Sum256([]byte(schema))
+	return "walhook_" + hex.EncodeToString(h[:12]) + "_wake"
 }
 
 // q replaces {{schema}} with the quoted schema name.

@@ -77,6 +77,13 @@ func (d *Dispatcher) SyncStaticEndpoints(ctx context.Context, eps []StaticEndpoi
 		if _, err := tx.Exec(ctx, d.q(lockEndpointsSQL)); err != nil {
 			return fmt.Errorf("lock endpoints: %w", err)
 		}
+		// A static endpoint configured again is the same endpoint: what is
+		// left of its history stays. Before the endpoint rows are locked:
+		// this waits for a purge batch under way (purgeDeleted), which may
+		// wait for an outcome that then locks endpoint rows.
+		if _, err := tx.Exec(ctx, d.q(`DELETE FROM {{schema}}.endpoints_deleted WHERE id = ANY($1::text[])`), ids); err != nil {
+			return fmt.Errorf("upsert static endpoints: %w", err)
+		}
 		if _, err := tx.Exec(ctx, d.q(`SELECT FROM {{schema}}.endpoints WHERE static OR id = ANY($1::text[]) ORDER BY id FOR UPDATE`), ids); err != nil {
 			return fmt.Errorf("lock endpoints: %w", err)
 		}
@@ -88,11 +95,6 @@ func (d *Dispatcher) SyncStaticEndpoints(ctx context.Context, eps []StaticEndpoi
 			if err != nil {
 				return fmt.Errorf("upsert static endpoint %q: %w", e.Name, err)
 			}
-		}
-		// A static endpoint configured again is the same endpoint: what is
-		// left of its history stays.
-		if _, err := tx.Exec(ctx, d.q(`DELETE FROM {{schema}}.endpoints_deleted WHERE id = ANY($1::text[])`), ids); err != nil {
-			return fmt.Errorf("upsert static endpoints: %w", err)
 		}
 		rows, err := tx.Query(ctx, d.q(`DELETE FROM {{schema}}.endpoints WHERE static AND NOT (id = ANY($1::text[])) RETURNING id`), ids)
 		if err != nil {
@@ -239,6 +241,7 @@ func (d *Dispatcher) purgeDeleted(ctx context.Context, id string, maxRows int64)
 			}
 			rows, err := tx.Query(ctx, d.q(`DELETE FROM {{schema}}.deliveries WHERE id IN (
 				SELECT id FROM {{schema}}.deliveries WHERE endpoint_id = $1
+				  AND created_at <= CASE WHEN $3 THEN $4::timestamptz ELSE 'infinity'::timestamptz END
 				  AND (NOT $3 OR created_at < $4 OR (created_at = $4 AND id > $5))
 				ORDER BY created_at DESC, id LIMIT $2) RETURNING id, created_at`), id, skipBatch, after.set, after.at, after.id)
 			if err != nil {
@@ -263,7 +266,10 @@ func (d *Dispatcher) purgeDeleted(ctx context.Context, id string, maxRows int64)
 			n = int64(len(ids))
 			if n == 0 && !after.set {
 				// A pass from the start found nothing: the history is gone.
-				_, err = tx.Exec(ctx, d.q(`DELETE FROM {{schema}}.endpoints_deleted WHERE id = $1`), id)
+				// Another purge of the same endpoint may still be deleting
+				// rows this pass waited for and then found gone.
+				_, err = tx.Exec(ctx, d.q(`DELETE FROM {{schema}}.endpoints_deleted WHERE id = $1
+					AND NOT EXISTS (SELECT 1 FROM {{schema}}.deliveries WHERE endpoint_id = $1)`), id)
 				return err
 			}
 			if n == 0 {
