@@ -130,24 +130,35 @@ func (s *Stream) Status(ctx context.Context) (SlotStatus, error) {
 	return st, err
 }
 
+// identify opens a replication connection to dsn for what, runs
+// IDENTIFY_SYSTEM and returns both; the caller closes the connection.
+func identify(ctx context.Context, dsn, what string) (*pgconn.PgConn, pglogrepl.IdentifySystemResult, error) {
+	var id pglogrepl.IdentifySystemResult
+	cfg, err := replicationConfig(dsn)
+	if err != nil {
+		return nil, id, err
+	}
+	conn, err := pgconn.ConnectConfig(ctx, cfg)
+	if err != nil {
+		return nil, id, fmt.Errorf("connect for %s: %w", what, err)
+	}
+	if id, err = pglogrepl.IdentifySystem(ctx, conn); err != nil {
+		conn.Close(context.WithoutCancel(ctx))
+		return nil, id, fmt.Errorf("identify system: %w", err)
+	}
+	return conn, id, nil
+}
+
 // SystemID returns the cluster's system identifier (IDENTIFY_SYSTEM), one
 // input of deterministic event ids: the same xid and LSN on another cluster
 // are another transaction.
 func SystemID(ctx context.Context, dsn string) (string, error) {
-	cfg, err := replicationConfig(dsn)
+	conn, id, err := identify(ctx, dsn, "IDENTIFY_SYSTEM")
 	if err != nil {
 		return "", err
 	}
-	conn, err := pgconn.ConnectConfig(ctx, cfg)
-	if err != nil {
-		return "", fmt.Errorf("connect for IDENTIFY_SYSTEM: %w", err)
-	}
-	defer conn.Close(context.WithoutCancel(ctx))
-	res, err := pglogrepl.IdentifySystem(ctx, conn)
-	if err != nil {
-		return "", fmt.Errorf("identify system: %w", err)
-	}
-	return res.SystemID, nil
+	conn.Close(context.WithoutCancel(ctx))
+	return id.SystemID, nil
 }
 
 // TimelineSwitches returns the positions where the server's timeline
@@ -156,19 +167,11 @@ func SystemID(ctx context.Context, dsn string) (string, error) {
 // Transactions committed at or past the last one are the server's own;
 // those before a switch it shares with the servers it descends from.
 func TimelineSwitches(ctx context.Context, dsn string) (switches []LSN, timeline int32, err error) {
-	cfg, err := replicationConfig(dsn)
+	conn, id, err := identify(ctx, dsn, "TIMELINE_HISTORY")
 	if err != nil {
 		return nil, 0, err
 	}
-	conn, err := pgconn.ConnectConfig(ctx, cfg)
-	if err != nil {
-		return nil, 0, fmt.Errorf("connect for TIMELINE_HISTORY: %w", err)
-	}
 	defer conn.Close(context.WithoutCancel(ctx))
-	id, err := pglogrepl.IdentifySystem(ctx, conn)
-	if err != nil {
-		return nil, 0, fmt.Errorf("identify system: %w", err)
-	}
 	if id.Timeline <= 1 {
 		return nil, id.Timeline, nil
 	}
