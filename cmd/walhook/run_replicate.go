@@ -133,7 +133,18 @@ func acquireLeader(ctx context.Context, pool *pgxpool.Pool, key string, log *slo
 // watch returns errLeaderLost as soon as the lock's session stops
 // answering, nil when ctx ends.
 func (l *leaderLock) watch(ctx context.Context) error {
-	t := time.NewTicker(leaderPoll)
+	return pollEvery(ctx, leaderPoll, func(pctx context.Context) error {
+		if err := l.conn.Ping(pctx); err != nil && ctx.Err() == nil {
+			return fmt.Errorf("%w: %v", errLeaderLost, err)
+		}
+		return nil
+	})
+}
+
+// pollEvery runs check every interval, each run bounded to 10 s, until
+// ctx ends (nil) or check returns an error (returned).
+func pollEvery(ctx context.Context, interval time.Duration, check func(context.Context) error) error {
+	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
 		select {
@@ -141,11 +152,11 @@ func (l *leaderLock) watch(ctx context.Context) error {
 			return nil
 		case <-t.C:
 		}
-		pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		err := l.conn.Ping(pctx)
+		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		err := check(cctx)
 		cancel()
-		if err != nil && ctx.Err() == nil {
-			return fmt.Errorf("%w: %v", errLeaderLost, err)
+		if err != nil {
+			return err
 		}
 	}
 }
@@ -272,24 +283,16 @@ const publicationPoll = 10 * time.Second
 // error, and the rules would go quiet. A failing check (the source
 // unreachable) is the stream's to report; it is tried again.
 func (r *runner) watchPublication(ctx context.Context) error {
-	t := time.NewTicker(publicationPoll)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-t.C:
-		}
-		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	return pollEvery(ctx, publicationPoll, func(cctx context.Context) error {
 		missing, err := publicationMissing(cctx, r.cfg.Source.DSN, r.cfg.Source.Publication, r.mapper.Tables())
-		cancel()
 		if err == nil && len(missing) > 0 {
 			return fmt.Errorf("%w: publication %s does not publish %s any more (ALTER PUBLICATION, the table renamed, or "+
 				"dropped and created again), so no change of it arrives; run walhook setup (or put a renamed table's new "+
 				"name in the rules), then check what changed meanwhile",
 				errPublicationChanged, r.cfg.Source.Publication, strings.Join(missing, ", "))
 		}
-	}
+		return nil
+	})
 }
 
 // consume moves transactions from the stream into the outbox until ctx
