@@ -43,7 +43,7 @@ func setupAdmin(t *testing.T) (*Admin, *adminBundle) {
 
 func (b *adminBundle) exec(t *testing.T, sql string, args ...any) {
 	t.Helper()
-	if _, err := b.pool.Exec(context.Background(), strings.ReplaceAll(sql, "{{schema}}", "walhook"), args...); err != nil {
+	if _, err := b.pool.Exec(context.Background(), q(sql), args...); err != nil {
 		t.Fatalf("%s: %v", sql, err)
 	}
 }
@@ -51,7 +51,7 @@ func (b *adminBundle) exec(t *testing.T, sql string, args ...any) {
 func (b *adminBundle) count(t *testing.T, sql string, args ...any) int {
 	t.Helper()
 	var n int
-	if err := b.pool.QueryRow(context.Background(), strings.ReplaceAll(sql, "{{schema}}", "walhook"), args...).Scan(&n); err != nil {
+	if err := b.pool.QueryRow(context.Background(), q(sql), args...).Scan(&n); err != nil {
 		t.Fatalf("%s: %v", sql, err)
 	}
 	return n
@@ -524,20 +524,6 @@ func TestAdminOutboxStatus(t *testing.T) {
 	}
 }
 
-// waitForLockWait waits until a session of this database waits on a lock
-// while running a statement containing what.
-func waitForLockWait(t *testing.T, b *adminBundle, what string) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for b.count(t, `SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'
-		AND query LIKE '%' || $1 || '%'`, what) == 0 {
-		if time.Now().After(deadline) {
-			t.Fatalf("no session waited on a lock in a statement with %q", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 // A re-enable while the disable's skip is under way waits for the batch
 // in progress and stops the rest: Recover right after it finds what was
 // skipped, and nothing is skipped behind the re-enabled endpoint's back.
@@ -559,14 +545,14 @@ func TestAdminReenableDuringTheSkip(t *testing.T) {
 	}
 	disabled := make(chan error, 1)
 	go func() { disabled <- b.d.disable(ctx, e.ID, "test") }()
-	waitForLockWait(t, b, "status = 'skipped'")
+	waitForLockWait(t, b.pool, "status = 'skipped'", nil)
 	active := true
 	enabled := make(chan error, 1)
 	go func() {
 		_, err := a.UpdateEndpoint(ctx, e.ID, EndpointPatch{Active: &active})
 		enabled <- err
 	}()
-	waitForLockWait(t, b, "pg_advisory_xact_lock")
+	waitForLockWait(t, b.pool, "pg_advisory_xact_lock", nil)
 	if err := blocker.Commit(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -611,7 +597,7 @@ func TestAdminDeleteLeavesATombstone(t *testing.T) {
 	go func() { deleted <- a.DeleteEndpoint(ctx, e.ID) }()
 	// The endpoint is gone before its history: only the history's delete
 	// waits for d1.
-	waitForLockWait(t, b, "DELETE FROM")
+	waitForLockWait(t, b.pool, "DELETE FROM", nil)
 	if n := b.count(t, `SELECT count(*) FROM {{schema}}.endpoints WHERE id = $1`, e.ID); n != 0 {
 		t.Fatal("the endpoint is still there while its history is deleted")
 	}
@@ -737,7 +723,7 @@ func TestSyncStaticEndpointsWaitsForTheRecorder(t *testing.T) {
 	}
 	synced := make(chan error, 1)
 	go func() { synced <- b.d.SyncStaticEndpoints(ctx, []StaticEndpoint{ep("b")}) }()
-	waitForLockWait(t, b, "FOR UPDATE")
+	waitForLockWait(t, b.pool, "FOR UPDATE", nil)
 	if _, err := rec.Exec(ctx, q(`UPDATE {{schema}}.endpoints SET last_attempt_at = now() WHERE id = 'static:b'`)); err != nil {
 		t.Fatalf("the recorder's second update: %v", err)
 	}

@@ -212,3 +212,30 @@ func (rc *obReceiver) n() int {
 	defer rc.mu.Unlock()
 	return len(rc.reqs)
 }
+
+// waitForLockWait waits until a session of pool's database waits on a lock
+// while running a statement containing what. abort, when set, is asked
+// on every look; a non-empty answer fails the test at once.
+func waitForLockWait(t *testing.T, pool *pgxpool.Pool, what string, abort func() string) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		var n int
+		if err := pool.QueryRow(context.Background(), `SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()
+			AND wait_event_type = 'Lock' AND query LIKE '%' || $1 || '%'`, what).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		if n > 0 {
+			return
+		}
+		if abort != nil {
+			if msg := abort(); msg != "" {
+				t.Fatal(msg)
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no session waited on a lock in a statement with %q", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}

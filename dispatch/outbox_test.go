@@ -3,6 +3,7 @@ package dispatch
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
@@ -431,19 +432,14 @@ func TestAppendWaitsForAnEndpointChange(t *testing.T) {
 		done <- d.Append(ctx, "slot", "sys", []TxEvents{{Xid: 8, CommitLSN: 19, EndLSN: 20, Final: true, CommitTime: time.Now(), Events: []mapper.Event{ev}}})
 	}()
 	// The append waits on the lock of endpoints_version.
-	deadline := time.Now().Add(30 * time.Second)
-	for b.count(t, `SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'
-		AND query LIKE '%endpoints_version%'`) == 0 {
+	waitForLockWait(t, b.pool, "endpoints_version", func() string {
 		select {
 		case err := <-done:
-			t.Fatalf("Append returned (%v) while an endpoint change was uncommitted", err)
+			return fmt.Sprintf("Append returned (%v) while an endpoint change was uncommitted", err)
 		default:
+			return ""
 		}
-		if time.Now().After(deadline) {
-			t.Fatal("Append never waited for the endpoint change")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	})
 	if err := tx.Commit(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -478,14 +474,7 @@ func TestDisableDoesNotHoldUpAppends(t *testing.T) {
 	}
 	disabled := make(chan error, 1)
 	go func() { disabled <- d.disable(ctx, "e1", "test") }()
-	deadline := time.Now().Add(30 * time.Second)
-	for b.count(t, `SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'
-		AND query LIKE '%status = ''skipped''%'`) == 0 {
-		if time.Now().After(deadline) {
-			t.Fatal("the skip never waited on the locked delivery")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	waitForLockWait(t, b.pool, "status = 'skipped'", nil)
 	// The disable has committed; only the skip waits.
 	if n := b.count(t, `SELECT count(*) FROM walhook.endpoints WHERE id = 'e1' AND NOT active`); n != 1 {
 		t.Fatalf("e1 not disabled while its deliveries are being skipped")
