@@ -43,38 +43,24 @@ func TestRunFailoverToAStandbyThatWasBehind(t *testing.T) {
 	if err := primary.Exec(ctx, "postgres", runItemsSchema); err != nil {
 		t.Fatal(err)
 	}
-	pool := func(dsn string) *pgxpool.Pool {
-		p, err := pgxpool.New(ctx, dsn)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(p.Close)
-		return p
-	}
-	db := &runDB{dsn: primary.DSN("postgres"), pool: pool(primary.DSN("postgres")), schema: "walhook", slot: "wh_failover"}
-	storeDSN := strings.Replace(store.DSN("postgres"), "postgres@", "postgres:"+runDSNPassword+"@", 1)
+	db := &runDB{dsn: primary.DSN("postgres"), pool: testPool(t, primary.DSN("postgres")), schema: "walhook", slot: "wh_failover"}
 	rc := newRunReceiver(t, runSecret, nil)
 	configFor := func(d *runDB) string {
-		s := d.settings()
-		s["store.dsn"] = storeDSN
-		s["endpoints"] = []map[string]any{runEndpoint("r", rc.URL, runSecret)}
-		file, _ := runConfig(t, []byte(runItemsConfig), s)
+		file, _ := storeRunConfig(t, d, store, rc)
 		return file
 	}
 	file := configFor(db)
 	if out, errOut, code := runCLI(t, ctx, "setup", "--config", file); code != 0 {
 		t.Fatalf("setup: exit %d\n%s%s", code, out, errOut)
 	}
-	if _, err := dispatch.Migrate(ctx, pool(store.DSN("postgres")), "walhook"); err != nil {
-		t.Fatal(err)
-	}
+	spool := migrateStore(t, store)
 
 	p := startRunProc(t, "--config", file)
 	insertItems(t, db, 1, 50)
 	runWaitFor(t, 30*time.Second, "50 deliveries", func() bool { return rc.Unique() == 50 }, p.diag)
 	// The standby has everything so far, then stops receiving; walhook
 	// delivers 30 more changes it never gets.
-	sb := &runDB{dsn: standby.DSN("postgres"), pool: pool(standby.DSN("postgres")), schema: "walhook", slot: db.slot}
+	sb := &runDB{dsn: standby.DSN("postgres"), pool: testPool(t, standby.DSN("postgres")), schema: "walhook", slot: db.slot}
 	runWaitFor(t, 30*time.Second, "the standby to replay items 1-50", func() bool {
 		var n int
 		return sb.pool.QueryRow(ctx, `SELECT count(*) FROM items`).Scan(&n) == nil && n == 50
@@ -91,7 +77,7 @@ func TestRunFailoverToAStandbyThatWasBehind(t *testing.T) {
 	if err := p.stop(t); err != nil {
 		t.Fatalf("stop: %v", err)
 	}
-	cursor := db.cursorIn(t, store)
+	cursor := db.cursorIn(t, spool)
 
 	// The primary is lost; the standby takes over on timeline 2.
 	if err := primary.Crash(); err != nil {
@@ -103,7 +89,7 @@ func TestRunFailoverToAStandbyThatWasBehind(t *testing.T) {
 	if err := standby.Promote(ctx); err != nil {
 		t.Fatal(err)
 	}
-	sb.pool = pool(standby.DSN("postgres")) // the old one's sessions ended with the stop
+	sb.pool = testPool(t, standby.DSN("postgres")) // the old one's sessions ended with the stop
 	file = configFor(sb)
 	out, errOut, code := runCLI(t, ctx, "check", "--config", file)
 	if code != 1 {
@@ -132,7 +118,6 @@ func TestRunFailoverToAStandbyThatWasBehind(t *testing.T) {
 	if err := sb.pool.QueryRow(ctx, `SELECT system_identifier::text FROM pg_control_system()`).Scan(&sys); err != nil {
 		t.Fatal(err)
 	}
-	spool := pool(store.DSN("postgres"))
 	for pos := range 30 {
 		ev := mapper.EventID(sys, 0, uint32(newXid), commitLSN, pos, 0)
 		if _, err := spool.Exec(ctx, `WITH e AS (INSERT INTO walhook.events (id, type, envelope, occurred_at, data)
@@ -184,14 +169,9 @@ func TestRunFailoverToAStandbyThatWasBehind(t *testing.T) {
 	}
 }
 
-// cursorIn reads the store cursor of d's slot in the store cluster c.
-func (d *runDB) cursorIn(t *testing.T, c *pgtest.Cluster) cdc.LSN {
+// cursorIn reads the store cursor of d's slot in the store pool.
+func (d *runDB) cursorIn(t *testing.T, pool *pgxpool.Pool) cdc.LSN {
 	t.Helper()
-	pool, err := pgxpool.New(context.Background(), c.DSN("postgres"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pool.Close()
 	l, _, ok, err := dispatch.StoredCursor(context.Background(), pool, "walhook", d.slot)
 	if err != nil || !ok {
 		t.Fatalf("store cursor: %v (found %v)", err, ok)

@@ -6,9 +6,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgxpool"
-
-	"github.com/walhook/walhook/dispatch"
 	"github.com/walhook/walhook/internal/pgtest"
 )
 
@@ -21,32 +18,14 @@ func TestRunRidesOutStoreAndSourceRestarts(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	src, store := pgtest.StartT(t, pgtest.Options{}), pgtest.StartT(t, pgtest.Options{})
-	srcDSN := src.DSN("postgres")
-	pool, err := pgxpool.New(ctx, srcDSN)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
-	if _, err := pool.Exec(ctx, runItemsSchema); err != nil {
+	db := &runDB{dsn: src.DSN("postgres"), pool: testPool(t, src.DSN("postgres")), schema: "walhook", slot: "wh_restart"}
+	if _, err := db.pool.Exec(ctx, runItemsSchema); err != nil {
 		t.Fatalf("load schema: %v", err)
 	}
-	db := &runDB{dsn: srcDSN, pool: pool, schema: "walhook", slot: "wh_restart"}
-	storeDSN := store.DSN("postgres")
-	spool, err := pgxpool.New(ctx, storeDSN)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(spool.Close)
-
 	rc := newRunReceiver(t, runSecret, nil)
-	s := db.settings()
-	s["store.dsn"] = strings.Replace(storeDSN, "postgres@", "postgres:"+runDSNPassword+"@", 1)
-	s["endpoints"] = []map[string]any{runEndpoint("r", rc.URL, runSecret)}
-	file, cfg := runConfig(t, []byte(runItemsConfig), s)
+	file, cfg := storeRunConfig(t, db, store, rc)
 	db.setup(t, cfg) // publication, slot (and a store on the source, unused)
-	if _, err := dispatch.Migrate(ctx, spool, "walhook"); err != nil {
-		t.Fatalf("migrate the store: %v", err)
-	}
+	migrateStore(t, store)
 
 	p := startRunProc(t, "--config", file)
 	alive := func() string {

@@ -410,3 +410,35 @@ func runCheckHeaders(t *testing.T, h http.Header, id string, event any) {
 		t.Errorf("Content-Type %q", ct)
 	}
 }
+
+// testPool opens a pool on dsn, closed when the test ends.
+func testPool(t *testing.T, dsn string) *pgxpool.Pool {
+	t.Helper()
+	p, err := pgxpool.New(context.Background(), dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.Close)
+	return p
+}
+
+// storeRunConfig writes the items config for source d with the store in
+// a cluster of its own and rc as the one endpoint.
+func storeRunConfig(t *testing.T, d *runDB, store *pgtest.Cluster, rc *runReceiver) (string, *config.Config) {
+	t.Helper()
+	s := d.settings()
+	s["store.dsn"] = strings.Replace(store.DSN("postgres"), "postgres@", "postgres:"+runDSNPassword+"@", 1)
+	s["endpoints"] = []map[string]any{runEndpoint("r", rc.URL, runSecret)}
+	return runConfig(t, []byte(runItemsConfig), s)
+}
+
+// migrateStore sets up the store schema in cluster store and returns a
+// pool on it.
+func migrateStore(t *testing.T, store *pgtest.Cluster) *pgxpool.Pool {
+	t.Helper()
+	pool := testPool(t, store.DSN("postgres"))
+	if _, err := dispatch.Migrate(context.Background(), pool, "walhook"); err != nil {
+		t.Fatalf("migrate the store: %v", err)
+	}
+	return pool
+}
