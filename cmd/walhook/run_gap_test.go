@@ -22,12 +22,7 @@ func TestRunRecoversFromALostSlot(t *testing.T) {
 	ctx := context.Background()
 	rc := newRunReceiver(t, runSecret, nil)
 	db, file := itemsRun(t, map[string]any{"endpoints": []map[string]any{runEndpoint("r", rc.URL, runSecret)}})
-	p := startRunProc(t, "--config", file)
-	insertItems(t, db, 1, 5)
-	runWaitFor(t, 30*time.Second, "the first 5 deliveries", func() bool { return rc.Unique() == 5 }, p.diag)
-	if err := p.stop(t); err != nil {
-		t.Fatalf("stop: %v", err)
-	}
+	runItemsUntil(t, db, file, rc, 1, 5, 5, "the first 5 deliveries")
 	cursor := db.slotLSN(t) // once the walsender has let go
 
 	// The slot is lost (dropped here); changes made meanwhile are gone.
@@ -83,7 +78,7 @@ func TestRunRecoversFromALostSlot(t *testing.T) {
 		t.Fatalf("setup --accept-gap without a gap: exit %d\n%s%s", code, out, errOut)
 	}
 
-	p = startRunProc(t, "--config", file)
+	p := startRunProc(t, "--config", file)
 	insertItems(t, db, 11, 15)
 	runWaitFor(t, 30*time.Second, "the 5 deliveries after the gap", func() bool { return rc.Unique() == 10 }, p.diag)
 	if n := db.count(t, `SELECT count(*) FROM walhook.events WHERE (data->>'id')::int BETWEEN 6 AND 10`); n != 0 {
@@ -166,12 +161,7 @@ func TestRunRefusesACursorAheadOfTheServer(t *testing.T) {
 	ctx := context.Background()
 	rc := newRunReceiver(t, runSecret, nil)
 	db, file := itemsRun(t, map[string]any{"endpoints": []map[string]any{runEndpoint("r", rc.URL, runSecret)}})
-	p := startRunProc(t, "--config", file)
-	insertItems(t, db, 1, 3)
-	runWaitFor(t, 30*time.Second, "the first 3 deliveries", func() bool { return rc.Unique() == 3 }, p.diag)
-	if err := p.stop(t); err != nil {
-		t.Fatalf("stop: %v", err)
-	}
+	runItemsUntil(t, db, file, rc, 1, 3, 3, "the first 3 deliveries")
 	slot := db.slotLSN(t)
 	// The old primary's cursor, far past what this server has written.
 	db.exec(t, `UPDATE walhook.cursor SET lsn = 'FF/0'`)
@@ -211,12 +201,7 @@ func TestRunRefusesACursorAheadOfTheServer(t *testing.T) {
 		t.Fatalf("cursor %s after --accept-gap, want the slot's %s", got, slot)
 	}
 
-	p = startRunProc(t, "--config", file)
-	insertItems(t, db, 4, 6)
-	runWaitFor(t, 30*time.Second, "the changes after the fork", func() bool { return rc.Unique() == 6 }, p.diag)
-	if err := p.stop(t); err != nil {
-		t.Fatalf("stop: %v", err)
-	}
+	runItemsUntil(t, db, file, rc, 4, 6, 6, "the changes after the fork")
 	// The new history reuses xids and positions of the old one: the events
 	// after the fork carry the id epoch accepting it counted up, so none
 	// can be taken for a replay of a stored one.
@@ -349,12 +334,7 @@ func TestRunRemembersAFork(t *testing.T) {
 	ctx := context.Background()
 	rc := newRunReceiver(t, runSecret, nil)
 	db, file := itemsRun(t, map[string]any{"endpoints": []map[string]any{runEndpoint("r", rc.URL, runSecret)}})
-	p := startRunProc(t, "--config", file)
-	insertItems(t, db, 1, 2)
-	runWaitFor(t, 30*time.Second, "the first deliveries", func() bool { return rc.Unique() == 2 }, p.diag)
-	if err := p.stop(t); err != nil {
-		t.Fatalf("stop: %v", err)
-	}
+	runItemsUntil(t, db, file, rc, 1, 2, 2, "the first deliveries")
 	slot := db.slotLSN(t)
 	// The old primary's cursor, a little past what this server has written.
 	// (The shared cluster's other tests write WAL too: a wide margin.)
@@ -392,8 +372,21 @@ func TestRunRemembersAFork(t *testing.T) {
 	if out, errOut, code := runCLI(t, ctx, "check", "--config", file); code != 0 {
 		t.Fatalf("check after --accept-gap: exit %d\n%s%s", code, out, errOut)
 	}
-	p = startRunProc(t, "--config", file)
+	p := startRunProc(t, "--config", file)
 	runWaitFor(t, 30*time.Second, "the change written after the fork", func() bool { return rc.Unique() == 3 }, p.diag)
+	if err := p.stop(t); err != nil {
+		t.Fatalf("stop: %v", err)
+	}
+}
+
+// runItemsUntil runs walhook with file, inserts items from..to, waits
+// until rc holds want deliveries (what, in the timeout message) and stops
+// the run.
+func runItemsUntil(t *testing.T, db *runDB, file string, rc *runReceiver, from, to, want int, what string) {
+	t.Helper()
+	p := startRunProc(t, "--config", file)
+	insertItems(t, db, from, to)
+	runWaitFor(t, 30*time.Second, what, func() bool { return rc.Unique() == want }, p.diag)
 	if err := p.stop(t); err != nil {
 		t.Fatalf("stop: %v", err)
 	}
