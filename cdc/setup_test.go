@@ -5,7 +5,6 @@ import (
 	"slices"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
@@ -151,17 +150,11 @@ func TestTimelineSwitchesOfAPromotedStandby(t *testing.T) {
 	}
 	defer sconn.Close(ctx)
 	var replayed string
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+	waitFor(t, "the standby to replay the primary's writes", func() bool {
 		var caughtUp bool
-		if err := sconn.QueryRow(ctx, `SELECT pg_last_wal_replay_lsn()::text, EXISTS (SELECT FROM t WHERE id = 1000)`).Scan(&replayed, &caughtUp); err == nil && caughtUp {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the standby did not replay the primary's writes")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		err := sconn.QueryRow(ctx, `SELECT pg_last_wal_replay_lsn()::text, EXISTS (SELECT FROM t WHERE id = 1000)`).Scan(&replayed, &caughtUp)
+		return err == nil && caughtUp
+	})
 	if err := standby.Promote(ctx); err != nil {
 		t.Fatal(err)
 	}
