@@ -503,8 +503,10 @@ func startLeaderAndStandby(t *testing.T) (*runReceiver, *runDB, *runProc, *runPr
 	}
 	fileA, fileB := conf("walhook-A"), conf("walhook-B")
 	a := startRunProc(t, "--config", fileA)
-	runWaitFor(t, 30*time.Second, "A to hold the slot", func() bool {
-		return strings.Contains(a.stderr.String(), "this process holds the slot")
+	// Holding the leader lock comes before the stream holds the slot:
+	// wait for the stream.
+	runWaitFor(t, 30*time.Second, "A to stream from the slot", func() bool {
+		return strings.Contains(a.stderr.String(), `msg="replication started"`)
 	}, a.diag)
 	b := startRunProc(t, "--config", fileB)
 	runWaitFor(t, 30*time.Second, "B to stand by", func() bool {
