@@ -144,6 +144,12 @@ func (r *runner) lag() time.Duration {
 }
 
 func (r *runner) run(ctx context.Context) error {
+	// A config that run refuses is refused before prepare writes anything
+	// to the store (static endpoints).
+	if r.cfg.API.Listen != "" && len(r.cfg.API.Keys) == 0 {
+		return &UsageError{Err: fmt.Errorf("%s: api.keys: empty while api.listen is %s: nobody could use the admin API; add a key (e.g. - ${WALHOOK_API_KEY}), or set api.listen: off",
+			r.cfg.File, r.cfg.API.Listen)}
+	}
 	if err := r.prepare(ctx); err != nil {
 		return err
 	}
@@ -155,7 +161,7 @@ func (r *runner) run(ctx context.Context) error {
 	if r.cfg.API.Listen != "" {
 		var err error
 		if srv, err = api.New(apiOptions(r.cfg, dispatch.NewAdmin(r.pool, r.cfg.Store.Schema, r.disp), r.repl, r.reg, r.pool, r.log)); err != nil {
-			return &UsageError{Err: fmt.Errorf("%w (set api.keys, or api.listen: off)", err)}
+			return &UsageError{Err: fmt.Errorf("%s: %w", r.cfg.File, err)}
 		}
 		var lc net.ListenConfig
 		if ln, err = lc.Listen(ctx, "tcp", r.cfg.API.Listen); err != nil {

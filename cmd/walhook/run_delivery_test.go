@@ -17,6 +17,8 @@ import (
 
 	"github.com/jackc/pglogrepl"
 
+	"github.com/walhook/walhook/dispatch"
+
 	"github.com/walhook/walhook/internal/receiver"
 )
 
@@ -271,6 +273,19 @@ func TestRunRefusesToStart(t *testing.T) {
 	runWaitFor(t, 30*time.Second, "2 deliveries", func() bool { return rc.Unique() == 2 }, p.diag)
 	if err := p.stop(t); err != nil {
 		t.Fatal(err)
+	}
+	// No API keys while the API listens: refused as a bad config before
+	// anything is written to the store (the static endpoint r2 is not).
+	settings := db2.settings()
+	settings["api.keys"] = []string{}
+	settings["endpoints"] = []map[string]any{runEndpoint("r", rc.URL, runSecret), runEndpoint("r2", rc.URL, runSecret)}
+	noKeys, _ := runConfig(t, []byte(runItemsConfig), settings)
+	_, errOut, code = runCLI(t, ctx, "run", "--config", noKeys)
+	if code != 2 || !strings.Contains(errOut, noKeys+": api.keys: empty while api.listen is 127.0.0.1:0") {
+		t.Errorf("no API keys: exit %d, %q; want 2 and the api.keys error", code, runTail(errOut, 600))
+	}
+	if n := db2.count(t, `SELECT count(*) FROM walhook.endpoints WHERE id = $1`, dispatch.StaticPrefix+"r2"); n != 0 {
+		t.Error("run refused a config without API keys but had already stored its static endpoint r2")
 	}
 	db2.exec(t, `UPDATE walhook.cursor SET lsn = '0/10'`)
 	_, errOut, code = runCLI(t, ctx, "run", "--config", file2)
