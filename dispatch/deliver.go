@@ -311,7 +311,7 @@ func (d *Dispatcher) disableRule(ctx context.Context, tx pgx.Tx, endpointID stri
 		SELECT e.failing_since,
 		       (SELECT count(*) FROM {{schema}}.deliveries x
 		        WHERE x.endpoint_id = e.id AND x.status = 'failed'
-		          AND x.updated_at >= now() - make_interval(secs => $2))
+		          AND x.updated_at >= now() - make_interval(secs => $2) AND NOT `+isTestSend+`)
 		FROM {{schema}}.endpoints e
 		WHERE e.id = $1 AND e.active AND e.failing_since <= now() - make_interval(secs => $2)`),
 		endpointID, d.opts.DisableWindow.Seconds()).Scan(&since, &failed)

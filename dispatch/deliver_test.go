@@ -577,6 +577,90 @@ func TestRetentionDeletesOnlyOldFinishedRows(t *testing.T) {
 	}
 }
 
+// A test send is never retried and never counts toward the disable rule:
+// not when Run stops while it is in flight (Run's release leaves it to
+// the request that makes it, which records its outcome), and not when
+// its process dies first (the lease rescue ends it failed, not pending).
+func TestSendTestIsNeverRetried(t *testing.T) {
+	t.Parallel()
+	answer := make(chan struct{})
+	rc := obNewReceiver(t, func(n int, _ http.ResponseWriter, _ *http.Request) int {
+		if n == 0 {
+			<-answer
+		}
+		return http.StatusInternalServerError
+	})
+	d, b := obSetup(t, func(o *Options) {
+		o.Lease = 300 * time.Millisecond
+		o.DisableWindow = time.Millisecond
+		o.DisableMinFailed = 1
+	})
+	ep := b.endpoint(t, "whk_1", rc.URL, nil, nil, true)
+	stop := obRun(t, d)
+	sent := make(chan TestResult, 1)
+	go func() {
+		res, err := d.SendTest(context.Background(), ep)
+		if err != nil {
+			t.Error(err)
+		}
+		sent <- res
+	}()
+	obWaitFor(t, "the test request", func() bool { return rc.n() == 1 })
+	stop()
+	close(answer)
+	res := <-sent
+	if res.StatusCode != http.StatusInternalServerError {
+		t.Fatalf("SendTest = %+v, want the receiver's 500", res)
+	}
+	if s, attempts, _, _ := b.deliveryState(t, res.DeliveryID); s != "failed" || attempts != 1 {
+		t.Errorf("test delivery %s after %d attempts once Run stopped, want failed after 1", s, attempts)
+	}
+
+	// A test send whose process died while sending it.
+	for _, sql := range []string{`INSERT INTO walhook.events (id, type, envelope, occurred_at, data)
+		VALUES ('test:00', 'webhook.test', 'sns', now(), '{}')`,
+		`INSERT INTO walhook.deliveries (id, event_id, endpoint_id, event_type, status, attempts, locked_by, locked_until)
+		VALUES ('dead-test', 'test:00', 'whk_1', 'webhook.test', 'delivering', 1, 'dead', now() - interval '1 second')`} {
+		if _, err := b.pool.Exec(context.Background(), sql); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Another process runs on: it rescues the test send as failed and
+	// sends nothing.
+	other := b.dispatcher(t, func(o *Options) {
+		o.InstanceID = "other"
+		o.Lease = 300 * time.Millisecond
+		o.Retry = RetryPolicy{Schedule: []time.Duration{0}}
+		o.DisableWindow = time.Hour
+		o.DisableMinFailed = 2
+	})
+	obRun(t, other)
+	b.waitStatus(t, "dead-test", "failed")
+	var lastError string
+	if err := b.pool.QueryRow(context.Background(), `SELECT last_error FROM walhook.deliveries WHERE id = 'dead-test'`).Scan(&lastError); err != nil {
+		t.Fatal(err)
+	}
+	if lastError != testAbandoned {
+		t.Errorf("rescued test send: last_error %q, want %q", lastError, testAbandoned)
+	}
+	time.Sleep(500 * time.Millisecond)
+	if n := rc.n(); n != 1 {
+		t.Errorf("the receiver got %d requests, want the 1 test request: a test send was retried", n)
+	}
+	// The two failed test sends do not count toward the disable rule: one
+	// ordinary delivery that fails for good is one failure, not the two
+	// the rule wants here.
+	if _, err := b.pool.Exec(context.Background(), `UPDATE walhook.endpoints SET failing_since = now() - interval '2 hours'`); err != nil {
+		t.Fatal(err)
+	}
+	ev := obEvent("a.b", "")
+	obAppend(t, other, 10, ev)
+	b.waitStatus(t, mapper.DeliveryID(ev.Envelope, ev.ID, ep), "failed")
+	if n := b.count(t, `SELECT count(*) FROM walhook.endpoints WHERE active`); n != 1 {
+		t.Error("failed test sends disabled the endpoint")
+	}
+}
+
 func TestSendTest(t *testing.T) {
 	t.Parallel()
 	rc := obNewReceiver(t, nil)

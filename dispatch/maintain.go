@@ -70,8 +70,13 @@ func (d *Dispatcher) rescue(ctx context.Context) (int64, error) {
 	return tag.RowsAffected(), err
 }
 
+//
+// A test send is not retried: one whose process died before recording it
+// ends failed.
 const rescueSQL = `UPDATE {{schema}}.deliveries
-	SET status = 'pending', locked_by = NULL, locked_until = NULL, next_attempt_at = now(), updated_at = now()
+	SET status = CASE WHEN ` + isTestSend + ` THEN 'failed' ELSE 'pending' END,
+	    last_error = CASE WHEN ` + isTestSend + ` THEN '` + testAbandoned + `' ELSE last_error END,
+	    locked_by = NULL, locked_until = NULL, next_attempt_at = now(), updated_at = now()
 	WHERE status = 'delivering' AND locked_until < now()`
 
 // skipDisabled marks pending deliveries of disabled endpoints skipped. The

@@ -146,7 +146,9 @@ func (r *recorder) write(batch []success) {
 }
 
 // recordSuccessesSQL marks a batch delivered (only rows this process
-// still holds) and logs their attempts, one statement for both.
+// still holds), logs their attempts, and returns the ids it did not mark:
+// their lease passed to another process, or their endpoint was deleted
+// (lostAttemptsSQL logs the first kind).
 //
 // "Still holds" is locked_by = $1 alone: only a claim sets locked_by, and
 // every move out of 'delivering' clears it. Saying status = 'delivering'
@@ -154,6 +156,11 @@ func (r *recorder) write(batch []success) {
 // a partial index on that status that holds a dead entry for every
 // delivery claimed since the last vacuum, and join them in a loop: it did,
 // and a 512-row batch took 100 ms instead of 5.
+//
+// Attempts are written only for the rows the update marked: the update
+// waits for a concurrent delete of the endpoint's deliveries and then
+// finds the row gone, where an attempt written regardless would outlive
+// its delivery (nothing ever deletes it).
 const recordSuccessesSQL = `
 WITH o AS (
     SELECT * FROM unnest($2::text[], $3::int[], $4::timestamptz[], $5::int[], $6::int[], $7::text[], $8::int[])
@@ -164,9 +171,28 @@ WITH o AS (
         delivered_at = now(), updated_at = now()
     FROM o
     WHERE d.id = o.id AND d.locked_by = $1
+    RETURNING d.id
+), logged AS (
+    INSERT INTO {{schema}}.attempts (delivery_id, attempt, started_at, duration_ms, status_code, error, response_body, signed_by)
+    SELECT o.id, attempt, started_at, duration_ms, status_code, NULL, response_body, signed_by FROM o JOIN done ON done.id = o.id
 )
+SELECT o.id FROM o WHERE NOT EXISTS (SELECT 1 FROM done WHERE done.id = o.id)`
+
+// lostAttemptsSQL logs the 2xx attempts of deliveries whose lease this
+// process lost before it could mark them (the rescue made them pending
+// again; they will be sent once more): the attempt happened and belongs
+// in the delivery log, but only while its delivery exists. FOR KEY SHARE
+// waits for a concurrent delete and then skips the deleted row. An
+// attempt already logged (a retried write whose first commit went
+// through) is not logged twice.
+const lostAttemptsSQL = `
 INSERT INTO {{schema}}.attempts (delivery_id, attempt, started_at, duration_ms, status_code, error, response_body, signed_by)
-SELECT id, attempt, started_at, duration_ms, status_code, NULL, response_body, signed_by FROM o`
+SELECT o.id, o.attempt, o.started_at, o.duration_ms, o.status_code, NULL, o.response_body, o.signed_by
+FROM unnest($1::text[], $2::int[], $3::timestamptz[], $4::int[], $5::int[], $6::text[], $7::int[])
+    AS o(id, attempt, started_at, duration_ms, status_code, response_body, signed_by)
+WHERE o.id IN (SELECT id FROM {{schema}}.deliveries WHERE id = ANY($1) FOR KEY SHARE)
+    AND NOT EXISTS (SELECT 1 FROM {{schema}}.attempts a
+        WHERE a.delivery_id = o.id AND a.attempt = o.attempt AND a.started_at = o.started_at)`
 
 // recordSuccesses writes a batch of 2xx attempts in one transaction and
 // one round trip, committed with synchronous_commit off (see record for
@@ -199,7 +225,13 @@ func (d *Dispatcher) recordSuccesses(ctx context.Context, batch []success) error
 	b.Queue("BEGIN")
 	b.Queue("SET LOCAL synchronous_commit = off")
 	b.Queue(indexPlans)
-	b.Queue(d.q(recordSuccessesSQL), d.opts.InstanceID, ids, attempt, started, dur, code, body, signed)
+	var missed []string
+	b.Queue(d.q(recordSuccessesSQL), d.opts.InstanceID, ids, attempt, started, dur, code, body, signed).
+		Query(func(rows pgx.Rows) error {
+			var err error
+			missed, err = pgx.CollectRows(rows, pgx.RowTo[string])
+			return err
+		})
 	// The rows are locked in id order, as by every transaction that locks
 	// several endpoints (SyncStaticEndpoints): two cannot wait for each
 	// other.
@@ -212,5 +244,29 @@ func (d *Dispatcher) recordSuccesses(ctx context.Context, batch []success) error
 	b.Queue("COMMIT")
 	// On an error the connection is left in an aborted transaction;
 	// pgxpool closes such a connection instead of reusing it.
-	return d.pool.SendBatch(ctx, b).Close()
+	if err := d.pool.SendBatch(ctx, b).Close(); err != nil || len(missed) == 0 {
+		return err
+	}
+	// Rare: a lease lost to the rescue, or an endpoint deleted meanwhile.
+	// In a statement of its own, so it sees deletes committed since.
+	miss := make(map[string]bool, len(missed))
+	for _, id := range missed {
+		miss[id] = true
+	}
+	var lost []string
+	var la, ld, lc, lsg []int32
+	var ls []time.Time
+	var lb []*string
+	for i, id := range ids {
+		if miss[id] {
+			lost, la, ls, ld, lc, lb, lsg = append(lost, id), append(la, attempt[i]), append(ls, started[i]),
+				append(ld, dur[i]), append(lc, code[i]), append(lb, body[i]), append(lsg, signed[i])
+		}
+	}
+	if _, err := d.pool.Exec(ctx, d.q(lostAttemptsSQL), lost, la, ls, ld, lc, lb, lsg); err != nil {
+		// The deliveries are pending again and will be sent once more:
+		// only this attempt's log entry is missing.
+		d.log.Warn("log 2xx attempts of deliveries whose lease was lost", slog.Int("deliveries", len(lost)), slog.Any("error", err))
+	}
+	return nil
 }

@@ -2,6 +2,7 @@ package dispatch
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"sync"
 	"testing"
@@ -72,5 +73,85 @@ func TestRecorderRidesOutAStoreRestart(t *testing.T) {
 	}
 	if n := rc.n(); n != 1 {
 		t.Errorf("the receiver got %d requests, want the 1 it answered", n)
+	}
+}
+
+// A batch of 2xx outcomes logs an attempt for every delivery that still
+// exists, and none for one whose endpoint was deleted meanwhile: before,
+// or while the batch runs (the delete not yet committed). Nothing deletes
+// an attempt whose delivery is gone, so one written then would stay
+// forever. A delivery whose lease passed on stays pending (it is sent
+// again) but keeps the log entry of the attempt that happened, once.
+func TestRecordedAttemptsFollowTheirDelivery(t *testing.T) {
+	a, b := setupAdmin(t)
+	ctx := context.Background()
+	e := mustCreate(t, a, EndpointInput{})
+	me := b.d.opts.InstanceID
+	for _, id := range []string{"held", "held-deleting", "lost", "lost-deleting"} {
+		b.addDelivery(t, id, e.ID, "delivering", 1, time.Now())
+	}
+	b.exec(t, `UPDATE {{schema}}.deliveries SET locked_by = $1, locked_until = now() + interval '1 minute'
+		WHERE id IN ('held', 'held-deleting')`, me)
+	// The lease of the other two passed: the rescue made them pending.
+	b.exec(t, `UPDATE {{schema}}.deliveries SET status = 'pending' WHERE id IN ('lost', 'lost-deleting')`)
+	ok := func(id string) success {
+		return success{c: claimed{id: id, endpointID: e.ID, attempt: 1}, started: time.Now(),
+			res: Result{StatusCode: http.StatusOK, Duration: time.Millisecond}}
+	}
+
+	// Deletes of two deliveries, not committed while the batch is written.
+	deleting, err := b.pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer deleting.Rollback(ctx)
+	if _, err := deleting.Exec(ctx, q(`DELETE FROM {{schema}}.deliveries WHERE id IN ('held-deleting', 'lost-deleting')`)); err != nil {
+		t.Fatal(err)
+	}
+	recorded := make(chan error, 1)
+	go func() {
+		recorded <- b.d.recordSuccesses(ctx, []success{ok("held"), ok("held-deleting"), ok("lost"), ok("lost-deleting"), ok("gone")})
+	}()
+	waitForLockWait(t, b.pool, "deliveries", func() string {
+		select {
+		case err := <-recorded:
+			return fmt.Sprintf("the batch was written without waiting for the deletes (%v)", err)
+		default:
+			return ""
+		}
+	})
+	if err := deleting.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-recorded; err != nil {
+		t.Fatal(err)
+	}
+	if n := b.count(t, `SELECT count(*) FROM {{schema}}.attempts a
+		WHERE NOT EXISTS (SELECT 1 FROM {{schema}}.deliveries d WHERE d.id = a.delivery_id)`); n != 0 {
+		t.Errorf("%d attempts logged for deliveries that are gone", n)
+	}
+	for id, want := range map[string]string{"held": "delivered", "lost": "pending"} {
+		var status string
+		var attempts int
+		if err := b.pool.QueryRow(ctx, q(`SELECT status, (SELECT count(*) FROM {{schema}}.attempts WHERE delivery_id = d.id)
+			FROM {{schema}}.deliveries d WHERE id = $1`), id).Scan(&status, &attempts); err != nil {
+			t.Fatal(err)
+		}
+		if status != want || attempts != 1 {
+			t.Errorf("%s: %s with %d attempts logged, want %s with 1", id, status, attempts, want)
+		}
+	}
+
+	// The same batch written again (a retry after a commit whose answer
+	// was lost) logs nothing twice.
+	s := ok("lost")
+	if err := b.pool.QueryRow(ctx, q(`SELECT started_at FROM {{schema}}.attempts WHERE delivery_id = 'lost'`)).Scan(&s.started); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.d.recordSuccesses(ctx, []success{s}); err != nil {
+		t.Fatal(err)
+	}
+	if n := b.count(t, `SELECT count(*) FROM {{schema}}.attempts WHERE delivery_id = 'lost'`); n != 1 {
+		t.Errorf("the lost lease's attempt is logged %d times, want once", n)
 	}
 }

@@ -16,6 +16,14 @@ import (
 // TestEventType is the event type of SendTest's event.
 const TestEventType = "webhook.test"
 
+// isTestSend is true of a deliveries row that SendTest made: its event
+// id is "test:" and hex, which no mapped event's (hex only) can be.
+const isTestSend = `starts_with(event_id, 'test:')`
+
+// testAbandoned is the last_error of a test send whose outcome was never
+// recorded (its process died while sending it).
+const testAbandoned = "test send abandoned: the process sending it stopped before recording its outcome"
+
 // TestResult is the outcome of SendTest.
 type TestResult struct {
 	DeliveryID string

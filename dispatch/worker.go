@@ -415,9 +415,11 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 }
 
 // release puts this process's claimed deliveries back to pending and
-// refunds the attempt that never happened.
+// refunds the attempt that never happened. A test send (SendTest) is left
+// to the API request that makes it, which records its outcome: pending,
+// it would be claimed and sent again as an ordinary, retried delivery.
 func (d *Dispatcher) release(ctx context.Context) (int64, error) {
-	tag, err := d.pool.Exec(ctx, d.q(releaseSQL+`WHERE status = 'delivering' AND locked_by = $1`),
+	tag, err := d.pool.Exec(ctx, d.q(releaseSQL+`WHERE status = 'delivering' AND locked_by = $1 AND NOT `+isTestSend),
 		d.opts.InstanceID, "pending")
 	return tag.RowsAffected(), err
 }
