@@ -70,7 +70,6 @@ func (d *Dispatcher) rescue(ctx context.Context) (int64, error) {
 	return tag.RowsAffected(), err
 }
 
-//
 // A test send is not retried: one whose process died before recording it
 // ends failed.
 const rescueSQL = `UPDATE {{schema}}.deliveries
