@@ -555,11 +555,11 @@ func TestRetentionDeletesOnlyOldFinishedRows(t *testing.T) {
 	}
 	gone = append(gone, orphan)
 
-	n, err := d.deleteExpired(ctx)
+	n, more, err := d.deleteExpired(ctx, time.Minute)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if n != 7 {
+	if n != 7 || more {
 		t.Errorf("deleted %d rows, want 3 deliveries + 4 events", n)
 	}
 	for _, e := range gone {
@@ -574,6 +574,26 @@ func TestRetentionDeletesOnlyOldFinishedRows(t *testing.T) {
 	}
 	if c := b.count(t, `SELECT count(*) FROM walhook.attempts`); c != 4 {
 		t.Errorf("%d attempts left, want the 4 of kept deliveries", c)
+	}
+
+	// A large history goes over several passes: one whose budget has
+	// run out starts no further batch and says rows are left.
+	if _, err := b.pool.Exec(ctx, `INSERT INTO walhook.deliveries (id, event_id, endpoint_id, event_type, status, attempts, updated_at)
+		SELECT 'old-' || g, 'ev-old', $1, 'a.b', 'delivered', 1, now() - interval '2 hours'
+		FROM generate_series(1, $2::int) g`, ep, 2*retentionBatch+500); err != nil {
+		t.Fatal(err)
+	}
+	var passes int
+	for more = true; more; passes++ {
+		if n, more, err = d.deleteExpired(ctx, 0); err != nil {
+			t.Fatal(err)
+		}
+		if more && n != retentionBatch {
+			t.Fatalf("a pass without budget deleted %d rows, want one batch of %d", n, retentionBatch)
+		}
+	}
+	if passes != 3 || b.count(t, `SELECT count(*) FROM walhook.deliveries WHERE id LIKE 'old-%'`) != 0 {
+		t.Errorf("%d passes, want 3, and every old row gone", passes)
 	}
 }
 

@@ -41,10 +41,15 @@ func (d *Dispatcher) maintain(ctx context.Context) error {
 		}
 		if d.opts.Retention > 0 && time.Since(lastRetention) >= time.Minute {
 			lastRetention = time.Now()
-			if n, err := d.deleteExpired(ctx); err != nil {
+			n, more, err := d.deleteExpired(ctx, retentionPass)
+			if err != nil {
 				d.logMaintenance(ctx, "retention", err)
 			} else if n > 0 {
-				d.log.Info("retention deleted old rows", slog.Int64("rows", n))
+				d.log.Info("retention deleted old rows", slog.Int64("rows", n), slog.Bool("more", more))
+			}
+			if more {
+				// Go on at the next tick, after the rescue has had its turn.
+				lastRetention = time.Time{}
 			}
 		}
 		select {
@@ -155,10 +160,18 @@ func (d *Dispatcher) updateGauges(ctx context.Context) error {
 	return nil
 }
 
+// retentionPass bounds the time one maintenance pass spends on
+// retention: a large history (retention turned on or shortened, a store
+// that was down for a while) is deleted over several passes, and the
+// lease rescue, the skips and the gauges keep their turn in between.
+const retentionPass = 2 * time.Second
+
 // deleteExpired deletes finished deliveries with their attempts, and then
-// events no delivery refers to, older than Retention, in batches.
-func (d *Dispatcher) deleteExpired(ctx context.Context) (int64, error) {
-	var total int64
+// events no delivery refers to, older than Retention, in batches. It
+// starts no batch after budget has passed (but always runs one of each
+// kind) and says whether rows may be left.
+func (d *Dispatcher) deleteExpired(ctx context.Context, budget time.Duration) (total int64, more bool, err error) {
+	deadline := time.Now().Add(budget)
 	for _, stmt := range []string{
 		`WITH gone AS (
 			DELETE FROM {{schema}}.deliveries WHERE id IN (
@@ -183,13 +196,17 @@ func (d *Dispatcher) deleteExpired(ctx context.Context) (int64, error) {
 		for {
 			var n int64
 			if err := d.pool.QueryRow(ctx, d.q(stmt), d.opts.Retention.Seconds(), retentionBatch).Scan(&n); err != nil {
-				return total, fmt.Errorf("delete expired rows: %w", err)
+				return total, false, fmt.Errorf("delete expired rows: %w", err)
 			}
 			total += n
 			if n < retentionBatch {
 				break
 			}
+			if time.Now().After(deadline) {
+				more = true
+				break
+			}
 		}
 	}
-	return total, nil
+	return total, more, nil
 }
