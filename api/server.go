@@ -34,7 +34,10 @@ type AdminStore interface {
 }
 
 // Replication reports the replication slot's state for /api/v1/status.
-// cmd/walhook adapts the cdc stream to it.
+// cmd/walhook adapts the cdc stream to it. With an error, Status still
+// returns what it knows (Slot, State, LastError); the slot row's values
+// count as read only when WALStatus is set, and are shown as null
+// otherwise.
 type Replication interface {
 	Status(ctx context.Context) (ReplicationStatus, error)
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/walhook/walhook/dispatch"
@@ -21,9 +22,38 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) {
 	s.ok(w, http.StatusOK, out)
 }
 
+// slotView is ReplicationStatus with the slot row's values as pointers:
+// they are null, not zeros, when the row could not be read (see
+// slotView's constructor), since a zero lag or retained WAL reads as a
+// healthy, caught-up slot exactly while the source is unreachable.
 type slotView struct {
-	ReplicationStatus
-	Error string `json:"error,omitempty"`
+	Slot          string   `json:"slot"`
+	Active        *bool    `json:"active"`
+	WALStatus     *string  `json:"walStatus"`
+	ConfirmedLSN  *string  `json:"confirmedLsn"`
+	RetainedBytes *int64   `json:"retainedBytes"`
+	LagBytes      *int64   `json:"lagBytes"`
+	LagSeconds    *float64 `json:"lagSeconds"`
+	State         string   `json:"state"`
+	LastError     string   `json:"lastError,omitempty"`
+	Error         string   `json:"error,omitempty"`
+}
+
+// newSlotView shows st. After an error the row counts as read only when
+// it carries a wal_status, which PostgreSQL reports for every slot with WAL
+// reserved, lost ones included (a lost slot is an error with its row
+// read); without one the numbers are the zero values of a failed probe.
+func newSlotView(st ReplicationStatus, err error) *slotView {
+	v := &slotView{Slot: st.Slot, State: st.State, LastError: st.LastError}
+	if err != nil {
+		v.Error = err.Error()
+		if st.WALStatus == "" {
+			return v
+		}
+	}
+	v.Active, v.WALStatus, v.ConfirmedLSN = &st.Active, &st.WALStatus, &st.ConfirmedLSN
+	v.RetainedBytes, v.LagBytes, v.LagSeconds = &st.RetainedBytes, &st.LagBytes, &st.LagSeconds
+	return v
 }
 
 type outboxView struct {
@@ -61,20 +91,27 @@ type statusResponse struct {
 // cannot hang the status page.
 const statusTimeout = 5 * time.Second
 
+// status probes the slot and the store at the same time, each with its own
+// statusTimeout: the slot probe opens a new connection to the source, and
+// a source that drops packets must not use up the store's time (the page
+// would then report a healthy store as down, during the source's incident).
 func (s *Server) status(w http.ResponseWriter, r *http.Request) {
+	var out statusResponse
+	var wg sync.WaitGroup
+	if s.replication != nil {
+		wg.Go(func() {
+			ctx, cancel := context.WithTimeout(r.Context(), statusTimeout)
+			defer cancel()
+			// A slot error is part of the status, not a failure of the
+			// request: the page is most needed when replication is in
+			// trouble.
+			out.Slot = newSlotView(s.replication.Status(ctx))
+		})
+	}
 	ctx, cancel := context.WithTimeout(r.Context(), statusTimeout)
 	defer cancel()
-	var out statusResponse
-	if s.replication != nil {
-		// A slot error is part of the status, not a failure of the request:
-		// the page is most needed when replication is in trouble.
-		st, err := s.replication.Status(ctx)
-		out.Slot = &slotView{ReplicationStatus: st}
-		if err != nil {
-			out.Slot.Error = err.Error()
-		}
-	}
 	ob, err := s.admin.OutboxStatus(ctx)
+	wg.Wait()
 	if err != nil {
 		// The slot (retained WAL, lag) matters most exactly while the
 		// store is down: answer with it. The cause names hosts: logged.

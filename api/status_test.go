@@ -214,3 +214,43 @@ func metrics(t *testing.T, s *stack) string {
 	}
 	return string(b)
 }
+
+// A source that does not answer (packets dropped: the connect hangs until
+// its context ends) uses up the slot probe's time, not the outbox's: the
+// healthy store is still reported, and the slot's numbers, which were not
+// read, are null rather than zeros that look like a caught-up slot.
+func TestStatusWithTheSourceNotAnswering(t *testing.T) {
+	t.Parallel()
+	s := newStack(t, stackConfig{noRun: true, api: func(o *api.Options) {
+		o.Replication = replicationFunc(func(ctx context.Context) (api.ReplicationStatus, error) {
+			<-ctx.Done()
+			return api.ReplicationStatus{Slot: "walhook", State: "connecting"}, fmt.Errorf("connect: %w", ctx.Err())
+		})
+	}})
+	s.create(t, "https://hooks.example.com/ok")
+	s.appendEvents(t, "auction.bid", "A1", 2)
+
+	r := s.call(t, "GET", "/api/v1/status", nil)
+	var st struct {
+		Slot   map[string]any `json:"slot"`
+		Outbox *struct {
+			Pending int `json:"pending"`
+		} `json:"outbox"`
+		Endpoints *struct {
+			Healthy int `json:"healthy"`
+		} `json:"endpoints"`
+		StoreError *string `json:"storeError"`
+	}
+	r.ok(t, http.StatusOK, &st)
+	if st.StoreError != nil || st.Outbox == nil || st.Outbox.Pending != 2 || st.Endpoints == nil || st.Endpoints.Healthy != 1 {
+		t.Fatalf("status while the source does not answer: %s, want the store's outbox and endpoints", r.Raw)
+	}
+	if st.Slot == nil || st.Slot["slot"] != "walhook" || st.Slot["state"] != "connecting" || !strings.Contains(fmt.Sprint(st.Slot["error"]), "deadline") {
+		t.Fatalf("slot %v: want its name, state and the probe's error", st.Slot)
+	}
+	for _, k := range []string{"active", "walStatus", "confirmedLsn", "retainedBytes", "lagBytes", "lagSeconds"} {
+		if v, ok := st.Slot[k]; !ok || v != nil {
+			t.Errorf("slot.%s = %v (present %v), want null: it was not read", k, v, ok)
+		}
+	}
+}
