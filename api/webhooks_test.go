@@ -351,5 +351,49 @@ func TestListRefusesBadQuery(t *testing.T) {
 		{"deliveries misspelt parameter", "GET", "/api/v1/webhooks/" + id + "/deliveries?stauts=failed", nil, 0, "invalid_query"},
 		{"deliveries repeated parameter", "GET", "/api/v1/webhooks/" + id + "/deliveries?status=failed&status=skipped", nil, 0, "invalid_query"},
 		{"deliveries unknown webhook", "GET", "/api/v1/webhooks/whk_0000000000000000/deliveries", nil, http.StatusNotFound, "not_found"},
+		// PostgreSQL text holds neither NUL nor invalid UTF-8 (SQLSTATE
+		// 22021): such a cursor is not one of ours, not a store failure.
+		{"cursor with invalid UTF-8", "GET", "/api/v1/webhooks?cursor=" + badTextCursor, nil, 0, "invalid_query"},
+		{"cursor with NUL", "GET", "/api/v1/webhooks?cursor=" + nulCursor, nil, 0, "invalid_query"},
+		{"deliveries cursor with invalid UTF-8", "GET", "/api/v1/webhooks/" + id + "/deliveries?cursor=" + badTextCursor, nil, 0, "invalid_query"},
+		{"deliveries cursor with NUL", "GET", "/api/v1/webhooks/" + id + "/deliveries?cursor=" + nulCursor, nil, 0, "invalid_query"},
 	})
+}
+
+// Cursors that decode to a valid time and an id PostgreSQL text cannot hold.
+var (
+	badTextCursor = base64.RawURLEncoding.EncodeToString([]byte("1:\xff"))
+	nulCursor     = base64.RawURLEncoding.EncodeToString([]byte("1:whk_\x00"))
+)
+
+// An id holding NUL or invalid UTF-8 names no row (PostgreSQL text cannot
+// hold it): every route taking one answers 404, as for any unknown id,
+// rather than passing it to a query that fails with 500.
+func TestIDsThatNameNoRowAreNotFound(t *testing.T) {
+	t.Parallel()
+	s := newStack(t, stackConfig{})
+	s.create(t, "https://hooks.example.com/existing")
+	var cases []badCase
+	for _, id := range []string{"%00", "whk_%00", "%ff", "whk_%c3%28"} {
+		for _, c := range []struct {
+			method, path string
+			body         any
+		}{
+			{"GET", "/api/v1/webhooks/" + id, nil},
+			{"PUT", "/api/v1/webhooks/" + id, `{"active":false}`},
+			{"PUT", "/api/v1/webhooks/" + id, `{"active":true}`},
+			{"DELETE", "/api/v1/webhooks/" + id, nil},
+			{"POST", "/api/v1/webhooks/" + id + "/test", nil},
+			{"POST", "/api/v1/webhooks/" + id + "/rotate-secret", nil},
+			{"POST", "/api/v1/webhooks/" + id + "/recover", `{"since":0}`},
+			{"GET", "/api/v1/webhooks/" + id + "/deliveries", nil},
+			{"GET", "/api/v1/webhooks/" + id + "/deliveries?status=failed&cursor=" +
+				base64.RawURLEncoding.EncodeToString([]byte("1:whk_0")), nil},
+			{"GET", "/api/v1/deliveries/" + id, nil},
+			{"POST", "/api/v1/deliveries/" + id + "/redeliver", nil},
+		} {
+			cases = append(cases, badCase{c.method + " " + c.path, c.method, c.path, c.body, http.StatusNotFound, "not_found"})
+		}
+	}
+	checkRefused(t, s, cases)
 }

@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -220,6 +221,22 @@ func (a *Admin) checkURL(raw string) error {
 	return nil
 }
 
+// checkID refuses, as not found, an id PostgreSQL text cannot hold (NUL
+// or invalid UTF-8: the query would fail with SQLSTATE 22021 rather than
+// find nothing). Such an id names no row; ids arrive from request paths.
+func checkID(kind, id string) error {
+	if !isText(id) {
+		return fmt.Errorf("%s %q: %w", kind, id, ErrNotFound)
+	}
+	return nil
+}
+
+// isText reports whether s can be a PostgreSQL text value (see
+// storableText, which makes a response body one).
+func isText(s string) bool {
+	return utf8.ValidString(s) && strings.IndexByte(s, 0) < 0
+}
+
 func nonNil(s []string) []string {
 	if s == nil {
 		return []string{}
@@ -288,6 +305,9 @@ func (a *Admin) ListEndpoints(ctx context.Context, o ListOptions) ([]Endpoint, s
 
 // GetEndpoint returns one endpoint or ErrNotFound.
 func (a *Admin) GetEndpoint(ctx context.Context, id string) (Endpoint, error) {
+	if err := checkID("endpoint", id); err != nil {
+		return Endpoint{}, err
+	}
 	e, err := scanEndpoint(a.pool.QueryRow(ctx, a.q(`SELECT `+endpointColumns+` FROM {{schema}}.endpoints WHERE id = $1`), id))
 	if errors.Is(err, pgx.ErrNoRows) {
 		return Endpoint{}, fmt.Errorf("endpoint %q: %w", id, ErrNotFound)
@@ -320,6 +340,9 @@ func (a *Admin) UpdateEndpoint(ctx context.Context, id string, p EndpointPatch) 
 		if err := a.checkURL(*p.URL); err != nil {
 			return Endpoint{}, err
 		}
+	}
+	if err := checkID("endpoint", id); err != nil {
+		return Endpoint{}, err
 	}
 	var out Endpoint
 	err := pgx.BeginFunc(ctx, a.pool, func(tx pgx.Tx) error {
@@ -394,6 +417,9 @@ func (a *Admin) UpdateEndpoint(ctx context.Context, id string, p EndpointPatch) 
 // SendTest sends a "webhook.test" event to the endpoint now, through the
 // dispatcher's real delivery path (see Dispatcher.SendTest).
 func (a *Admin) SendTest(ctx context.Context, endpointID string) (TestResult, error) {
+	if err := checkID("endpoint", endpointID); err != nil {
+		return TestResult{}, err
+	}
 	return a.d.SendTest(ctx, endpointID)
 }
 
@@ -406,6 +432,9 @@ func (a *Admin) SendTest(ctx context.Context, endpointID string) (TestResult, er
 // take only existing endpoints' deliveries, and this process drops the
 // ones it holds.
 func (a *Admin) DeleteEndpoint(ctx context.Context, id string) error {
+	if err := checkID("endpoint", id); err != nil {
+		return err
+	}
 	err := pgx.BeginFunc(ctx, a.pool, func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, a.q(lockEndpointsSQL)); err != nil {
 			return fmt.Errorf("lock endpoints: %w", err)
@@ -503,6 +532,9 @@ func (a *Admin) ListDeliveries(ctx context.Context, endpointID string, f Deliver
 
 // GetDelivery returns a delivery with its attempts, oldest first.
 func (a *Admin) GetDelivery(ctx context.Context, id string) (Delivery, []Attempt, error) {
+	if err := checkID("delivery", id); err != nil {
+		return Delivery{}, nil, err
+	}
 	d, err := scanDelivery(a.pool.QueryRow(ctx, a.q(`SELECT `+deliveryColumns+` FROM {{schema}}.deliveries WHERE id = $1`), id))
 	if errors.Is(err, pgx.ErrNoRows) {
 		return Delivery{}, nil, fmt.Errorf("delivery %q: %w", id, ErrNotFound)
@@ -536,6 +568,9 @@ func (a *Admin) GetDelivery(ctx context.Context, id string) (Delivery, []Attempt
 // stay in the log. The endpoint must be active; a delivery a worker holds
 // right now is refused (ErrDeliveryInFlight) rather than sent twice at once.
 func (a *Admin) Redeliver(ctx context.Context, id string) (Delivery, error) {
+	if err := checkID("delivery", id); err != nil {
+		return Delivery{}, err
+	}
 	var out Delivery
 	err := pgx.BeginFunc(ctx, a.pool, func(tx pgx.Tx) error {
 		var endpointID, status string
@@ -580,6 +615,9 @@ func (a *Admin) Redeliver(ctx context.Context, id string) (Delivery, error) {
 // after since: pending, due now, attempts reset. It returns how many. The
 // endpoint must be active (re-enable it first with UpdateEndpoint).
 func (a *Admin) Recover(ctx context.Context, endpointID string, since time.Time) (int, error) {
+	if err := checkID("endpoint", endpointID); err != nil {
+		return 0, err
+	}
 	var n int
 	err := pgx.BeginFunc(ctx, a.pool, func(tx pgx.Tx) error {
 		var active bool
@@ -616,6 +654,9 @@ func (a *Admin) Recover(ctx context.Context, endpointID string, since time.Time)
 // alongside it (two signatures per request) for overlap, so receivers can
 // switch without dropping a delivery; overlap 0 drops it at once.
 func (a *Admin) RotateSecret(ctx context.Context, endpointID string, overlap time.Duration) (string, time.Time, error) {
+	if err := checkID("endpoint", endpointID); err != nil {
+		return "", time.Time{}, err
+	}
 	if overlap < 0 {
 		overlap = 0
 	}
@@ -781,7 +822,9 @@ func decodeCursor(c string) (*time.Time, string, error) {
 		return nil, "", ErrInvalidCursor
 	}
 	us, id, ok := strings.Cut(string(raw), ":")
-	if !ok || id == "" {
+	// Every id this store issued is PostgreSQL text; a forged one that is
+	// not would fail the query (SQLSTATE 22021) instead.
+	if !ok || id == "" || !isText(id) {
 		return nil, "", ErrInvalidCursor
 	}
 	n, err := strconv.ParseInt(us, 10, 64)
