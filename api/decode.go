@@ -18,11 +18,12 @@ import (
 // DefaultMaxBody is the largest request body accepted (1 MiB).
 const DefaultMaxBody = 1 << 20
 
-// decode reads exactly one JSON value from the body into v, strictly:
+// decode reads exactly one JSON object from the body into v, strictly:
 // unknown fields, wrong types and trailing data are refused, and so is a
-// body over the limit (http.MaxBytesReader stops reading there). allowEmpty
-// accepts an empty body (for POSTs whose body is optional) and leaves v as
-// it is.
+// body over the limit (http.MaxBytesReader stops reading there), a body
+// that is not an object (null included), and keys that are not spelled
+// exactly as a field or are given twice (checkKeys). allowEmpty accepts an
+// empty body (for POSTs whose body is optional) and leaves v as it is.
 func (s *Server) decode(w http.ResponseWriter, r *http.Request, v any, allowEmpty bool) error {
 	body := http.MaxBytesReader(w, r.Body, s.maxBody)
 	raw, err := io.ReadAll(body)
@@ -49,7 +50,96 @@ func (s *Server) decode(w http.ResponseWriter, r *http.Request, v any, allowEmpt
 	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
 		return errorf(http.StatusBadRequest, CodeInvalidJSON, "request body must hold exactly one JSON object; found data after it")
 	}
+	return checkKeys(raw, v)
+}
+
+// checkKeys reads the top-level object of raw, which decoded into v
+// without error, for what encoding/json lets pass: a body of null (decoded
+// as if it were {}), a key matching a field only case-insensitively
+// (`"URL"`, or `"ſecret"` by Unicode folding, sets url or secret), and a
+// key given twice (the last wins: a second "url" slips past whoever read
+// the first). Request types have no nested objects, so the top level is
+// all there is to check.
+func checkKeys(raw []byte, v any) error {
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	tok, err := dec.Token()
+	if err != nil {
+		return decodeError(err)
+	}
+	if tok != json.Delim('{') {
+		return errorf(http.StatusBadRequest, CodeInvalidBody, "request body must be a JSON object, got %s", jsonKind(tok))
+	}
+	names := fieldNames(reflect.TypeOf(v))
+	seen := map[string]bool{}
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			return decodeError(err)
+		}
+		key, _ := tok.(string)
+		if !slices.Contains(names, key) {
+			for _, n := range names {
+				if strings.EqualFold(n, key) {
+					return errorf(http.StatusBadRequest, CodeInvalidBody, "unknown field %q: field names are case-sensitive; did you mean %q?", key, n)
+				}
+			}
+			return errorf(http.StatusBadRequest, CodeInvalidBody, "unknown field %q", key)
+		}
+		if seen[key] {
+			return errorf(http.StatusBadRequest, CodeInvalidBody, "field %q is given twice: send each field once", key)
+		}
+		seen[key] = true
+		var skip json.RawMessage
+		if err := dec.Decode(&skip); err != nil {
+			return decodeError(err)
+		}
+	}
 	return nil
+}
+
+// fieldNames are the JSON names of t's fields (t a struct or a pointer to
+// one), as encoding/json names them: the tag's name, else the Go name.
+func fieldNames(t reflect.Type) []string {
+	for t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	if t.Kind() != reflect.Struct {
+		return nil
+	}
+	var out []string
+	for f := range t.Fields() {
+		if !f.IsExported() {
+			continue
+		}
+		tag := f.Tag.Get("json")
+		if tag == "-" {
+			continue
+		}
+		name, _, _ := strings.Cut(tag, ",")
+		if name == "" {
+			name = f.Name
+		}
+		out = append(out, name)
+	}
+	return out
+}
+
+// jsonKind names the JSON value a first token starts.
+func jsonKind(tok json.Token) string {
+	switch tok.(type) {
+	case nil:
+		return "null"
+	case bool:
+		return "true or false"
+	case string:
+		return "a string"
+	case float64, json.Number:
+		return "a number"
+	}
+	if tok == json.Delim('[') {
+		return "an array"
+	}
+	return fmt.Sprint(tok)
 }
 
 // decodeError turns encoding/json's errors into API errors that name the

@@ -397,3 +397,52 @@ func TestIDsThatNameNoRowAreNotFound(t *testing.T) {
 	}
 	checkRefused(t, s, cases)
 }
+
+// Bodies are read as strictly as docs/api.md promises: one JSON object
+// whose keys are the fields' exact names, each given once. encoding/json
+// alone matches names case-insensitively (with Unicode folding: "ſ" is
+// "s"), lets a repeated key win silently, and takes null for an empty
+// object.
+func TestBodiesAreStrictObjects(t *testing.T) {
+	t.Parallel()
+	s := newStack(t, stackConfig{})
+	id := s.create(t, "https://hooks.example.com/existing").SubscriptionID
+	const create = "/api/v1/webhooks/create"
+	update := "/api/v1/webhooks/" + id
+	ev := `"events":["auction.bid"]`
+	for _, c := range []struct {
+		name, method, path, body string
+		want                     string // in the message
+	}{
+		{"create null", "POST", create, `null`, "must be a JSON object, got null"},
+		{"update null", "PUT", update, ` null `, "must be a JSON object, got null"},
+		{"test null", "POST", update + "/test", `null`, "must be a JSON object, got null"},
+		{"rotate null", "POST", update + "/rotate-secret", `null`, "must be a JSON object, got null"},
+		{"recover null", "POST", update + "/recover", `null`, "must be a JSON object, got null"},
+		{"redeliver null", "POST", "/api/v1/deliveries/d-1/redeliver", `null`, "must be a JSON object, got null"},
+		{"create upper-case key", "POST", create, `{"URL":"https://hooks.example.com/x",` + ev + `}`, `"URL"`},
+		{"create mixed-case key", "POST", create, `{"url":"https://hooks.example.com/x","Events":["auction.bid"]}`, `"Events"`},
+		{"create folded key", "POST", create, `{"url":"https://hooks.example.com/x",` + ev + `,"\u017fecret":"whsec_x"}`, `"ſecret"`},
+		{"update upper-case key", "PUT", update, `{"ACTIVE":false}`, `"ACTIVE"`},
+		{"recover mixed-case key", "POST", update + "/recover", `{"Since":0}`, `"Since"`},
+		{"create duplicate url", "POST", create, `{"url":"https://hooks.example.com/x",` + ev + `,"url":"https://evil.example.com/x"}`, `"url" is given twice`},
+		{"update duplicate active", "PUT", update, `{"active":false,"active":true}`, `"active" is given twice`},
+		{"update duplicate by case", "PUT", update, `{"url":"https://hooks.example.com/a","URL":"https://hooks.example.com/b"}`, `"URL"`},
+		{"recover duplicate since", "POST", update + "/recover", `{"since":0,"since":1}`, `"since" is given twice`},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			before := s.snapshot(t)
+			r := s.call(t, c.method, c.path, c.body)
+			r.fails(t, http.StatusBadRequest, "invalid_body")
+			if !strings.Contains(r.Error.Message, c.want) {
+				t.Errorf("message %q, want it to contain %s", r.Error.Message, c.want)
+			}
+			if after := s.snapshot(t); after != before {
+				t.Fatalf("refused request changed the store:\nbefore %s\nafter  %s", before, after)
+			}
+		})
+	}
+	// The exact spelling, once each, still works.
+	s.call(t, "PUT", update, `{"description":"ok","active":true}`).ok(t, http.StatusOK, nil)
+	s.call(t, "POST", update+"/test", `{}`).ok(t, http.StatusOK, nil)
+}
