@@ -1,6 +1,7 @@
 package api_test
 
 import (
+	"context"
 	"encoding/json"
 	"net"
 	"net/http"
@@ -530,5 +531,65 @@ func TestRotateSecretOverlapIsConfigurable(t *testing.T) {
 	}
 	if d := time.Until(time.Unix(*rot.PreviousSecretValidUntil, 0)); d < time.Hour || d > 3*time.Hour {
 		t.Fatalf("overlap ends in %s, want 2 h", d)
+	}
+}
+
+// blockedTestSend is an AdminStore whose test send runs until its request
+// is cut off; nothing else is called.
+type blockedTestSend struct {
+	api.AdminStore
+	entered chan struct{}
+}
+
+func (b blockedTestSend) SendTest(ctx context.Context, _ string) (dispatch.TestResult, error) {
+	close(b.entered)
+	<-ctx.Done()
+	return dispatch.TestResult{}, ctx.Err()
+}
+
+// A request still running when the shutdown timeout ends (a test send to
+// a receiver that does not answer) is cut off and logged, and Serve
+// returns nil: the process stops as it was asked to, with exit 0, not as
+// a failure.
+func TestServeCutsOffRequestsAtTheShutdownTimeout(t *testing.T) {
+	t.Parallel()
+	entered := make(chan struct{})
+	srv, err := api.New(api.Options{Keys: []api.Key{{Key: testKey}}, Admin: blockedTestSend{entered: entered},
+		ShutdownTimeout: 200 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ctx, ln) }()
+	go func() {
+		req, _ := http.NewRequest("POST", "http://"+ln.Addr().String()+"/api/v1/webhooks/whk_1/test", nil)
+		req.Header.Set("X-API-Key", testKey)
+		if resp, err := http.DefaultClient.Do(req); err == nil {
+			resp.Body.Close()
+		}
+	}()
+	select {
+	case <-entered:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the test send did not start")
+	}
+	start := time.Now()
+	cancel()
+	select {
+	case err := <-served:
+		if err != nil {
+			t.Errorf("Serve = %v, want nil after a shutdown that cut a request off", err)
+		}
+		if d := time.Since(start); d < 200*time.Millisecond {
+			t.Errorf("Serve returned after %s, before the 200ms shutdown timeout", d)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Serve did not return within 10s of a 200ms shutdown timeout")
 	}
 }

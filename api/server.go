@@ -101,6 +101,10 @@ type Options struct {
 	SecretOverlap time.Duration
 	// MaxBody is the request body limit (default 1 MiB).
 	MaxBody int64
+	// ShutdownTimeout bounds the graceful shutdown (default
+	// DefaultShutdownTimeout); give it at least the delivery timeout, which
+	// a test send in flight can take.
+	ShutdownTimeout time.Duration
 }
 
 // Server is the admin API. Handler serves it; Run and Serve listen.
@@ -113,6 +117,7 @@ type Server struct {
 	now         func() time.Time
 	overlap     time.Duration
 	maxBody     int64
+	shutdown    time.Duration
 	open        map[string]bool
 	keys        []keyEntry
 	mux         *http.ServeMux
@@ -132,7 +137,10 @@ func New(o Options) (*Server, error) {
 	s := &Server{
 		admin: o.Admin, replication: o.Replication, ready: o.Ready,
 		catalog: o.Catalog, log: o.Logger, now: o.Now, overlap: o.SecretOverlap,
-		maxBody: o.MaxBody, keys: keys, open: map[string]bool{},
+		maxBody: o.MaxBody, shutdown: o.ShutdownTimeout, keys: keys, open: map[string]bool{},
+	}
+	if s.shutdown <= 0 {
+		s.shutdown = DefaultShutdownTimeout
 	}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
@@ -310,12 +318,16 @@ func (s *Server) Run(ctx context.Context, addr string) error {
 	return s.Serve(ctx, ln)
 }
 
-// ShutdownTimeout bounds the graceful shutdown: requests in flight (a test
-// send can take the delivery timeout) get this long to finish.
-const ShutdownTimeout = 35 * time.Second
+// DefaultShutdownTimeout bounds the graceful shutdown when
+// Options.ShutdownTimeout is not set: requests in flight (a test send can
+// take the delivery timeout, 30 s by default) get this long to finish.
+const DefaultShutdownTimeout = 35 * time.Second
 
 // Serve serves on ln until ctx is cancelled, then stops accepting, lets
-// requests in flight finish (at most ShutdownTimeout) and returns nil.
+// requests in flight finish (at most Options.ShutdownTimeout) and returns
+// nil. Requests still running then are cut off and logged: the process
+// stops as it was asked to, and a test send cut off this way ends failed
+// by the lease rescue.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	srv := &http.Server{
 		Handler:           s.handler,
@@ -333,11 +345,12 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		return fmt.Errorf("api: serve: %w", err)
 	case <-ctx.Done():
 	}
-	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), ShutdownTimeout)
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.shutdown)
 	defer cancel()
 	if err := srv.Shutdown(sctx); err != nil {
 		srv.Close()
-		return fmt.Errorf("api: shutdown: %w", err)
+		s.log.Warn("api: requests still running at the end of the shutdown timeout were cut off",
+			slog.Duration("timeout", s.shutdown), slog.Any("error", err))
 	}
 	if err := <-errc; err != nil && !errors.Is(err, http.ErrServerClosed) {
 		return fmt.Errorf("api: serve: %w", err)

@@ -162,6 +162,8 @@ func apiOptions(cfg *config.Config, admin api.AdminStore, repl api.Replication, 
 		Ready:          func(ctx context.Context) error { return pool.Ping(ctx) },
 		Logger:         log.With("part", "api"),
 		SecretOverlap:  cfg.Delivery.SecretOverlap.D(),
+		// A test send in flight may take the whole delivery timeout.
+		ShutdownTimeout: max(api.DefaultShutdownTimeout, cfg.Delivery.Timeout.D()+5*time.Second),
 	}
 }
 
