@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/http"
 	"net/netip"
@@ -396,18 +397,47 @@ func (c *Client) Send(ctx context.Context, req Request) (res Result) {
 		res.Err = &StatusError{StatusCode: code}
 		res.Gone = code == http.StatusGone
 		if code == http.StatusTooManyRequests || code == http.StatusServiceUnavailable {
-			res.RetryAfter = retryAfter(resp)
+			res.RetryAfter = parseRetryAfter(resp.Header.Get("Retry-After"), c.now())
 		}
 	}
 	return res
 }
 
-// retryAfter parses Retry-After (delay-seconds or an HTTP date) with
-// go-retryablehttp's parser, which is used for nothing else: DefaultBackoff
-// returns the header's delay for 429 and 503 and, given a zero minimum,
-// 0 when it is absent or invalid.
-func retryAfter(resp *http.Response) time.Duration {
-	return max(retryablehttp.DefaultBackoff(0, 0, 0, resp), 0)
+// parseRetryAfter reads a Retry-After value: delay-seconds or an HTTP date
+// (RFC 9110 10.2.3; http.ParseTime also takes the obsolete RFC 850 and
+// asctime forms). Absent, negative or unreadable values and dates not
+// after now give 0 (no hint). A delay too large for a time.Duration
+// saturates instead of wrapping: RetryPolicy.Next caps it at
+// RetryAfterCap, so a receiver asking for "forever" gets the cap, not an
+// attempt on the plain schedule.
+func parseRetryAfter(v string, now time.Time) time.Duration {
+	v = strings.TrimSpace(v)
+	if v == "" {
+		return 0
+	}
+	if isDigits(v) {
+		n, err := strconv.ParseUint(v, 10, 64)
+		if err != nil || n > uint64(math.MaxInt64/time.Second) {
+			// Only a range error is possible here: all digits.
+			return math.MaxInt64
+		}
+		return time.Duration(n) * time.Second
+	}
+	t, err := http.ParseTime(v)
+	if err != nil {
+		return 0
+	}
+	// Time.Sub saturates, so a date centuries away cannot wrap either.
+	return max(t.Sub(now), 0)
+}
+
+func isDigits(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] < '0' || s[i] > '9' {
+			return false
+		}
+	}
+	return s != ""
 }
 
 // classify turns a transport error into Result.Err and Result.Permanent.
