@@ -1,7 +1,6 @@
 package config
 
 import (
-	"encoding/base64"
 	"fmt"
 	"net"
 	"net/url"
@@ -9,6 +8,8 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+
+	"github.com/walhook/walhook/internal/whsec"
 )
 
 var (
@@ -18,8 +19,12 @@ var (
 	hostNameRe   = regexp.MustCompile(`^(\*\.)?([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$`)
 )
 
-// MinSecretBytes is the shortest signing key accepted after base64 decoding.
-const MinSecretBytes = 24
+// Signing key lengths accepted after base64 decoding: the signer's
+// (internal/whsec, shared with dispatch).
+const (
+	MinSecretBytes = whsec.MinBytes
+	MaxSecretBytes = whsec.MaxBytes
+)
 
 // MinAPIKeyLen is the shortest admin API key accepted.
 const MinAPIKeyLen = 16
@@ -309,7 +314,7 @@ func (v *validator) endpointURL(path, raw string) {
 func (v *validator) secret(path, s string, required bool) {
 	if s == "" {
 		if required {
-			v.errf(path, "required for static endpoints: whsec_ followed by base64 of at least %d random bytes (e.g. `echo whsec_$(openssl rand -base64 32)`)", MinSecretBytes)
+			v.errf(path, "required for static endpoints: whsec_ followed by padded base64 of %d to %d random bytes (e.g. `echo whsec_$(openssl rand -base64 32)`)", MinSecretBytes, MaxSecretBytes)
 		}
 		return
 	}
@@ -318,24 +323,12 @@ func (v *validator) secret(path, s string, required bool) {
 	}
 }
 
-// DecodeSecret returns the signing key of a "whsec_" + base64 secret.
-// Errors never include the secret.
+// DecodeSecret returns the signing key of a "whsec_" + base64 secret by
+// the rule dispatch.DecodeSecret signs with (whsec.Decode), so a secret
+// `walhook check` passes is one `walhook run` accepts. Errors never include
+// the secret.
 func DecodeSecret(s string) ([]byte, error) {
-	b64, ok := strings.CutPrefix(s, "whsec_")
-	if !ok {
-		return nil, fmt.Errorf("must start with whsec_")
-	}
-	key, err := base64.StdEncoding.DecodeString(b64)
-	if err != nil {
-		key, err = base64.RawStdEncoding.DecodeString(b64)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("the part after whsec_ is not valid base64")
-	}
-	if len(key) < MinSecretBytes {
-		return nil, fmt.Errorf("decodes to %d bytes; use at least %d random bytes", len(key), MinSecretBytes)
-	}
-	return key, nil
+	return whsec.Decode(s)
 }
 
 // eventRef checks an endpoint's event filter: an exact type or "prefix.*"
