@@ -124,7 +124,9 @@ type Endpoint struct {
 
 // Delivery controls the workers and the HTTP client.
 type Delivery struct {
-	// RetrySchedule: delay before each attempt; the first is normally 0.
+	// RetrySchedule: delay before each attempt, counted from the end of
+	// the attempt before; the first must be 0 (the first attempt is made at
+	// once).
 	// Default [0s, 1m, 5m, 30m, 2h, 12h] (seed 000). Its length is the
 	// number of attempts.
 	RetrySchedule []Duration `yaml:"retry_schedule"`

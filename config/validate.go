@@ -365,6 +365,11 @@ func (v *validator) delivery(c *Config) {
 	for i, d := range dl.RetrySchedule {
 		if d < 0 {
 			v.errf(index("delivery.retry_schedule", i), "must not be negative, got %s", d.D())
+		} else if i == 0 && d != 0 {
+			// The dispatcher makes the first attempt as soon as the event
+			// is stored and never reads this entry; accepting another value
+			// would silently ignore it.
+			v.errf(index("delivery.retry_schedule", i), "must be 0s, got %s: the first attempt is made at once (the entry is there so the list reads \"immediately, then +1m, …\"); each later entry is the delay after the attempt before", d.D())
 		}
 	}
 	if !(dl.Jitter >= 0 && dl.Jitter <= 1) {

@@ -20,8 +20,10 @@ func DefaultSchedule() []time.Duration {
 // function of its arguments (the clock and the randomness are injected), so
 // it is tested on its own and every worker computes the same thing.
 type RetryPolicy struct {
-	// Schedule[i] is the delay before attempt i+1, counted from the end of
-	// attempt i. Its length is the number of attempts. Nil: DefaultSchedule.
+	// Schedule[i] (i ≥ 1) is the delay before attempt i+1, counted from
+	// the end of attempt i. Its length is the number of attempts.
+	// Schedule[0] is not read: the first attempt is made at once (config
+	// refuses anything but 0 there). Nil: DefaultSchedule.
 	Schedule []time.Duration
 	// Jitter adds up to Jitter×delay to each delay, never subtracts, so an
 	// attempt is never earlier than the schedule while a burst of failures
