@@ -100,6 +100,9 @@ type Client struct {
 	maxBody    int
 	userAgent  string
 	now        func() time.Time
+	// lookup resolves a host name for the guarded dialer:
+	// net.DefaultResolver.LookupNetIP; tests replace it.
+	lookup func(ctx context.Context, network, host string) ([]netip.Addr, error)
 }
 
 // Request is one webhook attempt.
@@ -151,6 +154,7 @@ func NewClient(o ClientOptions) (*Client, error) {
 		maxBody:   o.MaxResponseBody,
 		userAgent: o.UserAgent,
 		now:       o.Now,
+		lookup:    net.DefaultResolver.LookupNetIP,
 	}
 	if c.timeout <= 0 {
 		c.timeout = DefaultTimeout
@@ -177,14 +181,14 @@ func NewClient(o ClientOptions) (*Client, error) {
 		// proxy's, so HTTP(S)_PROXY from the environment would bypass it.
 		Proxy: nil,
 		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			host, _, err := net.SplitHostPort(addr)
-			if err == nil && c.hostAllowed(host) {
+			host, port, err := net.SplitHostPort(addr)
+			if err != nil {
+				return guarded.DialContext(ctx, network, addr) // fails its own way
+			}
+			if c.hostAllowed(host) {
 				return open.DialContext(ctx, network, addr)
 			}
-			// Control runs after name resolution, for every address the
-			// dialer tries, so a name that resolves (or re-resolves, as in
-			// DNS rebinding) to a blocked address is refused.
-			return guarded.DialContext(ctx, network, addr)
+			return c.dialGuarded(ctx, guarded, network, host, port)
 		},
 		ForceAttemptHTTP2:      true,
 		MaxIdleConns:           1024,
@@ -305,6 +309,110 @@ func (c *Client) controlDial(network, address string, _ syscall.RawConn) error {
 		return fmt.Errorf("%w: cannot parse dialled address %q", ErrBlockedAddress, address)
 	}
 	return c.checkIP(ap.Addr())
+}
+
+// dialGuarded resolves host itself, drops the addresses in a blocked range
+// and dials the others in turn, by IP, so what is dialled is what was
+// checked (a name re-resolving to a blocked address, as in DNS rebinding,
+// cannot slip in between; Control checks each dialled IP once more).
+//
+// The error wraps ErrBlockedAddress, which makes the attempt permanent,
+// only when every address the name resolved to is blocked. Left to
+// net.Dialer, a name with a blocked and an allowed address failed with the
+// first address's error: when that was the blocked one, an allowed
+// receiver that was merely down failed its delivery with no retries.
+func (c *Client) dialGuarded(ctx context.Context, d *net.Dialer, network, host, port string) (net.Conn, error) {
+	var ips []netip.Addr
+	if ip, err := netip.ParseAddr(host); err == nil {
+		ips = []netip.Addr{ip}
+	} else {
+		ips, err = c.lookup(ctx, lookupNetwork(network), host)
+		if err != nil {
+			return nil, &net.OpError{Op: "dial", Net: network, Err: err}
+		}
+	}
+	var allowed []netip.Addr
+	var blocked error
+	nBlocked := 0
+	for _, ip := range ips {
+		ip = ip.Unmap() // LookupNetIP may return IPv4 as ::ffff:a.b.c.d
+		if err := c.checkIP(ip); err != nil {
+			if blocked == nil {
+				blocked = err
+			}
+			nBlocked++
+		} else {
+			allowed = append(allowed, ip)
+		}
+	}
+	if len(allowed) == 0 {
+		if blocked == nil {
+			return nil, &net.OpError{Op: "dial", Net: network, Err: &net.DNSError{Err: "no addresses", Name: host, IsNotFound: true}}
+		}
+		if nBlocked > 1 {
+			blocked = fmt.Errorf("%w (and the %d other addresses %s resolved to)", blocked, nBlocked-1, host)
+		}
+		return nil, &net.OpError{Op: "dial", Net: network, Err: blocked}
+	}
+	var first error
+	for i, ip := range allowed {
+		// Split the time left between the addresses still to try, as
+		// net.Dialer does, so one that hangs leaves time for the next.
+		dctx, cancel := ctx, context.CancelFunc(func() {})
+		if dl, ok := c.partialDeadline(ctx, len(allowed)-i); ok {
+			dctx, cancel = context.WithDeadline(ctx, dl)
+		}
+		conn, err := d.DialContext(dctx, network, net.JoinHostPort(ip.String(), port))
+		cancel()
+		if err == nil {
+			return conn, nil
+		}
+		if first == nil {
+			first = err
+		}
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	if nBlocked > 0 {
+		// Not wrapping blocked: the allowed addresses failed, so the
+		// attempt is an ordinary, retryable connection failure.
+		first = fmt.Errorf("%w (%d of the %d addresses %s resolved to skipped: in a blocked range)", first, nBlocked, len(ips), host)
+	}
+	return nil, first
+}
+
+// partialDeadline is the deadline of one of n remaining dials: an equal
+// share of the time left (the context's deadline, else the timeout), at
+// least 2s unless less is left; ok false when n is 1 and nothing bounds it
+// beyond the context.
+func (c *Client) partialDeadline(ctx context.Context, n int) (time.Time, bool) {
+	if n <= 1 {
+		return time.Time{}, false
+	}
+	now := time.Now()
+	deadline, ok := ctx.Deadline()
+	if !ok || deadline.Sub(now) > c.timeout {
+		deadline = now.Add(c.timeout)
+	}
+	left := deadline.Sub(now)
+	share := left / time.Duration(n)
+	const saneMinimum = 2 * time.Second
+	if share < saneMinimum {
+		share = min(left, saneMinimum)
+	}
+	return now.Add(share), true
+}
+
+// lookupNetwork is the LookupNetIP network for a dial network.
+func lookupNetwork(network string) string {
+	switch network {
+	case "tcp4":
+		return "ip4"
+	case "tcp6":
+		return "ip6"
+	}
+	return "ip"
 }
 
 // ValidateURL checks an endpoint URL before it is stored or dialled: an

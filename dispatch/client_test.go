@@ -2,8 +2,16 @@ package dispatch
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -95,5 +103,72 @@ func TestParseRetryAfter(t *testing.T) {
 		if got := parseRetryAfter(tc.in, now); got != tc.want {
 			t.Errorf("parseRetryAfter(%q) = %s, want %s", tc.in, got, tc.want)
 		}
+	}
+}
+
+// A host name resolving to a blocked and an allowed address: the blocked
+// one is skipped and the allowed one dialled, whatever the order; when the
+// allowed one is down the attempt is an ordinary, retryable connection
+// failure. Only a name whose every address is blocked fails permanently.
+// (net.Dialer returns the first address's error, which made a blocked
+// first address fail the delivery for good.)
+func TestSendMixedBlockedAndAllowedAddresses(t *testing.T) {
+	t.Parallel()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusNoContent)
+	}))
+	defer srv.Close()
+	srvURL, err := url.Parse(srv.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A port on 127.0.0.1 where nothing listens: the allowed receiver, down.
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	downPort := strconv.Itoa(l.Addr().(*net.TCPAddr).Port)
+	l.Close()
+
+	// 127.0.0.1 stands for a public address: allowlisted by IP, so the
+	// host name itself is not, and goes through the guarded dialer.
+	client, err := NewClient(ClientOptions{AllowHTTP: true, Allow: []string{"127.0.0.1"}, Timeout: 10 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.CloseIdleConnections()
+	var lookups atomic.Int32
+	client.lookup = func(_ context.Context, _, host string) ([]netip.Addr, error) {
+		lookups.Add(1)
+		var ips []netip.Addr
+		for _, s := range strings.Split(strings.TrimSuffix(host, ".test"), "-") {
+			ips = append(ips, netip.MustParseAddr(strings.ReplaceAll(s, "_", ".")))
+		}
+		return ips, nil
+	}
+	key := mustKey(t, NewSecret())
+	for _, tc := range []struct {
+		name, host, port string
+		status           int
+		permanent        bool
+		blocked          bool
+	}{
+		{"blocked first, allowed down", "10_0_0_1-127_0_0_1.test", downPort, 0, false, false},
+		{"allowed down, blocked last", "127_0_0_1-169_254_169_254.test", downPort, 0, false, false},
+		{"blocked first, allowed up", "10_0_0_1-127_0_0_1.test", srvURL.Port(), http.StatusNoContent, false, false},
+		{"all blocked", "10_0_0_1-192_168_1_1.test", srvURL.Port(), 0, true, true},
+		{"only blocked", "169_254_169_254.test", srvURL.Port(), 0, true, true},
+	} {
+		res := client.Send(context.Background(), Request{URL: "http://" + net.JoinHostPort(tc.host, tc.port) + "/hook", ID: "id-1", Event: "a.b", Body: []byte(`{}`), Keys: [][]byte{key}})
+		if res.StatusCode != tc.status || res.Permanent != tc.permanent || errors.Is(res.Err, ErrBlockedAddress) != tc.blocked {
+			t.Errorf("%s: status %d, permanent %v, err %v; want status %d, permanent %v, blocked %v",
+				tc.name, res.StatusCode, res.Permanent, res.Err, tc.status, tc.permanent, tc.blocked)
+		}
+		if tc.status == 0 && !tc.blocked && !strings.Contains(fmt.Sprint(res.Err), "connection refused") {
+			t.Errorf("%s: err %v, want the allowed address's connection refused", tc.name, res.Err)
+		}
+	}
+	if lookups.Load() == 0 {
+		t.Fatal("the client's lookup was never called")
 	}
 }
