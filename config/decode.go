@@ -66,23 +66,36 @@ func kindName(n *yaml.Node) string {
 	case yaml.SequenceNode:
 		return "a list"
 	case yaml.ScalarNode:
-		return fmt.Sprintf("%q", redactURL(n.Value))
+		return shownValue(n.Value)
 	}
 	return "nothing"
 }
 
-// redactURL hides the password of a URL-shaped value, so a connection
-// string written in the wrong place is not echoed whole.
-func redactURL(s string) string {
-	if !strings.Contains(s, "://") {
-		return s
-	}
-	if u, err := url.Parse(s); err == nil && u.User != nil {
-		if _, has := u.User.Password(); has {
-			return u.Redacted()
+// shownValue quotes a value for an error message unless it may hold a
+// password or a secret: a connection string or a secret written in the
+// wrong place is not echoed. Of a URL that parses only the scheme and host
+// are shown (user info, path and query may carry a password or a token).
+func shownValue(s string) string {
+	if strings.Contains(s, "://") {
+		if u, err := url.Parse(s); err == nil && u.Scheme != "" {
+			shown := u.Scheme + "://"
+			if u.User != nil {
+				shown += "…@"
+			}
+			shown += u.Host
+			if u.Path != "" || u.RawQuery != "" || u.Fragment != "" || u.Opaque != "" {
+				shown += "/…"
+			}
+			return fmt.Sprintf("%q", shown)
 		}
 	}
-	return s
+	lower := strings.ToLower(s)
+	for _, hint := range []string{"://", "@", "=", "password", "secret", "whsec_", "sk_"} {
+		if strings.Contains(lower, hint) {
+			return "a string (not shown: it may hold a password or a secret)"
+		}
+	}
+	return fmt.Sprintf("%q", s)
 }
 
 var (

@@ -79,6 +79,11 @@ func expand(s string, lookup func(string) (string, bool)) (string, error) {
 			expr := s[i+2 : i+2+end]
 			name, def, hasDef := strings.Cut(expr, ":-")
 			if !validVarName(name) {
+				// Echoed only when it reads as a name (e.g. 1BAD): inside a
+				// DSN or secret, ${…} may be part of a password.
+				if !nameLike(name) {
+					return "", fmt.Errorf("invalid variable name in a ${…} (not shown: it may be part of a password; use letters, digits and _, or write $$ for a literal $)")
+				}
 				return "", fmt.Errorf("invalid variable name %q in ${%s} (use letters, digits and _; write $$ for a literal $)", name, expr)
 			}
 			v, ok := lookup(name)
@@ -95,6 +100,21 @@ func expand(s string, lookup func(string) (string, bool)) (string, error) {
 		}
 	}
 	return b.String(), nil
+}
+
+// nameLike reports a short run of letters, digits and _: a variable name
+// gone wrong (a leading digit), not a fragment of a password.
+func nameLike(s string) bool {
+	if len(s) == 0 || len(s) > 64 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c == '_' || c >= '0' && c <= '9' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z') {
+			return false
+		}
+	}
+	return true
 }
 
 func validVarName(s string) bool {

@@ -91,7 +91,7 @@ var badConfigs = map[string][]string{
 		`:9:12: cpu.max_lag: must be at least twice source.heartbeat_interval (1m0s), got 1m30s: an idle source would look that far behind between heartbeats`,
 	},
 	"types.bad.yaml": {
-		`:1:9: source: must be a mapping, got "postgres://localhost/app"`,
+		`:1:9: source: must be a mapping, got "postgres://localhost/…"`,
 		`:3:3: events: must be a list, got a mapping`,
 		`:5:12: delivery.workers: must be an integer, got a list`,
 		`:6:15: delivery.allow_http: must be true or false, got "maybe"`,
@@ -771,6 +771,12 @@ func TestNoSecretsInMessages(t *testing.T) {
 	for _, src := range []string{
 		"source: postgres://u:hunter2@db/app\nevents: [{event: a.b, table: t, operations: [insert]}]\n",
 		"source:\n  dsn: postgres://u:hunter2${X@db/app\nevents: [{event: a.b, table: t, operations: [insert]}]\n",
+		// A keyword/value DSN, or a URL that does not parse, in the wrong
+		// place; a ${…} whose inside is part of a password.
+		"source: \"host=db user=u password=hunter2\"\nevents: [{event: a.b, table: t, operations: [insert]}]\n",
+		"source: {dsn: postgres://walhook@db/app}\nstore: \"postgres://u:p%zzhunter2@db/app\"\nevents: [{event: a.b, table: t, operations: [insert]}]\n",
+		"source:\n  dsn: postgres://u:hun${t-hunter2}@db/app\nevents: [{event: a.b, table: t, operations: [insert]}]\n",
+		"source: {dsn: postgres://walhook@db/app}\nevents: [{event: a.b, table: t, operations: [insert]}]\nendpoints: whsec_hunter2hunter2hunter2hunter2\n",
 	} {
 		_, err := Parse("p.yaml", []byte(src), nil)
 		if err == nil || strings.Contains(err.Error(), "hunter2") {
