@@ -91,7 +91,7 @@ const (
 	resOp                     // operation not listed
 	resUnchanged              // changed columns all equal by value
 	resWhenFalse              // when evaluated to false
-	resWhenUnknown            // when failed on a NULL (SQL's unknown: no match)
+	resWhenUnknown            // when failed on a nil: a NULL, a missing json value (SQL's unknown: no match)
 	resUnavailable            // a needed value is an unavailable TOAST value
 )
 
@@ -289,11 +289,15 @@ func (m *Mapper) evalWhen(ch *cdc.Change, p *tablePlan, rp *rulePlan) (bool, res
 	}
 	out, err := rp.vm.Run(r.when, env)
 	if err != nil {
-		// An ordering, arithmetic or ! on a NULL fails in expr where SQL
-		// says unknown: data, not a rule's mistake, so no match rather
-		// than a halt of the whole stream. A failure on values that are
-		// all present is the rule's (text compared with a number).
-		if nilOperand(err) && readsNull(env, rp, r, oldRow, newRow) {
+		// An ordering, arithmetic, ! or a function on a nil fails in expr
+		// where SQL says unknown. Every nil the expression meets comes
+		// from the data: a NULL column, the absent row of an insert or
+		// delete, a key a json value lacks or holds as null (expr refuses
+		// nil literals in such places when the rule is compiled). So no
+		// match rather than a halt of the whole stream, which would stop
+		// at the same row on every restart. A failure on values that are
+		// all there is the rule's (text compared with a number).
+		if nilOperand(err) {
 			return false, result{kind: resWhenUnknown}, nil
 		}
 		return false, result{}, &RuleError{Where: r.Where, Field: "when", Event: r.Event,
@@ -304,41 +308,15 @@ func (m *Mapper) evalWhen(ch *cdc.Change, p *tablePlan, rp *rulePlan) (bool, res
 }
 
 // nilOperand reports whether an expr run-time error is about a nil
-// operand (an ordering or arithmetic on <nil>, ! or && on nil), not a
-// type mismatch between present values.
+// operand, not a type mismatch between present values: expr names a nil
+// operand's type "<nil>" (`<nil> > int`, `cannot fetch x from <nil>`,
+// `invalid argument for len (type <nil>)`), fails a conversion with
+// "interface {} is nil" (`!nil`, `upper(nil)`), and builtins that reflect
+// on their argument (`all(nil, …)`, `int(nil)`) fail with reflect's "zero
+// Value".
 func nilOperand(err error) bool {
 	msg := err.Error()
-	return strings.Contains(msg, "<nil>") || strings.Contains(msg, " is nil")
-}
-
-// readsNull reports whether a value the when expression reads is NULL:
-// a column it names, a column of a row it reads whole, or the row itself
-// (old of an insert, new of a delete).
-func readsNull(env map[string]any, rp *rulePlan, r *compiledRule, oldRow, newRow []cdc.Value) bool {
-	for _, cols := range [][]colSrc{rp.whenOld, rp.whenNew} {
-		for _, c := range cols {
-			if env[c.envKey] == nil {
-				return true
-			}
-		}
-	}
-	for _, side := range []struct {
-		whole bool
-		row   []cdc.Value
-	}{{r.whenWholeOld, oldRow}, {r.whenWholeNew, newRow}} {
-		if !side.whole {
-			continue
-		}
-		if side.row == nil {
-			return true
-		}
-		for _, v := range side.row {
-			if v.State == cdc.Null {
-				return true
-			}
-		}
-	}
-	return false
+	return strings.Contains(msg, "<nil>") || strings.Contains(msg, " is nil") || strings.Contains(msg, "on zero Value")
 }
 
 // fillEnv sets one row's part of the env; ok is false when a column the

@@ -475,6 +475,73 @@ func TestMapWhenOnNullIsUnknown(t *testing.T) {
 	}
 }
 
+// A json key that is missing or null is nil in when:, like a NULL column:
+// a failure on it is unknown, not a halt. cdc hands json and jsonb over as
+// the raw document (json.RawMessage), so these rows are what it decodes
+// from jsonb '{}' and '{"amount": null}'.
+func TestMapWhenOnJSONNullIsUnknown(t *testing.T) {
+	t.Parallel()
+	bids := testRel(10, "public.bids", 'f', "id", "title", "details")
+	m := mustCompile(t, Options{},
+		Rule{Event: "bid.big", Table: "bids", Ops: []cdc.Op{cdc.OpInsert}, When: `new.details.amount > 100`},
+		Rule{Event: "bid.deep", Table: "bids", Ops: []cdc.Op{cdc.OpInsert}, When: `new.details.card.brand == "visa" || new.details.card.last4 > 0`},
+		Rule{Event: "bid.photos", Table: "bids", Ops: []cdc.Op{cdc.OpInsert}, When: `len(new.details.photos) > 0 && all(new.details.photos, # != "")`},
+		Rule{Event: "bid.flagged", Table: "bids", Ops: []cdc.Op{cdc.OpInsert}, When: `!new.details.flagged`},
+	)
+	for _, tc := range []struct {
+		name    string
+		details string
+		want    []string
+	}{
+		{"empty object", `{}`, nil},
+		{"explicit nulls", `{"amount": null, "card": null, "photos": null, "flagged": null}`, nil},
+		{"nested key missing", `{"amount": 150, "card": {}, "photos": ["a"], "flagged": false}`, []string{"bid.big", "bid.photos", "bid.flagged"}},
+		{"all there", `{"amount": 50, "card": {"brand": "visa"}, "photos": [], "flagged": true}`, []string{"bid.deep"}},
+	} {
+		evs, err := m.Map(txOf(change(cdc.OpInsert, bids, nil, map[string]any{"id": int64(1), "title": "x", "details": json.RawMessage(tc.details)})))
+		if err != nil {
+			t.Errorf("%s: %v", tc.name, err)
+			continue
+		}
+		var got []string
+		for _, e := range evs {
+			got = append(got, e.Type)
+		}
+		if !slices.Equal(got, tc.want) {
+			t.Errorf("%s: events %v, want %v", tc.name, got, tc.want)
+		}
+	}
+	if st := m.Stats(); st.WhenUnknown != 9 {
+		t.Errorf("Stats().WhenUnknown = %d, want 9", st.WhenUnknown)
+	}
+	x := m.Explain(txOf(change(cdc.OpInsert, bids, nil, map[string]any{"id": int64(1), "details": json.RawMessage(`{}`)})), 0)
+	if r := x.Rules[0]; r.Matched || r.Err != nil || !strings.Contains(r.Reason, "when is unknown") {
+		t.Errorf("explain: %+v", r)
+	}
+	// Builtins that reflect on a nil fail with reflect's words, not expr's.
+	reflecting := mustCompile(t, Options{}, Rule{Event: "bid.tagged", Table: "bids", Ops: []cdc.Op{cdc.OpInsert},
+		When: `all(new.details.tags, # != "") || int(new.title) > 0`})
+	if evs, err := reflecting.Map(txOf(change(cdc.OpInsert, bids, nil, map[string]any{"id": int64(1), "details": json.RawMessage(`{}`)}))); err != nil || len(evs) != 0 {
+		t.Errorf("all() on a missing key: %v, %v", evs, err)
+	}
+	if evs, err := reflecting.Map(txOf(change(cdc.OpInsert, bids, nil, map[string]any{"id": int64(1), "details": json.RawMessage(`{"tags": ["a"]}`)}))); err != nil || len(evs) != 1 {
+		t.Errorf("all() on tags: %v, %v", evs, err)
+	}
+	if evs, err := reflecting.Map(txOf(change(cdc.OpInsert, bids, nil, map[string]any{"id": int64(1), "details": json.RawMessage(`{"tags": [""]}`)}))); err != nil || len(evs) != 0 {
+		t.Errorf("int() on a NULL title: %v, %v", evs, err)
+	}
+	if st := reflecting.Stats(); st.WhenUnknown != 2 {
+		t.Errorf("reflecting builtins: Stats().WhenUnknown = %d, want 2", st.WhenUnknown)
+	}
+	// A rule's own mistake still stops the run, json beside it or not.
+	bad := mustCompile(t, Options{}, Rule{Event: "bid.bad", Table: "bids", Ops: []cdc.Op{cdc.OpInsert},
+		When: `new.title > 5 || new.details.amount > 100`})
+	_, err := bad.Map(txOf(change(cdc.OpInsert, bids, nil, map[string]any{"id": int64(1), "title": "x", "details": json.RawMessage(`{}`)})))
+	if !errors.Is(err, ErrEvaluation) || !strings.Contains(err.Error(), "invalid operation: string > int") {
+		t.Errorf("text compared with a number: err = %v, want the evaluation error", err)
+	}
+}
+
 // A mapped table renamed while walhook runs stops the run loudly: its
 // rules would otherwise match nothing from then on.
 func TestMapTableRenamed(t *testing.T) {

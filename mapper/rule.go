@@ -77,7 +77,8 @@ type Stats struct {
 	// need was an unchanged TOAST value PostgreSQL did not send.
 	SkippedUnavailable uint64
 	// WhenUnknown counts rule evaluations whose when failed on a NULL
-	// and so did not match (SQL's unknown).
+	// (or a json key that is missing or null) and so did not match (SQL's
+	// unknown).
 	WhenUnknown uint64
 }
 
