@@ -213,7 +213,7 @@ func TestValueKinds(t *testing.T) {
 	c := b.nextTx(t).Changes[0]
 	want := map[string]any{
 		"b": true, "i2": int64(-7), "i8": json.Number("9223372036854775807"),
-		"n": json.Number("12345678901234567890.123456789"), "nn": "NaN", "f": 0.1, "fnan": "NaN",
+		"n": json.Number("12345678901234567890.123456789"), "nn": NonFinite("NaN"), "f": 0.1, "fnan": NonFinite("NaN"),
 		"ts": time.Date(2024, 3, 1, 11, 0, 0, 500000000, time.UTC), "t": time.Date(2024, 3, 1, 12, 0, 0, 0, NoZone),
 		"d": "2024-03-01", "j": json.RawMessage(`{"a": [1, 2.50]}`), "ba": []byte{0, 255},
 		"arr": []any{json.Number("1"), nil, json.Number("3")}, "tarr": []any{"a,b", "c"}, "m": "happy",

@@ -92,6 +92,7 @@ const (
 // Value is one decoded column value, JSON-ready:
 //   - bool, int16/int32 as int64, float4/float8 as float64
 //   - int8 and numeric as json.Number (no precision lost)
+//   - NaN, Infinity and -Infinity of numeric, float4 and float8: NonFinite
 //   - text, varchar, uuid, enums, unknown types: string
 //   - timestamptz: time.Time in UTC (rendered RFC 3339 with "Z")
 //   - timestamp (without time zone): time.Time in NoZone, its wall clock
@@ -104,6 +105,13 @@ type Value struct {
 	State ValueState
 	V     any
 }
+
+// NonFinite is a numeric, float4 or float8 value that is not a finite
+// number, as PostgreSQL prints it: "NaN", "Infinity" or "-Infinity". JSON
+// has no such numbers, so it stays that text (and marshals as a JSON
+// string); it has a type of its own so that a consumer can tell it from a
+// text column that says "NaN" and take it for the number it is.
+type NonFinite string
 
 // Change is one row change (or truncate, or message) inside a transaction.
 type Change struct {

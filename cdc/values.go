@@ -43,7 +43,9 @@ func (d *valueDecoder) decode(oid uint32, b []byte) any {
 		if isJSONNumber(b) {
 			return json.Number(b)
 		}
-		return string(b) // NaN, Infinity, -Infinity: not JSON numbers
+		if isNonFinite(b) {
+			return NonFinite(b)
+		}
 	case pgtype.BoolOID:
 		if len(b) == 1 {
 			return b[0] == 't'
@@ -54,7 +56,9 @@ func (d *valueDecoder) decode(oid uint32, b []byte) any {
 				return f
 			}
 		}
-		return string(b) // NaN, Infinity: JSON has no such numbers
+		if isNonFinite(b) {
+			return NonFinite(b)
+		}
 	case pgtype.TimestamptzOID:
 		if t, ok := parseTimestamp(b); ok {
 			return t
@@ -152,6 +156,17 @@ func parseInt(b []byte) (int64, bool) {
 		return 0, false
 	}
 	return int64(n), true
+}
+
+// isNonFinite reports whether b is how PostgreSQL prints a numeric or
+// float that is not a finite number (numeric has the infinities since
+// PostgreSQL 14).
+func isNonFinite(b []byte) bool {
+	switch string(b) {
+	case "NaN", "Infinity", "-Infinity":
+		return true
+	}
+	return false
 }
 
 // isJSONNumber reports whether b is a number in JSON syntax, which is what

@@ -542,6 +542,60 @@ func TestMapWhenOnJSONNullIsUnknown(t *testing.T) {
 	}
 }
 
+// NaN and the infinities of numeric and float columns (cdc.NonFinite) are
+// numbers in when:, compared as IEEE floats: NaN is neither above nor
+// below anything, Infinity is above every number. They render as the text
+// PostgreSQL prints, as before; a text column saying "NaN" stays text.
+func TestMapNonFiniteNumbers(t *testing.T) {
+	t.Parallel()
+	lots := testRel(11, "public.lots", 'f', "id", "auction_id", "price", "rate", "label", "bids")
+	id := []DataField{{Key: "id", Column: "id"}}
+	m := mustCompile(t, Options{},
+		Rule{Event: "lot.dear", Table: "lots", Ops: []cdc.Op{cdc.OpInsert, cdc.OpUpdate}, When: `new.price > 100`, Data: id},
+		Rule{Event: "lot.cheap", Table: "lots", Ops: []cdc.Op{cdc.OpInsert}, When: `new.price <= 100 || new.rate < 0`, Data: id},
+		Rule{Event: "lot.odd", Table: "lots", Ops: []cdc.Op{cdc.OpInsert}, When: `new.price != new.price && new.label == "NaN"`, Data: id},
+		Rule{Event: "lot.high_bid", Table: "lots", Ops: []cdc.Op{cdc.OpInsert}, When: `any(new.bids, # > 1000)`, Data: id},
+		Rule{Event: "lot.repriced", Table: "lots", Ops: []cdc.Op{cdc.OpUpdate}, Changed: []string{"price"},
+			Data: []DataField{{Key: "price", Column: "price"}, {Key: "rate", Column: "rate"}, {Key: "bids", Column: "bids"}}},
+	)
+	nan, inf, neg := cdc.NonFinite("NaN"), cdc.NonFinite("Infinity"), cdc.NonFinite("-Infinity")
+	lot := func(price, rate any, bids ...any) map[string]any {
+		return map[string]any{"id": int64(1), "auction_id": nan, "price": price, "rate": rate, "label": "NaN", "bids": bids}
+	}
+	for _, tc := range []struct {
+		name string
+		ch   cdc.Change
+		want string
+	}{
+		{"NaN compares false", change(cdc.OpInsert, lots, nil, lot(nan, 1.0, json.Number("5"))), "lot.odd NaN {\"id\":1}\n"},
+		{"Infinity is above", change(cdc.OpInsert, lots, nil, lot(inf, neg, json.Number("5"), inf)), "lot.dear NaN {\"id\":1}\nlot.cheap NaN {\"id\":1}\nlot.high_bid NaN {\"id\":1}\n"},
+		{"-Infinity is below", change(cdc.OpInsert, lots, nil, lot(neg, nan)), "lot.cheap NaN {\"id\":1}\n"},
+		{"NaN to NaN is no change", change(cdc.OpUpdate, lots, lot(nan, 1.0), lot(nan, 1.0)), ""},
+		{"NaN to Infinity renders as PostgreSQL prints them", change(cdc.OpUpdate, lots, lot(nan, 1.0), lot(inf, nan, json.Number("1.5"), nan, neg)),
+			"lot.dear NaN {\"id\":1}\n" + `lot.repriced NaN {"price":"Infinity","rate":"NaN","bids":[1.5,"NaN","-Infinity"]}` + "\n"},
+	} {
+		evs, err := m.Map(txOf(tc.ch))
+		if err != nil {
+			t.Errorf("%s: %v", tc.name, err)
+			continue
+		}
+		if got := summary(evs); got != tc.want {
+			t.Errorf("%s: events =\n%swant\n%s", tc.name, got, tc.want)
+		}
+	}
+	x := m.Explain(txOf(change(cdc.OpInsert, lots, nil, lot(nan, 1.0))), 0)
+	if r := x.Rules[0]; r.Matched || r.Err != nil || r.Reason != `when is false: new.price > 100 (new.price="NaN")` {
+		t.Errorf("explain: %+v", r)
+	}
+	// Text that says NaN is text: comparing it with a number is the rule's
+	// mistake and stops the run.
+	bad := mustCompile(t, Options{}, Rule{Event: "lot.bad", Table: "lots", Ops: []cdc.Op{cdc.OpInsert}, When: `new.label > 100`})
+	_, err := bad.Map(txOf(change(cdc.OpInsert, lots, nil, lot(nan, 1.0))))
+	if !errors.Is(err, ErrEvaluation) || !strings.Contains(err.Error(), "invalid operation: string > int") {
+		t.Errorf("text NaN compared with a number: err = %v, want the evaluation error", err)
+	}
+}
+
 // A mapped table renamed while walhook runs stops the run loudly: its
 // rules would otherwise match nothing from then on.
 func TestMapTableRenamed(t *testing.T) {

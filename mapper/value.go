@@ -46,6 +46,10 @@ func equalAny(a, b any) bool {
 	case float64:
 		y, ok := b.(float64)
 		return ok && (x == y || (math.IsNaN(x) && math.IsNaN(y)))
+	case cdc.NonFinite:
+		// PostgreSQL's NaN equals NaN, unlike IEEE's.
+		y, ok := b.(cdc.NonFinite)
+		return ok && x == y
 	case json.Number:
 		y, ok := b.(json.Number)
 		if !ok {
@@ -87,7 +91,11 @@ func equalAny(a, b any) bool {
 // envValue converts a decoded value for expressions: numbers become int64
 // or float64 so that <, > and == compare numerically (json.Number is a
 // string type; comparing it would be lexical), json becomes maps and
-// slices so `new.details.photos` works.
+// slices so `new.details.photos` works. A numeric or float NaN or
+// infinity becomes the float64 one, so that `new.price > 100` compares as
+// IEEE does (NaN is neither above nor below anything, +Inf is above every
+// number) instead of failing on a string and stopping the run at a row
+// that is valid data.
 func envValue(v cdc.Value) any {
 	if v.State != cdc.Present {
 		return nil
@@ -102,6 +110,9 @@ func envAny(v any) any {
 			return i
 		}
 		f, _ := strconv.ParseFloat(string(x), 64)
+		return f
+	case cdc.NonFinite:
+		f, _ := strconv.ParseFloat(string(x), 64) // NaN, Infinity, -Infinity
 		return f
 	case json.RawMessage:
 		var out any
@@ -127,6 +138,8 @@ func keyString(v any) string {
 	case int64:
 		return strconv.FormatInt(x, 10)
 	case json.Number:
+		return string(x)
+	case cdc.NonFinite:
 		return string(x)
 	case float64:
 		return strconv.FormatFloat(x, 'f', -1, 64)
@@ -180,6 +193,8 @@ func appendValue(b []byte, v any) []byte {
 			return append(b, x...)
 		}
 		return appendJSONString(b, string(x)) // NaN, Infinity
+	case cdc.NonFinite:
+		return appendJSONString(b, string(x))
 	case time.Time:
 		b = append(b, '"')
 		b = appendTime(b, x)
