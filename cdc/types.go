@@ -97,7 +97,9 @@ const (
 //   - timestamptz: time.Time in UTC (rendered RFC 3339 with "Z")
 //   - timestamp (without time zone): time.Time in NoZone, its wall clock
 //     read as UTC (rendered without a zone)
-//   - date: string "YYYY-MM-DD"
+//   - 'infinity' and '-infinity' of timestamptz and timestamp: InfiniteTime;
+//     BC and years past 9999 keep the server's text (string)
+//   - date: string "YYYY-MM-DD" ("infinity", "-infinity")
 //   - json/jsonb: json.RawMessage
 //   - bytea: []byte
 //   - arrays: []any of the element kinds above
@@ -112,6 +114,13 @@ type Value struct {
 // string); it has a type of its own so that a consumer can tell it from a
 // text column that says "NaN" and take it for the number it is.
 type NonFinite string
+
+// InfiniteTime is a timestamptz or timestamp 'infinity' or '-infinity', as
+// PostgreSQL prints it ("infinity", "-infinity"): later or earlier than
+// every other time, and no time.Time. It marshals as that JSON string; it
+// has a type of its own so that a consumer can tell it from text and order
+// it among times.
+type InfiniteTime string
 
 // Change is one row change (or truncate, or message) inside a transaction.
 type Change struct {

@@ -63,10 +63,16 @@ func (d *valueDecoder) decode(oid uint32, b []byte) any {
 		if t, ok := parseTimestamp(b); ok {
 			return t
 		}
-		return string(b) // infinity, BC dates, years past 9999
+		if isInfinity(b) {
+			return InfiniteTime(b)
+		}
+		return string(b) // BC dates, years past 9999
 	case pgtype.TimestampOID:
 		if t, ok := parseTimestamp(b); ok {
 			return t.In(NoZone)
+		}
+		if isInfinity(b) {
+			return InfiniteTime(b)
 		}
 		return string(b)
 	case pgtype.DateOID:
@@ -167,6 +173,12 @@ func isNonFinite(b []byte) bool {
 		return true
 	}
 	return false
+}
+
+// isInfinity reports whether b is how PostgreSQL prints a timestamp or
+// timestamptz 'infinity' or '-infinity'.
+func isInfinity(b []byte) bool {
+	return string(b) == "infinity" || string(b) == "-infinity"
 }
 
 // isJSONNumber reports whether b is a number in JSON syntax, which is what

@@ -4,22 +4,26 @@ import (
 	"encoding/json"
 	"reflect"
 	"testing"
+	"time"
 
 	"github.com/walhook/walhook/internal/pgtest"
 )
 
-// Values that are valid data but no finite number have kinds of their
-// own, so the mapper can compare them as what they are; a text column
-// saying the same stays a string. They stay JSON-ready, as the same text.
+// Values that are valid data but no finite number or time have kinds of
+// their own, so the mapper can compare them as what they are; a text
+// column saying the same stays a string, and so does a date (dates are
+// text). They stay JSON-ready, as the same text.
 func TestValueKindsNonFinite(t *testing.T) {
 	t.Parallel()
 	dsn := pgtest.Shared(t).NewDatabase(t)
 	setupDB(t, dsn, `CREATE DOMAIN price AS numeric(12,2);
 		CREATE TABLE s (id int PRIMARY KEY, nnan numeric, ninf numeric, nneg numeric, fnan float8, finf float8, fneg float8,
-			f4 float4, p price, narr numeric[], txt text, jempty jsonb, jnull jsonb)`, "public.s")
+			f4 float4, p price, narr numeric[], txt text, jempty jsonb, jnull jsonb,
+			tsinf timestamptz, tsneg timestamptz, tinf timestamp, dinf date, tsarr timestamptz[], tinftxt text)`, "public.s")
 	b := startStream(t, dsn, 0, nil)
 	exec(t, dsn, `INSERT INTO s VALUES (1, 'NaN', 'Infinity', '-Infinity', 'NaN', 'Infinity', '-Infinity',
-		'NaN', 'NaN', '{1.5,NaN,-Infinity}', 'NaN', '{}', '{"amount": null}')`)
+		'NaN', 'NaN', '{1.5,NaN,-Infinity}', 'NaN', '{}', '{"amount": null}',
+		'infinity', '-infinity', 'infinity', 'infinity', '{2024-03-01 10:00:00+00,-infinity}', 'infinity')`)
 	c := b.nextTx(t).Changes[0]
 	want := map[string]any{
 		"nnan": NonFinite("NaN"), "ninf": NonFinite("Infinity"), "nneg": NonFinite("-Infinity"),
@@ -30,6 +34,9 @@ func TestValueKindsNonFinite(t *testing.T) {
 		// json is passed on as the document; a missing or null key is the
 		// mapper's to read.
 		"jempty": json.RawMessage(`{}`), "jnull": json.RawMessage(`{"amount": null}`),
+		"tsinf": InfiniteTime("infinity"), "tsneg": InfiniteTime("-infinity"), "tinf": InfiniteTime("infinity"),
+		"dinf": "infinity", "tsarr": []any{time.Date(2024, 3, 1, 10, 0, 0, 0, time.UTC), InfiniteTime("-infinity")},
+		"tinftxt": "infinity",
 	}
 	for name, w := range want {
 		if got := col(t, c, c.New, name); !reflect.DeepEqual(got, w) {
@@ -40,7 +47,7 @@ func TestValueKindsNonFinite(t *testing.T) {
 	if err != nil {
 		t.Fatalf("values are not JSON-ready: %v", err)
 	}
-	if want := `[1,"NaN","Infinity","-Infinity","NaN","Infinity","-Infinity","NaN","NaN",[1.5,"NaN","-Infinity"],"NaN",{},{"amount":null}]`; string(got) != want {
+	if want := `[1,"NaN","Infinity","-Infinity","NaN","Infinity","-Infinity","NaN","NaN",[1.5,"NaN","-Infinity"],"NaN",{},{"amount":null},"infinity","-infinity","infinity","infinity",["2024-03-01T10:00:00Z","-infinity"],"infinity"]`; string(got) != want {
 		t.Errorf("as JSON: %s, want %s", got, want)
 	}
 }

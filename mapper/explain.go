@@ -3,6 +3,7 @@ package mapper
 import (
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/walhook/walhook/cdc"
 )
@@ -97,13 +98,13 @@ func reason(ch *cdc.Change, rp *rulePlan, res result) string {
 			}
 			b.WriteString(c)
 			b.WriteString("=")
-			b.Write(appendValue(nil, envValue(ch.New[rp.changed[i]])))
+			b.Write(appendEnvValue(nil, envValue(ch.New[rp.changed[i]])))
 		}
 		return fmt.Sprintf("changed: no column changed value (%s in old and new row)", b.String())
 	case resWhenFalse, resWhenUnknown:
 		var vals []string
 		for _, c := range append(append([]colSrc(nil), rp.whenOld...), rp.whenNew...) {
-			vals = append(vals, c.envKey+"="+string(appendValue(nil, rp.env[c.envKey])))
+			vals = append(vals, c.envKey+"="+string(appendEnvValue(nil, rp.env[c.envKey])))
 		}
 		s := "when is false: " + r.When
 		if res.kind == resWhenUnknown {
@@ -117,6 +118,31 @@ func reason(ch *cdc.Change, rp *rulePlan, res result) string {
 		return fmt.Sprintf("skipped: column %s is an unchanged TOAST value PostgreSQL did not send (REPLICA IDENTITY FULL sends it)", res.column)
 	}
 	return ""
+}
+
+// appendEnvValue appends an expression value as JSON for an explanation,
+// showing a timestamp's infinity as PostgreSQL prints it rather than as
+// the time that stands for it.
+func appendEnvValue(b []byte, v any) []byte {
+	switch x := v.(type) {
+	case time.Time:
+		switch {
+		case x.Equal(afterAllTime):
+			return append(b, `"infinity"`...)
+		case x.Equal(beforeAllTime):
+			return append(b, `"-infinity"`...)
+		}
+	case []any:
+		b = append(b, '[')
+		for i, e := range x {
+			if i > 0 {
+				b = append(b, ',')
+			}
+			b = appendEnvValue(b, e)
+		}
+		return append(b, ']')
+	}
+	return appendValue(b, v)
 }
 
 // UpdateReads returns the columns the table's update rules read, each

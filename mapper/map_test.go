@@ -596,6 +596,61 @@ func TestMapNonFiniteNumbers(t *testing.T) {
 	}
 }
 
+// A timestamp's 'infinity' and '-infinity' (cdc.InfiniteTime) order after
+// and before every time in when:, as in SQL, and render as PostgreSQL
+// prints them. Dates are text, where "infinity" already sorts after and
+// "-infinity" before every "YYYY-MM-DD"; a text column is text.
+func TestMapInfiniteTimes(t *testing.T) {
+	t.Parallel()
+	aucs := testRel(12, "public.auctions", 'f', "id", "ends_at", "local_end", "due", "note", "rounds")
+	id := []DataField{{Key: "id", Column: "id"}}
+	m := mustCompile(t, Options{},
+		Rule{Event: "auction.over", Table: "auctions", Ops: []cdc.Op{cdc.OpInsert}, When: `new.ends_at < now() || new.local_end < now()`, Data: id},
+		Rule{Event: "auction.open", Table: "auctions", Ops: []cdc.Op{cdc.OpInsert}, When: `new.ends_at - now() > duration("24h")`, Data: id},
+		Rule{Event: "auction.due", Table: "auctions", Ops: []cdc.Op{cdc.OpInsert}, When: `new.due > "2024-06-01"`, Data: id},
+		Rule{Event: "auction.past_round", Table: "auctions", Ops: []cdc.Op{cdc.OpInsert}, When: `any(new.rounds, # < now())`, Data: id},
+		Rule{Event: "auction.extended", Table: "auctions", Ops: []cdc.Op{cdc.OpUpdate}, Changed: []string{"ends_at"},
+			When: `new.ends_at > old.ends_at`, Data: []DataField{{Key: "ends_at", Column: "ends_at"}, {Key: "local_end", Column: "local_end"}, {Key: "rounds", Column: "rounds"}}},
+	)
+	inf, neg := cdc.InfiniteTime("infinity"), cdc.InfiniteTime("-infinity")
+	soon := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
+	auc := func(ends, local, due any, rounds ...any) map[string]any {
+		return map[string]any{"id": int64(1), "ends_at": ends, "local_end": local, "due": due, "note": "infinity", "rounds": rounds}
+	}
+	for _, tc := range []struct {
+		name string
+		ch   cdc.Change
+		want string
+	}{
+		{"never ends", change(cdc.OpInsert, aucs, nil, auc(inf, inf, "infinity", soon)), "auction.open  {\"id\":1}\nauction.due  {\"id\":1}\n"},
+		{"ended before all time", change(cdc.OpInsert, aucs, nil, auc(neg, soon.In(cdc.NoZone), "-infinity", soon, neg)), "auction.over  {\"id\":1}\nauction.past_round  {\"id\":1}\n"},
+		{"infinity to infinity is no change", change(cdc.OpUpdate, aucs, auc(inf, nil, nil), auc(inf, nil, nil)), ""},
+		{"extended to infinity", change(cdc.OpUpdate, aucs, auc(soon, nil, nil), auc(inf, neg, nil, soon, inf)),
+			`auction.extended  {"ends_at":"infinity","local_end":"-infinity","rounds":["2030-01-01T00:00:00.000Z","infinity"]}` + "\n"},
+		{"not extended from infinity", change(cdc.OpUpdate, aucs, auc(inf, nil, nil), auc(soon, nil, nil)), ""},
+	} {
+		evs, err := m.Map(txOf(tc.ch))
+		if err != nil {
+			t.Errorf("%s: %v", tc.name, err)
+			continue
+		}
+		if got := summary(evs); got != tc.want {
+			t.Errorf("%s: events =\n%swant\n%s", tc.name, got, tc.want)
+		}
+	}
+	x := m.Explain(txOf(change(cdc.OpInsert, aucs, nil, auc(inf, inf, nil))), 0)
+	if r := x.Rules[0]; r.Matched || r.Err != nil || r.Reason != `when is false: new.ends_at < now() || new.local_end < now() (new.ends_at="infinity", new.local_end="infinity")` {
+		t.Errorf("explain: %+v", r)
+	}
+	// Text that says infinity is text: comparing it with a time is the
+	// rule's mistake and stops the run.
+	bad := mustCompile(t, Options{}, Rule{Event: "auction.bad", Table: "auctions", Ops: []cdc.Op{cdc.OpInsert}, When: `new.note < now()`})
+	_, err := bad.Map(txOf(change(cdc.OpInsert, aucs, nil, auc(inf, inf, nil))))
+	if !errors.Is(err, ErrEvaluation) || !strings.Contains(err.Error(), "invalid operation: string < time.Time") {
+		t.Errorf("text infinity compared with a time: err = %v, want the evaluation error", err)
+	}
+}
+
 // A mapped table renamed while walhook runs stops the run loudly: its
 // rules would otherwise match nothing from then on.
 func TestMapTableRenamed(t *testing.T) {

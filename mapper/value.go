@@ -50,6 +50,9 @@ func equalAny(a, b any) bool {
 		// PostgreSQL's NaN equals NaN, unlike IEEE's.
 		y, ok := b.(cdc.NonFinite)
 		return ok && x == y
+	case cdc.InfiniteTime:
+		y, ok := b.(cdc.InfiniteTime)
+		return ok && x == y
 	case json.Number:
 		y, ok := b.(json.Number)
 		if !ok {
@@ -95,7 +98,8 @@ func equalAny(a, b any) bool {
 // infinity becomes the float64 one, so that `new.price > 100` compares as
 // IEEE does (NaN is neither above nor below anything, +Inf is above every
 // number) instead of failing on a string and stopping the run at a row
-// that is valid data.
+// that is valid data. A timestamp 'infinity' or '-infinity' becomes a time
+// after or before every time PostgreSQL has, for the same reason.
 func envValue(v cdc.Value) any {
 	if v.State != cdc.Present {
 		return nil
@@ -114,6 +118,11 @@ func envAny(v any) any {
 	case cdc.NonFinite:
 		f, _ := strconv.ParseFloat(string(x), 64) // NaN, Infinity, -Infinity
 		return f
+	case cdc.InfiniteTime:
+		if x == "-infinity" {
+			return beforeAllTime
+		}
+		return afterAllTime
 	case json.RawMessage:
 		var out any
 		if err := json.Unmarshal(x, &out); err != nil {
@@ -130,6 +139,15 @@ func envAny(v any) any {
 	return v
 }
 
+// afterAllTime and beforeAllTime stand for a timestamp's 'infinity' and
+// '-infinity' in expressions: PostgreSQL's timestamps run from 4714-11-24
+// BC to 294276 AD, so these order after and before every one of them, and
+// every time an expression computes from now().
+var (
+	afterAllTime  = time.Date(294277, 1, 1, 0, 0, 0, 0, time.UTC)
+	beforeAllTime = time.Date(-4714, 1, 1, 0, 0, 0, 0, time.UTC)
+)
+
 // keyString renders a value for an envelope field (auction id, domain).
 func keyString(v any) string {
 	switch x := v.(type) {
@@ -140,6 +158,8 @@ func keyString(v any) string {
 	case json.Number:
 		return string(x)
 	case cdc.NonFinite:
+		return string(x)
+	case cdc.InfiniteTime:
 		return string(x)
 	case float64:
 		return strconv.FormatFloat(x, 'f', -1, 64)
@@ -194,6 +214,8 @@ func appendValue(b []byte, v any) []byte {
 		}
 		return appendJSONString(b, string(x)) // NaN, Infinity
 	case cdc.NonFinite:
+		return appendJSONString(b, string(x))
+	case cdc.InfiniteTime:
 		return appendJSONString(b, string(x))
 	case time.Time:
 		b = append(b, '"')
