@@ -25,5 +25,10 @@
 //
 // Expressions (`when`) use github.com/expr-lang/expr: compiled and type
 // checked once, evaluated on a reused VM with `old` and `new` maps that hold
-// only the columns the expression reads.
+// only the columns the expression reads. A when that fails stops the run
+// (nothing is confirmed, so it fails again on every restart), so only the
+// rule's own mistakes may fail: a failure on a nil (a NULL, a missing or
+// null json key) is SQL's unknown, no match; numeric and float NaN and
+// infinities are float64 and a timestamp's infinity a time, so they
+// compare instead of failing as text.
 package mapper
