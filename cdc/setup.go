@@ -73,6 +73,13 @@ func tableIdent(t string) (quoted, name string, err error) {
 	return pgx.Identifier{schema, table}.Sanitize(), schema + "." + table, nil
 }
 
+// viaRoot is the publication option walhook publishes with. With it a
+// change of a partition arrives under its partitioned table's name (the
+// one rules name) and is filtered by that table's publication entry;
+// without it PostgreSQL lists and sends only the partitions, so rules on
+// a partitioned table never match. For plain tables it changes nothing.
+const viaRoot = "publish_via_partition_root = true"
+
 func setupPublication(ctx context.Context, conn *pgx.Conn, pub string, tables []string) ([]string, error) {
 	quoted := make([]string, 0, len(tables))
 	want := make([]string, 0, len(tables))
@@ -87,10 +94,13 @@ func setupPublication(ctx context.Context, conn *pgx.Conn, pub string, tables []
 	}
 	slices.Sort(want)
 	pubIdent := pgx.Identifier{pub}.Sanitize()
+	if err := refusePartitionsOfRuleTables(ctx, conn, want); err != nil {
+		return nil, err
+	}
 
-	var exists, allTables bool
-	if err := conn.QueryRow(ctx, `SELECT count(*) > 0, coalesce(bool_or(puballtables), false) FROM pg_publication WHERE pubname = $1`, pub).
-		Scan(&exists, &allTables); err != nil {
+	var exists, allTables, root bool
+	if err := conn.QueryRow(ctx, `SELECT count(*) > 0, coalesce(bool_or(puballtables), false), coalesce(bool_or(pubviaroot), false)
+		FROM pg_publication WHERE pubname = $1`, pub).Scan(&exists, &allTables, &root); err != nil {
 		return nil, fmt.Errorf("setup: look up publication: %w", err)
 	}
 	if !exists {
@@ -98,7 +108,7 @@ func setupPublication(ctx context.Context, conn *pgx.Conn, pub string, tables []
 		if len(quoted) > 0 {
 			sql += " FOR TABLE " + strings.Join(quoted, ", ")
 		}
-		if _, err := conn.Exec(ctx, sql); err != nil {
+		if _, err := conn.Exec(ctx, sql+" WITH ("+viaRoot+")"); err != nil {
 			return nil, fmt.Errorf("setup: create publication %q: %w", pub, err)
 		}
 		return []string{fmt.Sprintf("created publication %s for %s", pub, listOrNone(want))}, nil
@@ -107,21 +117,47 @@ func setupPublication(ctx context.Context, conn *pgx.Conn, pub string, tables []
 		return nil, fmt.Errorf("setup: publication %q is FOR ALL TABLES, which would publish walhook's own store; "+
 			"drop it or choose another publication name", pub)
 	}
-	rows, err := conn.Query(ctx, `SELECT schemaname || '.' || tablename FROM pg_publication_tables WHERE pubname = $1 ORDER BY 1`, pub)
+	// A publication the DBA created (docs/operations.md) belongs to the
+	// DBA: say what to run instead of failing on "must be owner".
+	owner, mine, err := publicationOwner(ctx, conn, pub)
 	if err != nil {
-		return nil, fmt.Errorf("setup: list publication tables: %w", err)
+		return nil, fmt.Errorf("setup: %w", err)
 	}
-	have, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	var did, differs, fixes []string
+	if !root {
+		setRoot := "ALTER PUBLICATION " + pubIdent + " SET (" + viaRoot + ")"
+		partitioned, err := partitionedTables(ctx, conn, want)
+		if err != nil {
+			return nil, err
+		}
+		switch {
+		case mine:
+			// Before the table list is read: the option changes what
+			// pg_publication_tables lists (the roots, not the partitions).
+			if _, err := conn.Exec(ctx, setRoot); err != nil {
+				return nil, fmt.Errorf("setup: alter publication %q: %w", pub, err)
+			}
+			did = append(did, fmt.Sprintf("set %s on publication %s", viaRoot, pub))
+		case len(partitioned) > 0:
+			differs = append(differs, "publishes the partitions of "+strings.Join(partitioned, ", ")+
+				" under their own names (publish_via_partition_root is off), so no change arrives under the name the rules map")
+			fixes = append(fixes, setRoot)
+		}
+	}
+	have, filtered, err := publishedTables(ctx, conn, pub)
 	if err != nil {
-		return nil, fmt.Errorf("setup: list publication tables: %w", err)
+		return nil, err
 	}
-	if slices.Equal(have, want) {
-		return []string{fmt.Sprintf("publication %s already publishes %s", pub, listOrNone(want))}, nil
+	if slices.Equal(have, want) && len(filtered) == 0 && len(differs) == 0 {
+		return append(did, fmt.Sprintf("publication %s already publishes %s", pub, listOrNone(want))), nil
 	}
 	var alter string
-	if len(quoted) > 0 {
+	switch {
+	case len(quoted) > 0:
+		// SET TABLE without WHERE or a column list also drops a row
+		// filter or column list a listed table had.
 		alter = "ALTER PUBLICATION " + pubIdent + " SET TABLE " + strings.Join(quoted, ", ")
-	} else {
+	case len(have) > 0:
 		// SET TABLE needs at least one table: drop the ones it has.
 		drop := make([]string, len(have))
 		for i, t := range have {
@@ -129,28 +165,125 @@ func setupPublication(ctx context.Context, conn *pgx.Conn, pub string, tables []
 		}
 		alter = "ALTER PUBLICATION " + pubIdent + " DROP TABLE " + strings.Join(drop, ", ")
 	}
-	// A publication the DBA created (docs/operations.md) belongs to the
-	// DBA: say what to run instead of failing on "must be owner".
-	owner, mine, err := publicationOwner(ctx, conn, pub)
-	if err != nil {
-		return nil, fmt.Errorf("setup: %w", err)
-	}
 	if !mine {
-		var differs []string
 		if missing := without(want, have); len(missing) > 0 {
 			differs = append(differs, "does not publish "+strings.Join(missing, ", ")+", which the rules map")
 		}
 		if extra := without(have, want); len(extra) > 0 {
 			differs = append(differs, "publishes "+strings.Join(extra, ", ")+", which no rule maps")
 		}
+		if len(filtered) > 0 {
+			differs = append(differs, "publishes "+strings.Join(filtered, ", ")+" with a row filter or a column list, "+
+				"so updates across the filter arrive as inserts or deletes and rules miss columns")
+		}
+		if alter != "" && (!slices.Equal(have, want) || len(filtered) > 0) {
+			fixes = append(fixes, alter)
+		}
 		return nil, fmt.Errorf("setup: publication %s %s; it belongs to role %s, which this role may not act for, "+
 			"so walhook cannot change it — fix: have %s (or a superuser) run %s; and then run walhook setup again",
-			pub, strings.Join(differs, " and "), owner, owner, alter)
+			pub, strings.Join(differs, " and "), owner, owner, strings.Join(fixes, "; "))
+	}
+	if slices.Equal(have, want) && len(filtered) == 0 {
+		return append(did, fmt.Sprintf("publication %s already publishes %s", pub, listOrNone(want))), nil
 	}
 	if _, err = conn.Exec(ctx, alter); err != nil {
-		return nil, fmt.Errorf("setup: alter publication %q: %w", pub, err)
+		return did, fmt.Errorf("setup: alter publication %q: %w", pub, err)
 	}
-	return []string{fmt.Sprintf("changed publication %s from %s to %s", pub, listOrNone(have), listOrNone(want))}, nil
+	if slices.Equal(have, want) {
+		return append(did, fmt.Sprintf("publication %s now publishes %s whole (it had a row filter or column list)",
+			pub, strings.Join(filtered, ", "))), nil
+	}
+	line := fmt.Sprintf("changed publication %s from %s to %s", pub, listOrNone(have), listOrNone(want))
+	if len(filtered) > 0 {
+		line += fmt.Sprintf(", without the row filter or column list it had on %s", strings.Join(filtered, ", "))
+	}
+	return append(did, line), nil
+}
+
+// publishedTables lists the tables pg_publication_tables shows for pub —
+// the names their changes arrive under — and those of them published with
+// a row filter or a column list (pg_publication_rel.prqual, prattrs). Both
+// are read through to_jsonb, which is NULL where the server predates them
+// (PostgreSQL 14).
+func publishedTables(ctx context.Context, conn *pgx.Conn, pub string) (have, filtered []string, err error) {
+	rows, err := conn.Query(ctx, `
+		SELECT pt.schemaname || '.' || pt.tablename,
+		       coalesce(to_jsonb(pr) ->> 'prqual', to_jsonb(pr) ->> 'prattrs') IS NOT NULL
+		FROM pg_publication_tables pt
+		JOIN pg_publication p ON p.pubname = pt.pubname
+		JOIN pg_namespace n ON n.nspname = pt.schemaname
+		JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = pt.tablename
+		LEFT JOIN pg_publication_rel pr ON pr.prpubid = p.oid AND pr.prrelid = c.oid
+		WHERE pt.pubname = $1 ORDER BY 1`, pub)
+	if err != nil {
+		return nil, nil, fmt.Errorf("setup: list publication tables: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var t string
+		var f bool
+		if err := rows.Scan(&t, &f); err != nil {
+			return nil, nil, fmt.Errorf("setup: list publication tables: %w", err)
+		}
+		have = append(have, t)
+		if f {
+			filtered = append(filtered, t)
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return nil, nil, fmt.Errorf("setup: list publication tables: %w", err)
+	}
+	return have, filtered, nil
+}
+
+// partitionedTables returns those of tables ("schema.table") that are
+// partitioned (relkind 'p').
+func partitionedTables(ctx context.Context, conn *pgx.Conn, tables []string) ([]string, error) {
+	rows, err := conn.Query(ctx, `SELECT t FROM unnest($1::text[]) AS t
+		JOIN pg_class c ON c.oid = to_regclass(format('%I.%I', split_part(t, '.', 1), split_part(t, '.', 2)))
+		WHERE c.relkind = 'p' ORDER BY 1`, tables)
+	if err != nil {
+		return nil, fmt.Errorf("setup: look up partitioned tables: %w", err)
+	}
+	out, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return nil, fmt.Errorf("setup: look up partitioned tables: %w", err)
+	}
+	return out, nil
+}
+
+// refusePartitionsOfRuleTables refuses rule tables that are partitions of
+// another rule table: published via the root, the partition's changes
+// arrive under the root's name, so its rules would never fire, and the
+// publication would never list it (setup would change it on every run).
+func refusePartitionsOfRuleTables(ctx context.Context, conn *pgx.Conn, tables []string) error {
+	rows, err := conn.Query(ctx, `
+		SELECT t, an.nspname || '.' || ac.relname
+		FROM unnest($1::text[]) AS t
+		CROSS JOIN LATERAL pg_partition_ancestors(to_regclass(format('%I.%I', split_part(t, '.', 1), split_part(t, '.', 2)))) AS a(relid)
+		JOIN pg_class ac ON ac.oid = a.relid JOIN pg_namespace an ON an.oid = ac.relnamespace
+		WHERE an.nspname || '.' || ac.relname <> t ORDER BY 1, 2`, tables)
+	if err != nil {
+		return fmt.Errorf("setup: look up partition ancestors: %w", err)
+	}
+	type pair struct{ Part, Root string }
+	pairs, err := pgx.CollectRows(rows, pgx.RowToStructByPos[pair])
+	if err != nil {
+		return fmt.Errorf("setup: look up partition ancestors: %w", err)
+	}
+	var bad []string
+	for _, p := range pairs {
+		if slices.Contains(tables, p.Root) {
+			bad = append(bad, p.Part+" is a partition of "+p.Root)
+		}
+	}
+	if len(bad) == 0 {
+		return nil
+	}
+	return fmt.Errorf("setup: %s, which the rules map too; walhook publishes partitioned tables via their root "+
+		"(publish_via_partition_root), so a partition's changes arrive under its root's name and rules on the partition "+
+		"never fire — fix: write those rules on the partitioned table (a when: on the partition key selects the partition's rows); "+
+		"the publication is unchanged", strings.Join(bad, "; "))
 }
 
 // without returns the names in a that are not in b.
