@@ -123,7 +123,7 @@ func setupPublication(ctx context.Context, conn *pgx.Conn, pub string, tables []
 	if err != nil {
 		return nil, fmt.Errorf("setup: %w", err)
 	}
-	var did, differs, fixes []string
+	var did []string
 	if !root {
 		setRoot := "ALTER PUBLICATION " + pubIdent + " SET (" + viaRoot + ")"
 		partitioned, err := partitionedTables(ctx, conn, want)
@@ -139,16 +139,19 @@ func setupPublication(ctx context.Context, conn *pgx.Conn, pub string, tables []
 			}
 			did = append(did, fmt.Sprintf("set %s on publication %s", viaRoot, pub))
 		case len(partitioned) > 0:
-			differs = append(differs, "publishes the partitions of "+strings.Join(partitioned, ", ")+
-				" under their own names (publish_via_partition_root is off), so no change arrives under the name the rules map")
-			fixes = append(fixes, setRoot)
+			// Alone: the table list it shows (partitions, not roots)
+			// means little until the option is on.
+			return nil, fmt.Errorf("setup: publication %s publishes the partitions of %s under their own names "+
+				"(publish_via_partition_root is off), so no change arrives under the name the rules map; it belongs to role %s, "+
+				"which this role may not act for, so walhook cannot change it — fix: have %s (or a superuser) run %s; "+
+				"and then run walhook setup again", pub, strings.Join(partitioned, ", "), owner, owner, setRoot)
 		}
 	}
 	have, filtered, err := publishedTables(ctx, conn, pub)
 	if err != nil {
 		return nil, err
 	}
-	if slices.Equal(have, want) && len(filtered) == 0 && len(differs) == 0 {
+	if slices.Equal(have, want) && len(filtered) == 0 {
 		return append(did, fmt.Sprintf("publication %s already publishes %s", pub, listOrNone(want))), nil
 	}
 	var alter string
@@ -166,6 +169,7 @@ func setupPublication(ctx context.Context, conn *pgx.Conn, pub string, tables []
 		alter = "ALTER PUBLICATION " + pubIdent + " DROP TABLE " + strings.Join(drop, ", ")
 	}
 	if !mine {
+		var differs []string
 		if missing := without(want, have); len(missing) > 0 {
 			differs = append(differs, "does not publish "+strings.Join(missing, ", ")+", which the rules map")
 		}
@@ -176,15 +180,9 @@ func setupPublication(ctx context.Context, conn *pgx.Conn, pub string, tables []
 			differs = append(differs, "publishes "+strings.Join(filtered, ", ")+" with a row filter or a column list, "+
 				"so updates across the filter arrive as inserts or deletes and rules miss columns")
 		}
-		if alter != "" && (!slices.Equal(have, want) || len(filtered) > 0) {
-			fixes = append(fixes, alter)
-		}
 		return nil, fmt.Errorf("setup: publication %s %s; it belongs to role %s, which this role may not act for, "+
 			"so walhook cannot change it — fix: have %s (or a superuser) run %s; and then run walhook setup again",
-			pub, strings.Join(differs, " and "), owner, owner, strings.Join(fixes, "; "))
-	}
-	if slices.Equal(have, want) && len(filtered) == 0 {
-		return append(did, fmt.Sprintf("publication %s already publishes %s", pub, listOrNone(want))), nil
+			pub, strings.Join(differs, " and "), owner, owner, alter)
 	}
 	if _, err = conn.Exec(ctx, alter); err != nil {
 		return did, fmt.Errorf("setup: alter publication %q: %w", pub, err)

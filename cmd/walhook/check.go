@@ -507,24 +507,26 @@ func (c *checker) checkPublication(ctx context.Context, conn *pgx.Conn) error {
 			"is FOR ALL TABLES, which would publish walhook's own store")
 		return nil
 	}
-	rows, err := conn.Query(ctx, `SELECT schemaname || '.' || tablename FROM pg_publication_tables WHERE pubname = $1 ORDER BY 1`, pub)
+	facts, err := readPublication(ctx, conn, pub, c.tables)
 	if err != nil {
-		return fmt.Errorf("read publication tables: %w", err)
+		return err
 	}
-	have, err := pgx.CollectRows(rows, pgx.RowTo[string])
-	if err != nil {
-		return fmt.Errorf("read publication tables: %w", err)
-	}
+	have := facts.listed
 	var missing, store, extra []string
-	for _, t := range c.tables {
-		if !slices.Contains(have, t) {
-			missing = append(missing, t)
+	var unusable []publicationProblem
+	for _, p := range facts.problems(c.tables) {
+		if p.missing {
+			missing = append(missing, p.table)
+		} else {
+			unusable = append(unusable, p)
 		}
 	}
 	for _, t := range have {
 		s, _ := splitQualified(t)
 		switch {
 		case slices.Contains(c.tables, t):
+		case slices.ContainsFunc(facts.ancestors[t], func(a string) bool { return slices.Contains(c.tables, a) }):
+			// A partition of a rule table: reported with it above.
 		case s == c.cfg.Store.Schema && c.cfg.Store.DSN == c.cfg.Source.DSN:
 			store = append(store, t)
 		default:
@@ -542,6 +544,14 @@ func (c *checker) checkPublication(ctx context.Context, conn *pgx.Conn) error {
 	if len(missing) > 0 {
 		ok = false
 		c.failSetup(what, "does not publish %s", strings.Join(missing, ", "))
+	}
+	for _, p := range unusable {
+		ok = false
+		if p.setupFixes {
+			c.failSetup(what, "%s", p.msg)
+		} else {
+			c.fail(what, p.fix, "%s", p.msg)
+		}
 	}
 	if len(store) > 0 {
 		ok = false

@@ -289,10 +289,6 @@ func openStore(ctx context.Context, cfg *config.Config) (*pgxpool.Pool, error) {
 	return pool, nil
 }
 
-// checkLiveSchema checks every rule against the source tables as they are
-// now (columns exist, old values are sent where a rule reads them), so a
-// mapping that cannot work is refused at startup with the fix, not at the
-// first matching change.
 // publicationTablesMissing returns the tables the publication does not
 // publish (none when the publication does not exist).
 func publicationTablesMissing(ctx context.Context, conn *pgx.Conn, publication string, tables []string) ([]string, error) {
@@ -320,6 +316,10 @@ func publicationMissing(ctx context.Context, dsn, publication string, tables []s
 	return publicationTablesMissing(ctx, conn, publication, tables)
 }
 
+// checkLiveSchema checks every rule against the source tables as they are
+// now (columns exist, old values are sent where a rule reads them), so a
+// mapping that cannot work is refused at startup with the fix, not at the
+// first matching change.
 func checkLiveSchema(ctx context.Context, dsn, publication string, m *mapper.Mapper) error {
 	conn, err := pgx.Connect(ctx, dsn)
 	if err != nil {
@@ -333,16 +333,40 @@ func checkLiveSchema(ctx context.Context, dsn, publication string, m *mapper.Map
 	if err := m.CheckSchema(tables); err != nil {
 		return &UsageError{Err: fmt.Errorf("the mapping does not fit the source database:\n%w", err)}
 	}
-	// A rule table the publication does not publish (dropped and created
-	// again, which takes it out of the publication) would stream nothing
-	// and say nothing. A missing publication is the stream's to report.
-	missing, err := publicationTablesMissing(ctx, conn, publication, m.Tables())
+	return checkPublicationFits(ctx, conn, publication, m.Tables())
+}
+
+// checkPublicationFits refuses a publication that would keep changes from
+// the rules, silently: a rule table it does not publish (dropped and
+// created again, which takes it out of the publication) streams nothing;
+// a partitioned one without publish_via_partition_root streams under its
+// partitions' names, which no rule names; a row filter turns updates
+// across it into inserts and deletes, and a column list withholds
+// columns. A missing publication is the stream's to report.
+func checkPublicationFits(ctx context.Context, conn *pgx.Conn, publication string, tables []string) error {
+	facts, err := readPublication(ctx, conn, publication, tables)
 	if err != nil {
-		return fmt.Errorf("source %s: %w", describeDSN(dsn), err)
+		return fmt.Errorf("source: %w", err)
+	}
+	if !facts.exists {
+		return nil
+	}
+	var missing, unusable []string
+	for _, p := range facts.problems(tables) {
+		if p.missing {
+			missing = append(missing, p.table)
+		} else {
+			unusable = append(unusable, fmt.Sprintf("  publication %s %s — fix: %s", publication, p.msg, p.fix))
+		}
 	}
 	if len(missing) > 0 {
-		return fmt.Errorf("publication %s does not publish %s, which the rules map (was it dropped and created again, or renamed?), "+
-			"so no change of it would arrive; run walhook setup", publication, strings.Join(missing, ", "))
+		unusable = append([]string{fmt.Sprintf("publication %s does not publish %s, which the rules map (was it dropped and created again, or renamed?), "+
+			"so no change of it would arrive; run walhook setup", publication, strings.Join(missing, ", "))}, unusable...)
+	} else if len(unusable) > 0 {
+		unusable = append([]string{"the publication does not send the rule tables' changes as the rules need them:"}, unusable...)
+	}
+	if len(unusable) > 0 {
+		return errors.New(strings.Join(unusable, "\n"))
 	}
 	return nil
 }
