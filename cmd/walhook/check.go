@@ -604,7 +604,10 @@ func (c *checker) checkCanCreatePublication(ctx context.Context, conn *pgx.Conn)
 	for _, t := range c.tables {
 		quoted = append(quoted, sqlTable(t))
 	}
-	stmt := fmt.Sprintf("CREATE PUBLICATION %s FOR TABLE %s;", sqlIdent(c.cfg.Source.Publication), strings.Join(quoted, ", "))
+	// As setup would create it: via the root, so that a partitioned
+	// table's changes arrive under its own name.
+	stmt := fmt.Sprintf("CREATE PUBLICATION %s FOR TABLE %s WITH (publish_via_partition_root = true);",
+		sqlIdent(c.cfg.Source.Publication), strings.Join(quoted, ", "))
 	switch {
 	case !create && len(notOwned) > 0:
 		c.fail("create publication", "as a superuser or the tables' owner run: "+stmt,
