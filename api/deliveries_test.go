@@ -324,9 +324,13 @@ func TestRedeliver(t *testing.T) {
 		return s.count(t, `SELECT count(*) FROM walhook.attempts WHERE delivery_id = $1`, id) == 2
 	})
 
-	// Refused: unknown delivery, disabled endpoint, a body.
+	// Refused: a test send (never retried), unknown delivery, disabled
+	// endpoint, a body.
+	var td testData
+	s.call(t, "POST", "/api/v1/webhooks/"+c.SubscriptionID+"/test", nil).ok(t, http.StatusOK, &td)
 	s.call(t, "PUT", "/api/v1/webhooks/"+c.SubscriptionID, map[string]any{"active": false}).ok(t, http.StatusOK, nil)
 	checkRefused(t, s, []badCase{
+		{"test send", "POST", "/api/v1/deliveries/" + td.DeliveryID + "/redeliver", nil, http.StatusConflict, "test_send"},
 		{"unknown delivery", "POST", "/api/v1/deliveries/nope/redeliver", nil, http.StatusNotFound, "not_found"},
 		{"disabled endpoint", "POST", "/api/v1/deliveries/" + id + "/redeliver", nil, http.StatusConflict, "endpoint_disabled"},
 		{"unknown field", "POST", "/api/v1/deliveries/" + id + "/redeliver", `{"force":true}`, 0, "invalid_body"},

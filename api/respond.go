@@ -26,6 +26,7 @@ const (
 	CodeStaticEndpoint     = "static_endpoint"      // 409: endpoints from the config file are read-only
 	CodeEndpointDisabled   = "endpoint_disabled"    // 409: re-enable the endpoint first
 	CodeDeliveryInProgress = "delivery_in_progress" // 409: a worker is attempting it right now
+	CodeTestSend           = "test_send"            // 409: redeliver of a test send (send a new test)
 	CodeRateLimited        = "rate_limited"         // 429: see Retry-After
 	CodeNotReady           = "not_ready"            // 503: /readyz while not ready
 	CodeInternal           = "internal"             // 500: logged; the message says nothing more
@@ -90,6 +91,8 @@ func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
 		e = &Error{http.StatusConflict, CodeEndpointDisabled, err.Error() + ": re-enable it with PUT {\"active\": true} first"}
 	case errors.Is(err, dispatch.ErrDeliveryInFlight):
 		e = &Error{http.StatusConflict, CodeDeliveryInProgress, err.Error()}
+	case errors.Is(err, dispatch.ErrTestSend):
+		e = &Error{http.StatusConflict, CodeTestSend, err.Error()}
 	case errors.Is(err, dispatch.ErrInvalidURL):
 		e = &Error{http.StatusBadRequest, CodeInvalidURL, err.Error()}
 	case errors.Is(err, dispatch.ErrBadSecret):

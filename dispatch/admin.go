@@ -28,6 +28,8 @@ var (
 	ErrEndpointInactive = errors.New("endpoint is disabled")
 	// ErrDeliveryInFlight: a worker holds the delivery right now.
 	ErrDeliveryInFlight = errors.New("delivery is being attempted right now")
+	// ErrTestSend: a test send is not redelivered (it is never retried).
+	ErrTestSend = errors.New("delivery is a test send, which is not redelivered: send a new test instead")
 	// ErrInvalidURL wraps the reason a URL is refused (same policy as delivery).
 	ErrInvalidURL = errors.New("invalid url")
 	// ErrInvalidCursor: a pagination cursor that this store did not issue.
@@ -574,12 +576,19 @@ func (a *Admin) Redeliver(ctx context.Context, id string) (Delivery, error) {
 	var out Delivery
 	err := pgx.BeginFunc(ctx, a.pool, func(tx pgx.Tx) error {
 		var endpointID, status string
-		err := tx.QueryRow(ctx, a.q(`SELECT endpoint_id, status FROM {{schema}}.deliveries WHERE id = $1 FOR UPDATE`), id).Scan(&endpointID, &status)
+		var test bool
+		err := tx.QueryRow(ctx, a.q(`SELECT endpoint_id, status, `+isTestSend+` FROM {{schema}}.deliveries WHERE id = $1 FOR UPDATE`), id).
+			Scan(&endpointID, &status, &test)
 		if errors.Is(err, pgx.ErrNoRows) {
 			return fmt.Errorf("delivery %q: %w", id, ErrNotFound)
 		}
 		if err != nil {
 			return fmt.Errorf("lock delivery: %w", err)
+		}
+		if test {
+			// Requeued, it would be claimed as an ordinary delivery:
+			// retried on the schedule and counted in the endpoint's health.
+			return fmt.Errorf("delivery %q: %w", id, ErrTestSend)
 		}
 		if status == "delivering" {
 			return fmt.Errorf("delivery %q: %w", id, ErrDeliveryInFlight)
@@ -612,7 +621,7 @@ func (a *Admin) Redeliver(ctx context.Context, id string) (Delivery, error) {
 }
 
 // Recover re-queues an endpoint's failed and skipped deliveries created at or
-// after since: pending, due now, attempts reset. It returns how many. The
+// after since (test sends excepted): pending, due now, attempts reset. It returns how many. The
 // endpoint must be active (re-enable it first with UpdateEndpoint).
 func (a *Admin) Recover(ctx context.Context, endpointID string, since time.Time) (int, error) {
 	if err := checkID("endpoint", endpointID); err != nil {
@@ -634,7 +643,8 @@ func (a *Admin) Recover(ctx context.Context, endpointID string, since time.Time)
 		tag, err := tx.Exec(ctx, a.q(`
 			UPDATE {{schema}}.deliveries SET status = 'pending', attempts = 0, next_attempt_at = now(),
 				locked_by = NULL, locked_until = NULL, updated_at = now()
-			WHERE endpoint_id = $1 AND status IN ('failed', 'skipped') AND created_at >= $2`), endpointID, since)
+			WHERE endpoint_id = $1 AND status IN ('failed', 'skipped') AND created_at >= $2
+				AND NOT `+isTestSend), endpointID, since) // test sends are never retried
 		if err != nil {
 			return fmt.Errorf("recover deliveries: %w", err)
 		}

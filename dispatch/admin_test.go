@@ -415,6 +415,28 @@ func TestAdminRedeliver(t *testing.T) {
 	if n := b.count(t, `SELECT count(*) FROM {{schema}}.deliveries WHERE id = 'd1' AND status = 'failed'`); n != 1 {
 		t.Error("refused redeliver changed the delivery")
 	}
+	// A test send is never retried: requeued, a worker would claim it as
+	// an ordinary delivery.
+	on := true
+	if _, err := a.UpdateEndpoint(ctx, e.ID, EndpointPatch{Active: &on}); err != nil {
+		t.Fatal(err)
+	}
+	b.addTestSend(t, "t1", e.ID)
+	if _, err := a.Redeliver(ctx, "t1"); !errors.Is(err, ErrTestSend) {
+		t.Errorf("redeliver of a test send: %v, want ErrTestSend", err)
+	}
+	if n := b.count(t, `SELECT count(*) FROM {{schema}}.deliveries WHERE id = 't1' AND status = 'failed'`); n != 1 {
+		t.Error("refused redeliver of a test send changed it")
+	}
+}
+
+// addTestSend adds a failed delivery made by SendTest.
+func (b *adminBundle) addTestSend(t *testing.T, id, endpointID string) {
+	t.Helper()
+	b.exec(t, `INSERT INTO {{schema}}.events (id, type, envelope, occurred_at, data)
+		VALUES ($1, 'webhook.test', 'sns', now(), '{}')`, "test:"+id)
+	b.exec(t, `INSERT INTO {{schema}}.deliveries (id, event_id, endpoint_id, event_type, status, attempts)
+		VALUES ($1, $2, $3, 'webhook.test', 'failed', 1)`, id, "test:"+id, endpointID)
 }
 
 func TestAdminRecover(t *testing.T) {
@@ -426,6 +448,7 @@ func TestAdminRecover(t *testing.T) {
 	b.addDelivery(t, "f", e.ID, "failed", 6, cut.Add(time.Minute))
 	b.addDelivery(t, "s", e.ID, "skipped", 0, cut.Add(2*time.Minute))
 	b.addDelivery(t, "ok", e.ID, "delivered", 1, cut.Add(3*time.Minute))
+	b.addTestSend(t, "t", e.ID) // never retried, so not recovered
 
 	off, on := false, true
 	if _, err := a.UpdateEndpoint(ctx, e.ID, EndpointPatch{Active: &off}); err != nil {
@@ -451,7 +474,7 @@ func TestAdminRecover(t *testing.T) {
 		rows.Scan(&id, &s)
 		got[id] = s
 	}
-	want := map[string]string{"old": "failed/6", "f": "pending/0", "s": "pending/0", "ok": "delivered/1"}
+	want := map[string]string{"old": "failed/6", "f": "pending/0", "s": "pending/0", "ok": "delivered/1", "t": "failed/1"}
 	for id, w := range want {
 		if got[id] != w {
 			t.Errorf("%s: %s, want %s", id, got[id], w)
