@@ -84,7 +84,8 @@ func expand(s string, lookup func(string) (string, bool)) (string, error) {
 				if !nameLike(name) {
 					return "", fmt.Errorf("invalid variable name in a ${…} (not shown: it may be part of a password; use letters, digits and _, or write $$ for a literal $)")
 				}
-				return "", fmt.Errorf("invalid variable name %q in ${%s} (use letters, digits and _; write $$ for a literal $)", name, expr)
+				// Only the name: a default after :- may be a password.
+				return "", fmt.Errorf("invalid variable name %q in a ${…} (use letters, digits and _, not starting with a digit; write $$ for a literal $)", name)
 			}
 			v, ok := lookup(name)
 			switch {

@@ -777,6 +777,7 @@ func TestNoSecretsInMessages(t *testing.T) {
 		"source: {dsn: postgres://walhook@db/app}\nstore: \"postgres://u:p%zzhunter2@db/app\"\nevents: [{event: a.b, table: t, operations: [insert]}]\n",
 		"source:\n  dsn: postgres://u:hun${t-hunter2}@db/app\nevents: [{event: a.b, table: t, operations: [insert]}]\n",
 		"source: {dsn: postgres://walhook@db/app}\nevents: [{event: a.b, table: t, operations: [insert]}]\nendpoints: whsec_hunter2hunter2hunter2hunter2\n",
+		"source:\n  dsn: postgres://u:${1x:-hunter2}@db/app\nevents: [{event: a.b, table: t, operations: [insert]}]\n",
 	} {
 		_, err := Parse("p.yaml", []byte(src), nil)
 		if err == nil || strings.Contains(err.Error(), "hunter2") {
