@@ -609,6 +609,8 @@ func TestMapInfiniteTimes(t *testing.T) {
 		Rule{Event: "auction.open", Table: "auctions", Ops: []cdc.Op{cdc.OpInsert}, When: `new.ends_at - now() > duration("24h")`, Data: id},
 		Rule{Event: "auction.due", Table: "auctions", Ops: []cdc.Op{cdc.OpInsert}, When: `new.due > "2024-06-01"`, Data: id},
 		Rule{Event: "auction.past_round", Table: "auctions", Ops: []cdc.Op{cdc.OpInsert}, When: `any(new.rounds, # < now())`, Data: id},
+		// The idiom docs/mapping.md gives for what was new.ends_at == "infinity".
+		Rule{Event: "auction.forever", Table: "auctions", Ops: []cdc.Op{cdc.OpInsert}, When: `new.ends_at > date("9999-12-31")`, Data: id},
 		Rule{Event: "auction.extended", Table: "auctions", Ops: []cdc.Op{cdc.OpUpdate}, Changed: []string{"ends_at"},
 			When: `new.ends_at > old.ends_at`, Data: []DataField{{Key: "ends_at", Column: "ends_at"}, {Key: "local_end", Column: "local_end"}, {Key: "rounds", Column: "rounds"}}},
 	)
@@ -622,7 +624,7 @@ func TestMapInfiniteTimes(t *testing.T) {
 		ch   cdc.Change
 		want string
 	}{
-		{"never ends", change(cdc.OpInsert, aucs, nil, auc(inf, inf, "infinity", soon)), "auction.open  {\"id\":1}\nauction.due  {\"id\":1}\n"},
+		{"never ends", change(cdc.OpInsert, aucs, nil, auc(inf, inf, "infinity", soon)), "auction.open  {\"id\":1}\nauction.due  {\"id\":1}\nauction.forever  {\"id\":1}\n"},
 		{"ended before all time", change(cdc.OpInsert, aucs, nil, auc(neg, soon.In(cdc.NoZone), "-infinity", soon, neg)), "auction.over  {\"id\":1}\nauction.past_round  {\"id\":1}\n"},
 		{"infinity to infinity is no change", change(cdc.OpUpdate, aucs, auc(inf, nil, nil), auc(inf, nil, nil)), ""},
 		{"extended to infinity", change(cdc.OpUpdate, aucs, auc(soon, nil, nil), auc(inf, neg, nil, soon, inf)),
