@@ -19,7 +19,8 @@ type SetupOptions struct {
 	// otherwise come back as changes.
 	Tables []string
 	// ReplicaIdentityFull lists tables to ALTER … REPLICA IDENTITY FULL
-	// (rules that need old values of non-key columns).
+	// (rules that need old values of non-key columns); for a partitioned
+	// table, each of its leaf partitions too.
 	ReplicaIdentityFull []string
 }
 
@@ -47,11 +48,11 @@ func Setup(ctx context.Context, dsn string, o SetupOptions) ([]string, error) {
 		return did, err
 	}
 	for _, t := range o.ReplicaIdentityFull {
-		line, err := replicaIdentityFull(ctx, conn, t)
+		lines, err := replicaIdentityFull(ctx, conn, t)
+		did = append(did, lines...)
 		if err != nil {
 			return did, err
 		}
-		did = append(did, line)
 	}
 	line, err := setupSlot(ctx, conn, o.Slot)
 	if line != "" {
@@ -316,22 +317,68 @@ func listOrNone(tables []string) string {
 	return strings.Join(tables, ", ")
 }
 
-func replicaIdentityFull(ctx context.Context, conn *pgx.Conn, t string) (string, error) {
+// replicaIdentityFull sets REPLICA IDENTITY FULL on t and, when t is
+// partitioned, on each of its leaf partitions (at any depth): PostgreSQL
+// keeps the setting per table, ALTER TABLE on a partitioned table does
+// not reach its partitions, and pgoutput sends a change's old row as the
+// leaf partition the row is in has it. Foreign partitions are not
+// replicated and are left alone.
+func replicaIdentityFull(ctx context.Context, conn *pgx.Conn, t string) ([]string, error) {
 	q, name, err := tableIdent(t)
 	if err != nil {
-		return "", fmt.Errorf("setup: %w", err)
+		return nil, fmt.Errorf("setup: %w", err)
 	}
-	var ident string
-	if err := conn.QueryRow(ctx, `SELECT relreplident::text FROM pg_class WHERE oid = $1::regclass`, q).Scan(&ident); err != nil {
-		return "", fmt.Errorf("setup: look up replica identity of %s: %w", name, err)
+	rows, err := conn.Query(ctx, `
+		SELECT c.oid = $1::regclass, n.nspname || '.' || c.relname, c.relreplident::text
+		FROM (SELECT $1::regclass AS relid, 0 AS level
+		      UNION ALL
+		      SELECT relid, level FROM pg_partition_tree($1::regclass) WHERE isleaf AND relid <> $1::regclass) AS t
+		JOIN pg_class c ON c.oid = t.relid JOIN pg_namespace n ON n.oid = c.relnamespace
+		WHERE c.relkind IN ('r', 'p')
+		ORDER BY t.level, 2`, q)
+	if err != nil {
+		return nil, fmt.Errorf("setup: look up replica identity of %s: %w", name, err)
 	}
-	if ident == "f" {
-		return fmt.Sprintf("table %s already has REPLICA IDENTITY FULL", name), nil
+	type table struct {
+		root        bool
+		name, ident string
 	}
-	if _, err := conn.Exec(ctx, "ALTER TABLE "+q+" REPLICA IDENTITY FULL"); err != nil {
-		return "", fmt.Errorf("setup: ALTER TABLE %s REPLICA IDENTITY FULL: %w", name, err)
+	var tables []table
+	var tb table
+	_, err = pgx.ForEachRow(rows, []any{&tb.root, &tb.name, &tb.ident}, func() error {
+		tables = append(tables, tb)
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("setup: look up replica identity of %s: %w", name, err)
 	}
-	return fmt.Sprintf("set REPLICA IDENTITY FULL on %s", name), nil
+	var did []string
+	set := 0
+	for _, tb := range tables {
+		if tb.ident == "f" {
+			continue
+		}
+		qt, _, err := tableIdent(tb.name)
+		if err != nil {
+			return did, fmt.Errorf("setup: %w", err)
+		}
+		if _, err := conn.Exec(ctx, "ALTER TABLE "+qt+" REPLICA IDENTITY FULL"); err != nil {
+			return did, fmt.Errorf("setup: ALTER TABLE %s REPLICA IDENTITY FULL: %w", tb.name, err)
+		}
+		set++
+		if tb.root {
+			did = append(did, fmt.Sprintf("set REPLICA IDENTITY FULL on %s", tb.name))
+		} else {
+			did = append(did, fmt.Sprintf("set REPLICA IDENTITY FULL on %s, a partition of %s", tb.name, name))
+		}
+	}
+	if set == 0 {
+		if len(tables) > 1 {
+			return []string{fmt.Sprintf("table %s and its %d partitions already have REPLICA IDENTITY FULL", name, len(tables)-1)}, nil
+		}
+		return []string{fmt.Sprintf("table %s already has REPLICA IDENTITY FULL", name)}, nil
+	}
+	return did, nil
 }
 
 func setupSlot(ctx context.Context, conn *pgx.Conn, slot string) (string, error) {

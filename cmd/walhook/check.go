@@ -56,7 +56,8 @@ type checker struct {
 	superuser bool
 	owned     map[string]bool // rule table → the role owns it (or is superuser)
 	schema    map[string]mapper.TableSchema
-	sourceOK  bool // connected to the source
+	parts     map[string]*partitionIdentity // partitioned rule table → its tree's replica identity
+	sourceOK  bool                          // connected to the source
 }
 
 func (c *checker) add(status, what, fix, format string, args ...any) {
@@ -262,11 +263,11 @@ type tableFacts struct {
 }
 
 func (c *checker) checkTables(ctx context.Context, conn *pgx.Conn) error {
-	schema, err := readSourceSchema(ctx, conn, c.tables)
+	schema, parts, err := readSourceSchema(ctx, conn, c.tables)
 	if err != nil {
 		return err
 	}
-	c.schema = schema
+	c.schema, c.parts = schema, parts
 	facts, err := readTableFacts(ctx, conn, c.tables)
 	if err != nil {
 		return err
@@ -288,16 +289,16 @@ func (c *checker) checkTables(ctx context.Context, conn *pgx.Conn) error {
 			c.fail("table "+t, fmt.Sprintf("GRANT SELECT ON %s TO %s;", sqlTable(t), sqlIdent(c.user)),
 				"%s has no SELECT privilege", c.user)
 		case !hasIdentity(ts):
-			c.fail("table "+t, fmt.Sprintf("ALTER TABLE %s REPLICA IDENTITY FULL; (or walhook setup --replica-identity)", sqlTable(t)),
+			c.fail("table "+t, identityFix(t, parts),
 				"REPLICA IDENTITY %s without key columns: once published, every UPDATE and DELETE on it fails", replicaIdentityName(ts.ReplicaIdentity))
 		default:
-			c.ok("table "+t, "readable, %d columns, REPLICA IDENTITY %s%s", len(ts.Columns), replicaIdentityName(ts.ReplicaIdentity), keyNote(ts))
+			c.ok("table "+t, "readable, %d columns, %s", len(ts.Columns), identityDesc(ts, parts[t]))
 		}
 	}
 	if err := c.checkLargeValues(ctx, conn); err != nil {
 		return err
 	}
-	needs, err := ruleSchemaErrors(c.cfg, c.m, schema)
+	needs, err := ruleSchemaErrors(c.cfg, c.m, schema, parts)
 	for _, e := range needs {
 		fix := e.fix
 		if e.table != "" && !c.owned[e.table] && fix != "" {
@@ -306,6 +307,7 @@ func (c *checker) checkTables(ctx context.Context, conn *pgx.Conn) error {
 		msg := e.err.Error()
 		if e.table != "" { // the mapper's message ends with the fix printed below
 			msg, _, _ = strings.Cut(msg, "; run: ALTER TABLE")
+			msg += partitionNote(parts[e.table])
 		}
 		c.fail("rule", fix, "%s", msg)
 	}
@@ -326,9 +328,9 @@ func (c *checker) checkLargeValues(ctx context.Context, conn *pgx.Conn) error {
 	}
 	for _, t := range c.tables {
 		if cols := risky[t]; len(cols) > 0 {
-			c.warn("large values "+t, fmt.Sprintf("ALTER TABLE %s REPLICA IDENTITY FULL; (or walhook setup --replica-identity), unless these values stay under ~2 kB", sqlTable(t)),
-				"update rules read %s, which PostgreSQL stores out of line when large and, without REPLICA IDENTITY FULL, does not send when an update leaves them unchanged: such an event is skipped (logged, walhook_events_skipped_unavailable_total)",
-				strings.Join(cols, ", "))
+			c.warn("large values "+t, identityFix(t, c.parts)+", unless these values stay under ~2 kB",
+				"update rules read %s, which PostgreSQL stores out of line when large and, without REPLICA IDENTITY FULL, does not send when an update leaves them unchanged: such an event is skipped (logged, walhook_events_skipped_unavailable_total)%s",
+				strings.Join(cols, ", "), partitionNote(c.parts[t]))
 		}
 	}
 	return nil
@@ -391,6 +393,56 @@ func tablesWithoutIdentity(schema map[string]mapper.TableSchema, tables []string
 	return out
 }
 
+// identityFix is the fix for rule table t, whose REPLICA IDENTITY does
+// not send the old values rules read: FULL on it or, when partitioned, on
+// it and each leaf partition that lacks it.
+func identityFix(t string, parts map[string]*partitionIdentity) string {
+	tables := []string{t}
+	if p := parts[t]; p != nil && len(p.toAlter(t)) > 0 {
+		tables = p.toAlter(t)
+	}
+	stmts := make([]string, len(tables))
+	for i, x := range tables {
+		stmts[i] = fmt.Sprintf("ALTER TABLE %s REPLICA IDENTITY FULL;", sqlTable(x))
+	}
+	return strings.Join(stmts, " ") + " (or walhook setup --replica-identity)"
+}
+
+// partitionNote names the leaf partitions of a partitioned table that are
+// not REPLICA IDENTITY FULL, for a line saying old values are missing.
+func partitionNote(p *partitionIdentity) string {
+	if p == nil || len(p.notFull) == 0 {
+		return ""
+	}
+	return fmt.Sprintf(" (its partitions %s: PostgreSQL sends a partitioned table's old rows as the partition the row is in has its REPLICA IDENTITY, "+
+		"and partitions, also those created or attached later, do not take the partitioned table's)", leafList(p))
+}
+
+// leafList renders p's leaf partitions without FULL with their identity.
+func leafList(p *partitionIdentity) string {
+	l := make([]string, len(p.notFull))
+	for i, t := range p.notFull {
+		l[i] = t + " " + replicaIdentityName(p.ident[t])
+	}
+	return strings.Join(l, ", ")
+}
+
+// identityDesc describes a rule table's replica identity for its ok line;
+// for a partitioned table, its partitions' too.
+func identityDesc(ts mapper.TableSchema, p *partitionIdentity) string {
+	if p == nil || p.leaves == 0 {
+		return "REPLICA IDENTITY " + replicaIdentityName(ts.ReplicaIdentity) + keyNote(ts)
+	}
+	own := "REPLICA IDENTITY " + replicaIdentityName(p.own)
+	switch {
+	case ts.ReplicaIdentity == 'f':
+		return fmt.Sprintf("%s, as are its %s", own, plural(p.leaves, "partition"))
+	case len(p.notFull) == 0:
+		return fmt.Sprintf("%s; its %s are FULL%s", own, plural(p.leaves, "partition"), keyNote(ts))
+	}
+	return fmt.Sprintf("%s; partitions not FULL: %s%s", own, leafList(p), keyNote(ts))
+}
+
 func keyNote(ts mapper.TableSchema) string {
 	if ts.ReplicaIdentity == 'f' || len(ts.Keys) == 0 {
 		return ""
@@ -421,7 +473,7 @@ type schemaProblem struct {
 
 // ruleSchemaErrors runs mapper.CheckSchema and returns each rule error with
 // its fix; the tables whose rules need REPLICA IDENTITY FULL have table set.
-func ruleSchemaErrors(cfg *config.Config, m *mapper.Mapper, schema map[string]mapper.TableSchema) ([]schemaProblem, error) {
+func ruleSchemaErrors(cfg *config.Config, m *mapper.Mapper, schema map[string]mapper.TableSchema, parts map[string]*partitionIdentity) ([]schemaProblem, error) {
 	err := m.CheckSchema(schema)
 	if err == nil {
 		return nil, nil
@@ -444,7 +496,7 @@ func ruleSchemaErrors(cfg *config.Config, m *mapper.Mapper, schema map[string]ma
 		switch {
 		case errors.Is(e, mapper.ErrNeedsOldValues) && errors.As(e, &re):
 			p.table = tableOf[re.Where]
-			p.fix = fmt.Sprintf("ALTER TABLE %s REPLICA IDENTITY FULL; (or walhook setup --replica-identity)", sqlTable(p.table))
+			p.fix = identityFix(p.table, parts)
 		case errors.Is(e, mapper.ErrUnknownTable):
 			p.fix = "create the table, or correct the rule's table"
 		case errors.Is(e, mapper.ErrUnknownColumn):

@@ -2,8 +2,12 @@ package main
 
 import (
 	"context"
+	"fmt"
+	"maps"
 	"slices"
+	"strings"
 	"testing"
+	"time"
 )
 
 // A list-partitioned table with a partition that is partitioned itself,
@@ -87,4 +91,104 @@ func TestPartitionedReplicaIdentityIsPerLeaf(t *testing.T) {
 	if want := []string{"N", "N", "O", "N"}; !slices.Equal(got, want) {
 		t.Errorf("old-row markers of the updates %q, want %q", got, want)
 	}
+}
+
+const identBidConfig = `
+source:
+  dsn: set-by-test
+events:
+  - event: bid.raised
+    table: public.bid
+    operations: [update]
+    changed: [amount]
+    data:
+      - id
+      - lot
+      - previous_amount: old.amount
+      - amount: new.amount
+`
+
+// The review's case: a changed: rule on a partitioned table whose own
+// REPLICA IDENTITY is FULL, as the fix check used to print left it, while
+// its leaf partitions are DEFAULT and send no old row. check names the
+// leaves and the statements, run refuses to start, setup
+// --replica-identity sets FULL on every leaf, and updates in both
+// partitions are delivered with their old values. A partition created
+// afterwards is DEFAULT again, and check says so.
+func TestPartitionedReplicaIdentityCheckSetupRun(t *testing.T) {
+	t.Parallel()
+	db := newRunDB(t, identBidSchema+`ALTER TABLE bid REPLICA IDENTITY FULL;`)
+	rc := newRunReceiver(t, runSecret, nil)
+	s := db.settings()
+	s["endpoints"] = []map[string]any{runEndpoint("r", rc.URL, runSecret)}
+	file, _ := runConfig(t, []byte(identBidConfig), s)
+
+	out, _, code := pubCLI(t, "setup", "--config", file)
+	if code != 0 {
+		t.Fatalf("setup exit %d", code)
+	}
+	ckWantLines(t, out, `warn: rules read old values of public\.bid, whose REPLICA IDENTITY does not send them; .*walhook setup --replica-identity`)
+	out, _, code = pubCLI(t, "check", "--config", file)
+	if code != 1 {
+		t.Fatalf("check exit %d, want 1", code)
+	}
+	ckWantLines(t, out,
+		`ok    table public\.bid: readable, 3 columns, REPLICA IDENTITY FULL; partitions not FULL: public\.bid_a DEFAULT, public\.bid_b_lo DEFAULT \(old key: id, lot\)$`,
+		`FAIL  rule: .*event bid\.raised: reads old values \(changed: amount, data: amount\) but public\.bid has REPLICA IDENTITY DEFAULT, which does not send them \(its partitions public\.bid_a DEFAULT, public\.bid_b_lo DEFAULT: PostgreSQL sends a partitioned table's old rows as the partition the row is in has its REPLICA IDENTITY, .*\) — fix: ALTER TABLE public\.bid_a REPLICA IDENTITY FULL; ALTER TABLE public\.bid_b_lo REPLICA IDENTITY FULL; \(or walhook setup --replica-identity\)$`,
+	)
+	_, errOut, code := pubCLI(t, "run", "--config", file)
+	if code != 2 || !strings.Contains(errOut, "public.bid is partitioned (its partitions public.bid_a DEFAULT, public.bid_b_lo DEFAULT") ||
+		!strings.Contains(errOut, "fix: ALTER TABLE public.bid_a REPLICA IDENTITY FULL; ALTER TABLE public.bid_b_lo REPLICA IDENTITY FULL;") {
+		t.Fatalf("run with partitions that send no old row: exit %d; want 2 and the partitions named", code)
+	}
+
+	out, _, code = pubCLI(t, "setup", "--config", file, "--replica-identity")
+	if code != 0 {
+		t.Fatalf("setup --replica-identity exit %d", code)
+	}
+	ckWantLines(t, out,
+		`set REPLICA IDENTITY FULL on public\.bid_a, a partition of public\.bid$`,
+		`set REPLICA IDENTITY FULL on public\.bid_b_lo, a partition of public\.bid$`)
+	ckNoLines(t, out, `set REPLICA IDENTITY FULL on public\.bid$`, `warn`)
+	if n := db.count(t, `SELECT count(*) FROM pg_partition_tree('bid') pt JOIN pg_class c ON c.oid = pt.relid
+		WHERE (pt.isleaf OR pt.level = 0) AND c.relreplident <> 'f'`); n != 0 {
+		t.Fatalf("%d tables of bid's tree without FULL after setup --replica-identity", n)
+	}
+	out, _, code = pubCLI(t, "check", "--config", file)
+	if code != 0 {
+		t.Fatalf("check after setup --replica-identity exit %d", code)
+	}
+	ckWantLines(t, out, `ok    table public\.bid: readable, 3 columns, REPLICA IDENTITY FULL, as are its 2 partitions$`)
+	if out, _, _ = pubCLI(t, "setup", "--config", file, "--replica-identity"); strings.Contains(out, "set REPLICA IDENTITY") {
+		t.Error("a second setup --replica-identity altered a table again")
+	}
+
+	db.exec(t, `INSERT INTO bid (id, lot, amount) VALUES (1, 1, 10), (2, 2, 20)`)
+	p := startRunProc(t, "--config", file)
+	db.exec(t, `UPDATE bid SET amount = amount + 5`)
+	runWaitFor(t, 30*time.Second, "an update delivered per partition", func() bool { return rc.Unique() == 2 }, p.diag)
+	got := map[string]string{}
+	for _, d := range rc.deliveries() {
+		data, _ := runBody(t, d.Body)["data"].(map[string]any)
+		got[fmt.Sprint(data["lot"])] = fmt.Sprintf("%v→%v", data["previous_amount"], data["amount"])
+	}
+	if want := map[string]string{"1": "10→15", "2": "20→25"}; !maps.Equal(got, want) {
+		t.Errorf("delivered amounts per lot %v, want %v", got, want)
+	}
+
+	// A partition created while walhook runs: its update arrives without
+	// the old row, and run stops saying what the partition needs.
+	db.exec(t, `CREATE TABLE bid_c PARTITION OF bid FOR VALUES IN (3)`)
+	db.exec(t, `INSERT INTO bid (id, lot, amount) VALUES (3, 3, 30)`)
+	db.exec(t, `UPDATE bid SET amount = 35 WHERE lot = 3`)
+	runWaitFor(t, 30*time.Second, "run to stop", func() bool { _, done := p.exited(); return done }, p.diag)
+	if err, _ := p.exited(); err == nil || !strings.Contains(err.Error(), "arrived without the old row") ||
+		!strings.Contains(err.Error(), "each partition needs REPLICA IDENTITY FULL of its own") {
+		t.Fatalf("run ended with %v, want the missing old row and the partitions' hint", err)
+	}
+	out, _, code = pubCLI(t, "check", "--config", file)
+	if code != 1 {
+		t.Fatalf("check after a new partition exit %d, want 1", code)
+	}
+	ckWantLines(t, out, `FAIL  rule: .*\(its partitions public\.bid_c DEFAULT: .* — fix: ALTER TABLE public\.bid_c REPLICA IDENTITY FULL; \(or walhook setup --replica-identity\)$`)
 }

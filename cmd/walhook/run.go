@@ -326,12 +326,20 @@ func checkLiveSchema(ctx context.Context, dsn, publication string, m *mapper.Map
 		return fmt.Errorf("source %s: connect: %w", describeDSN(dsn), redactDSNError(err))
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
-	tables, err := readSourceSchema(ctx, conn, m.Tables())
+	tables, parts, err := readSourceSchema(ctx, conn, m.Tables())
 	if err != nil {
 		return err
 	}
 	if err := m.CheckSchema(tables); err != nil {
-		return &UsageError{Err: fmt.Errorf("the mapping does not fit the source database:\n%w", err)}
+		// The mapper's fix names the partitioned table only; its
+		// partitions need FULL too.
+		var more strings.Builder
+		for _, t := range m.Tables() {
+			if p := parts[t]; p != nil && len(p.notFull) > 0 && errors.Is(err, mapper.ErrNeedsOldValues) {
+				fmt.Fprintf(&more, "\n%s is partitioned%s — fix: %s", t, partitionNote(p), identityFix(t, parts))
+			}
+		}
+		return &UsageError{Err: fmt.Errorf("the mapping does not fit the source database:\n%w%s", err, more.String())}
 	}
 	return checkPublicationFits(ctx, conn, publication, m.Tables())
 }

@@ -14,6 +14,7 @@ import (
 
 	"github.com/walhook/walhook/cdc"
 	"github.com/walhook/walhook/dispatch"
+	"github.com/walhook/walhook/mapper"
 )
 
 // Several walhook processes may share one store (ARCHITECTURE.md): all of
@@ -390,9 +391,16 @@ func mayPace(commitTime, now time.Time) bool {
 func (r *runner) mapTx(tx *cdc.Tx) (dispatch.TxEvents, error) {
 	evs, err := r.mapper.Map(tx)
 	if err != nil {
+		hint := ""
+		if errors.Is(err, mapper.ErrNeedsOldValues) {
+			// The partitioned table may be FULL while the partition the
+			// row is in (one created or attached since start) is not.
+			hint = " (on a partitioned table, each partition needs REPLICA IDENTITY FULL of its own, partitions created or " +
+				"attached later too: walhook check names those without it, walhook setup --replica-identity sets it)"
+		}
 		return dispatch.TxEvents{}, fmt.Errorf("mapping stopped replication (fix the rule, then restart; nothing after this "+
 			"transaction was stored or confirmed; fixing the table helps only changes written after the fix, see "+
-			"docs/mapping.md): %w", err)
+			"docs/mapping.md): %w%s", err, hint)
 	}
 	return dispatch.TxEvents{
 		Xid: tx.Xid, CommitLSN: tx.CommitLSN, EndLSN: tx.EndLSN, Final: tx.Final,

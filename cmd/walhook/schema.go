@@ -22,14 +22,18 @@ import (
 // Keys mirror what pgoutput marks as key columns: the primary key under
 // DEFAULT, the chosen index under USING INDEX, every column under FULL and
 // none under NOTHING.
-func readSourceSchema(ctx context.Context, conn *pgx.Conn, tables []string) (map[string]mapper.TableSchema, error) {
+//
+// A partitioned table's identity is that of its whole tree (see
+// partitionIdentity), and the second result holds, per partitioned rule
+// table, its tree's facts.
+func readSourceSchema(ctx context.Context, conn *pgx.Conn, tables []string) (map[string]mapper.TableSchema, map[string]*partitionIdentity, error) {
 	schemas := make([]string, len(tables))
 	names := make([]string, len(tables))
 	for i, t := range tables {
 		schemas[i], names[i] = splitQualified(t)
 	}
 	rows, err := conn.Query(ctx, `
-		SELECT n.nspname, c.relname, c.relreplident::text, c.oid,
+		SELECT n.nspname, c.relname, c.relreplident::text, c.oid, c.relkind = 'p',
 		       array(SELECT a.attname::text FROM pg_attribute a
 		             WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
 		             ORDER BY a.attnum),
@@ -48,15 +52,17 @@ func readSourceSchema(ctx context.Context, conn *pgx.Conn, tables []string) (map
 		JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = want.name
 		WHERE c.relkind IN ('r', 'p')`, schemas, names)
 	if err != nil {
-		return nil, fmt.Errorf("read source schema: %w", err)
+		return nil, nil, fmt.Errorf("read source schema: %w", err)
 	}
 	defer rows.Close()
 	out := make(map[string]mapper.TableSchema, len(tables))
+	parts := map[string]*partitionIdentity{}
 	for rows.Next() {
 		var schema, name, ident string
+		var partitioned bool
 		var ts mapper.TableSchema
-		if err := rows.Scan(&schema, &name, &ident, &ts.OID, &ts.Columns, &ts.Generated, &ts.Keys); err != nil {
-			return nil, fmt.Errorf("read source schema: %w", err)
+		if err := rows.Scan(&schema, &name, &ident, &ts.OID, &partitioned, &ts.Columns, &ts.Generated, &ts.Keys); err != nil {
+			return nil, nil, fmt.Errorf("read source schema: %w", err)
 		}
 		if ident != "" {
 			ts.ReplicaIdentity = ident[0]
@@ -65,11 +71,103 @@ func readSourceSchema(ctx context.Context, conn *pgx.Conn, tables []string) (map
 			ts.Keys = ts.Columns
 		}
 		out[schema+"."+name] = ts
+		if partitioned {
+			parts[schema+"."+name] = &partitionIdentity{own: ts.ReplicaIdentity}
+		}
 	}
 	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("read source schema: %w", err)
+		return nil, nil, fmt.Errorf("read source schema: %w", err)
 	}
-	return out, nil
+	rows.Close()
+	if err := readLeafIdentities(ctx, conn, out, parts); err != nil {
+		return nil, nil, err
+	}
+	return out, parts, nil
+}
+
+// partitionIdentity is the replica identity of a partitioned rule table's
+// tree. PostgreSQL keeps REPLICA IDENTITY per table: ALTER TABLE on a
+// partitioned table sets neither its partitions' nor those created or
+// attached later, and pgoutput, also when it publishes via the root,
+// sends an UPDATE's or DELETE's old row as the leaf partition the row is
+// in has it (TestPartitionedReplicaIdentityIsPerLeaf). walhook's mapper
+// in turn reads the identity the partitioned table's own Relation message
+// announces. So old values reach rules only when the table and every leaf
+// are FULL, and readSourceSchema gives a partitioned table FULL only then
+// (else its own identity when that is not FULL, else the first leaf's
+// that is not), with the key columns every table of the tree sends.
+type partitionIdentity struct {
+	own     byte            // the partitioned table's own relreplident
+	leaves  int             // leaf partitions (plain tables)
+	notFull []string        // leaf partitions whose REPLICA IDENTITY is not FULL
+	ident   map[string]byte // leaf partition in notFull → its relreplident
+}
+
+// toAlter lists the tables ALTER TABLE … REPLICA IDENTITY FULL must be
+// run on for t's tree to send old rows whole: t itself unless FULL, then
+// the leaf partitions that are not.
+func (p *partitionIdentity) toAlter(t string) []string {
+	var out []string
+	if p.own != 'f' {
+		out = append(out, t)
+	}
+	return append(out, p.notFull...)
+}
+
+// readLeafIdentities reads the leaf partitions (pg_partition_tree, at any
+// depth; foreign partitions are not replicated) of the partitioned tables
+// in parts and folds their identity into schema, as partitionIdentity
+// says.
+func readLeafIdentities(ctx context.Context, conn *pgx.Conn, schema map[string]mapper.TableSchema, parts map[string]*partitionIdentity) error {
+	if len(parts) == 0 {
+		return nil
+	}
+	var oids []uint32
+	byOID := map[uint32]string{}
+	for t := range parts {
+		oids = append(oids, schema[t].OID)
+		byOID[schema[t].OID] = t
+	}
+	rows, err := conn.Query(ctx, `
+		SELECT root.oid, ln.nspname || '.' || l.relname, l.relreplident::text,
+		       array(SELECT a.attname::text FROM pg_attribute a WHERE a.attrelid = l.oid AND a.attnum > 0
+		               AND NOT a.attisdropped AND a.attgenerated = ''
+		               AND (l.relreplident = 'f' OR a.attnum = ANY (SELECT unnest(i.indkey::int2[]) FROM pg_index i
+		                    WHERE i.indrelid = l.oid AND CASE l.relreplident WHEN 'd' THEN i.indisprimary
+		                                                                     WHEN 'i' THEN i.indisreplident ELSE false END)))
+		FROM unnest($1::oid[]) AS root(oid)
+		CROSS JOIN LATERAL pg_partition_tree(root.oid) pt
+		JOIN pg_class l ON l.oid = pt.relid JOIN pg_namespace ln ON ln.oid = l.relnamespace
+		WHERE pt.isleaf AND l.relkind = 'r'
+		ORDER BY 2`, oids)
+	if err != nil {
+		return fmt.Errorf("read partitions' replica identity: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var root uint32
+		var leaf, ident string
+		var keys []string
+		if err := rows.Scan(&root, &leaf, &ident, &keys); err != nil {
+			return fmt.Errorf("read partitions' replica identity: %w", err)
+		}
+		t := byOID[root]
+		p, ts := parts[t], schema[t]
+		p.leaves++
+		ts.Keys = slices.DeleteFunc(slices.Clone(ts.Keys), func(k string) bool { return !slices.Contains(keys, k) })
+		if ident != "f" {
+			if p.ident == nil {
+				p.ident = map[string]byte{}
+			}
+			p.notFull = append(p.notFull, leaf)
+			p.ident[leaf] = ident[0]
+			if ts.ReplicaIdentity == 'f' {
+				ts.ReplicaIdentity = ident[0]
+			}
+		}
+		schema[t] = ts
+	}
+	return wrapErr("read partitions' replica identity", rows.Err())
 }
 
 // splitQualified turns "table" into ("public", "table"), like the mapper

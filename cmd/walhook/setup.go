@@ -48,7 +48,7 @@ func runSetup(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return fmt.Errorf("setup: connect to the source: %w", err)
 	}
-	schema, err := readSourceSchema(ctx, conn, tables)
+	schema, parts, err := readSourceSchema(ctx, conn, tables)
 	var large map[string][]string
 	if err == nil {
 		large, err = largeValueRisks(ctx, conn, m, schema, tables)
@@ -57,7 +57,7 @@ func runSetup(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return fmt.Errorf("setup: %w", err)
 	}
-	problems, err := ruleSchemaErrors(cfg, m, schema)
+	problems, err := ruleSchemaErrors(cfg, m, schema, parts)
 	if err != nil {
 		return fmt.Errorf("setup: %w", err)
 	}
