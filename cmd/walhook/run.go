@@ -289,33 +289,6 @@ func openStore(ctx context.Context, cfg *config.Config) (*pgxpool.Pool, error) {
 	return pool, nil
 }
 
-// publicationTablesMissing returns the tables the publication does not
-// publish (none when the publication does not exist).
-func publicationTablesMissing(ctx context.Context, conn *pgx.Conn, publication string, tables []string) ([]string, error) {
-	rows, err := conn.Query(ctx, `SELECT t.name FROM unnest($2::text[]) AS t(name)
-		WHERE EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)
-		  AND NOT EXISTS (SELECT 1 FROM pg_publication_tables p
-		                  WHERE p.pubname = $1 AND p.schemaname || '.' || p.tablename = t.name)`, publication, tables)
-	if err != nil {
-		return nil, fmt.Errorf("read publication %s: %w", publication, err)
-	}
-	missing, err := pgx.CollectRows(rows, pgx.RowTo[string])
-	if err != nil {
-		return nil, fmt.Errorf("read publication %s: %w", publication, err)
-	}
-	return missing, nil
-}
-
-// publicationMissing is publicationTablesMissing on a connection of its own.
-func publicationMissing(ctx context.Context, dsn, publication string, tables []string) ([]string, error) {
-	conn, err := pgx.Connect(ctx, dsn)
-	if err != nil {
-		return nil, err
-	}
-	defer conn.Close(context.WithoutCancel(ctx))
-	return publicationTablesMissing(ctx, conn, publication, tables)
-}
-
 // checkLiveSchema checks every rule against the source tables as they are
 // now (columns exist, old values are sent where a rule reads them), so a
 // mapping that cannot work is refused at startup with the fix, not at the
@@ -352,20 +325,9 @@ func checkLiveSchema(ctx context.Context, dsn, publication string, m *mapper.Map
 // across it into inserts and deletes, and a column list withholds
 // columns. A missing publication is the stream's to report.
 func checkPublicationFits(ctx context.Context, conn *pgx.Conn, publication string, tables []string) error {
-	facts, err := readPublication(ctx, conn, publication, tables)
+	missing, unusable, err := publicationFit(ctx, conn, publication, tables)
 	if err != nil {
-		return fmt.Errorf("source: %w", err)
-	}
-	if !facts.exists {
-		return nil
-	}
-	var missing, unusable []string
-	for _, p := range facts.problems(tables) {
-		if p.missing {
-			missing = append(missing, p.table)
-		} else {
-			unusable = append(unusable, fmt.Sprintf("  publication %s %s — fix: %s", publication, p.msg, p.fix))
-		}
+		return err
 	}
 	if len(missing) > 0 {
 		unusable = append([]string{fmt.Sprintf("publication %s does not publish %s, which the rules map (was it dropped and created again, or renamed?), "+
@@ -377,4 +339,26 @@ func checkPublicationFits(ctx context.Context, conn *pgx.Conn, publication strin
 		return errors.New(strings.Join(unusable, "\n"))
 	}
 	return nil
+}
+
+// publicationFit returns the rule tables the publication does not publish
+// at all, and a line with its fix for each other way it keeps a rule
+// table's changes from the rules (see checkPublicationFits); nothing when
+// the publication does not exist.
+func publicationFit(ctx context.Context, conn *pgx.Conn, publication string, tables []string) (missing, unusable []string, err error) {
+	facts, err := readPublication(ctx, conn, publication, tables)
+	if err != nil {
+		return nil, nil, fmt.Errorf("source: %w", err)
+	}
+	if !facts.exists {
+		return nil, nil, nil
+	}
+	for _, p := range facts.problems(tables) {
+		if p.missing {
+			missing = append(missing, p.table)
+		} else {
+			unusable = append(unusable, fmt.Sprintf("  publication %s %s — fix: %s", publication, p.msg, p.fix))
+		}
+	}
+	return missing, unusable, nil
 }

@@ -272,28 +272,55 @@ func (r *runner) lead(ctx context.Context, lock *leaderLock) error {
 	return nil
 }
 
-var errPublicationChanged = errors.New("the publication no longer publishes every rule table")
+var errPublicationChanged = errors.New("the publication changed while walhook ran")
 
 // publicationPoll is how often the leader checks that the publication
-// still publishes every rule table.
+// still sends the rule tables' changes as the rules need them.
 const publicationPoll = 10 * time.Second
 
-// watchPublication stops the term when a rule table leaves the
-// publication (ALTER PUBLICATION … DROP TABLE, or the table dropped and
-// created again): PostgreSQL then sends nothing for it, not even an
-// error, and the rules would go quiet. A failing check (the source
-// unreachable) is the stream's to report; it is tried again.
+// watchPublication stops the term when the publication stops sending a
+// rule table's changes as the rules need them, checked as at startup
+// (publicationFit): the table left it (ALTER PUBLICATION … DROP TABLE, or
+// the table dropped and created again), and PostgreSQL then sends nothing
+// for it, not even an error, so the rules would go quiet; or it gained a
+// row filter or a column list, or lost publish_via_partition_root, and
+// PostgreSQL then sends changes the rules misread or never match. One
+// check is a connection and three catalog queries on small catalogs,
+// every publicationPoll. A failing check (the source unreachable) is the
+// stream's to report; it is tried again.
 func (r *runner) watchPublication(ctx context.Context) error {
+	pub := r.cfg.Source.Publication
 	return pollEvery(ctx, publicationPoll, func(cctx context.Context) error {
-		missing, err := publicationMissing(cctx, r.cfg.Source.DSN, r.cfg.Source.Publication, r.mapper.Tables())
-		if err == nil && len(missing) > 0 {
+		conn, err := pgx.Connect(cctx, r.cfg.Source.DSN)
+		if err != nil {
+			return nil
+		}
+		defer conn.Close(context.WithoutCancel(cctx))
+		missing, unusable, err := publicationFit(cctx, conn, pub, r.mapper.Tables())
+		switch {
+		case err != nil:
+			return nil
+		case len(missing) > 0:
 			return fmt.Errorf("%w: publication %s does not publish %s any more (ALTER PUBLICATION, the table renamed, or "+
 				"dropped and created again), so no change of it arrives; run walhook setup (or put a renamed table's new "+
-				"name in the rules), then check what changed meanwhile",
-				errPublicationChanged, r.cfg.Source.Publication, strings.Join(missing, ", "))
+				"name in the rules), then check what changed meanwhile%s",
+				errPublicationChanged, pub, strings.Join(missing, ", "), prefixLines("\n", unusable))
+		case len(unusable) > 0:
+			return fmt.Errorf("%w: it no longer sends the rule tables' changes as the rules need them; fix it, "+
+				"then check what changed meanwhile:\n%s",
+				errPublicationChanged, strings.Join(unusable, "\n"))
 		}
 		return nil
 	})
+}
+
+// prefixLines joins lines, each after prefix.
+func prefixLines(prefix string, lines []string) string {
+	var b strings.Builder
+	for _, l := range lines {
+		b.WriteString(prefix + l)
+	}
+	return b.String()
 }
 
 // consume moves transactions from the stream into the outbox until ctx
