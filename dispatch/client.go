@@ -103,6 +103,9 @@ type Client struct {
 	// lookup resolves a host name for the guarded dialer:
 	// net.DefaultResolver.LookupNetIP; tests replace it.
 	lookup func(ctx context.Context, network, host string) ([]netip.Addr, error)
+	// dial connects to one IP literal for the guarded dialer: the DialContext
+	// of a net.Dialer whose Control checks the IP; tests replace it.
+	dial func(ctx context.Context, network, addr string) (net.Conn, error)
 }
 
 // Request is one webhook attempt.
@@ -176,6 +179,7 @@ func NewClient(o ClientOptions) (*Client, error) {
 
 	guarded := &net.Dialer{Timeout: c.timeout, KeepAlive: 30 * time.Second, Control: c.controlDial}
 	open := &net.Dialer{Timeout: c.timeout, KeepAlive: 30 * time.Second}
+	c.dial = guarded.DialContext
 	tr := &http.Transport{
 		// No proxy: the guard checks the dialled IP, which would be the
 		// proxy's, so HTTP(S)_PROXY from the environment would bypass it.
@@ -188,7 +192,7 @@ func NewClient(o ClientOptions) (*Client, error) {
 			if c.hostAllowed(host) {
 				return open.DialContext(ctx, network, addr)
 			}
-			return c.dialGuarded(ctx, guarded, network, host, port)
+			return c.dialGuarded(ctx, network, host, port)
 		},
 		ForceAttemptHTTP2:      true,
 		MaxIdleConns:           1024,
@@ -312,16 +316,17 @@ func (c *Client) controlDial(network, address string, _ syscall.RawConn) error {
 }
 
 // dialGuarded resolves host itself, drops the addresses in a blocked range
-// and dials the others in turn, by IP, so what is dialled is what was
-// checked (a name re-resolving to a blocked address, as in DNS rebinding,
-// cannot slip in between; Control checks each dialled IP once more).
+// and dials the others by IP, so what is dialled is what was checked (a
+// name re-resolving to a blocked address, as in DNS rebinding, cannot slip
+// in between; Control checks each dialled IP once more). IPv6 and IPv4
+// addresses are raced as net.Dialer does it (dialParallel).
 //
 // The error wraps ErrBlockedAddress, which makes the attempt permanent,
 // only when every address the name resolved to is blocked. Left to
 // net.Dialer, a name with a blocked and an allowed address failed with the
 // first address's error: when that was the blocked one, an allowed
 // receiver that was merely down failed its delivery with no retries.
-func (c *Client) dialGuarded(ctx context.Context, d *net.Dialer, network, host, port string) (net.Conn, error) {
+func (c *Client) dialGuarded(ctx context.Context, network, host, port string) (net.Conn, error) {
 	var ips []netip.Addr
 	if ip, err := netip.ParseAddr(host); err == nil {
 		ips = []netip.Addr{ip}
@@ -354,15 +359,101 @@ func (c *Client) dialGuarded(ctx context.Context, d *net.Dialer, network, host, 
 		}
 		return nil, &net.OpError{Op: "dial", Net: network, Err: blocked}
 	}
+	conn, first := c.dialParallel(ctx, network, port, allowed)
+	if first == nil {
+		return conn, nil
+	}
+	if nBlocked > 0 {
+		// Not wrapping blocked: the allowed addresses failed, so the
+		// attempt is an ordinary, retryable connection failure.
+		first = fmt.Errorf("%w (%d of the %d addresses %s resolved to skipped: in a blocked range)", first, nBlocked, len(ips), host)
+	}
+	return nil, first
+}
+
+// fallbackDelay is how long the addresses of the first address's family
+// get before the other family's are dialled too: net.Dialer's default
+// FallbackDelay, as RFC 8305 recommends.
+const fallbackDelay = 300 * time.Millisecond
+
+// dialParallel is Happy Eyeballs (RFC 8305) as net.Dialer does it: the
+// addresses of the first one's family (primaries) are dialled in turn; if
+// none has connected after fallbackDelay, or as soon as all have failed,
+// the other family's (fallbacks) are dialled in turn alongside. The first
+// connection wins, the other dials are cancelled and a later connection is
+// closed. When all fail the error is the primaries', that is the first
+// address's, as with a serial dial. Without this a receiver whose IPv6
+// is blackholed cost every new connection half the attempt's timeout.
+func (c *Client) dialParallel(ctx context.Context, network, port string, ips []netip.Addr) (net.Conn, error) {
+	var primaries, fallbacks []netip.Addr
+	for _, ip := range ips {
+		if ip.Is4() == ips[0].Is4() {
+			primaries = append(primaries, ip)
+		} else {
+			fallbacks = append(fallbacks, ip)
+		}
+	}
+	if len(fallbacks) == 0 {
+		return c.dialSerial(ctx, network, port, primaries)
+	}
+
+	type result struct {
+		conn    net.Conn
+		err     error
+		primary bool
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel() // stops the dial still running when one has won
+	returned := make(chan struct{})
+	defer close(returned)
+	results := make(chan result)
+	race := func(ips []netip.Addr, primary bool) {
+		conn, err := c.dialSerial(ctx, network, port, ips)
+		select {
+		case results <- result{conn, err, primary}:
+		case <-returned:
+			if conn != nil {
+				conn.Close() // connected after the other won
+			}
+		}
+	}
+	go race(primaries, true)
+	fallback := time.NewTimer(fallbackDelay)
+	defer fallback.Stop()
+	var primaryErr error
+	for done := 0; ; {
+		select {
+		case <-fallback.C:
+			go race(fallbacks, false)
+		case r := <-results:
+			if r.err == nil {
+				return r.conn, nil
+			}
+			if r.primary {
+				primaryErr = r.err
+				if fallback.Stop() {
+					fallback.Reset(0) // not started yet: start it now
+				}
+			}
+			if done++; done == 2 {
+				return nil, primaryErr
+			}
+		}
+	}
+}
+
+// dialSerial dials ips in turn and returns the first connection, or the
+// first error when all fail.
+func (c *Client) dialSerial(ctx context.Context, network, port string, ips []netip.Addr) (net.Conn, error) {
 	var first error
-	for i, ip := range allowed {
+	for i, ip := range ips {
 		// Split the time left between the addresses still to try, as
 		// net.Dialer does, so one that hangs leaves time for the next.
 		dctx, cancel := ctx, context.CancelFunc(func() {})
-		if dl, ok := c.partialDeadline(ctx, len(allowed)-i); ok {
+		if dl, ok := c.partialDeadline(ctx, len(ips)-i); ok {
 			dctx, cancel = context.WithDeadline(ctx, dl)
 		}
-		conn, err := d.DialContext(dctx, network, net.JoinHostPort(ip.String(), port))
+		conn, err := c.dial(dctx, network, net.JoinHostPort(ip.String(), port))
 		cancel()
 		if err == nil {
 			return conn, nil
@@ -373,11 +464,6 @@ func (c *Client) dialGuarded(ctx context.Context, d *net.Dialer, network, host, 
 		if ctx.Err() != nil {
 			break
 		}
-	}
-	if nBlocked > 0 {
-		// Not wrapping blocked: the allowed addresses failed, so the
-		// attempt is an ordinary, retryable connection failure.
-		first = fmt.Errorf("%w (%d of the %d addresses %s resolved to skipped: in a blocked range)", first, nBlocked, len(ips), host)
 	}
 	return nil, first
 }

@@ -9,9 +9,12 @@ import (
 	"net/http/httptest"
 	"net/netip"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -140,11 +143,7 @@ func TestSendMixedBlockedAndAllowedAddresses(t *testing.T) {
 	var lookups atomic.Int32
 	client.lookup = func(_ context.Context, _, host string) ([]netip.Addr, error) {
 		lookups.Add(1)
-		var ips []netip.Addr
-		for _, s := range strings.Split(strings.TrimSuffix(host, ".test"), "-") {
-			ips = append(ips, netip.MustParseAddr(strings.ReplaceAll(s, "_", ".")))
-		}
-		return ips, nil
+		return hostAddrs(host), nil
 	}
 	key := mustKey(t, NewSecret())
 	for _, tc := range []struct {
@@ -158,6 +157,9 @@ func TestSendMixedBlockedAndAllowedAddresses(t *testing.T) {
 		{"blocked first, allowed up", "10_0_0_1-127_0_0_1.test", srvURL.Port(), http.StatusNoContent, false, false},
 		{"all blocked", "10_0_0_1-192_168_1_1.test", srvURL.Port(), 0, true, true},
 		{"only blocked", "169_254_169_254.test", srvURL.Port(), 0, true, true},
+		{"blocked IPv6 first, allowed up", "fd00xx1-127_0_0_1.test", srvURL.Port(), http.StatusNoContent, false, false},
+		{"allowed down, blocked IPv6 last", "127_0_0_1-fe80xx1.test", downPort, 0, false, false},
+		{"all blocked, both families", "fd00xx1-10_0_0_1-xx1.test", srvURL.Port(), 0, true, true},
 	} {
 		res := client.Send(context.Background(), Request{URL: "http://" + net.JoinHostPort(tc.host, tc.port) + "/hook", ID: "id-1", Event: "a.b", Body: []byte(`{}`), Keys: [][]byte{key}})
 		if res.StatusCode != tc.status || res.Permanent != tc.permanent || errors.Is(res.Err, ErrBlockedAddress) != tc.blocked {
@@ -170,5 +172,130 @@ func TestSendMixedBlockedAndAllowedAddresses(t *testing.T) {
 	}
 	if lookups.Load() == 0 {
 		t.Fatal("the client's lookup was never called")
+	}
+}
+
+// hostAddrs is what the test lookups resolve a name to: its labels before
+// ".test", split at "-", with "_" for "." and "x" for ":"
+// ("fd00xx1-10_0_0_1.test" is fd00::1 and 10.0.0.1).
+func hostAddrs(host string) []netip.Addr {
+	var ips []netip.Addr
+	for _, s := range strings.Split(strings.TrimSuffix(host, ".test"), "-") {
+		ips = append(ips, netip.MustParseAddr(strings.NewReplacer("_", ".", "x", ":").Replace(s)))
+	}
+	return ips
+}
+
+// Happy Eyeballs: a name with IPv6 and IPv4 addresses races the two
+// families as net.Dialer does, the first address's family first and the
+// other 300ms later (or at once when the first family has failed). With
+// the IPv6 address blackholed (its dial only ends when cancelled), a
+// serial dial spent half the 30s timeout on it before trying IPv4; raced,
+// the IPv4 receiver answers well within 5s and the IPv6 dial is
+// abandoned. When every address fails, the error is still the first
+// address's, and blocked ones still only make the attempt permanent when
+// all are blocked.
+func TestSendHappyEyeballs(t *testing.T) {
+	t.Parallel()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusNoContent)
+	}))
+	defer srv.Close()
+	srvURL, err := url.Parse(srv.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	downPort := strconv.Itoa(l.Addr().(*net.TCPAddr).Port)
+	l.Close()
+
+	// 2001:db8::/32 is never dialled for real: ::1 hangs until its dial
+	// is cancelled, ::2 fails at once; 127.0.0.1 is dialled for real.
+	client, err := NewClient(ClientOptions{AllowHTTP: true, Allow: []string{"127.0.0.1", "2001:db8::/32"}, Timeout: 30 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.CloseIdleConnections()
+	client.lookup = func(_ context.Context, _, host string) ([]netip.Addr, error) {
+		return hostAddrs(host), nil
+	}
+	real := client.dial
+	blackholed := make(chan string, 10) // the blackholed dials, once abandoned
+	var mu sync.Mutex
+	var dialled []string
+	client.dial = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		ap := netip.MustParseAddrPort(addr)
+		mu.Lock()
+		dialled = append(dialled, ap.Addr().String())
+		mu.Unlock()
+		switch ap.Addr() {
+		case netip.MustParseAddr("2001:db8::1"):
+			<-ctx.Done()
+			blackholed <- addr
+			return nil, &net.OpError{Op: "dial", Net: network, Err: ctx.Err()}
+		case netip.MustParseAddr("2001:db8::2"):
+			return nil, &net.OpError{Op: "dial", Net: network, Err: syscall.ENETUNREACH}
+		}
+		return real(ctx, network, addr)
+	}
+	key := mustKey(t, NewSecret())
+	for _, tc := range []struct {
+		name, host, port string
+		status           int
+		blocked          bool
+		errHas           string // for a failure: the first allowed address's error
+		dialled          []string
+	}{
+		{"IPv6 blackholed, IPv4 up", "2001xdb8xx1-127_0_0_1.test", srvURL.Port(), http.StatusNoContent, false, "",
+			[]string{"2001:db8::1", "127.0.0.1"}},
+		{"IPv6 blackholed twice, IPv4 up", "2001xdb8xx1-2001xdb8xx1-127_0_0_1.test", srvURL.Port(), http.StatusNoContent, false, "",
+			[]string{"2001:db8::1", "127.0.0.1"}},
+		{"IPv6 unreachable, IPv4 up", "2001xdb8xx2-127_0_0_1.test", srvURL.Port(), http.StatusNoContent, false, "",
+			[]string{"2001:db8::2", "127.0.0.1"}},
+		{"blocked, IPv6 blackholed, IPv4 up", "10_0_0_1-2001xdb8xx1-127_0_0_1.test", srvURL.Port(), http.StatusNoContent, false, "",
+			[]string{"2001:db8::1", "127.0.0.1"}},
+		{"IPv6 unreachable, IPv4 down", "2001xdb8xx2-127_0_0_1.test", downPort, 0, false, "network is unreachable",
+			[]string{"2001:db8::2", "127.0.0.1"}},
+		{"IPv4 down, IPv6 unreachable", "127_0_0_1-2001xdb8xx2.test", downPort, 0, false, "connection refused",
+			[]string{"127.0.0.1", "2001:db8::2"}},
+		{"blocked, IPv6 unreachable, IPv4 down", "fd00xx1-2001xdb8xx2-127_0_0_1.test", downPort, 0, false, "network is unreachable",
+			[]string{"2001:db8::2", "127.0.0.1"}},
+		{"all blocked, both families", "fd00xx1-169_254_169_254.test", srvURL.Port(), 0, true, "", nil},
+		// Last: should 127.0.0.1 take over 300ms, the IPv6 dial starts
+		// and may record itself after Send returned.
+		{"IPv4 up, IPv6 blackholed", "127_0_0_1-2001xdb8xx1.test", srvURL.Port(), http.StatusNoContent, false, "", nil},
+	} {
+		mu.Lock()
+		dialled = nil
+		mu.Unlock()
+		res := client.Send(context.Background(), Request{URL: "http://" + net.JoinHostPort(tc.host, tc.port) + "/hook", ID: "id-1", Event: "a.b", Body: []byte(`{}`), Keys: [][]byte{key}})
+		if res.StatusCode != tc.status || res.Permanent != tc.blocked || errors.Is(res.Err, ErrBlockedAddress) != tc.blocked {
+			t.Errorf("%s: status %d, permanent %v, err %v; want status %d, permanent and blocked %v",
+				tc.name, res.StatusCode, res.Permanent, res.Err, tc.status, tc.blocked)
+		}
+		if tc.errHas != "" && !strings.Contains(fmt.Sprint(res.Err), tc.errHas) {
+			t.Errorf("%s: err %v, want the first allowed address's %q", tc.name, res.Err, tc.errHas)
+		}
+		// Only a race gets here this soon: a serial dial gives a
+		// blackholed address half of the 30s.
+		if res.Duration > 5*time.Second {
+			t.Errorf("%s: took %s: the blackholed address was not raced", tc.name, res.Duration)
+		}
+		mu.Lock()
+		got := dialled
+		mu.Unlock()
+		if tc.dialled != nil && !slices.Equal(got, tc.dialled) {
+			t.Errorf("%s: dialled %v, want %v", tc.name, got, tc.dialled)
+		}
+		if slices.Contains(got, "2001:db8::1") {
+			select {
+			case <-blackholed:
+			case <-time.After(5 * time.Second):
+				t.Errorf("%s: the blackholed dial was not abandoned", tc.name)
+			}
+		}
 	}
 }
