@@ -124,6 +124,24 @@ func setupPublication(ctx context.Context, conn *pgx.Conn, pub string, tables []
 	if err != nil {
 		return nil, fmt.Errorf("setup: %w", err)
 	}
+	// One transaction: turning the partition option on and setting the
+	// table list land together or not at all.
+	if _, err := conn.Exec(ctx, "BEGIN"); err != nil {
+		return nil, fmt.Errorf("setup: alter publication %q: %w", pub, err)
+	}
+	committed := false
+	defer func() {
+		if !committed {
+			_, _ = conn.Exec(context.WithoutCancel(ctx), "ROLLBACK")
+		}
+	}()
+	commit := func(lines []string) ([]string, error) {
+		if _, err := conn.Exec(ctx, "COMMIT"); err != nil {
+			return nil, fmt.Errorf("setup: alter publication %q: %w", pub, err)
+		}
+		committed = true
+		return lines, nil
+	}
 	var did []string
 	if !root {
 		setRoot := "ALTER PUBLICATION " + pubIdent + " SET (" + viaRoot + ")"
@@ -153,7 +171,7 @@ func setupPublication(ctx context.Context, conn *pgx.Conn, pub string, tables []
 		return nil, err
 	}
 	if slices.Equal(have, want) && len(filtered) == 0 {
-		return append(did, fmt.Sprintf("publication %s already publishes %s", pub, listOrNone(want))), nil
+		return commit(append(did, fmt.Sprintf("publication %s already publishes %s", pub, listOrNone(want))))
 	}
 	var alter string
 	switch {
@@ -186,17 +204,17 @@ func setupPublication(ctx context.Context, conn *pgx.Conn, pub string, tables []
 			pub, strings.Join(differs, " and "), owner, owner, alter)
 	}
 	if _, err = conn.Exec(ctx, alter); err != nil {
-		return did, fmt.Errorf("setup: alter publication %q: %w", pub, err)
+		return nil, fmt.Errorf("setup: alter publication %q: %w", pub, err)
 	}
 	if slices.Equal(have, want) {
-		return append(did, fmt.Sprintf("publication %s now publishes %s whole (it had a row filter or column list)",
-			pub, strings.Join(filtered, ", "))), nil
+		return commit(append(did, fmt.Sprintf("publication %s now publishes %s whole (it had a row filter or column list)",
+			pub, strings.Join(filtered, ", "))))
 	}
 	line := fmt.Sprintf("changed publication %s from %s to %s", pub, listOrNone(have), listOrNone(want))
 	if len(filtered) > 0 {
 		line += fmt.Sprintf(", without the row filter or column list it had on %s", strings.Join(filtered, ", "))
 	}
-	return append(did, line), nil
+	return commit(append(did, line))
 }
 
 // publishedTables lists the tables pg_publication_tables shows for pub —
