@@ -103,6 +103,7 @@ func runCheck(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		c.fail("admin API", "add a key under api.keys (e.g. - ${WALHOOK_API_KEY}), or set api.listen: off",
 			"api.listen is %s but api.keys is empty: walhook run refuses to serve an admin API nobody can use", cfg.API.Listen)
 	}
+	c.checkEndpointURLs()
 	srcDesc, _ := dsnLabel(cfg.Source.DSN)
 	storeDesc, _ := dsnLabel(cfg.Store.DSN)
 	fmt.Fprintf(stdout, "source %s\n", srcDesc)
@@ -897,4 +898,22 @@ var reservedWords = map[string]bool{
 func sqlTable(t string) string {
 	s, n := splitQualified(t)
 	return sqlIdent(s) + "." + sqlIdent(n)
+}
+
+// checkEndpointURLs applies the delivery URL policy (scheme, private
+// ranges, delivery.allow) to the static endpoints, as run does before it
+// starts: the file check takes any absolute URL.
+func (c *checker) checkEndpointURLs() {
+	cl, err := dispatch.NewClient(dispatch.ClientOptions{AllowHTTP: c.cfg.Delivery.AllowHTTP, Allow: c.cfg.Delivery.Allow})
+	if err != nil {
+		c.fail("endpoints", "fix delivery.allow", "the delivery policy cannot be built: %v", err)
+		return
+	}
+	for i, e := range c.cfg.Endpoints {
+		if err := cl.ValidateURL(e.URL); err != nil {
+			c.fail(fmt.Sprintf("endpoints[%d] %s", i, e.ID),
+				"use https:// to a public address, or list the host in delivery.allow",
+				"url refused by the delivery policy (%v): walhook run would not start", err)
+		}
+	}
 }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/walhook/walhook/dispatch"
 	"github.com/walhook/walhook/internal/cpuyield"
 	"github.com/walhook/walhook/internal/pgtest"
 )
@@ -462,5 +463,39 @@ func TestDescribeDSN(t *testing.T) {
 		if got := describeDSN(dsn); got != want || strings.Contains(got, "s3cret") {
 			t.Errorf("describeDSN(%q) = %q, want %q", dsn, got, want)
 		}
+	}
+}
+
+// Static endpoint URLs are checked by the delivery policy, as run does
+// before it starts: an http:// endpoint and one at a private address not
+// in delivery.allow fail check, which names them without the URL (it may
+// carry a token).
+func TestCheckEndpointURLPolicy(t *testing.T) {
+	t.Parallel()
+	dsn, db := ckSampleDB(t, pgtest.Shared(t))
+	cfg := ckSampleConfig(t, dsn, db)
+	b, err := os.ReadFile(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	secret := dispatch.NewSecret()
+	s := string(b) + "endpoints:\n" +
+		"  - {id: plain, url: \"http://hooks.example.com/in?token=t0k3n\", secret: " + secret + "}\n" +
+		"  - {id: inside, url: \"https://10.1.2.3/in\", secret: " + secret + "}\n" +
+		"  - {id: fine, url: \"https://hooks.example.com/in\", secret: " + secret + "}\n"
+	if err := os.WriteFile(cfg, []byte(s), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if out, _, code := runCLI(t, context.Background(), "setup", "--replica-identity", "--config", cfg); code != 0 {
+		t.Fatalf("setup exit %d\n%s", code, out)
+	}
+	out, _, code := runCLI(t, context.Background(), "check", "--config", cfg)
+	if code != 1 {
+		t.Fatalf("exit %d, want 1\n%s", code, out)
+	}
+	ckWantLines(t, out, `FAIL  endpoints\[0\] plain: url refused by the delivery policy \(.*http:// is not allowed.*\): walhook run would not start`,
+		`FAIL  endpoints\[1\] inside: url refused by the delivery policy \(.*\): walhook run would not start`, `not ready: 2 problem`)
+	if strings.Contains(out, "t0k3n") || strings.Contains(out, "endpoints[2]") {
+		t.Errorf("check repeats a URL or fails the allowed endpoint:\n%s", out)
 	}
 }
