@@ -99,13 +99,24 @@ func acquireLeader(ctx context.Context, pool *pgxpool.Pool, key string, log *slo
 				// Hijack: the session must stay ours, the pool must never
 				// hand it (and the lock) to anyone else.
 				conn = pc.Hijack()
+				if err := bindLockSession(ctx, conn); err != nil {
+					closeConn(conn)
+					conn = nil
+					if ctx.Err() == nil {
+						log.Warn("leader lock: prepare the session", logKeyErr, err)
+					}
+				}
 			} else if ctx.Err() == nil {
 				log.Warn("leader lock: connect to the store", logKeyErr, err)
 			}
 		}
 		if conn != nil {
 			var got bool
-			err := conn.QueryRow(ctx, `SELECT pg_try_advisory_lock(hashtextextended($1, 0))`, key).Scan(&got)
+			// Bounded: on a half-open connection the query would wait for
+			// TCP to give up, many minutes.
+			qctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			err := conn.QueryRow(qctx, `SELECT pg_try_advisory_lock(hashtextextended($1, 0))`, key).Scan(&got)
+			cancel()
 			switch {
 			case err == nil && got:
 				return &leaderLock{conn: conn, key: key}, nil
@@ -129,6 +140,24 @@ func acquireLeader(ctx context.Context, pool *pgxpool.Pool, key string, log *slo
 		case <-time.After(leaderPoll):
 		}
 	}
+}
+
+// bindLockSession makes the server end the lock's session when its
+// process is gone without a word (a host that died, a network that
+// dropped it): PostgreSQL releases a session's advisory lock only when it
+// notices the session is dead, by default after the OS's TCP keepalive
+// (about two hours), and no standby could take over until then. TCP
+// keepalives every few seconds find a dead peer; idle_session_timeout
+// (PostgreSQL 14+) ends a session nothing uses even where a middlebox
+// answers the keepalives. The holder pings every leaderPoll and a standby
+// polls as often, so a live process never idles that long, even starved
+// of CPU under cpu.yield. Over a Unix socket the TCP settings do nothing.
+func bindLockSession(ctx context.Context, conn *pgx.Conn) error {
+	_, err := conn.Exec(ctx, `SELECT set_config('tcp_keepalives_idle', '10', false),
+		set_config('tcp_keepalives_interval', '5', false), set_config('tcp_keepalives_count', '3', false),
+		CASE WHEN current_setting('server_version_num')::int >= 140000
+		     THEN set_config('idle_session_timeout', '60s', false) END`)
+	return err
 }
 
 // watch returns errLeaderLost as soon as the lock's session stops
@@ -178,9 +207,11 @@ func closeConn(c *pgx.Conn) {
 // the last durable position.
 func (r *runner) lead(ctx context.Context, lock *leaderLock) error {
 	slot := r.cfg.Source.Slot
+	// A store that fails here (a connection broken by a store restart)
+	// ends the term, not the process: the lock is let go and taken again.
 	cursor, systemID, ok, err := r.disp.Cursor(ctx, slot)
 	if err != nil {
-		return err
+		return fmt.Errorf("%w: read the cursor: %v", errLeaderLost, err)
 	}
 	if ok && systemID != "" && systemID != r.systemID {
 		return fmt.Errorf("the store's cursor for slot %q was written while reading PostgreSQL system %s, "+
@@ -188,7 +219,7 @@ func (r *runner) lead(ctx context.Context, lock *leaderLock) error {
 			"its positions mean nothing here — use another store schema or slot for this source", slot, systemID, r.systemID)
 	}
 	if walEnd, forked, err := dispatch.StoredFork(ctx, r.pool, r.cfg.Store.Schema, slot); err != nil {
-		return err
+		return fmt.Errorf("%w: read the cursor's fork: %v", errLeaderLost, err)
 	} else if forked {
 		return fmt.Errorf("%w: the store's cursor for slot %q (%s) was found past the server's WAL end %s: the store "+
 			"followed another history of the source (a failover to a standby that was behind, or a point-in-time "+
@@ -197,7 +228,7 @@ func (r *runner) lead(ctx context.Context, lock *leaderLock) error {
 	}
 	epoch, epochFrom, err := r.disp.IDEpoch(ctx, slot)
 	if err != nil {
-		return err
+		return fmt.Errorf("%w: read the id epoch: %v", errLeaderLost, err)
 	}
 	r.mapper.SetIDEpoch(epoch, epochFrom)
 	opts := streamOptions(r.cfg, r.log)
@@ -212,6 +243,12 @@ func (r *runner) lead(ctx context.Context, lock *leaderLock) error {
 	r.repl.current.Store(stream)
 	defer r.repl.current.Store(nil)
 	defer r.lastCommit.Store(0)
+	// Until the first transaction or keepalive says where the source is,
+	// the lag counts from the takeover: a term that begins while
+	// cpu.yield defers intake (a standby taking over on busy cores)
+	// must fall behind by cpu.max_lag and then take changes in, where a
+	// lag of 0 would keep it deferring for as long as the cores stay busy.
+	r.lastCommit.Store(time.Now().UnixNano())
 	from := "the slot's confirmed position (no cursor yet)"
 	if ok {
 		from = cursor.String()

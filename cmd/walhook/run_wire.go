@@ -221,7 +221,7 @@ func newSlotCollector(r *replicationStatus) *slotCollector {
 		lagBytes:   d("lag_bytes", "Current WAL LSN - the slot's confirmed_flush_lsn."),
 		lagSeconds: d("lag_seconds", "Time since the last confirmation while something is unconfirmed."),
 		reconnects: d("reconnects_total", "Replication reconnects of this process's current stream."),
-		leader:     d("leader", "1 while this process holds the slot and streams from it."),
+		leader:     d("leader", "1 while this process holds the leader lock: it streams from the slot, or waits for the previous holder to let it go."),
 	}
 }
 

@@ -163,3 +163,56 @@ func TestIntakeGate(t *testing.T) {
 		t.Fatal("intakeOpen reported open when the stop came first")
 	}
 }
+
+// A standby that takes the slot while cpu.yield defers intake on busy
+// CPUs takes changes in once it is cpu.max_lag behind, counted from the
+// takeover. Before, a term began with a lag of 0 that nothing moved (no
+// transaction is read while intake is deferred), so the new leader
+// deferred for as long as the CPUs stayed busy and the slot kept its WAL.
+func TestRunYieldTakeoverOnBusyCPUs(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Log("not root: walhook does not yield, so the takeover takes changes in at once")
+	}
+	bin := buildWalhook(t)
+	rc := newRunReceiver(t, runSecret, nil)
+	db, file := itemsRun(t, map[string]any{
+		"endpoints":                 []map[string]any{runEndpoint("r", rc.URL, runSecret)},
+		"api.listen":                "off",
+		"cpu.max_lag":               "2s",
+		"source.heartbeat_interval": "500ms",
+	})
+	logA, logB := subprocessLog(t), subprocessLog(t)
+	read := func(f string) func() string { return func() string { b, _ := os.ReadFile(f); return string(b) } }
+	a := startSubprocess(t, bin, file, logA)
+	t.Cleanup(func() { a.kill() })
+	runWaitFor(t, 60*time.Second, "A to hold the slot", func() bool { return strings.Contains(read(logA)(), "holds the slot") }, read(logA))
+	b := startSubprocess(t, bin, file, logB)
+	t.Cleanup(func() { b.kill() })
+	runWaitFor(t, 60*time.Second, "B to stand by", func() bool { return strings.Contains(read(logB)(), "delivering only") }, read(logB))
+
+	var burners []*exec.Cmd
+	defer func() {
+		for _, c := range burners {
+			_ = c.Process.Kill()
+			_ = c.Wait()
+		}
+	}()
+	for range runtime.NumCPU() + 1 {
+		c := exec.Command("sh", "-c", "while :; do :; done")
+		c.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+		if err := c.Start(); err != nil {
+			t.Fatal(err)
+		}
+		burners = append(burners, c)
+	}
+	if os.Geteuid() == 0 {
+		runWaitFor(t, 30*time.Second, "B's deferral", func() bool { return strings.Contains(read(logB)(), "stay busy without walhook") }, read(logB))
+	}
+	if err := a.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	_ = a.cmd.Wait()
+	runWaitFor(t, 60*time.Second, "B to hold the slot", func() bool { return strings.Contains(read(logB)(), "holds the slot") }, read(logB))
+	insertItems(t, db, 1, 20)
+	runWaitFor(t, 60*time.Second, "20 deliveries from B while the CPUs stay busy", func() bool { return rc.Unique() >= 20 }, read(logB))
+}
