@@ -3,6 +3,7 @@ package dispatch
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"strings"
 	"sync"
@@ -705,4 +706,122 @@ func TestSendTest(t *testing.T) {
 		t.Fatalf("SendTest of an unknown endpoint = %v, want ErrNotFound", err)
 	}
 
+}
+
+// An attempt whose lease ran out while it was sending (the rescue made
+// the row pending and this same process claimed it again) must not
+// record its outcome over the new claim: a 500 would put the row back to
+// pending while the new attempt is still out, and a third send follow,
+// all without a crash. Outcomes, the batched 2xx and hand-backs are
+// fenced by the attempt their claim counted.
+func TestOldAttemptDoesNotOverwriteANewClaim(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	d, b := obSetup(t, func(o *Options) { o.InstanceID = "me" })
+	ep := b.endpoint(t, "whk_1", "https://x.example/", nil, nil, true)
+	ev := obEvent("a.b", "")
+	obAppend(t, d, 10, ev)
+	id := mapper.DeliveryID(ev.Envelope, ev.ID, ep)
+	first, _, err := d.claim(ctx, 10, &inflight{})
+	if err != nil || len(first) != 1 {
+		t.Fatalf("claim = %d, %v", len(first), err)
+	}
+	// The lease runs out; the rescue makes the row pending; this process
+	// claims it again while the first attempt is still out.
+	if _, err := b.pool.Exec(ctx, `UPDATE walhook.deliveries SET locked_until = now() - interval '1 second'`); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := d.rescue(ctx); err != nil || n != 1 {
+		t.Fatalf("rescue = %d, %v", n, err)
+	}
+	second, _, err := d.claim(ctx, 10, &inflight{})
+	if err != nil || len(second) != 1 || second[0].attempt != first[0].attempt+1 {
+		t.Fatalf("second claim = %+v, %v", second, err)
+	}
+	state := func() string {
+		var status, lockedBy string
+		var attempts int
+		if err := b.pool.QueryRow(ctx, `SELECT status, coalesce(locked_by, ''), attempts FROM walhook.deliveries WHERE id = $1`, id).
+			Scan(&status, &lockedBy, &attempts); err != nil {
+			t.Fatal(err)
+		}
+		return fmt.Sprintf("%s/%s/%d", status, lockedBy, attempts)
+	}
+	want := "delivering/me/2"
+
+	// The first attempt's 500, its 2xx through the recorder, and a
+	// hand-back of it: none touches the second claim.
+	res500 := Result{StatusCode: http.StatusInternalServerError, Duration: time.Millisecond}
+	if err := d.record(ctx, first[0], time.Now(), res500, d.decide(first[0], res500)); err != nil {
+		t.Fatal(err)
+	}
+	if got := state(); got != want {
+		t.Fatalf("after the old attempt's 500: %s, want %s", got, want)
+	}
+	if err := d.recordSuccesses(ctx, []success{{c: first[0], started: time.Now(), res: Result{StatusCode: http.StatusOK}}}); err != nil {
+		t.Fatal(err)
+	}
+	if got := state(); got != want {
+		t.Fatalf("after the old attempt's 2xx: %s, want %s", got, want)
+	}
+	if n, err := d.releaseIDs(ctx, first, "pending"); err != nil || n != 0 {
+		t.Fatalf("hand-back of the old claim = %d, %v; want 0", n, err)
+	}
+	if got := state(); got != want {
+		t.Fatalf("after the old claim's hand-back: %s, want %s", got, want)
+	}
+	// Both attempts happened and are logged; the second claim's own
+	// outcome still lands.
+	if err := d.recordSuccesses(ctx, []success{{c: second[0], started: time.Now(), res: Result{StatusCode: http.StatusOK}}}); err != nil {
+		t.Fatal(err)
+	}
+	if got := state(); got != "delivered//2" {
+		t.Fatalf("after the second attempt's 2xx: %s, want delivered", got)
+	}
+	if n := b.count(t, `SELECT count(*) FROM walhook.attempts WHERE delivery_id = $1`, id); n != 3 {
+		t.Errorf("%d attempts logged, want 3 (the old 500 and 2xx, the new 2xx)", n)
+	}
+}
+
+// Retention does not delete a finished delivery that a redeliver requeues
+// while the retention delete waits for its lock: under READ COMMITTED
+// the delete re-checks only its own WHERE, so that WHERE repeats the
+// subquery's conditions.
+func TestRetentionSparesARequeuedDelivery(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	d, b := obSetup(t, func(o *Options) { o.Retention = time.Hour })
+	ep := b.endpoint(t, "whk_1", "https://x.example/", nil, nil, true)
+	ev := obEvent("a.b", "")
+	obAppend(t, d, 10, ev)
+	id := mapper.DeliveryID(ev.Envelope, ev.ID, ep)
+	if _, err := b.pool.Exec(ctx, `UPDATE walhook.deliveries SET status = 'delivered', locked_by = NULL,
+		updated_at = now() - interval '2 hours' WHERE id = $1`, id); err != nil {
+		t.Fatal(err)
+	}
+	// A redeliver holds the row and requeues it.
+	tx, err := b.pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(ctx)
+	if _, err := tx.Exec(ctx, `UPDATE walhook.deliveries SET status = 'pending', attempts = 0, updated_at = now() WHERE id = $1`, id); err != nil {
+		t.Fatal(err)
+	}
+	deleted := make(chan int64, 1)
+	go func() {
+		n, _, err := d.deleteExpired(ctx, time.Minute)
+		if err != nil {
+			t.Error(err)
+		}
+		deleted <- n
+	}()
+	waitForLockWait(t, b.pool, "DELETE FROM", nil)
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	<-deleted
+	if n := b.count(t, `SELECT count(*) FROM walhook.deliveries WHERE id = $1 AND status = 'pending'`, id); n != 1 {
+		t.Error("retention deleted a delivery a redeliver had requeued")
+	}
 }

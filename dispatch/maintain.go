@@ -27,7 +27,7 @@ func (d *Dispatcher) maintain(ctx context.Context) error {
 		if n, err := d.rescue(ctx); err != nil {
 			d.logMaintenance(ctx, "rescue expired leases", err)
 		} else if n > 0 {
-			d.log.Warn("rescued deliveries whose lease expired (a walhook process stopped mid-attempt)", slog.Int64("count", n))
+			d.log.Warn("rescued deliveries whose lease expired (a walhook process stopped or lost the store mid-attempt, or an attempt outlived its lease)", slog.Int64("count", n))
 			d.Notify()
 		}
 		if _, err := d.skipDisabled(ctx); err != nil {
@@ -178,6 +178,10 @@ func (d *Dispatcher) deleteExpired(ctx context.Context, budget time.Duration) (t
 				SELECT id FROM {{schema}}.deliveries
 				WHERE status IN ('delivered', 'failed', 'skipped') AND updated_at < now() - make_interval(secs => $1)
 				LIMIT $2)
+			  -- Again here: a row a redeliver or recover requeues while
+			  -- this waits for its lock is checked anew only against
+			  -- these conditions, not the subquery's.
+			  AND status IN ('delivered', 'failed', 'skipped') AND updated_at < now() - make_interval(secs => $1)
 			RETURNING id
 		), attempts AS (
 			DELETE FROM {{schema}}.attempts a USING gone WHERE a.delivery_id = gone.id

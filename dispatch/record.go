@@ -103,7 +103,8 @@ func (r *recorder) write(batch []success) {
 	d := r.d
 	deadline := time.Now().Add(recordRetryFor)
 	for _, s := range batch {
-		if end := s.started.Add(d.opts.Lease - 2*time.Second); end.Before(deadline) {
+		// The lease began when the claim (or Append) began.
+		if end := s.c.at.Add(d.opts.Lease - 2*time.Second); end.Before(deadline) {
 			deadline = end
 		}
 	}
@@ -150,8 +151,12 @@ func (r *recorder) write(batch []success) {
 // others' lease passed to another process, or their endpoint was deleted
 // (lostAttemptsSQL logs the first kind).
 //
-// "Still holds" is locked_by = $1 alone: only a claim sets locked_by, and
-// every move out of 'delivering' clears it. Saying status = 'delivering'
+// "Still holds" is locked_by = $1 and the attempt this claim counted:
+// only a claim sets locked_by, and every move out of 'delivering' clears
+// it; the attempt tells this claim from a later one by this same process
+// (the lease ran out mid-attempt, the rescue made the row pending and
+// this process claimed it again), whose row an old outcome must not
+// overwrite. Saying status = 'delivering'
 // as well would let the planner read the rows through deliveries_leased,
 // a partial index on that status that holds a dead entry for every
 // delivery claimed since the last vacuum, and join them in a loop: it did,
@@ -174,7 +179,7 @@ WITH o AS (
         last_status_code = o.status_code, last_error = NULL, last_duration_ms = o.duration_ms,
         delivered_at = now(), updated_at = now()
     FROM o
-    WHERE d.id = o.id AND d.locked_by = $1
+    WHERE d.id = o.id AND d.locked_by = $1 AND d.attempts = o.attempt
     RETURNING d.id, o.attempt, o.started_at, o.duration_ms, o.status_code, o.response_body, o.signed_by
 ), logged AS (
     INSERT INTO {{schema}}.attempts (delivery_id, attempt, started_at, duration_ms, status_code, error, response_body, signed_by)

@@ -568,7 +568,7 @@ func (d *Dispatcher) claimLoop(ctx context.Context) error {
 	// worker's worth, so a finished attempt costs O(1), not O(queue).
 	start := func(sweep bool) {
 		now := time.Now()
-		var expired, skipped []string
+		var expired, skipped []claimed
 		kept := queue[:0]
 		i := 0
 		for ; i < len(queue) && (sweep || running < workers); i++ {
@@ -577,7 +577,14 @@ func (d *Dispatcher) claimLoop(ctx context.Context) error {
 			case d.disabledSince(q.c.endpointID, q.c.at):
 				// Disabled here after it was claimed: not sent, kept
 				// skipped with the endpoint's other deliveries.
-				skipped = append(skipped, q.c.id)
+				skipped = append(skipped, q.c)
+				held.add(q.c.endpointID, -1, q.c.handed)
+			case maxWait > 0 && now.Sub(q.c.at) > maxWait:
+				// Its lease began with its claim or Append (a slow Append
+				// spends it too): started now, it might still be sending
+				// when the lease ends and the rescue lets another process
+				// send it as well.
+				expired = append(expired, q.c)
 				held.add(q.c.endpointID, -1, q.c.handed)
 			case running < workers && runningBy[q.c.endpointID] < perEndpoint:
 				running++
@@ -589,9 +596,6 @@ func (d *Dispatcher) claimLoop(ctx context.Context) error {
 				}
 				d.metrics.started.WithLabelValues(via).Inc()
 				work <- c
-			case now.Sub(q.at) > maxWait:
-				expired = append(expired, q.c.id)
-				held.add(q.c.endpointID, -1, q.c.handed)
 			default:
 				kept = append(kept, q)
 			}
@@ -727,8 +731,16 @@ const coalesceDelay = 2 * time.Millisecond
 
 // releaseIDs hands deliveries this process holds but never sent back as
 // status (pending, or skipped), refunding the attempt their claim counted.
-func (d *Dispatcher) releaseIDs(ctx context.Context, ids []string, status string) (int64, error) {
-	tag, err := d.pool.Exec(ctx, d.q(releaseSQL+`WHERE id = ANY($3) AND locked_by = $1`), d.opts.InstanceID, status, ids)
+// Each is released only while it is still the claim this process made
+// (its attempt), not a later claim of the same row.
+func (d *Dispatcher) releaseIDs(ctx context.Context, cs []claimed, status string) (int64, error) {
+	ids := make([]string, len(cs))
+	attempts := make([]int32, len(cs))
+	for i, c := range cs {
+		ids[i], attempts[i] = c.id, int32(c.attempt)
+	}
+	tag, err := d.pool.Exec(ctx, d.q(releaseSQL+`WHERE locked_by = $1
+		AND (id, attempts) IN (SELECT * FROM unnest($3::text[], $4::int[]))`), d.opts.InstanceID, status, ids, attempts)
 	return tag.RowsAffected(), err
 }
 
