@@ -552,8 +552,20 @@ func (c *checker) checkPublication(ctx context.Context, conn *pgx.Conn) error {
 		return fmt.Errorf("read publication: %w", err)
 	}
 	if !exists {
-		c.failSetup(what, "does not exist")
-		return c.checkCanCreatePublication(ctx, conn)
+		// Said after the create line is known: setup fixes it only when
+		// it may create the publication.
+		at := len(c.lines)
+		canCreate, err := c.checkCanCreatePublication(ctx, conn)
+		if err != nil {
+			return err
+		}
+		line := checkLine{status: statusFail, what: what, msg: "does not exist", fix: "walhook setup", setupFixes: true}
+		if !canCreate {
+			line = checkLine{status: statusFail, what: what, msg: "does not exist, and this role may not create it",
+				fix: "the CREATE PUBLICATION of the create publication line"}
+		}
+		c.lines = slices.Insert(c.lines, at, line)
+		return nil
 	}
 	if allTables {
 		c.fail(what, fmt.Sprintf("DROP PUBLICATION %s; then walhook setup (or choose another source.publication)", sqlIdent(pub)),
@@ -593,10 +605,18 @@ func (c *checker) checkPublication(ctx context.Context, conn *pgx.Conn) error {
 		}
 	}
 	slices.Sort(ops)
+	// For a publication another role owns, setup changes nothing: the
+	// fix is the statement its owner runs, the one setup would.
+	setTable := fmt.Sprintf("have %s (or a superuser) run ALTER PUBLICATION %s SET TABLE %s;",
+		facts.owner, sqlIdent(pub), sqlTables(c.tables))
 	ok := true
 	if len(missing) > 0 {
 		ok = false
-		c.failSetup(what, "does not publish %s", strings.Join(missing, ", "))
+		if facts.mine {
+			c.failSetup(what, "does not publish %s", strings.Join(missing, ", "))
+		} else {
+			c.fail(what, setTable, "does not publish %s", strings.Join(missing, ", "))
+		}
 	}
 	for _, p := range unusable {
 		ok = false
@@ -608,7 +628,11 @@ func (c *checker) checkPublication(ctx context.Context, conn *pgx.Conn) error {
 	}
 	if len(store) > 0 {
 		ok = false
-		c.failSetup(what, "publishes walhook's own store tables %s", strings.Join(store, ", "))
+		if facts.mine {
+			c.failSetup(what, "publishes walhook's own store tables %s", strings.Join(store, ", "))
+		} else {
+			c.fail(what, setTable, "publishes walhook's own store tables %s", strings.Join(store, ", "))
+		}
 	}
 	if len(ops) > 0 {
 		ok = false
@@ -616,7 +640,11 @@ func (c *checker) checkPublication(ctx context.Context, conn *pgx.Conn) error {
 			"does not publish %s, which rules map", strings.Join(ops, ", "))
 	}
 	if len(extra) > 0 {
-		c.warn(what, "", "also publishes %s, which no rule maps (decoded and ignored; walhook setup removes them)", strings.Join(extra, ", "))
+		if facts.mine {
+			c.warn(what, "", "also publishes %s, which no rule maps (decoded and ignored; walhook setup removes them)", strings.Join(extra, ", "))
+		} else {
+			c.warn(what, setTable, "also publishes %s, which no rule maps (decoded and ignored)", strings.Join(extra, ", "))
+		}
 	}
 	if ok {
 		c.ok(what, "publishes the %d rule tables", len(c.tables))
@@ -637,15 +665,15 @@ func (c *checker) ruleOps() map[string]bool {
 // checkCanCreatePublication reports whether `walhook setup` may create the
 // publication: CREATE PUBLICATION needs CREATE on the database and, for
 // FOR TABLE, ownership of every table (superusers need neither).
-func (c *checker) checkCanCreatePublication(ctx context.Context, conn *pgx.Conn) error {
+func (c *checker) checkCanCreatePublication(ctx context.Context, conn *pgx.Conn) (bool, error) {
 	if c.superuser {
-		return nil
+		return true, nil
 	}
 	var db string
 	var create bool
 	if err := conn.QueryRow(ctx, `SELECT current_database(), has_database_privilege(current_database(), 'CREATE')`).
 		Scan(&db, &create); err != nil {
-		return fmt.Errorf("read database privileges: %w", err)
+		return false, fmt.Errorf("read database privileges: %w", err)
 	}
 	var notOwned []string
 	for _, t := range c.tables {
@@ -673,8 +701,9 @@ func (c *checker) checkCanCreatePublication(ctx context.Context, conn *pgx.Conn)
 			"%s does not own %s (a publication FOR TABLE needs ownership)", c.user, strings.Join(notOwned, ", "))
 	default:
 		c.ok("create publication", "%s may create it (CREATE on %s, owns the tables)", c.user, db)
+		return true, nil
 	}
-	return nil
+	return false, nil
 }
 
 func (c *checker) checkSlot(ctx context.Context, conn *pgx.Conn) error {

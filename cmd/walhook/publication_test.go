@@ -262,3 +262,47 @@ func TestPublicationRowFilterDBA(t *testing.T) {
 		t.Fatalf("check after setup exit %d", code)
 	}
 }
+
+// check names the fix that works: for a publication another role owns,
+// setup changes nothing, so the fix is the ALTER PUBLICATION its owner
+// runs; for a publication this role may not create, the CREATE of the
+// create publication line, not walhook setup.
+func TestCheckFixForAPublicationSetupCannotChange(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	c := pgtest.Shared(t)
+	role := "wh_" + strings.ToLower(t.Name())
+	if err := c.Exec(ctx, "postgres", `CREATE ROLE `+role+` LOGIN REPLICATION`); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Exec(context.Background(), "postgres", `DROP ROLE IF EXISTS `+role) })
+	db := newRunDB(t, pubLotSchema+`CREATE TABLE other (id int PRIMARY KEY);
+		GRANT SELECT ON lot, other TO `+role+`; CREATE SCHEMA walhook AUTHORIZATION `+role)
+	t.Cleanup(func() { ckExec(t, db.dsn, `DROP OWNED BY `+role) })
+	s := db.settings()
+	s["source.dsn"] = c.DSNAs(role, ckDBName(t, db.dsn))
+	file, _ := runConfig(t, []byte(pubLotConfig), s)
+
+	// No publication, and no right to create one.
+	out, _, code := pubCLI(t, "check", "--config", file)
+	if code != 1 {
+		t.Fatalf("check exit %d, want 1\n%s", code, out)
+	}
+	ckWantLines(t, out, `FAIL  publication walhook: does not exist, and this role may not create it — fix: the CREATE PUBLICATION of the create publication line$`,
+		`FAIL  create publication: .* — fix: as a superuser or the tables' owner run: CREATE PUBLICATION walhook FOR TABLE public\.lot WITH \(publish_via_partition_root = true\);$`)
+	if strings.Contains(out, "run walhook setup") {
+		t.Errorf("check says walhook setup fixes it:\n%s", out)
+	}
+
+	// The DBA's publication, publishing another table instead.
+	ckExec(t, db.dsn, `CREATE PUBLICATION walhook FOR TABLE other WITH (publish_via_partition_root = true)`)
+	out, _, code = pubCLI(t, "check", "--config", file)
+	if code != 1 {
+		t.Fatalf("check exit %d, want 1\n%s", code, out)
+	}
+	ckWantLines(t, out, `FAIL  publication walhook: does not publish public\.lot — fix: have postgres \(or a superuser\) run ALTER PUBLICATION walhook SET TABLE public\.lot;$`,
+		`warn  publication walhook: also publishes public\.other, which no rule maps \(decoded and ignored\) — fix: have postgres`)
+	if strings.Contains(out, "run walhook setup") || strings.Contains(out, "walhook setup removes") {
+		t.Errorf("check says walhook setup fixes it:\n%s", out)
+	}
+}
