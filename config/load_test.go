@@ -618,6 +618,7 @@ func TestDocsExample(t *testing.T) {
 		"DATABASE_URL":       "postgres://walhook@localhost/app",
 		"OPS_WEBHOOK_SECRET": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
 		"WALHOOK_API_KEY":    "test-key-0123456789abcdef",
+		"DASHBOARD_API_KEY":  "dashboard-key-0123456789",
 	}))
 	if err != nil {
 		t.Fatalf("the documented example does not load:\n%v", err)
