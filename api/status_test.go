@@ -181,15 +181,18 @@ func TestMetricsExposeDeliveriesAndRequests(t *testing.T) {
 	c := s.create(t, rc.URL, "auction.*")
 	s.appendEvents(t, "auction.bid", "A1", 2)
 	waitFor(t, "2 deliveries", func() bool { return len(rc.requests()) == 2 })
+	// A test send is a delivery, but no source commit: not in the
+	// commit-to-delivery latency.
+	s.call(t, "POST", "/api/v1/webhooks/"+c.SubscriptionID+"/test", nil).ok(t, http.StatusOK, nil)
 	s.call(t, "GET", "/api/v1/webhooks/whk_0000000000000000", nil).fails(t, http.StatusNotFound, "not_found")
 	waitFor(t, "delivery metrics", func() bool {
-		return strings.Contains(metrics(t, s), `walhook_delivery_attempts_total{endpoint="`+c.SubscriptionID+`",outcome="delivered"} 2`)
+		return strings.Contains(metrics(t, s), `walhook_delivery_attempts_total{endpoint="`+c.SubscriptionID+`",outcome="delivered"} 3`)
 	})
 	m := metrics(t, s)
 	for _, want := range []string{
 		`walhook_api_requests_total{code="201",route="POST /api/v1/webhooks/create"} 1`,
 		`walhook_api_requests_total{code="404",route="GET /api/v1/webhooks/{id}"} 1`,
-		`walhook_attempt_duration_seconds_count 2`,
+		`walhook_attempt_duration_seconds_count 3`,
 		`walhook_commit_to_delivery_seconds_count 2`,
 		`walhook_outbox_pending`,
 		`walhook_outbox_oldest_pending_seconds`,
