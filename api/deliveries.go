@@ -37,7 +37,9 @@ func deliveryView(d dispatch.Delivery) delivery {
 		c := d.LastStatusCode
 		v.ResponseStatusCode = &c
 	}
-	if d.Attempts > 0 || d.LastDuration > 0 {
+	// The last response's time goes with its status code: a redeliver
+	// resets the attempts but keeps what the last response was.
+	if d.Attempts > 0 || d.LastDuration > 0 || d.LastStatusCode != 0 {
 		ms := d.LastDuration.Milliseconds()
 		v.ResponseTimeMs = &ms
 	}
