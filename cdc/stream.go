@@ -228,6 +228,7 @@ func (s *Stream) Run(ctx context.Context, start LSN) error {
 	n0 := s.nhanded.Load()
 	pos := start
 	delay := time.Duration(0)
+	waitingSaid := false
 	for attempt := 1; ; attempt++ {
 		s.setState(StateConnecting, nil)
 		// Until this Run hands something out, every attempt starts from
@@ -255,7 +256,18 @@ func (s *Stream) Run(ctx context.Context, start LSN) error {
 		}
 		delay = nextDelay(delay, s.opts.MaxReconnectDelay)
 		s.reconnects.Add(1)
-		s.log.Warn("replication interrupted; reconnecting", logKeyErr, err, logKeyDelay, delay, logKeyAttempt, attempt)
+		switch {
+		case errors.Is(err, ErrSlotActive) && waitingSaid:
+			// Said once: a dry run beside a running walhook waits for as
+			// long as that one runs.
+			s.log.Debug("still waiting for the slot", logKeyErr, err, logKeyDelay, delay, logKeyAttempt, attempt)
+		case errors.Is(err, ErrSlotActive):
+			waitingSaid = true
+			s.log.Info("waiting for the slot, which another session streams from", logKeyErr, err, logKeyDelay, delay)
+		default:
+			waitingSaid = false
+			s.log.Warn("replication interrupted; reconnecting", logKeyErr, err, logKeyDelay, delay, logKeyAttempt, attempt)
+		}
 		t := time.NewTimer(delay)
 		select {
 		case <-ctx.Done():
@@ -296,7 +308,8 @@ func (s *Stream) attempt(ctx context.Context, pos *LSN, start LSN, fresh bool) (
 		s.mu.Lock()
 		s.activePID = slot.ActivePID
 		s.mu.Unlock()
-		return false, fmt.Errorf("%w: slot %q is held by PID %d; waiting for it to be released", ErrSlotActive, s.opts.Slot, slot.ActivePID)
+		return false, fmt.Errorf("%w: slot %q is in use by server process %d (the walsender of another walhook?); waiting for it to be released",
+			ErrSlotActive, s.opts.Slot, slot.ActivePID)
 	}
 	if fresh {
 		*pos = start
