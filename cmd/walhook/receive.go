@@ -22,7 +22,8 @@ import (
 func runReceive(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("receive", stderr)
 	listen := fs.String("listen", "127.0.0.1:9000", "address to listen on")
-	secrets := fs.String("secret", os.Getenv("WALHOOK_RECEIVER_SECRET"), "comma-separated whsec_… secrets to accept (default $WALHOOK_RECEIVER_SECRET)")
+	secrets := fs.String("secret", os.Getenv("WALHOOK_RECEIVER_SECRET"), "comma-separated whsec_… secrets to accept (default $WALHOOK_RECEIVER_SECRET, which keeps them out of ps)")
+	bodies := fs.Bool("body", false, "print each delivery's body under its line")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -38,6 +39,19 @@ func runReceive(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		mu.Lock()
 		defer mu.Unlock()
 		fmt.Fprintln(stdout, receiver.Line(d))
+		if *bodies {
+			fmt.Fprintf(stdout, "  %s\n", d.Body)
+		}
+	}
+	// A refused request is said, or a wrong secret would look like
+	// nothing arriving.
+	r.OnReject = func(id, reason string) {
+		mu.Lock()
+		defer mu.Unlock()
+		if id == "" {
+			id = "(no webhook-id)"
+		}
+		fmt.Fprintf(stderr, "rejected %s with 401: %s\n", id, reason)
 	}
 	ln, err := net.Listen("tcp", *listen)
 	if err != nil {

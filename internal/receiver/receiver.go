@@ -37,6 +37,9 @@ type Receiver struct {
 	// Status, when set, decides the response code for a verified request
 	// (default 204).
 	Status func(Delivery) int
+	// OnReject, when set, is called for every request refused with 401:
+	// the webhook-id it claimed and why.
+	OnReject func(id, reason string)
 
 	mu       sync.Mutex
 	seen     map[string]int // id → times received
@@ -79,16 +82,26 @@ func (r *Receiver) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 		return
 	}
 	verified := false
+	var verr error
 	for _, v := range r.verifiers {
-		if v.Verify(body, req.Header) == nil {
+		if err := v.Verify(body, req.Header); err == nil {
 			verified = true
 			break
+		} else if verr == nil {
+			verr = err
 		}
 	}
 	if !verified || !json.Valid(body) {
 		r.mu.Lock()
 		r.rejected++
 		r.mu.Unlock()
+		if r.OnReject != nil {
+			reason := "the body is not JSON"
+			if !verified {
+				reason = fmt.Sprintf("no secret verifies it (%v): a wrong secret, a rotation overlap that ended, a changed body or a clock too far off", verr)
+			}
+			r.OnReject(req.Header.Get("webhook-id"), reason)
+		}
 		http.Error(w, "signature verification failed", http.StatusUnauthorized)
 		return
 	}

@@ -40,6 +40,8 @@ func TestReceiverVerifiesAndDeduplicates(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	var rejected []string
+	r.OnReject = func(id, reason string) { rejected = append(rejected, id+": "+reason) }
 	srv := httptest.NewServer(r)
 	defer srv.Close()
 	body := []byte(`{"event":"problem.created","auction_id":"a1"}`)
@@ -52,6 +54,9 @@ func TestReceiverVerifiesAndDeduplicates(t *testing.T) {
 	other := "whsec_" + "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="
 	if got := post(t, srv.URL, "d2", body, other); got != 401 {
 		t.Fatalf("wrong secret: %d, want 401", got)
+	}
+	if len(rejected) != 1 || !strings.HasPrefix(rejected[0], "d2: no secret verifies it") {
+		t.Errorf("rejections said: %q, want d2's", rejected)
 	}
 	if r.Unique() != 1 || r.Duplicates() != 1 || r.Rejected() != 1 || r.Counts()["problem.created"] != 1 {
 		t.Fatalf("unique %d dup %d rejected %d counts %v", r.Unique(), r.Duplicates(), r.Rejected(), r.Counts())
