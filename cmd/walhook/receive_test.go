@@ -23,7 +23,9 @@ func TestReceivePrintsBodiesAndRejections(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	stdout, stderr := &syncbuf.Buffer{}, &syncbuf.Buffer{}
 	done := make(chan error, 1)
-	go func() { done <- Run(ctx, []string{"receive", "--listen", "127.0.0.1:0", "--secret", runSecret, "--body"}, stdout, stderr) }()
+	go func() {
+		done <- Run(ctx, []string{"receive", "--listen", "127.0.0.1:0", "--secret", runSecret, "--body"}, stdout, stderr)
+	}()
 	defer func() {
 		cancel()
 		if err := <-done; err != nil {
