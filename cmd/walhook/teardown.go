@@ -37,6 +37,11 @@ func runTeardown(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		return err
 	}
 	if !*store {
+		// The store's cursor outlives the slot: a later setup makes a new
+		// slot, which starts at the server's WAL then, and the cursor
+		// behind it is a gap that setup says so about.
+		fmt.Fprintln(stdout, "kept the store (outbox, endpoints, delivery log, cursor): a later walhook setup creates a new slot "+
+			"that starts from now, and asks for --accept-gap to leave out the changes in between; teardown --store removes the store too")
 		return nil
 	}
 	line, err := dropStore(ctx, cfg)

@@ -82,6 +82,9 @@ func TestTeardown(t *testing.T) {
 	if n := ckScalar[int64](t, dsn, `SELECT count(*) FROM pg_namespace WHERE nspname = 'walhook'`); n != 1 {
 		t.Fatal("teardown without --store dropped the store schema")
 	}
+	if !strings.Contains(out, "kept the store") || !strings.Contains(out, "--accept-gap") {
+		t.Errorf("teardown without --store does not say what a later setup will ask:\n%s", out)
+	}
 
 	out, errOut, code = runCLI(t, ctx, "teardown", "--config", cfg, "--store")
 	t.Logf("teardown --store:\n%s%s", out, errOut)
