@@ -122,3 +122,55 @@ func StoredFork(ctx context.Context, pool *pgxpool.Pool, schema, slot string) (w
 	}
 	return walEnd, true, nil
 }
+
+// ErrNoCursor: the store holds no cursor for the slot (walhook run has
+// stored nothing for it yet).
+var ErrNoCursor = errors.New("the store holds no cursor for the slot")
+
+// CursorNotBehindError: SkipCursor was asked for a position the cursor
+// has reached already.
+type CursorNotBehindError struct {
+	Slot   string
+	Cursor cdc.LSN
+}
+
+func (e *CursorNotBehindError) Error() string {
+	return fmt.Sprintf("the cursor for slot %s is already at %s", e.Slot, e.Cursor)
+}
+
+// SkipCursor moves slot's cursor forward to `to` and returns where it was.
+// walhook run starts replication from the cursor, and PostgreSQL skips
+// every transaction whose commit record lies before the start position
+// (SnapBuildXactNeedsSkip), so the transactions that committed between
+// the two are never decoded again: walhook setup --skip-to, the way past
+// a transaction no rule can map. It moves only forward: the row is locked
+// while it is compared, and the update keeps GREATEST as Append does, so
+// a cursor an Append advanced meanwhile never goes back; one at or past
+// `to` is a *CursorNotBehindError. A pending fork (RecordFork) is left
+// for AcceptGap.
+func SkipCursor(ctx context.Context, pool *pgxpool.Pool, schema, slot string, to cdc.LSN) (from cdc.LSN, err error) {
+	q := func(sql string) string { return strings.ReplaceAll(sql, "{{schema}}", quoteIdent(schema)) }
+	err = pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+		var s string
+		err := tx.QueryRow(ctx, q(`SELECT lsn::text FROM {{schema}}.cursor WHERE slot = $1 FOR UPDATE`), slot).Scan(&s)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return ErrNoCursor
+		}
+		if err != nil {
+			return err
+		}
+		if from, err = pglogrepl.ParseLSN(s); err != nil {
+			return err
+		}
+		if from >= to {
+			return &CursorNotBehindError{Slot: slot, Cursor: from}
+		}
+		_, err = tx.Exec(ctx, q(`UPDATE {{schema}}.cursor SET lsn = GREATEST(lsn, $2::pg_lsn), updated_at = now()
+			WHERE slot = $1`), slot, to.String())
+		return err
+	})
+	if err != nil {
+		return 0, fmt.Errorf("skip the cursor of slot %q to %s: %w", slot, to, err)
+	}
+	return from, nil
+}
