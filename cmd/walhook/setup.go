@@ -2,8 +2,11 @@ package main
 
 import (
 	"context"
+	"errors"
+	"flag"
 	"fmt"
 	"io"
+	"regexp"
 	"slices"
 	"strings"
 
@@ -17,7 +20,8 @@ import (
 
 // runSetup creates what walhook run needs, idempotently: the store schema
 // (migrated to this binary's version), the publication of the rule tables
-// and then the slot. It prints one line per thing it did or found.
+// and then the slot. It prints one line per thing it did or found. With
+// --skip-to it moves the store's cursor forward and does nothing else.
 func runSetup(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("setup", stderr)
 	cfgPath := configFlag(fs)
@@ -26,12 +30,30 @@ func runSetup(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	acceptGap := fs.Bool("accept-gap", false,
 		"when the store's cursor is behind the slot (a new slot after a lost one or a failover), move it to the slot: "+
 			"the changes in between are lost and become no events")
+	skipTo := fs.String("skip-to", "",
+		"move the store's cursor forward to `LSN` (the end of a transaction walhook run stopped on) and change nothing else: "+
+			"the transactions committed before it are skipped and become no events")
 	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	skip, skipping, err := skipToFlag(fs, *skipTo, *acceptGap, *identity)
+	if err != nil {
 		return err
 	}
 	cfg, err := loadConfig(*cfgPath)
 	if err != nil {
 		return err
+	}
+	if skipping {
+		if err := checkDSNs(cfg); err != nil {
+			return err
+		}
+		line, err := setupSkip(ctx, cfg, skip)
+		if err != nil {
+			return fmt.Errorf("setup: %w", err)
+		}
+		fmt.Fprintln(stdout, line)
+		return nil
 	}
 	m, err := compileMapper(cfg, "", nil)
 	if err != nil {
@@ -294,4 +316,138 @@ func readCursorGap(ctx context.Context, cfg *config.Config) (*cursorGap, error) 
 		return nil, nil
 	}
 	return &cursorGap{name: cfg.Source.Slot, cursor: cursor, slot: slotLSN}, nil
+}
+
+// lsnText is an LSN as PostgreSQL prints it.
+var lsnText = regexp.MustCompile(`^[0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8}$`)
+
+// skipToFlag reads --skip-to: skipping is false when it was not given. It
+// goes with no flag that changes something else.
+func skipToFlag(fs *flag.FlagSet, value string, acceptGap, identity bool) (lsn cdc.LSN, skipping bool, err error) {
+	fs.Visit(func(f *flag.Flag) { skipping = skipping || f.Name == "skip-to" })
+	if !skipping {
+		return 0, false, nil
+	}
+	switch {
+	case acceptGap:
+		return 0, false, usageErrorf("setup: --skip-to and --accept-gap do not go together: accept the gap first, then skip")
+	case identity:
+		return 0, false, usageErrorf("setup: --skip-to and --replica-identity do not go together: --skip-to changes nothing but the cursor")
+	}
+	// ParseLSN alone takes "0/1A-B" for 0/1A.
+	if !lsnText.MatchString(value) {
+		err = errors.New("not an LSN")
+	} else {
+		lsn, err = pglogrepl.ParseLSN(value)
+	}
+	if err != nil {
+		return 0, false, usageErrorf("setup: --skip-to %q is not an LSN (such as 0/16B3748, as walhook run names it)", value)
+	}
+	return lsn, true, nil
+}
+
+// setupSkip moves the store's cursor for the slot forward to `to`, so
+// that the next walhook run streams from there and PostgreSQL skips the
+// transactions that committed before it: the way past a transaction no
+// rule can map (a change written without the old values a rule reads
+// comes back the same on every restart) other than changing the rules.
+// It refuses while a walhook leads on this store or anything streams
+// from the slot: a running walhook streams on from its own position, past
+// a cursor moved under it. Holding the leader lock while it moves the
+// cursor keeps a standby from taking over in between.
+func setupSkip(ctx context.Context, cfg *config.Config, to cdc.LSN) (string, error) {
+	slot := cfg.Source.Slot
+	pool, err := connectStore(ctx, cfg.Store.DSN)
+	if err != nil {
+		return "", err
+	}
+	defer pool.Close()
+	if err := dispatch.CheckSchema(ctx, pool, cfg.Store.Schema); errors.Is(err, dispatch.ErrSchemaMissing) {
+		return "", fmt.Errorf("there is no walhook store in schema %s, so there is no cursor to move", cfg.Store.Schema)
+	} else if err != nil {
+		return "", err
+	}
+	cursor, _, ok, err := dispatch.StoredCursor(ctx, pool, cfg.Store.Schema, slot)
+	if err != nil {
+		return "", err
+	}
+	if !ok {
+		return "", fmt.Errorf("the store holds no cursor for slot %s (walhook run has stored nothing from it yet), so there is nothing to skip", slot)
+	}
+	if to <= cursor {
+		return "", fmt.Errorf("--skip-to %s: the cursor for slot %s is already at %s; nothing to skip", to, slot, cursor)
+	}
+
+	lock, err := pool.Acquire(ctx)
+	if err != nil {
+		return "", fmt.Errorf("connect to the store: %w", err)
+	}
+	defer lock.Release()
+	key := leaderLockKey(cfg.Store.Schema, slot)
+	var got bool
+	if err := lock.QueryRow(ctx, `SELECT pg_try_advisory_lock(hashtextextended($1, 0))`, key).Scan(&got); err != nil {
+		return "", fmt.Errorf("take the leader lock of slot %s: %w", slot, err)
+	}
+	if !got {
+		return "", fmt.Errorf("%w: a walhook leads slot %s on this store (it holds the leader lock); stop every walhook on this store, "+
+			"then run setup --skip-to again: a running one streams on from its own position, past a cursor moved under it", cdc.ErrSlotActive, slot)
+	}
+	defer func() { // else the lock goes with the session, when the pool closes
+		_, _ = lock.Exec(context.WithoutCancel(ctx), `SELECT pg_advisory_unlock(hashtextextended($1, 0))`, key)
+	}()
+
+	conn, err := pgx.Connect(ctx, cfg.Source.DSN)
+	if err != nil {
+		return "", fmt.Errorf("connect to the source: %w", err)
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	var active bool
+	var pid *int32
+	var walEnd string
+	err = conn.QueryRow(ctx, `SELECT active, active_pid, pg_current_wal_lsn()::text FROM pg_replication_slots WHERE slot_name = $1`, slot).
+		Scan(&active, &pid, &walEnd)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return "", fmt.Errorf("replication slot %s does not exist (walhook setup creates it; see docs/operations.md, recovering from a gap)", slot)
+	}
+	if err != nil {
+		return "", fmt.Errorf("look up replication slot %s: %w", slot, err)
+	}
+	if active {
+		p := int32(0)
+		if pid != nil {
+			p = *pid
+		}
+		return "", fmt.Errorf("%w: slot %q is held by the server process with PID %d (the walsender of a running walhook?); "+
+			"stop that walhook, then run setup --skip-to again: it streams on from its own position, past a cursor moved under it",
+			cdc.ErrSlotActive, slot, p)
+	}
+	end, err := pglogrepl.ParseLSN(walEnd)
+	if err != nil {
+		return "", fmt.Errorf("read the server's WAL position: %w", err)
+	}
+	if to > end {
+		return "", fmt.Errorf("--skip-to %s is past the server's current WAL position %s; refusing: the cursor would skip "+
+			"every change the server writes until it gets there (is this the right server, or the LSN mistyped?)", to, end)
+	}
+	// A cursor behind the slot, past the WAL or from another system is
+	// a gap or a fork, which --accept-gap settles with its own record.
+	if gap, err := readCursorGap(ctx, cfg); err != nil {
+		return "", err
+	} else if gap != nil {
+		fix := "walhook setup --accept-gap first"
+		if gap.otherSystem != "" {
+			fix = otherSystemFix
+		}
+		return "", fmt.Errorf("%s — fix: %s; nothing was skipped", gap, fix)
+	}
+
+	from, err := dispatch.SkipCursor(ctx, pool, cfg.Store.Schema, slot, to)
+	if nb := (*dispatch.CursorNotBehindError)(nil); errors.As(err, &nb) {
+		return "", fmt.Errorf("--skip-to %s: the cursor for slot %s is already at %s (did a walhook just run?); nothing to skip", to, slot, nb.Cursor)
+	}
+	if err != nil {
+		return "", err
+	}
+	return fmt.Sprintf("skipped the changes between %s and %s: they will not be mapped or delivered "+
+		"(the store's cursor for slot %s moved from %s to %s)", from, to, slot, from, to), nil
 }
