@@ -391,6 +391,14 @@ func (r *runner) consume(ctx context.Context, stream *cdc.Stream) error {
 			}
 			te, err := r.mapTx(tx)
 			if err != nil {
+				// The transactions before it are stored, so that the
+				// cursor is at the stopped one and setup --skip-to its
+				// end skips it alone.
+				if len(batch) > 0 {
+					if aerr := r.appendBatch(ctx, stream, batch, events); aerr != nil {
+						return fmt.Errorf("%w (and storing the transactions before it failed: %v)", err, aerr)
+					}
+				}
 				return err
 			}
 			batch = append(batch, te)
@@ -455,21 +463,48 @@ func mayPace(commitTime, now time.Time) bool {
 func (r *runner) mapTx(tx *cdc.Tx) (dispatch.TxEvents, error) {
 	evs, err := r.mapper.Map(tx)
 	if err != nil {
-		hint := ""
-		if errors.Is(err, mapper.ErrNeedsOldValues) {
-			// The partitioned table may be FULL while the partition the
-			// row is in (one created or attached since start) is not.
-			hint = " (on a partitioned table, each partition needs REPLICA IDENTITY FULL of its own, partitions created or " +
-				"attached later too: walhook check names those without it, walhook setup --replica-identity sets it)"
-		}
-		return dispatch.TxEvents{}, fmt.Errorf("mapping stopped replication (fix the rule, then restart; nothing after this "+
-			"transaction was stored or confirmed; fixing the table helps only changes written after the fix, see "+
-			"docs/mapping.md): %w%s", err, hint)
+		return dispatch.TxEvents{}, mapStopError(tx, err)
 	}
 	return dispatch.TxEvents{
 		Xid: tx.Xid, CommitLSN: tx.CommitLSN, EndLSN: tx.EndLSN, Final: tx.Final,
 		CommitTime: tx.CommitTime, Events: evs,
 	}, nil
+}
+
+// mapStopError is what run stops with when tx cannot be mapped. Nothing
+// of tx is confirmed, so every restart stops at it again, and fixing the
+// table does not help: PostgreSQL decodes a change as it was written. So
+// it names the two ways past it: a rule that maps it, or walhook setup
+// --skip-to the transaction's end, which loses its events.
+func mapStopError(tx *cdc.Tx, err error) error {
+	hint, fix := "", ""
+	if errors.Is(err, mapper.ErrNeedsOldValues) {
+		// The partitioned table may be FULL while the partition the
+		// row is in (one created or attached since start) is not.
+		hint = " (on a partitioned table, each partition needs REPLICA IDENTITY FULL of its own, partitions created or " +
+			"attached later too: walhook check names those without it, walhook setup --replica-identity sets it)"
+		fix = " — fixing the table lets the changes written after the fix through, but not this one: PostgreSQL wrote " +
+			"it without old values and sends it so on every restart"
+	}
+	// PostgreSQL skips a transaction whose commit record starts before
+	// the position replication starts from (SnapBuildXactNeedsSkip), so
+	// the end of the transaction, or before its commit arrived one byte
+	// past the commit record's start, skips it and nothing after it.
+	skipTo, at := tx.EndLSN, ""
+	if !tx.Final {
+		skipTo = tx.CommitLSN + 1
+		at = fmt.Sprintf(", just past its commit record at %s (its end is not known yet)", tx.CommitLSN)
+	}
+	if tx.Chunk > 0 {
+		at += fmt.Sprintf("; the events of its first %d parts were stored already and stay", tx.Chunk)
+	}
+	way := "Fix the rule, then restart"
+	if fix != "" {
+		way = "To get past it, change the rule so it does not read old values, then restart"
+	}
+	return fmt.Errorf("mapping stopped replication: %w%s%s; nothing from this transaction on was stored or confirmed, "+
+		"so a restart stops here again. %s; or, to skip this transaction's events, stop every walhook on this store "+
+		"and run walhook setup --skip-to %s%s (docs/operations.md)", err, hint, fix, way, skipTo, at)
 }
 
 // appendBatch appends and then confirms the batch's last complete
