@@ -495,7 +495,10 @@ func mapStopError(tx *cdc.Tx, err error) error {
 		skipTo = tx.CommitLSN + 1
 		at = fmt.Sprintf(", just past its commit record at %s (its end is not known yet)", tx.CommitLSN)
 	}
-	if tx.Chunk > 0 {
+	switch {
+	case tx.Chunk == 1:
+		at += "; the events of its first part were stored already and stay"
+	case tx.Chunk > 1:
 		at += fmt.Sprintf("; the events of its first %d parts were stored already and stay", tx.Chunk)
 	}
 	way := "Fix the rule, then restart"

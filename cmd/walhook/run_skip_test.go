@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"regexp"
 	"strings"
@@ -9,6 +10,8 @@ import (
 	"time"
 
 	"github.com/jackc/pglogrepl"
+
+	"github.com/walhook/walhook/cdc"
 )
 
 const skipSchema = `
@@ -157,5 +160,30 @@ func TestRunSkipsAnUnmappableTransaction(t *testing.T) {
 	}
 	if n := db.count(t, `SELECT count(*) FROM walhook.events WHERE type = 'member.role_changed' AND data->>'role' = 'seller'`); n != 0 {
 		t.Errorf("%d events for the skipped change", n)
+	}
+}
+
+// The position run's error names: a whole transaction's end; for a part
+// of a large one whose commit has not arrived, one past its commit
+// record's start (PostgreSQL skips a transaction whose commit record
+// starts before the start position), saying that earlier parts stay.
+func TestMapStopErrorNamesTheSkip(t *testing.T) {
+	t.Parallel()
+	cause := errors.New("map transaction 9: boom")
+	for _, tc := range []struct {
+		tx   cdc.Tx
+		want string
+	}{
+		{cdc.Tx{CommitLSN: 0x100, EndLSN: 0x130, Final: true}, "walhook setup --skip-to 0/130 (docs/operations.md)"},
+		{cdc.Tx{CommitLSN: 0x100, EndLSN: 0x130, Final: true, Chunk: 2},
+			"walhook setup --skip-to 0/130; the events of its first 2 parts were stored already and stay (docs/operations.md)"},
+		{cdc.Tx{CommitLSN: 0x100, Chunk: 1},
+			"walhook setup --skip-to 0/101, just past its commit record at 0/100 (its end is not known yet); the events of its first part were"},
+	} {
+		err := mapStopError(&tc.tx, cause)
+		if !errors.Is(err, cause) || !strings.Contains(err.Error(), "Fix the rule, then restart; or, to skip this transaction's events") ||
+			!strings.Contains(err.Error(), tc.want) {
+			t.Errorf("chunk %d final %v: %v\nwant it to contain %q", tc.tx.Chunk, tc.tx.Final, err, tc.want)
+		}
 	}
 }
