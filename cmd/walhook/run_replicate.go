@@ -393,10 +393,13 @@ func (r *runner) consume(ctx context.Context, stream *cdc.Stream) error {
 			if err != nil {
 				// The transactions before it are stored, so that the
 				// cursor is at the stopped one and setup --skip-to its
-				// end skips it alone.
+				// end skips it alone. Unless they could not be (the
+				// store is down, or this process is stopping: appendBatch
+				// then stores nothing and says nil): a skip to its end
+				// would lose them too, so the message does not offer it.
 				if len(batch) > 0 {
-					if aerr := r.appendBatch(ctx, stream, batch, events); aerr != nil {
-						return fmt.Errorf("%w (and storing the transactions before it failed: %v)", err, aerr)
+					if aerr := r.appendBatch(ctx, stream, batch, events); aerr != nil || ctx.Err() != nil {
+						return withUnstored(err, aerr)
 					}
 				}
 				return err
@@ -476,7 +479,33 @@ func (r *runner) mapTx(tx *cdc.Tx) (dispatch.TxEvents, error) {
 // table does not help: PostgreSQL decodes a change as it was written. So
 // it names the two ways past it: a rule that maps it, or walhook setup
 // --skip-to the transaction's end, which loses its events.
-func mapStopError(tx *cdc.Tx, err error) error {
+func mapStopError(tx *cdc.Tx, err error) error { return &mapStop{tx: tx, err: err} }
+
+// mapStop is the error run stops with at a transaction no rule can map.
+type mapStop struct {
+	tx  *cdc.Tx
+	err error
+	// unstored: the transactions before it in its batch could not be
+	// stored (why, when known); the cursor is then before them.
+	unstored    bool
+	unstoredWhy error
+}
+
+func (m *mapStop) Unwrap() error { return m.err }
+
+// withUnstored marks err (a *mapStop) as stopping with the transactions
+// before it not stored.
+func withUnstored(err, why error) error {
+	var m *mapStop
+	if errors.As(err, &m) {
+		m.unstored, m.unstoredWhy = true, why
+		return m
+	}
+	return err
+}
+
+func (m *mapStop) Error() string {
+	tx, err := m.tx, m.err
 	hint, fix := "", ""
 	if errors.Is(err, mapper.ErrNeedsOldValues) {
 		// The partitioned table may be FULL while the partition the
@@ -505,7 +534,19 @@ func mapStopError(tx *cdc.Tx, err error) error {
 	if fix != "" {
 		way = "To get past it, change the rule so it does not read old values, then restart"
 	}
-	return fmt.Errorf("mapping stopped replication: %w%s%s; nothing from this transaction on was stored or confirmed, "+
+	if m.unstored {
+		why := "this process was stopping"
+		if m.unstoredWhy != nil {
+			why = m.unstoredWhy.Error()
+		}
+		// No position to skip to is safe yet: the cursor is before the
+		// transactions that came first, and a skip would lose them too.
+		return fmt.Sprintf("mapping stopped replication: %v%s%s; the transactions before it could not be stored "+
+			"(%s), so nothing from them on was stored or confirmed and a restart stops here again. %s; or restart "+
+			"once the store answers: run then stores them and names the position to skip this transaction with "+
+			"walhook setup --skip-to (docs/operations.md)", err, hint, fix, why, way)
+	}
+	return fmt.Sprintf("mapping stopped replication: %v%s%s; nothing from this transaction on was stored or confirmed, "+
 		"so a restart stops here again. %s; or, to skip this transaction's events, stop every walhook on this store "+
 		"and run walhook setup --skip-to %s%s (docs/operations.md)", err, hint, fix, way, skipTo, at)
 }

@@ -186,4 +186,16 @@ func TestMapStopErrorNamesTheSkip(t *testing.T) {
 			t.Errorf("chunk %d final %v: %v\nwant it to contain %q", tc.tx.Chunk, tc.tx.Final, err, tc.want)
 		}
 	}
+	// The transactions before it in its batch could not be stored: a skip
+	// to its end would lose them too, so none is offered.
+	tx := cdc.Tx{CommitLSN: 0x100, EndLSN: 0x130, Final: true}
+	err := withUnstored(mapStopError(&tx, cause), errors.New("store: connection refused"))
+	if !errors.Is(err, cause) || strings.Contains(err.Error(), "--skip-to 0/") ||
+		!strings.Contains(err.Error(), "the transactions before it could not be stored (store: connection refused)") {
+		t.Errorf("with the batch before it not stored: %v", err)
+	}
+	err = withUnstored(mapStopError(&tx, cause), nil)
+	if !strings.Contains(err.Error(), "could not be stored (this process was stopping)") {
+		t.Errorf("stopping: %v", err)
+	}
 }
