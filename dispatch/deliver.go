@@ -271,9 +271,9 @@ func (d *Dispatcher) queueOutcome(b *pgx.Batch, c claimed, started time.Time, re
 				last_status_code = $5, last_error = $6, last_duration_ms = $7,
 				delivered_at = CASE WHEN $3 = 'delivered' THEN now() ELSE d.delivered_at END,
 				updated_at = now()
-			WHERE id = $1 AND locked_by = $2 AND attempts = $8`), // held by this claim (see recordSuccessesSQL)
+			WHERE id = $1 AND locked_by = $2 AND locked_until = $8`), // held by this claim (see recordSuccessesSQL)
 		c.id, d.opts.InstanceID, o.status, o.delay.Seconds(), nullInt(res.StatusCode),
-		nullString(o.errText), res.Duration.Milliseconds(), c.attempt)
+		nullString(o.errText), res.Duration.Milliseconds(), c.lease)
 	// After the delivery's update, and not for a delivery deleted meanwhile
 	// (its endpoint was deleted): the update waits for such a delete, and
 	// this statement then sees the delivery gone, where an attempt written

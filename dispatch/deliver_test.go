@@ -825,3 +825,46 @@ func TestRetentionSparesARequeuedDelivery(t *testing.T) {
 		t.Error("retention deleted a delivery a redeliver had requeued")
 	}
 }
+
+// The same with a redeliver between the two claims: it resets the
+// attempt count, so the second claim counts the same attempt as the
+// first, and only the lease each claim set tells them apart.
+func TestOldAttemptDoesNotOverwriteAClaimAfterARedeliver(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	d, b := obSetup(t, func(o *Options) { o.InstanceID = "me" })
+	ep := b.endpoint(t, "whk_1", "https://x.example/", nil, nil, true)
+	ev := obEvent("a.b", "")
+	obAppend(t, d, 10, ev)
+	id := mapper.DeliveryID(ev.Envelope, ev.ID, ep)
+	first, _, err := d.claim(ctx, 10, &inflight{})
+	if err != nil || len(first) != 1 {
+		t.Fatalf("claim = %d, %v", len(first), err)
+	}
+	if _, err := b.pool.Exec(ctx, `UPDATE walhook.deliveries SET locked_until = now() - interval '1 second'`); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := d.rescue(ctx); err != nil || n != 1 {
+		t.Fatalf("rescue = %d, %v", n, err)
+	}
+	if _, err := NewAdmin(b.pool, "walhook", d).Redeliver(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	second, _, err := d.claim(ctx, 10, &inflight{})
+	if err != nil || len(second) != 1 || second[0].attempt != first[0].attempt {
+		t.Fatalf("second claim = %+v, %v; want the same attempt number as the first", second, err)
+	}
+	res500 := Result{StatusCode: http.StatusInternalServerError, Duration: time.Millisecond}
+	if err := d.record(ctx, first[0], time.Now(), res500, d.decide(first[0], res500)); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := d.releaseIDs(ctx, first, "pending"); err != nil || n != 0 {
+		t.Fatalf("hand-back of the old claim = %d, %v; want 0", n, err)
+	}
+	if err := d.recordSuccesses(ctx, []success{{c: second[0], started: time.Now(), res: Result{StatusCode: http.StatusOK}}}); err != nil {
+		t.Fatal(err)
+	}
+	if s, _, _, _ := b.deliveryState(t, id); s != "delivered" {
+		t.Fatalf("after the old attempt's 500 and the new one's 2xx: %s, want delivered", s)
+	}
+}

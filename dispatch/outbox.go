@@ -271,9 +271,9 @@ WITH ins AS (
     FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[])
         AS t(id, event_id, endpoint_id, event_type, status)
     ON CONFLICT (id) DO NOTHING
-    RETURNING id, status
+    RETURNING id, status, locked_until
 )
-SELECT id FROM ins WHERE status = 'delivering'`
+SELECT id, locked_until FROM ins WHERE status = 'delivering'`
 
 // GREATEST keeps the cursor from going back when an older batch is
 // replayed after a newer one was stored.
@@ -360,13 +360,14 @@ func (d *Dispatcher) readAppend(br pgx.BatchResults, events, deliveries bool, ta
 		return err
 	}
 	var id string
-	_, err = pgx.ForEachRow(rows, []any{&id}, func() error {
+	var lease time.Time
+	_, err = pgx.ForEachRow(rows, []any{&id, &lease}, func() error {
 		h, ok := taken[id]
 		if !ok {
 			return fmt.Errorf("the insert returned delivery %s, which was not taken for this process", id)
 		}
 		c := h.claimed(id)
-		c.at, c.handed = at, true
+		c.at, c.handed, c.lease = at, true, lease
 		*cs = append(*cs, c)
 		return nil
 	})

@@ -95,19 +95,14 @@ const (
 )
 
 // write records one batch, retrying a failed write with backoff for as
-// long as a store restart takes (recordRetryFor), but never past the
-// batch's leases, after which the rescue sends the deliveries again
-// anyway, and only briefly while the process stops: a store hiccup
-// should not turn a batch of successes into redeliveries.
+// long as a store restart takes (recordRetryFor), and only briefly while
+// the process stops: a store hiccup should not turn a batch of successes
+// into redeliveries. A write after a lease ended is harmless: the row
+// still held by this claim is marked delivered (sparing a resend), one
+// the rescue has let go is not touched (its attempt is only logged).
 func (r *recorder) write(batch []success) {
 	d := r.d
 	deadline := time.Now().Add(recordRetryFor)
-	for _, s := range batch {
-		// The lease began when the claim (or Append) began.
-		if end := s.c.at.Add(d.opts.Lease - 2*time.Second); end.Before(deadline) {
-			deadline = end
-		}
-	}
 	// Once close has begun, nothing waits much longer than
 	// recordRetryClosing (checked again at every try: a write that began
 	// before the close is cut short too).
@@ -151,12 +146,13 @@ func (r *recorder) write(batch []success) {
 // others' lease passed to another process, or their endpoint was deleted
 // (lostAttemptsSQL logs the first kind).
 //
-// "Still holds" is locked_by = $1 and the attempt this claim counted:
-// only a claim sets locked_by, and every move out of 'delivering' clears
-// it; the attempt tells this claim from a later one by this same process
-// (the lease ran out mid-attempt, the rescue made the row pending and
-// this process claimed it again), whose row an old outcome must not
-// overwrite. Saying status = 'delivering'
+// "Still holds" is locked_by = $1 and the lease this claim set: only a
+// claim (or Append) sets locked_by, and every move out of 'delivering'
+// clears it; the lease tells this claim from a later one by this same
+// process (the lease ran out mid-attempt, the rescue made the row pending
+// and this process claimed it again), whose row an old outcome must not
+// overwrite. The attempt count cannot tell them apart: a redeliver in
+// between resets it. Saying status = 'delivering'
 // as well would let the planner read the rows through deliveries_leased,
 // a partial index on that status that holds a dead entry for every
 // delivery claimed since the last vacuum, and join them in a loop: it did,
@@ -172,14 +168,14 @@ func (r *recorder) write(batch []success) {
 // throughput when it was tried.
 const recordSuccessesSQL = `
 WITH o AS (
-    SELECT * FROM unnest($2::text[], $3::int[], $4::timestamptz[], $5::int[], $6::int[], $7::text[], $8::int[])
-        AS o(id, attempt, started_at, duration_ms, status_code, response_body, signed_by)
+    SELECT * FROM unnest($2::text[], $3::int[], $4::timestamptz[], $5::int[], $6::int[], $7::text[], $8::int[], $9::timestamptz[])
+        AS o(id, attempt, started_at, duration_ms, status_code, response_body, signed_by, lease)
 ), done AS (
     UPDATE {{schema}}.deliveries d SET status = 'delivered', locked_by = NULL, locked_until = NULL,
         last_status_code = o.status_code, last_error = NULL, last_duration_ms = o.duration_ms,
         delivered_at = now(), updated_at = now()
     FROM o
-    WHERE d.id = o.id AND d.locked_by = $1 AND d.attempts = o.attempt
+    WHERE d.id = o.id AND d.locked_by = $1 AND d.locked_until = o.lease
     RETURNING d.id, o.attempt, o.started_at, o.duration_ms, o.status_code, o.response_body, o.signed_by
 ), logged AS (
     INSERT INTO {{schema}}.attempts (delivery_id, attempt, started_at, duration_ms, status_code, error, response_body, signed_by)
@@ -216,6 +212,7 @@ func (d *Dispatcher) recordSuccesses(ctx context.Context, batch []success) error
 	code := make([]int32, n)
 	body := make([]*string, n)
 	signed := make([]int32, n)
+	leases := make([]time.Time, n)
 	var endpoints []string
 	for i := range batch {
 		s := &batch[i]
@@ -226,6 +223,7 @@ func (d *Dispatcher) recordSuccesses(ctx context.Context, batch []success) error
 		code[i] = int32(s.res.StatusCode)
 		body[i] = nullString(storableText(s.res.Body))
 		signed[i] = int32(max(s.res.Signatures, 1))
+		leases[i] = s.c.lease
 		if !slices.Contains(endpoints, s.c.endpointID) {
 			endpoints = append(endpoints, s.c.endpointID)
 		}
@@ -235,7 +233,7 @@ func (d *Dispatcher) recordSuccesses(ctx context.Context, batch []success) error
 	b.Queue("SET LOCAL synchronous_commit = off")
 	b.Queue(indexPlans)
 	var marked int
-	b.Queue(d.q(recordSuccessesSQL), d.opts.InstanceID, ids, attempt, started, dur, code, body, signed).
+	b.Queue(d.q(recordSuccessesSQL), d.opts.InstanceID, ids, attempt, started, dur, code, body, signed, leases).
 		QueryRow(func(row pgx.Row) error { return row.Scan(&marked) })
 	// The rows are locked in id order, as by every transaction that locks
 	// several endpoints (SyncStaticEndpoints): two cannot wait for each

@@ -90,12 +90,13 @@ func TestRecordedAttemptsFollowTheirDelivery(t *testing.T) {
 	for _, id := range []string{"held", "held-deleting", "lost", "lost-deleting"} {
 		b.addDelivery(t, id, e.ID, "delivering", 1, time.Now())
 	}
-	b.exec(t, `UPDATE {{schema}}.deliveries SET locked_by = $1, locked_until = now() + interval '1 minute'
-		WHERE id IN ('held', 'held-deleting')`, me)
+	lease := time.Now().Add(time.Minute).Truncate(time.Microsecond)
+	b.exec(t, `UPDATE {{schema}}.deliveries SET locked_by = $1, locked_until = $2
+		WHERE id IN ('held', 'held-deleting')`, me, lease)
 	// The lease of the other two passed: the rescue made them pending.
 	b.exec(t, `UPDATE {{schema}}.deliveries SET status = 'pending' WHERE id IN ('lost', 'lost-deleting')`)
 	ok := func(id string) success {
-		return success{c: claimed{id: id, endpointID: e.ID, attempt: 1}, started: time.Now(),
+		return success{c: claimed{id: id, endpointID: e.ID, attempt: 1, lease: lease}, started: time.Now(),
 			res: Result{StatusCode: http.StatusOK, Duration: time.Millisecond}}
 	}
 

@@ -66,11 +66,10 @@ func (d *Dispatcher) SendTest(ctx context.Context, endpointID string) (TestResul
 			return err
 		}
 		// Inserted already claimed by this process, so no worker takes it.
-		_, err = tx.Exec(ctx, d.q(`INSERT INTO {{schema}}.deliveries
+		return tx.QueryRow(ctx, d.q(`INSERT INTO {{schema}}.deliveries
 			(id, event_id, endpoint_id, event_type, status, attempts, locked_by, locked_until)
-			VALUES ($1, $2, $3, $4, 'delivering', 1, $5, now() + make_interval(secs => $6))`),
-			c.id, ev.ID, endpointID, ev.Type, d.opts.InstanceID, d.opts.Lease.Seconds())
-		return err
+			VALUES ($1, $2, $3, $4, 'delivering', 1, $5, now() + make_interval(secs => $6)) RETURNING locked_until`),
+			c.id, ev.ID, endpointID, ev.Type, d.opts.InstanceID, d.opts.Lease.Seconds()).Scan(&c.lease)
 	})
 	if err != nil {
 		return TestResult{}, fmt.Errorf("send test: %w", err)

@@ -26,6 +26,11 @@ type claimed struct {
 	test                bool      // a SendTest delivery: no retry, no health change
 	at                  time.Time // when the claim (or Append) began
 	handed              bool      // taken by Append, not by a claim
+	// lease is the row's locked_until as this claim set it: it tells
+	// this claim from any later one of the same row (the attempt count
+	// does not, as a redeliver resets it), so an outcome, a 2xx or a
+	// hand-back of this claim never lands on a later claim's row.
+	lease time.Time
 }
 
 // claimSQL claims due deliveries in one statement. It walks the active
@@ -68,7 +73,7 @@ WHERE d.id = due.id AND ev.id = d.event_id AND e.id = d.endpoint_id
 RETURNING d.id, d.endpoint_id, d.attempts, e.url, e.secret, coalesce(e.previous_secret, ''),
     coalesce(e.previous_secret_until > now(), false),
     ev.id, ev.type, coalesce(ev.auction_id, ''), coalesce(ev.domain, ''), ev.envelope,
-    ev.occurred_at, ev.data::text, coalesce(ev.table_name, ''), coalesce(ev.position, 0)`
+    ev.occurred_at, ev.data::text, coalesce(ev.table_name, ''), coalesce(ev.position, 0), d.locked_until`
 
 // inflight counts the deliveries this process holds (in flight or waiting
 // for a worker) per endpoint and in all. It is also where Append takes
@@ -373,7 +378,7 @@ func scanClaimed(r pgx.CollectableRow) (claimed, error) {
 	var env, data string
 	err := r.Scan(&c.id, &c.endpointID, &c.attempt, &c.url, &c.secret, &c.prevSecret, &c.prevSecretValid,
 		&c.event.ID, &c.event.Type, &c.event.AuctionID, &c.event.Domain, &env,
-		&c.event.OccurredAt, &data, &c.event.Table, &c.event.Position)
+		&c.event.OccurredAt, &data, &c.event.Table, &c.event.Position, &c.lease)
 	c.event.Envelope = mapper.Envelope(env)
 	c.event.Data = []byte(data)
 	c.event.OccurredAt = c.event.OccurredAt.UTC()
@@ -732,15 +737,15 @@ const coalesceDelay = 2 * time.Millisecond
 // releaseIDs hands deliveries this process holds but never sent back as
 // status (pending, or skipped), refunding the attempt their claim counted.
 // Each is released only while it is still the claim this process made
-// (its attempt), not a later claim of the same row.
+// (its lease), not a later claim of the same row.
 func (d *Dispatcher) releaseIDs(ctx context.Context, cs []claimed, status string) (int64, error) {
 	ids := make([]string, len(cs))
-	attempts := make([]int32, len(cs))
+	leases := make([]time.Time, len(cs))
 	for i, c := range cs {
-		ids[i], attempts[i] = c.id, int32(c.attempt)
+		ids[i], leases[i] = c.id, c.lease
 	}
 	tag, err := d.pool.Exec(ctx, d.q(releaseSQL+`WHERE locked_by = $1
-		AND (id, attempts) IN (SELECT * FROM unnest($3::text[], $4::int[]))`), d.opts.InstanceID, status, ids, attempts)
+		AND (id, locked_until) IN (SELECT * FROM unnest($3::text[], $4::timestamptz[]))`), d.opts.InstanceID, status, ids, leases)
 	return tag.RowsAffected(), err
 }
 
