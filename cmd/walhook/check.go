@@ -562,7 +562,7 @@ func (c *checker) checkPublication(ctx context.Context, conn *pgx.Conn) error {
 		line := checkLine{status: statusFail, what: what, msg: "does not exist", fix: "walhook setup", setupFixes: true}
 		if !canCreate {
 			line = checkLine{status: statusFail, what: what, msg: "does not exist, and this role may not create it",
-				fix: "the CREATE PUBLICATION of the create publication line"}
+				fix: "what the create publication line says (then walhook setup)"}
 		}
 		c.lines = slices.Insert(c.lines, at, line)
 		return nil

@@ -288,7 +288,7 @@ func TestCheckFixForAPublicationSetupCannotChange(t *testing.T) {
 	if code != 1 {
 		t.Fatalf("check exit %d, want 1\n%s", code, out)
 	}
-	ckWantLines(t, out, `FAIL  publication walhook: does not exist, and this role may not create it — fix: the CREATE PUBLICATION of the create publication line$`,
+	ckWantLines(t, out, `FAIL  publication walhook: does not exist, and this role may not create it — fix: what the create publication line says \(then walhook setup\)$`,
 		`FAIL  create publication: .* — fix: as a superuser or the tables' owner run: CREATE PUBLICATION walhook FOR TABLE public\.lot WITH \(publish_via_partition_root = true\);$`)
 	if strings.Contains(out, "run walhook setup") {
 		t.Errorf("check says walhook setup fixes it:\n%s", out)
