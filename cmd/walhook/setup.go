@@ -28,7 +28,8 @@ func runSetup(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	identity := fs.Bool("replica-identity", false,
 		"also ALTER TABLE … REPLICA IDENTITY FULL on the tables whose rules read old values, or large values an update may leave unchanged")
 	acceptGap := fs.Bool("accept-gap", false,
-		"when the store's cursor is behind the slot (a new slot after a lost one or a failover), move it to the slot: "+
+		"when the store's cursor is behind the slot (a new slot after a lost one or a failover), or past the server's WAL "+
+			"after a failover to a standby that was behind (a fork), move it to the slot: "+
 			"the changes in between are lost and become no events")
 	skipTo := fs.String("skip-to", "",
 		"move the store's cursor forward to `LSN` (the end of a transaction walhook run stopped on) and change nothing else: "+
