@@ -55,6 +55,7 @@ func (d *Dispatcher) deliverVia(ctx context.Context, c claimed, rec *recorder) R
 	if err := d.record(rctx, c, started, res, o); err != nil {
 		d.log.Error("record delivery attempt", slog.String("delivery", c.id),
 			slog.String("endpoint", c.endpointID), slog.Any("error", err))
+		d.noteUnrecorded(c)
 		return res
 	}
 	if o.status == "delivered" {

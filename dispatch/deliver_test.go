@@ -412,6 +412,26 @@ func TestReleaseOnStopRefundsClaims(t *testing.T) {
 	if c := b.count(t, `SELECT count(*) FROM walhook.deliveries WHERE status = 'pending' AND attempts = 0 AND locked_by IS NULL`); c != 2 {
 		t.Fatalf("%d deliveries back to pending with the attempt refunded, want 2", c)
 	}
+
+	// A claim whose attempt was made but whose outcome could not be
+	// written keeps the attempt: the receiver may have it already.
+	cs, _, err = d.claim(context.Background(), 10, &inflight{})
+	if err != nil || len(cs) != 2 {
+		t.Fatalf("claim again = %d, %v", len(cs), err)
+	}
+	d.noteUnrecorded(cs[0])
+	if n, err := d.release(context.Background()); err != nil || n != 2 {
+		t.Fatalf("release = %d, %v; want 2", n, err)
+	}
+	for _, c := range cs {
+		want := 0
+		if c.id == cs[0].id {
+			want = 1
+		}
+		if got := b.count(t, `SELECT attempts FROM walhook.deliveries WHERE id = $1 AND status = 'pending'`, c.id); got != want {
+			t.Errorf("delivery %s released with %d attempts, want %d", c.id, got, want)
+		}
+	}
 }
 
 func TestDisableRuleNeedsWindowAndCount(t *testing.T) {

@@ -164,6 +164,10 @@ type Dispatcher struct {
 	secrets secretCache
 	// endpoints is the fan-out's copy of the endpoints.
 	endpoints endpointCache
+	// unrecorded: delivery id → the lease of a claim whose attempt was
+	// made but whose outcome could not be written (the store failed).
+	// Run's release at stop keeps their attempt counted.
+	unrecorded sync.Map
 }
 
 // New returns a Dispatcher over the store in opts.Schema. It does not

@@ -134,6 +134,9 @@ func (r *recorder) write(batch []success) {
 	if err != nil {
 		d.log.Error("record delivered attempts (they stay claimed; the lease rescue sends them again)",
 			slog.Int("deliveries", len(batch)), slog.Any("error", err))
+		for i := range batch {
+			d.noteUnrecorded(batch[i].c)
+		}
 		return
 	}
 	for i := range batch {

@@ -419,13 +419,39 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 	return nil
 }
 
+// noteUnrecorded remembers that c's attempt was made but its outcome could
+// not be written, for release at stop. Notes whose lease has passed are
+// dropped (the rescue has let those rows go), so a store that fails often
+// does not make the notes grow.
+func (d *Dispatcher) noteUnrecorded(c claimed) {
+	now := time.Now()
+	d.unrecorded.Range(func(k, v any) bool {
+		if v.(time.Time).Before(now) {
+			d.unrecorded.CompareAndDelete(k, v)
+		}
+		return true
+	})
+	d.unrecorded.Store(c.id, c.lease)
+}
+
 // release puts this process's claimed deliveries back to pending and
-// refunds the attempt that never happened. A test send (SendTest) is left
-// to the API request that makes it, which records its outcome: pending,
-// it would be claimed and sent again as an ordinary, retried delivery.
+// refunds the attempt of those never sent; one whose attempt was made but
+// whose outcome could not be written (d.unrecorded) keeps it counted, as
+// the lease rescue would. A test send (SendTest) is left to the API
+// request that makes it, which records its outcome: pending, it would be
+// claimed and sent again as an ordinary, retried delivery.
 func (d *Dispatcher) release(ctx context.Context) (int64, error) {
-	tag, err := d.pool.Exec(ctx, d.q(releaseSQL+`WHERE status = 'delivering' AND locked_by = $1 AND NOT `+isTestSend),
-		d.opts.InstanceID, "pending")
+	var ids []string
+	var leases []time.Time
+	d.unrecorded.Range(func(k, v any) bool {
+		ids, leases = append(ids, k.(string)), append(leases, v.(time.Time))
+		return true
+	})
+	tag, err := d.pool.Exec(ctx, d.q(`UPDATE {{schema}}.deliveries
+		SET status = 'pending', locked_by = NULL, locked_until = NULL, updated_at = now(),
+		    attempts = CASE WHEN (id, locked_until) IN (SELECT * FROM unnest($2::text[], $3::timestamptz[]))
+		                    THEN attempts ELSE greatest(attempts - 1, 0) END
+		WHERE status = 'delivering' AND locked_by = $1 AND NOT `+isTestSend), d.opts.InstanceID, ids, leases)
 	return tag.RowsAffected(), err
 }
 
