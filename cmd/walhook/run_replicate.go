@@ -398,7 +398,9 @@ func (r *runner) consume(ctx context.Context, stream *cdc.Stream) error {
 				// then stores nothing and says nil): a skip to its end
 				// would lose them too, so the message does not offer it.
 				if len(batch) > 0 {
-					if aerr := r.appendBatch(ctx, stream, batch, events); aerr != nil || ctx.Err() != nil {
+					if aerr := r.appendBatch(ctx, stream, batch, events); errors.Is(aerr, errStoppedUnstored) {
+						return withUnstored(err, nil)
+					} else if aerr != nil {
 						return withUnstored(err, aerr)
 					}
 				}
@@ -419,11 +421,21 @@ func (r *runner) consume(ctx context.Context, stream *cdc.Stream) error {
 			}
 			break
 		}
-		if err := r.appendBatch(ctx, stream, batch, events); err != nil {
+		if err := r.appendBatch(ctx, stream, batch, events); errors.Is(err, errStoppedUnstored) {
+			// Nothing more is taken: a later batch stored would move the
+			// cursor, and the slot, past this one.
+			return nil
+		} else if err != nil {
 			return err
 		}
 	}
 }
+
+// errStoppedUnstored is appendBatch's answer when the process stops while
+// the batch's Append keeps failing: nothing of the batch was stored or
+// confirmed, and it comes again from the slot at the next start, as long
+// as nothing after it is stored first.
+var errStoppedUnstored = errors.New("stopping with the batch not stored")
 
 // handoffLimit returns how many events the batch that starts with first
 // events should hold. While the workers keep freeing room, a batch is what
@@ -555,7 +567,9 @@ func (m *mapStop) Error() string {
 // transaction. A failing Append is retried (it is idempotent: deterministic
 // event ids, ON CONFLICT DO NOTHING, a cursor that never moves back) with
 // backoff for appendRetryFor. It is not cut short by ctx: a graceful stop
-// finishes the batch in hand so its position can be confirmed.
+// finishes the batch in hand so its position can be confirmed. If an
+// Append fails once ctx has ended, it gives up and says errStoppedUnstored:
+// the caller must then take nothing more from the stream.
 func (r *runner) appendBatch(ctx context.Context, stream *cdc.Stream, batch []dispatch.TxEvents, events int) error {
 	var confirm cdc.LSN
 	for i := range batch {
@@ -580,7 +594,7 @@ func (r *runner) appendBatch(ctx context.Context, stream *cdc.Stream, batch []di
 			// Stopping: what is not appended is not confirmed either, and
 			// comes again from the slot at the next start.
 			r.log.Warn("stopping with a batch not appended; it will be replayed", logKeyErr, err)
-			return nil
+			return errStoppedUnstored
 		}
 		r.log.Warn("append to the outbox failed; retrying", logKeyErr, err, logKeyAttempt, attempt, logKeyRetryIn, delay)
 		select {
