@@ -697,6 +697,23 @@ func TestCheckSchemaGeneratedColumn(t *testing.T) {
 	}
 }
 
+// The schema check names every problem of a rule at once: a misspelt
+// column does not hide that the table does not send the old values the
+// rule reads elsewhere (check would otherwise show the second problem
+// only on its next run).
+func TestCheckSchemaReportsEveryProblemOfARule(t *testing.T) {
+	t.Parallel()
+	m := mustCompile(t, Options{}, Rule{Event: "lot.renamed", Table: "lots", Ops: []cdc.Op{cdc.OpUpdate},
+		Changed: []string{"status"}, Data: []DataField{{Key: "id", Column: "id"}, {Key: "title", Column: "titel"}}})
+	err := m.CheckSchema(map[string]TableSchema{"public.lots": {Columns: []string{"id", "title", "status"}, Keys: []string{"id"}, ReplicaIdentity: 'd'}})
+	if !errors.Is(err, ErrUnknownColumn) || !errors.Is(err, ErrNeedsOldValues) {
+		t.Fatalf("err = %v; want both the missing column and the old values", err)
+	}
+	if msg := err.Error(); !strings.Contains(msg, `column "titel" does not exist`) || !strings.Contains(msg, "reads old values (changed: status)") {
+		t.Fatalf("err = %v", err)
+	}
+}
+
 func TestBodies(t *testing.T) {
 	t.Parallel()
 	ev := Event{ID: "e", Type: "problem.created", AuctionID: "a1", Envelope: EnvelopeAuctionExcellence, OccurredAt: commitTime, Data: json.RawMessage(`{"id":1}`)}

@@ -224,9 +224,8 @@ func (m *Mapper) resolve(r *compiledRule, rel *cdc.Relation, errs *errorList) *r
 		}
 		rp.data = append(rp.data, dp)
 	}
-	if len(*errs) > n {
-		return nil
-	}
+	// Also with a missing column: one check names every problem of the
+	// rule, not the next one only after the first is fixed.
 	m.checkOldValues(rp, rel, errs)
 	if len(*errs) > n {
 		return nil
@@ -294,7 +293,10 @@ func readsOld(rp *rulePlan, op cdc.Op, rel *cdc.Relation, keysToo bool) bool {
 func oldReads(rp *rulePlan, op cdc.Op, rel *cdc.Relation, keysToo bool) []string {
 	var out []string
 	add := func(kind string, idx int, name string) {
-		if idx >= 0 && !keysToo && rel.Columns[idx].Key {
+		if idx < 0 { // a column that does not exist: reported as that
+			return
+		}
+		if !keysToo && rel.Columns[idx].Key {
 			return
 		}
 		out = append(out, kind+": "+name)
