@@ -59,6 +59,7 @@ func newSlotView(st ReplicationStatus, err error) *slotView {
 type outboxView struct {
 	Pending                 int     `json:"pending"`
 	Delivering              int     `json:"delivering"`
+	AwaitingRescue          int     `json:"awaitingRescue"`
 	Failing                 int     `json:"failing"`
 	Failed                  int     `json:"failed"`
 	Skipped                 int     `json:"skipped"`
@@ -121,7 +122,8 @@ func (s *Server) status(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	out.Outbox = &outboxView{
-		Pending: ob.Pending, Delivering: ob.Delivering, Failing: ob.Failing, Failed: ob.Failed, Skipped: ob.Skipped,
+		Pending: ob.Pending, Delivering: ob.Delivering, AwaitingRescue: ob.AwaitingRescue,
+		Failing: ob.Failing, Failed: ob.Failed, Skipped: ob.Skipped,
 		OldestPendingAgeSeconds: ob.OldestPendingAge.Seconds(),
 		DeliveriesPerSecond:     float64(ob.DeliveredLastMinute) / 60,
 	}

@@ -703,8 +703,12 @@ func (a *Admin) RotateSecret(ctx context.Context, endpointID string, overlap tim
 
 // OutboxStatus is the store's view for the status API.
 type OutboxStatus struct {
-	Pending          int
-	Delivering       int
+	Pending    int
+	Delivering int
+	// AwaitingRescue: of Delivering, those whose lease has passed: the
+	// process that claimed them stopped or lost the store mid-attempt,
+	// and the next maintenance pass makes them pending again.
+	AwaitingRescue   int
 	Failing          int // pending deliveries that have failed at least once
 	Failed           int // exhausted, kept for recovery
 	Skipped          int
@@ -745,7 +749,8 @@ SELECT
         UNION ALL
         SELECT min(created_at) FROM {{schema}}.deliveries WHERE status = 'delivering') o),
     (SELECT count(*) FROM {{schema}}.deliveries WHERE status = 'delivered' AND updated_at > now() - interval '1 minute'),
-    now()`
+    now(),
+    (SELECT count(*) FROM {{schema}}.deliveries WHERE status = 'delivering' AND locked_until < now())`
 
 // OutboxStatus reads outbox depth and endpoint health, at a cost that
 // does not grow with the delivered history (outboxStatusSQL).
@@ -753,7 +758,7 @@ func (a *Admin) OutboxStatus(ctx context.Context) (OutboxStatus, error) {
 	var s OutboxStatus
 	var oldest *time.Time
 	var now time.Time
-	err := a.pool.QueryRow(ctx, a.q(outboxStatusSQL)).Scan(&s.Pending, &s.Delivering, &s.Failing, &s.Failed, &s.Skipped, &oldest, &s.DeliveredLastMinute, &now)
+	err := a.pool.QueryRow(ctx, a.q(outboxStatusSQL)).Scan(&s.Pending, &s.Delivering, &s.Failing, &s.Failed, &s.Skipped, &oldest, &s.DeliveredLastMinute, &now, &s.AwaitingRescue)
 	if err != nil {
 		return OutboxStatus{}, fmt.Errorf("outbox status: %w", err)
 	}

@@ -530,12 +530,18 @@ func TestAdminOutboxStatus(t *testing.T) {
 	b.addDelivery(t, "f1", failing.ID, "failed", 6, time.Now())
 	b.addDelivery(t, "s1", disabled.ID, "skipped", 0, time.Now())
 	b.addDelivery(t, "ok", healthy.ID, "delivered", 1, time.Now())
+	// Two in flight: one leased, one whose claimer died (lease passed).
+	b.addDelivery(t, "d1", healthy.ID, "delivering", 1, time.Now())
+	b.addDelivery(t, "d2", healthy.ID, "delivering", 1, time.Now())
+	b.exec(t, `UPDATE {{schema}}.deliveries SET locked_by = 'x', locked_until = now() + interval '1 minute' WHERE id = 'd1'`)
+	b.exec(t, `UPDATE {{schema}}.deliveries SET locked_by = 'dead', locked_until = now() - interval '1 second' WHERE id = 'd2'`)
 
 	s, err := a.OutboxStatus(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if s.Pending != 2 || s.Failing != 1 || s.Failed != 1 || s.Skipped != 1 || s.DeliveredLastMinute != 1 {
+	if s.Pending != 2 || s.Failing != 1 || s.Failed != 1 || s.Skipped != 1 || s.DeliveredLastMinute != 1 ||
+		s.Delivering != 2 || s.AwaitingRescue != 1 {
 		t.Errorf("status = %+v", s)
 	}
 	if s.OldestPendingAge < 9*time.Minute {
