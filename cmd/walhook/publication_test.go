@@ -125,19 +125,10 @@ func TestPartitionRuleUnderPublishedRoot(t *testing.T) {
 // both give its owner the statement to run.
 func TestPartitionedTableDBAPublication(t *testing.T) {
 	t.Parallel()
-	ctx := context.Background()
-	c := pgtest.Shared(t)
-	role := "wh_" + strings.ToLower(t.Name())
-	if err := c.Exec(ctx, "postgres", `CREATE ROLE `+role+` LOGIN REPLICATION`); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Exec(context.Background(), "postgres", `DROP ROLE IF EXISTS `+role) })
-	db := newRunDB(t, pubBidSchema+`CREATE PUBLICATION walhook FOR TABLE bid;
-		GRANT SELECT ON bid TO `+role+`; CREATE SCHEMA walhook AUTHORIZATION `+role)
-	t.Cleanup(func() { ckExec(t, db.dsn, `DROP OWNED BY `+role) })
-	s := db.settings()
-	s["source.dsn"] = c.DSNAs(role, ckDBName(t, db.dsn))
-	file, _ := runConfig(t, []byte(pubBidConfig), s)
+	db, file := pubDBARun(t, pubBidConfig, func(role string) string {
+		return pubBidSchema + `CREATE PUBLICATION walhook FOR TABLE bid;
+		GRANT SELECT ON bid TO ` + role + `; CREATE SCHEMA walhook AUTHORIZATION ` + role
+	})
 
 	fix := `have postgres \(or a superuser\) run ALTER PUBLICATION walhook SET \(publish_via_partition_root = true\);`
 	out, _, code := pubCLI(t, "check", "--config", file)
@@ -229,19 +220,10 @@ func TestPublicationRowFilterAndColumnList(t *testing.T) {
 // SET TABLE to run, which publishes the rule tables whole.
 func TestPublicationRowFilterDBA(t *testing.T) {
 	t.Parallel()
-	ctx := context.Background()
-	c := pgtest.Shared(t)
-	role := "wh_" + strings.ToLower(t.Name())
-	if err := c.Exec(ctx, "postgres", `CREATE ROLE `+role+` LOGIN REPLICATION`); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Exec(context.Background(), "postgres", `DROP ROLE IF EXISTS `+role) })
-	db := newRunDB(t, pubLotSchema+`CREATE PUBLICATION walhook FOR TABLE lot; `+pubLotFilter+`;
-		GRANT SELECT ON lot TO `+role+`; CREATE SCHEMA walhook AUTHORIZATION `+role)
-	t.Cleanup(func() { ckExec(t, db.dsn, `DROP OWNED BY `+role) })
-	s := db.settings()
-	s["source.dsn"] = c.DSNAs(role, ckDBName(t, db.dsn))
-	file, _ := runConfig(t, []byte(pubLotConfig), s)
+	db, file := pubDBARun(t, pubLotConfig, func(role string) string {
+		return pubLotSchema + `CREATE PUBLICATION walhook FOR TABLE lot; ` + pubLotFilter + `;
+		GRANT SELECT ON lot TO ` + role + `; CREATE SCHEMA walhook AUTHORIZATION ` + role
+	})
 
 	out, _, code := pubCLI(t, "check", "--config", file)
 	if code != 1 {
@@ -269,19 +251,10 @@ func TestPublicationRowFilterDBA(t *testing.T) {
 // create publication line, not walhook setup.
 func TestCheckFixForAPublicationSetupCannotChange(t *testing.T) {
 	t.Parallel()
-	ctx := context.Background()
-	c := pgtest.Shared(t)
-	role := "wh_" + strings.ToLower(t.Name())
-	if err := c.Exec(ctx, "postgres", `CREATE ROLE `+role+` LOGIN REPLICATION`); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Exec(context.Background(), "postgres", `DROP ROLE IF EXISTS `+role) })
-	db := newRunDB(t, pubLotSchema+`CREATE TABLE other (id int PRIMARY KEY);
-		GRANT SELECT ON lot, other TO `+role+`; CREATE SCHEMA walhook AUTHORIZATION `+role)
-	t.Cleanup(func() { ckExec(t, db.dsn, `DROP OWNED BY `+role) })
-	s := db.settings()
-	s["source.dsn"] = c.DSNAs(role, ckDBName(t, db.dsn))
-	file, _ := runConfig(t, []byte(pubLotConfig), s)
+	db, file := pubDBARun(t, pubLotConfig, func(role string) string {
+		return pubLotSchema + `CREATE TABLE other (id int PRIMARY KEY);
+		GRANT SELECT ON lot, other TO ` + role + `; CREATE SCHEMA walhook AUTHORIZATION ` + role
+	})
 
 	// No publication, and no right to create one.
 	out, _, code := pubCLI(t, "check", "--config", file)
@@ -305,4 +278,24 @@ func TestCheckFixForAPublicationSetupCannotChange(t *testing.T) {
 	if strings.Contains(out, "run walhook setup") || strings.Contains(out, "walhook setup removes") {
 		t.Errorf("check says walhook setup fixes it:\n%s", out)
 	}
+}
+
+// pubDBARun is a run database whose publication and store schema a DBA
+// prepared: the config connects as a role of the test's own, with
+// REPLICATION, that owns no table; schema (given that role's name) runs as
+// the superuser.
+func pubDBARun(t *testing.T, config string, schema func(role string) string) (*runDB, string) {
+	t.Helper()
+	c := pgtest.Shared(t)
+	role := "wh_" + strings.ToLower(t.Name())
+	if err := c.Exec(context.Background(), "postgres", `CREATE ROLE `+role+` LOGIN REPLICATION`); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Exec(context.Background(), "postgres", `DROP ROLE IF EXISTS `+role) })
+	db := newRunDB(t, schema(role))
+	t.Cleanup(func() { ckExec(t, db.dsn, `DROP OWNED BY `+role) })
+	s := db.settings()
+	s["source.dsn"] = c.DSNAs(role, ckDBName(t, db.dsn))
+	file, _ := runConfig(t, []byte(config), s)
+	return db, file
 }
