@@ -733,27 +733,12 @@ func TestSendTest(t *testing.T) {
 // record its outcome over the new claim: a 500 would put the row back to
 // pending while the new attempt is still out, and a third send follow,
 // all without a crash. Outcomes, the batched 2xx and hand-backs are
-// fenced by the attempt their claim counted.
+// fenced by the lease their claim set.
 func TestOldAttemptDoesNotOverwriteANewClaim(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	d, b := obSetup(t, func(o *Options) { o.InstanceID = "me" })
-	ep := b.endpoint(t, "whk_1", "https://x.example/", nil, nil, true)
-	ev := obEvent("a.b", "")
-	obAppend(t, d, 10, ev)
-	id := mapper.DeliveryID(ev.Envelope, ev.ID, ep)
-	first, _, err := d.claim(ctx, 10, &inflight{})
-	if err != nil || len(first) != 1 {
-		t.Fatalf("claim = %d, %v", len(first), err)
-	}
-	// The lease runs out; the rescue makes the row pending; this process
-	// claims it again while the first attempt is still out.
-	if _, err := b.pool.Exec(ctx, `UPDATE walhook.deliveries SET locked_until = now() - interval '1 second'`); err != nil {
-		t.Fatal(err)
-	}
-	if n, err := d.rescue(ctx); err != nil || n != 1 {
-		t.Fatalf("rescue = %d, %v", n, err)
-	}
+	d, b, id, first := claimAndLoseTheLease(t)
+	// This process claims it again while the first attempt is still out.
 	second, _, err := d.claim(ctx, 10, &inflight{})
 	if err != nil || len(second) != 1 || second[0].attempt != first[0].attempt+1 {
 		t.Fatalf("second claim = %+v, %v", second, err)
@@ -852,21 +837,7 @@ func TestRetentionSparesARequeuedDelivery(t *testing.T) {
 func TestOldAttemptDoesNotOverwriteAClaimAfterARedeliver(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	d, b := obSetup(t, func(o *Options) { o.InstanceID = "me" })
-	ep := b.endpoint(t, "whk_1", "https://x.example/", nil, nil, true)
-	ev := obEvent("a.b", "")
-	obAppend(t, d, 10, ev)
-	id := mapper.DeliveryID(ev.Envelope, ev.ID, ep)
-	first, _, err := d.claim(ctx, 10, &inflight{})
-	if err != nil || len(first) != 1 {
-		t.Fatalf("claim = %d, %v", len(first), err)
-	}
-	if _, err := b.pool.Exec(ctx, `UPDATE walhook.deliveries SET locked_until = now() - interval '1 second'`); err != nil {
-		t.Fatal(err)
-	}
-	if n, err := d.rescue(ctx); err != nil || n != 1 {
-		t.Fatalf("rescue = %d, %v", n, err)
-	}
+	d, b, id, first := claimAndLoseTheLease(t)
 	if _, err := NewAdmin(b.pool, "walhook", d).Redeliver(ctx, id); err != nil {
 		t.Fatal(err)
 	}
@@ -887,4 +858,28 @@ func TestOldAttemptDoesNotOverwriteAClaimAfterARedeliver(t *testing.T) {
 	if s, _, _, _ := b.deliveryState(t, id); s != "delivered" {
 		t.Fatalf("after the old attempt's 500 and the new one's 2xx: %s, want delivered", s)
 	}
+}
+
+// claimAndLoseTheLease appends one delivery, claims it as process "me"
+// and lets the lease run out: the rescue has made it pending again while
+// the claim's attempt may still be out. It returns the delivery's id and
+// that first claim.
+func claimAndLoseTheLease(t *testing.T) (*Dispatcher, *obBundle, string, []claimed) {
+	t.Helper()
+	ctx := context.Background()
+	d, b := obSetup(t, func(o *Options) { o.InstanceID = "me" })
+	ep := b.endpoint(t, "whk_1", "https://x.example/", nil, nil, true)
+	ev := obEvent("a.b", "")
+	obAppend(t, d, 10, ev)
+	first, _, err := d.claim(ctx, 10, &inflight{})
+	if err != nil || len(first) != 1 {
+		t.Fatalf("claim = %d, %v", len(first), err)
+	}
+	if _, err := b.pool.Exec(ctx, `UPDATE walhook.deliveries SET locked_until = now() - interval '1 second'`); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := d.rescue(ctx); err != nil || n != 1 {
+		t.Fatalf("rescue = %d, %v", n, err)
+	}
+	return d, b, mapper.DeliveryID(ev.Envelope, ev.ID, ep), first
 }
