@@ -65,23 +65,7 @@ func TestRunYieldsTheCPU(t *testing.T) {
 
 	// Busy CPUs: shell loops in processes of their own, so that this test
 	// binary's goroutines are not starved along with walhook.
-	var burners []*exec.Cmd
-	stopBurn := func() {
-		for _, c := range burners {
-			_ = c.Process.Kill()
-			_ = c.Wait()
-		}
-		burners = nil
-	}
-	defer stopBurn()
-	for range runtime.NumCPU() + 1 {
-		c := exec.Command("sh", "-c", "while :; do :; done")
-		c.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-		if err := c.Start(); err != nil {
-			t.Fatal(err)
-		}
-		burners = append(burners, c)
-	}
+	stopBurn := burnCPUs(t)
 	policies := func() string { return fmt.Sprintf("threads by policy: %v", threadPolicies(pid)) }
 
 	if os.Geteuid() != 0 {
@@ -190,21 +174,7 @@ func TestRunYieldTakeoverOnBusyCPUs(t *testing.T) {
 	t.Cleanup(func() { b.kill() })
 	runWaitFor(t, 60*time.Second, "B to stand by", func() bool { return strings.Contains(read(logB)(), "delivering only") }, read(logB))
 
-	var burners []*exec.Cmd
-	defer func() {
-		for _, c := range burners {
-			_ = c.Process.Kill()
-			_ = c.Wait()
-		}
-	}()
-	for range runtime.NumCPU() + 1 {
-		c := exec.Command("sh", "-c", "while :; do :; done")
-		c.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-		if err := c.Start(); err != nil {
-			t.Fatal(err)
-		}
-		burners = append(burners, c)
-	}
+	burnCPUs(t)
 	if os.Geteuid() == 0 {
 		runWaitFor(t, 30*time.Second, "B's deferral", func() bool { return strings.Contains(read(logB)(), "stay busy without walhook") }, read(logB))
 	}
@@ -215,4 +185,29 @@ func TestRunYieldTakeoverOnBusyCPUs(t *testing.T) {
 	runWaitFor(t, 60*time.Second, "B to hold the slot", func() bool { return strings.Contains(read(logB)(), "holds the slot") }, read(logB))
 	insertItems(t, db, 1, 20)
 	runWaitFor(t, 60*time.Second, "20 deliveries from B while the CPUs stay busy", func() bool { return rc.Unique() >= 20 }, read(logB))
+}
+
+// burnCPUs keeps every CPU busy with shell loops in processes of their own
+// (so that the test binary's goroutines are not starved along with
+// walhook) until the returned stop, or the test's end.
+func burnCPUs(t *testing.T) (stop func()) {
+	t.Helper()
+	var burners []*exec.Cmd
+	stop = func() {
+		for _, c := range burners {
+			_ = c.Process.Kill()
+			_ = c.Wait()
+		}
+		burners = nil
+	}
+	t.Cleanup(stop)
+	for range runtime.NumCPU() + 1 {
+		c := exec.Command("sh", "-c", "while :; do :; done")
+		c.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+		if err := c.Start(); err != nil {
+			t.Fatal(err)
+		}
+		burners = append(burners, c)
+	}
+	return stop
 }
