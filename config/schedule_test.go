@@ -24,35 +24,44 @@ func TestRetryScheduleFirstEntry(t *testing.T) {
 	} {
 		t.Run(tc.schedule, func(t *testing.T) {
 			t.Parallel()
-			path := filepath.Join(t.TempDir(), "walhook.yaml")
-			yaml := `source:
+			_, err := loadWritten(t, `source:
   dsn: postgres://walhook@localhost/app
 events:
   - event: problem.created
     table: problem_reports
     operations: [insert]
 delivery:
-  retry_schedule: ` + tc.schedule + `
-`
-			if err := os.WriteFile(path, []byte(yaml), 0o600); err != nil {
-				t.Fatal(err)
-			}
-			_, err := Load(path, env(nil))
-			if tc.want == "" {
-				if err != nil {
-					t.Fatalf("refused: %v", err)
-				}
-				return
-			}
+  retry_schedule: `+tc.schedule+`
+`, tc.want)
 			if err == nil {
-				t.Fatalf("accepted retry_schedule %s", tc.schedule)
-			}
-			if got := err.Error(); !strings.Contains(got, path+tc.want) {
-				t.Fatalf("error\n%s\nwant it to contain\n%s%s", got, path, tc.want)
+				return
 			}
 			if n := strings.Count(err.Error(), "retry_schedule[0]"); n != 1 {
 				t.Fatalf("%d errors for retry_schedule[0], want 1:\n%v", n, err)
 			}
 		})
 	}
+}
+
+// loadWritten writes yaml to a file and loads it. With want "" the file
+// must load; otherwise it must be refused with an error that contains the
+// file's path followed by want, which is returned for further checks.
+func loadWritten(t *testing.T, yaml, want string) (path string, err error) {
+	t.Helper()
+	path = filepath.Join(t.TempDir(), "walhook.yaml")
+	if err := os.WriteFile(path, []byte(yaml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err = Load(path, env(nil))
+	switch {
+	case want == "" && err != nil:
+		t.Fatalf("refused: %v", err)
+	case want == "":
+		return path, nil
+	case err == nil:
+		t.Fatalf("accepted, want an error containing %s", want)
+	case !strings.Contains(err.Error(), path+want):
+		t.Fatalf("error\n%s\nwant it to contain\n%s%s", err, path, want)
+	}
+	return path, err
 }

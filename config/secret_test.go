@@ -3,8 +3,6 @@ package config
 import (
 	"bytes"
 	"encoding/base64"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -28,8 +26,7 @@ func TestStaticSecretSameRuleAsSigner(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			path := filepath.Join(t.TempDir(), "walhook.yaml")
-			yaml := `source:
+			_, err := loadWritten(t, `source:
   dsn: postgres://walhook@localhost/app
 events:
   - event: problem.created
@@ -38,24 +35,11 @@ events:
 endpoints:
   - id: ops
     url: https://hooks.example.com/a
-    secret: ` + tc.secret + `
+    secret: `+tc.secret+`
     events: [problem.*]
-`
-			if err := os.WriteFile(path, []byte(yaml), 0o600); err != nil {
-				t.Fatal(err)
-			}
-			_, err := Load(path, env(nil))
-			if tc.want == "" {
-				if err != nil {
-					t.Fatalf("refused: %v", err)
-				}
-				return
-			}
+`, tc.want)
 			if err == nil {
-				t.Fatalf("accepted %s secret; walhook run would refuse it", tc.name)
-			}
-			if got := err.Error(); !strings.Contains(got, path+tc.want) {
-				t.Fatalf("error\n%s\nwant it to contain\n%s%s", got, path, tc.want)
+				return
 			}
 			if strings.Contains(err.Error(), strings.TrimPrefix(tc.secret, "whsec_")) {
 				t.Fatalf("error repeats the secret: %v", err)
