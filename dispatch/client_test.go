@@ -117,21 +117,7 @@ func TestParseRetryAfter(t *testing.T) {
 // first address fail the delivery for good.)
 func TestSendMixedBlockedAndAllowedAddresses(t *testing.T) {
 	t.Parallel()
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		w.WriteHeader(http.StatusNoContent)
-	}))
-	defer srv.Close()
-	srvURL, err := url.Parse(srv.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	// A port on 127.0.0.1 where nothing listens: the allowed receiver, down.
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	downPort := strconv.Itoa(l.Addr().(*net.TCPAddr).Port)
-	l.Close()
+	srvURL, downPort := upAndDownReceivers(t)
 
 	// 127.0.0.1 stands for a public address: allowlisted by IP, so the
 	// host name itself is not, and goes through the guarded dialer.
@@ -197,20 +183,7 @@ func hostAddrs(host string) []netip.Addr {
 // all are blocked.
 func TestSendHappyEyeballs(t *testing.T) {
 	t.Parallel()
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		w.WriteHeader(http.StatusNoContent)
-	}))
-	defer srv.Close()
-	srvURL, err := url.Parse(srv.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	downPort := strconv.Itoa(l.Addr().(*net.TCPAddr).Port)
-	l.Close()
+	srvURL, downPort := upAndDownReceivers(t)
 
 	// 2001:db8::/32 is never dialled for real: ::1 hangs until its dial
 	// is cancelled, ::2 fails at once; 127.0.0.1 is dialled for real.
@@ -298,4 +271,26 @@ func TestSendHappyEyeballs(t *testing.T) {
 			}
 		}
 	}
+}
+
+// upAndDownReceivers starts a receiver that answers 204 and returns its
+// URL, with a port on 127.0.0.1 where nothing listens: a receiver that is
+// down.
+func upAndDownReceivers(t *testing.T) (up *url.URL, downPort string) {
+	t.Helper()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusNoContent)
+	}))
+	t.Cleanup(srv.Close)
+	up, err := url.Parse(srv.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	downPort = strconv.Itoa(l.Addr().(*net.TCPAddr).Port)
+	l.Close()
+	return up, downPort
 }
