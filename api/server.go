@@ -53,6 +53,11 @@ type ReplicationStatus struct {
 	LagSeconds    float64 `json:"lagSeconds"`    // age of the oldest unconfirmed commit
 	State         string  `json:"state"`         // e.g. streaming, connecting, stopped
 	LastError     string  `json:"lastError,omitempty"`
+	// Warnings are problems of the rule tables found while running (e.g.
+	// a new partition without REPLICA IDENTITY FULL), each with its fix:
+	// nothing failed yet, but the first change that needs what is
+	// missing will stop walhook.
+	Warnings []string `json:"warnings,omitempty"`
 }
 
 // Key is one admin API key. Name identifies it in logs and rate limits; the

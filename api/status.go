@@ -36,6 +36,7 @@ type slotView struct {
 	LagSeconds    *float64 `json:"lagSeconds"`
 	State         string   `json:"state"`
 	LastError     string   `json:"lastError,omitempty"`
+	Warnings      []string `json:"warnings,omitempty"`
 	Error         string   `json:"error,omitempty"`
 }
 
@@ -44,7 +45,7 @@ type slotView struct {
 // reserved, lost ones included (a lost slot is an error with its row
 // read); without one the numbers are the zero values of a failed probe.
 func newSlotView(st ReplicationStatus, err error) *slotView {
-	v := &slotView{Slot: st.Slot, State: st.State, LastError: st.LastError}
+	v := &slotView{Slot: st.Slot, State: st.State, LastError: st.LastError, Warnings: st.Warnings}
 	if err != nil {
 		v.Error = err.Error()
 		if st.WALStatus == "" {

@@ -305,12 +305,7 @@ func (c *checker) checkTables(ctx context.Context, conn *pgx.Conn) error {
 		if e.table != "" && !c.owned[e.table] && fix != "" {
 			fix += " (as the owner of " + e.table + ", or a superuser)"
 		}
-		msg := e.err.Error()
-		if e.table != "" { // the mapper's message ends with the fix printed below
-			msg, _, _ = strings.Cut(msg, "; run: ALTER TABLE")
-			msg += partitionNote(parts[e.table])
-		}
-		c.fail("rule", fix, "%s", msg)
+		c.fail("rule", fix, "%s", e.message(parts))
 	}
 	if err == nil && len(needs) == 0 {
 		c.ok("rules", "every rule's table and columns exist, and old values are sent where rules read them")
@@ -470,6 +465,18 @@ type schemaProblem struct {
 	err   error
 	table string // set for old-value problems: the table to ALTER
 	fix   string
+}
+
+// message is p's error for a line followed by p.fix: an old-value
+// problem's mapper message ends with a fix of its own, which gives way to
+// the partitions' note.
+func (p schemaProblem) message(parts map[string]*partitionIdentity) string {
+	msg := p.err.Error()
+	if p.table != "" {
+		msg, _, _ = strings.Cut(msg, "; run: ALTER TABLE")
+		msg += partitionNote(parts[p.table])
+	}
+	return msg
 }
 
 // ruleSchemaErrors runs mapper.CheckSchema and returns each rule error with

@@ -3,7 +3,10 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 	"maps"
+	"net/http"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -191,4 +194,82 @@ func TestPartitionedReplicaIdentityCheckSetupRun(t *testing.T) {
 		t.Fatalf("check after a new partition exit %d, want 1", code)
 	}
 	ckWantLines(t, out, `FAIL  rule: .*\(its partitions public\.bid_c DEFAULT: .* — fix: ALTER TABLE public\.bid_c REPLICA IDENTITY FULL; \(or walhook setup --replica-identity\)$`)
+}
+
+// A partition created while walhook runs, with the default REPLICA
+// IDENTITY: nothing has failed yet, but the first update in it will stop
+// run. The leader's watch finds it within publicationPoll and says so
+// (log, /api/v1/status slot.warnings, walhook_rule_table_problems) with
+// the fix; once fixed, the warning goes and the partition's updates are
+// delivered with their old values.
+func TestRunWarnsOfANewPartitionWithoutFullIdentity(t *testing.T) {
+	t.Parallel()
+	db := newRunDB(t, identBidSchema+`ALTER TABLE bid REPLICA IDENTITY FULL; ALTER TABLE bid_a REPLICA IDENTITY FULL;
+		ALTER TABLE bid_b_lo REPLICA IDENTITY FULL;`)
+	rc := newRunReceiver(t, runSecret, nil)
+	s := db.settings()
+	s["endpoints"] = []map[string]any{runEndpoint("r", rc.URL, runSecret)}
+	file, cfg := runConfig(t, []byte(identBidConfig), s)
+	db.setup(t, cfg)
+	p := startRunProc(t, "--config", file)
+	runWaitFor(t, 30*time.Second, "the startup line", func() bool { return apiAddrRE.MatchString(p.stdout.String()) }, p.diag)
+	base := apiAddrRE.FindStringSubmatch(p.stdout.String())[1]
+	warnings := func() []any {
+		code, env := runAPI(t, "GET", base+"/api/v1/status", runAPIKey, "")
+		data, _ := env["data"].(map[string]any)
+		if code != 200 || data == nil {
+			t.Fatalf("status: %d %v", code, env)
+		}
+		slot, _ := data["slot"].(map[string]any)
+		w, _ := slot["warnings"].([]any)
+		return w
+	}
+	problems := func() string {
+		resp, err := http.Get(base + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return regexp.MustCompile(`(?m)^walhook_rule_table_problems (\S+)$`).FindStringSubmatch(string(b))[1]
+	}
+	if w := warnings(); w != nil {
+		t.Fatalf("warnings before any change: %v", w)
+	}
+
+	db.exec(t, `CREATE TABLE bid_c PARTITION OF bid FOR VALUES IN (3)`)
+	// (polled on /metrics: the status API has a rate limit)
+	runWaitFor(t, 3*publicationPoll, "the warning", func() bool { return problems() != "0" }, p.diag)
+	w := warnings()
+	want := `event bid.raised: reads old values (changed: amount, data: amount) but public.bid has REPLICA IDENTITY DEFAULT, which does not send them (its partitions public.bid_c DEFAULT: `
+	if len(w) != 1 || !strings.Contains(w[0].(string), want) ||
+		!strings.HasSuffix(w[0].(string), "— fix: ALTER TABLE public.bid_c REPLICA IDENTITY FULL; (or walhook setup --replica-identity)") {
+		t.Fatalf("status warnings %q, want one naming bid_c and its fix", w)
+	}
+	if got := problems(); got != "1" {
+		t.Errorf("walhook_rule_table_problems %s, want 1", got)
+	}
+	if logs := p.stderr.String(); !strings.Contains(logs, "the rule tables no longer send what the rules need") ||
+		!strings.Contains(logs, "ALTER TABLE public.bid_c REPLICA IDENTITY FULL;") {
+		t.Errorf("no error logged naming the partition's fix")
+	}
+	if _, done := p.exited(); done {
+		t.Fatal("run stopped at a warning")
+	}
+
+	db.exec(t, `ALTER TABLE bid_c REPLICA IDENTITY FULL`)
+	runWaitFor(t, 3*publicationPoll, "the warning to go", func() bool { return problems() == "0" }, p.diag)
+	if w := warnings(); w != nil {
+		t.Errorf("status warnings %q after the fix, want none", w)
+	}
+	if !strings.Contains(p.stderr.String(), "the rule tables send what the rules need again") {
+		t.Error("the fix was not logged")
+	}
+	db.exec(t, `INSERT INTO bid (id, lot, amount) VALUES (3, 3, 30)`)
+	db.exec(t, `UPDATE bid SET amount = 35 WHERE lot = 3`)
+	runWaitFor(t, 30*time.Second, "the partition's update", func() bool { return rc.Unique() == 1 }, p.diag)
+	data, _ := runBody(t, rc.deliveries()[0].Body)["data"].(map[string]any)
+	if fmt.Sprint(data["previous_amount"], "→", data["amount"]) != "30→35" {
+		t.Errorf("delivered %v, want 30→35", data)
+	}
 }

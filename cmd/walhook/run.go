@@ -100,6 +100,7 @@ type runner struct {
 	// waits for it to close before it takes the next transaction.
 	deferred      atomic.Pointer[chan struct{}]
 	deferredGauge prometheus.Gauge
+	ruleProblems  prometheus.Gauge // watchRuleTables' count
 }
 
 // deferIntake pauses (true) or resumes (false) the consumer's intake of
@@ -227,8 +228,10 @@ func (r *runner) prepare(ctx context.Context) error {
 		Help: "1 while walhook's threads run at idle CPU priority (cpu.yield), else 0."})
 	r.deferredGauge = prometheus.NewGauge(prometheus.GaugeOpts{Name: "walhook_intake_deferred",
 		Help: "1 while cpu.yield defers new changes from the source because the CPUs stay busy with other processes, else 0."})
+	r.ruleProblems = prometheus.NewGauge(prometheus.GaugeOpts{Name: "walhook_rule_table_problems",
+		Help: "Rule tables' problems the leader found while running (e.g. a new partition without REPLICA IDENTITY FULL): walhook stops at the first change that needs what is missing; /api/v1/status lists them."})
 	r.reg.MustRegister(prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}),
-		r.yielding, r.deferredGauge)
+		r.yielding, r.deferredGauge, r.ruleProblems)
 	if r.disp, err = dispatch.New(pool, dispatchOptions(cfg, r.log, r.reg)); err != nil {
 		return err
 	}

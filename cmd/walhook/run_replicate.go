@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -327,6 +328,11 @@ const publicationPoll = 10 * time.Second
 // stream's to report; it is tried again.
 func (r *runner) watchPublication(ctx context.Context) error {
 	pub := r.cfg.Source.Publication
+	var seen schemaWarnings
+	defer func() { // the next term's leader checks again
+		r.repl.setWarnings(nil)
+		r.ruleProblems.Set(0)
+	}()
 	return pollEvery(ctx, publicationPoll, func(cctx context.Context) error {
 		conn, err := pgx.Connect(cctx, r.cfg.Source.DSN)
 		if err != nil {
@@ -347,8 +353,59 @@ func (r *runner) watchPublication(ctx context.Context) error {
 				"then check what changed meanwhile:\n%s",
 				errPublicationChanged, strings.Join(unusable, "\n"))
 		}
+		r.watchRuleTables(cctx, conn, &seen)
 		return nil
 	})
+}
+
+// schemaWarnEvery is how often a rule-table problem that persists is
+// logged again.
+const schemaWarnEvery = 10 * time.Minute
+
+// watchRuleTables checks the rule tables as run's startup does
+// (checkLiveSchema) and reports what no longer fits, without stopping:
+// a partition created or attached with the default REPLICA IDENTITY, a
+// table's identity set back from FULL, a column a rule reads dropped.
+// Nothing is wrong yet (walhook stops at the first change that needs
+// what is missing, see mapStop), so the problems are logged (on change,
+// and every schemaWarnEvery while they last), shown by /api/v1/status
+// (slot.warnings) and counted by walhook_rule_table_problems, for
+// someone to fix before such a change comes. seen carries the last
+// report between polls.
+func (r *runner) watchRuleTables(ctx context.Context, conn *pgx.Conn, seen *schemaWarnings) {
+	schema, parts, err := readSourceSchema(ctx, conn, r.mapper.Tables())
+	if err != nil {
+		return
+	}
+	problems, err := ruleSchemaErrors(r.cfg, r.mapper, schema, parts)
+	if err != nil {
+		return
+	}
+	lines := make([]string, len(problems))
+	for i, p := range problems {
+		lines[i] = p.message(parts)
+		if p.fix != "" {
+			lines[i] += " — fix: " + p.fix
+		}
+	}
+	r.repl.setWarnings(lines)
+	r.ruleProblems.Set(float64(len(lines)))
+	switch {
+	case len(lines) == 0 && len(seen.lines) > 0:
+		r.log.Info("the rule tables send what the rules need again")
+	case len(lines) > 0 && (!slices.Equal(lines, seen.lines) || time.Since(seen.logged) >= schemaWarnEvery):
+		r.log.Error("the rule tables no longer send what the rules need: walhook stops at the first change "+
+			"that needs what is missing (a transaction it could then only skip); fix it before such a change comes",
+			slog.Any("problems", lines))
+		seen.logged = time.Now()
+	}
+	seen.lines = lines
+}
+
+// schemaWarnings is what watchRuleTables reported last, and when it logged.
+type schemaWarnings struct {
+	lines  []string
+	logged time.Time
 }
 
 // prefixLines joins lines, each after prefix.

@@ -172,8 +172,17 @@ func apiOptions(cfg *config.Config, admin api.AdminStore, repl api.Replication, 
 // process takes the slot); while another process holds the slot the
 // standby stream, which never runs, still reads the slot's row.
 type replicationStatus struct {
-	standby *cdc.Stream
-	current atomic.Pointer[cdc.Stream]
+	standby  *cdc.Stream
+	current  atomic.Pointer[cdc.Stream]
+	warnings atomic.Pointer[[]string] // the leader's watchRuleTables
+}
+
+func (r *replicationStatus) setWarnings(w []string) {
+	if len(w) == 0 {
+		r.warnings.Store(nil)
+		return
+	}
+	r.warnings.Store(&w)
 }
 
 var _ api.Replication = (*replicationStatus)(nil)
@@ -199,6 +208,9 @@ func (r *replicationStatus) Status(ctx context.Context) (api.ReplicationStatus, 
 	}
 	if !leader {
 		out.State = stateStandby
+	}
+	if w := r.warnings.Load(); w != nil {
+		out.Warnings = *w
 	}
 	return out, err
 }
