@@ -3,9 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
-	"io"
 	"maps"
-	"net/http"
 	"regexp"
 	"slices"
 	"strings"
@@ -225,13 +223,11 @@ func TestRunWarnsOfANewPartitionWithoutFullIdentity(t *testing.T) {
 		return w
 	}
 	problems := func() string {
-		resp, err := http.Get(base + "/metrics")
-		if err != nil {
-			t.Fatal(err)
+		m := regexp.MustCompile(`(?m)^walhook_rule_table_problems (\S+)$`).FindStringSubmatch(runMetrics(t, base))
+		if m == nil {
+			t.Fatal("no walhook_rule_table_problems on /metrics")
 		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		return regexp.MustCompile(`(?m)^walhook_rule_table_problems (\S+)$`).FindStringSubmatch(string(b))[1]
+		return m[1]
 	}
 	if w := warnings(); w != nil {
 		t.Fatalf("warnings before any change: %v", w)

@@ -126,7 +126,7 @@ func TestRunEndToEndAuctionExcellence(t *testing.T) {
 	// answer by a moment: the page is read again until it holds them (a
 	// guard against hanging, not a timing assertion).
 	wantMetrics := []string{"walhook_slot_leader 1", "walhook_slot_retained_wal_bytes", "walhook_delivery_attempts_total", "walhook_append_events",
-		"walhook_cpu_yielding 0", "walhook_intake_deferred 0"}
+		"walhook_cpu_yielding 0", "walhook_intake_deferred 0", "walhook_rule_table_problems 0"}
 	var metrics string
 	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(50 * time.Millisecond) {
 		metrics = runMetrics(t, base)
