@@ -753,3 +753,31 @@ func TestMapTimestampWithoutZone(t *testing.T) {
 		t.Fatalf("events =\n%swant\n%s", got, want)
 	}
 }
+
+// json numbers in when: are numbers as a numeric column's are: an integer
+// compares equal to an integer or float literal, a fraction stays a
+// fraction, and one beyond float64's range (valid jsonb, whose numbers
+// are numeric) is ±Inf or 0 rather than turning the whole document into
+// a string that fails the expression and stops the run.
+func TestMapWhenOnJSONNumbers(t *testing.T) {
+	t.Parallel()
+	bids := testRel(10, "public.bids", 'f', "id", "details")
+	m := mustCompile(t, Options{},
+		Rule{Event: "bid.three", Table: "bids", Ops: []cdc.Op{cdc.OpInsert}, When: `new.details.n == 3 && new.details.n == 3.0`},
+		Rule{Event: "bid.half", Table: "bids", Ops: []cdc.Op{cdc.OpInsert}, When: `new.details.f > 0.25 && new.details.f < 0.75`},
+		Rule{Event: "bid.huge", Table: "bids", Ops: []cdc.Op{cdc.OpInsert}, When: `new.details.list[0].big > 1e300 && len(new.details.list) == 2`},
+		Rule{Event: "bid.tiny", Table: "bids", Ops: []cdc.Op{cdc.OpInsert}, When: `new.details.tiny == 0`},
+	)
+	evs, err := m.Map(txOf(change(cdc.OpInsert, bids, nil, map[string]any{"id": int64(1),
+		"details": json.RawMessage(`{"n": 3, "f": 0.5, "list": [{"big": 1e400}, -1e400], "tiny": 1e-400}`)})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, e := range evs {
+		got = append(got, e.Type)
+	}
+	if want := []string{"bid.three", "bid.half", "bid.huge", "bid.tiny"}; !slices.Equal(got, want) {
+		t.Errorf("events %v, want %v", got, want)
+	}
+}

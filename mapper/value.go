@@ -107,14 +107,38 @@ func envValue(v cdc.Value) any {
 	return envAny(v.V)
 }
 
+// envNumber is n as an int64 when it is an integer that fits, else the
+// nearest float64: beyond float64's range that is ±Inf (or 0), which
+// strconv reports as an error alongside the value.
+func envNumber(n json.Number) any {
+	if i, err := strconv.ParseInt(string(n), 10, 64); err == nil {
+		return i
+	}
+	f, _ := strconv.ParseFloat(string(n), 64)
+	return f
+}
+
+// envJSON converts the numbers of a json value decoded with UseNumber.
+func envJSON(v any) any {
+	switch x := v.(type) {
+	case json.Number:
+		return envNumber(x)
+	case []any:
+		for i := range x {
+			x[i] = envJSON(x[i])
+		}
+	case map[string]any:
+		for k, e := range x {
+			x[k] = envJSON(e)
+		}
+	}
+	return v
+}
+
 func envAny(v any) any {
 	switch x := v.(type) {
 	case json.Number:
-		if i, err := strconv.ParseInt(string(x), 10, 64); err == nil {
-			return i
-		}
-		f, _ := strconv.ParseFloat(string(x), 64)
-		return f
+		return envNumber(x)
 	case cdc.NonFinite:
 		f, _ := strconv.ParseFloat(string(x), 64) // NaN, Infinity, -Infinity
 		return f
@@ -124,11 +148,18 @@ func envAny(v any) any {
 		}
 		return afterAllTime
 	case json.RawMessage:
+		// Numbers are read as json.Number and converted like a numeric
+		// column's: json.Unmarshal into float64 fails the whole document
+		// on one number beyond float64's range (valid in jsonb, whose
+		// numbers are numeric), which then reached the expression as a
+		// string and stopped the run at valid data.
+		d := json.NewDecoder(bytes.NewReader(x))
+		d.UseNumber()
 		var out any
-		if err := json.Unmarshal(x, &out); err != nil {
+		if err := d.Decode(&out); err != nil {
 			return string(x)
 		}
-		return out
+		return envJSON(out)
 	case []any:
 		out := make([]any, len(x))
 		for i := range x {
