@@ -256,6 +256,13 @@ func appendValue(b []byte, v any) []byte {
 		if len(x) == 0 {
 			return append(b, "null"...)
 		}
+		if !utf8.Valid(x) {
+			// A SQL_ASCII database stores json as it gets the bytes; a
+			// body must be UTF-8 (RFC 8259) and so must the store's copy.
+			// Invalid bytes sit in strings (JSON's syntax is ASCII) and
+			// become U+FFFD, as they do in text columns.
+			return append(b, bytes.ToValidUTF8(x, []byte("\uFFFD"))...)
+		}
 		return append(b, x...)
 	case []byte:
 		b = append(b, '"')

@@ -65,16 +65,11 @@ events:
 const latin1Insert = `INSERT INTO notes VALUES (1, convert_from('\x63616ee9'::bytea, 'SQL_ASCII'),
 	('{"a": "' || convert_from('\x63616ee9'::bytea, 'SQL_ASCII') || '"}')::json)`
 
-// A text value that is not UTF-8 is rendered with U+FFFD
-// (mapper/value.go appendJSONString: "invalid UTF-8 becomes U+FFFD"),
-// but a json/jsonb value is appended as PostgreSQL sent it
-// (mapper/value.go appendValue, json.RawMessage), so the webhook body is
-// not UTF-8, i.e. not JSON (RFC 8259 §8.1): a Python receiver's
-// json.loads(body) raises UnicodeDecodeError. With the store in a UTF8
-// database (store.dsn) the same event cannot even be stored: Append
-// fails with "invalid byte sequence for encoding UTF8", is retried for a
-// minute, and run stops with a store error — at this transaction, on
-// every restart, with no --skip-to named.
+// A SQL_ASCII source holding bytes that are not UTF-8: a text value's
+// become U+FFFD, and so do a json value's (which used to be appended as
+// PostgreSQL sent them), so the webhook body is UTF-8, i.e. JSON (RFC 8259
+// §8.1), and a store in a UTF8 database accepts the event (it failed with
+// "invalid byte sequence for encoding UTF8", on every restart).
 func TestJSONValueWithNonUTF8BytesKeepsTheBodyJSON(t *testing.T) {
 	t.Parallel()
 	t.Run("store in the source database", func(t *testing.T) {
