@@ -261,6 +261,15 @@ func (c *checker) checkCapacity(ctx context.Context, conn *pgx.Conn) error {
 type tableFacts struct {
 	schemaUsage, selectPriv, owner bool
 	ownerName                      string
+	unlogged                       bool // relpersistence 'u': writes no WAL
+}
+
+// unloggedProblem says why an UNLOGGED rule table cannot work, for a line
+// followed by unloggedFix.
+const unloggedProblem = "is UNLOGGED: it writes no WAL, so logical replication never sees its changes (and PostgreSQL refuses to publish it)"
+
+func unloggedFix(t string) string {
+	return fmt.Sprintf("ALTER TABLE %s SET LOGGED; (or map another table)", sqlTable(t))
 }
 
 func (c *checker) checkTables(ctx context.Context, conn *pgx.Conn) error {
@@ -283,6 +292,8 @@ func (c *checker) checkTables(ctx context.Context, conn *pgx.Conn) error {
 		c.owned[t] = f.owner
 		s, _ := splitQualified(t)
 		switch {
+		case f.unlogged:
+			c.fail("table "+t, unloggedFix(t), "%s", unloggedProblem)
 		case !f.schemaUsage:
 			c.fail("table "+t, fmt.Sprintf("GRANT USAGE ON SCHEMA %s TO %s; GRANT SELECT ON %s TO %s;", sqlIdent(s), sqlIdent(c.user), sqlTable(t), sqlIdent(c.user)),
 				"%s has no USAGE on schema %s", c.user, s)
@@ -524,7 +535,7 @@ func readTableFacts(ctx context.Context, conn *pgx.Conn, tables []string) (map[s
 	rows, err := conn.Query(ctx, `
 		SELECT n.nspname || '.' || c.relname, has_schema_privilege(n.oid, 'USAGE'),
 		       has_table_privilege(c.oid, 'SELECT'), pg_has_role(c.relowner, 'USAGE'),
-		       pg_get_userbyid(c.relowner)
+		       pg_get_userbyid(c.relowner), c.relpersistence = 'u'
 		FROM unnest($1::text[], $2::text[]) AS want(schema, name)
 		JOIN pg_namespace n ON n.nspname = want.schema
 		JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = want.name
@@ -537,7 +548,7 @@ func readTableFacts(ctx context.Context, conn *pgx.Conn, tables []string) (map[s
 	for rows.Next() {
 		var t string
 		var f tableFacts
-		if err := rows.Scan(&t, &f.schemaUsage, &f.selectPriv, &f.owner, &f.ownerName); err != nil {
+		if err := rows.Scan(&t, &f.schemaUsage, &f.selectPriv, &f.owner, &f.ownerName, &f.unlogged); err != nil {
 			return nil, fmt.Errorf("read table privileges: %w", err)
 		}
 		out[t] = f

@@ -76,6 +76,10 @@ func runSetup(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err == nil {
 		large, err = largeValueRisks(ctx, conn, m, schema, tables)
 	}
+	var facts map[string]tableFacts
+	if err == nil {
+		facts, err = readTableFacts(ctx, conn, tables)
+	}
 	conn.Close(context.WithoutCancel(ctx))
 	if err != nil {
 		return fmt.Errorf("setup: %w", err)
@@ -86,6 +90,11 @@ func runSetup(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	var full []string
 	var mismatch []string
+	for _, t := range tables {
+		if facts[t].unlogged {
+			mismatch = append(mismatch, fmt.Sprintf("  %s %s — fix: %s", t, unloggedProblem, unloggedFix(t)))
+		}
+	}
 	for _, p := range problems {
 		switch {
 		case p.table == "":

@@ -7,14 +7,10 @@ import (
 )
 
 // An UNLOGGED table writes no WAL, so logical replication never sees its
-// changes and PostgreSQL refuses to publish it. PRODUCT.md: "walhook check
-// lists every missing prerequisite with the fix". Today check passes the
-// table ("ok table public.sessions: readable, …") and ends with "not
-// ready: run walhook setup", and setup then fails with PostgreSQL's bare
-// "cannot add relation "sessions" to publication" (its DETAIL, "This
-// operation is not supported for unlogged tables.", is dropped), after it
-// has created the store schema. check should fail the table and say why
-// (unlogged: ALTER TABLE … SET LOGGED, or map another table).
+// changes and PostgreSQL refuses to publish it. check fails the table with
+// the fix (it passed it, then sent the operator to a setup that failed
+// with PostgreSQL's bare "cannot add relation … to publication"), and
+// setup refuses before changing anything, saying why.
 func TestCheckRefusesAnUnloggedRuleTable(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
@@ -35,7 +31,8 @@ events:
 	ckWantLines(t, out, `FAIL  .*public.sessions.*(unlogged|UNLOGGED)`)
 
 	out, errOut, code = runCLI(t, ctx, "setup", "--config", file)
-	if code != 1 || !strings.Contains(out+errOut, "unlogged") {
+	if code != 1 || !strings.Contains(out+errOut, "public.sessions is UNLOGGED: it writes no WAL") ||
+		!strings.Contains(out+errOut, "nothing changed") || !strings.Contains(out+errOut, "fix: ALTER TABLE public.sessions SET LOGGED;") {
 		t.Errorf("setup: exit %d, want 1 with a message that says the table is unlogged\n%s%s", code, out, errOut)
 	}
 }
