@@ -347,7 +347,8 @@ func replicaIdentityFull(ctx context.Context, conn *pgx.Conn, t string) ([]strin
 		return nil, fmt.Errorf("setup: %w", err)
 	}
 	rows, err := conn.Query(ctx, `
-		SELECT c.oid = $1::regclass, n.nspname || '.' || c.relname, c.relreplident::text
+		SELECT c.oid = $1::regclass, n.nspname || '.' || c.relname,
+		       quote_ident(n.nspname) || '.' || quote_ident(c.relname), c.relreplident::text
 		FROM (SELECT $1::regclass AS relid, 0 AS level
 		      UNION ALL
 		      SELECT relid, level FROM pg_partition_tree($1::regclass) WHERE isleaf AND relid <> $1::regclass) AS t
@@ -358,12 +359,12 @@ func replicaIdentityFull(ctx context.Context, conn *pgx.Conn, t string) ([]strin
 		return nil, fmt.Errorf("setup: look up replica identity of %s: %w", name, err)
 	}
 	type table struct {
-		root        bool
-		name, ident string
+		root                bool
+		name, quoted, ident string // quoted from the catalog: a partition's name may hold a dot
 	}
 	var tables []table
 	var tb table
-	_, err = pgx.ForEachRow(rows, []any{&tb.root, &tb.name, &tb.ident}, func() error {
+	_, err = pgx.ForEachRow(rows, []any{&tb.root, &tb.name, &tb.quoted, &tb.ident}, func() error {
 		tables = append(tables, tb)
 		return nil
 	})
@@ -376,11 +377,7 @@ func replicaIdentityFull(ctx context.Context, conn *pgx.Conn, t string) ([]strin
 		if tb.ident == "f" {
 			continue
 		}
-		qt, _, err := tableIdent(tb.name)
-		if err != nil {
-			return did, fmt.Errorf("setup: %w", err)
-		}
-		if _, err := conn.Exec(ctx, "ALTER TABLE "+qt+" REPLICA IDENTITY FULL"); err != nil {
+		if _, err := conn.Exec(ctx, "ALTER TABLE "+tb.quoted+" REPLICA IDENTITY FULL"); err != nil {
 			return did, fmt.Errorf("setup: ALTER TABLE %s REPLICA IDENTITY FULL: %w", tb.name, err)
 		}
 		set++

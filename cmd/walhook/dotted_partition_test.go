@@ -6,13 +6,10 @@ import (
 )
 
 // A partitioned rule table whose partition has a dot in its name (legal:
-// "bid.2024"). check prints the right fix (ALTER TABLE public."bid.2024"
-// … or walhook setup --replica-identity), but setup --replica-identity
-// fails on the partition's name ("table \"public.bid.2024\": want
-// schema.table"), exits 1 and stops before it creates the slot: the
-// partition's identity stays DEFAULT and walhook cannot be set up with
-// the command check recommends. The partition's name is not the rules'
-// (they name the partitioned table); it comes from pg_partition_tree.
+// "bid.2024"; it comes from pg_partition_tree, not from the rules, which
+// name the partitioned table). setup --replica-identity, the fix check
+// prints, sets FULL on it (it split the name again and failed with
+// "want schema.table", before creating the slot).
 func TestSetupReplicaIdentityOnAPartitionWithADotInItsName(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
