@@ -423,7 +423,7 @@ func parseColumnRef(s string) (from, col string, err error) {
 		}
 		from, col = f, c
 	}
-	if col == "" || strings.ContainsAny(col, ". \t\n") {
+	if !validColumn(col) {
 		return "", "", fmt.Errorf("column reference %q: write column, new.column or old.column", s)
 	}
 	return from, col, nil

@@ -238,7 +238,10 @@ func (v *validator) checkFrom(path, from string, ops map[string]bool) {
 	}
 }
 
-func validColumn(s string) bool { return s != "" && !strings.ContainsAny(s, ". \t\n") }
+// validColumn: a column name as PostgreSQL stores it, spaces included
+// ("Problem Title"); a dot would make new.x ambiguous, and a tab or line
+// break is taken for a typo.
+func validColumn(s string) bool { return s != "" && !strings.ContainsAny(s, ".\t\n") }
 
 // SplitTable splits "schema.table" or "table" (schema public). Names are
 // taken as PostgreSQL stores them (no quoting, no case folding).

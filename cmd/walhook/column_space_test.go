@@ -9,13 +9,10 @@ import (
 )
 
 // A column whose name has a space ("Problem Title", legal and common in
-// schemas that came from elsewhere) cannot be named in a rule: data,
-// changed and auction_id refuse it as "not a column" (config/decode.go
-// parseColumnRef, config/validate.go validColumn), so check exits 2 with
-// a bad config for a rule that names a real column. Mixed-case names
-// ("userId") and table names with spaces work; when: can read the column
-// (new["Problem Title"]) and a rule without data: renders it, so only the
-// config's name syntax is in the way.
+// schemas that came from elsewhere) can be named in data, changed and
+// auction_id (the config refused it as "not a column"), as mixed-case
+// names and table names with spaces could; when: reads it as
+// new["Problem Title"].
 func TestRuleNamesAColumnWithASpace(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
