@@ -375,3 +375,31 @@ func jsonKey(k string) []byte {
 	b := appendJSONString(nil, k)
 	return append(b, ':')
 }
+
+// UnsentDefaults lists the rules whose envelope takes a field from a
+// column by its name — auction_id without `auction_id:`, the sns domain
+// without `domain:` or mapping.domain — where that column of the table is
+// a generated one: logical replication (PostgreSQL 15) does not send
+// generated columns, so the field is null in every event of the rule, and
+// endpoints subscribed to given auctions get none of them. Not an error
+// (the column may hold nothing else), but worth saying where a rule that
+// names a generated column is refused. tables are as for CheckSchema.
+func (m *Mapper) UnsentDefaults(tables map[string]TableSchema) []string {
+	var out []string
+	for _, r := range m.rules {
+		ts, ok := tables[r.qualified]
+		if !ok {
+			continue
+		}
+		if !r.auctionSet && contains(ts.Generated, "auction_id") {
+			out = append(out, fmt.Sprintf("%s: event %s: column \"auction_id\" of %s is a generated column, which logical replication "+
+				"(PostgreSQL 15) does not send, so the events' auction_id is null and endpoints subscribed to given auctions get none of them; "+
+				"name a column that holds the auction id with auction_id:", r.Where, r.Event, r.qualified))
+		}
+		if r.envelope == EnvelopeSNS && !r.domainSet && r.domainConst == "" && contains(ts.Generated, "domain") {
+			out = append(out, fmt.Sprintf("%s: event %s: column \"domain\" of %s is a generated column, which logical replication "+
+				"(PostgreSQL 15) does not send, so the events' domain is null; name a column with domain:, or set mapping.domain", r.Where, r.Event, r.qualified))
+		}
+	}
+	return out
+}

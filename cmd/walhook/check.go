@@ -321,6 +321,9 @@ func (c *checker) checkTables(ctx context.Context, conn *pgx.Conn) error {
 	if err == nil && len(needs) == 0 {
 		c.ok("rules", "every rule's table and columns exist, and old values are sent where rules read them")
 	}
+	for _, w := range c.m.UnsentDefaults(schema) {
+		c.warn("rule", "", "%s", w)
+	}
 	return err
 }
 

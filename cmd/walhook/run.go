@@ -244,7 +244,7 @@ func (r *runner) prepare(ctx context.Context) error {
 	if r.mapper, err = compileMapper(cfg, r.systemID, r.log); err != nil {
 		return err
 	}
-	if err := checkLiveSchema(ctx, cfg.Source.DSN, cfg.Source.Publication, r.mapper); err != nil {
+	if err := checkLiveSchema(ctx, cfg.Source.DSN, cfg.Source.Publication, r.mapper, r.log); err != nil {
 		return err
 	}
 	m := r.mapper
@@ -295,8 +295,9 @@ func openStore(ctx context.Context, cfg *config.Config) (*pgxpool.Pool, error) {
 // checkLiveSchema checks every rule against the source tables as they are
 // now (columns exist, old values are sent where a rule reads them), so a
 // mapping that cannot work is refused at startup with the fix, not at the
-// first matching change.
-func checkLiveSchema(ctx context.Context, dsn, publication string, m *mapper.Mapper) error {
+// first matching change. What works but may not be meant
+// (mapper.UnsentDefaults) is logged as a warning.
+func checkLiveSchema(ctx context.Context, dsn, publication string, m *mapper.Mapper, log *slog.Logger) error {
 	conn, err := pgx.Connect(ctx, dsn)
 	if err != nil {
 		return fmt.Errorf("source %s: connect: %w", describeDSN(dsn), redactDSNError(err))
@@ -316,6 +317,9 @@ func checkLiveSchema(ctx context.Context, dsn, publication string, m *mapper.Map
 			}
 		}
 		return &UsageError{Err: fmt.Errorf("the mapping does not fit the source database:\n%w%s", err, more.String())}
+	}
+	for _, w := range m.UnsentDefaults(tables) {
+		log.Warn(w)
 	}
 	return checkPublicationFits(ctx, conn, publication, m.Tables())
 }
