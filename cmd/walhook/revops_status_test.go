@@ -1,0 +1,91 @@
+package main
+
+import (
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/walhook/walhook/internal/pgtest"
+)
+
+// Review (ops): the one walhook on a store loses the store while the
+// source keeps committing. Nobody streams from the slot then, and its WAL
+// grows. docs/api.md: slot.state is `standby` only "while another walhook
+// process holds the slot", and slot.lagSeconds / walhook_slot_lag_seconds
+// say for how long WAL has been unconfirmed. The status page is documented
+// to stay useful exactly while the store is down.
+func TestRevOpsStatusWhileTheStoreIsDown(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	src, store := pgtest.StartT(t, pgtest.Options{}), pgtest.StartT(t, pgtest.Options{})
+	db := &runDB{dsn: src.DSN("postgres"), pool: testPool(t, src.DSN("postgres")), schema: "walhook", slot: "wh_revops_status"}
+	if _, err := db.pool.Exec(ctx, runItemsSchema); err != nil {
+		t.Fatalf("load schema: %v", err)
+	}
+	rc := newRunReceiver(t, runSecret, nil)
+	file, cfg := storeRunConfig(t, db, store, rc)
+	db.setup(t, cfg)
+	migrateStore(t, store)
+
+	p := startRunProc(t, "--config", file)
+	runWaitFor(t, 30*time.Second, "the startup line", func() bool { return apiAddrRE.MatchString(p.stdout.String()) }, p.diag)
+	base := apiAddrRE.FindStringSubmatch(p.stdout.String())[1]
+	insertItems(t, db, 1, 10)
+	runWaitFor(t, 30*time.Second, "10 deliveries", func() bool { return rc.Unique() == 10 }, p.diag)
+
+	if err := store.Stop(); err != nil {
+		t.Fatalf("stop the store: %v", err)
+	}
+	insertItems(t, db, 11, 20)
+	runWaitFor(t, 60*time.Second, "walhook to stop replicating", func() bool {
+		return strings.Contains(p.stderr.String(), "stopped replicating; waiting to take the slot again")
+	}, p.diag)
+	// The source keeps committing for a while; nothing confirms it.
+	for i := 21; i <= 80; i += 10 {
+		insertItems(t, db, i, i+9)
+		time.Sleep(time.Second)
+	}
+	if err, exited := p.exited(); exited {
+		t.Fatalf("walhook run exited: %v", err)
+	}
+
+	st := apiGet(t, base, "/api/v1/status")
+	data, _ := st["data"].(map[string]any)
+	slot, _ := data["slot"].(map[string]any)
+	t.Logf("status while the store is down: %v", data)
+	lagBytes, _ := slot["lagBytes"].(float64)
+	lagSeconds, _ := slot["lagSeconds"].(float64)
+	if lagBytes <= 0 {
+		t.Fatalf("slot.lagBytes %v, want > 0 (the source committed for 6 s with nobody streaming)", slot["lagBytes"])
+	}
+	m := regexp.MustCompile(`(?m)^walhook_slot_lag_seconds (\S+)$`).FindStringSubmatch(runMetrics(t, base))
+	metricLag := -1.0
+	if m != nil {
+		metricLag, _ = strconv.ParseFloat(m[1], 64)
+	}
+	var bad []string
+	if state := slot["state"]; state == stateStandby {
+		bad = append(bad, `slot.state is "standby", which docs/api.md reserves for "another walhook process holds the slot"; no process holds it (slot.active=`+
+			strconv.FormatBool(slot["active"] == true)+`), this one lost its store`)
+	}
+	if lagSeconds < 5 {
+		bad = append(bad, "slot.lagSeconds "+strconv.FormatFloat(lagSeconds, 'f', -1, 64)+
+			" while lagBytes "+strconv.FormatFloat(lagBytes, 'f', 0, 64)+" have been unconfirmed for more than 6 s")
+	}
+	if metricLag >= 0 && metricLag < 5 {
+		bad = append(bad, "walhook_slot_lag_seconds "+m[1]+", the same")
+	}
+	if len(bad) > 0 {
+		t.Errorf("status while the store is down:\n  %s", strings.Join(bad, "\n  "))
+	}
+
+	if err := store.StartAgain(); err != nil {
+		t.Fatalf("start the store again: %v", err)
+	}
+	runWaitFor(t, 90*time.Second, "80 deliveries after the store came back", func() bool { return rc.Unique() == 80 }, p.diag)
+	if err := p.stop(t); err != nil {
+		t.Fatalf("stop: %v", err)
+	}
+}
