@@ -50,7 +50,10 @@ type ReplicationStatus struct {
 	ConfirmedLSN  string  `json:"confirmedLsn"`  // confirmed_flush_lsn
 	RetainedBytes int64   `json:"retainedBytes"` // WAL kept for the slot: current LSN − restart_lsn
 	LagBytes      int64   `json:"lagBytes"`      // current LSN − confirmed_flush_lsn
-	LagSeconds    float64 `json:"lagSeconds"`    // age of the oldest unconfirmed commit
+	LagSeconds    float64 `json:"lagSeconds"`    // since the last confirmation while something is unconfirmed
+	// LagSecondsUnknown: this process does not stream and cannot tell
+	// (the process that does knows); lagSeconds is shown as null.
+	LagSecondsUnknown bool `json:"-"`
 	State         string  `json:"state"`         // e.g. streaming, connecting, stopped
 	LastError     string  `json:"lastError,omitempty"`
 	// Warnings are problems of the rule tables found while running (e.g.

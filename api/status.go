@@ -54,6 +54,9 @@ func newSlotView(st ReplicationStatus, err error) *slotView {
 	}
 	v.Active, v.WALStatus, v.ConfirmedLSN = &st.Active, &st.WALStatus, &st.ConfirmedLSN
 	v.RetainedBytes, v.LagBytes, v.LagSeconds = &st.RetainedBytes, &st.LagBytes, &st.LagSeconds
+	if st.LagSecondsUnknown {
+		v.LagSeconds = nil
+	}
 	return v
 }
 

@@ -257,3 +257,24 @@ func TestStatusWithTheSourceNotAnswering(t *testing.T) {
 		}
 	}
 }
+
+// A process that does not stream cannot tell how long the slot's WAL has
+// waited (the leader can): lagSeconds is null then, next to the slot's
+// numbers it did read.
+func TestStatusWithTheLagUnknownHere(t *testing.T) {
+	t.Parallel()
+	s := newStack(t, stackConfig{noRun: true, api: func(o *api.Options) {
+		o.Replication = replicationFunc(func(ctx context.Context) (api.ReplicationStatus, error) {
+			return api.ReplicationStatus{Slot: "walhook", Active: true, WALStatus: "reserved", ConfirmedLSN: "0/1", LagBytes: 512,
+				LagSecondsUnknown: true, State: "standby"}, nil
+		})
+	}})
+	r := s.call(t, "GET", "/api/v1/status", nil)
+	var st struct {
+		Slot map[string]any `json:"slot"`
+	}
+	r.ok(t, http.StatusOK, &st)
+	if v, ok := st.Slot["lagSeconds"]; !ok || v != nil || st.Slot["lagBytes"] != float64(512) || st.Slot["state"] != "standby" {
+		t.Errorf("slot %v: want lagSeconds null (present), lagBytes 512, state standby", st.Slot)
+	}
+}

@@ -124,10 +124,30 @@ func (s *Stream) Status(ctx context.Context) (SlotStatus, error) {
 	if ns := s.lastConfirmAt.Load(); ns != 0 {
 		st.LastConfirmAt = time.Unix(0, ns).UTC()
 	}
-	if st.LagBytes > 0 && !st.LastConfirmAt.IsZero() {
-		st.LagSeconds = time.Since(st.LastConfirmAt).Seconds()
+	if st.LagBytes > 0 {
+		// Since the last confirmation; before the first, since Run
+		// started (a process waiting for the slot after a kill -9 of the
+		// one before it has confirmed nothing, and is behind all along).
+		since := st.LastConfirmAt
+		if since.IsZero() {
+			if ns := s.runAt.Load(); ns != 0 {
+				since = time.Unix(0, ns)
+			}
+		}
+		if !since.IsZero() {
+			st.LagSeconds = time.Since(since).Seconds()
+		}
 	}
 	return st, err
+}
+
+// LastConfirmAt is when this stream last confirmed a new position to the
+// server, zero before its first.
+func (s *Stream) LastConfirmAt() time.Time {
+	if ns := s.lastConfirmAt.Load(); ns != 0 {
+		return time.Unix(0, ns)
+	}
+	return time.Time{}
 }
 
 // identify opens a replication connection to dsn for what, runs

@@ -88,6 +88,7 @@ type Stream struct {
 
 	lastMessageAt atomic.Int64 // unix nanoseconds
 	lastConfirmAt atomic.Int64
+	runAt         atomic.Int64 // when Run started
 	reconnects    atomic.Int64
 
 	mu        sync.Mutex
@@ -215,6 +216,7 @@ func (s *Stream) Run(ctx context.Context, start LSN) error {
 		return errors.New("cdc: Run is already running")
 	}
 	defer s.running.Store(false)
+	s.runAt.Store(time.Now().UnixNano())
 
 	var wg sync.WaitGroup
 	hbCtx, stopHeartbeat := context.WithCancel(ctx)

@@ -63,7 +63,7 @@ func leaderLockKey(schema, slot string) string { return "walhook.slot." + schema
 func (r *runner) replicate(ctx context.Context) error {
 	key := leaderLockKey(r.cfg.Store.Schema, r.cfg.Source.Slot)
 	for {
-		lock, err := acquireLeader(ctx, r.pool, key, r.log)
+		lock, err := acquireLeader(ctx, r.pool, key, r.log, r.repl.setWaiting)
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil
@@ -90,7 +90,9 @@ type leaderLock struct {
 }
 
 // acquireLeader blocks until this process holds the lock (or ctx ends).
-func acquireLeader(ctx context.Context, pool *pgxpool.Pool, key string, log *slog.Logger) (*leaderLock, error) {
+// While it waits, waiting is told why: stateStandby while another process
+// holds the lock, stateWaitingForStore while the store does not answer.
+func acquireLeader(ctx context.Context, pool *pgxpool.Pool, key string, log *slog.Logger, waiting func(string)) (*leaderLock, error) {
 	var conn *pgx.Conn
 	standby := false
 	for {
@@ -104,10 +106,12 @@ func acquireLeader(ctx context.Context, pool *pgxpool.Pool, key string, log *slo
 					closeConn(conn)
 					conn = nil
 					if ctx.Err() == nil {
+						waiting(stateWaitingForStore)
 						log.Warn("leader lock: prepare the session", logKeyErr, err)
 					}
 				}
 			} else if ctx.Err() == nil {
+				waiting(stateWaitingForStore)
 				log.Warn("leader lock: connect to the store", logKeyErr, err)
 			}
 		}
@@ -121,10 +125,14 @@ func acquireLeader(ctx context.Context, pool *pgxpool.Pool, key string, log *slo
 			switch {
 			case err == nil && got:
 				return &leaderLock{conn: conn, key: key}, nil
-			case err == nil && !standby:
-				standby = true
-				log.Info("another walhook process holds the replication slot: delivering only, taking over when it stops")
+			case err == nil:
+				waiting(stateStandby)
+				if !standby {
+					standby = true
+					log.Info("another walhook process holds the replication slot: delivering only, taking over when it stops")
+				}
 			case err != nil:
+				waiting(stateWaitingForStore)
 				closeConn(conn)
 				conn = nil
 				if ctx.Err() == nil {
@@ -242,7 +250,10 @@ func (r *runner) lead(ctx context.Context, lock *leaderLock) error {
 		return err
 	}
 	r.repl.current.Store(stream)
-	defer r.repl.current.Store(nil)
+	defer func() {
+		r.repl.prev.Store(stream)
+		r.repl.current.Store(nil)
+	}()
 	defer r.lastCommit.Store(0)
 	// Until the first transaction or keepalive says where the source is,
 	// the lag counts from the takeover: a term that begins while

@@ -175,7 +175,14 @@ type replicationStatus struct {
 	standby  *cdc.Stream
 	current  atomic.Pointer[cdc.Stream]
 	warnings atomic.Pointer[[]string] // the leader's watchRuleTables
+	// Without a current stream: why (acquireLeader's stateStandby or
+	// stateWaitingForStore), and the stream of this process's last term.
+	waiting atomic.Pointer[string]
+	prev    atomic.Pointer[cdc.Stream]
 }
+
+// setWaiting records why this process does not stream now.
+func (r *replicationStatus) setWaiting(state string) { r.waiting.Store(&state) }
 
 func (r *replicationStatus) setWarnings(w []string) {
 	if len(w) == 0 {
@@ -187,27 +194,46 @@ func (r *replicationStatus) setWarnings(w []string) {
 
 var _ api.Replication = (*replicationStatus)(nil)
 
-// stateStandby is shown while another walhook process holds the slot.
-const stateStandby = "standby"
+// stateStandby is shown while another walhook process holds the slot;
+// stateWaitingForStore while this one cannot reach the store to take the
+// leader lock (nobody streams then, unless a process elsewhere still
+// reaches the store).
+const (
+	stateStandby         = "standby"
+	stateWaitingForStore = "waiting_for_store"
+)
 
-func (r *replicationStatus) slot(ctx context.Context) (cdc.SlotStatus, bool, error) {
+// slot reads the slot as this process sees it: through its current
+// stream while it leads; otherwise through the standby stream, with State
+// saying why it does not stream and lagUnknown set where the lag in
+// seconds is the leader's to know. Only while nobody can take the lock
+// (the store is down) has nothing been confirmed since this process's
+// last term, so the lag then counts from that term's last confirmation.
+func (r *replicationStatus) slot(ctx context.Context) (st cdc.SlotStatus, leader, lagUnknown bool, err error) {
 	if s := r.current.Load(); s != nil {
-		st, err := s.Status(ctx)
-		return st, true, err
+		st, err = s.Status(ctx)
+		return st, true, false, err
 	}
-	st, err := r.standby.Status(ctx)
-	return st, false, err
+	st, err = r.standby.Status(ctx)
+	st.State = stateStandby
+	if w := r.waiting.Load(); w != nil {
+		st.State = *w
+	}
+	st.LagSeconds, lagUnknown = 0, st.LagBytes > 0
+	if prev := r.prev.Load(); st.State == stateWaitingForStore && prev != nil && st.LagBytes > 0 {
+		if at := prev.LastConfirmAt(); !at.IsZero() {
+			st.LagSeconds, lagUnknown = time.Since(at).Seconds(), false
+		}
+	}
+	return st, false, lagUnknown, err
 }
 
 func (r *replicationStatus) Status(ctx context.Context) (api.ReplicationStatus, error) {
-	st, leader, err := r.slot(ctx)
+	st, _, lagUnknown, err := r.slot(ctx)
 	out := api.ReplicationStatus{
 		Slot: st.Slot, Active: st.Active, WALStatus: st.WALStatus, ConfirmedLSN: st.ConfirmedFlushLSN.String(),
-		RetainedBytes: st.RetainedBytes, LagBytes: st.LagBytes, LagSeconds: st.LagSeconds,
+		RetainedBytes: st.RetainedBytes, LagBytes: st.LagBytes, LagSeconds: st.LagSeconds, LagSecondsUnknown: lagUnknown,
 		State: st.State, LastError: st.LastError,
-	}
-	if !leader {
-		out.State = stateStandby
 	}
 	if w := r.warnings.Load(); w != nil {
 		out.Warnings = *w
@@ -246,7 +272,7 @@ func (c *slotCollector) Describe(ch chan<- *prometheus.Desc) {
 func (c *slotCollector) Collect(ch chan<- prometheus.Metric) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	st, leader, err := c.repl.slot(ctx)
+	st, leader, lagUnknown, err := c.repl.slot(ctx)
 	l := 0.0
 	if leader {
 		l = 1
@@ -258,5 +284,7 @@ func (c *slotCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	ch <- prometheus.MustNewConstMetric(c.retained, prometheus.GaugeValue, float64(st.RetainedBytes))
 	ch <- prometheus.MustNewConstMetric(c.lagBytes, prometheus.GaugeValue, float64(st.LagBytes))
-	ch <- prometheus.MustNewConstMetric(c.lagSeconds, prometheus.GaugeValue, st.LagSeconds)
+	if !lagUnknown {
+		ch <- prometheus.MustNewConstMetric(c.lagSeconds, prometheus.GaugeValue, st.LagSeconds)
+	}
 }
