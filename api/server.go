@@ -53,9 +53,9 @@ type ReplicationStatus struct {
 	LagSeconds    float64 `json:"lagSeconds"`    // since the last confirmation while something is unconfirmed
 	// LagSecondsUnknown: this process does not stream and cannot tell
 	// (the process that does knows); lagSeconds is shown as null.
-	LagSecondsUnknown bool `json:"-"`
-	State         string  `json:"state"`         // e.g. streaming, connecting, stopped
-	LastError     string  `json:"lastError,omitempty"`
+	LagSecondsUnknown bool   `json:"-"`
+	State             string `json:"state"` // e.g. streaming, connecting, stopped
+	LastError         string `json:"lastError,omitempty"`
 	// Warnings are problems of the rule tables found while running (e.g.
 	// a new partition without REPLICA IDENTITY FULL), each with its fix:
 	// nothing failed yet, but the first change that needs what is
