@@ -397,10 +397,10 @@ func replicaIdentityFull(ctx context.Context, conn *pgx.Conn, t string) ([]strin
 }
 
 func setupSlot(ctx context.Context, conn *pgx.Conn, slot string) (string, error) {
-	var plugin, db *string
+	var plugin, db, walStatus *string
 	var temporary bool
-	err := conn.QueryRow(ctx, `SELECT plugin, database, temporary FROM pg_replication_slots WHERE slot_name = $1`, slot).
-		Scan(&plugin, &db, &temporary)
+	err := conn.QueryRow(ctx, `SELECT plugin, database, temporary, wal_status FROM pg_replication_slots WHERE slot_name = $1`, slot).
+		Scan(&plugin, &db, &temporary, &walStatus)
 	switch {
 	case errors.Is(err, pgx.ErrNoRows):
 		// Never temporary: a temporary slot vanishes with its session and
@@ -426,6 +426,11 @@ func setupSlot(ctx context.Context, conn *pgx.Conn, slot string) (string, error)
 		return "", fmt.Errorf("setup: slot %q exists with plugin %q, walhook needs pgoutput; drop it or choose another slot name", slot, *plugin)
 	case temporary:
 		return "", fmt.Errorf("setup: slot %q is temporary; walhook needs a permanent slot", slot)
+	case walStatus != nil && *walStatus == "lost":
+		// Kept, it would read as ready while run refuses it.
+		return "", fmt.Errorf("setup: %w: slot %q is invalidated (wal_status lost: max_slot_wal_keep_size let PostgreSQL remove WAL it "+
+			"had not confirmed), so the changes in that WAL are gone; fix: walhook teardown && walhook setup --accept-gap "+
+			"(docs/operations.md, Recovering from a gap)", ErrSlotLost, slot)
 	}
 	return fmt.Sprintf("replication slot %s already exists (pgoutput); kept", slot), nil
 }
