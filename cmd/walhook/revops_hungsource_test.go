@@ -1,0 +1,104 @@
+package main
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/walhook/walhook/internal/pgtest"
+)
+
+// Review (ops): the source's server hangs (its host froze: TCP still
+// accepts, nothing answers) when walhook starts. docs/operations.md: "At
+// startup run checks the store schema, the rules against the live tables
+// and the publication, and exits 1 at once if the source or the store
+// does not answer" (the store gets 30 s); check prints a FAIL line per
+// problem and exits 1. The source DSN is an ordinary one, without
+// connect_timeout.
+func TestRevOpsStartWithAHungSource(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	src, store := pgtest.StartT(t, pgtest.Options{}), pgtest.StartT(t, pgtest.Options{})
+	db := &runDB{dsn: src.DSN("postgres"), pool: testPool(t, src.DSN("postgres")), schema: "walhook", slot: "wh_revops_hungsrc"}
+	if _, err := db.pool.Exec(ctx, runItemsSchema); err != nil {
+		t.Fatalf("load schema: %v", err)
+	}
+	rc := newRunReceiver(t, runSecret, nil)
+	file, cfg := storeRunConfig(t, db, store, rc)
+	db.setup(t, cfg)
+	migrateStore(t, store)
+	db.pool.Close()
+
+	pids := clusterPIDs(t, src)
+	var once sync.Once
+	resume := func() {
+		once.Do(func() {
+			for _, pid := range pids {
+				_ = syscall.Kill(pid, syscall.SIGCONT)
+			}
+		})
+	}
+	t.Cleanup(resume)
+	for _, pid := range pids {
+		_ = syscall.Kill(pid, syscall.SIGSTOP)
+	}
+
+	const limit = 90 * time.Second
+	var wg sync.WaitGroup
+	for _, cmd := range []string{"run", "check"} {
+		wg.Go(func() {
+			cctx, cancel := context.WithTimeout(ctx, limit)
+			defer cancel()
+			start := time.Now()
+			out, errOut, code := runCLI(t, cctx, cmd, "--config", file)
+			took := time.Since(start)
+			t.Logf("walhook %s with the source hung: exit %d after %s\n%s%s", cmd, code, took.Round(time.Millisecond), runTail(out, 1500), runTail(errOut, 1500))
+			if took >= limit-time.Second {
+				t.Errorf("walhook %s with the source hung did not exit by itself: still waiting after %s (cut off by the test), want exit 1 naming the source",
+					cmd, took.Round(time.Second))
+			} else if code != 1 {
+				t.Errorf("walhook %s with the source hung: exit %d, want 1", cmd, code)
+			}
+		})
+	}
+	wg.Wait()
+}
+
+// clusterPIDs returns the postmaster's PID and its children's.
+func clusterPIDs(t *testing.T, c *pgtest.Cluster) []int {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(c.DataDir, "postmaster.pid"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pm, err := strconv.Atoi(strings.TrimSpace(strings.SplitN(string(b), "\n", 2)[0]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pids := []int{pm}
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		st, err := os.ReadFile("/proc/" + e.Name() + "/stat")
+		if err != nil {
+			continue
+		}
+		s := string(st)
+		if i := strings.LastIndexByte(s, ')'); i > 0 {
+			f := strings.Fields(s[i+1:])
+			if len(f) > 1 && f[1] == strconv.Itoa(pm) {
+				pids = append(pids, pid)
+			}
+		}
+	}
+	return pids
+}
