@@ -2,6 +2,9 @@ package config
 
 import (
 	"fmt"
+	"net/url"
+	"os"
+	"strings"
 	"time"
 )
 
@@ -135,4 +138,41 @@ func applyDefaults(c *Config, set map[string]bool) {
 
 	str(&c.Log.Level, "log.level", DefaultLogLevel)
 	str(&c.Log.Format, "log.format", DefaultLogFormat)
+}
+
+// DefaultConnectTimeout bounds each connection attempt to the source and
+// the store whose DSN does not choose its own connect_timeout: without
+// one, a server whose host froze (TCP still accepts, nothing answers)
+// holds walhook's startup, check and setup for as long as it stays so.
+const DefaultConnectTimeout = "10"
+
+// BoundConnects gives the source and store DSNs connect_timeout =
+// DefaultConnectTimeout where they do not set one (walhook's commands call
+// it after Load; the loaded config stays as written).
+func (c *Config) BoundConnects() {
+	c.Source.DSN = withConnectTimeout(c.Source.DSN)
+	c.Store.DSN = withConnectTimeout(c.Store.DSN)
+}
+
+// withConnectTimeout adds connect_timeout=DefaultConnectTimeout to dsn
+// (URL or keyword/value form) unless it, or PGCONNECT_TIMEOUT, sets one.
+// A DSN it cannot read is left for the connection to report.
+func withConnectTimeout(dsn string) string {
+	if os.Getenv("PGCONNECT_TIMEOUT") != "" || dsn == "" {
+		return dsn
+	}
+	if strings.HasPrefix(dsn, "postgres://") || strings.HasPrefix(dsn, "postgresql://") {
+		u, err := url.Parse(dsn)
+		if err != nil || u.Query().Has("connect_timeout") || u.Fragment != "" {
+			return dsn
+		}
+		if u.RawQuery == "" {
+			return strings.TrimSuffix(dsn, "?") + "?connect_timeout=" + DefaultConnectTimeout
+		}
+		return dsn + "&connect_timeout=" + DefaultConnectTimeout
+	}
+	if strings.TrimSpace(dsn) == "" || strings.Contains(dsn, "connect_timeout") {
+		return dsn // empty: validation says it is required
+	}
+	return dsn + " connect_timeout=" + DefaultConnectTimeout
 }

@@ -801,3 +801,22 @@ func TestBadURLNotEchoed(t *testing.T) {
 		t.Fatalf("the error repeats the URL: %v", err)
 	}
 }
+
+// walhook's commands bound each connection attempt (BoundConnects): a DSN
+// without connect_timeout gets DefaultConnectTimeout, in either form, and
+// one that sets its own keeps it.
+func TestBoundConnects(t *testing.T) {
+	for _, tc := range []struct{ in, want string }{
+		{"postgres://u@db/app", "postgres://u@db/app?connect_timeout=10"},
+		{"postgres://u@db/app?sslmode=require", "postgres://u@db/app?sslmode=require&connect_timeout=10"},
+		{"postgresql://u@db/app?connect_timeout=3", "postgresql://u@db/app?connect_timeout=3"},
+		{"host=db dbname=app", "host=db dbname=app connect_timeout=10"},
+		{"host=db connect_timeout=2", "host=db connect_timeout=2"},
+	} {
+		c := &Config{Source: Source{DSN: tc.in}, Store: Store{DSN: tc.in}}
+		c.BoundConnects()
+		if c.Source.DSN != tc.want || c.Store.DSN != tc.want {
+			t.Errorf("%q: source %q, store %q, want %q", tc.in, c.Source.DSN, c.Store.DSN, tc.want)
+		}
+	}
+}

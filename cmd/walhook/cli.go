@@ -140,5 +140,6 @@ func loadConfig(path string) (*config.Config, error) {
 	if err != nil {
 		return nil, &UsageError{Err: err}
 	}
+	cfg.BoundConnects()
 	return cfg, nil
 }
