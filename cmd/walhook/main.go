@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
 	"runtime/debug"
@@ -15,13 +16,50 @@ import (
 func main() {
 	tuneGC(os.Getenv)
 	ownsProcess = true
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	ctx, stop := stopOnSignals(os.Stderr, os.Exit)
 	err := Run(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()
 	if err != nil && !errors.Is(err, ErrHelpShown) {
 		fmt.Fprintln(os.Stderr, "walhook:", err)
 	}
 	os.Exit(ExitCode(err))
+}
+
+// stopSignals end walhook gracefully. SIGHUP is among them: walhook
+// reloads nothing, and a closed terminal (a demo, a foreground run)
+// should stop it cleanly rather than kill it mid-attempt.
+var stopSignals = []os.Signal{os.Interrupt, syscall.SIGTERM, syscall.SIGHUP}
+
+// stopOnSignals returns a context that the first of stopSignals cancels,
+// which starts a graceful stop. A second one exits at once with status 1
+// (exit): the way out of a stop that waits on a hung receiver or store,
+// at the cost of a crash (attempts in flight are sent again once their
+// lease passes; nothing is lost). stop releases the signals.
+func stopOnSignals(stderr io.Writer, exit func(int)) (ctx context.Context, stop func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, stopSignals...)
+	done := make(chan struct{})
+	go func() {
+		select {
+		case <-sigs:
+			cancel()
+		case <-done:
+			return
+		}
+		select {
+		case s := <-sigs:
+			fmt.Fprintf(stderr, "walhook: %v again: exiting now, without finishing the graceful stop "+
+				"(attempts in flight are sent again after their lease)\n", s)
+			exit(1)
+		case <-done:
+		}
+	}()
+	return ctx, func() {
+		signal.Stop(sigs)
+		close(done)
+		cancel()
+	}
 }
 
 // ownsProcess is set when Run runs as the walhook binary, not inside a test
