@@ -279,8 +279,11 @@ func (c *slotCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	ch <- prometheus.MustNewConstMetric(c.leader, prometheus.GaugeValue, l)
 	ch <- prometheus.MustNewConstMetric(c.reconnects, prometheus.CounterValue, float64(st.Reconnects))
-	if err != nil {
-		return // the slot's row is unknown; the gauges are left out rather than zero
+	if err != nil && st.WALStatus == "" {
+		// The slot's row is unknown; the gauges are left out rather than
+		// zero. A lost slot's row is read (with its error), and its
+		// retained WAL and lag are worth graphing then.
+		return
 	}
 	ch <- prometheus.MustNewConstMetric(c.retained, prometheus.GaugeValue, float64(st.RetainedBytes))
 	ch <- prometheus.MustNewConstMetric(c.lagBytes, prometheus.GaugeValue, float64(st.LagBytes))
