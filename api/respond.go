@@ -1,6 +1,7 @@
 package api
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -29,6 +30,7 @@ const (
 	CodeTestSend           = "test_send"            // 409: redeliver of a test send (send a new test)
 	CodeRateLimited        = "rate_limited"         // 429: see Retry-After
 	CodeNotReady           = "not_ready"            // 503: /readyz while not ready
+	CodeStoreUnavailable   = "store_unavailable"    // 503: the store did not answer in time (see Retry-After)
 	CodeInternal           = "internal"             // 500: logged; the message says nothing more
 )
 
@@ -99,6 +101,14 @@ func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
 		e = &Error{http.StatusBadRequest, CodeInvalidSecret, err.Error()}
 	case errors.Is(err, dispatch.ErrInvalidCursor):
 		e = &Error{http.StatusBadRequest, CodeInvalidQuery, "cursor: not a cursor this API returned"}
+	case errors.Is(err, context.DeadlineExceeded) && r.Context().Err() != nil:
+		// Options.StoreTimeout passed: the store hangs, or a lock on
+		// walhook's tables holds the request. What changed, if anything,
+		// is what the store committed: a write either happened or did not.
+		s.log.Warn("api: the store did not answer in time", "method", r.Method, "path", r.URL.Path, "timeout", s.storeWait, "err", err)
+		w.Header().Set("Retry-After", "5")
+		e = &Error{http.StatusServiceUnavailable, CodeStoreUnavailable,
+			fmt.Sprintf("the store did not answer within %s (the log says more); try again", s.storeWait)}
 	default:
 		s.log.Error("api: request failed", "method", r.Method, "path", r.URL.Path, "err", err)
 		e = &Error{http.StatusInternalServerError, CodeInternal, "internal error (logged)"}

@@ -113,7 +113,16 @@ type Options struct {
 	// DefaultShutdownTimeout); give it at least the delivery timeout, which
 	// a test send in flight can take.
 	ShutdownTimeout time.Duration
+	// StoreTimeout bounds a request's work on the store (default
+	// DefaultStoreTimeout): a store that hangs, or a lock someone holds on
+	// walhook's tables, answers 503 store_unavailable instead of holding
+	// the request until the client gives up. Not for the test send (bound
+	// by the delivery timeout) nor the status page (its own probes).
+	StoreTimeout time.Duration
 }
+
+// DefaultStoreTimeout is Options.StoreTimeout's default.
+const DefaultStoreTimeout = 15 * time.Second
 
 // Server is the admin API. Handler serves it; Run and Serve listen.
 type Server struct {
@@ -126,6 +135,7 @@ type Server struct {
 	overlap     time.Duration
 	maxBody     int64
 	shutdown    time.Duration
+	storeWait   time.Duration
 	open        map[string]bool
 	keys        []keyEntry
 	mux         *http.ServeMux
@@ -146,6 +156,9 @@ func New(o Options) (*Server, error) {
 		admin: o.Admin, replication: o.Replication, ready: o.Ready,
 		catalog: o.Catalog, log: o.Logger, now: o.Now, overlap: o.SecretOverlap,
 		maxBody: o.MaxBody, shutdown: o.ShutdownTimeout, keys: keys, open: map[string]bool{},
+	}
+	if s.storeWait = o.StoreTimeout; s.storeWait <= 0 {
+		s.storeWait = DefaultStoreTimeout
 	}
 	if s.shutdown <= 0 {
 		s.shutdown = DefaultShutdownTimeout
@@ -281,6 +294,10 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	switch {
+	case pattern != "" && !unboundedRoutes[pattern]:
+		ctx, cancel := context.WithTimeout(r.Context(), s.storeWait)
+		defer cancel()
+		s.mux.ServeHTTP(sw, r.WithContext(ctx))
 	case pattern != "":
 		s.mux.ServeHTTP(sw, r)
 	case len(allow) > 0:
@@ -289,6 +306,14 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 	default:
 		s.fail(sw, r, errorf(http.StatusNotFound, CodeNotFound, "no route %s %s", r.Method, r.URL.Path))
 	}
+}
+
+// unboundedRoutes are served without Options.StoreTimeout: the test send
+// waits for the receiver (the delivery timeout), the status page and the
+// probes bound their own work, /metrics reads no store.
+var unboundedRoutes = map[string]bool{
+	"POST /api/v1/webhooks/{id}/test": true, "GET /api/v1/status": true,
+	"GET /healthz": true, "GET /readyz": true, "GET /metrics": true,
 }
 
 func joinMethods(ms []string) string {

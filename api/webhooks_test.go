@@ -8,7 +8,9 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/walhook/walhook/api"
 	"github.com/walhook/walhook/dispatch"
 )
 
@@ -445,4 +447,36 @@ func TestBodiesAreStrictObjects(t *testing.T) {
 	// The exact spelling, once each, still works.
 	s.call(t, "PUT", update, `{"description":"ok","active":true}`).ok(t, http.StatusOK, nil)
 	s.call(t, "POST", update+"/test", `{}`).ok(t, http.StatusOK, nil)
+}
+
+// A request whose store work does not finish within StoreTimeout — here a
+// lock a DBA's migration holds on walhook's endpoints table — answers 503
+// store_unavailable with Retry-After instead of hanging until the client
+// gives up; once the lock is gone the same request works.
+func TestStoreTimeout(t *testing.T) {
+	t.Parallel()
+	s := newStack(t, stackConfig{noRun: true, api: func(o *api.Options) { o.StoreTimeout = 300 * time.Millisecond }})
+	id := s.create(t, "https://hooks.example.com/ok").SubscriptionID
+	ctx := context.Background()
+	tx, err := s.pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(ctx)
+	if _, err := tx.Exec(ctx, `LOCK TABLE walhook.endpoints IN ACCESS EXCLUSIVE MODE`); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct{ method, path string }{{"GET", "/api/v1/webhooks"}, {"GET", "/api/v1/webhooks/" + id}} {
+		r := s.call(t, c.method, c.path, nil)
+		if r.Status != http.StatusServiceUnavailable || r.Error == nil || r.Error.Code != api.CodeStoreUnavailable ||
+			r.Header.Get("Retry-After") == "" || !strings.Contains(r.Error.Message, "the store did not answer within 300ms") {
+			t.Errorf("%s %s with the table locked: %d %s, want 503 %s with Retry-After", c.method, c.path, r.Status, r.Raw, api.CodeStoreUnavailable)
+		}
+	}
+	if err := tx.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if r := s.call(t, "GET", "/api/v1/webhooks/"+id, nil); r.Status != http.StatusOK {
+		t.Errorf("after the lock: %d %s", r.Status, r.Raw)
+	}
 }
