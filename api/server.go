@@ -117,7 +117,8 @@ type Options struct {
 	// DefaultStoreTimeout): a store that hangs, or a lock someone holds on
 	// walhook's tables, answers 503 store_unavailable instead of holding
 	// the request until the client gives up. Not for the test send (bound
-	// by the delivery timeout) nor the status page (its own probes).
+	// by the delivery timeout), the status page (its own probes), nor a
+	// delete or a recover (work in proportion to the history).
 	StoreTimeout time.Duration
 }
 
@@ -310,10 +311,13 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 
 // unboundedRoutes are served without Options.StoreTimeout: the test send
 // waits for the receiver (the delivery timeout), the status page and the
-// probes bound their own work, /metrics reads no store.
+// probes bound their own work, /metrics reads no store, and a delete or
+// a recover does work in proportion to the endpoint's history (a bound
+// would roll back a large one every time).
 var unboundedRoutes = map[string]bool{
 	"POST /api/v1/webhooks/{id}/test": true, "GET /api/v1/status": true,
 	"GET /healthz": true, "GET /readyz": true, "GET /metrics": true,
+	"DELETE /api/v1/webhooks/{id}": true, "POST /api/v1/webhooks/{id}/recover": true,
 }
 
 func joinMethods(ms []string) string {
