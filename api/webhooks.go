@@ -284,7 +284,12 @@ func (s *Server) checkEvents(in []string) ([]string, error) {
 	return out, nil
 }
 
-func (s *Server) knownEvent(f string) bool {
+func (s *Server) knownEvent(f string) bool { return FilterKnown(s.catalog, f) }
+
+// FilterKnown reports whether event filter f selects something of
+// catalog: an exact type from it, "prefix.*" matching at least one of its
+// types, or "*".
+func FilterKnown(catalog []CatalogEntry, f string) bool {
 	if f == "*" {
 		return true
 	}
@@ -292,7 +297,7 @@ func (s *Server) knownEvent(f string) bool {
 	if wildcard && (!strings.HasSuffix(prefix, ".") || len(prefix) < 2) {
 		return false
 	}
-	for _, c := range s.catalog {
+	for _, c := range catalog {
 		if c.Type == f || (wildcard && strings.HasPrefix(c.Type, prefix)) {
 			return true
 		}

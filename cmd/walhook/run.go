@@ -238,6 +238,7 @@ func (r *runner) prepare(ctx context.Context) error {
 	if err := r.disp.SyncStaticEndpoints(ctx, staticEndpoints(cfg)); err != nil {
 		return &UsageError{Err: fmt.Errorf("%s: endpoints: %w", cfg.File, err)}
 	}
+	warnStaleSubscriptions(ctx, dispatch.NewAdmin(pool, cfg.Store.Schema, r.disp), catalogEntries(cfg), r.log)
 	if r.systemID, err = cdc.SystemID(ctx, cfg.Source.DSN); err != nil {
 		return fmt.Errorf("source %s: %w", describeDSN(cfg.Source.DSN), err)
 	}

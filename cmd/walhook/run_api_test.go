@@ -108,3 +108,37 @@ func TestRunAdminAPI(t *testing.T) {
 		t.Fatalf("graceful stop: %v", err)
 	}
 }
+
+// An endpoint subscribed through the API to a type the rules stop
+// producing (the rule renamed): the API checked the filter when it was
+// written, so only the next start can tell, and it logs the endpoint and
+// the stale types rather than leaving it to receive nothing in silence.
+func TestRunWarnsOfStaleSubscriptions(t *testing.T) {
+	t.Parallel()
+	db, file := itemsRun(t, nil)
+	p := startRunProc(t, "--config", file)
+	runWaitFor(t, 30*time.Second, "the startup line", func() bool { return apiAddrRE.MatchString(p.stdout.String()) }, p.diag)
+	base := apiAddrRE.FindStringSubmatch(p.stdout.String())[1]
+	code, env := runAPI(t, "POST", base+"/api/v1/webhooks/create", runAPIKey,
+		`{"url":"https://hooks.example.com/in","events":["item.created","item.*"]}`)
+	if code != 201 && code != 200 {
+		t.Fatalf("create: %d %v", code, env)
+	}
+	id := env["data"].(map[string]any)["subscriptionId"].(string)
+	if strings.Contains(p.stderr.String(), "no rule produces") {
+		t.Fatal("warned while the rules produce the type")
+	}
+	if err := p.stop(t); err != nil {
+		t.Fatal(err)
+	}
+
+	s := db.settings()
+	renamed, _ := runConfig(t, []byte(strings.Replace(runItemsConfig, "item.created", "item.added", 1)), s)
+	p = startRunProc(t, "--config", renamed)
+	runWaitFor(t, 30*time.Second, "the startup line", func() bool { return apiAddrRE.MatchString(p.stdout.String()) }, p.diag)
+	logs := p.stderr.String()
+	if !strings.Contains(logs, "an endpoint subscribes to event types no rule produces") ||
+		!strings.Contains(logs, "endpoint="+id+" events=[item.created]") {
+		t.Errorf("no warning naming endpoint %s and item.created (item.* still matches):\n%s", id, runTail(logs, 3000))
+	}
+}

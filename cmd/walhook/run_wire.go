@@ -140,11 +140,7 @@ func apiOptions(cfg *config.Config, admin api.AdminStore, repl api.Replication, 
 	for _, k := range cfg.API.Keys {
 		keys = append(keys, api.Key{Name: k.Name, Key: k.Key})
 	}
-	catalog := cfg.Catalog()
-	entries := make([]api.CatalogEntry, 0, len(catalog))
-	for _, c := range catalog {
-		entries = append(entries, api.CatalogEntry{Type: c.Type, Description: c.Description})
-	}
+	entries := catalogEntries(cfg)
 	open := cfg.API.Open
 	if open == nil {
 		open = []string{}
@@ -239,6 +235,49 @@ func (r *replicationStatus) Status(ctx context.Context) (api.ReplicationStatus, 
 		out.Warnings = *w
 	}
 	return out, err
+}
+
+// catalogEntries is the mapping's event types as the API lists them.
+func catalogEntries(cfg *config.Config) []api.CatalogEntry {
+	catalog := cfg.Catalog()
+	entries := make([]api.CatalogEntry, 0, len(catalog))
+	for _, c := range catalog {
+		entries = append(entries, api.CatalogEntry{Type: c.Type, Description: c.Description})
+	}
+	return entries
+}
+
+// warnStaleSubscriptions logs each endpoint with an event filter that
+// selects nothing the rules produce: the API checks filters when they are
+// written, but a rule renamed or removed since leaves the endpoint
+// subscribed to a type that never comes, and it would receive nothing of
+// it without a word. A store error is logged, not fatal: this is advice.
+func warnStaleSubscriptions(ctx context.Context, admin *dispatch.Admin, catalog []api.CatalogEntry, log *slog.Logger) {
+	cursor := ""
+	for {
+		eps, next, _, err := admin.ListEndpoints(ctx, dispatch.ListOptions{Limit: 100, Cursor: cursor})
+		if err != nil {
+			log.Warn("look for subscriptions to event types no rule produces", logKeyErr, err)
+			return
+		}
+		for _, ep := range eps {
+			var stale []string
+			for _, f := range ep.Events {
+				if !api.FilterKnown(catalog, f) {
+					stale = append(stale, f)
+				}
+			}
+			if len(stale) > 0 {
+				log.Warn("an endpoint subscribes to event types no rule produces (renamed or removed from the rules?): it receives none of them; "+
+					"change its events (PUT /api/v1/webhooks/{id}, or the config for a static one) or the rules",
+					slog.String("endpoint", ep.ID), slog.Any("events", stale))
+			}
+		}
+		if next == "" {
+			return
+		}
+		cursor = next
+	}
 }
 
 // slotCollector exports the slot's retained WAL, lag and the stream's
