@@ -653,6 +653,9 @@ func (c *Client) classify(parent, attempt context.Context, err error) (error, bo
 		// go-retryablehttp calls certificate errors permanent; for an
 		// outbox they are not: a receiver renews an expired certificate,
 		// and the schedule should carry its deliveries over meanwhile.
+		if strings.HasPrefix(inner.Error(), "tls: ") { // crypto/tls's own text says it already
+			return inner, false
+		}
 		return fmt.Errorf("tls: %w", inner), false
 	}
 	// go-retryablehttp's classification of the rest: an invalid header or

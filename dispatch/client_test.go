@@ -294,3 +294,27 @@ func upAndDownReceivers(t *testing.T) (up *url.URL, downPort string) {
 	l.Close()
 	return up, downPort
 }
+
+// TLS is verified against the system's roots: a receiver with a
+// certificate nobody signed (httptest's) gets no request, and the attempt
+// fails as retryable (a receiver fixes or renews its certificate, and the
+// schedule carries the delivery over), with the reason said once.
+func TestSendVerifiesTLS(t *testing.T) {
+	t.Parallel()
+	var reached atomic.Int32
+	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { reached.Add(1) }))
+	defer srv.Close()
+	client, err := NewClient(ClientOptions{Allow: []string{"127.0.0.1"}, Timeout: 10 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.CloseIdleConnections()
+	res := client.Send(context.Background(), Request{URL: srv.URL, ID: "id-1", Event: "a.b", Body: []byte(`{}`), Keys: [][]byte{mustKey(t, NewSecret())}})
+	if res.Err == nil || res.StatusCode != 0 || res.Permanent || reached.Load() != 0 {
+		t.Fatalf("untrusted certificate: status %d, err %v, permanent %v, requests %d; want a retryable TLS error and no request",
+			res.StatusCode, res.Err, res.Permanent, reached.Load())
+	}
+	if msg := res.Err.Error(); !strings.HasPrefix(msg, "tls: failed to verify certificate: x509: certificate signed by unknown authority") {
+		t.Errorf("error %q: want crypto/tls's reason, said once", msg)
+	}
+}
