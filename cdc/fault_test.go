@@ -4,7 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -296,5 +298,64 @@ func TestTakeoverStartsFromDurable(t *testing.T) {
 	exec(t, dsn, `INSERT INTO item VALUES (2, 'y')`)
 	if got := b.nextTx(t); col(t, got.Changes[0], got.Changes[0].New, "id") != json.Number("2") {
 		t.Fatalf("b got %+v, want the transaction after the stored one", got)
+	}
+}
+
+// The walsender freezes (SIGSTOP: its host hangs, or a network drops
+// packets without a reset): the connection stays open and says nothing.
+// After asking for a reply halfway, the stream gives the connection up at
+// ReceiveTimeout with a reason, connects again (waiting for the slot
+// while the frozen walsender still holds it) and streams on once it is
+// gone; nothing is lost.
+func TestSilentServer(t *testing.T) {
+	t.Parallel()
+	c := pgtest.StartT(t, pgtest.Options{})
+	db, err := c.CreateDatabase(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	dsn := c.DSN(db)
+	setupDB(t, dsn, itemSchema, "public.item")
+	b := startStream(t, dsn, 0, func(o *Options) { o.ReceiveTimeout = 2 * time.Second })
+	exec(t, dsn, `INSERT INTO item VALUES (1, 'x')`)
+	b.stream.Confirm(b.nextTx(t).EndLSN)
+
+	conn, err := pgx.Connect(context.Background(), dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	var pid int
+	if err := conn.QueryRow(context.Background(), `SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1`, slotFor(dsn)).Scan(&pid); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	resumed := false
+	resume := func() {
+		if !resumed {
+			resumed = true
+			_ = syscall.Kill(pid, syscall.SIGCONT)
+		}
+	}
+	defer resume()
+	for deadline := time.Now().Add(waitLimit); ; time.Sleep(50 * time.Millisecond) {
+		st, _ := b.stream.Status(context.Background())
+		if strings.Contains(st.LastError, "the server sent nothing for 2s, not even the reply asked for") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the stream never gave up the silent connection: state %s, last error %q", st.State, st.LastError)
+		}
+	}
+	resume()
+	exec(t, dsn, `INSERT INTO item VALUES (2, 'x')`)
+	tx := b.nextTx(t)
+	if got := fmt.Sprint(col(t, tx.Changes[0], tx.Changes[0].New, "id")); got != "2" {
+		t.Fatalf("after the silence: row %s, want 2", got)
+	}
+	if st, _ := b.stream.Status(context.Background()); st.Reconnects == 0 || st.State != StateStreaming {
+		t.Errorf("after the silence: %d reconnects, state %s", st.Reconnects, st.State)
 	}
 }

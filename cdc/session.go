@@ -40,6 +40,11 @@ type session struct {
 	sentConfirm  LSN
 	lastAdvance  time.Time
 	readDeadline time.Time
+	// heard is when the loop last received a message (or finished handing
+	// one on: a consumer that blocks the loop is not the server's silence);
+	// asked is set once a reply was requested for the current silence.
+	heard time.Time
+	asked bool
 
 	sizes  []int  // changes in each of the last len(sizes) values sent
 	nsent  uint64 // values sent on txs by this session
@@ -75,7 +80,7 @@ func (s *Stream) session(ctx context.Context, pos *LSN) (streamed bool, err erro
 	defer stop()
 
 	ss := &session{s: s, ctx: ctx, conn: conn, dec: newDecoder(pgtype.NewMap()), walEnd: *pos, lastStatus: time.Now(),
-		sizes: make([]int, cap(s.txs))}
+		heard: time.Now(), sizes: make([]int, cap(s.txs))}
 	ss.sentConfirm = LSN(s.confirmed.Load())
 	err = ss.loop()
 	*pos = LSN(s.handed.Load())
@@ -104,6 +109,9 @@ func (ss *session) loop() error {
 				return ss.ctx.Err()
 			}
 			if pgconn.Timeout(err) {
+				if err := ss.silence(time.Now()); err != nil {
+					return err
+				}
 				if err := ss.periodic(time.Now()); err != nil {
 					return err
 				}
@@ -116,6 +124,7 @@ func (ss *session) loop() error {
 			if err := ss.copyData(msg.Data, now); err != nil {
 				return err
 			}
+			ss.heard, ss.asked = time.Now(), false
 		case *pgproto3.ErrorResponse:
 			return fmt.Errorf("replication stream: %w", classify(pgconn.ErrorResponseToPgError(msg)))
 		case *pgproto3.CopyDone:
@@ -128,6 +137,23 @@ func (ss *session) loop() error {
 			return err
 		}
 	}
+}
+
+// silence ends the session when the server has sent nothing for
+// ReceiveTimeout, after asking it for a reply halfway: a walsender always
+// answers one, so the connection or the server is gone (a frozen host, a
+// network dropping packets), and Run connects again.
+func (ss *session) silence(now time.Time) error {
+	quiet := now.Sub(ss.heard)
+	switch {
+	case quiet >= ss.s.opts.ReceiveTimeout:
+		return fmt.Errorf("receive: the server sent nothing for %s, not even the reply asked for: the connection or the server is gone",
+			quiet.Round(time.Second))
+	case quiet >= ss.s.opts.ReceiveTimeout/2 && !ss.asked:
+		ss.asked = true
+		return ss.sendStatus(true)
+	}
+	return nil
 }
 
 func (ss *session) copyData(data []byte, now time.Time) error {

@@ -39,6 +39,13 @@ type Options struct {
 	MaxBufferedChanges int
 	// MaxReconnectDelay caps the exponential reconnect backoff (default 30s).
 	MaxReconnectDelay time.Duration
+	// ReceiveTimeout is how long the server may send nothing at all before
+	// the connection counts as gone and is made again (default 60s, as
+	// PostgreSQL's own wal_receiver_timeout). Halfway through the stream
+	// asks the server for a reply, so a live server always answers in
+	// time; a frozen host or a network that drops packets without a reset
+	// would otherwise hold the stream for as long as TCP takes to notice.
+	ReceiveTimeout time.Duration
 	// Durable, when set, returns the position the consumer has made
 	// durable (the store's cursor; ok is false when there is none yet).
 	// The stream reads it before every connection, so a consumer that
@@ -124,6 +131,9 @@ func NewStream(opts Options) (*Stream, error) {
 	}
 	if opts.MaxReconnectDelay <= 0 {
 		opts.MaxReconnectDelay = 30 * time.Second
+	}
+	if opts.ReceiveTimeout <= 0 {
+		opts.ReceiveTimeout = 60 * time.Second
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
