@@ -399,10 +399,18 @@ func (a *Admin) UpdateEndpoint(ctx context.Context, id string, p EndpointPatch) 
 				return fmt.Errorf("notify endpoint off: %w", err)
 			}
 		}
+		if p.URL != nil {
+			if _, err := tx.Exec(ctx, notifyEndpointsChangedSQL, a.d.channel, []string{id}); err != nil {
+				return fmt.Errorf("notify endpoint changed: %w", err)
+			}
+		}
 		return nil
 	})
 	if err != nil {
 		return Endpoint{}, err
+	}
+	if p.URL != nil {
+		a.d.noteChanged(id) // here at once; other processes at the notification
 	}
 	if p.Active != nil && !*p.Active {
 		a.d.noteDisabled(id)
@@ -693,11 +701,15 @@ func (a *Admin) RotateSecret(ctx context.Context, endpointID string, overlap tim
 		if err != nil {
 			return fmt.Errorf("rotate secret: %w", err)
 		}
+		if _, err := tx.Exec(ctx, notifyEndpointsChangedSQL, a.d.channel, []string{endpointID}); err != nil {
+			return fmt.Errorf("notify endpoint changed: %w", err)
+		}
 		return nil
 	})
 	if err != nil {
 		return "", time.Time{}, err
 	}
+	a.d.noteChanged(endpointID) // here at once; other processes at the notification
 	return secret, deref(until), nil
 }
 

@@ -862,3 +862,75 @@ func TestWakeChannelOfALongSchema(t *testing.T) {
 		t.Fatalf("channel %q, want walhook_wake (unchanged for short names)", d.channel)
 	}
 }
+
+// A URL or secret changed by one process (the API's PUT and rotate, a
+// static endpoint's new URL or secret in the config of a process that
+// starts) reaches the other processes on the store, which then hand back
+// the deliveries to it they hold unstarted (see TestHeldDeliveryAfterRotate
+// and TestHeldDeliveryAfterURLChange for this process's own).
+func TestEndpointChangeReachesOtherProcesses(t *testing.T) {
+	a, b := setupAdmin(t)
+	ctx := context.Background()
+	other, err := New(b.pool, Options{Schema: "walhook", PollInterval: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- other.Run(rctx) }()
+	defer func() { cancel(); <-done }()
+	waitFor := func(what string, cond func() bool) {
+		t.Helper()
+		deadline := time.Now().Add(30 * time.Second)
+		for !cond() {
+			if time.Now().After(deadline) {
+				t.Fatalf("the other process never heard that %s", what)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	// As in TestEndpointOffReachesOtherProcesses: wait for LISTEN with a probe.
+	probe := mustCreate(t, a, EndpointInput{})
+	waitFor("the probe's secret was rotated", func() bool {
+		if _, _, err := a.RotateSecret(ctx, probe.ID, 0); err != nil {
+			t.Fatal(err)
+		}
+		return other.changedSince(probe.ID, time.Time{})
+	})
+
+	t0 := time.Now()
+	e := mustCreate(t, a, EndpointInput{})
+	if other.changedSince(e.ID, t0) {
+		t.Fatal("a new endpoint counts as changed")
+	}
+	url := "https://hooks.example.com/moved"
+	if _, err := a.UpdateEndpoint(ctx, e.ID, EndpointPatch{URL: &url}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor("a URL changed", func() bool { return other.changedSince(e.ID, t0) })
+	t1 := time.Now()
+	desc := "only the description"
+	if _, err := a.UpdateEndpoint(ctx, e.ID, EndpointPatch{Description: &desc}); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := a.RotateSecret(ctx, e.ID, time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	waitFor("a secret was rotated", func() bool { return other.changedSince(e.ID, t1) })
+
+	static := func(url string) []StaticEndpoint {
+		return []StaticEndpoint{{Name: "s", URL: url, Secret: "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD"}}
+	}
+	if err := b.d.SyncStaticEndpoints(ctx, static("https://hooks.example.com/a")); err != nil {
+		t.Fatal(err)
+	}
+	t2 := time.Now()
+	if err := b.d.SyncStaticEndpoints(ctx, static("https://hooks.example.com/a")); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.d.SyncStaticEndpoints(ctx, static("https://hooks.example.com/b")); err != nil {
+		t.Fatal(err)
+	}
+	waitFor("a static endpoint's URL changed", func() bool { return other.changedSince(StaticPrefix+"s", t2) })
+}

@@ -249,6 +249,34 @@ func (d *Dispatcher) noteDisabled(endpointID string) {
 	}
 }
 
+// noteChanged records that the endpoint's URL or secret changed now (an
+// endpointChangedPayload notification, or this process's own change).
+// Pruned as noteDisabled's are.
+func (d *Dispatcher) noteChanged(endpointID string) {
+	now := time.Now()
+	d.changed.Store(endpointID, now)
+	if d.notes.Add(1)%64 == 0 {
+		d.changed.Range(func(k, v any) bool {
+			if now.Sub(v.(time.Time)) > 2*d.opts.Lease {
+				d.changed.CompareAndDelete(k, v)
+			}
+			return true
+		})
+	}
+}
+
+// changedSince reports whether the endpoint's URL or secret changed after
+// t, as far as this process was told; also true for every endpoint when
+// this process's LISTEN connection was made again after t, since a change
+// announced while it was away would be missed.
+func (d *Dispatcher) changedSince(endpointID string, t time.Time) bool {
+	if ns := d.relisten.Load(); ns != 0 && time.Unix(0, ns).After(t) {
+		return true
+	}
+	v, ok := d.changed.Load(endpointID)
+	return ok && v.(time.Time).After(t)
+}
+
 // disabledSince reports whether this process noted the endpoint disabled
 // after t.
 func (d *Dispatcher) disabledSince(endpointID string, t time.Time) bool {

@@ -159,7 +159,13 @@ type Dispatcher struct {
 	hold inflight
 	// disabled: endpoint id → when this process disabled it.
 	disabled sync.Map
-	notes    atomic.Uint64 // noteDisabled calls, for pruning disabled
+	notes    atomic.Uint64 // noteDisabled and noteChanged calls, for pruning
+	// changed: endpoint id → when its URL or secret changed (noteChanged);
+	// relisten: when the LISTEN connection was last made again (Unix ns,
+	// 0 for the first), see changedSince.
+	changed  sync.Map
+	relisten atomic.Int64
+	listened atomic.Bool
 	// secrets caches decoded signing keys by secret.
 	secrets secretCache
 	// endpoints is the fan-out's copy of the endpoints.

@@ -84,8 +84,27 @@ func (d *Dispatcher) SyncStaticEndpoints(ctx context.Context, eps []StaticEndpoi
 		if _, err := tx.Exec(ctx, d.q(`DELETE FROM {{schema}}.endpoints_deleted WHERE id = ANY($1::text[])`), ids); err != nil {
 			return fmt.Errorf("upsert static endpoints: %w", err)
 		}
-		if _, err := tx.Exec(ctx, d.q(`SELECT FROM {{schema}}.endpoints WHERE static OR id = ANY($1::text[]) ORDER BY id FOR UPDATE`), ids); err != nil {
+		rows, err := tx.Query(ctx, d.q(`SELECT id, url, secret FROM {{schema}}.endpoints WHERE static OR id = ANY($1::text[]) ORDER BY id FOR UPDATE`), ids)
+		if err != nil {
 			return fmt.Errorf("lock endpoints: %w", err)
+		}
+		type was struct{ url, secret string }
+		before := map[string]was{}
+		var id string
+		var w was
+		if _, err := pgx.ForEachRow(rows, []any{&id, &w.url, &w.secret}, func() error { before[id] = w; return nil }); err != nil {
+			return fmt.Errorf("lock endpoints: %w", err)
+		}
+		var changed []string
+		for i, e := range eps {
+			if w, ok := before[ids[i]]; ok && (w.url != e.URL || w.secret != e.Secret) {
+				changed = append(changed, ids[i])
+			}
+		}
+		if len(changed) > 0 {
+			if _, err := tx.Exec(ctx, notifyEndpointsChangedSQL, d.channel, changed); err != nil {
+				return fmt.Errorf("notify endpoints changed: %w", err)
+			}
 		}
 		for _, i := range order {
 			e := eps[i]
@@ -96,7 +115,7 @@ func (d *Dispatcher) SyncStaticEndpoints(ctx context.Context, eps []StaticEndpoi
 				return fmt.Errorf("upsert static endpoint %q: %w", e.Name, err)
 			}
 		}
-		rows, err := tx.Query(ctx, d.q(`DELETE FROM {{schema}}.endpoints WHERE static AND NOT (id = ANY($1::text[])) RETURNING id`), ids)
+		rows, err = tx.Query(ctx, d.q(`DELETE FROM {{schema}}.endpoints WHERE static AND NOT (id = ANY($1::text[])) RETURNING id`), ids)
 		if err != nil {
 			return fmt.Errorf("delete static endpoints no longer configured: %w", err)
 		}
@@ -154,6 +173,18 @@ const endpointOffPayload = "endpoint-off:"
 // notifyEndpointsOffSQL notifies channel $1 that endpoints $2 are off; the
 // notifications go out when the transaction commits.
 const notifyEndpointsOffSQL = `SELECT pg_notify($1, '` + endpointOffPayload + `' || id) FROM unnest($2::text[]) AS t(id)`
+
+// endpointChangedPayload + an endpoint id, sent by the transaction that
+// changes the endpoint's URL or secret (notifyEndpointsChangedSQL): every
+// process then hands back the deliveries to it that it claimed before and
+// has not started (noteChanged), so that they are claimed again with the
+// URL and secrets as they are now, not sent to the old URL or signed with
+// a secret the receiver no longer holds.
+const endpointChangedPayload = "endpoint-changed:"
+
+// notifyEndpointsChangedSQL notifies channel $1 that endpoints $2 changed
+// their URL or secret.
+const notifyEndpointsChangedSQL = `SELECT pg_notify($1, '` + endpointChangedPayload + `' || id) FROM unnest($2::text[]) AS t(id)`
 
 // lockEndpointsSQL is the first statement of every transaction that
 // changes what the fan-out reads of endpoints (migration 007). The

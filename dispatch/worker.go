@@ -599,7 +599,7 @@ func (d *Dispatcher) claimLoop(ctx context.Context) error {
 	// worker's worth, so a finished attempt costs O(1), not O(queue).
 	start := func(sweep bool) {
 		now := time.Now()
-		var expired, skipped []claimed
+		var expired, skipped, stale []claimed
 		kept := queue[:0]
 		i := 0
 		for ; i < len(queue) && (sweep || running < workers); i++ {
@@ -609,6 +609,11 @@ func (d *Dispatcher) claimLoop(ctx context.Context) error {
 				// Disabled here after it was claimed: not sent, kept
 				// skipped with the endpoint's other deliveries.
 				skipped = append(skipped, q.c)
+				held.add(q.c.endpointID, -1, q.c.handed)
+			case d.changedSince(q.c.endpointID, q.c.at):
+				// Its URL or secrets as claimed are out of date: claimed
+				// again, it gets them as they are.
+				stale = append(stale, q.c)
 				held.add(q.c.endpointID, -1, q.c.handed)
 			case maxWait > 0 && now.Sub(q.c.at) > maxWait:
 				// Its lease began with its claim or Append (a slow Append
@@ -646,6 +651,14 @@ func (d *Dispatcher) claimLoop(ctx context.Context) error {
 			if _, err := d.releaseIDs(ctx, skipped, "skipped"); err != nil {
 				d.log.Warn("skip deliveries of a disabled endpoint (the lease rescue will)",
 					slog.Int("deliveries", len(skipped)), slog.Any("error", err))
+			}
+		}
+		if len(stale) > 0 {
+			if _, err := d.releaseIDs(ctx, stale, "pending"); err != nil {
+				d.log.Warn("hand back deliveries claimed before their endpoint's URL or secret changed (the lease rescue will)",
+					slog.Int("deliveries", len(stale)), slog.Any("error", err))
+			} else {
+				d.log.Debug("handed back deliveries claimed before their endpoint's URL or secret changed", slog.Int("deliveries", len(stale)))
 			}
 		}
 		if len(expired) > 0 {
@@ -822,6 +835,11 @@ func (d *Dispatcher) listenOnce(ctx context.Context) error {
 	for _, id := range off {
 		d.noteDisabled(id)
 	}
+	// A URL or secret change announced while no LISTEN was up is not
+	// known: every delivery claimed before now is handed back unstarted.
+	if d.listened.Swap(true) {
+		d.relisten.Store(time.Now().UnixNano())
+	}
 	// A notification may have been sent before LISTEN took effect.
 	d.Notify()
 	for {
@@ -831,6 +849,8 @@ func (d *Dispatcher) listenOnce(ctx context.Context) error {
 		}
 		if id, ok := strings.CutPrefix(n.Payload, endpointOffPayload); ok {
 			d.noteDisabled(id)
+		} else if id, ok := strings.CutPrefix(n.Payload, endpointChangedPayload); ok {
+			d.noteChanged(id)
 		}
 		d.Notify()
 	}
