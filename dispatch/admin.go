@@ -348,13 +348,11 @@ func (a *Admin) UpdateEndpoint(ctx context.Context, id string, p EndpointPatch) 
 	}
 	var out Endpoint
 	err := pgx.BeginFunc(ctx, a.pool, func(tx pgx.Tx) error {
-		if p.Active != nil && *p.Active {
-			// Waits for a skip of its pending deliveries under way (see
-			// skipPending). Before the endpoints lock: appends must not
-			// wait for as long as a skip takes.
-			if _, err := tx.Exec(ctx, reenableLockSQL, a.d.skipLockKey(id)); err != nil {
-				return fmt.Errorf("lock endpoint: %w", err)
-			}
+		// Waits for a skip of its pending deliveries (see skipPending) or
+		// a recover under way. Before the endpoints lock: appends must not
+		// wait for as long as those take.
+		if _, err := tx.Exec(ctx, reenableLockSQL, a.d.skipLockKey(id)); err != nil {
+			return fmt.Errorf("lock endpoint: %w", err)
 		}
 		if _, err := tx.Exec(ctx, a.q(lockEndpointsSQL)); err != nil {
 			return fmt.Errorf("lock endpoints: %w", err)
@@ -446,6 +444,11 @@ func (a *Admin) DeleteEndpoint(ctx context.Context, id string) error {
 		return err
 	}
 	err := pgx.BeginFunc(ctx, a.pool, func(tx pgx.Tx) error {
+		// Waits for a recover or skip under way before the endpoints
+		// lock (see UpdateEndpoint).
+		if _, err := tx.Exec(ctx, reenableLockSQL, a.d.skipLockKey(id)); err != nil {
+			return fmt.Errorf("lock endpoint: %w", err)
+		}
 		if _, err := tx.Exec(ctx, a.q(lockEndpointsSQL)); err != nil {
 			return fmt.Errorf("lock endpoints: %w", err)
 		}
@@ -637,8 +640,19 @@ func (a *Admin) Recover(ctx context.Context, endpointID string, since time.Time)
 	}
 	var n int
 	err := pgx.BeginFunc(ctx, a.pool, func(tx pgx.Tx) error {
+		// A recover of a large backlog takes a while. It holds the
+		// endpoint's skip lock, not its row: a disable's skip of pending
+		// deliveries (skipPending) waits for it and then skips what it
+		// made pending; the endpoint's other admin calls wait for it before
+		// they take the endpoints lock, so appends never wait for it; and
+		// the row is only KEY SHARE locked (kept from being deleted), so
+		// the recorder's health update of the endpoint, which every
+		// endpoint's 2xx outcomes queue behind, does not wait for it.
+		if _, err := tx.Exec(ctx, reenableLockSQL, a.d.skipLockKey(endpointID)); err != nil {
+			return fmt.Errorf("lock endpoint: %w", err)
+		}
 		var active bool
-		err := tx.QueryRow(ctx, a.q(`SELECT active FROM {{schema}}.endpoints WHERE id = $1 FOR SHARE`), endpointID).Scan(&active)
+		err := tx.QueryRow(ctx, a.q(`SELECT active FROM {{schema}}.endpoints WHERE id = $1 FOR KEY SHARE`), endpointID).Scan(&active)
 		if errors.Is(err, pgx.ErrNoRows) {
 			return fmt.Errorf("endpoint %q: %w", endpointID, ErrNotFound)
 		}
@@ -681,6 +695,11 @@ func (a *Admin) RotateSecret(ctx context.Context, endpointID string, overlap tim
 	secret := NewSecret()
 	var until *time.Time
 	err := pgx.BeginFunc(ctx, a.pool, func(tx pgx.Tx) error {
+		// Waits for a recover or skip under way before the endpoints
+		// lock (see UpdateEndpoint).
+		if _, err := tx.Exec(ctx, reenableLockSQL, a.d.skipLockKey(endpointID)); err != nil {
+			return fmt.Errorf("lock endpoint: %w", err)
+		}
 		if _, err := tx.Exec(ctx, a.q(lockEndpointsSQL)); err != nil {
 			return fmt.Errorf("lock endpoints: %w", err)
 		}
