@@ -474,6 +474,7 @@ func (a *Admin) DeleteEndpoint(ctx context.Context, id string) error {
 		return err
 	}
 	a.d.noteDisabled(id)
+	a.d.metrics.forgetEndpoint(id)
 	if _, err := a.d.purgeDeleted(ctx, id, tombstonePass); err != nil {
 		a.d.log.Warn("endpoint deleted; deleting its deliveries failed (maintenance will)",
 			slog.String("endpoint", id), slog.Any("error", err))

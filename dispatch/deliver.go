@@ -62,7 +62,7 @@ func (d *Dispatcher) deliverVia(ctx context.Context, c claimed, rec *recorder) R
 		d.delivered(c, started, res)
 		return res
 	}
-	d.metrics.deliveries.WithLabelValues(c.endpointID, outcomeLabel(o.status)).Inc()
+	d.metrics.countOutcome(c.endpointID, outcomeLabel(o.status))
 	switch o.status {
 	case "pending":
 		d.log.Info("delivery attempt failed, will retry", slog.String("delivery", c.id), slog.String("endpoint", c.endpointID),
@@ -78,7 +78,7 @@ func (d *Dispatcher) deliverVia(ctx context.Context, c claimed, rec *recorder) R
 // delivered counts and logs a 2xx once it is recorded, on either path
 // (deliver's own transaction or the recorder's batch).
 func (d *Dispatcher) delivered(c claimed, started time.Time, res Result) {
-	d.metrics.deliveries.WithLabelValues(c.endpointID, outcomeDelivered).Inc()
+	d.metrics.countOutcome(c.endpointID, outcomeDelivered)
 	if !c.test { // a test event was never committed in the source
 		d.metrics.deliveryLatency.Observe(started.Add(res.Duration).Sub(c.event.OccurredAt).Seconds())
 	}

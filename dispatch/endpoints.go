@@ -145,6 +145,7 @@ func (d *Dispatcher) SyncStaticEndpoints(ctx context.Context, eps []StaticEndpoi
 	// maintenance loop if they fail here.
 	for _, id := range gone {
 		d.noteDisabled(id)
+		d.metrics.forgetEndpoint(id)
 		if _, err := d.purgeDeleted(ctx, id, tombstonePass); err != nil {
 			d.log.Warn("delete the deliveries of a static endpoint no longer configured (maintenance will)",
 				slog.String("endpoint", id), slog.Any("error", err))

@@ -22,7 +22,7 @@ func (d *Dispatcher) maintain(ctx context.Context) error {
 	every := min(max(d.opts.Lease/4, 100*time.Millisecond), 15*time.Second)
 	tick := time.NewTicker(every)
 	defer tick.Stop()
-	lastRetention := time.Time{}
+	lastRetention, lastForget := time.Time{}, time.Now()
 	for {
 		if n, err := d.rescue(ctx); err != nil {
 			d.logMaintenance(ctx, "rescue expired leases", err)
@@ -38,6 +38,12 @@ func (d *Dispatcher) maintain(ctx context.Context) error {
 		}
 		if err := d.updateGauges(ctx); err != nil {
 			d.logMaintenance(ctx, "outbox gauges", err)
+		}
+		if time.Since(lastForget) >= time.Minute {
+			lastForget = time.Now()
+			if err := d.forgetDeletedEndpoints(ctx); err != nil {
+				d.logMaintenance(ctx, "remove the metrics of deleted endpoints", err)
+			}
 		}
 		if d.opts.Retention > 0 && time.Since(lastRetention) >= time.Minute {
 			lastRetention = time.Now()

@@ -1,6 +1,12 @@
 package dispatch
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"context"
+	"sync"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/prometheus/client_golang/prometheus"
+)
 
 // metrics are registered on the injected Registerer only, never on the
 // global default registry, so tests and several Dispatchers in one process
@@ -14,6 +20,48 @@ type metrics struct {
 	appendEvents    prometheus.Histogram
 	appendLatency   prometheus.Histogram
 	started         *prometheus.CounterVec // via
+	// labelled: the endpoint ids deliveries has series for, so that those
+	// of deleted endpoints can be removed (forgetEndpoints): API-created
+	// endpoints come and go, and their series would pile up on /metrics.
+	labelled sync.Map
+}
+
+// countOutcome counts one attempt outcome of an endpoint.
+func (m *metrics) countOutcome(endpointID, outcome string) {
+	m.labelled.LoadOrStore(endpointID, struct{}{})
+	m.deliveries.WithLabelValues(endpointID, outcome).Inc()
+}
+
+// forgetEndpoint removes a deleted endpoint's series.
+func (m *metrics) forgetEndpoint(endpointID string) {
+	m.deliveries.DeletePartialMatch(prometheus.Labels{"endpoint": endpointID})
+	m.labelled.Delete(endpointID)
+}
+
+// forgetDeletedEndpoints removes the series of endpoints that no longer
+// exist in the store, deleted by this process or another (the maintenance
+// loop runs it every minute).
+func (d *Dispatcher) forgetDeletedEndpoints(ctx context.Context) error {
+	var ids []string
+	d.metrics.labelled.Range(func(k, _ any) bool { ids = append(ids, k.(string)); return true })
+	if len(ids) == 0 {
+		return nil
+	}
+	rows, err := d.pool.Query(ctx, d.q(`SELECT id FROM {{schema}}.endpoints WHERE id = ANY($1::text[])`), ids)
+	if err != nil {
+		return err
+	}
+	exists := map[string]bool{}
+	var id string
+	if _, err := pgx.ForEachRow(rows, []any{&id}, func() error { exists[id] = true; return nil }); err != nil {
+		return err
+	}
+	for _, id := range ids {
+		if !exists[id] {
+			d.metrics.forgetEndpoint(id)
+		}
+	}
+	return nil
 }
 
 // Delivery outcomes, the "outcome" label of walhook_delivery_attempts_total.

@@ -127,3 +127,58 @@ func TestRunDrainsBacklogAboveCapWithoutPolling(t *testing.T) {
 		t.Errorf("endpoint saw %d concurrent requests, cap is %d", peak, cap)
 	}
 }
+
+// An endpoint's walhook_delivery_attempts_total series go with it: at
+// once in the process that deletes it, and at the next maintenance pass
+// that looks (forgetDeletedEndpoints) in every other. API endpoints come
+// and go; their series piled up on /metrics until a restart.
+func TestMetricsForgetDeletedEndpoints(t *testing.T) {
+	t.Parallel()
+	rc := obNewReceiver(t, nil)
+	reg := prometheus.NewRegistry()
+	d, b := obSetup(t, func(o *Options) { o.Registerer = reg })
+	a := NewAdmin(b.pool, "walhook", d)
+	ids := []string{b.endpoint(t, "whk_1", rc.URL, nil, nil, true), b.endpoint(t, "whk_2", rc.URL, nil, nil, true),
+		b.endpoint(t, "whk_3", rc.URL, nil, nil, true)}
+	obRun(t, d)
+	obAppend(t, d, 10, obEvent("a.b", ""))
+	series := func() map[string]bool {
+		mfs, err := reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := map[string]bool{}
+		for _, mf := range mfs {
+			if mf.GetName() != "walhook_delivery_attempts_total" {
+				continue
+			}
+			for _, m := range mf.GetMetric() {
+				for _, l := range m.GetLabel() {
+					if l.GetName() == "endpoint" {
+						out[l.GetValue()] = true
+					}
+				}
+			}
+		}
+		return out
+	}
+	obWaitFor(t, "three endpoints' series", func() bool { return len(series()) == 3 })
+
+	if err := a.DeleteEndpoint(context.Background(), ids[0]); err != nil {
+		t.Fatal(err)
+	}
+	if s := series(); s[ids[0]] || !s[ids[1]] || !s[ids[2]] {
+		t.Fatalf("after deleting %s here: series of %v", ids[0], s)
+	}
+	// Deleted by another process: the row is gone, this one's series stay
+	// until a pass looks.
+	if _, err := b.pool.Exec(context.Background(), `DELETE FROM walhook.endpoints WHERE id = $1`, ids[1]); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.forgetDeletedEndpoints(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if s := series(); s[ids[1]] || !s[ids[2]] {
+		t.Fatalf("after %s was deleted elsewhere and a pass: series of %v", ids[1], s)
+	}
+}
