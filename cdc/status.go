@@ -141,6 +141,10 @@ func (s *Stream) Status(ctx context.Context) (SlotStatus, error) {
 	return st, err
 }
 
+// Reconnects is how many times this stream connected again after losing
+// its connection.
+func (s *Stream) Reconnects() int64 { return s.reconnects.Load() }
+
 // LastConfirmAt is when this stream last confirmed a new position to the
 // server, zero before its first.
 func (s *Stream) LastConfirmAt() time.Time {

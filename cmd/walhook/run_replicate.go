@@ -250,10 +250,7 @@ func (r *runner) lead(ctx context.Context, lock *leaderLock) error {
 		return err
 	}
 	r.repl.current.Store(stream)
-	defer func() {
-		r.repl.prev.Store(stream)
-		r.repl.current.Store(nil)
-	}()
+	defer r.repl.endTerm(stream)
 	defer r.lastCommit.Store(0)
 	// Until the first transaction or keepalive says where the source is,
 	// the lag counts from the takeover: a term that begins while

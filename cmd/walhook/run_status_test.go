@@ -17,7 +17,8 @@ import (
 // waiting_for_store (it said standby, which means another process holds
 // the slot), and slot.lagSeconds and walhook_slot_lag_seconds count from
 // this process's last confirmation (they said 0, so an alert on them
-// never fired during this outage).
+// never fired during this outage). walhook_slot_reconnects_total counts
+// the new term that follows.
 func TestRunStatusWhileTheStoreIsDown(t *testing.T) {
 	t.Parallel()
 	ctx := t.Context()
@@ -87,6 +88,11 @@ func TestRunStatusWhileTheStoreIsDown(t *testing.T) {
 		t.Fatalf("start the store again: %v", err)
 	}
 	runWaitFor(t, 90*time.Second, "80 deliveries after the store came back", func() bool { return rc.Unique() == 80 }, p.diag)
+	// The new term is a reconnect of this process: the counter goes on
+	// from the last term's count (it fell back to the new stream's 0).
+	if m := regexp.MustCompile(`(?m)^walhook_slot_reconnects_total (\S+)$`).FindStringSubmatch(runMetrics(t, base)); m == nil || m[1] == "0" {
+		t.Errorf("walhook_slot_reconnects_total after a new term: %v, want at least 1", m)
+	}
 	if err := p.stop(t); err != nil {
 		t.Fatalf("stop: %v", err)
 	}

@@ -175,6 +175,16 @@ type replicationStatus struct {
 	// stateWaitingForStore), and the stream of this process's last term.
 	waiting atomic.Pointer[string]
 	prev    atomic.Pointer[cdc.Stream]
+	// reconnects of the terms that ended, each counting its own end: the
+	// counter on /metrics is the process's, not one stream's.
+	reconnects atomic.Int64
+}
+
+// endTerm records the end of a term that streamed with s.
+func (r *replicationStatus) endTerm(s *cdc.Stream) {
+	r.reconnects.Add(s.Reconnects() + 1)
+	r.prev.Store(s)
+	r.current.Store(nil)
 }
 
 // setWaiting records why this process does not stream now.
@@ -206,6 +216,7 @@ const (
 // (the store is down) has nothing been confirmed since this process's
 // last term, so the lag then counts from that term's last confirmation.
 func (r *replicationStatus) slot(ctx context.Context) (st cdc.SlotStatus, leader, lagUnknown bool, err error) {
+	defer func() { st.Reconnects += r.reconnects.Load() }()
 	if s := r.current.Load(); s != nil {
 		st, err = s.Status(ctx)
 		return st, true, false, err
@@ -297,7 +308,7 @@ func newSlotCollector(r *replicationStatus) *slotCollector {
 		retained:   d("retained_wal_bytes", "WAL PostgreSQL keeps for the slot (current LSN - restart_lsn)."),
 		lagBytes:   d("lag_bytes", "Current WAL LSN - the slot's confirmed_flush_lsn."),
 		lagSeconds: d("lag_seconds", "Time since the last confirmation while something is unconfirmed."),
-		reconnects: d("reconnects_total", "Replication reconnects of this process's current stream."),
+		reconnects: d("reconnects_total", "Replication reconnects of this process, a new term as leader included."),
 		leader:     d("leader", "1 while this process holds the leader lock: it streams from the slot, or waits for the previous holder to let it go."),
 	}
 }
