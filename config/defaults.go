@@ -147,32 +147,44 @@ func applyDefaults(c *Config, set map[string]bool) {
 const DefaultConnectTimeout = "10"
 
 // BoundConnects gives the source and store DSNs connect_timeout =
-// DefaultConnectTimeout where they do not set one (walhook's commands call
-// it after Load; the loaded config stays as written).
+// DefaultConnectTimeout and application_name = DefaultApplicationName
+// where they do not set their own (walhook's commands call it after Load;
+// the loaded config stays as written). The name lets a DBA tell walhook's
+// sessions in pg_stat_activity from the application's.
 func (c *Config) BoundConnects() {
-	c.Source.DSN = withConnectTimeout(c.Source.DSN)
-	c.Store.DSN = withConnectTimeout(c.Store.DSN)
+	c.Source.DSN = withParam(withConnectTimeout(c.Source.DSN), "application_name", DefaultApplicationName, "PGAPPNAME")
+	c.Store.DSN = withParam(withConnectTimeout(c.Store.DSN), "application_name", DefaultApplicationName, "PGAPPNAME")
 }
+
+// DefaultApplicationName is the application_name of walhook's sessions.
+const DefaultApplicationName = "walhook"
 
 // withConnectTimeout adds connect_timeout=DefaultConnectTimeout to dsn
 // (URL or keyword/value form) unless it, or PGCONNECT_TIMEOUT, sets one.
 // A DSN it cannot read is left for the connection to report.
 func withConnectTimeout(dsn string) string {
-	if os.Getenv("PGCONNECT_TIMEOUT") != "" || dsn == "" {
-		return dsn
+	return withParam(dsn, "connect_timeout", DefaultConnectTimeout, "PGCONNECT_TIMEOUT")
+}
+
+// withParam adds key=value to dsn (URL or keyword/value form) unless dsn
+// or the environment variable env sets it. A DSN it cannot read is left
+// for the connection to report.
+func withParam(dsn, key, value, env string) string {
+	if os.Getenv(env) != "" || strings.TrimSpace(dsn) == "" {
+		return dsn // empty: validation says it is required
 	}
 	if strings.HasPrefix(dsn, "postgres://") || strings.HasPrefix(dsn, "postgresql://") {
 		u, err := url.Parse(dsn)
-		if err != nil || u.Query().Has("connect_timeout") || u.Fragment != "" {
+		if err != nil || u.Query().Has(key) || u.Fragment != "" {
 			return dsn
 		}
 		if u.RawQuery == "" {
-			return strings.TrimSuffix(dsn, "?") + "?connect_timeout=" + DefaultConnectTimeout
+			return strings.TrimSuffix(dsn, "?") + "?" + key + "=" + value
 		}
-		return dsn + "&connect_timeout=" + DefaultConnectTimeout
+		return dsn + "&" + key + "=" + value
 	}
-	if strings.TrimSpace(dsn) == "" || strings.Contains(dsn, "connect_timeout") {
-		return dsn // empty: validation says it is required
+	if strings.Contains(dsn, key) {
+		return dsn
 	}
-	return dsn + " connect_timeout=" + DefaultConnectTimeout
+	return dsn + " " + key + "=" + value
 }

@@ -802,16 +802,17 @@ func TestBadURLNotEchoed(t *testing.T) {
 	}
 }
 
-// walhook's commands bound each connection attempt (BoundConnects): a DSN
-// without connect_timeout gets DefaultConnectTimeout, in either form, and
-// one that sets its own keeps it.
+// walhook's commands bound each connection attempt and name their
+// sessions (BoundConnects): a DSN without connect_timeout gets
+// DefaultConnectTimeout and one without application_name "walhook", in
+// either form; one that sets its own keeps it.
 func TestBoundConnects(t *testing.T) {
 	for _, tc := range []struct{ in, want string }{
-		{"postgres://u@db/app", "postgres://u@db/app?connect_timeout=10"},
-		{"postgres://u@db/app?sslmode=require", "postgres://u@db/app?sslmode=require&connect_timeout=10"},
-		{"postgresql://u@db/app?connect_timeout=3", "postgresql://u@db/app?connect_timeout=3"},
-		{"host=db dbname=app", "host=db dbname=app connect_timeout=10"},
-		{"host=db connect_timeout=2", "host=db connect_timeout=2"},
+		{"postgres://u@db/app", "postgres://u@db/app?connect_timeout=10&application_name=walhook"},
+		{"postgres://u@db/app?sslmode=require", "postgres://u@db/app?sslmode=require&connect_timeout=10&application_name=walhook"},
+		{"postgresql://u@db/app?connect_timeout=3&application_name=sync", "postgresql://u@db/app?connect_timeout=3&application_name=sync"},
+		{"host=db dbname=app", "host=db dbname=app connect_timeout=10 application_name=walhook"},
+		{"host=db connect_timeout=2", "host=db connect_timeout=2 application_name=walhook"},
 	} {
 		c := &Config{Source: Source{DSN: tc.in}, Store: Store{DSN: tc.in}}
 		c.BoundConnects()

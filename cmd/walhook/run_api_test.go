@@ -101,6 +101,12 @@ func TestRunAdminAPI(t *testing.T) {
 	if code != 200 || slot["active"] != true || slot["walStatus"] == "" {
 		t.Errorf("status: %d %v, want an active slot", code, env)
 	}
+	// Every walhook session says so in pg_stat_activity (the DSN sets no
+	// application_name): the walsender, the leader lock, LISTEN, the pool.
+	if n := db.count(t, `SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'walhook'
+		AND backend_type IN ('client backend', 'walsender')`); n < 3 {
+		t.Errorf("%d sessions named walhook, want the walsender, the lock and LISTEN sessions at least", n)
+	}
 	if code, env := runAPI(t, "DELETE", base+"/api/v1/webhooks/"+id, runAPIKey, ""); code != 200 || env["data"].(map[string]any)["deletedId"] != id {
 		t.Errorf("delete: %d %v", code, env)
 	}
