@@ -63,16 +63,37 @@ func (d *Dispatcher) deliverVia(ctx context.Context, c claimed, rec *recorder) R
 		return res
 	}
 	d.metrics.countOutcome(c.endpointID, outcomeLabel(o.status))
-	switch o.status {
-	case "pending":
-		d.log.Info("delivery attempt failed, will retry", slog.String("delivery", c.id), slog.String("endpoint", c.endpointID),
-			slog.Int("attempt", c.attempt), slog.Int("status", res.StatusCode), slog.String("error", o.errText),
-			slog.Duration("retry_in", o.delay))
-	default:
-		d.log.Warn("delivery failed for good", slog.String("delivery", c.id), slog.String("endpoint", c.endpointID),
-			slog.Int("attempts", c.attempt), slog.Int("status", res.StatusCode), slog.String("error", o.errText))
-	}
+	d.logFailure(c, res, o)
 	return res
+}
+
+// logFailure logs a failed attempt. Every attempt is at debug (and in
+// the delivery log the API shows); at info and warn an endpoint's failures
+// are one line when they begin and then at most one a minute with how many
+// there were meanwhile, so a dead endpoint, whose every delivery fails
+// for up to a day before the disable rule stops it, does not flood the
+// log with the same line per attempt.
+func (d *Dispatcher) logFailure(c claimed, res Result, o outcome) {
+	attrs := []any{slog.String("endpoint", c.endpointID), slog.Int("status", res.StatusCode), slog.String("error", o.errText)}
+	final := o.status != "pending"
+	if d.log.Enabled(context.Background(), slog.LevelDebug) {
+		one := append([]any{slog.String("delivery", c.id), slog.Int("attempt", c.attempt), slog.Bool("final", final)}, attrs...)
+		if !final {
+			one = append(one, slog.Duration("retry_in", o.delay))
+		}
+		d.log.Debug("delivery attempt failed", one...)
+	}
+	if final {
+		if ok, held := d.logLimit.Allow("failed " + c.endpointID); ok {
+			d.log.Warn("deliveries to an endpoint failed for good (retries exhausted or refused; kept for recover)",
+				append(attrs, slog.String("delivery", c.id), slog.Int("more_since_last_line", held))...)
+		}
+		return
+	}
+	if ok, held := d.logLimit.Allow("retry " + c.endpointID); ok {
+		d.log.Info("delivery attempts to an endpoint fail; retrying on the schedule",
+			append(attrs, slog.String("delivery", c.id), slog.Int("more_since_last_line", held))...)
+	}
 }
 
 // delivered counts and logs a 2xx once it is recorded, on either path

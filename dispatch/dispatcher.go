@@ -16,6 +16,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/walhook/walhook/internal/lograte"
 	"github.com/walhook/walhook/mapper"
 )
 
@@ -166,6 +167,9 @@ type Dispatcher struct {
 	changed  sync.Map
 	relisten atomic.Int64
 	listened atomic.Bool
+	// logLimit keeps problems that repeat (an endpoint's failures, a
+	// store outage) to one line a minute.
+	logLimit *lograte.Limiter
 	// secrets caches decoded signing keys by secret.
 	secrets secretCache
 	// endpoints is the fan-out's copy of the endpoints.
@@ -198,8 +202,8 @@ func New(pool *pgxpool.Pool, opts Options) (*Dispatcher, error) {
 		client:  client,
 		metrics: m,
 		schema:  quoteIdent(opts.Schema),
-		channel: wakeChannel(opts.Schema),
-		wake:    make(chan struct{}, 1),
+		channel: wakeChannel(opts.Schema), logLimit: lograte.New(time.Minute),
+		wake: make(chan struct{}, 1),
 	}, nil
 }
 

@@ -66,9 +66,14 @@ func (d *Dispatcher) maintain(ctx context.Context) error {
 	}
 }
 
+// logMaintenance logs a failed maintenance step: the first of a run, then
+// at most one a minute (a store outage fails every step of every pass).
 func (d *Dispatcher) logMaintenance(ctx context.Context, what string, err error) {
-	if ctx.Err() == nil {
-		d.log.Warn(what, slog.Any("error", err))
+	if ctx.Err() != nil {
+		return
+	}
+	if ok, held := d.logLimit.Allow("maintain " + what); ok {
+		d.log.Warn(what, slog.Any("error", err), slog.Int("more_since_last_line", held))
 	}
 }
 

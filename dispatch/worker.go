@@ -713,11 +713,16 @@ func (d *Dispatcher) claimLoop(ctx context.Context) error {
 					return ctx.Err()
 				}
 				errDelay = min(max(2*errDelay, 100*time.Millisecond), 5*time.Second)
-				d.log.Warn("claim failed, retrying", slog.Any("error", r.err), slog.Duration("in", errDelay))
+				if ok, held := d.logLimit.Allow("claim"); ok {
+					d.log.Warn("claim failed, retrying", slog.Any("error", r.err), slog.Duration("in", errDelay), slog.Int("more_since_last_line", held))
+				}
 				retry = time.After(errDelay)
 				continue
 			}
 			errDelay = 0
+			if d.logLimit.Clear("claim") {
+				d.log.Info("claims work again")
+			}
 			now := time.Now()
 			for _, c := range r.cs {
 				held.add(c.endpointID, 1, false)
@@ -798,7 +803,10 @@ func (d *Dispatcher) listen(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return nil
 		}
-		d.log.Warn("listen connection lost, polling until it is back", slog.Any("error", err), slog.Duration("retry_in", backoff))
+		if ok, held := d.logLimit.Allow("listen"); ok {
+			d.log.Warn("listen connection lost, polling until it is back", slog.Any("error", err), slog.Duration("retry_in", backoff),
+				slog.Int("more_since_last_line", held))
+		}
 		select {
 		case <-ctx.Done():
 			return nil

@@ -8,6 +8,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/walhook/walhook/internal/lograte"
 	"github.com/walhook/walhook/internal/pgtest"
 )
 
@@ -30,7 +31,7 @@ func TestLeaderLockSessionEndsWhenSilent(t *testing.T) {
 		return p
 	}
 	log := slog.New(slog.DiscardHandler)
-	a, err := acquireLeader(ctx, pool(), "k", log, func(string) {})
+	a, err := acquireLeader(ctx, pool(), "k", log, func(string) {}, lograte.New(time.Minute))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -53,7 +54,7 @@ func TestLeaderLockSessionEndsWhenSilent(t *testing.T) {
 	}
 	bctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	b, err := acquireLeader(bctx, pool(), "k", log, func(string) {})
+	b, err := acquireLeader(bctx, pool(), "k", log, func(string) {}, lograte.New(time.Minute))
 	if err != nil {
 		t.Fatalf("a standby did not get the lock of a silent holder: %v", err)
 	}

@@ -15,6 +15,7 @@ import (
 
 	"github.com/walhook/walhook/cdc"
 	"github.com/walhook/walhook/dispatch"
+	"github.com/walhook/walhook/internal/lograte"
 	"github.com/walhook/walhook/mapper"
 )
 
@@ -62,8 +63,9 @@ func leaderLockKey(schema, slot string) string { return "walhook.slot." + schema
 // ends the part.
 func (r *runner) replicate(ctx context.Context) error {
 	key := leaderLockKey(r.cfg.Store.Schema, r.cfg.Source.Slot)
+	lim := lograte.New(time.Minute)
 	for {
-		lock, err := acquireLeader(ctx, r.pool, key, r.log, r.repl.setWaiting)
+		lock, err := acquireLeader(ctx, r.pool, key, r.log, r.repl.setWaiting, lim)
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil
@@ -92,9 +94,21 @@ type leaderLock struct {
 // acquireLeader blocks until this process holds the lock (or ctx ends).
 // While it waits, waiting is told why: stateStandby while another process
 // holds the lock, stateWaitingForStore while the store does not answer.
-func acquireLeader(ctx context.Context, pool *pgxpool.Pool, key string, log *slog.Logger, waiting func(string)) (*leaderLock, error) {
+// A store that stays away is logged once and then once a minute (lim),
+// and its return once.
+func acquireLeader(ctx context.Context, pool *pgxpool.Pool, key string, log *slog.Logger, waiting func(string), lim *lograte.Limiter) (*leaderLock, error) {
 	var conn *pgx.Conn
 	standby := false
+	warn := func(msg string, err error) {
+		if ok, held := lim.Allow("leader lock"); ok {
+			log.Warn(msg, logKeyErr, err, slog.Int("more_since_last_line", held))
+		}
+	}
+	answered := func() {
+		if lim.Clear("leader lock") {
+			log.Info("leader lock: the store answers again")
+		}
+	}
 	for {
 		if conn == nil {
 			pc, err := pool.Acquire(ctx)
@@ -107,12 +121,12 @@ func acquireLeader(ctx context.Context, pool *pgxpool.Pool, key string, log *slo
 					conn = nil
 					if ctx.Err() == nil {
 						waiting(stateWaitingForStore)
-						log.Warn("leader lock: prepare the session", logKeyErr, err)
+						warn("leader lock: prepare the session", err)
 					}
 				}
 			} else if ctx.Err() == nil {
 				waiting(stateWaitingForStore)
-				log.Warn("leader lock: connect to the store", logKeyErr, err)
+				warn("leader lock: connect to the store", err)
 			}
 		}
 		if conn != nil {
@@ -124,8 +138,10 @@ func acquireLeader(ctx context.Context, pool *pgxpool.Pool, key string, log *slo
 			cancel()
 			switch {
 			case err == nil && got:
+				answered()
 				return &leaderLock{conn: conn, key: key}, nil
 			case err == nil:
+				answered()
 				waiting(stateStandby)
 				if !standby {
 					standby = true
@@ -136,7 +152,7 @@ func acquireLeader(ctx context.Context, pool *pgxpool.Pool, key string, log *slo
 				closeConn(conn)
 				conn = nil
 				if ctx.Err() == nil {
-					log.Warn("leader lock", logKeyErr, err)
+					warn("leader lock", err)
 				}
 			}
 		}
@@ -658,7 +674,7 @@ func (r *runner) appendBatch(ctx context.Context, stream *cdc.Stream, batch []di
 		if ctx.Err() != nil {
 			// Stopping: what is not appended is not confirmed either, and
 			// comes again from the slot at the next start.
-			r.log.Warn("stopping with a batch not appended; it will be replayed", logKeyErr, err)
+			r.log.Warn("replication stops (walhook is stopping, or lost the store) with a batch not appended; it will be replayed", logKeyErr, err)
 			return errStoppedUnstored
 		}
 		r.log.Warn("append to the outbox failed; retrying", logKeyErr, err, logKeyAttempt, attempt, logKeyRetryIn, delay)

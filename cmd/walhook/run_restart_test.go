@@ -127,7 +127,7 @@ func TestRunStopWhileAppendFailsKeepsTheBatch(t *testing.T) {
 	if err := p.stop(t); err != nil {
 		t.Fatalf("stop: %v", err)
 	}
-	if !strings.Contains(p.stderr.String(), "stopping with a batch not appended; it will be replayed") {
+	if !strings.Contains(p.stderr.String(), "replication stops (walhook is stopping, or lost the store) with a batch not appended; it will be replayed") {
 		t.Errorf("the stop did not say the batch will be replayed")
 	}
 
