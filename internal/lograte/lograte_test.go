@@ -38,7 +38,7 @@ func TestLimiterForgets(t *testing.T) {
 	l := New(time.Minute)
 	l.now = func() time.Time { return at }
 	for i := range maxKeys {
-		l.Allow(string(rune('a' + i%26)) + time.Duration(i).String())
+		l.Allow(string(rune('a'+i%26)) + time.Duration(i).String())
 	}
 	at = at.Add(2 * time.Minute)
 	l.Allow("new")
