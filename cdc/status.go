@@ -105,14 +105,35 @@ func querySlot(ctx context.Context, conn *pgx.Conn, slot string) (SlotStatus, er
 // Status reports the slot (queried on a normal connection) and the stream's
 // in-memory facts. When the database is unreachable it still returns the
 // in-memory part, with the error.
+//
+// The query runs on one connection the stream keeps for it (CloseStatus
+// closes it), not a new one per call: /metrics scrapes and status reads
+// would each open a session, with a login and log lines on the server.
+// Calls take turns on it.
 func (s *Stream) Status(ctx context.Context) (SlotStatus, error) {
 	st := SlotStatus{Slot: s.opts.Slot}
-	conn, err := pgx.ConnectConfig(ctx, s.sqlCfg)
-	if err == nil {
-		st, err = querySlot(ctx, conn, s.opts.Slot)
-		closeQuietly(conn)
-	} else {
-		err = fmt.Errorf("connect: %w", err)
+	var err error
+	select {
+	case s.statusTurn <- struct{}{}:
+		if s.statusConn == nil || s.statusConn.IsClosed() {
+			s.statusConn = nil
+			var conn *pgx.Conn
+			if conn, err = pgx.ConnectConfig(ctx, s.sqlCfg); err != nil {
+				err = fmt.Errorf("connect: %w", err)
+			} else {
+				s.statusConn = conn
+			}
+		}
+		if s.statusConn != nil {
+			st, err = querySlot(ctx, s.statusConn, s.opts.Slot)
+			if err != nil && !errors.Is(err, ErrSlotLost) && !errors.Is(err, ErrSlotMissing) {
+				closeQuietly(s.statusConn) // made again by the next call
+				s.statusConn = nil
+			}
+		}
+		<-s.statusTurn
+	case <-ctx.Done():
+		err = fmt.Errorf("connect: %w", ctx.Err())
 	}
 	s.mu.Lock()
 	st.State, st.LastError = s.state, s.lastError
@@ -139,6 +160,17 @@ func (s *Stream) Status(ctx context.Context) (SlotStatus, error) {
 		}
 	}
 	return st, err
+}
+
+// CloseStatus closes the connection Status keeps, once the stream is no
+// longer asked (a leader term's stream when the term ends).
+func (s *Stream) CloseStatus() {
+	s.statusTurn <- struct{}{}
+	if s.statusConn != nil {
+		closeQuietly(s.statusConn)
+		s.statusConn = nil
+	}
+	<-s.statusTurn
 }
 
 // Reconnects is how many times this stream connected again after losing

@@ -98,6 +98,11 @@ type Stream struct {
 	runAt         atomic.Int64 // when Run started
 	reconnects    atomic.Int64
 
+	// statusConn is Status's connection; statusTurn (capacity 1) is
+	// held by whoever uses it.
+	statusTurn chan struct{}
+	statusConn *pgx.Conn
+
 	mu        sync.Mutex
 	state     string
 	lastError string
@@ -150,7 +155,7 @@ func NewStream(opts Options) (*Stream, error) {
 		opts: opts, log: opts.Logger.With(logKeySlot, opts.Slot),
 		replCfg: replCfg, sqlCfg: sqlCfg,
 		txs:   make(chan *Tx, opts.TxBuffer),
-		state: StateStopped,
+		state: StateStopped, statusTurn: make(chan struct{}, 1),
 	}, nil
 }
 

@@ -155,6 +155,7 @@ func (r *runner) run(ctx context.Context) error {
 		return err
 	}
 	defer r.pool.Close()
+	defer r.repl.standby.CloseStatus()
 
 	var srv *api.Server
 	var ln net.Listener

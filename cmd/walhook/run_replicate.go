@@ -353,19 +353,30 @@ const publicationPoll = 10 * time.Second
 func (r *runner) watchPublication(ctx context.Context) error {
 	pub := r.cfg.Source.Publication
 	var seen schemaWarnings
+	// One connection for the term, made again when it breaks: a new one
+	// per check was a session, a login and its log lines every 10 s.
+	var conn *pgx.Conn
 	defer func() { // the next term's leader checks again
 		r.repl.setWarnings(nil)
 		r.ruleProblems.Set(0)
+		if conn != nil {
+			closeConn(conn)
+		}
 	}()
 	return pollEvery(ctx, publicationPoll, func(cctx context.Context) error {
-		conn, err := pgx.Connect(cctx, r.cfg.Source.DSN)
-		if err != nil {
-			return nil
+		if conn == nil || conn.IsClosed() {
+			c, err := pgx.Connect(cctx, r.cfg.Source.DSN)
+			if err != nil {
+				conn = nil
+				return nil
+			}
+			conn = c
 		}
-		defer conn.Close(context.WithoutCancel(cctx))
 		missing, unusable, err := publicationFit(cctx, conn, pub, r.mapper.Tables())
 		switch {
 		case err != nil:
+			closeConn(conn) // made again at the next check
+			conn = nil
 			return nil
 		case len(missing) > 0:
 			return fmt.Errorf("%w: publication %s does not publish %s any more (ALTER PUBLICATION, the table renamed, or "+

@@ -185,6 +185,7 @@ func (r *replicationStatus) endTerm(s *cdc.Stream) {
 	r.reconnects.Add(s.Reconnects() + 1)
 	r.prev.Store(s)
 	r.current.Store(nil)
+	s.CloseStatus() // status reads go to the standby stream now
 }
 
 // setWaiting records why this process does not stream now.
