@@ -264,6 +264,43 @@ type tableFacts struct {
 	unlogged                       bool // relpersistence 'u': writes no WAL
 }
 
+// checkNotTables names rule "tables" that exist as another kind of
+// relation, which the rule check can only call missing: logical
+// replication publishes tables, and a view, a materialized view or a
+// foreign table has no changes of its own in the WAL.
+func (c *checker) checkNotTables(ctx context.Context, conn *pgx.Conn) error {
+	var missing []string
+	for _, t := range c.tables {
+		if _, ok := c.schema[t]; !ok {
+			missing = append(missing, t)
+		}
+	}
+	if len(missing) == 0 {
+		return nil
+	}
+	schemas := make([]string, len(missing))
+	names := make([]string, len(missing))
+	for i, t := range missing {
+		schemas[i], names[i] = splitQualified(t)
+	}
+	rows, err := conn.Query(ctx, `
+		SELECT n.nspname || '.' || c.relname, CASE c.relkind WHEN 'v' THEN 'a view' WHEN 'm' THEN 'a materialized view'
+		                                           WHEN 'f' THEN 'a foreign table' ELSE 'a ' || c.relkind::text END
+		FROM unnest($1::text[], $2::text[]) AS want(schema, name)
+		JOIN pg_namespace n ON n.nspname = want.schema
+		JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = want.name
+		WHERE c.relkind IN ('v', 'm', 'f')`, schemas, names)
+	if err != nil {
+		return fmt.Errorf("read relation kinds: %w", err)
+	}
+	var t, kind string
+	_, err = pgx.ForEachRow(rows, []any{&t, &kind}, func() error {
+		c.fail("table "+t, "map the table(s) it reads from", "is %s: logical replication publishes tables only, and no change of it would arrive", kind)
+		return nil
+	})
+	return wrapErr("read relation kinds", err)
+}
+
 // unloggedProblem says why an UNLOGGED rule table cannot work, for a line
 // followed by unloggedFix.
 const unloggedProblem = "is UNLOGGED: it writes no WAL, so logical replication never sees its changes (and PostgreSQL refuses to publish it)"
@@ -306,6 +343,9 @@ func (c *checker) checkTables(ctx context.Context, conn *pgx.Conn) error {
 		default:
 			c.ok("table "+t, "readable, %d columns, %s", len(ts.Columns), identityDesc(ts, parts[t]))
 		}
+	}
+	if err := c.checkNotTables(ctx, conn); err != nil {
+		return err
 	}
 	if err := c.checkLargeValues(ctx, conn); err != nil {
 		return err

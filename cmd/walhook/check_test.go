@@ -499,3 +499,17 @@ func TestCheckEndpointURLPolicy(t *testing.T) {
 		t.Errorf("check repeats a URL or fails the allowed endpoint:\n%s", out)
 	}
 }
+
+// A rule on a view: the rule check can only call the table missing, so
+// check says what it is, with the fix.
+func TestCheckRuleOnAView(t *testing.T) {
+	t.Parallel()
+	dsn, db := ckSampleDB(t, pgtest.Shared(t))
+	ckExec(t, dsn, `DROP TABLE public.inspection_defects; CREATE VIEW public.inspection_defects AS SELECT 1 AS id`)
+	out, errOut, code := runCLI(t, context.Background(), "check", "--config", ckSampleConfig(t, dsn, db))
+	if code != 1 {
+		t.Fatalf("exit %d, want 1\n%s%s", code, out, errOut)
+	}
+	ckWantLines(t, out,
+		`FAIL  table public\.inspection_defects: is a view: logical replication publishes tables only, and no change of it would arrive — fix: map the table\(s\) it reads from$`)
+}
