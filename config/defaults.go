@@ -167,24 +167,56 @@ func withConnectTimeout(dsn string) string {
 }
 
 // withParam adds key=value to dsn (URL or keyword/value form) unless dsn
-// or the environment variable env sets it. A DSN it cannot read is left
-// for the connection to report.
+// or the environment variable env sets it, or dsn names a service (whose
+// file would then be overridden). A keyword/value DSN gets it in front:
+// there a later setting wins, so the DSN's own keeps winning, and a last
+// value left empty ("password=") cannot swallow it. A URL gets it as a
+// query parameter unless its query has the key.
 func withParam(dsn, key, value, env string) string {
 	if os.Getenv(env) != "" || strings.TrimSpace(dsn) == "" {
 		return dsn // empty: validation says it is required
 	}
 	if strings.HasPrefix(dsn, "postgres://") || strings.HasPrefix(dsn, "postgresql://") {
-		u, err := url.Parse(dsn)
-		if err != nil || u.Query().Has(key) || u.Fragment != "" {
+		rest, query, hasQuery := strings.Cut(dsn, "?")
+		if strings.Contains(dsn, "#") || urlQueryHas(query, key) || urlQueryHas(query, "service") {
 			return dsn
 		}
-		if u.RawQuery == "" {
-			return strings.TrimSuffix(dsn, "?") + "?" + key + "=" + value
+		if !hasQuery || query == "" {
+			return rest + "?" + key + "=" + value
 		}
 		return dsn + "&" + key + "=" + value
 	}
-	if strings.Contains(dsn, key) {
+	if keywordDSNHas(dsn, "service") {
 		return dsn
 	}
-	return dsn + " " + key + "=" + value
+	return key + "=" + value + " " + dsn
+}
+
+// urlQueryHas reports whether a URL's raw query sets key.
+func urlQueryHas(query, key string) bool {
+	for _, kv := range strings.Split(query, "&") {
+		k, _, _ := strings.Cut(kv, "=")
+		if u, err := url.QueryUnescape(k); err == nil && u == key {
+			return true
+		}
+	}
+	return false
+}
+
+// keywordDSNHas reports whether a keyword/value DSN sets key: a word at
+// the start or after a space, followed by "=" (spaces allowed around it).
+func keywordDSNHas(dsn, key string) bool {
+	for i := 0; ; {
+		j := strings.Index(dsn[i:], key)
+		if j < 0 {
+			return false
+		}
+		j += i
+		before := j == 0 || dsn[j-1] == ' ' || dsn[j-1] == '\t' || dsn[j-1] == '\n'
+		after := strings.TrimLeft(dsn[j+len(key):], " \t\n")
+		if before && strings.HasPrefix(after, "=") {
+			return true
+		}
+		i = j + len(key)
+	}
 }

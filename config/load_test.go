@@ -811,8 +811,13 @@ func TestBoundConnects(t *testing.T) {
 		{"postgres://u@db/app", "postgres://u@db/app?connect_timeout=10&application_name=walhook"},
 		{"postgres://u@db/app?sslmode=require", "postgres://u@db/app?sslmode=require&connect_timeout=10&application_name=walhook"},
 		{"postgresql://u@db/app?connect_timeout=3&application_name=sync", "postgresql://u@db/app?connect_timeout=3&application_name=sync"},
-		{"host=db dbname=app", "host=db dbname=app connect_timeout=10 application_name=walhook"},
-		{"host=db connect_timeout=2", "host=db connect_timeout=2 application_name=walhook"},
+		{"host=db dbname=app", "application_name=walhook connect_timeout=10 host=db dbname=app"},
+		{"host=db connect_timeout=2", "application_name=walhook connect_timeout=10 host=db connect_timeout=2"},
+		{"host=db password=", "application_name=walhook connect_timeout=10 host=db password="},
+		{"postgres://u@%2Fvar%2Frun%2Fpostgresql/app", "postgres://u@%2Fvar%2Frun%2Fpostgresql/app?connect_timeout=10&application_name=walhook"},
+		{"postgres://u@[::1]:5432,[::2]:5432/app?target_session_attrs=read-write", "postgres://u@[::1]:5432,[::2]:5432/app?target_session_attrs=read-write&connect_timeout=10&application_name=walhook"},
+		{"postgres://u@db/app?service=prod", "postgres://u@db/app?service=prod"},
+		{"service=prod", "service=prod"},
 	} {
 		c := &Config{Source: Source{DSN: tc.in}, Store: Store{DSN: tc.in}}
 		c.BoundConnects()
