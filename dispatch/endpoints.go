@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sort"
 	"time"
 
@@ -61,17 +62,33 @@ func (d *Dispatcher) SyncStaticEndpoints(ctx context.Context, eps []StaticEndpoi
 	sort.Slice(order, func(a, b int) bool { return ids[order[a]] < ids[order[b]] })
 	var gone []string
 	err := pgx.BeginFunc(ctx, d.pool, func(tx pgx.Tx) error {
-		// An endpoint the config enables may be one whose disable is
-		// being skipped: the re-enable waits for that skip (see
-		// skipPending). Advisory locks come first, in id order, then the
-		// endpoints lock, then every endpoint row this changes, in id
-		// order, before any is changed (the delete of static endpoints no
-		// longer configured would take its rows in another order).
-		for _, i := range order {
-			if !eps[i].Disabled {
-				if _, err := tx.Exec(ctx, reenableLockSQL, d.skipLockKey(ids[i])); err != nil {
-					return fmt.Errorf("lock endpoint: %w", err)
-				}
+		// The skip lock of every endpoint this may change, configured or
+		// static now (to be deleted): an endpoint the config enables may
+		// be one whose disable is being skipped, and the re-enable waits
+		// for that skip (see skipPending); a recover under way holds it
+		// too. Advisory locks come first, in id order, then the endpoints
+		// lock, so appends never wait for a skip or a recover; then every
+		// endpoint row this changes, in id order, before any is changed
+		// (the delete of static endpoints no longer configured would take
+		// its rows in another order).
+		rows, err := tx.Query(ctx, d.q(`SELECT id FROM {{schema}}.endpoints WHERE static`))
+		if err != nil {
+			return fmt.Errorf("lock endpoints: %w", err)
+		}
+		static, err := pgx.CollectRows(rows, pgx.RowTo[string])
+		if err != nil {
+			return fmt.Errorf("lock endpoints: %w", err)
+		}
+		locks := slices.Clone(ids)
+		for _, id := range static {
+			if !slices.Contains(locks, id) {
+				locks = append(locks, id)
+			}
+		}
+		slices.Sort(locks)
+		for _, id := range locks {
+			if _, err := tx.Exec(ctx, reenableLockSQL, d.skipLockKey(id)); err != nil {
+				return fmt.Errorf("lock endpoint: %w", err)
 			}
 		}
 		if _, err := tx.Exec(ctx, d.q(lockEndpointsSQL)); err != nil {
@@ -84,7 +101,7 @@ func (d *Dispatcher) SyncStaticEndpoints(ctx context.Context, eps []StaticEndpoi
 		if _, err := tx.Exec(ctx, d.q(`DELETE FROM {{schema}}.endpoints_deleted WHERE id = ANY($1::text[])`), ids); err != nil {
 			return fmt.Errorf("upsert static endpoints: %w", err)
 		}
-		rows, err := tx.Query(ctx, d.q(`SELECT id, url, secret FROM {{schema}}.endpoints WHERE static OR id = ANY($1::text[]) ORDER BY id FOR UPDATE`), ids)
+		rows, err = tx.Query(ctx, d.q(`SELECT id, url, secret FROM {{schema}}.endpoints WHERE static OR id = ANY($1::text[]) ORDER BY id FOR UPDATE`), ids)
 		if err != nil {
 			return fmt.Errorf("lock endpoints: %w", err)
 		}
