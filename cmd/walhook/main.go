@@ -25,20 +25,29 @@ func main() {
 	os.Exit(ExitCode(err))
 }
 
-// stopSignals end walhook gracefully. SIGHUP is among them: walhook
-// reloads nothing, and a closed terminal (a demo, a foreground run)
-// should stop it cleanly rather than kill it mid-attempt.
-var stopSignals = []os.Signal{os.Interrupt, syscall.SIGTERM, syscall.SIGHUP}
+// stopSignals end walhook gracefully. SIGHUP is among them unless the
+// process was started with it ignored (nohup): walhook reloads nothing,
+// and a closed terminal (a demo, a foreground run) should stop it cleanly
+// rather than kill it mid-attempt.
+func stopSignals() []os.Signal {
+	sigs := []os.Signal{os.Interrupt, syscall.SIGTERM}
+	if !signal.Ignored(syscall.SIGHUP) {
+		sigs = append(sigs, syscall.SIGHUP)
+	}
+	return sigs
+}
 
 // stopOnSignals returns a context that the first of stopSignals cancels,
-// which starts a graceful stop. A second one exits at once with status 1
-// (exit): the way out of a stop that waits on a hung receiver or store,
-// at the cost of a crash (attempts in flight are sent again once their
-// lease passes; nothing is lost). stop releases the signals.
+// which starts a graceful stop. A SIGINT or SIGTERM after it exits at
+// once with status 1 (exit): the way out of a stop that waits on a hung
+// receiver or store, at the cost of a crash (attempts in flight are sent
+// again once their lease passes; nothing is lost). A further SIGHUP does
+// not (a closing terminal may send more than one). stop releases the
+// signals.
 func stopOnSignals(stderr io.Writer, exit func(int)) (ctx context.Context, stop func()) {
 	ctx, cancel := context.WithCancel(context.Background())
-	sigs := make(chan os.Signal, 2)
-	signal.Notify(sigs, stopSignals...)
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, stopSignals()...)
 	done := make(chan struct{})
 	go func() {
 		select {
@@ -47,12 +56,19 @@ func stopOnSignals(stderr io.Writer, exit func(int)) (ctx context.Context, stop 
 		case <-done:
 			return
 		}
-		select {
-		case s := <-sigs:
-			fmt.Fprintf(stderr, "walhook: %v again: exiting now, without finishing the graceful stop "+
-				"(attempts in flight are sent again after their lease)\n", s)
-			exit(1)
-		case <-done:
+		for {
+			select {
+			case s := <-sigs:
+				if s == syscall.SIGHUP {
+					continue
+				}
+				fmt.Fprintf(stderr, "walhook: %v again: exiting now, without finishing the graceful stop "+
+					"(attempts in flight are sent again after their lease)\n", s)
+				exit(1)
+				return
+			case <-done:
+				return
+			}
 		}
 	}()
 	return ctx, func() {

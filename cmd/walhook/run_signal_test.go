@@ -14,9 +14,9 @@ import (
 )
 
 // The real binary and its signals. SIGHUP stops it gracefully, as SIGTERM
-// does (it died of it, mid-attempt). A second SIGTERM during a graceful
-// stop that waits on a receiver that hangs exits at once with status 1
-// and says so (it could not be hurried).
+// does (it died of it, mid-attempt), also when two come. A second SIGTERM
+// during a graceful stop that waits on a receiver that hangs exits at once
+// with status 1 and says so (it could not be hurried).
 func TestRunSignals(t *testing.T) {
 	t.Parallel()
 	bin := buildWalhook(t)
@@ -54,8 +54,11 @@ func TestRunSignals(t *testing.T) {
 	t.Cleanup(func() { _ = p.cmd.Process.Kill() })
 	insertItems(t, db, 1, 1)
 	runWaitFor(t, 30*time.Second, "the first delivery", func() bool { return rc.Unique() == 1 }, func() string { return "" })
-	if err := p.cmd.Process.Signal(syscall.SIGHUP); err != nil {
-		t.Fatal(err)
+	// Twice, as a closing terminal may: a SIGHUP never forces the exit.
+	for range 2 {
+		if err := p.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+			t.Fatal(err)
+		}
 	}
 	if err, ok := exited(p); !ok || err != nil {
 		t.Fatalf("after SIGHUP: exited %v with %v, want a graceful stop, exit 0", ok, err)
@@ -83,4 +86,50 @@ func TestRunSignals(t *testing.T) {
 	if b, _ := os.ReadFile(logFile); !strings.Contains(string(b), "walhook: terminated again: exiting now, without finishing the graceful stop") {
 		t.Error("the second SIGTERM did not say what it did")
 	}
+}
+
+// Started with SIGHUP ignored (nohup, or trap '' HUP), walhook keeps it
+// ignored: a hangup does not stop it. (signal.Notify for SIGHUP undoes an
+// inherited SIG_IGN.)
+func TestRunKeepsSIGHUPIgnored(t *testing.T) {
+	t.Parallel()
+	bin := buildWalhook(t)
+	rc := newRunReceiver(t, runSecret, nil)
+	db, file := itemsRun(t, map[string]any{
+		"endpoints":  []map[string]any{runEndpoint("r", rc.URL, runSecret)},
+		"api.listen": "off", "log.level": "info", "cpu.yield": false,
+	})
+	logFile := subprocessLog(t)
+	f, err := os.OpenFile(logFile, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	cmd := exec.Command("sh", "-c", `trap '' HUP; exec "$0" run --config "$1"`, bin, file) // SIG_IGN is inherited by exec
+	cmd.Stdout, cmd.Stderr = f, f
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill() })
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+
+	insertItems(t, db, 1, 1)
+	runWaitFor(t, 30*time.Second, "the first delivery", func() bool { return rc.Unique() == 1 }, func() string { return "" })
+	if err := cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	insertItems(t, db, 2, 2)
+	runWaitFor(t, 30*time.Second, "a delivery after the hangup", func() bool {
+		select {
+		case err := <-done:
+			b, _ := os.ReadFile(logFile)
+			t.Fatalf("walhook stopped at a SIGHUP it was started ignoring (%v); log:\n%s", err, b)
+		default:
+		}
+		return rc.Unique() == 2
+	}, func() string { return "" })
+	_ = cmd.Process.Signal(syscall.SIGTERM)
+	<-done
 }
