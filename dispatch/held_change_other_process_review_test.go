@@ -1,0 +1,80 @@
+package dispatch
+
+import (
+	"context"
+	"net/http"
+	"testing"
+	"time"
+)
+
+// docs/api.md, PUT url: "Once the call returns, no walhook process
+// starts a request to the old URL". Another process learns of the
+// change only through its LISTEN connection; while that connection is
+// being made again (a store blip) — here: LISTEN is up again but the
+// reconnect's catch-up query has not finished — it starts its held
+// delivery to the old URL after the PUT returned, and the retired
+// receiver's 410 disables the endpoint that now points at a working one.
+func TestReviewHeldDeliveryOtherProcessAfterURLChange(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	release := make(chan struct{})
+	old := obNewReceiver(t, func(n int, _ http.ResponseWriter, _ *http.Request) int {
+		if n == 0 {
+			<-release
+			return 200
+		}
+		return http.StatusGone
+	})
+	newRC := obNewReceiver(t, nil)
+	d1, b := obSetup(t, nil) // the process serving the API; not delivering
+	ep := b.endpoint(t, "whk_1", old.URL, nil, nil, true)
+	d2 := b.dispatcher(t, func(o *Options) {
+		o.Workers, o.MaxInFlightPerEndpoint = 4, 1
+		o.Client.Timeout, o.Lease = time.Minute, 2*time.Minute
+	})
+	obRun(t, d2)
+	waitLoopOpen(t, d2)
+	obAppend(t, d2, 10, obEvent("a.b", ""), obEvent("a.b", ""))
+	obWaitFor(t, "the first request", func() bool { return old.n() == 1 })
+	obWaitFor(t, "the second delivery held", func() bool { return d2.hold.held() == 2 })
+
+	// d2's LISTEN connection breaks and is made again; its catch-up read
+	// waits (here for a lock the test holds).
+	blocker, err := b.pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer blocker.Rollback(ctx)
+	if _, err := blocker.Exec(ctx, `LOCK TABLE walhook.endpoints_deleted IN ACCESS EXCLUSIVE MODE`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.pool.Exec(ctx, `SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+		WHERE datname = current_database() AND state = 'idle' AND query LIKE '%disabled_at > now() - make_interval%'`); err != nil {
+		t.Fatal(err)
+	}
+	lockStart := time.Now()
+	waitForLockWait(t, b.pool, "endpoints_deleted", nil)
+	t.Logf("LISTEN made again, catch-up waiting after %s", time.Since(lockStart))
+
+	u := newRC.URL
+	putStart := time.Now()
+	if _, err := NewAdmin(b.pool, "walhook", d1).UpdateEndpoint(ctx, ep, EndpointPatch{URL: &u}); err != nil {
+		t.Fatal(err)
+	}
+	returned := time.Now()
+	t.Logf("PUT took %s; old requests so far %d", returned.Sub(putStart), old.n())
+	close(release) // d2's worker is free for the held delivery
+	obWaitFor(t, "the held delivery sent", func() bool { return old.n()+newRC.n() == 2 })
+	_ = blocker.Rollback(ctx)
+	if old.n() != 1 {
+		last := time.Time{}
+		for _, r := range old.requests() {
+			if r.At.After(last) {
+				last = r.At
+			}
+		}
+		var active bool
+		_ = b.pool.QueryRow(ctx, `SELECT active FROM walhook.endpoints WHERE id = $1`, ep).Scan(&active)
+		t.Fatalf("a request to the old URL started %s after the PUT returned; endpoint active=%v", last.Sub(returned), active)
+	}
+}
