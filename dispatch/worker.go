@@ -828,6 +828,13 @@ func (d *Dispatcher) listenOnce(ctx context.Context) error {
 	if _, err := pc.Exec(ctx, "LISTEN "+quoteIdent(d.channel)); err != nil {
 		return err
 	}
+	// A URL or secret change announced while no LISTEN was up is not
+	// known: every delivery claimed before now is handed back unstarted.
+	// Marked as soon as LISTEN is up, before the catch-up below, so that
+	// none claimed before starts meanwhile.
+	if d.listened.Swap(true) {
+		d.relisten.Store(time.Now().UnixNano())
+	}
 	// Notifications are not kept for a listener that was away: endpoints
 	// disabled or deleted within a lease (as long as this process may
 	// hold a delivery) are noted as if announced.
@@ -842,11 +849,6 @@ func (d *Dispatcher) listenOnce(ctx context.Context) error {
 	}
 	for _, id := range off {
 		d.noteDisabled(id)
-	}
-	// A URL or secret change announced while no LISTEN was up is not
-	// known: every delivery claimed before now is handed back unstarted.
-	if d.listened.Swap(true) {
-		d.relisten.Store(time.Now().UnixNano())
 	}
 	// A notification may have been sent before LISTEN took effect.
 	d.Notify()

@@ -7,14 +7,14 @@ import (
 	"time"
 )
 
-// docs/api.md, PUT url: "Once the call returns, no walhook process
-// starts a request to the old URL". Another process learns of the
-// change only through its LISTEN connection; while that connection is
-// being made again (a store blip) — here: LISTEN is up again but the
-// reconnect's catch-up query has not finished — it starts its held
-// delivery to the old URL after the PUT returned, and the retired
-// receiver's 410 disables the endpoint that now points at a working one.
-func TestReviewHeldDeliveryOtherProcessAfterURLChange(t *testing.T) {
+// PUT url while another process holds a delivery to the endpoint and is
+// making its LISTEN connection again (a store blip): LISTEN is up, its
+// catch-up query not finished. The change's notification is not read yet,
+// but every delivery claimed before LISTEN came back is handed back, so
+// the held one is not sent to the old URL, whose 410 would disable the
+// endpoint that now points at a working receiver. (relisten was marked
+// only after the catch-up.)
+func TestHeldDeliveryDuringRelisten(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	release := make(chan struct{})
