@@ -126,8 +126,10 @@ func (s *Stream) Status(ctx context.Context) (SlotStatus, error) {
 		}
 		if s.statusConn != nil {
 			st, err = querySlot(ctx, s.statusConn, s.opts.Slot)
-			if err != nil && !errors.Is(err, ErrSlotLost) && !errors.Is(err, ErrSlotMissing) {
-				closeQuietly(s.statusConn) // made again by the next call
+			if s.statusClosed || (err != nil && !errors.Is(err, ErrSlotLost) && !errors.Is(err, ErrSlotMissing)) {
+				// Made again by the next call; after CloseStatus (a call
+				// that raced with it) none is kept.
+				closeQuietly(s.statusConn)
 				s.statusConn = nil
 			}
 		}
@@ -166,6 +168,7 @@ func (s *Stream) Status(ctx context.Context) (SlotStatus, error) {
 // longer asked (a leader term's stream when the term ends).
 func (s *Stream) CloseStatus() {
 	s.statusTurn <- struct{}{}
+	s.statusClosed = true
 	if s.statusConn != nil {
 		closeQuietly(s.statusConn)
 		s.statusConn = nil
@@ -176,6 +179,10 @@ func (s *Stream) CloseStatus() {
 // Reconnects is how many times this stream connected again after losing
 // its connection.
 func (s *Stream) Reconnects() int64 { return s.reconnects.Load() }
+
+// Confirmed is the position the consumer last confirmed to this stream
+// (what it may tell the server), 0 before the first.
+func (s *Stream) Confirmed() LSN { return LSN(s.confirmed.Load()) }
 
 // LastConfirmAt is when this stream last confirmed a new position to the
 // server, zero before its first.

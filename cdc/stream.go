@@ -100,8 +100,9 @@ type Stream struct {
 
 	// statusConn is Status's connection; statusTurn (capacity 1) is
 	// held by whoever uses it.
-	statusTurn chan struct{}
-	statusConn *pgx.Conn
+	statusTurn   chan struct{}
+	statusConn   *pgx.Conn
+	statusClosed bool // CloseStatus was called: keep no connection
 
 	mu        sync.Mutex
 	state     string

@@ -213,9 +213,9 @@ const (
 // slot reads the slot as this process sees it: through its current
 // stream while it leads; otherwise through the standby stream, with State
 // saying why it does not stream and lagUnknown set where the lag in
-// seconds is the leader's to know. Only while nobody can take the lock
-// (the store is down) has nothing been confirmed since this process's
-// last term, so the lag then counts from that term's last confirmation.
+// seconds is the leader's to know. Only while this process cannot reach
+// the store, and the slot is still where its last term left it, is the
+// lag known here: counted from that term's last confirmation.
 func (r *replicationStatus) slot(ctx context.Context) (st cdc.SlotStatus, leader, lagUnknown bool, err error) {
 	defer func() { st.Reconnects += r.reconnects.Load() }()
 	if s := r.current.Load(); s != nil {
@@ -228,7 +228,10 @@ func (r *replicationStatus) slot(ctx context.Context) (st cdc.SlotStatus, leader
 		st.State = *w
 	}
 	st.LagSeconds, lagUnknown = 0, st.LagBytes > 0
-	if prev := r.prev.Load(); st.State == stateWaitingForStore && prev != nil && st.LagBytes > 0 {
+	// Valid while the slot is where this process left it: a process
+	// elsewhere that reaches the store and leads moves it on.
+	if prev := r.prev.Load(); st.State == stateWaitingForStore && prev != nil && st.LagBytes > 0 &&
+		st.ConfirmedFlushLSN <= prev.Confirmed() {
 		if at := prev.LastConfirmAt(); !at.IsZero() {
 			st.LagSeconds, lagUnknown = time.Since(at).Seconds(), false
 		}
