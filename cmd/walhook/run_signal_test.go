@@ -88,7 +88,7 @@ func TestRunSignals(t *testing.T) {
 	}
 }
 
-// Started with SIGHUP ignored (nohup, or trap '' HUP), walhook keeps it
+// Started with SIGHUP ignored (nohup, or trap ” HUP), walhook keeps it
 // ignored: a hangup does not stop it. (signal.Notify for SIGHUP undoes an
 // inherited SIG_IGN.)
 func TestRunKeepsSIGHUPIgnored(t *testing.T) {
