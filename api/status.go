@@ -97,9 +97,10 @@ type statusResponse struct {
 const statusTimeout = 5 * time.Second
 
 // status probes the slot and the store at the same time, each with its own
-// statusTimeout: the slot probe opens a new connection to the source, and
-// a source that drops packets must not use up the store's time (the page
-// would then report a healthy store as down, during the source's incident).
+// statusTimeout: the slot probe queries the source on a connection of its
+// own, and a source that drops packets must not use up the store's time
+// (the page would then report a healthy store as down, during the
+// source's incident).
 func (s *Server) status(w http.ResponseWriter, r *http.Request) {
 	var out statusResponse
 	var wg sync.WaitGroup

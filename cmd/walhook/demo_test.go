@@ -2,15 +2,18 @@ package main
 
 import (
 	"context"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"runtime"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/walhook/walhook/dispatch"
+	"github.com/walhook/walhook/internal/syncbuf"
 )
 
 // seed000Events are the 17 event types seed 000 lists.
@@ -100,5 +103,47 @@ func TestDemoConfig(t *testing.T) {
 	}
 	if len(cfg.Endpoints) != 1 || cfg.Endpoints[0].URL != "http://127.0.0.1:9/hook" || cfg.Log.Level != "warn" {
 		t.Errorf("demo config: endpoints %+v, log level %q", cfg.Endpoints, cfg.Log.Level)
+	}
+}
+
+// Ctrl-C twice on the demo (an impatient user): the second does not cut
+// the cleanup short, so the throwaway cluster's directory is removed (it
+// was left in $TMPDIR, with exit 1).
+func TestDemoCtrlCTwice(t *testing.T) {
+	t.Parallel()
+	bin := buildWalhook(t)
+	tmp := t.TempDir()
+	if err := os.Chmod(tmp, 0o755); err != nil { // the cluster runs as postgres
+		t.Fatal(err)
+	}
+	var out syncbuf.Buffer
+	cmd := exec.Command(bin, "demo", "--listen", "127.0.0.1:0", "--every", "1s", "--samples", "../../testdata/auction-excellence")
+	cmd.Env = append(os.Environ(), "TMPDIR="+tmp)
+	cmd.Stdout, cmd.Stderr = &out, &out
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	t.Cleanup(func() { _ = cmd.Process.Kill() })
+	runWaitFor(t, 90*time.Second, "a verified delivery", func() bool { return strings.Contains(out.String(), "✓ verified") }, out.String)
+	for range 2 {
+		if err := cmd.Process.Signal(os.Interrupt); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("demo after Ctrl-C twice: %v\n%s", err, out.String())
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatalf("demo did not stop\n%s", out.String())
+	}
+	left, _ := filepath.Glob(filepath.Join(tmp, "*"))
+	if len(left) > 0 || !strings.Contains(out.String(), "removed") {
+		t.Errorf("after Ctrl-C twice, left in TMPDIR: %v\n%s", left, out.String())
 	}
 }

@@ -16,7 +16,13 @@ import (
 func main() {
 	tuneGC(os.Getenv)
 	ownsProcess = true
-	ctx, stop := stopOnSignals(os.Stderr, os.Exit)
+	// Only run's graceful stop can wait on others (a hung receiver or
+	// store); demo's cleanup must not be cut short by a second Ctrl-C.
+	var exit func(int) // nil: a second signal changes nothing
+	if len(os.Args) > 1 && os.Args[1] == "run" {
+		exit = os.Exit
+	}
+	ctx, stop := stopOnSignals(os.Stderr, exit)
 	err := Run(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()
 	if err != nil && !errors.Is(err, ErrHelpShown) {
@@ -38,12 +44,12 @@ func stopSignals() []os.Signal {
 }
 
 // stopOnSignals returns a context that the first of stopSignals cancels,
-// which starts a graceful stop. A SIGINT or SIGTERM after it exits at
-// once with status 1 (exit): the way out of a stop that waits on a hung
-// receiver or store, at the cost of a crash (attempts in flight are sent
-// again once their lease passes; nothing is lost). A further SIGHUP does
-// not (a closing terminal may send more than one). stop releases the
-// signals.
+// which starts a graceful stop. Unless exit is nil, a SIGINT or SIGTERM
+// after it exits at once with status 1 (exit): the way out of a stop that
+// waits on a hung receiver or store, at the cost of a crash (attempts in
+// flight are sent again once their lease passes; nothing is lost). A
+// further SIGHUP does not (a closing terminal may send more than one).
+// stop releases the signals.
 func stopOnSignals(stderr io.Writer, exit func(int)) (ctx context.Context, stop func()) {
 	ctx, cancel := context.WithCancel(context.Background())
 	sigs := make(chan os.Signal, 4)
@@ -59,7 +65,7 @@ func stopOnSignals(stderr io.Writer, exit func(int)) (ctx context.Context, stop 
 		for {
 			select {
 			case s := <-sigs:
-				if s == syscall.SIGHUP {
+				if s == syscall.SIGHUP || exit == nil {
 					continue
 				}
 				fmt.Fprintf(stderr, "walhook: %v again: exiting now, without finishing the graceful stop "+
