@@ -1,8 +1,10 @@
 package mapper
 
 import (
+	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -292,7 +294,7 @@ func splitTable(t string) (schema, table string) {
 }
 
 func compileWhen(cr *compiledRule, errs *errorList) {
-	prog, err := expr.Compile(cr.When, expr.Env(exprEnv), expr.AsBool())
+	prog, err := expr.Compile(cr.When, expr.Env(exprEnv), expr.AsBool(), modFunc, expr.Patch(modToFunc{}))
 	if err != nil {
 		errs.add(cr.Where, "when", cr.Event, ErrExpression, "%s", strings.TrimSpace(err.Error()))
 		return
@@ -309,7 +311,8 @@ func compileWhen(cr *compiledRule, errs *errorList) {
 	// "old.x" / "new.x": expr fetches map members through reflection,
 	// which allocates, while a top-level key of a map env is a plain map
 	// read. The expression was checked above; this compile only rewrites.
-	if fast, err := expr.Compile(cr.When, expr.Env(exprEnv), expr.AllowUndefinedVariables(), expr.Patch(flattenMembers{})); err == nil {
+	if fast, err := expr.Compile(cr.When, expr.Env(exprEnv), expr.AllowUndefinedVariables(), modFunc,
+		expr.Patch(modToFunc{}), expr.Patch(flattenMembers{})); err == nil {
 		cr.when = fast
 	}
 	cr.whenOld, cr.whenNew = v.cols["old"], v.cols["new"]
@@ -320,6 +323,70 @@ func compileWhen(cr *compiledRule, errs *errorList) {
 		// almost certainly a mistake worth reporting.
 		errs.add(cr.Where, "when", cr.Event, ErrExpression, "reads old, but the rule fires on inserts only, where old is nil")
 	}
+}
+
+// modToFunc rewrites a % b into __mod(a, b): expr's % takes integers
+// only, and a numeric column's value is a float when it has a fraction
+// (or is beyond int64), a json number always, so `new.qty % 2` would stop
+// the run at the first such row; SQL's % works on numeric.
+type modToFunc struct{}
+
+func (modToFunc) Visit(node *ast.Node) {
+	if b, ok := (*node).(*ast.BinaryNode); ok && b.Operator == "%" {
+		ast.Patch(node, &ast.CallNode{Callee: &ast.IdentifierNode{Value: "__mod"}, Arguments: []ast.Node{b.Left, b.Right}})
+	}
+}
+
+// modFunc is __mod: the integer remainder of two integers (by zero an
+// error, as in SQL), else the float one (math.Mod). A nil operand fails
+// with "<nil>" in the message, which nilOperand takes for unknown.
+var modFunc = expr.Function("__mod", func(params ...any) (any, error) {
+	a, b := params[0], params[1]
+	if a == nil || b == nil {
+		return nil, fmt.Errorf("invalid operation: %% on <nil>")
+	}
+	ai, aok := a.(int64)
+	bi, bok := b.(int64)
+	if x, ok := a.(int); ok {
+		ai, aok = int64(x), true
+	}
+	if x, ok := b.(int); ok {
+		bi, bok = int64(x), true
+	}
+	if aok && bok {
+		if bi == 0 {
+			return nil, errors.New("integer divide by zero")
+		}
+		if _, isInt := a.(int); isInt {
+			if _, isInt := b.(int); isInt {
+				return int(ai % bi), nil
+			}
+		}
+		return ai % bi, nil
+	}
+	af, aok := toFloat(a)
+	bf, bok := toFloat(b)
+	if !aok || !bok {
+		return nil, fmt.Errorf("invalid operation: %T %% %T", a, b)
+	}
+	return math.Mod(af, bf), nil
+})
+
+// toFloat reads a number of any of expr's numeric types.
+func toFloat(v any) (float64, bool) {
+	switch x := v.(type) {
+	case int:
+		return float64(x), true
+	case int64:
+		return float64(x), true
+	case float64:
+		return x, true
+	case int32:
+		return float64(x), true
+	case float32:
+		return float64(x), true
+	}
+	return 0, false
 }
 
 // flattenMembers rewrites old.x and new["x"] into the identifiers "old.x"

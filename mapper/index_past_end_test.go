@@ -9,11 +9,9 @@ import (
 
 // An element an array lacks is, in SQL, NULL (tags[1] of '{}', and
 // details->'photos'->0 of '{"photos": []}'), and docs/mapping.md makes a
-// NULL or a json key that is missing "unknown": the rule does not match
-// that row and the run goes on. An index past the end of an array column
-// or of a json list instead fails expr with "index out of range", which
-// nilOperand does not recognise, so the run stops at valid data (an empty
-// array) and at it again on every restart.
+// NULL or a missing json key "unknown": the rule does not match that row
+// and the run goes on. An index past the end failed expr with "index out
+// of range", which stopped the run at valid data on every restart.
 func TestMapWhenIndexPastTheEndOfAnArrayIsUnknown(t *testing.T) {
 	t.Parallel()
 	docs := testRel(911, "public.docs", 'f', "id", "tags", "details")

@@ -311,12 +311,21 @@ func (m *Mapper) evalWhen(ch *cdc.Change, p *tablePlan, rp *rulePlan) (bool, res
 // operand, not a type mismatch between present values: expr names a nil
 // operand's type "<nil>" (`<nil> > int`, `cannot fetch x from <nil>`,
 // `invalid argument for len (type <nil>)`), fails a conversion with
-// "interface {} is nil" (`!nil`, `upper(nil)`), and builtins that reflect
-// on their argument (`all(nil, …)`, `int(nil)`) fail with reflect's "zero
-// Value".
+// "interface {} is nil" (`!nil`, `upper(nil)`), builtins that reflect on
+// their argument fail with reflect's "zero Value" (`all(nil, …)`,
+// `int(nil)`) or name its kind "invalid" (`cannot get keys from invalid`,
+// `cannot uniq invalid`, `cannot concat invalid`) or 0 (`cannot slice 0`).
+// An element past the end of a list (`new.tags[0]` of an empty array, of
+// a json list) is missing too, as SQL's tags[1] and jsonb's ->0 are NULL:
+// expr says "index out of range".
 func nilOperand(err error) bool {
 	msg := err.Error()
-	return strings.Contains(msg, "<nil>") || strings.Contains(msg, " is nil") || strings.Contains(msg, "on zero Value")
+	for _, s := range []string{"<nil>", " is nil", "on zero Value", " invalid (", "cannot slice 0", "index out of range"} {
+		if strings.Contains(msg, s) {
+			return true
+		}
+	}
+	return false
 }
 
 // fillEnv sets one row's part of the env; ok is false when a column the

@@ -7,13 +7,11 @@ import (
 	"github.com/walhook/walhook/cdc"
 )
 
-// docs/mapping.md: "A NULL does not stop it either: an ordering
-// comparison, arithmetic, ! or a function on a NULL ... is unknown, as in
-// SQL, and the rule does not match that row", and a key a json value
-// lacks is nil and counts the same. expr's keys, values, concat, flatten
-// and uniq fail on a nil with "cannot get keys from invalid", "cannot
-// concat invalid", …, and slicing a nil with "cannot slice 0", which
-// nilOperand does not take for a nil operand: the run stops at a NULL
+// docs/mapping.md: "a function on a NULL ... is unknown, as in SQL, and
+// the rule does not match that row", and a key a json value lacks counts
+// the same. expr's keys, values, concat, flatten and uniq fail on a nil
+// with "cannot get keys from invalid", "cannot concat invalid", …, and
+// slicing a nil with "cannot slice 0": those stopped the run at a NULL
 // column or a missing json key.
 func TestMapWhenBuiltinOnNullIsUnknown(t *testing.T) {
 	t.Parallel()

@@ -7,14 +7,11 @@ import (
 	"github.com/walhook/walhook/cdc"
 )
 
-// A numeric column's values are numbers in `when:` (docs/mapping.md,
-// "integers and numeric are numbers"), but envNumber makes the integral
-// ones int64 and every other one float64, per row. expr's % takes
-// integers only, so `new.qty % 2 == 0` maps the row whose qty is 4 and
-// stops the run at the row whose qty is 4.0 — the same value, valid data
-// of the same column (numeric keeps the scale it was written with; a jsonb
-// number too) — and at a numeric integer beyond int64. The run stops there
-// on every restart.
+// A numeric column's values are numbers in `when:`, and `%` works on all
+// of them: a whole numeric written with a scale (4.0, 4.00) is an
+// integer, a json number or a fractional numeric gets the float remainder
+// (modToFunc). expr's own % took integers only, so the run stopped at the
+// row whose qty was 4.0 (the same value as 4), on every restart.
 func TestMapWhenModuloOnNumericValues(t *testing.T) {
 	t.Parallel()
 	bids := testRel(910, "public.bids", 'f', "id", "qty", "details")

@@ -8,6 +8,7 @@ import (
 	"math/big"
 	"reflect"
 	"strconv"
+	"strings"
 	"time"
 	"unicode/utf8"
 
@@ -107,13 +108,30 @@ func envValue(v cdc.Value) any {
 	return envAny(v.V)
 }
 
-// envNumber is n as an int64 when it is an integer that fits, else the
-// nearest float64: beyond float64's range that is ±Inf (or 0), which
-// strconv reports as an error alongside the value.
+// envNumber is a numeric or integer column's value n as an int64 when it
+// is a whole number that fits — also when written with a fraction of
+// zeros (numeric(10,2) sends 4 as "4.00"), so that `new.qty % 2` works on
+// every row and not only on those without a scale — else the nearest
+// float64: beyond float64's range that is ±Inf (or 0), which strconv
+// reports as an error alongside the value.
 func envNumber(n json.Number) any {
-	if i, err := strconv.ParseInt(string(n), 10, 64); err == nil {
+	s := string(n)
+	if i, err := strconv.ParseInt(s, 10, 64); err == nil {
 		return i
 	}
+	if whole, frac, ok := strings.Cut(s, "."); ok && strings.Trim(frac, "0") == "" {
+		if i, err := strconv.ParseInt(whole, 10, 64); err == nil {
+			return i
+		}
+	}
+	f, _ := strconv.ParseFloat(s, 64)
+	return f
+}
+
+// jsonFloat is a json number as a float64, as encoding/json reads it
+// (docs/mapping.md: json numbers are floats), except beyond float64's
+// range: ±Inf (or 0), where encoding/json fails the whole document.
+func jsonFloat(n json.Number) float64 {
 	f, _ := strconv.ParseFloat(string(n), 64)
 	return f
 }
@@ -122,7 +140,7 @@ func envNumber(n json.Number) any {
 func envJSON(v any) any {
 	switch x := v.(type) {
 	case json.Number:
-		return envNumber(x)
+		return jsonFloat(x)
 	case []any:
 		for i := range x {
 			x[i] = envJSON(x[i])

@@ -5,12 +5,11 @@ import (
 	"time"
 )
 
-// A text[] column that is empty and a jsonb list that is empty are valid
-// data; the element a `when:` reads from them does not exist, which SQL
-// calls NULL and docs/mapping.md "unknown" (no match, the run goes on).
-// walhook stops instead, with "index out of range: 0 (array length is
-// 0)", at the first row, and at it again on every restart, so the second
-// row, which matches, is never delivered.
+// An empty text[] column and an empty jsonb list are valid data; the
+// element a `when:` reads from them does not exist, which SQL calls NULL
+// and docs/mapping.md "unknown" (no match, the run goes on). walhook
+// stopped at the first row ("index out of range: 0 (array length is 0)")
+// on every restart, so the second row, which matches, was never delivered.
 func TestRunWhenIndexPastTheEndOfAnArray(t *testing.T) {
 	t.Parallel()
 	for _, c := range []struct{ name, when, empty, full string }{

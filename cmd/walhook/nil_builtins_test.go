@@ -6,12 +6,9 @@ import (
 )
 
 // A NULL column and a key a jsonb document lacks are "unknown" in
-// `when:` (docs/mapping.md: "a function on a NULL ... is unknown, as in
-// SQL, and the rule does not match that row"; "A key a json value lacks
-// or holds as null is nil too and counts the same"). keys() and uniq() on
-// them stop the run instead ("cannot get keys from invalid", "cannot uniq
-// invalid"), at that row on every restart; the second row, which matches,
-// is never delivered.
+// `when:`, for keys() and uniq() too: they stopped the run ("cannot get
+// keys from invalid", "cannot uniq invalid") at that row on every
+// restart, and the second row, which matches, was never delivered.
 func TestRunWhenBuiltinOnNullIsUnknown(t *testing.T) {
 	t.Parallel()
 	for _, c := range []struct{ name, when, null, full string }{

@@ -5,12 +5,10 @@ import (
 	"time"
 )
 
-// `new.qty % 2 == 0` on a numeric column: numeric values are numbers in
-// `when:` (docs/mapping.md), and 4.0 is the same number as 4, valid data
-// of the column. The mapper hands the expression an int64 for 4 and a
-// float64 for 4.0, and expr's % refuses a float: the run stops at the
-// second row ("invalid operation: float64 % int"), and at it again on
-// every restart, so the third is never delivered.
+// `new.qty % 2 == 0` on a numeric column: 4.0 is the same number as 4,
+// valid data of the column, and maps like it. It stopped the run
+// ("invalid operation: float64 % int") at that row on every restart, so
+// the third was never delivered.
 func TestRunWhenModuloOnNumericWithFractionZeros(t *testing.T) {
 	t.Parallel()
 	rc := newRunReceiver(t, runSecret, nil)
