@@ -201,7 +201,7 @@ var (
 func keyString(v any) string {
 	switch x := v.(type) {
 	case string:
-		return x
+		return strings.ToValidUTF8(x, "\uFFFD") // a SQL_ASCII source's bytes; the store's column is text
 	case int64:
 		return strconv.FormatInt(x, 10)
 	case json.Number:
@@ -217,9 +217,9 @@ func keyString(v any) string {
 	case time.Time:
 		return string(appendTime(nil, x))
 	case json.RawMessage:
-		return string(x)
+		return strings.ToValidUTF8(string(x), "\uFFFD")
 	case []byte:
-		return string(x)
+		return base64.StdEncoding.EncodeToString(x) // as a bytea renders in data
 	}
 	b, _ := json.Marshal(v)
 	return string(b)

@@ -15,14 +15,11 @@ import (
 )
 
 // A SQL_ASCII source (Latin-1 bytes in it) with the store in a UTF8
-// database, as TestJSONValueWithNonUTF8BytesKeepsTheBodyJSON sets up: a
-// text or json value's bytes that are not UTF-8 become U+FFFD
-// (docs/mapping.md), but the envelope's auction_id and the sns domain
-// are the column's bytes as they are (mapper.keyString), and the store's
-// INSERT of them fails with "invalid byte sequence for encoding UTF8".
-// Append is retried for a minute and walhook exits; every restart fails
-// the same way at the same transaction, and nothing after it is
-// delivered.
+// database: the envelope's auction_id and sns domain become U+FFFD where
+// their bytes are not UTF-8, as text and json values do. They were the
+// column's bytes as they were, and the store's INSERT failed ("invalid
+// byte sequence for encoding UTF8") on every restart, holding up
+// everything after that transaction.
 func TestRunEnvelopeFieldsWithNonUTF8BytesInAUTF8Store(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
@@ -81,12 +78,10 @@ events:
 	}
 }
 
-// The same with a UTF8 source: an auction id kept as 16 raw bytes (a
-// bytea uuid) is rendered as base64 in data (docs/mapping.md: "bytea as
-// base64"), but goes to the envelope and the store as the raw bytes
-// (mapper.keyString), which no UTF8 text column takes ("invalid byte
-// sequence for encoding UTF8: 0x00"). Every Append fails, walhook exits
-// after a minute of retries, and every restart does the same.
+// An auction id kept as 16 raw bytes (a bytea uuid) goes to the envelope
+// as base64, as a bytea renders in data: it went as the raw bytes, which
+// no UTF8 text column takes ("invalid byte sequence for encoding UTF8:
+// 0x00"), and every Append failed.
 func TestRunByteaAuctionID(t *testing.T) {
 	t.Parallel()
 	rc := newRunReceiver(t, runSecret, nil)
