@@ -175,7 +175,10 @@ func envAny(v any) any {
 		d.UseNumber()
 		var out any
 		if err := d.Decode(&out); err != nil {
-			return string(x)
+			// Valid json encoding/json cannot read (nested deeper than
+			// its 10,000 levels): unknown, as a NULL is. As a string it
+			// failed every expression on it and stopped the run.
+			return nil
 		}
 		return envJSON(out)
 	case []any:
