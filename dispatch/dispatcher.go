@@ -74,7 +74,16 @@ type Options struct {
 	// Envelope is the body shape of test sends (SendTest). Default
 	// auction-excellence.
 	Envelope mapper.Envelope
+
+	// insertBytes bounds the text of one events INSERT of an Append
+	// (default defaultInsertBytes; tests set it small).
+	insertBytes int
 }
+
+// defaultInsertBytes bounds the event text (bodies and data) one INSERT
+// carries: PostgreSQL takes no value, and pgx no message, over 1 GB, and
+// one transaction of large rows can bring more than that.
+const defaultInsertBytes = 64 << 20
 
 const (
 	defaultSchema           = "walhook"
@@ -90,6 +99,9 @@ const (
 )
 
 func (o *Options) setDefaults() {
+	if o.insertBytes <= 0 {
+		o.insertBytes = defaultInsertBytes
+	}
 	if o.Schema == "" {
 		o.Schema = defaultSchema
 	}

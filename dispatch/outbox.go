@@ -168,9 +168,11 @@ func (d *Dispatcher) Append(ctx context.Context, slot, systemID string, txs []Tx
 			}
 		}
 		b := &pgx.Batch{}
-		if len(ev.id) > 0 {
-			b.Queue(d.q(insertEventsSQL), ev.id, ev.typ, ev.auction, ev.domain, ev.envelope,
-				ev.occurred, ev.data, ev.table, ev.xid, ev.commitLSN, ev.position)
+		parts := ev.parts(d.opts.insertBytes)
+		for _, p := range parts {
+			i, j := p[0], p[1]
+			b.Queue(d.q(insertEventsSQL), ev.id[i:j], ev.typ[i:j], ev.auction[i:j], ev.domain[i:j], ev.envelope[i:j],
+				ev.occurred[i:j], ev.data[i:j], ev.table[i:j], ev.xid[i:j], ev.commitLSN[i:j], ev.position[i:j])
 		}
 		if len(dl.id) > 0 {
 			b.Queue(d.q(insertDeliveriesSQL), dl.id, dl.event, dl.endpoint, dl.typ, dl.status,
@@ -186,7 +188,7 @@ func (d *Dispatcher) Append(ctx context.Context, slot, systemID string, txs []Tx
 			b.Queue(`SELECT pg_notify($1, '')`, d.channel)
 		}
 		br := tx.SendBatch(ctx, b)
-		if err := d.readAppend(br, len(ev.id) > 0, len(dl.id) > 0, taken, at, &cs); err != nil {
+		if err := d.readAppend(br, len(parts), len(dl.id) > 0, taken, at, &cs); err != nil {
 			br.Close()
 			return err
 		}
@@ -292,6 +294,27 @@ type eventRows struct {
 	position                           []int32
 }
 
+// parts splits the rows into index ranges [i, j) whose bodies and data
+// take at most max bytes (one row more when a single row is larger), one
+// INSERT each: a transaction of large rows, or a batch of many, can hold
+// more than the 1 GB PostgreSQL takes in one value and pgx in one message.
+func (r *eventRows) parts(max int) [][2]int {
+	var out [][2]int
+	start, size := 0, 0
+	for i := range r.id {
+		n := len(r.envelope[i]) + len(r.data[i])
+		if i > start && size+n > max {
+			out = append(out, [2]int{start, i})
+			start, size = i, 0
+		}
+		size += n
+	}
+	if start < len(r.id) {
+		out = append(out, [2]int{start, len(r.id)})
+	}
+	return out
+}
+
 func (r *eventRows) add(t *TxEvents, e *mapper.Event) {
 	data := string(e.Data)
 	if data == "" {
@@ -346,8 +369,8 @@ type handed struct {
 
 // readAppend reads the results of Append's batch, in the order queued,
 // and collects the claimed deliveries the insert returned into cs.
-func (d *Dispatcher) readAppend(br pgx.BatchResults, events, deliveries bool, taken map[string]handed, at time.Time, cs *[]claimed) error {
-	if events {
+func (d *Dispatcher) readAppend(br pgx.BatchResults, eventInserts int, deliveries bool, taken map[string]handed, at time.Time, cs *[]claimed) error {
+	for range eventInserts {
 		if _, err := br.Exec(); err != nil {
 			return err
 		}

@@ -2,6 +2,7 @@ package dispatch
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
@@ -524,5 +525,43 @@ func TestAppendEndpointCacheSurvivesANewStore(t *testing.T) {
 	obAppend(t, d, 20, ev)
 	if n := b.count(t, `SELECT count(*) FROM walhook.deliveries WHERE event_id = $1 AND endpoint_id = 'new'`, ev.ID); n != 1 {
 		t.Fatalf("%d deliveries to the new store's endpoint, want 1 (the old store's endpoints were kept)", n)
+	}
+}
+
+// A transaction whose event text is larger than one INSERT may carry (1 GB
+// in PostgreSQL and pgx; here insertBytes is made small) is stored whole,
+// in several INSERTs of the one Append transaction: it failed every Append
+// ("message body too large"), on every restart. parts splits by size, a
+// row larger than the bound going alone.
+func TestAppendSplitsLargeTransactions(t *testing.T) {
+	t.Parallel()
+	d, b := obSetup(t, func(o *Options) { o.insertBytes = 2000 })
+	b.endpoint(t, "whk_1", "http://127.0.0.1:1/", nil, nil, false)
+	var evs []mapper.Event
+	for i := range 20 {
+		e := obEvent("a.b", "")
+		e.Data = json.RawMessage(fmt.Sprintf(`{"n":%d,"pad":"%s"}`, i, strings.Repeat("x", 300+i*100)))
+		evs = append(evs, e)
+	}
+	var r eventRows
+	tx := TxEvents{Events: evs}
+	for i := range evs {
+		r.add(&tx, &evs[i])
+	}
+	parts := r.parts(d.opts.insertBytes)
+	if len(parts) < 5 || parts[0][0] != 0 || parts[len(parts)-1][1] != len(evs) {
+		t.Fatalf("parts %v of 20 events: want several, covering them all", parts)
+	}
+	for i := 1; i < len(parts); i++ {
+		if parts[i][0] != parts[i-1][1] {
+			t.Fatalf("parts %v leave a gap or overlap", parts)
+		}
+	}
+	obAppend(t, d, 10, evs...)
+	if n := b.count(t, `SELECT count(*) FROM walhook.events`); n != len(evs) {
+		t.Fatalf("%d events stored, want %d", n, len(evs))
+	}
+	if n := b.count(t, `SELECT count(*) FROM walhook.deliveries`); n != len(evs) {
+		t.Fatalf("%d deliveries stored, want %d", n, len(evs))
 	}
 }
