@@ -294,7 +294,10 @@ func splitTable(t string) (schema, table string) {
 }
 
 func compileWhen(cr *compiledRule, errs *errorList) {
-	prog, err := expr.Compile(cr.When, expr.Env(exprEnv), expr.AsBool(), modFunc, expr.Patch(modToFunc{}))
+	// Checked as written (expr's own %, so a % of a string or a
+	// non-boolean result is refused here); the program that runs has %
+	// as __mod (modToFunc).
+	prog, err := expr.Compile(cr.When, expr.Env(exprEnv), expr.AsBool())
 	if err != nil {
 		errs.add(cr.Where, "when", cr.Event, ErrExpression, "%s", strings.TrimSpace(err.Error()))
 		return
@@ -347,6 +350,13 @@ var modFunc = expr.Function("__mod", func(params ...any) (any, error) {
 	}
 	ai, aok := a.(int64)
 	bi, bok := b.(int64)
+	// A whole numeric beyond int64 arrives as a float64 that is no
+	// longer exact: its remainder would be wrong, silently.
+	for _, v := range params {
+		if f, ok := v.(float64); ok && math.Abs(f) >= 1<<53 && !math.IsInf(f, 0) {
+			return nil, fmt.Errorf("invalid operation: %% of %v, beyond the numbers a float64 holds exactly", f)
+		}
+	}
 	if x, ok := a.(int); ok {
 		ai, aok = int64(x), true
 	}

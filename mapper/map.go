@@ -5,9 +5,12 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"strings"
+
+	"github.com/expr-lang/expr/file"
 
 	"github.com/walhook/walhook/cdc"
 )
@@ -314,13 +317,21 @@ func (m *Mapper) evalWhen(ch *cdc.Change, p *tablePlan, rp *rulePlan) (bool, res
 // "interface {} is nil" (`!nil`, `upper(nil)`), builtins that reflect on
 // their argument fail with reflect's "zero Value" (`all(nil, …)`,
 // `int(nil)`) or name its kind "invalid" (`cannot get keys from invalid`,
-// `cannot uniq invalid`, `cannot concat invalid`) or 0 (`cannot slice 0`).
+// `cannot uniq invalid`, `cannot concat invalid`). (Slicing a nil says
+// "cannot slice 0", as slicing a number from 0 does: that stays a stop.)
 // An element past the end of a list (`new.tags[0]` of an empty array, of
 // a json list) is missing too, as SQL's tags[1] and jsonb's ->0 are NULL:
 // expr says "index out of range".
 func nilOperand(err error) bool {
 	msg := err.Error()
-	for _, s := range []string{"<nil>", " is nil", "on zero Value", " invalid (", "cannot slice 0", "index out of range"} {
+	// The message alone: Error() quotes the expression's source too, and a
+	// string literal in it must not pass for a nil.
+	var fe *file.Error
+	if errors.As(err, &fe) {
+		msg = fe.Message
+	}
+	for _, s := range []string{"<nil>", " is nil", "on zero Value", "from invalid", "uniq invalid", "flatten invalid",
+		"concat invalid", "index out of range"} {
 		if strings.Contains(msg, s) {
 			return true
 		}

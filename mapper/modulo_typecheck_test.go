@@ -7,13 +7,12 @@ import (
 )
 
 // docs/mapping.md: "The expression is compiled and type-checked when the
-// config is loaded, and must be boolean." modToFunc turns every a % b into
-// a call of the untyped __mod, whose result is `any`, so the checker no
-// longer sees an int: a non-boolean when:, a % of a string, or a %
-// result compared with a string now load, and then never match (out is not
-// a bool: evalWhen reads false) or stop the run at the first row. Before
-// the patch each was refused at load.
-func TestReviewModuloKeepsLoadTimeTypeCheck(t *testing.T) {
+// config is loaded, and must be boolean", % included: the check runs on
+// the expression as written, the __mod rewrite only on the program that
+// runs. With the rewrite in the check too, a non-boolean when:, a % of a
+// string or a % compared with a string loaded, then never matched or
+// stopped the run.
+func TestModuloKeepsLoadTimeTypeCheck(t *testing.T) {
 	for _, when := range []string{
 		`new.qty % 2`,        // not boolean: loaded, never matches
 		`new.qty % 2 == "1"`, // int vs string: loaded, never matches

@@ -7,14 +7,11 @@ import (
 	"github.com/walhook/walhook/cdc"
 )
 
-// nilOperand takes "cannot slice 0" for a nil operand, but expr's
-// runtime.Slice formats the *start index*, not the value: slicing any
-// value that is not a list or string from 0 (an integer column, a json
-// object) says "cannot slice 0" too. A rule error on present data
-// (`new.qty[:2]` where qty is an integer) is then counted as unknown on
-// every row and the rule silently never fires; `new.qty[1:2]` on the same
-// row stops the run with the rule error, as it should.
-func TestReviewSliceOfNonListIsARuleError(t *testing.T) {
+// Slicing a present value that is not a list (an integer column, a json
+// object) is a rule error: expr says "cannot slice 0" for it as for
+// slicing a nil, so that message is not taken for a nil operand (it made
+// the rule silently never fire).
+func TestSliceOfNonListIsARuleError(t *testing.T) {
 	rel := testRel(921, "public.t", 'f', "id", "qty", "doc")
 	for _, when := range []string{
 		`new.qty[0:1] == [1]`,
