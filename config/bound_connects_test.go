@@ -39,3 +39,45 @@ func TestBoundConnectsAsPgxReadsThem(t *testing.T) {
 		}
 	}
 }
+
+// A URL whose query ends in "&" (pgx accepts it) gets the defaults
+// without a second "&": "&&connect_timeout=…" is refused by pgx ("missing
+// key/value separator").
+func TestBoundConnectsURLQueryEndingInAmpersand(t *testing.T) {
+	in := "postgres://u@db/app?sslmode=disable&"
+	if _, err := pgconn.ParseConfig(in); err != nil {
+		t.Fatalf("pgx refuses the input: %v", err)
+	}
+	c := &Config{Source: Source{DSN: in}}
+	c.BoundConnects()
+	if _, err := pgconn.ParseConfig(c.Source.DSN); err != nil {
+		t.Errorf("%q became %q, which pgx refuses: %v", in, c.Source.DSN, err)
+	}
+}
+
+// keywordDSNHas reads quoting as libpq does: a quoted value that contains
+// " service=" (a password, options) does not name a service, and the DSN
+// gets the defaults (it got neither).
+func TestBoundConnectsQuotedServiceInAValue(t *testing.T) {
+	c := &Config{Source: Source{DSN: "host=db user=u password='x service=y'"}}
+	c.BoundConnects()
+	pc, err := pgconn.ParseConfig(c.Source.DSN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pc.ConnectTimeout != 10*time.Second || pc.RuntimeParams["application_name"] != "walhook" {
+		t.Errorf("%q: connect timeout %s, application_name %q; want 10s, walhook (the DSN names no service)",
+			c.Source.DSN, pc.ConnectTimeout, pc.RuntimeParams["application_name"])
+	}
+}
+
+// With PGSERVICE set, the service file decides, as with a DSN that names
+// a service: no defaults are added over it.
+func TestBoundConnectsLeavesAServiceFromTheEnvironment(t *testing.T) {
+	t.Setenv("PGSERVICE", "prod")
+	c := &Config{Source: Source{DSN: "host=db"}, Store: Store{DSN: "postgres://u@db/app"}}
+	c.BoundConnects()
+	if c.Source.DSN != "host=db" || c.Store.DSN != "postgres://u@db/app" {
+		t.Errorf("with PGSERVICE: %q, %q; want them as written", c.Source.DSN, c.Store.DSN)
+	}
+}

@@ -173,7 +173,7 @@ func withConnectTimeout(dsn string) string {
 // value left empty ("password=") cannot swallow it. A URL gets it as a
 // query parameter unless its query has the key.
 func withParam(dsn, key, value, env string) string {
-	if os.Getenv(env) != "" || strings.TrimSpace(dsn) == "" {
+	if os.Getenv(env) != "" || os.Getenv("PGSERVICE") != "" || strings.TrimSpace(dsn) == "" {
 		return dsn // empty: validation says it is required
 	}
 	if strings.HasPrefix(dsn, "postgres://") || strings.HasPrefix(dsn, "postgresql://") {
@@ -183,6 +183,9 @@ func withParam(dsn, key, value, env string) string {
 		}
 		if !hasQuery || query == "" {
 			return rest + "?" + key + "=" + value
+		}
+		if strings.HasSuffix(dsn, "&") {
+			return dsn + key + "=" + value
 		}
 		return dsn + "&" + key + "=" + value
 	}
@@ -203,20 +206,49 @@ func urlQueryHas(query, key string) bool {
 	return false
 }
 
-// keywordDSNHas reports whether a keyword/value DSN sets key: a word at
-// the start or after a space, followed by "=" (spaces allowed around it).
+// keywordDSNHas reports whether a keyword/value DSN sets key, reading it
+// as libpq does: key = value pairs, a value in single quotes with
+// backslash escapes, or up to the next space.
 func keywordDSNHas(dsn, key string) bool {
-	for i := 0; ; {
-		j := strings.Index(dsn[i:], key)
-		if j < 0 {
+	i := 0
+	skip := func() {
+		for i < len(dsn) && (dsn[i] == ' ' || dsn[i] == '\t' || dsn[i] == '\n' || dsn[i] == '\r') {
+			i++
+		}
+	}
+	for {
+		skip()
+		if i >= len(dsn) {
 			return false
 		}
-		j += i
-		before := j == 0 || dsn[j-1] == ' ' || dsn[j-1] == '\t' || dsn[j-1] == '\n'
-		after := strings.TrimLeft(dsn[j+len(key):], " \t\n")
-		if before && strings.HasPrefix(after, "=") {
+		k := i
+		for i < len(dsn) && dsn[i] != '=' && dsn[i] != ' ' && dsn[i] != '\t' && dsn[i] != '\n' {
+			i++
+		}
+		name := dsn[k:i]
+		skip()
+		if i >= len(dsn) || dsn[i] != '=' {
+			return false // not keyword/value as libpq reads it
+		}
+		i++
+		skip()
+		if name == key {
 			return true
 		}
-		i = j + len(key)
+		if i < len(dsn) && dsn[i] == '\'' {
+			for i++; i < len(dsn) && dsn[i] != '\''; i++ {
+				if dsn[i] == '\\' {
+					i++
+				}
+			}
+			i++
+			continue
+		}
+		for i < len(dsn) && dsn[i] != ' ' && dsn[i] != '\t' && dsn[i] != '\n' {
+			if dsn[i] == '\\' {
+				i++
+			}
+			i++
+		}
 	}
 }
