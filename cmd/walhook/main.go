@@ -16,11 +16,13 @@ import (
 func main() {
 	tuneGC(os.Getenv)
 	ownsProcess = true
-	// Only run's graceful stop can wait on others (a hung receiver or
-	// store); demo's cleanup must not be cut short by a second Ctrl-C.
-	var exit func(int) // nil: a second signal changes nothing
-	if len(os.Args) > 1 && os.Args[1] == "run" {
-		exit = os.Exit
+	// A second Ctrl-C ends a stop that waits on others (run's on a hung
+	// receiver or store, a setup's on a long source transaction), except
+	// demo's: its cleanup removes the cluster it made, and must not be cut
+	// short.
+	exit := os.Exit
+	if len(os.Args) > 1 && os.Args[1] == "demo" {
+		exit = nil // a second signal changes nothing
 	}
 	ctx, stop := stopOnSignals(os.Stderr, exit)
 	err := Run(ctx, os.Args[1:], os.Stdout, os.Stderr)
