@@ -182,6 +182,9 @@ type Dispatcher struct {
 	// logLimit keeps problems that repeat (an endpoint's failures, a
 	// store outage) to one line a minute.
 	logLimit *lograte.Limiter
+	// afterStaticRead, when set (tests), runs after a static sync read
+	// the static endpoints, before it locks them.
+	afterStaticRead func()
 	// secrets caches decoded signing keys by secret.
 	secrets secretCache
 	// endpoints is the fan-out's copy of the endpoints.

@@ -61,7 +61,29 @@ func (d *Dispatcher) SyncStaticEndpoints(ctx context.Context, eps []StaticEndpoi
 	}
 	sort.Slice(order, func(a, b int) bool { return ids[order[a]] < ids[order[b]] })
 	var gone []string
-	err := pgx.BeginFunc(ctx, d.pool, func(tx pgx.Tx) error {
+	var err error
+	for try := 1; ; try++ {
+		err = d.syncStatic(ctx, eps, ids, order, &gone, try < 3)
+		if !errors.Is(err, errStaticChanged) {
+			break
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("sync static endpoints: %w", err)
+	}
+	return d.afterStaticSync(ctx, eps, ids, gone)
+}
+
+// errStaticChanged: another process's sync added a static endpoint after
+// this one read the list whose skip locks it took; it starts again.
+var errStaticChanged = errors.New("the static endpoints changed meanwhile")
+
+// syncStatic is SyncStaticEndpoints' transaction. With recheck, it ends
+// with errStaticChanged when a static endpoint appeared between its read
+// of them and its endpoints lock (without that endpoint's skip lock, a
+// recover of it would hold this transaction, and every append with it).
+func (d *Dispatcher) syncStatic(ctx context.Context, eps []StaticEndpoint, ids []string, order []int, gone *[]string, recheck bool) error {
+	return pgx.BeginFunc(ctx, d.pool, func(tx pgx.Tx) error {
 		// The skip lock of every endpoint this may change, configured or
 		// static now (to be deleted): an endpoint the config enables may
 		// be one whose disable is being skipped, and the re-enable waits
@@ -79,6 +101,9 @@ func (d *Dispatcher) SyncStaticEndpoints(ctx context.Context, eps []StaticEndpoi
 		if err != nil {
 			return fmt.Errorf("lock endpoints: %w", err)
 		}
+		if d.afterStaticRead != nil {
+			d.afterStaticRead()
+		}
 		locks := slices.Clone(ids)
 		for _, id := range static {
 			if !slices.Contains(locks, id) {
@@ -93,6 +118,16 @@ func (d *Dispatcher) SyncStaticEndpoints(ctx context.Context, eps []StaticEndpoi
 		}
 		if _, err := tx.Exec(ctx, d.q(lockEndpointsSQL)); err != nil {
 			return fmt.Errorf("lock endpoints: %w", err)
+		}
+		if recheck {
+			var added bool
+			if err := tx.QueryRow(ctx, d.q(`SELECT EXISTS (SELECT FROM {{schema}}.endpoints WHERE static AND NOT (id = ANY($1::text[])))`),
+				locks).Scan(&added); err != nil {
+				return fmt.Errorf("lock endpoints: %w", err)
+			}
+			if added {
+				return errStaticChanged
+			}
 		}
 		// A static endpoint configured again is the same endpoint: what is
 		// left of its history stays. Before the endpoint rows are locked:
@@ -136,13 +171,13 @@ func (d *Dispatcher) SyncStaticEndpoints(ctx context.Context, eps []StaticEndpoi
 		if err != nil {
 			return fmt.Errorf("delete static endpoints no longer configured: %w", err)
 		}
-		if gone, err = pgx.CollectRows(rows, pgx.RowTo[string]); err != nil {
+		if *gone, err = pgx.CollectRows(rows, pgx.RowTo[string]); err != nil {
 			return fmt.Errorf("delete static endpoints no longer configured: %w", err)
 		}
-		if _, err := tx.Exec(ctx, d.q(tombstoneSQL), gone); err != nil {
+		if _, err := tx.Exec(ctx, d.q(tombstoneSQL), *gone); err != nil {
 			return fmt.Errorf("delete static endpoints no longer configured: %w", err)
 		}
-		off := append([]string(nil), gone...)
+		off := append([]string(nil), *gone...)
 		for i, e := range eps {
 			if e.Disabled {
 				off = append(off, ids[i])
@@ -155,11 +190,13 @@ func (d *Dispatcher) SyncStaticEndpoints(ctx context.Context, eps []StaticEndpoi
 		}
 		return nil
 	})
-	if err != nil {
-		return fmt.Errorf("sync static endpoints: %w", err)
-	}
-	// After the commit (see lockEndpointsSQL). Both are finished by the
-	// maintenance loop if they fail here.
+}
+
+// afterStaticSync finishes a static sync after its commit (see
+// lockEndpointsSQL): the deleted endpoints' deliveries, the disabled
+// ones' pending deliveries. Both are finished by the maintenance loop if
+// they fail here.
+func (d *Dispatcher) afterStaticSync(ctx context.Context, eps []StaticEndpoint, ids, gone []string) error {
 	for _, id := range gone {
 		d.noteDisabled(id)
 		d.metrics.forgetEndpoint(id)

@@ -56,3 +56,35 @@ func TestRecoverDoesNotHoldAppendsBehindAStaticSync(t *testing.T) {
 		})
 	}
 }
+
+// Another process's sync adds static endpoint Z after this sync read the
+// static endpoints and before it took their skip locks: this sync starts
+// again, so it holds Z's skip lock too when it removes Z (without it, a
+// recover of Z would hold the sync while it held the endpoints lock, and
+// every append with it).
+func TestStaticSyncStartsAgainWhenStaticEndpointsChange(t *testing.T) {
+	t.Parallel()
+	d, b := obSetup(t, nil)
+	ctx := context.Background()
+	y := StaticEndpoint{Name: "y", URL: "http://127.0.0.1:1/", Secret: NewSecret()}
+	z := StaticEndpoint{Name: "z", URL: "http://127.0.0.1:1/", Secret: NewSecret()}
+	other := b.dispatcher(t, nil)
+	reads := 0
+	d.afterStaticRead = func() {
+		reads++
+		if reads == 1 { // the other process's sync commits Z now
+			if err := other.SyncStaticEndpoints(ctx, []StaticEndpoint{y, z}); err != nil {
+				t.Error(err)
+			}
+		}
+	}
+	if err := d.SyncStaticEndpoints(ctx, []StaticEndpoint{y}); err != nil {
+		t.Fatal(err)
+	}
+	if reads != 2 {
+		t.Errorf("the static endpoints were read %d times, want 2 (once more after Z appeared)", reads)
+	}
+	if n := b.count(t, `SELECT count(*) FROM walhook.endpoints WHERE static`); n != 1 {
+		t.Errorf("%d static endpoints after the sync of y alone, want 1", n)
+	}
+}
