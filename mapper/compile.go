@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"regexp"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -298,6 +299,11 @@ func compileWhen(cr *compiledRule, errs *errorList) {
 	// non-boolean result is refused here); the program that runs has %
 	// as __mod (modToFunc).
 	prog, err := expr.Compile(cr.When, expr.Env(exprEnv), expr.AsBool())
+	if err != nil && numericModMismatch(err) {
+		// expr's % refuses a float it can see (4.5 % 2, x % 2.5); __mod
+		// takes it, so check it that way.
+		prog, err = expr.Compile(cr.When, expr.Env(exprEnv), expr.AsBool(), modFunc, expr.Patch(modToFunc{}))
+	}
 	if err != nil {
 		errs.add(cr.Where, "when", cr.Event, ErrExpression, "%s", strings.TrimSpace(err.Error()))
 		return
@@ -381,6 +387,27 @@ var modFunc = expr.Function("__mod", func(params ...any) (any, error) {
 	}
 	return math.Mod(af, bf), nil
 })
+
+// modMismatchRE reads the operand types of expr's refusal of a %.
+var modMismatchRE = regexp.MustCompile(`invalid operation: % \(mismatched types ([^()]+?) and ([^()]+)\)`)
+
+// numericModMismatch reports whether err is expr refusing a % only because
+// an operand is (or may be) a float, which __mod computes; a % of a
+// string or a bool stays refused.
+func numericModMismatch(err error) bool {
+	m := modMismatchRE.FindStringSubmatch(err.Error())
+	if m == nil {
+		return false
+	}
+	numeric := func(t string) bool {
+		switch t {
+		case "int", "int64", "float64", "interface {}":
+			return true
+		}
+		return false
+	}
+	return numeric(m[1]) && numeric(m[2])
+}
 
 // toFloat reads a number of any of expr's numeric types.
 func toFloat(v any) (float64, bool) {

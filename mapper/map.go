@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"regexp"
 	"strings"
 
 	"github.com/expr-lang/expr/file"
@@ -322,6 +323,13 @@ func (m *Mapper) evalWhen(ch *cdc.Change, p *tablePlan, rp *rulePlan) (bool, res
 // An element past the end of a list (`new.tags[0]` of an empty array, of
 // a json list) is missing too, as SQL's tags[1] and jsonb's ->0 are NULL:
 // expr says "index out of range".
+// quotedRE matches a double-quoted string in an error message;
+// conversionRE expr's refusal of a conversion, which writes the value.
+var (
+	quotedRE     = regexp.MustCompile(`"(?:[^"\\]|\\.)*"`)
+	conversionRE = regexp.MustCompile(`^invalid operation: \w+\(.*\)$`)
+)
+
 func nilOperand(err error) bool {
 	msg := err.Error()
 	// The message alone: Error() quotes the expression's source too, and a
@@ -330,8 +338,15 @@ func nilOperand(err error) bool {
 	if errors.As(err, &fe) {
 		msg = fe.Message
 	}
+	// Nor the data it quotes: strconv.Atoi: parsing "<nil>", or writes
+	// out: int(<nil>) is int() of the text "<nil>" (of a nil it is
+	// reflect's "zero Value").
+	msg = quotedRE.ReplaceAllString(msg, `""`)
+	if conversionRE.MatchString(msg) {
+		return false
+	}
 	for _, s := range []string{"<nil>", " is nil", "on zero Value", "from invalid", "uniq invalid", "flatten invalid",
-		"concat invalid", "index out of range"} {
+		"concat invalid", "index out of range: "} {
 		if strings.Contains(msg, s) {
 			return true
 		}

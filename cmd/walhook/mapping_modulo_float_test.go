@@ -8,10 +8,9 @@ import (
 )
 
 // docs/mapping.md: "`%` works on every number, as in SQL: `new.qty % 2`,
-// `4.5 % 2` is `0.5`". The load-time check runs expr's own %, which takes
-// integers only, so a % whose operand is a float in the expression (a
-// float literal, a `/`) is refused at load by mapping test, check and run
-// alike, though __mod computes it.
+// `4.5 % 2` is `0.5`". A % whose operand is a float in the expression (a
+// float literal, a `/`) loads in mapping test, check and run alike: the
+// load-time check ran expr's own %, integers only, and refused it.
 func TestMappingTestModuloWithFloatOperandLoads(t *testing.T) {
 	t.Parallel()
 	for _, when := range []string{

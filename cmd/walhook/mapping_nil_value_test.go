@@ -7,12 +7,11 @@ import (
 	"testing"
 )
 
-// nilOperand looks for "<nil>", " is nil", "index out of range"… in expr's
-// message, and some messages quote the data: int("abc") says
-// `strconv.Atoi: parsing "abc": invalid syntax`. A text value that holds
-// such words ("<nil>" is what Go's fmt writes for a nil) turns a type
-// error between present values, which stops the run for every other
-// text, into "unknown", and the explanation says the rule "reads a NULL".
+// A text value holding words nilOperand looks for ("<nil>" is what Go's
+// fmt writes for a nil, "index out of range", "x is nil") is data: int()
+// of it is a type error between present values, as for "abc", not an
+// unknown whose explanation says the rule "reads a NULL" (expr quotes or
+// writes out the value in its message).
 func TestMappingTestConversionErrorOnTextSayingNilIsAnError(t *testing.T) {
 	t.Parallel()
 	cfg := filepath.Join(t.TempDir(), "walhook.yaml")
