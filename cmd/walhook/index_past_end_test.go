@@ -2,7 +2,6 @@ package main
 
 import (
 	"testing"
-	"time"
 )
 
 // An empty text[] column and an empty jsonb list are valid data; the
@@ -18,33 +17,10 @@ func TestRunWhenIndexPastTheEndOfAnArray(t *testing.T) {
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			t.Parallel()
-			rc := newRunReceiver(t, runSecret, nil)
-			db := newRunDB(t, `CREATE TABLE docs (id int PRIMARY KEY, tags text[], details jsonb);`)
-			s := db.settings()
-			s["endpoints"] = []map[string]any{runEndpoint("r", rc.URL, runSecret)}
-			file, cfg := runConfig(t, []byte(`
-source:
-  dsn: set-by-test
-events:
-  - event: doc.matched
-    table: public.docs
-    operations: [insert]
-    when: '`+c.when+`'
-    data: [id]
-`), s)
-			db.setup(t, cfg)
-			p := startRunProc(t, "--config", file)
+			db, rc, p := oneTableRun(t, `CREATE TABLE docs (id int PRIMARY KEY, tags text[], details jsonb);`, whenRule("public.docs", c.when))
 			db.exec(t, c.empty)
 			db.exec(t, c.full)
-			runWaitFor(t, 30*time.Second, "the row with an element delivered", func() bool {
-				if _, stopped := p.exited(); stopped {
-					return true
-				}
-				return rc.Unique() == 1
-			}, p.diag)
-			if err, stopped := p.exited(); stopped {
-				t.Fatalf("walhook run stopped on an empty array: %v", err)
-			}
+			waitDelivered(t, p, rc, 1, "the row with an element delivered")
 		})
 	}
 }

@@ -2,7 +2,6 @@ package main
 
 import (
 	"testing"
-	"time"
 )
 
 // A NULL column and a key a jsonb document lacks are "unknown" in
@@ -19,33 +18,10 @@ func TestRunWhenBuiltinOnNullIsUnknown(t *testing.T) {
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			t.Parallel()
-			rc := newRunReceiver(t, runSecret, nil)
-			db := newRunDB(t, `CREATE TABLE docs (id int PRIMARY KEY, tags text[], details jsonb);`)
-			s := db.settings()
-			s["endpoints"] = []map[string]any{runEndpoint("r", rc.URL, runSecret)}
-			file, cfg := runConfig(t, []byte(`
-source:
-  dsn: set-by-test
-events:
-  - event: doc.matched
-    table: public.docs
-    operations: [insert]
-    when: '`+c.when+`'
-    data: [id]
-`), s)
-			db.setup(t, cfg)
-			p := startRunProc(t, "--config", file)
+			db, rc, p := oneTableRun(t, `CREATE TABLE docs (id int PRIMARY KEY, tags text[], details jsonb);`, whenRule("public.docs", c.when))
 			db.exec(t, c.null)
 			db.exec(t, c.full)
-			runWaitFor(t, 30*time.Second, "the matching row delivered", func() bool {
-				if _, stopped := p.exited(); stopped {
-					return true
-				}
-				return rc.Unique() == 1
-			}, p.diag)
-			if err, stopped := p.exited(); stopped {
-				t.Fatalf("walhook run stopped on a NULL: %v", err)
-			}
+			waitDelivered(t, p, rc, 1, "the matching row delivered")
 		})
 	}
 }

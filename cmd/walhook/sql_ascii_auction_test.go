@@ -84,34 +84,12 @@ events:
 // 0x00"), and every Append failed.
 func TestRunByteaAuctionID(t *testing.T) {
 	t.Parallel()
-	rc := newRunReceiver(t, runSecret, nil)
-	db := newRunDB(t, `CREATE TABLE lots (id int PRIMARY KEY, auction_id bytea);`)
-	s := db.settings()
-	s["endpoints"] = []map[string]any{runEndpoint("r", rc.URL, runSecret)}
-	file, cfg := runConfig(t, []byte(`
-source:
-  dsn: set-by-test
-events:
-  - event: lot.created
+	db, rc, p := oneTableRun(t, `CREATE TABLE lots (id int PRIMARY KEY, auction_id bytea);`, `  - event: lot.created
     table: public.lots
     operations: [insert]
     data: [id, auction_id]
-`), s)
-	db.setup(t, cfg)
-	p := startRunProc(t, "--config", file)
+`)
 	db.exec(t, `INSERT INTO lots VALUES (1, '\x00a0000000004000800000000000000001')`)
 	db.exec(t, `INSERT INTO lots VALUES (2, '\x01')`)
-	deadline := time.Now().Add(30 * time.Second)
-	for rc.Unique() < 2 && time.Now().Before(deadline) {
-		if strings.Contains(p.stderr.String(), "invalid byte sequence") {
-			break
-		}
-		if _, stopped := p.exited(); stopped {
-			break
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	if rc.Unique() < 2 {
-		t.Fatalf("%d of 2 lots delivered in 30s; walhook log:\n%s", rc.Unique(), runTail(p.stderr.String(), 2500))
-	}
+	waitDelivered(t, p, rc, 2, "both lots delivered")
 }
