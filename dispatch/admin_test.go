@@ -679,22 +679,19 @@ func TestAdminDeleteLeavesATombstone(t *testing.T) {
 // q fills in the test store's schema.
 func q(sql string) string { return strings.ReplaceAll(sql, "{{schema}}", "walhook") }
 
-// Disabling or deleting an endpoint through one process reaches the other
-// processes on the store (their LISTEN connection): each drops the
-// deliveries to it that it holds and has not started.
-func TestEndpointOffReachesOtherProcesses(t *testing.T) {
-	a, b := setupAdmin(t)
-	ctx := context.Background()
+// otherProcess runs a second dispatcher on b's store, stopped at the
+// test's end, with a wait for what it should hear.
+func otherProcess(t *testing.T, b *adminBundle) (*Dispatcher, func(what string, cond func() bool)) {
+	t.Helper()
 	other, err := New(b.pool, Options{Schema: "walhook", PollInterval: time.Hour})
 	if err != nil {
 		t.Fatal(err)
 	}
-	rctx, cancel := context.WithCancel(ctx)
-	defer cancel()
+	rctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- other.Run(rctx) }()
-	defer func() { cancel(); <-done }()
-	waitFor := func(what string, cond func() bool) {
+	t.Cleanup(func() { cancel(); <-done })
+	return other, func(what string, cond func() bool) {
 		t.Helper()
 		deadline := time.Now().Add(30 * time.Second)
 		for !cond() {
@@ -704,6 +701,15 @@ func TestEndpointOffReachesOtherProcesses(t *testing.T) {
 			time.Sleep(10 * time.Millisecond)
 		}
 	}
+}
+
+// Disabling or deleting an endpoint through one process reaches the other
+// processes on the store (their LISTEN connection): each drops the
+// deliveries to it that it holds and has not started.
+func TestEndpointOffReachesOtherProcesses(t *testing.T) {
+	a, b := setupAdmin(t)
+	ctx := context.Background()
+	other, waitFor := otherProcess(t, b)
 	// The other process listens once LISTEN is in place: a first change
 	// may go unheard, so wait for it with a probe endpoint.
 	probe := mustCreate(t, a, EndpointInput{})
@@ -871,25 +877,7 @@ func TestWakeChannelOfALongSchema(t *testing.T) {
 func TestEndpointChangeReachesOtherProcesses(t *testing.T) {
 	a, b := setupAdmin(t)
 	ctx := context.Background()
-	other, err := New(b.pool, Options{Schema: "walhook", PollInterval: time.Hour})
-	if err != nil {
-		t.Fatal(err)
-	}
-	rctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	done := make(chan error, 1)
-	go func() { done <- other.Run(rctx) }()
-	defer func() { cancel(); <-done }()
-	waitFor := func(what string, cond func() bool) {
-		t.Helper()
-		deadline := time.Now().Add(30 * time.Second)
-		for !cond() {
-			if time.Now().After(deadline) {
-				t.Fatalf("the other process never heard that %s", what)
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
-	}
+	other, waitFor := otherProcess(t, b)
 	// As in TestEndpointOffReachesOtherProcesses: wait for LISTEN with a probe.
 	probe := mustCreate(t, a, EndpointInput{})
 	waitFor("the probe's secret was rotated", func() bool {
