@@ -22,15 +22,7 @@ import (
 func TestStartWithAHungSource(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	src, store := pgtest.StartT(t, pgtest.Options{}), pgtest.StartT(t, pgtest.Options{})
-	db := &runDB{dsn: src.DSN("postgres"), pool: testPool(t, src.DSN("postgres")), schema: "walhook", slot: "wh_revops_hungsrc"}
-	if _, err := db.pool.Exec(ctx, runItemsSchema); err != nil {
-		t.Fatalf("load schema: %v", err)
-	}
-	rc := newRunReceiver(t, runSecret, nil)
-	file, cfg := storeRunConfig(t, db, store, rc)
-	db.setup(t, cfg)
-	migrateStore(t, store)
+	db, src, _, _, file := twoClusterItems(t, "wh_revops_hungsrc")
 	db.pool.Close()
 
 	pids := clusterPIDs(t, src)

@@ -5,8 +5,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/walhook/walhook/internal/pgtest"
 )
 
 // The servers around a running walhook restart: the store (its own
@@ -16,16 +14,7 @@ import (
 // written before, during and after them.
 func TestRunRidesOutStoreAndSourceRestarts(t *testing.T) {
 	t.Parallel()
-	ctx := context.Background()
-	src, store := pgtest.StartT(t, pgtest.Options{}), pgtest.StartT(t, pgtest.Options{})
-	db := &runDB{dsn: src.DSN("postgres"), pool: testPool(t, src.DSN("postgres")), schema: "walhook", slot: "wh_restart"}
-	if _, err := db.pool.Exec(ctx, runItemsSchema); err != nil {
-		t.Fatalf("load schema: %v", err)
-	}
-	rc := newRunReceiver(t, runSecret, nil)
-	file, cfg := storeRunConfig(t, db, store, rc)
-	db.setup(t, cfg) // publication, slot (and a store on the source, unused)
-	migrateStore(t, store)
+	db, src, store, rc, file := twoClusterItems(t, "wh_restart")
 
 	p := startRunProc(t, "--config", file)
 	alive := func() string {

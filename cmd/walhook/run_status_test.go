@@ -7,8 +7,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/walhook/walhook/internal/pgtest"
 )
 
 // The one walhook on a store loses the store while the source keeps
@@ -21,16 +19,7 @@ import (
 // the new term that follows.
 func TestRunStatusWhileTheStoreIsDown(t *testing.T) {
 	t.Parallel()
-	ctx := t.Context()
-	src, store := pgtest.StartT(t, pgtest.Options{}), pgtest.StartT(t, pgtest.Options{})
-	db := &runDB{dsn: src.DSN("postgres"), pool: testPool(t, src.DSN("postgres")), schema: "walhook", slot: "wh_revops_status"}
-	if _, err := db.pool.Exec(ctx, runItemsSchema); err != nil {
-		t.Fatalf("load schema: %v", err)
-	}
-	rc := newRunReceiver(t, runSecret, nil)
-	file, cfg := storeRunConfig(t, db, store, rc)
-	db.setup(t, cfg)
-	migrateStore(t, store)
+	db, _, store, rc, file := twoClusterItems(t, "wh_revops_status")
 
 	p := startRunProc(t, "--config", file)
 	runWaitFor(t, 30*time.Second, "the startup line", func() bool { return apiAddrRE.MatchString(p.stdout.String()) }, p.diag)

@@ -432,6 +432,23 @@ func storeRunConfig(t *testing.T, d *runDB, store *pgtest.Cluster, rc *runReceiv
 	return runConfig(t, []byte(runItemsConfig), s)
 }
 
+// twoClusterItems prepares the items schema on a source cluster and the
+// outbox on a store cluster of its own (so either can be stopped or
+// frozen), with the config for rc on slot.
+func twoClusterItems(t *testing.T, slot string) (db *runDB, src, store *pgtest.Cluster, rc *runReceiver, file string) {
+	t.Helper()
+	src, store = pgtest.StartT(t, pgtest.Options{}), pgtest.StartT(t, pgtest.Options{})
+	db = &runDB{dsn: src.DSN("postgres"), pool: testPool(t, src.DSN("postgres")), schema: "walhook", slot: slot}
+	if _, err := db.pool.Exec(context.Background(), runItemsSchema); err != nil {
+		t.Fatalf("load schema: %v", err)
+	}
+	rc = newRunReceiver(t, runSecret, nil)
+	file, cfg := storeRunConfig(t, db, store, rc)
+	db.setup(t, cfg) // publication, slot (and a store on the source, unused)
+	migrateStore(t, store)
+	return db, src, store, rc, file
+}
+
 // migrateStore sets up the store schema in cluster store and returns a
 // pool on it.
 func migrateStore(t *testing.T, store *pgtest.Cluster) *pgxpool.Pool {
