@@ -18,10 +18,11 @@ import (
 
 var asciiSeq atomic.Int64
 
-// sqlASCIIRun prepares a SQL_ASCII source database (legacy databases
-// that hold Latin-1 bytes in it are common) with a table of a text and a
-// json column, each holding "can\xe9" (Latin-1 "café"-like bytes, not UTF-8).
-func sqlASCIIRun(t *testing.T, separateStore bool) (*runDB, *runReceiver, string) {
+// sqlASCIIRun prepares walhook on a SQL_ASCII source database (legacy
+// databases that hold Latin-1 bytes in it are common) made by schema,
+// with the rules of events, and with the store in a UTF8 database of its
+// own when separateStore.
+func sqlASCIIRun(t *testing.T, schema, events string, separateStore bool) (*runDB, *runReceiver, string) {
 	t.Helper()
 	ctx := context.Background()
 	c := pgtest.Shared(t)
@@ -36,7 +37,7 @@ func sqlASCIIRun(t *testing.T, separateStore bool) (*runDB, *runReceiver, string
 		t.Fatal(err)
 	}
 	t.Cleanup(pool.Close)
-	if _, err := pool.Exec(ctx, `CREATE TABLE notes (id int PRIMARY KEY, body text, doc json)`); err != nil {
+	if _, err := pool.Exec(ctx, schema); err != nil {
 		t.Fatal(err)
 	}
 	db := &runDB{dsn: dsn, pool: pool, schema: "walhook", slot: "wh_" + name}
@@ -50,16 +51,19 @@ func sqlASCIIRun(t *testing.T, separateStore bool) (*runDB, *runReceiver, string
 			t.Fatal(err)
 		}
 	}
-	file, cfg := runConfig(t, []byte(`
-source:
-  dsn: set-by-test
-events:
+	file, cfg := runConfig(t, []byte("source:\n  dsn: set-by-test\n"+events), s)
+	db.setup(t, cfg)
+	return db, rc, file
+}
+
+// notesRun is sqlASCIIRun with a table of a text and a json column.
+func notesRun(t *testing.T, separateStore bool) (*runDB, *runReceiver, string) {
+	t.Helper()
+	return sqlASCIIRun(t, `CREATE TABLE notes (id int PRIMARY KEY, body text, doc json)`, `events:
   - event: note.created
     table: public.notes
     operations: [insert]
-`), s)
-	db.setup(t, cfg)
-	return db, rc, file
+`, separateStore)
 }
 
 const latin1Insert = `INSERT INTO notes VALUES (1, convert_from('\x63616ee9'::bytea, 'SQL_ASCII'),
@@ -74,7 +78,7 @@ func TestJSONValueWithNonUTF8BytesKeepsTheBodyJSON(t *testing.T) {
 	t.Parallel()
 	t.Run("store in the source database", func(t *testing.T) {
 		t.Parallel()
-		db, rc, file := sqlASCIIRun(t, false)
+		db, rc, file := notesRun(t, false)
 		p := startRunProc(t, "--config", file)
 		db.exec(t, latin1Insert)
 		runWaitFor(t, 30*time.Second, "the delivery", func() bool { return rc.Unique() == 1 }, p.diag)
@@ -88,7 +92,7 @@ func TestJSONValueWithNonUTF8BytesKeepsTheBodyJSON(t *testing.T) {
 	})
 	t.Run("store in a UTF8 database", func(t *testing.T) {
 		t.Parallel()
-		db, rc, file := sqlASCIIRun(t, true)
+		db, rc, file := notesRun(t, true)
 		p := startRunProc(t, "--config", file)
 		db.exec(t, latin1Insert)
 		deadline := time.Now().Add(20 * time.Second)
