@@ -257,13 +257,18 @@ func (d *Dispatcher) record(ctx context.Context, c claimed, started time.Time, r
 // holds none for longer than a lease: every 64th note drops the notes
 // older than two leases, so deleted and long-disabled endpoints do not
 // pile up.
-func (d *Dispatcher) noteDisabled(endpointID string) {
+func (d *Dispatcher) noteDisabled(endpointID string) { d.note(&d.disabled, endpointID) }
+
+// note records endpointID in m as of now. Every 64th note (of either map)
+// forgets those older than two leases: no delivery claimed before then is
+// still held.
+func (d *Dispatcher) note(m *sync.Map, endpointID string) {
 	now := time.Now()
-	d.disabled.Store(endpointID, now)
+	m.Store(endpointID, now)
 	if d.notes.Add(1)%64 == 0 {
-		d.disabled.Range(func(k, v any) bool {
+		m.Range(func(k, v any) bool {
 			if now.Sub(v.(time.Time)) > 2*d.opts.Lease {
-				d.disabled.CompareAndDelete(k, v)
+				m.CompareAndDelete(k, v)
 			}
 			return true
 		})
@@ -272,19 +277,7 @@ func (d *Dispatcher) noteDisabled(endpointID string) {
 
 // noteChanged records that the endpoint's URL or secret changed now (an
 // endpointChangedPayload notification, or this process's own change).
-// Pruned as noteDisabled's are.
-func (d *Dispatcher) noteChanged(endpointID string) {
-	now := time.Now()
-	d.changed.Store(endpointID, now)
-	if d.notes.Add(1)%64 == 0 {
-		d.changed.Range(func(k, v any) bool {
-			if now.Sub(v.(time.Time)) > 2*d.opts.Lease {
-				d.changed.CompareAndDelete(k, v)
-			}
-			return true
-		})
-	}
-}
+func (d *Dispatcher) noteChanged(endpointID string) { d.note(&d.changed, endpointID) }
 
 // changedSince reports whether the endpoint's URL or secret changed after
 // t, as far as this process was told; also true for every endpoint when
