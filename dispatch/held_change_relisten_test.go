@@ -3,21 +3,27 @@ package dispatch
 import (
 	"context"
 	"net/http"
+	"sync"
 	"testing"
 	"time"
 )
 
 // PUT url while another process holds a delivery to the endpoint and is
 // making its LISTEN connection again (a store blip): LISTEN is up, its
-// catch-up query not finished. The change's notification is not read yet,
-// but every delivery claimed before LISTEN came back is handed back, so
-// the held one is not sent to the old URL, whose 410 would disable the
-// endpoint that now points at a working receiver. (relisten was marked
-// only after the catch-up.)
+// catch-up query not finished. The delivery claimed before LISTEN came
+// back is handed back and claimed again, still with the old URL, and then
+// the PUT commits. Its notification must be read as it arrives, not after
+// the catch-up, so the held delivery is not sent to the old URL, whose 410
+// would disable the endpoint that now points at a working receiver.
+// (Notifications waited for the catch-up, which ran on the LISTEN
+// connection; CI caught the re-claim in between.)
 func TestHeldDeliveryDuringRelisten(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	release := make(chan struct{})
+	var once sync.Once
+	free := func() { once.Do(func() { close(release) }) }
+	defer free() // a failure does not leave the attempt hanging
 	old := obNewReceiver(t, func(n int, _ http.ResponseWriter, _ *http.Request) int {
 		if n == 0 {
 			<-release
@@ -48,13 +54,24 @@ func TestHeldDeliveryDuringRelisten(t *testing.T) {
 	if _, err := blocker.Exec(ctx, `LOCK TABLE walhook.endpoints_deleted IN ACCESS EXCLUSIVE MODE`); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := b.pool.Exec(ctx, `SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-		WHERE datname = current_database() AND state = 'idle' AND query LIKE '%disabled_at > now() - make_interval%'`); err != nil {
+	var heldLease time.Time
+	if err := b.pool.QueryRow(ctx, `SELECT max(locked_until) FROM walhook.deliveries WHERE status = 'delivering'`).Scan(&heldLease); err != nil {
 		t.Fatal(err)
+	}
+	if tag, err := b.pool.Exec(ctx, `SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+		WHERE datname = current_database() AND state = 'idle' AND query LIKE 'LISTEN %'`); err != nil || tag.RowsAffected() != 1 {
+		t.Fatalf("terminating the LISTEN connection: %v, %d found", err, tag.RowsAffected())
 	}
 	lockStart := time.Now()
 	waitForLockWait(t, b.pool, "endpoints_deleted", nil)
 	t.Logf("LISTEN made again, catch-up waiting after %s", time.Since(lockStart))
+	// The held delivery, claimed before LISTEN came back, is handed back
+	// and claimed again (with the URL as it still is).
+	obWaitFor(t, "the held delivery claimed again", func() bool {
+		var n int
+		_ = b.pool.QueryRow(ctx, `SELECT count(*) FROM walhook.deliveries WHERE status = 'delivering' AND locked_until > $1`, heldLease).Scan(&n)
+		return n == 1
+	})
 
 	u := newRC.URL
 	putStart := time.Now()
@@ -63,7 +80,13 @@ func TestHeldDeliveryDuringRelisten(t *testing.T) {
 	}
 	returned := time.Now()
 	t.Logf("PUT took %s; old requests so far %d", returned.Sub(putStart), old.n())
-	close(release) // d2's worker is free for the held delivery
+	// Another process follows a change once its notification arrives
+	// (milliseconds); here the catch-up still waits.
+	obWaitFor(t, "the change's notification read while the catch-up waits", func() bool {
+		v, ok := d2.changed.Load(ep)
+		return ok && v.(time.Time).After(putStart)
+	})
+	free() // d2's worker is free for the held delivery
 	obWaitFor(t, "the held delivery sent", func() bool { return old.n()+newRC.n() == 2 })
 	_ = blocker.Rollback(ctx)
 	if old.n() != 1 {

@@ -830,15 +830,50 @@ func (d *Dispatcher) listenOnce(ctx context.Context) error {
 	}
 	// A URL or secret change announced while no LISTEN was up is not
 	// known: every delivery claimed before now is handed back unstarted.
-	// Marked as soon as LISTEN is up, before the catch-up below, so that
-	// none claimed before starts meanwhile.
 	if d.listened.Swap(true) {
 		d.relisten.Store(time.Now().UnixNano())
 	}
-	// Notifications are not kept for a listener that was away: endpoints
-	// disabled or deleted within a lease (as long as this process may
-	// hold a delivery) are noted as if announced.
-	rows, err := pc.Query(ctx, d.q(`SELECT id FROM {{schema}}.endpoints WHERE NOT active AND disabled_at > now() - make_interval(secs => $1)
+	// Notifications are read from here on while the catch-up runs on a
+	// connection of its own: a change announced during a slow catch-up
+	// is known at once. (When the notifications waited for the catch-up,
+	// a delivery claimed meanwhile with the old URL was sent to it.)
+	lctx, cancel := context.WithCancelCause(ctx)
+	caught := make(chan struct{})
+	defer func() {
+		cancel(nil)
+		<-caught
+	}()
+	go func() {
+		defer close(caught)
+		if err := d.catchUp(lctx); err != nil {
+			cancel(fmt.Errorf("listen catch-up: %w", err))
+			return
+		}
+		// A notification may have been sent before LISTEN took effect.
+		d.Notify()
+	}()
+	for {
+		n, err := pc.WaitForNotification(lctx)
+		if err != nil {
+			if cause := context.Cause(lctx); cause != nil && ctx.Err() == nil {
+				return cause
+			}
+			return err
+		}
+		if id, ok := strings.CutPrefix(n.Payload, endpointOffPayload); ok {
+			d.noteDisabled(id)
+		} else if id, ok := strings.CutPrefix(n.Payload, endpointChangedPayload); ok {
+			d.noteChanged(id)
+		}
+		d.Notify()
+	}
+}
+
+// catchUp notes the endpoints disabled or deleted within a lease (as long
+// as this process may hold a delivery) as if announced: notifications are
+// not kept for a listener that was away.
+func (d *Dispatcher) catchUp(ctx context.Context) error {
+	rows, err := d.pool.Query(ctx, d.q(`SELECT id FROM {{schema}}.endpoints WHERE NOT active AND disabled_at > now() - make_interval(secs => $1)
 		UNION SELECT id FROM {{schema}}.endpoints_deleted WHERE deleted_at > now() - make_interval(secs => $1)`), d.opts.Lease.Seconds())
 	if err != nil {
 		return err
@@ -850,18 +885,5 @@ func (d *Dispatcher) listenOnce(ctx context.Context) error {
 	for _, id := range off {
 		d.noteDisabled(id)
 	}
-	// A notification may have been sent before LISTEN took effect.
-	d.Notify()
-	for {
-		n, err := pc.WaitForNotification(ctx)
-		if err != nil {
-			return err
-		}
-		if id, ok := strings.CutPrefix(n.Payload, endpointOffPayload); ok {
-			d.noteDisabled(id)
-		} else if id, ok := strings.CutPrefix(n.Payload, endpointChangedPayload); ok {
-			d.noteChanged(id)
-		}
-		d.Notify()
-	}
+	return nil
 }
