@@ -22,10 +22,15 @@ import (
 func runReceive(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("receive", stderr)
 	listen := fs.String("listen", "127.0.0.1:9000", "address to listen on")
-	secrets := fs.String("secret", os.Getenv("WALHOOK_RECEIVER_SECRET"), "comma-separated whsec_… secrets to accept (default $WALHOOK_RECEIVER_SECRET, which keeps them out of ps)")
+	// The environment is read after parsing, not as the flag's default:
+	// the help and the usage after a bad flag print defaults.
+	secrets := fs.String("secret", "", "comma-separated whsec_… secrets to accept (default $WALHOOK_RECEIVER_SECRET, which keeps them out of ps)")
 	bodies := fs.Bool("body", false, "print each delivery's body under its line")
 	if err := parseFlags(fs, args); err != nil {
 		return err
+	}
+	if *secrets == "" {
+		*secrets = os.Getenv("WALHOOK_RECEIVER_SECRET")
 	}
 	if *secrets == "" {
 		return usageErrorf("receive: --secret or $WALHOOK_RECEIVER_SECRET is required")

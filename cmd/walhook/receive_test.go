@@ -66,3 +66,22 @@ func TestReceivePrintsBodiesAndRejections(t *testing.T) {
 			strings.Contains(stderr.String(), "rejected msg_bad with 401: no secret verifies it")
 	}, func() string { return stdout.String() + stderr.String() })
 }
+
+// The receiver's secret, given in $WALHOOK_RECEIVER_SECRET to keep it out
+// of ps, is not printed by the help or by the usage shown after a bad flag.
+func TestReceiveHelpDoesNotPrintTheSecret(t *testing.T) {
+	t.Setenv("WALHOOK_RECEIVER_SECRET", runSecret)
+	for _, args := range [][]string{{"receive", "--help"}, {"receive", "--lisen", ":0"}} {
+		var stdout, stderr bytes.Buffer
+		err := Run(context.Background(), args, &stdout, &stderr)
+		if err == nil {
+			t.Fatalf("%v: no error", args)
+		}
+		if out := stdout.String() + stderr.String(); strings.Contains(out, strings.TrimPrefix(runSecret, "whsec_")) {
+			t.Errorf("%v printed the secret:\n%s", args, out)
+		}
+		if !strings.Contains(stderr.String(), "-secret") {
+			t.Errorf("%v: no usage on stderr:\n%s", args, stderr.String())
+		}
+	}
+}
