@@ -111,7 +111,10 @@ func (d *demo) run(ctx context.Context) error {
 		return fmt.Errorf("demo: %w", err)
 	}
 	d.say("walhook demo: starting a throwaway PostgreSQL from the local server binaries …")
-	cluster, err := pgcluster.Start(pgcluster.Options{})
+	// Private: the cluster trusts whoever connects, as the superuser, so
+	// it is served on a Unix socket only this OS user can reach, not on
+	// 127.0.0.1 for every user of the machine.
+	cluster, err := pgcluster.Start(pgcluster.Options{Private: true})
 	if err != nil {
 		return fmt.Errorf("demo: %w", err)
 	}
@@ -126,7 +129,8 @@ func (d *demo) run(ctx context.Context) error {
 		return fmt.Errorf("demo: load %s/schema.sql: %w", d.dir, err)
 	}
 	dsn := cluster.DSN("auctions")
-	d.say("  PostgreSQL %s on port %d, database auctions (sample schema loaded)", filepath.Base(filepath.Dir(cluster.BinDir)), cluster.Port)
+	d.say("  PostgreSQL %s on a Unix socket (port %d), database auctions (sample schema loaded)", filepath.Base(filepath.Dir(cluster.BinDir)), cluster.Port)
+	d.say("    connect: psql -h %s -p %d -U postgres auctions", cluster.SocketDir, cluster.Port)
 
 	secret, apiKey := dispatch.NewSecret(), "sk_demo_"+randomHex(16)
 	rcv, err := receiver.New(false, secret)

@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/walhook/walhook/dispatch"
 	"github.com/walhook/walhook/internal/syncbuf"
 )
@@ -145,5 +147,40 @@ func TestDemoCtrlCTwice(t *testing.T) {
 	left, _ := filepath.Glob(filepath.Join(tmp, "*"))
 	if len(left) > 0 || !strings.Contains(out.String(), "removed") {
 		t.Errorf("after Ctrl-C twice, left in TMPDIR: %v\n%s", left, out.String())
+	}
+}
+
+// The demo's throwaway PostgreSQL trusts whoever reaches it, as the
+// superuser: it must not be reachable over TCP, where any other user of
+// the machine could connect (and, as superuser, run programs as the OS
+// user the server runs as).
+func TestDemoDatabaseNotReachableOverTCP(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	demoCtx, stopDemo := context.WithCancel(ctx)
+	stdout, stderr := &syncbuf.Buffer{}, &syncbuf.Buffer{}
+	done := make(chan error, 1)
+	go func() {
+		done <- Run(demoCtx, []string{"demo", "--listen", "127.0.0.1:0", "--every", "1h"}, stdout, stderr)
+	}()
+	defer func() {
+		stopDemo()
+		if err := <-done; err != nil {
+			t.Errorf("demo: %v\nstderr:\n%s", err, stderr.String())
+		}
+	}()
+	port := regexp.MustCompile(`PostgreSQL .*port (\d+)`)
+	runWaitFor(t, time.Minute, "the demo's PostgreSQL", func() bool {
+		return port.MatchString(stdout.String()) && strings.Contains(stdout.String(), "admin API")
+	}, stdout.String)
+	p := port.FindStringSubmatch(stdout.String())[1]
+	conn, err := pgx.Connect(ctx, "postgres://postgres@127.0.0.1:"+p+"/auctions?sslmode=disable&connect_timeout=5")
+	if err == nil {
+		conn.Close(ctx)
+		t.Fatalf("connected to the demo's database over TCP as postgres without a password\n%s", stdout.String())
+	}
+	if !strings.Contains(stdout.String(), "psql -h ") {
+		t.Errorf("the demo does not say how to connect to its database:\n%s", stdout.String())
 	}
 }

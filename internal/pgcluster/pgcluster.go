@@ -16,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/url"
 	"os"
 	"os/exec"
 	"os/user"
@@ -42,6 +43,12 @@ type Options struct {
 	// Settings are extra postgresql.conf lines, applied after the defaults
 	// (so they win): e.g. {"wal_level": "replica"}.
 	Settings map[string]string
+	// Private serves the cluster on its Unix socket only, in the cluster's
+	// own directory (mode 0700, owned by the OS user the server runs as),
+	// not on 127.0.0.1: authentication is trust, so over TCP every user of
+	// the machine could connect as the superuser. DSN and DSNAs then name
+	// the socket. For `walhook demo`; tests use TCP.
+	Private bool
 }
 
 // Cluster is one running PostgreSQL server.
@@ -53,6 +60,7 @@ type Cluster struct {
 	LogFile   string
 
 	root    string
+	private bool // Options.Private
 	cred    *syscall.Credential
 	mu      sync.Mutex
 	cmd     *exec.Cmd
@@ -124,7 +132,7 @@ func Start(opts Options) (*Cluster, error) {
 		return nil, err
 	}
 	c := &Cluster{BinDir: bin, root: root, DataDir: filepath.Join(root, "data"),
-		SocketDir: root, LogFile: filepath.Join(root, "postgres.log")}
+		SocketDir: root, LogFile: filepath.Join(root, "postgres.log"), private: opts.Private}
 	if err := c.init(opts); err != nil {
 		os.RemoveAll(root)
 		return nil, err
@@ -179,6 +187,9 @@ func (c *Cluster) init(opts Options) error {
 		"wal_sender_timeout":      "60s",
 		"log_min_messages":        "warning",
 		"logging_collector":       "off",
+	}
+	if opts.Private {
+		settings["listen_addresses"] = "''"
 	}
 	for k, v := range opts.Settings {
 		settings[k] = v
@@ -320,7 +331,7 @@ func (c *Cluster) StartStandby() (*Cluster, error) {
 		return nil, err
 	}
 	s := &Cluster{BinDir: c.BinDir, root: root, DataDir: filepath.Join(root, "data"),
-		SocketDir: root, LogFile: filepath.Join(root, "postgres.log"), cred: c.cred}
+		SocketDir: root, LogFile: filepath.Join(root, "postgres.log"), cred: c.cred, private: c.private}
 	if c.cred != nil {
 		if err := os.Chown(root, int(c.cred.Uid), int(c.cred.Gid)); err != nil {
 			os.RemoveAll(root)
@@ -373,13 +384,16 @@ func (c *Cluster) Remove() error {
 	return os.RemoveAll(c.root)
 }
 
-// DSN returns a URL for database db as the superuser postgres over TCP.
-func (c *Cluster) DSN(db string) string {
-	return fmt.Sprintf("postgres://postgres@127.0.0.1:%d/%s?sslmode=disable", c.Port, db)
-}
+// DSN returns a URL for database db as the superuser postgres over TCP
+// (over the Unix socket when the cluster is private).
+func (c *Cluster) DSN(db string) string { return c.DSNAs("postgres", db) }
 
-// DSNAs returns a URL for database db as role user (trust authentication).
+// DSNAs returns a URL for database db as role user (trust authentication),
+// over TCP, or over the Unix socket when the cluster is private.
 func (c *Cluster) DSNAs(user, db string) string {
+	if c.private {
+		return fmt.Sprintf("postgres://%s@/%s?host=%s&port=%d&sslmode=disable", user, db, url.QueryEscape(c.SocketDir), c.Port)
+	}
 	return fmt.Sprintf("postgres://%s@127.0.0.1:%d/%s?sslmode=disable", user, c.Port, db)
 }
 
