@@ -103,6 +103,9 @@ func runCheck(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		c.fail("admin API", "add a key under api.keys (e.g. - ${WALHOOK_API_KEY}), or set api.listen: off",
 			"api.listen is %s but api.keys is empty: walhook run refuses to serve an admin API nobody can use", cfg.API.Listen)
 	}
+	if msg := exposedSecrets(cfg); msg != "" {
+		c.warn("config file", exposedSecretsFix(cfg), "%s", msg)
+	}
 	c.checkEndpointURLs()
 	srcDesc, _ := dsnLabel(cfg.Source.DSN)
 	storeDesc, _ := dsnLabel(cfg.Store.DSN)

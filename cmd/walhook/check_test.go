@@ -513,3 +513,44 @@ func TestCheckRuleOnAView(t *testing.T) {
 	ckWantLines(t, out,
 		`FAIL  table public\.inspection_defects: is a view: logical replication publishes tables only, and no change of it would arrive — fix: map the table\(s\) it reads from$`)
 }
+
+// A config file that holds secrets written in it (here the API key and a
+// DSN password) is flagged while other users can read it, without the
+// secrets; once it is private, or once the secrets come from the
+// environment, it is not. (Not parallel: it sets variables.)
+func TestCheckWarnsOfSecretsInAConfigOthersCanRead(t *testing.T) {
+	dsn, db := ckSampleDB(t, pgtest.Shared(t))
+	cfg := ckSampleConfig(t, ckWithPassword(dsn), db)
+	if err := os.Chmod(cfg, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, _, _ := runCLI(t, context.Background(), "check", "--config", cfg)
+	ckWantLines(t, out, `warn  config file: .* mode 0644 .*api\.keys\[0\].*source\.dsn's password.*chmod 600`)
+	for _, secret := range []string{ckAPIKey, "pw-s3cret-x"} {
+		if strings.Contains(out, secret) {
+			t.Errorf("check printed the secret %q:\n%s", secret, out)
+		}
+	}
+
+	if err := os.Chmod(cfg, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, _, _ = runCLI(t, context.Background(), "check", "--config", cfg)
+	ckNoLines(t, out, `warn  config file`)
+
+	// The sample as shipped: secrets from the environment.
+	b, err := os.ReadFile(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := filepath.Join(t.TempDir(), "walhook.yaml")
+	s := strings.NewReplacer(ckWithPassword(dsn), "postgres://postgres:${CK_PASSWORD}@"+strings.TrimPrefix(dsn, "postgres://postgres@"),
+		ckAPIKey, "${CK_API_KEY}").Replace(string(b))
+	if err := os.WriteFile(env, []byte(s), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("CK_PASSWORD", "pw-s3cret-x")
+	t.Setenv("CK_API_KEY", ckAPIKey)
+	out, _, _ = runCLI(t, context.Background(), "check", "--config", env)
+	ckNoLines(t, out, `warn  config file`)
+}

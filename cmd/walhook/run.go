@@ -176,6 +176,9 @@ func (r *runner) run(ctx context.Context) error {
 	r.log.Info("walhook started", slog.String("version", Version), slog.String(logKeySlot, r.cfg.Source.Slot),
 		slog.String("publication", r.cfg.Source.Publication), slog.String("store_schema", r.cfg.Store.Schema),
 		slog.String(logKeyAddr, apiAddr), slog.String("system_id", r.systemID))
+	if msg := exposedSecrets(r.cfg); msg != "" {
+		r.log.Warn("the config file shows secrets to other users", slog.String("problem", msg), slog.String("fix", exposedSecretsFix(r.cfg)))
+	}
 
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return r.replicate(gctx) })
