@@ -222,9 +222,18 @@ func (d *Dispatcher) record(ctx context.Context, c claimed, started time.Time, r
 		}
 		return nil
 	}
-	reason := ""
+	// A 410 disables the endpoint in the attempt's own transaction: as a
+	// transaction of its own after this one, the delivery was pending
+	// again in between, and a claim could send it once more when the
+	// schedule's next delay was short. The endpoints lock comes first,
+	// before any delivery row (lockEndpointsSQL).
+	gone := o.disable != "" && !c.test
+	reason, disabled := "", false
 	err := pgx.BeginFunc(ctx, d.pool, func(tx pgx.Tx) error {
 		b := &pgx.Batch{}
+		if gone {
+			b.Queue(d.q(lockEndpointsSQL))
+		}
 		d.queueOutcome(b, c, started, res, o)
 		if err := tx.SendBatch(ctx, b).Close(); err != nil {
 			return err
@@ -232,8 +241,12 @@ func (d *Dispatcher) record(ctx context.Context, c claimed, started time.Time, r
 		if c.test {
 			return nil
 		}
-		reason = o.disable
-		if reason == "" && !d.opts.DisableNever {
+		if gone {
+			var err error
+			disabled, err = d.disableIn(ctx, tx, c.endpointID, o.disable)
+			return err
+		}
+		if !d.opts.DisableNever {
 			var err error
 			if reason, err = d.disableRule(ctx, tx, c.endpointID); err != nil {
 				return err
@@ -241,11 +254,18 @@ func (d *Dispatcher) record(ctx context.Context, c claimed, started time.Time, r
 		}
 		return nil
 	})
-	if err != nil || reason == "" {
+	if err != nil {
 		return err
 	}
+	if disabled {
+		d.afterDisable(ctx, c.endpointID, o.disable)
+	}
+	if reason == "" {
+		return nil
+	}
 	// Not in the outcome's transaction: disabling takes the endpoints lock
-	// (lockEndpointsSQL), which must come before any delivery row.
+	// (lockEndpointsSQL), which must come before any delivery row. The
+	// rule's outcome is final, so nothing is due meanwhile.
 	return d.disable(ctx, c.endpointID, reason)
 }
 
@@ -379,37 +399,52 @@ func (d *Dispatcher) disableRule(ctx context.Context, tx pgx.Tx, endpointID stri
 // an endpoint changes) are not held up for as long as a large backlog
 // takes to skip.
 func (d *Dispatcher) disable(ctx context.Context, endpointID, reason string) error {
-	var n int64
+	var disabled bool
 	err := pgx.BeginFunc(ctx, d.pool, func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, d.q(lockEndpointsSQL)); err != nil {
 			return err
 		}
-		tag, err := tx.Exec(ctx, d.q(`UPDATE {{schema}}.endpoints
-			SET active = false, disabled_reason = $2, disabled_at = now(), updated_at = now()
-			WHERE id = $1 AND active`), endpointID, reason)
-		if n = tag.RowsAffected(); err != nil || n == 0 {
-			return err
-		}
-		_, err = tx.Exec(ctx, notifyEndpointsOffSQL, d.channel, []string{endpointID})
+		var err error
+		disabled, err = d.disableIn(ctx, tx, endpointID, reason)
 		return err
 	})
 	if err != nil {
 		return fmt.Errorf("disable endpoint: %w", err)
 	}
-	if n == 0 {
-		return nil
+	if disabled {
+		d.afterDisable(ctx, endpointID, reason)
 	}
+	return nil
+}
+
+// disableIn disables the endpoint in tx, which holds the endpoints lock,
+// and announces it on commit; false if it was not active.
+func (d *Dispatcher) disableIn(ctx context.Context, tx pgx.Tx, endpointID, reason string) (bool, error) {
+	tag, err := tx.Exec(ctx, d.q(`UPDATE {{schema}}.endpoints
+		SET active = false, disabled_reason = $2, disabled_at = now(), updated_at = now()
+		WHERE id = $1 AND active`), endpointID, reason)
+	if err != nil || tag.RowsAffected() == 0 {
+		return false, err
+	}
+	if _, err := tx.Exec(ctx, notifyEndpointsOffSQL, d.channel, []string{endpointID}); err != nil {
+		return false, err
+	}
+	return true, nil
+}
+
+// afterDisable follows the commit of a disable: deliveries this process
+// holds for the endpoint are not sent, and its pending ones are skipped.
+func (d *Dispatcher) afterDisable(ctx context.Context, endpointID, reason string) {
 	d.noteDisabled(endpointID)
 	skipped, err := d.skipPending(ctx, endpointID)
 	if err != nil {
 		// The maintenance loop skips them (claims pass them by).
 		d.log.Warn("endpoint disabled; skipping its pending deliveries failed (maintenance will)",
 			slog.String("endpoint", endpointID), slog.String("reason", reason), slog.Any("error", err))
-		return nil
+		return
 	}
 	d.log.Warn("endpoint disabled", slog.String("endpoint", endpointID), slog.String("reason", reason),
 		slog.Int64("skipped_deliveries", skipped))
-	return nil
 }
 
 func nullInt(n int) *int {
