@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/walhook/walhook/cdc"
@@ -53,6 +54,23 @@ var (
 )
 
 var errLeaderLost = errors.New("lost the store connection that holds the slot's leader lock")
+
+// termStartError is what a failed read of the store at the start of a
+// leadership term ends the term with. Most failures are a store restart or
+// a broken connection: errLeaderLost, so the lock is let go and taken
+// again. An error the store answers with about the statement itself (a
+// table or column missing, a schema gone, a privilege missing: SQLSTATE
+// classes 42 and 3F) comes back the same on every try, so it stops run
+// with the store's words instead: taken for a lost connection, it had run
+// take and drop the slot over and over without ever streaming.
+func termStartError(what string, err error) error {
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) && (strings.HasPrefix(pe.Code, "42") || strings.HasPrefix(pe.Code, "3F")) {
+		return fmt.Errorf("%s: %w: the store schema lacks what its version needs (edited by hand, "+
+			"or migrated by another build of walhook), or the role lacks a privilege on it", what, err)
+	}
+	return fmt.Errorf("%w: %s: %v", errLeaderLost, what, err)
+}
 
 // leaderLockKey names the lock: one leader per store schema and slot.
 func leaderLockKey(schema, slot string) string { return "walhook.slot." + schema + "." + slot }
@@ -236,7 +254,7 @@ func (r *runner) lead(ctx context.Context, lock *leaderLock) error {
 	// ends the term, not the process: the lock is let go and taken again.
 	cursor, systemID, ok, err := r.disp.Cursor(ctx, slot)
 	if err != nil {
-		return fmt.Errorf("%w: read the cursor: %v", errLeaderLost, err)
+		return termStartError("read the cursor", err)
 	}
 	if ok && systemID != "" && systemID != r.systemID {
 		return fmt.Errorf("the store's cursor for slot %q was written while reading PostgreSQL system %s, "+
@@ -244,7 +262,7 @@ func (r *runner) lead(ctx context.Context, lock *leaderLock) error {
 			"its positions mean nothing here — use another store schema or slot for this source", slot, systemID, r.systemID)
 	}
 	if walEnd, forked, err := dispatch.StoredFork(ctx, r.pool, r.cfg.Store.Schema, slot); err != nil {
-		return fmt.Errorf("%w: read the cursor's fork: %v", errLeaderLost, err)
+		return termStartError("read the cursor's fork", err)
 	} else if forked {
 		return fmt.Errorf("%w: the store's cursor for slot %q (%s) was found past the server's WAL end %s: the store "+
 			"followed another history of the source (a failover to a standby that was behind, or a point-in-time "+
@@ -253,7 +271,7 @@ func (r *runner) lead(ctx context.Context, lock *leaderLock) error {
 	}
 	epoch, epochFrom, err := r.disp.IDEpoch(ctx, slot)
 	if err != nil {
-		return fmt.Errorf("%w: read the id epoch: %v", errLeaderLost, err)
+		return termStartError("read the id epoch", err)
 	}
 	r.mapper.SetIDEpoch(epoch, epochFrom)
 	opts := streamOptions(r.cfg, r.log)
