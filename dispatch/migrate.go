@@ -26,6 +26,10 @@ var (
 	ErrSchemaTooNew = errors.New("store schema is newer than this walhook: upgrade walhook")
 	// ErrSchemaOld: the store needs migrations this binary has; run `walhook setup`.
 	ErrSchemaOld = errors.New("store schema is older than this walhook: run walhook setup to migrate")
+	// ErrSchemaVersions: the schema_version table lacks a migration below
+	// its highest version, or lists one no walhook has (it was edited by
+	// hand), so it no longer tells which migrations the schema holds.
+	ErrSchemaVersions = errors.New("edited by hand, so walhook cannot tell which migrations the schema holds")
 )
 
 // SchemaError carries the versions behind a schema state error.
@@ -115,7 +119,7 @@ func Migrate(ctx context.Context, pool *pgxpool.Pool, schema string) ([]string, 
 				return fmt.Errorf("create schema: %w", err)
 			}
 		}
-		have, err := schemaVersion(ctx, tx, schema)
+		have, err := schemaVersion(ctx, tx, schema, ms)
 		if err != nil {
 			return err
 		}
@@ -149,7 +153,12 @@ type querier interface {
 
 // schemaVersion returns the highest applied version, 0 when the version
 // table does not exist yet (to_regclass returns NULL instead of failing).
-func schemaVersion(ctx context.Context, q querier, schema string) (int, error) {
+// Up to a version this binary knows, the table must list exactly the
+// migrations ms has up to it: a missing row would leave that migration
+// unapplied for good (setup applies only those above the highest), and a
+// row no migration has says nothing about the schema. Above the latest
+// version (a newer walhook's store) the rows are not judged.
+func schemaVersion(ctx context.Context, q querier, schema string, ms []migration) (int, error) {
 	var exists bool
 	if err := q.QueryRow(ctx, `SELECT to_regclass($1) IS NOT NULL`, quoteIdent(schema)+".schema_version").Scan(&exists); err != nil {
 		return 0, fmt.Errorf("read schema version: %w", err)
@@ -157,18 +166,57 @@ func schemaVersion(ctx context.Context, q querier, schema string) (int, error) {
 	if !exists {
 		return 0, nil
 	}
-	var v int
-	if err := q.QueryRow(ctx, `SELECT coalesce(max(version), 0) FROM `+quoteIdent(schema)+`.schema_version`).Scan(&v); err != nil {
+	var rows []int
+	if err := q.QueryRow(ctx, `SELECT coalesce(array_agg(version ORDER BY version), '{}') FROM `+quoteIdent(schema)+`.schema_version`).Scan(&rows); err != nil {
 		return 0, fmt.Errorf("read schema version: %w", err)
 	}
-	return v, nil
+	if len(rows) == 0 {
+		return 0, nil
+	}
+	have := rows[len(rows)-1]
+	if len(ms) == 0 || have > ms[len(ms)-1].version {
+		return have, nil
+	}
+	listed := make(map[int]bool, len(rows))
+	for _, v := range rows {
+		listed[v] = true
+	}
+	known := make(map[int]bool, len(ms))
+	var missing, unknown []string
+	for _, m := range ms {
+		known[m.version] = true
+		if m.version <= have && !listed[m.version] {
+			missing = append(missing, strconv.Itoa(m.version))
+		}
+	}
+	for _, v := range rows {
+		if !known[v] {
+			unknown = append(unknown, strconv.Itoa(v))
+		}
+	}
+	if len(missing) == 0 && len(unknown) == 0 {
+		return have, nil
+	}
+	var what []string
+	if len(missing) > 0 {
+		what = append(what, "without "+strings.Join(missing, ", "))
+	}
+	if len(unknown) > 0 {
+		what = append(what, "with unknown "+strings.Join(unknown, ", "))
+	}
+	return 0, fmt.Errorf("schema %q: schema_version goes up to %d %s: %w", schema, have, strings.Join(what, " and "), ErrSchemaVersions)
 }
 
 // CheckSchema tells `walhook run` whether it may use the store: nil when
 // the schema is at this binary's version, otherwise a *SchemaError wrapping
-// ErrSchemaMissing, ErrSchemaTooNew or ErrSchemaOld.
+// ErrSchemaMissing, ErrSchemaTooNew or ErrSchemaOld, or an error wrapping
+// ErrSchemaVersions.
 func CheckSchema(ctx context.Context, pool *pgxpool.Pool, schema string) error {
-	have, err := schemaVersion(ctx, pool, schema)
+	ms, err := migrations()
+	if err != nil {
+		return err
+	}
+	have, err := schemaVersion(ctx, pool, schema, ms)
 	if err != nil {
 		return err
 	}

@@ -3,6 +3,7 @@ package dispatch
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -94,5 +95,41 @@ func TestMigrateConcurrent(t *testing.T) {
 func TestMigrateEmptySchema(t *testing.T) {
 	if _, err := Migrate(context.Background(), nil, ""); err == nil {
 		t.Fatal("Migrate with an empty schema name succeeded")
+	}
+}
+
+// A schema_version table edited by hand (a row deleted, or one added for
+// a migration that was never applied) no longer says which migrations the
+// schema holds: the highest version alone would pass it as current, and
+// setup would never apply the missing one. Both refuse it, naming the
+// versions.
+func TestSchemaVersionsWithAGapAreRefused(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool, err := pgxpool.New(ctx, pgtest.Shared(t).NewDatabase(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	if _, err := Migrate(ctx, pool, "walhook"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pool.Exec(ctx, `DELETE FROM walhook.schema_version WHERE version = 3`); err != nil {
+		t.Fatal(err)
+	}
+	err = CheckSchema(ctx, pool, "walhook")
+	if !errors.Is(err, ErrSchemaVersions) || !strings.Contains(err.Error(), "without 3") {
+		t.Fatalf("CheckSchema with version 3 missing = %v, want ErrSchemaVersions naming 3", err)
+	}
+	if _, err := Migrate(ctx, pool, "walhook"); !errors.Is(err, ErrSchemaVersions) {
+		t.Fatalf("Migrate with version 3 missing = %v, want ErrSchemaVersions", err)
+	}
+
+	// A version no migration has, below the latest.
+	if _, err := pool.Exec(ctx, `INSERT INTO walhook.schema_version (version) VALUES (3), (0)`); err != nil {
+		t.Fatal(err)
+	}
+	if err := CheckSchema(ctx, pool, "walhook"); !errors.Is(err, ErrSchemaVersions) || !strings.Contains(err.Error(), "unknown 0") {
+		t.Fatalf("CheckSchema with a version 0 row = %v, want ErrSchemaVersions naming 0", err)
 	}
 }

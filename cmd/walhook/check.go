@@ -862,6 +862,10 @@ func (c *checker) checkStore(ctx context.Context) {
 		c.failSetup(what, "at version %d, this walhook needs %d", se.Have, se.Want)
 	case errors.Is(err, dispatch.ErrSchemaTooNew) && errors.As(err, &se):
 		c.fail(what, "upgrade walhook", "at version %d, newer than this walhook (%d)", se.Have, se.Want)
+	case errors.Is(err, dispatch.ErrSchemaVersions):
+		c.fail(what, fmt.Sprintf("in %s.schema_version keep the rows of the migrations whose changes the schema holds "+
+			"(docs/operations.md, Upgrading, says what each adds) and delete the others, then walhook setup", sqlIdent(schema)),
+			"%s", strings.TrimPrefix(err.Error(), fmt.Sprintf("schema %q: ", schema)))
 	default:
 		c.fail(what, fmt.Sprintf("GRANT USAGE ON SCHEMA %s TO <role>; GRANT SELECT ON ALL TABLES IN SCHEMA %s TO <role>;", sqlIdent(schema), sqlIdent(schema)),
 			"cannot read its version: %v", err)

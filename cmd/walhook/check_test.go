@@ -408,6 +408,15 @@ func TestCheckForeignObjects(t *testing.T) {
 		`FAIL  store schema walhook: at version \d+, this walhook needs \d+ — fix: walhook setup$`,
 	)
 
+	// A schema_version table edited by hand: a row below the highest gone.
+	ckExec(t, dsn, `DELETE FROM walhook.schema_version WHERE version = 2`)
+	out, errOut, code = runCLI(t, ctx, "check", "--config", cfg)
+	t.Logf("check:\n%s%s", out, errOut)
+	if code != 1 {
+		t.Fatalf("exit %d, want 1", code)
+	}
+	ckWantLines(t, out, `FAIL  store schema walhook: schema_version goes up to \d+ without 2: edited by hand, .* — fix: in walhook\.schema_version keep the rows`)
+
 	// A slot of the same name with another plugin, and a FOR ALL TABLES
 	// publication: setup would refuse both.
 	ckExec(t, dsn, `SELECT pg_drop_replication_slot($1)`, db)
