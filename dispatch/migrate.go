@@ -95,6 +95,12 @@ const migrateLockKey = "walhook.migrate."
 // the migrations it applied (none when the store is current) and
 // ErrSchemaTooNew when a newer walhook migrated the store.
 func Migrate(ctx context.Context, pool *pgxpool.Pool, schema string) ([]string, error) {
+	return migrateTo(ctx, pool, schema, LatestSchemaVersion())
+}
+
+// migrateTo is Migrate stopping after version upTo: tests build a store
+// as an older walhook left it.
+func migrateTo(ctx context.Context, pool *pgxpool.Pool, schema string, upTo int) ([]string, error) {
 	if schema == "" {
 		return nil, errors.New("migrate: empty schema name")
 	}
@@ -128,7 +134,7 @@ func Migrate(ctx context.Context, pool *pgxpool.Pool, schema string) ([]string, 
 		}
 		q := quoteIdent(schema)
 		for _, m := range ms {
-			if m.version <= have {
+			if m.version <= have || m.version > upTo {
 				continue
 			}
 			if _, err := tx.Exec(ctx, strings.ReplaceAll(m.sql, "{{schema}}", q)); err != nil {
