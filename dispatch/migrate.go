@@ -9,8 +9,10 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
@@ -89,11 +91,23 @@ func quoteIdent(s string) string { return pgx.Identifier{s}.Sanitize() }
 // commit or rollback, so a crashed setup leaves nothing held).
 const migrateLockKey = "walhook.migrate."
 
+// migrateLockWait bounds how long a migration statement waits for a lock
+// on a store table. A statement waiting for a lock makes every later
+// statement that needs a conflicting lock on that table wait behind it, so
+// a migration queued behind a long holder (a session idle in a
+// transaction, a pg_dump) would stop a running walhook's appends for as
+// long as the holder lasts. walhook's own transactions hold their locks
+// for milliseconds. Building an index on a large table, once the lock is
+// taken, is not bounded by it.
+const migrateLockWait = 10 * time.Second
+
 // Migrate creates the schema when missing and applies the migrations the
 // store has not seen, in one transaction under an advisory lock, so two
 // concurrent setups neither race nor half-apply. It returns the names of
 // the migrations it applied (none when the store is current) and
-// ErrSchemaTooNew when a newer walhook migrated the store.
+// ErrSchemaTooNew when a newer walhook migrated the store. A statement
+// that waits longer than migrateLockWait for a lock fails it, and the
+// transaction with it.
 func Migrate(ctx context.Context, pool *pgxpool.Pool, schema string) ([]string, error) {
 	return migrateTo(ctx, pool, schema, LatestSchemaVersion())
 }
@@ -112,6 +126,11 @@ func migrateTo(ctx context.Context, pool *pgxpool.Pool, schema string, upTo int)
 	err = pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock(hashtextextended($1, 0))`, migrateLockKey+schema); err != nil {
 			return fmt.Errorf("lock: %w", err)
+		}
+		// Set after the advisory lock: a second setup waits for the first
+		// one however long its migrations take.
+		if _, err := tx.Exec(ctx, fmt.Sprintf(`SET LOCAL lock_timeout = %d`, migrateLockWait.Milliseconds())); err != nil {
+			return fmt.Errorf("set lock_timeout: %w", err)
 		}
 		// CREATE SCHEMA IF NOT EXISTS checks CREATE on the database before
 		// it looks for the schema, so it fails for a role given a schema a
@@ -147,10 +166,32 @@ func migrateTo(ctx context.Context, pool *pgxpool.Pool, schema string, upTo int)
 		}
 		return nil
 	})
+	if pe := (*pgconn.PgError)(nil); errors.As(err, &pe) && pe.Code == "55P03" { // lock_not_available
+		err = fmt.Errorf("%w; waited %s for a lock on a store table held by %s (pg_stat_activity shows what: a long "+
+			"transaction, a session idle in a transaction, a pg_dump); nothing was changed, run setup again once it has ended",
+			err, migrateLockWait, lockHolders(ctx, pool, schema))
+	}
 	if err != nil {
 		return nil, fmt.Errorf("migrate schema %q: %w", schema, err)
 	}
 	return applied, nil
+}
+
+// lockHolders names the other sessions holding locks on the schema's
+// tables, for the error of a migration that waited too long for one.
+func lockHolders(ctx context.Context, pool *pgxpool.Pool, schema string) string {
+	var pids []int32
+	err := pool.QueryRow(ctx, `SELECT coalesce(array_agg(DISTINCT l.pid ORDER BY l.pid), '{}') FROM pg_locks l
+		JOIN pg_class c ON c.oid = l.relation JOIN pg_namespace n ON n.oid = c.relnamespace
+		WHERE n.nspname = $1 AND l.granted AND l.pid <> pg_backend_pid()`, schema).Scan(&pids)
+	if err != nil || len(pids) == 0 {
+		return "another session"
+	}
+	s := make([]string, len(pids))
+	for i, p := range pids {
+		s[i] = "pid " + strconv.Itoa(int(p))
+	}
+	return strings.Join(s, ", ")
 }
 
 type querier interface {

@@ -3,8 +3,10 @@ package dispatch
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
@@ -131,5 +133,50 @@ func TestSchemaVersionsWithAGapAreRefused(t *testing.T) {
 	}
 	if err := CheckSchema(ctx, pool, "walhook"); !errors.Is(err, ErrSchemaVersions) || !strings.Contains(err.Error(), "unknown 0") {
 		t.Fatalf("CheckSchema with a version 0 row = %v, want ErrSchemaVersions naming 0", err)
+	}
+}
+
+// A migration that must wait for a lock on a store table (a session idle
+// in a transaction that read it, a pg_dump) would wait for as long as
+// that session lasts, and every walhook statement on that table would
+// queue behind it: the leader's appends stop. Migrate gives up after
+// migrateLockWait instead, naming the session, and changes nothing; once
+// the session is gone it applies.
+func TestMigrateGivesUpWaitingForALockAndChangesNothing(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool, err := pgxpool.New(ctx, pgtest.Shared(t).NewDatabase(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	if _, err := migrateTo(ctx, pool, "walhook", 5); err != nil {
+		t.Fatal(err)
+	}
+	blocker, err := pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer blocker.Rollback(ctx)
+	var pid int
+	if err := blocker.QueryRow(ctx, `SELECT pg_backend_pid() FROM walhook.cursor UNION ALL SELECT pg_backend_pid() LIMIT 1`).Scan(&pid); err != nil {
+		t.Fatal(err)
+	}
+
+	mctx, cancel := context.WithTimeout(ctx, 2*migrateLockWait+20*time.Second)
+	defer cancel()
+	start := time.Now()
+	_, err = Migrate(mctx, pool, "walhook")
+	if err == nil || mctx.Err() != nil || !strings.Contains(err.Error(), fmt.Sprintf("pid %d", pid)) {
+		t.Fatalf("Migrate behind a lock holder = %v after %s; want it to give up naming pid %d", err, time.Since(start), pid)
+	}
+	if v, err := schemaVersion(ctx, pool, "walhook", nil); err != nil || v != 5 {
+		t.Fatalf("version after the refused Migrate = %d, %v; want 5", v, err)
+	}
+	if err := blocker.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Migrate(ctx, pool, "walhook"); err != nil {
+		t.Fatalf("Migrate once the lock holder is gone: %v", err)
 	}
 }
