@@ -206,12 +206,12 @@ func fencedBlock(t *testing.T, md []byte, lang, marker string) string {
 	for rest := string(md); ; {
 		i := strings.Index(rest, open)
 		if i < 0 {
-			t.Fatalf("docs/receiving.md has no ```%s block containing %q", lang, marker)
+			t.Fatalf("the doc has no ```%s block containing %q", lang, marker)
 		}
 		rest = rest[i+len(open):]
 		end := strings.Index(rest, "\n```")
 		if end < 0 {
-			t.Fatalf("docs/receiving.md: unterminated ```%s block", lang)
+			t.Fatalf("the doc has an unterminated ```%s block", lang)
 		}
 		if block := rest[:end+1]; strings.Contains(block, marker) {
 			return block

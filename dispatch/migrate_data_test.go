@@ -3,7 +3,10 @@ package dispatch
 import (
 	"context"
 	"fmt"
+	"os"
+	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -139,4 +142,96 @@ func storeMigratedWithDataKeepsDelivering(t *testing.T, from int) {
 		t.Fatalf("fan-out after whk_off was enabled by hand = %v, want it not skipped", m)
 	}
 	obWaitFor(t, "the new events delivered", func() bool { return rc.n() == 3+2+3 })
+}
+
+// The rollback of docs/operations.md (Upgrading) takes a store at version
+// 7 back to exactly what migrations 1 to 5 make, drops what deleted
+// endpoints still left, and the store migrates forward again. After an
+// accepted fork it refuses and changes nothing.
+func TestOperationsRollbackSQLGivesTheVersion5Store(t *testing.T) {
+	t.Parallel()
+	if LatestSchemaVersion() != 7 {
+		t.Skip("the documented rollback starts at store version 7")
+	}
+	ctx := context.Background()
+	md, err := os.ReadFile(filepath.Join("..", "docs", "operations.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rollback := fencedBlock(t, md, "sql", "7 -> 6")
+	open := func() *pgxpool.Pool {
+		pool, err := pgxpool.New(ctx, pgtest.Shared(t).NewDatabase(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(pool.Close)
+		return pool
+	}
+	exec := func(pool *pgxpool.Pool, sql string) error {
+		_, err := pool.Exec(ctx, sql)
+		return err
+	}
+	shape := func(pool *pgxpool.Pool) string {
+		var s string
+		if err := pool.QueryRow(ctx, `SELECT string_agg(x, E'\n' ORDER BY x) FROM (
+			SELECT 'column ' || table_name || '.' || column_name || ' ' || data_type || ' ' || is_nullable || ' ' || coalesce(column_default, '')
+				FROM information_schema.columns WHERE table_schema = 'walhook'
+			UNION ALL SELECT 'index ' || indexdef FROM pg_indexes WHERE schemaname = 'walhook'
+			UNION ALL SELECT 'constraint ' || conname || ' ' || pg_get_constraintdef(oid) FROM pg_constraint WHERE connamespace = 'walhook'::regnamespace
+			UNION ALL SELECT 'trigger ' || tgname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
+				WHERE c.relnamespace = 'walhook'::regnamespace AND NOT t.tgisinternal
+			UNION ALL SELECT 'function ' || proname FROM pg_proc WHERE pronamespace = 'walhook'::regnamespace
+			UNION ALL SELECT 'version ' || version FROM walhook.schema_version) s(x)`).Scan(&s); err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+
+	want := open()
+	if _, err := migrateTo(ctx, want, "walhook", 5); err != nil {
+		t.Fatal(err)
+	}
+	pool := open()
+	if _, err := Migrate(ctx, pool, "walhook"); err != nil {
+		t.Fatal(err)
+	}
+	if err := exec(pool, `
+		INSERT INTO walhook.endpoints (id, url, secret) VALUES ('whk_kept', 'https://example.com/', 'whsec_x');
+		INSERT INTO walhook.events (id, type, envelope, occurred_at, data) VALUES ('ev', 'item.created', 'auction-excellence', now(), '{}');
+		INSERT INTO walhook.deliveries (id, event_id, endpoint_id, event_type) VALUES
+			('d-kept', 'ev', 'whk_kept', 'item.created'), ('d-gone', 'ev', 'whk_gone', 'item.created');
+		INSERT INTO walhook.attempts (delivery_id, attempt, started_at, duration_ms) VALUES ('d-gone', 1, now(), 1);
+		INSERT INTO walhook.endpoints_deleted (id) VALUES ('whk_gone');
+		INSERT INTO walhook.cursor (slot, system_id, lsn) VALUES ('slot', 'sys', '0/1000')`); err != nil {
+		t.Fatal(err)
+	}
+
+	// After an accepted fork: refused, nothing changed.
+	if err := exec(pool, `UPDATE walhook.cursor SET id_epoch = 1`); err != nil {
+		t.Fatal(err)
+	}
+	before := shape(pool)
+	if err := exec(pool, rollback); err == nil || !strings.Contains(err.Error(), "a fork was accepted") {
+		t.Fatalf("rollback after an accepted fork = %v, want it refused", err)
+	}
+	if err := exec(pool, `ROLLBACK; UPDATE walhook.cursor SET id_epoch = 0`); err != nil {
+		t.Fatal(err)
+	}
+	if got := shape(pool); got != before {
+		t.Fatalf("a refused rollback changed the store:\n%s\nwas:\n%s", got, before)
+	}
+
+	if err := exec(pool, rollback); err != nil {
+		t.Fatalf("rollback: %v", err)
+	}
+	if got, w := shape(pool), shape(want); got != w {
+		t.Fatalf("store after the rollback:\n%s\n\nwant (migrations 1 to 5):\n%s", got, w)
+	}
+	var n int
+	if err := pool.QueryRow(ctx, `SELECT (SELECT count(*) FROM walhook.deliveries WHERE id = 'd-gone') + (SELECT count(*) FROM walhook.attempts)`).Scan(&n); err != nil || n != 0 {
+		t.Fatalf("rows of the deleted endpoint after the rollback: %d, %v", n, err)
+	}
+	if applied, err := Migrate(ctx, pool, "walhook"); err != nil || len(applied) != 2 {
+		t.Fatalf("Migrate after the rollback = %v, %v; want 006 and 007 applied again", applied, err)
+	}
 }
