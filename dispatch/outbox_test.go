@@ -397,17 +397,31 @@ func TestAppendEndpointCache(t *testing.T) {
 		}
 	}
 
-	// The overlap of a previous secret ends while the cache is kept.
+	// The overlap of a previous secret ends while the cache is kept. The
+	// first fan-out must come within the overlap: on a slow machine it may
+	// not come within a short one, so the overlap is set again, twice as
+	// long (a change that moves the version, like a rotate), until a
+	// fan-out lands inside it.
 	b.endpoint(t, "e3", "https://x.example/", nil, nil, true)
-	exec(`UPDATE walhook.endpoints SET previous_secret = secret, previous_secret_until = now() + interval '300 milliseconds'`)
-	eps, now := fanout()
-	if !eps[0].prevSecretUntil.After(now) {
-		t.Fatalf("previous secret until %s, not after the append's now() %s", eps[0].prevSecretUntil, now)
+	var eps []fanoutEndpoint
+	var now time.Time
+	for overlap := 300 * time.Millisecond; ; overlap *= 2 {
+		exec(fmt.Sprintf(`UPDATE walhook.endpoints SET previous_secret = secret,
+			previous_secret_until = now() + interval '%d milliseconds'`, overlap.Milliseconds()))
+		eps, now = fanout()
+		if eps[0].prevSecretUntil.After(now) {
+			break
+		}
+		if overlap > time.Minute {
+			t.Fatalf("previous secret until %s, not after the append's now() %s", eps[0].prevSecretUntil, now)
+		}
 	}
-	time.Sleep(400 * time.Millisecond)
+	obWaitFor(t, "the store's clock past the overlap", func() bool {
+		return b.count(t, `SELECT count(*) FROM walhook.endpoints WHERE previous_secret_until < now()`) == 1
+	})
 	later, now := fanout()
 	if &later[0] != &eps[0] || later[0].prevSecretUntil.After(now) {
-		t.Fatalf("350 ms later: cache kept %v, previous secret still valid %v", &later[0] == &eps[0], later[0].prevSecretUntil.After(now))
+		t.Fatalf("after the overlap: cache kept %v, previous secret still valid %v", &later[0] == &eps[0], later[0].prevSecretUntil.After(now))
 	}
 }
 
