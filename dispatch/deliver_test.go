@@ -227,7 +227,9 @@ func TestDeliverTimeoutRedirectAndBlockedAddress(t *testing.T) {
 		return 302
 	})
 	d, b := obSetup(t, func(o *Options) {
-		o.Client.Timeout = 300 * time.Millisecond
+		// Long enough for the redirect's answer on a loaded machine: the
+		// hanging receiver waits it out whatever it is.
+		o.Client.Timeout = 5 * time.Second
 		o.Retry = RetryPolicy{Schedule: []time.Duration{0}}
 	})
 	epHang := b.endpoint(t, "hang", hang.URL, nil, nil, true)
@@ -371,7 +373,9 @@ func LSNfor(i int) cdc.LSN { return cdc.LSN(1000 + i) }
 func TestLeaseRescueAfterCrash(t *testing.T) {
 	t.Parallel()
 	rc := obNewReceiver(t, nil)
-	crashed, b := obSetup(t, func(o *Options) { o.InstanceID = "crashed"; o.Lease = 200 * time.Millisecond })
+	// Leases longer than the test: the crashed claim's runs out when the
+	// test says so, and the rescuer's never does.
+	crashed, b := obSetup(t, func(o *Options) { o.InstanceID = "crashed"; o.Lease = time.Minute })
 	ep := b.endpoint(t, "whk_1", rc.URL, nil, nil, true)
 	ev := obEvent("a.b", "")
 	obAppend(t, crashed, 10, ev)
@@ -383,10 +387,15 @@ func TestLeaseRescueAfterCrash(t *testing.T) {
 	if cs2, _, err := crashed.claim(context.Background(), 10, &inflight{}); err != nil || len(cs2) != 0 {
 		t.Fatalf("claimed a leased delivery again: %d, %v", len(cs2), err)
 	}
-	// The crashed process never records anything. Another one rescues.
-	other := b.dispatcher(t, func(o *Options) { o.InstanceID = "other"; o.Lease = 200 * time.Millisecond })
-	obRun(t, other)
 	id := mapper.DeliveryID(ev.Envelope, ev.ID, ep)
+	// The crashed process never records anything; its lease runs out.
+	// Another one rescues.
+	if _, err := b.pool.Exec(context.Background(), `UPDATE walhook.deliveries SET locked_until = now() - interval '1 second'
+		WHERE id = $1 AND locked_by = 'crashed'`, id); err != nil {
+		t.Fatal(err)
+	}
+	other := b.dispatcher(t, func(o *Options) { o.InstanceID = "other"; o.Lease = time.Minute })
+	obRun(t, other)
 	b.waitStatus(t, id, "delivered")
 	if _, attempts, _, _ := b.deliveryState(t, id); attempts != 2 {
 		t.Fatalf("attempts = %d, want 2 (the crashed claim counts)", attempts)
