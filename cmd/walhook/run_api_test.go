@@ -83,7 +83,7 @@ func TestRunAdminAPI(t *testing.T) {
 	}
 
 	var hist []any
-	runWaitFor(t, 10*time.Second, "five delivered rows in the history", func() bool {
+	runWaitFor(t, 60*time.Second, "five delivered rows in the history", func() bool {
 		_, env := runAPI(t, "GET", base+"/api/v1/webhooks/"+id+"/deliveries?status=delivered", runAPIKey, "")
 		data, _ := env["data"].(map[string]any)
 		hist, _ = data["deliveries"].([]any)
