@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -28,23 +29,75 @@ var seed000Events = []string{
 	"member.invited", "member.joined", "member.role_changed", "member.removed",
 }
 
-// TestDemo runs `walhook demo --duration 20s` as a user would and checks that
-// it exits 0 after printing a verified delivery of every seed-000 event type.
+// TestDemo runs `walhook demo` as a user would and checks that it prints a
+// verified delivery of every seed-000 event type and, stopped as Ctrl-C
+// stops it (its context canceled), exits 0 with everything removed. It is
+// stopped once every type is verified, not after a fixed --duration: how
+// much of one the throwaway cluster's start takes depends on the machine
+// (TestDemoDurationStops covers the flag).
 func TestDemo(t *testing.T) {
 	t.Parallel()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	out, errOut, code := runCLI(t, ctx, "demo", "--duration", "20s", "--listen", "127.0.0.1:0", "--every", "2s")
-	if code != 0 {
+	var stdout, stderr syncbuf.Buffer
+	done := make(chan error, 1)
+	go func() {
+		done <- Run(ctx, []string{"demo", "--duration", "3m", "--listen", "127.0.0.1:0", "--every", "2s"}, &stdout, &stderr)
+	}()
+	verified := regexp.MustCompile(`(?m)^✓ verified\s+(\S+)\s+id=(\S+)`)
+	got := func() map[string]int {
+		got := map[string]int{}
+		for _, m := range verified.FindAllStringSubmatch(stdout.String(), -1) {
+			got[m[1]]++
+		}
+		return got
+	}
+	var err error
+	exited := false
+	t.Cleanup(func() { // after a failed wait too: the demo removes what it made
+		cancel()
+		if !exited {
+			select {
+			case err = <-done:
+				exited = true
+			case <-time.After(60 * time.Second):
+			}
+		}
+	})
+	runWaitFor(t, 3*time.Minute, "a verified delivery of every event type", func() bool {
+		select {
+		case err = <-done:
+			exited = true
+			return true
+		default:
+		}
+		g := got()
+		for _, ev := range seed000Events {
+			if g[ev] == 0 {
+				return false
+			}
+		}
+		return true
+	}, func() string { return stdout.String() + stderr.String() })
+	if !exited {
+		cancel()
+		select {
+		case err = <-done:
+			exited = true
+		case <-time.After(60 * time.Second):
+			t.Fatalf("demo did not stop within 60s of Ctrl-C\n%s", stdout.String())
+		}
+	}
+	out, errOut := stdout.String(), stderr.String()
+	if err != nil && !errors.Is(err, ErrHelpShown) {
+		errOut += err.Error()
+	}
+	if code := ExitCode(err); code != 0 {
 		t.Fatalf("demo exited %d\nstdout:\n%s\nstderr:\n%s", code, out, errOut)
 	}
-	verified := regexp.MustCompile(`(?m)^✓ verified\s+(\S+)\s+id=(\S+)`)
-	got := map[string]int{}
-	for _, m := range verified.FindAllStringSubmatch(out, -1) {
-		got[m[1]]++
-	}
+	g := got()
 	for _, ev := range seed000Events {
-		if got[ev] == 0 {
+		if g[ev] == 0 {
 			t.Errorf("no verified delivery of %s", ev)
 		}
 	}
@@ -55,6 +108,18 @@ func TestDemo(t *testing.T) {
 	}
 	if t.Failed() {
 		t.Logf("stdout:\n%s\nstderr:\n%s", out, errOut)
+	}
+}
+
+// --duration stops the demo by itself, as a clean stop: exit 0 and
+// everything removed. (1ms runs out while the throwaway cluster starts.)
+func TestDemoDurationStops(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	out, errOut, code := runCLI(t, ctx, "demo", "--duration", "1ms", "--listen", "127.0.0.1:0")
+	if code != 0 || !strings.Contains(out, "removed") {
+		t.Fatalf("demo --duration 1ms: exit %d, want 0 and everything removed\nstdout:\n%s\nstderr:\n%s", code, out, errOut)
 	}
 }
 
