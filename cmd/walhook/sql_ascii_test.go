@@ -95,12 +95,12 @@ func TestJSONValueWithNonUTF8BytesKeepsTheBodyJSON(t *testing.T) {
 		db, rc, file := notesRun(t, true)
 		p := startRunProc(t, "--config", file)
 		db.exec(t, latin1Insert)
-		deadline := time.Now().Add(20 * time.Second)
+		deadline := time.Now().Add(60 * time.Second)
 		for rc.Unique() == 0 && time.Now().Before(deadline) {
 			time.Sleep(50 * time.Millisecond)
 		}
 		if rc.Unique() == 0 {
-			t.Errorf("no delivery in 20s; walhook log:\n%s", runTail(p.stderr.String(), 1500))
+			t.Errorf("no delivery in 60s; walhook log:\n%s", runTail(p.stderr.String(), 1500))
 		}
 	})
 }
