@@ -294,12 +294,15 @@ const tombstoneSQL = `INSERT INTO {{schema}}.endpoints_deleted (id) SELECT unnes
 // purgeDeleted deletes the deliveries and attempts of a deleted endpoint
 // in batches of skipBatch, then its tombstone, stopping after maxRows
 // deliveries (the rest is the maintenance loop's); done reports that
-// nothing is left. Each batch holds the tombstone (FOR KEY SHARE): a
+// nothing is left. Each batch holds the tombstone (FOR UPDATE): a
 // static endpoint configured again removes it (SyncStaticEndpoints), and
 // waits for the batch under way; the batches after it find no tombstone
-// and delete nothing of the endpoint's history. The attempts go in a
-// statement after the deliveries', so it sees those an outcome wrote
-// meanwhile.
+// and delete nothing of the endpoint's history. Two purges of one
+// endpoint (the API's and maintenance's) take turns batch by batch: with
+// a shared lock each, two passes that both found the history gone each
+// waited for the other's lock to delete the tombstone, a deadlock. The
+// attempts go in a statement after the deliveries', so it sees those an
+// outcome wrote meanwhile.
 //
 // Batches continue from where the one before stopped, in the order of the
 // index on (endpoint_id, created_at DESC, id), so none walks the dead
@@ -317,7 +320,7 @@ func (d *Dispatcher) purgeDeleted(ctx context.Context, id string, maxRows int64)
 		gone := false
 		err := pgx.BeginFunc(ctx, d.pool, func(tx pgx.Tx) error {
 			var one int
-			err := tx.QueryRow(ctx, d.q(`SELECT 1 FROM {{schema}}.endpoints_deleted WHERE id = $1 FOR KEY SHARE`), id).Scan(&one)
+			err := tx.QueryRow(ctx, d.q(`SELECT 1 FROM {{schema}}.endpoints_deleted WHERE id = $1 FOR UPDATE`), id).Scan(&one)
 			if errors.Is(err, pgx.ErrNoRows) {
 				gone = true
 				return nil
