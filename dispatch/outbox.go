@@ -454,6 +454,12 @@ func (d *Dispatcher) HandoffRoom(ctx context.Context, want int, wait time.Durati
 		case <-ctx.Done():
 			return room, false
 		case <-timer.C:
+			// The wait may have ended while this goroutine waited for a
+			// CPU, with room freed meanwhile (select then picks either
+			// ready case): it gives up only if the room has not grown.
+			if now, _, _ := d.hold.room(); now > best {
+				continue
+			}
 			return room, false
 		case <-freed:
 		}
