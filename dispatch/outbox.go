@@ -457,7 +457,14 @@ func (d *Dispatcher) HandoffRoom(ctx context.Context, want int, wait time.Durati
 			// The wait may have ended while this goroutine waited for a
 			// CPU, with room freed meanwhile (select then picks either
 			// ready case): it gives up only if the room has not grown.
+			// The wait starts again here, as for any progress: the timer
+			// has fired, and the room read at the top of the loop may be
+			// back to best (a claim took what was freed), which would
+			// leave nothing to end the wait while the fullest endpoint
+			// hangs.
 			if now, _, _ := d.hold.room(); now > best {
+				best = now
+				timer.Reset(wait)
 				continue
 			}
 			return room, false
