@@ -89,10 +89,12 @@ func literalSecrets(cfg *config.Config, data []byte) []string {
 var envRefRE = regexp.MustCompile(`\$\{[^}]*\}`)
 
 // literalPassword reports whether raw, a DSN as written in the file,
-// holds the password of dsn, the DSN after ${…} expansion: raw contains
-// it, and the password read from raw with every ${…} replaced by a marker
-// is the same. (A password from PGPASSWORD or a password file is read
-// into both, but is not in raw.)
+// holds the password of dsn, the DSN after ${…} expansion: raw itself
+// names a password (user:password@ in a URL, a password parameter or
+// keyword), and with every ${…} replaced by a marker it is the same. A
+// password pgconn reads from PGPASSWORD, a password file or a service
+// file is not in raw, even when its value happens to appear there (a
+// password "postgres" for user postgres).
 func literalPassword(raw, dsn string) bool {
 	if raw == "" {
 		return false
@@ -101,10 +103,63 @@ func literalPassword(raw, dsn string) bool {
 	if err != nil || pc.Password == "" {
 		return false
 	}
-	pw := pc.Password
-	if !strings.Contains(raw, pw) && !strings.Contains(raw, url.PathEscape(pw)) && !strings.Contains(raw, url.QueryEscape(pw)) {
-		return false
+	pw, ok := explicitPassword(envRefRE.ReplaceAllLiteralString(raw, "walhook-from-env"))
+	return ok && pw == pc.Password
+}
+
+// explicitPassword is the password written in a DSN, in URL or keyword/
+// value form, without what libpq would take from the environment.
+func explicitPassword(dsn string) (string, bool) {
+	if strings.HasPrefix(dsn, "postgres://") || strings.HasPrefix(dsn, "postgresql://") {
+		u, err := url.Parse(dsn)
+		if err != nil {
+			return "", false
+		}
+		if q := u.Query(); q.Has("password") {
+			return q.Get("password"), true
+		}
+		if u.User != nil {
+			return u.User.Password()
+		}
+		return "", false
 	}
-	rc, err := pgconn.ParseConfig(envRefRE.ReplaceAllLiteralString(raw, "walhook-from-env"))
-	return err == nil && rc.Password == pw
+	pw, found := "", false
+	s := dsn
+	for {
+		s = strings.TrimLeft(s, " \t\n\r\v\f")
+		if s == "" {
+			return pw, found
+		}
+		eq := strings.IndexByte(s, '=')
+		if eq < 0 {
+			return pw, found
+		}
+		key := strings.TrimSpace(s[:eq])
+		s = strings.TrimLeft(s[eq+1:], " \t\n\r\v\f")
+		var val strings.Builder
+		if strings.HasPrefix(s, "'") {
+			s = s[1:]
+			for len(s) > 0 && s[0] != '\'' {
+				if s[0] == '\\' && len(s) > 1 {
+					s = s[1:]
+				}
+				val.WriteByte(s[0])
+				s = s[1:]
+			}
+			if len(s) > 0 {
+				s = s[1:]
+			}
+		} else {
+			for len(s) > 0 && !strings.ContainsRune(" \t\n\r\v\f", rune(s[0])) {
+				if s[0] == '\\' && len(s) > 1 {
+					s = s[1:]
+				}
+				val.WriteByte(s[0])
+				s = s[1:]
+			}
+		}
+		if key == "password" {
+			pw, found = val.String(), true
+		}
+	}
 }
