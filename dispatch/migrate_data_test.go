@@ -11,8 +11,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
-
-	"github.com/walhook/walhook/internal/pgtest"
 )
 
 // A store that an older walhook (store version 1, and 5) has been using, with
@@ -35,11 +33,7 @@ func TestStoreMigratedWithDataKeepsDelivering(t *testing.T) {
 
 func storeMigratedWithDataKeepsDelivering(t *testing.T, from int) {
 	ctx := context.Background()
-	pool, err := pgxpool.New(ctx, pgtest.Shared(t).NewDatabase(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
+	pool := newStorePool(t)
 	if _, err := migrateTo(ctx, pool, "walhook", from); err != nil {
 		t.Fatal(err)
 	}
@@ -159,14 +153,6 @@ func TestOperationsRollbackSQLGivesTheVersion5Store(t *testing.T) {
 		t.Fatal(err)
 	}
 	rollback := fencedBlock(t, md, "sql", "7 -> 6")
-	open := func() *pgxpool.Pool {
-		pool, err := pgxpool.New(ctx, pgtest.Shared(t).NewDatabase(t))
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(pool.Close)
-		return pool
-	}
 	exec := func(pool *pgxpool.Pool, sql string) error {
 		_, err := pool.Exec(ctx, sql)
 		return err
@@ -187,11 +173,11 @@ func TestOperationsRollbackSQLGivesTheVersion5Store(t *testing.T) {
 		return s
 	}
 
-	want := open()
+	want := newStorePool(t)
 	if _, err := migrateTo(ctx, want, "walhook", 5); err != nil {
 		t.Fatal(err)
 	}
-	pool := open()
+	pool := newStorePool(t)
 	if _, err := Migrate(ctx, pool, "walhook"); err != nil {
 		t.Fatal(err)
 	}

@@ -16,11 +16,7 @@ import (
 func TestMigrateIdempotentAndCheckSchema(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	pool, err := pgxpool.New(ctx, pgtest.Shared(t).NewDatabase(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pool.Close()
+	pool := newStorePool(t)
 
 	if err := CheckSchema(ctx, pool, "hooks"); !errors.Is(err, ErrSchemaMissing) {
 		t.Fatalf("CheckSchema before setup = %v, want ErrSchemaMissing", err)
@@ -68,11 +64,7 @@ func TestMigrateIdempotentAndCheckSchema(t *testing.T) {
 func TestMigrateConcurrent(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	pool, err := pgxpool.New(ctx, pgtest.Shared(t).NewDatabase(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pool.Close()
+	pool := newStorePool(t)
 	errs := make(chan error, 3)
 	total := make(chan int, 3)
 	for range 3 {
@@ -108,18 +100,14 @@ func TestMigrateEmptySchema(t *testing.T) {
 func TestSchemaVersionsWithAGapAreRefused(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	pool, err := pgxpool.New(ctx, pgtest.Shared(t).NewDatabase(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pool.Close()
+	pool := newStorePool(t)
 	if _, err := Migrate(ctx, pool, "walhook"); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := pool.Exec(ctx, `DELETE FROM walhook.schema_version WHERE version = 3`); err != nil {
 		t.Fatal(err)
 	}
-	err = CheckSchema(ctx, pool, "walhook")
+	err := CheckSchema(ctx, pool, "walhook")
 	if !errors.Is(err, ErrSchemaVersions) || !strings.Contains(err.Error(), "without 3") {
 		t.Fatalf("CheckSchema with version 3 missing = %v, want ErrSchemaVersions naming 3", err)
 	}
@@ -145,11 +133,7 @@ func TestSchemaVersionsWithAGapAreRefused(t *testing.T) {
 func TestMigrateGivesUpWaitingForALockAndChangesNothing(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	pool, err := pgxpool.New(ctx, pgtest.Shared(t).NewDatabase(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pool.Close()
+	pool := newStorePool(t)
 	if _, err := migrateTo(ctx, pool, "walhook", 5); err != nil {
 		t.Fatal(err)
 	}
@@ -179,4 +163,16 @@ func TestMigrateGivesUpWaitingForALockAndChangesNothing(t *testing.T) {
 	if _, err := Migrate(ctx, pool, "walhook"); err != nil {
 		t.Fatalf("Migrate once the lock holder is gone: %v", err)
 	}
+}
+
+// newStorePool opens a pool on a fresh database of the shared test cluster,
+// closed when the test ends.
+func newStorePool(t *testing.T) *pgxpool.Pool {
+	t.Helper()
+	pool, err := pgxpool.New(context.Background(), pgtest.Shared(t).NewDatabase(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	return pool
 }
