@@ -107,13 +107,7 @@ func TestSecondConsumerWaits(t *testing.T) {
 // restart: none lost, and none twice once deduplicated by commit LSN.
 func TestCrashResume(t *testing.T) {
 	t.Parallel()
-	c := pgtest.StartT(t, pgtest.Options{})
-	db, err := c.CreateDatabase(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	dsn := c.DSN(db)
-	setupDB(t, dsn, itemSchema, "public.item")
+	c, dsn := ownClusterItems(t, pgtest.Options{})
 	b := startStream(t, dsn, 0, func(o *Options) { o.TxBuffer = 2 })
 
 	const n = 200
@@ -158,14 +152,8 @@ func TestCrashResume(t *testing.T) {
 func TestSlotInvalidated(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	c := pgtest.StartT(t, pgtest.Options{Settings: map[string]string{
+	_, dsn := ownClusterItems(t, pgtest.Options{Settings: map[string]string{
 		"max_slot_wal_keep_size": "1MB", "wal_keep_size": "0", "min_wal_size": "32MB", "max_wal_size": "64MB"}})
-	db, err := c.CreateDatabase(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dsn := c.DSN(db)
-	setupDB(t, dsn, itemSchema, "public.item")
 	for i := 0; i < 50; i++ {
 		var status string
 		queryRow(t, dsn, `SELECT wal_status FROM pg_replication_slots WHERE slot_name = '`+slotFor(dsn)+`'`, &status)
@@ -177,7 +165,7 @@ func TestSlotInvalidated(t *testing.T) {
 		exec(t, dsn, `CHECKPOINT`)
 	}
 	b := startStream(t, dsn, 0, nil)
-	err = b.runErr(t)
+	err := b.runErr(t)
 	wantErr(t, err, ErrSlotLost)
 	t.Log(err)
 	st, serr := b.stream.Status(ctx)
@@ -309,13 +297,7 @@ func TestTakeoverStartsFromDurable(t *testing.T) {
 // gone; nothing is lost.
 func TestSilentServer(t *testing.T) {
 	t.Parallel()
-	c := pgtest.StartT(t, pgtest.Options{})
-	db, err := c.CreateDatabase(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	dsn := c.DSN(db)
-	setupDB(t, dsn, itemSchema, "public.item")
+	_, dsn := ownClusterItems(t, pgtest.Options{})
 	b := startStream(t, dsn, 0, func(o *Options) { o.ReceiveTimeout = 2 * time.Second })
 	exec(t, dsn, `INSERT INTO item VALUES (1, 'x')`)
 	b.stream.Confirm(b.nextTx(t).EndLSN)
@@ -358,4 +340,19 @@ func TestSilentServer(t *testing.T) {
 	if st, _ := b.stream.Status(context.Background()); st.Reconnects == 0 || st.State != StateStreaming {
 		t.Errorf("after the silence: %d reconnects, state %s", st.Reconnects, st.State)
 	}
+}
+
+// ownClusterItems starts a cluster of the test's own (one it may crash,
+// freeze or starve of WAL) and returns it with the DSN of a database
+// holding the item table, published.
+func ownClusterItems(t *testing.T, opts pgtest.Options) (*pgtest.Cluster, string) {
+	t.Helper()
+	c := pgtest.StartT(t, opts)
+	db, err := c.CreateDatabase(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	dsn := c.DSN(db)
+	setupDB(t, dsn, itemSchema, "public.item")
+	return c, dsn
 }
