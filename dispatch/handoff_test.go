@@ -138,12 +138,7 @@ func TestHandedDeliveryRetriedWithSameBody(t *testing.T) {
 func TestHeldDeliveryHandedBackBeforeLease(t *testing.T) {
 	t.Parallel()
 	release := make(chan struct{})
-	rc := obNewReceiver(t, func(n int, _ http.ResponseWriter, _ *http.Request) int {
-		if n == 0 {
-			<-release
-		}
-		return 200
-	})
+	rc := obNewReceiver(t, firstWaitsFor(release, 200))
 	var logs syncbuf.Buffer
 	d, b := obSetup(t, func(o *Options) {
 		o.Logger = slog.New(slog.NewTextHandler(&logs, nil))

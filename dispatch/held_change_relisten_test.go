@@ -24,13 +24,7 @@ func TestHeldDeliveryDuringRelisten(t *testing.T) {
 	var once sync.Once
 	free := func() { once.Do(func() { close(release) }) }
 	defer free() // a failure does not leave the attempt hanging
-	old := obNewReceiver(t, func(n int, _ http.ResponseWriter, _ *http.Request) int {
-		if n == 0 {
-			<-release
-			return 200
-		}
-		return http.StatusGone
-	})
+	old := obNewReceiver(t, firstWaitsFor(release, http.StatusGone))
 	newRC := obNewReceiver(t, nil)
 	d1, b := obSetup(t, nil) // the process serving the API; not delivering
 	ep := b.endpoint(t, "whk_1", old.URL, nil, nil, true)

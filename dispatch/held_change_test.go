@@ -18,12 +18,7 @@ import (
 func TestHeldDeliveryAfterRotate(t *testing.T) {
 	t.Parallel()
 	release := make(chan struct{})
-	rc := obNewReceiver(t, func(n int, _ http.ResponseWriter, _ *http.Request) int {
-		if n == 0 {
-			<-release
-		}
-		return 200
-	})
+	rc := obNewReceiver(t, firstWaitsFor(release, 200))
 	d, b := obSetup(t, func(o *Options) {
 		o.Workers, o.MaxInFlightPerEndpoint = 4, 1
 	})
@@ -70,13 +65,7 @@ func TestHeldDeliveryAfterRotate(t *testing.T) {
 func TestHeldDeliveryAfterURLChange(t *testing.T) {
 	t.Parallel()
 	release := make(chan struct{})
-	old := obNewReceiver(t, func(n int, _ http.ResponseWriter, _ *http.Request) int {
-		if n == 0 {
-			<-release
-			return 200
-		}
-		return http.StatusGone
-	})
+	old := obNewReceiver(t, firstWaitsFor(release, http.StatusGone))
 	newRC := obNewReceiver(t, nil)
 	d, b := obSetup(t, func(o *Options) {
 		o.Workers, o.MaxInFlightPerEndpoint = 4, 1

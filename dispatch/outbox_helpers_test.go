@@ -239,3 +239,16 @@ func waitForLockWait(t *testing.T, pool *pgxpool.Pool, what string, abort func()
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// firstWaitsFor is a receiver's answer: the first request answers 200 once
+// release is closed (it holds its endpoint's in-flight place until then),
+// every later one answers status at once.
+func firstWaitsFor(release <-chan struct{}, status int) func(int, http.ResponseWriter, *http.Request) int {
+	return func(n int, _ http.ResponseWriter, _ *http.Request) int {
+		if n == 0 {
+			<-release
+			return 200
+		}
+		return status
+	}
+}
