@@ -30,7 +30,7 @@ type options struct {
 	duration    time.Duration // length of the latency window and of each pgbench run
 	rounds      int           // interleaved pgbench rounds
 	clients     int           // pgbench clients
-	fsync       bool          // PostgreSQL fsync (on: the outbox is durable)
+	fsync       bool          // PostgreSQL fsync and full_page_writes (on: the outbox is durable)
 	runArgs     multiFlag     // extra arguments for `walhook run`
 	keep        bool          // keep the temporary directory (configs, logs)
 	skip        multiFlag     // parts to leave out: e2e, latency, pgbench
@@ -66,7 +66,7 @@ func parseOptions(args []string, stderr io.Writer) (options, error) {
 	fs.DurationVar(&o.duration, "duration", 20*time.Second, "length of the latency window and of each pgbench run")
 	fs.IntVar(&o.rounds, "rounds", 3, "interleaved pgbench rounds (medians are reported)")
 	fs.IntVar(&o.clients, "clients", 16, "pgbench clients")
-	fs.BoolVar(&o.fsync, "fsync", true, "run PostgreSQL with fsync on (the outbox durable, as in production)")
+	fs.BoolVar(&o.fsync, "fsync", true, "run PostgreSQL with fsync and full_page_writes on (the outbox durable, as in production)")
 	fs.Var(&o.runArgs, "run-arg", "extra argument for `walhook run` (repeatable)")
 	fs.BoolVar(&o.keep, "keep", false, "keep the temporary directory with configs and walhook logs")
 	fs.Var(&o.skip, "skip", "leave out a part: e2e, latency or pgbench (repeatable)")
@@ -194,7 +194,10 @@ func newEnv(ctx context.Context, o options, log io.Writer) (_ *env, err error) {
 	e.say("starting PostgreSQL (fsync %v) …", o.fsync)
 	settings := map[string]string{"max_wal_size": "'2GB'"}
 	if o.fsync {
+		// Both, as in production: fsync alone leaves a page torn by a
+		// crash mid-write unrecoverable (pgcluster turns both off for tests).
 		settings["fsync"] = "on"
+		settings["full_page_writes"] = "on"
 	}
 	if o.statements {
 		settings["shared_preload_libraries"] = "'pg_stat_statements'"

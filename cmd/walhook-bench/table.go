@@ -19,7 +19,7 @@ func check(ok bool) *bool { return &ok }
 // printTable writes the one table of the run.
 func printTable(w io.Writer, r results) {
 	o := r.opts
-	fmt.Fprintf(w, "\nwalhook end-to-end benchmark: PostgreSQL %s, fsync %s, %s, seed-000 mix\n", r.pgVersion, onOff(o.fsync), cpus())
+	fmt.Fprintf(w, "\nwalhook end-to-end benchmark: PostgreSQL %s, fsync and full_page_writes %s, %s, seed-000 mix\n", r.pgVersion, onOff(o.fsync), cpus())
 	store := ""
 	if o.storeDB {
 		store = " --store-db"
