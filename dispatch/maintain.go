@@ -209,8 +209,21 @@ func (d *Dispatcher) deleteExpired(ctx context.Context, budget time.Duration) (t
 		SELECT count(*) FROM gone`,
 	} {
 		for {
+			// Under indexPlans, as claims and outcomes: the generic plan
+			// of this prepared statement joined a batch with a sequential
+			// scan of attempts (the whole attempt log read for every
+			// 1,000 deliveries), and picked sequential scans of
+			// deliveries and events when a store had no statistics yet
+			// or only a few rows had expired.
 			var n int64
-			if err := d.pool.QueryRow(ctx, d.q(stmt), d.opts.Retention.Seconds(), retentionBatch).Scan(&n); err != nil {
+			b := &pgx.Batch{}
+			b.Queue("BEGIN")
+			b.Queue(indexPlans)
+			b.Queue(d.q(stmt), d.opts.Retention.Seconds(), retentionBatch).QueryRow(func(row pgx.Row) error { return row.Scan(&n) })
+			b.Queue("COMMIT")
+			// On an error the connection is left in an aborted
+			// transaction; pgxpool closes such a connection.
+			if err := d.pool.SendBatch(ctx, b).Close(); err != nil {
 				return total, false, fmt.Errorf("delete expired rows: %w", err)
 			}
 			total += n

@@ -1,0 +1,141 @@
+package dispatch
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// The store at scale: statements run periodically or per API call must
+// read O(batch) or O(result) rows, never the delivered history kept for
+// retention, whatever plan PostgreSQL picks. pgx prepares every statement
+// and PostgreSQL switches a prepared statement to its generic plan after
+// five executions (or keeps a plan made while the store was small), so
+// these tests run the code on one connection with plan_cache_mode =
+// force_generic_plan and count what it read, table by table, from
+// pg_stat_user_tables: sequential scans, and rows fetched by them and by
+// index scans.
+
+// tableReads is what one table's counters moved by.
+type tableReads struct {
+	seqScans, seqRows, idxRows int64
+}
+
+// scalePool is a one-connection pool on the store of b whose prepared
+// statements use generic plans, so counters read on it are its own.
+func scalePool(t *testing.T, b *obBundle) *pgxpool.Pool {
+	t.Helper()
+	cfg, err := pgxpool.ParseConfig(b.dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.MaxConns = 1
+	cfg.ConnConfig.RuntimeParams["plan_cache_mode"] = "force_generic_plan"
+	pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	return pool
+}
+
+// scaleDispatcher is a Dispatcher on pool (a scalePool).
+func scaleDispatcher(t *testing.T, pool *pgxpool.Pool, mod func(*Options)) *Dispatcher {
+	t.Helper()
+	o := obTestOptions(t)
+	if mod != nil {
+		mod(&o)
+	}
+	d, err := New(pool, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+// readsOf runs f (which must use pool, a scalePool) and returns what it
+// read per table of the walhook schema.
+func readsOf(t *testing.T, pool *pgxpool.Pool, f func()) map[string]tableReads {
+	t.Helper()
+	snap := func() map[string]tableReads {
+		ctx := context.Background()
+		// The counters of this backend are flushed when it goes idle
+		// after this call; the next statement sees them.
+		if _, err := pool.Exec(ctx, `SELECT pg_stat_force_next_flush()`); err != nil {
+			t.Fatal(err)
+		}
+		rows, err := pool.Query(ctx, `SELECT relname, seq_scan, coalesce(seq_tup_read, 0), coalesce(idx_tup_fetch, 0)
+			FROM pg_stat_user_tables WHERE schemaname = 'walhook'`)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer rows.Close()
+		m := map[string]tableReads{}
+		for rows.Next() {
+			var name string
+			var r tableReads
+			if err := rows.Scan(&name, &r.seqScans, &r.seqRows, &r.idxRows); err != nil {
+				t.Fatal(err)
+			}
+			m[name] = r
+		}
+		if err := rows.Err(); err != nil {
+			t.Fatal(err)
+		}
+		return m
+	}
+	before := snap()
+	f()
+	after := snap()
+	out := map[string]tableReads{}
+	for name, a := range after {
+		b := before[name]
+		out[name] = tableReads{a.seqScans - b.seqScans, a.seqRows - b.seqRows, a.idxRows - b.idxRows}
+	}
+	return out
+}
+
+// Retention deletes expired deliveries, their attempts and their events
+// batch by batch. Each batch must find its rows through the indexes
+// (deliveries_done, attempts_delivery, events_created_at): a generic plan
+// that joined the batch with a sequential scan of attempts read the whole
+// attempt log for every 1,000 deliveries (1 s a batch with 1,000,000
+// attempts), and one over events read every event each minute.
+func TestRetentionReadsThroughIndexes(t *testing.T) {
+	t.Parallel()
+	_, b := obSetup(t, nil)
+	ctx := context.Background()
+	if _, err := b.pool.Exec(ctx, `
+		INSERT INTO walhook.events (id, type, envelope, occurred_at, data, created_at)
+		SELECT 'ev' || i, 'a.b', 'ae', now(), '{}', now() - CASE WHEN i <= 1500 THEN interval '10 days' ELSE interval '1 hour' END
+		FROM generate_series(1, 20000) i;
+		INSERT INTO walhook.deliveries (id, event_id, endpoint_id, event_type, status, attempts, created_at, updated_at)
+		SELECT 'd' || i, 'ev' || i, 'whk_x', 'a.b', 'delivered', 1,
+			now() - CASE WHEN i <= 1500 THEN interval '10 days' ELSE interval '1 hour' END,
+			now() - CASE WHEN i <= 1500 THEN interval '10 days' ELSE interval '1 hour' END
+		FROM generate_series(1, 20000) i;
+		INSERT INTO walhook.attempts (delivery_id, attempt, started_at, duration_ms, status_code)
+		SELECT 'd' || i, 1, now(), 1, 200 FROM generate_series(1, 20000) i;
+		ANALYZE walhook.events; ANALYZE walhook.deliveries; ANALYZE walhook.attempts`); err != nil {
+		t.Fatal(err)
+	}
+	pool := scalePool(t, b)
+	d := scaleDispatcher(t, pool, func(o *Options) { o.Retention = 7 * 24 * time.Hour })
+	var n int64
+	reads := readsOf(t, pool, func() {
+		var err error
+		if n, _, err = d.deleteExpired(ctx, time.Minute); err != nil {
+			t.Fatal(err)
+		}
+	})
+	if n != 2*1500 {
+		t.Errorf("retention deleted %d deliveries and events, want 1,500 of each", n)
+	}
+	for _, table := range []string{"deliveries", "attempts", "events"} {
+		if r := reads[table]; r.seqScans != 0 {
+			t.Errorf("retention scanned %s sequentially %d times (%d rows read) to delete 1,500 expired of 20,000", table, r.seqScans, r.seqRows)
+		}
+	}
+}
