@@ -663,10 +663,18 @@ func (a *Admin) Recover(ctx context.Context, endpointID string, since time.Time)
 		if !active {
 			return fmt.Errorf("endpoint %q: %w", endpointID, ErrEndpointInactive)
 		}
+		// The rows are read through the partial indexes of failed and
+		// skipped deliveries (status as two OR'ed equalities, which the
+		// planner matches to each index; IN matches neither), under
+		// indexPlans: through (endpoint_id, created_at), or a sequential
+		// scan, a recover read the endpoint's whole delivered history.
+		if _, err := tx.Exec(ctx, indexPlans); err != nil {
+			return fmt.Errorf("recover deliveries: %w", err)
+		}
 		tag, err := tx.Exec(ctx, a.q(`
 			UPDATE {{schema}}.deliveries SET status = 'pending', attempts = 0, next_attempt_at = now(),
 				locked_by = NULL, locked_until = NULL, updated_at = now()
-			WHERE endpoint_id = $1 AND status IN ('failed', 'skipped') AND created_at >= $2
+			WHERE endpoint_id = $1 AND (status = 'failed' OR status = 'skipped') AND created_at >= $2
 				AND NOT `+isTestSend), endpointID, since) // test sends are never retried
 		if err != nil {
 			return fmt.Errorf("recover deliveries: %w", err)

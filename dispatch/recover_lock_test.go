@@ -44,7 +44,7 @@ func recoverBacklog(t *testing.T, b *obBundle, a *Admin, x, eventType string) (r
 		}
 		done <- time.Now()
 	}()
-	waitForLockWait(t, b.pool, "status IN ('failed', 'skipped')", nil)
+	waitForLockWait(t, b.pool, "(status = 'failed' OR status = 'skipped')", nil)
 	return done, release
 }
 
