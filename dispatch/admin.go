@@ -803,21 +803,24 @@ type EndpointState struct {
 // status (pending, delivering, failed, skipped; deliveries_done from a
 // minute ago for the delivered ones), one status at a time: a condition
 // like status IN ('pending', 'delivering') matches no partial index and
-// read the whole delivered history kept for retention.
+// read the whole delivered history kept for retention. The pending rows
+// (a dead endpoint's backlog can be most of them) are read once for their
+// count, the count of those retried and the oldest. It runs under
+// indexPlans: with statistics that showed many rows pending, the planner
+// preferred a sequential scan of the whole table.
 const outboxStatusSQL = `
 SELECT
-    (SELECT count(*) FROM {{schema}}.deliveries WHERE status = 'pending'),
+    p.n,
     (SELECT count(*) FROM {{schema}}.deliveries WHERE status = 'delivering'),
-    (SELECT count(*) FROM {{schema}}.deliveries WHERE status = 'pending' AND attempts > 0),
+    p.failing,
     (SELECT count(*) FROM {{schema}}.deliveries WHERE status = 'failed'),
     (SELECT count(*) FROM {{schema}}.deliveries WHERE status = 'skipped'),
-    (SELECT min(oldest) FROM (
-        SELECT min(created_at) AS oldest FROM {{schema}}.deliveries WHERE status = 'pending'
-        UNION ALL
-        SELECT min(created_at) FROM {{schema}}.deliveries WHERE status = 'delivering') o),
+    least(p.oldest, (SELECT min(created_at) FROM {{schema}}.deliveries WHERE status = 'delivering')),
     (SELECT count(*) FROM {{schema}}.deliveries WHERE status = 'delivered' AND updated_at > now() - interval '1 minute'),
     now(),
-    (SELECT count(*) FROM {{schema}}.deliveries WHERE status = 'delivering' AND locked_until < now())`
+    (SELECT count(*) FROM {{schema}}.deliveries WHERE status = 'delivering' AND locked_until < now())
+FROM (SELECT count(*) AS n, count(*) FILTER (WHERE attempts > 0) AS failing, min(created_at) AS oldest
+      FROM {{schema}}.deliveries WHERE status = 'pending') p`
 
 // OutboxStatus reads outbox depth and endpoint health, at a cost that
 // does not grow with the delivered history (outboxStatusSQL).
@@ -825,8 +828,16 @@ func (a *Admin) OutboxStatus(ctx context.Context) (OutboxStatus, error) {
 	var s OutboxStatus
 	var oldest *time.Time
 	var now time.Time
-	err := a.pool.QueryRow(ctx, a.q(outboxStatusSQL)).Scan(&s.Pending, &s.Delivering, &s.Failing, &s.Failed, &s.Skipped, &oldest, &s.DeliveredLastMinute, &now, &s.AwaitingRescue)
-	if err != nil {
+	b := &pgx.Batch{}
+	b.Queue("BEGIN")
+	b.Queue(indexPlans)
+	b.Queue(a.q(outboxStatusSQL)).QueryRow(func(row pgx.Row) error {
+		return row.Scan(&s.Pending, &s.Delivering, &s.Failing, &s.Failed, &s.Skipped, &oldest, &s.DeliveredLastMinute, &now, &s.AwaitingRescue)
+	})
+	b.Queue("COMMIT")
+	// On an error the connection is left in an aborted transaction;
+	// pgxpool closes such a connection.
+	if err := a.pool.SendBatch(ctx, b).Close(); err != nil {
 		return OutboxStatus{}, fmt.Errorf("outbox status: %w", err)
 	}
 	if oldest != nil {

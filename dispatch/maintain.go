@@ -153,6 +153,9 @@ func (d *Dispatcher) purgeTombstones(ctx context.Context) error {
 // one. Each status is read through its own partial index, so the cost is
 // O(unfinished), not O(history): the same count over status IN (…) was a
 // sequential scan of every delivery kept for retention, every few seconds.
+// It runs under indexPlans: with statistics that showed 10 % of 4,000,000
+// deliveries pending (a dead endpoint's backlog), the planner chose a
+// parallel sequential scan of the whole table instead (0.4 s a tick).
 const gaugesSQL = `
 SELECT coalesce(sum(n), 0), coalesce(extract(epoch FROM now() - min(oldest)), 0)::float8 FROM (
     SELECT count(*) AS n, min(created_at) AS oldest FROM {{schema}}.deliveries WHERE status = 'pending'
@@ -163,7 +166,12 @@ SELECT coalesce(sum(n), 0), coalesce(extract(epoch FROM now() - min(oldest)), 0)
 func (d *Dispatcher) updateGauges(ctx context.Context) error {
 	var pending int64
 	var age float64
-	if err := d.pool.QueryRow(ctx, d.q(gaugesSQL)).Scan(&pending, &age); err != nil {
+	b := &pgx.Batch{}
+	b.Queue("BEGIN")
+	b.Queue(indexPlans)
+	b.Queue(d.q(gaugesSQL)).QueryRow(func(row pgx.Row) error { return row.Scan(&pending, &age) })
+	b.Queue("COMMIT")
+	if err := d.pool.SendBatch(ctx, b).Close(); err != nil {
 		return err
 	}
 	d.metrics.pending.Set(float64(pending))

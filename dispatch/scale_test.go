@@ -237,3 +237,60 @@ func TestListDeliveriesReadsAPage(t *testing.T) {
 		}
 	}
 }
+
+// The outbox gauges (every maintenance tick) and the status API count the
+// unfinished deliveries through their partial indexes, whatever share of
+// the store they are: with statistics that showed 10 % of 4,000,000 rows
+// pending (a dead endpoint's backlog), both were planned as a parallel
+// sequential scan of the whole table, every tick (0.4 s) and every status
+// request (0.9-2 s). The status request also read the pending rows three
+// times (count, count of those retried, oldest).
+func TestOutboxCountsReadOnlyUnfinished(t *testing.T) {
+	t.Parallel()
+	_, b := obSetup(t, nil)
+	b.endpoint(t, "whk_dead", "https://dead.example/", nil, nil, true)
+	ctx := context.Background()
+	const pending, failed, skipped = 12000, 200, 100
+	if _, err := b.pool.Exec(ctx, `
+		INSERT INTO walhook.deliveries (id, event_id, endpoint_id, event_type, status, attempts, created_at, updated_at)
+		SELECT 'd' || i, 'ev' || i, 'whk_dead', 'a.b',
+			CASE WHEN i <= $1 THEN 'pending' WHEN i <= $1 + $2 THEN 'failed' WHEN i <= $1 + $2 + $3 THEN 'skipped' ELSE 'delivered' END,
+			3, now() - interval '1 hour', now() - interval '1 hour'
+		FROM generate_series(1, 20000) i`, pending, failed, skipped); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.pool.Exec(ctx, `
+		INSERT INTO walhook.deliveries (id, event_id, endpoint_id, event_type, status, attempts, locked_by, locked_until)
+		VALUES ('l1', 'e1', 'whk_dead', 'a.b', 'delivering', 1, 'someone', now() + interval '1 hour');
+		ANALYZE walhook.deliveries`); err != nil {
+		t.Fatal(err)
+	}
+	pool := scalePool(t, b)
+	d := scaleDispatcher(t, pool, nil)
+	a := NewAdmin(pool, "walhook", d)
+	for range 6 {
+		reads := readsOf(t, pool, func() {
+			if err := d.updateGauges(ctx); err != nil {
+				t.Fatal(err)
+			}
+		})
+		if r := reads["deliveries"]; r.seqScans != 0 || r.idxRows > pending+100 {
+			t.Fatalf("the gauges read deliveries with %d sequential scans (%d rows) and %d rows through indexes; %d are pending of 20,001",
+				r.seqScans, r.seqRows, r.idxRows, pending)
+		}
+		var st OutboxStatus
+		reads = readsOf(t, pool, func() {
+			var err error
+			if st, err = a.OutboxStatus(ctx); err != nil {
+				t.Fatal(err)
+			}
+		})
+		if st.Pending != pending || st.Failing != pending || st.Failed != failed || st.Skipped != skipped || st.Delivering != 1 {
+			t.Fatalf("OutboxStatus = %+v", st)
+		}
+		if r := reads["deliveries"]; r.seqScans != 0 || r.idxRows > pending+failed+skipped+100 {
+			t.Fatalf("the status read deliveries with %d sequential scans (%d rows) and %d rows through indexes; %d are pending, failed or skipped of 20,001",
+				r.seqScans, r.seqRows, r.idxRows, pending+failed+skipped)
+		}
+	}
+}
