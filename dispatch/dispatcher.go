@@ -189,6 +189,9 @@ type Dispatcher struct {
 	secrets secretCache
 	// endpoints is the fan-out's copy of the endpoints.
 	endpoints endpointCache
+	// eventSweep is the maintenance loop's place in the events past
+	// retention (deleteExpired).
+	eventSweep eventSweep
 	// unrecorded: delivery id → the lease of a claim whose attempt was
 	// made but whose outcome could not be written (the store failed).
 	// Run's release at stop keeps their attempt counted.

@@ -185,63 +185,152 @@ func (d *Dispatcher) updateGauges(ctx context.Context) error {
 // lease rescue, the skips and the gauges keep their turn in between.
 const retentionPass = 2 * time.Second
 
-// deleteExpired deletes finished deliveries with their attempts, and then
+// eventSweepRound is how often the sweep of events past retention starts
+// again from the oldest event (see deleteExpired).
+const eventSweepRound = time.Hour
+
+// eventSweep is where the sweep of events past retention has got to.
+type eventSweep struct {
+	set   bool
+	at    time.Time // created_at and id of the last event examined
+	id    string
+	round time.Time // when the sweep last started from the oldest event
+}
+
+// expiredDeliveriesSQL deletes a batch of finished deliveries past
+// retention ($1 seconds, $2 rows) with their attempts, and the events
+// they were the last deliveries of. It returns the deliveries and the
+// events it deleted. The events are checked here, while their ids are at
+// hand: the sweep of old events (expiredEventsSQL) passes each event
+// once a round, and an event whose last delivery expires after that
+// would otherwise wait for the next round.
+const expiredDeliveriesSQL = `
+WITH gone AS (
+	DELETE FROM {{schema}}.deliveries WHERE id IN (
+		SELECT id FROM {{schema}}.deliveries
+		WHERE status IN ('delivered', 'failed', 'skipped') AND updated_at < now() - make_interval(secs => $1)
+		LIMIT $2)
+	  -- Again here: a row a redeliver or recover requeues while
+	  -- this waits for its lock is checked anew only against
+	  -- these conditions, not the subquery's.
+	  AND status IN ('delivered', 'failed', 'skipped') AND updated_at < now() - make_interval(secs => $1)
+	RETURNING id, event_id
+), attempts AS (
+	DELETE FROM {{schema}}.attempts a USING gone WHERE a.delivery_id = gone.id
+), events AS (
+	-- The deliveries deleted above are still visible to this statement.
+	DELETE FROM {{schema}}.events ev WHERE ev.id IN (SELECT event_id FROM gone)
+	  AND ev.created_at < now() - make_interval(secs => $1)
+	  AND NOT EXISTS (SELECT 1 FROM {{schema}}.deliveries x
+		WHERE x.event_id = ev.id AND x.id NOT IN (SELECT id FROM gone))
+	RETURNING 1
+)
+SELECT (SELECT count(*) FROM gone), (SELECT count(*) FROM events)`
+
+// expiredEventsSQL examines the next $2 events past retention ($1
+// seconds) after ($3, $4) in (created_at, id) order, deletes those no
+// delivery refers to, and returns how many it deleted, how many it
+// examined and the last one examined.
+const expiredEventsSQL = `
+WITH batch AS (
+	SELECT ev.id, ev.created_at FROM {{schema}}.events ev
+	WHERE ev.created_at < now() - make_interval(secs => $1)
+	  AND ev.created_at >= $3 AND (ev.created_at, ev.id) > ($3, $4)
+	ORDER BY ev.created_at, ev.id
+	LIMIT $2
+), gone AS (
+	DELETE FROM {{schema}}.events WHERE id IN (
+		SELECT b.id FROM batch b WHERE NOT EXISTS (SELECT 1 FROM {{schema}}.deliveries x WHERE x.event_id = b.id))
+	RETURNING id
+), last AS (
+	SELECT created_at, id FROM batch ORDER BY created_at DESC, id DESC LIMIT 1
+)
+SELECT (SELECT count(*) FROM gone), (SELECT count(*) FROM batch),
+	(SELECT created_at FROM last), (SELECT id FROM last)`
+
+// deleteExpired deletes finished deliveries with their attempts, and
 // events no delivery refers to, older than Retention, in batches. It
 // starts no batch after budget has passed (but always runs one of each
 // kind) and says whether rows may be left.
+//
+// An event goes with the last of its deliveries to expire. The others
+// (events that matched no endpoint, or whose deliveries went with a
+// deleted endpoint) are found by a sweep of the events past retention,
+// oldest first, that continues where it stopped and starts again from the
+// oldest once every eventSweepRound: events past retention that
+// deliveries still refer to (a dead endpoint's failed or skipped backlog,
+// kept for retention from when it failed) are passed once a round, not
+// read by every pass (a pass that walked them all read 100,000 events a
+// minute for such a backlog). Each process sweeps on its own; an event
+// whose deliveries went with a deleted endpoint after the sweep passed
+// it may outlive retention by up to a round.
 func (d *Dispatcher) deleteExpired(ctx context.Context, budget time.Duration) (total int64, more bool, err error) {
 	deadline := time.Now().Add(budget)
-	for _, stmt := range []string{
-		`WITH gone AS (
-			DELETE FROM {{schema}}.deliveries WHERE id IN (
-				SELECT id FROM {{schema}}.deliveries
-				WHERE status IN ('delivered', 'failed', 'skipped') AND updated_at < now() - make_interval(secs => $1)
-				LIMIT $2)
-			  -- Again here: a row a redeliver or recover requeues while
-			  -- this waits for its lock is checked anew only against
-			  -- these conditions, not the subquery's.
-			  AND status IN ('delivered', 'failed', 'skipped') AND updated_at < now() - make_interval(secs => $1)
-			RETURNING id
-		), attempts AS (
-			DELETE FROM {{schema}}.attempts a USING gone WHERE a.delivery_id = gone.id
-		)
-		SELECT count(*) FROM gone`,
-		`WITH gone AS (
-			DELETE FROM {{schema}}.events WHERE id IN (
-				SELECT ev.id FROM {{schema}}.events ev
-				WHERE ev.created_at < now() - make_interval(secs => $1)
-				  AND NOT EXISTS (SELECT 1 FROM {{schema}}.deliveries x WHERE x.event_id = ev.id)
-				LIMIT $2)
-			RETURNING id
-		)
-		SELECT count(*) FROM gone`,
-	} {
-		for {
-			// Under indexPlans, as claims and outcomes: the generic plan
-			// of this prepared statement joined a batch with a sequential
-			// scan of attempts (the whole attempt log read for every
-			// 1,000 deliveries), and picked sequential scans of
-			// deliveries and events when a store had no statistics yet
-			// or only a few rows had expired.
-			var n int64
-			b := &pgx.Batch{}
-			b.Queue("BEGIN")
-			b.Queue(indexPlans)
-			b.Queue(d.q(stmt), d.opts.Retention.Seconds(), retentionBatch).QueryRow(func(row pgx.Row) error { return row.Scan(&n) })
-			b.Queue("COMMIT")
-			// On an error the connection is left in an aborted
-			// transaction; pgxpool closes such a connection.
-			if err := d.pool.SendBatch(ctx, b).Close(); err != nil {
-				return total, false, fmt.Errorf("delete expired rows: %w", err)
+	secs := d.opts.Retention.Seconds()
+	// run runs one batch under indexPlans, as claims and outcomes: the
+	// generic plan of these prepared statements joined a batch with a
+	// sequential scan of attempts (the whole attempt log read for every
+	// 1,000 deliveries), and picked sequential scans of deliveries and
+	// events when a store had no statistics yet or only a few rows had
+	// expired.
+	run := func(sql string, scan func(pgx.Row) error, args ...any) error {
+		b := &pgx.Batch{}
+		b.Queue("BEGIN")
+		b.Queue(indexPlans)
+		b.Queue(d.q(sql), args...).QueryRow(scan)
+		b.Queue("COMMIT")
+		// On an error the connection is left in an aborted
+		// transaction; pgxpool closes such a connection.
+		if err := d.pool.SendBatch(ctx, b).Close(); err != nil {
+			return fmt.Errorf("delete expired rows: %w", err)
+		}
+		return nil
+	}
+	for {
+		var n, events int64
+		if err := run(expiredDeliveriesSQL, func(r pgx.Row) error { return r.Scan(&n, &events) }, secs, retentionBatch); err != nil {
+			return total, false, err
+		}
+		total += n + events
+		if n < retentionBatch {
+			break
+		}
+		if time.Now().After(deadline) {
+			more = true
+			break
+		}
+	}
+	sw := &d.eventSweep
+	for {
+		if !sw.set {
+			sw.set, sw.at, sw.id, sw.round = true, time.Time{}, "", time.Now()
+		}
+		from := sw.at
+		if from.IsZero() {
+			from = time.Unix(0, 0) // before any event walhook stored
+		}
+		var n, examined int64
+		var at *time.Time // nil when nothing was examined
+		var id *string
+		if err := run(expiredEventsSQL, func(r pgx.Row) error { return r.Scan(&n, &examined, &at, &id) },
+			secs, retentionBatch, from, sw.id); err != nil {
+			return total, false, err
+		}
+		total += n
+		if at != nil && id != nil {
+			sw.at, sw.id = *at, *id
+		}
+		if examined < retentionBatch {
+			// At the retention horizon: go on from here next time, or
+			// from the oldest event once the round is over.
+			if time.Since(sw.round) >= eventSweepRound {
+				sw.set = false
 			}
-			total += n
-			if n < retentionBatch {
-				break
-			}
-			if time.Now().After(deadline) {
-				more = true
-				break
-			}
+			break
+		}
+		if time.Now().After(deadline) {
+			more = true
+			break
 		}
 	}
 	return total, more, nil

@@ -294,3 +294,71 @@ func TestOutboxCountsReadOnlyUnfinished(t *testing.T) {
 		}
 	}
 }
+
+// Events past retention that deliveries still refer to (a dead
+// endpoint's failed or skipped backlog, kept for retention from when it
+// failed, not from when the event came) are not read again by every
+// retention pass: the pass walked every event older than retention and
+// probed its deliveries, so it read the whole backlog's events every
+// minute (100,000 of them: 0.15 s through the index, 0.8 s when the
+// plan walked the primary key). An event whose last delivery expires
+// goes with it, and an old event without deliveries is still found.
+func TestRetentionDoesNotRereadReferencedEvents(t *testing.T) {
+	t.Parallel()
+	_, b := obSetup(t, nil)
+	ctx := context.Background()
+	const referenced = 3000
+	if _, err := b.pool.Exec(ctx, `
+		INSERT INTO walhook.events (id, type, envelope, occurred_at, data, created_at)
+		SELECT 'ev' || i, 'a.b', 'ae', now(), '{}', now() - interval '10 days' + i * interval '1 second'
+		FROM generate_series(1, 3102) i;
+		-- Failed a day ago, kept for retention from then.
+		INSERT INTO walhook.deliveries (id, event_id, endpoint_id, event_type, status, attempts, created_at, updated_at)
+		SELECT 'dead' || i, 'ev' || i, 'whk_dead', 'a.b', 'failed', 6, now() - interval '10 days', now() - interval '1 day'
+		FROM generate_series(1, 3000) i;
+		-- Expired, with their events: 3001-3100. 3101 and 3102 have no delivery.
+		INSERT INTO walhook.deliveries (id, event_id, endpoint_id, event_type, status, attempts, created_at, updated_at)
+		SELECT 'old' || i, 'ev' || i, 'whk_x', 'a.b', 'delivered', 1, now() - interval '10 days', now() - interval '9 days'
+		FROM generate_series(3001, 3100) i;
+		ANALYZE walhook.events; ANALYZE walhook.deliveries`); err != nil {
+		t.Fatal(err)
+	}
+	pool := scalePool(t, b)
+	d := scaleDispatcher(t, pool, func(o *Options) { o.Retention = 7 * 24 * time.Hour })
+	pass := func() (int64, tableReads) {
+		var n int64
+		reads := readsOf(t, pool, func() {
+			var err error
+			if n, _, err = d.deleteExpired(ctx, time.Minute); err != nil {
+				t.Fatal(err)
+			}
+		})
+		return n, reads["events"]
+	}
+	if n, _ := pass(); n != 100+102 {
+		t.Errorf("the first pass deleted %d rows, want 100 deliveries and 102 events", n)
+	}
+	if c := b.count(t, `SELECT count(*) FROM walhook.events`); c != referenced {
+		t.Errorf("%d events left, want the %d still referred to", c, referenced)
+	}
+	for range 3 {
+		n, r := pass()
+		if n != 0 {
+			t.Errorf("a later pass deleted %d rows, want none", n)
+		}
+		if r.seqScans != 0 || r.idxRows > 100 {
+			t.Fatalf("a pass with nothing to delete read events with %d sequential scans (%d rows) and %d rows through indexes; %d old events are still referred to",
+				r.seqScans, r.seqRows, r.idxRows, referenced)
+		}
+	}
+	// The backlog expires: its events go with it.
+	if _, err := b.pool.Exec(ctx, `UPDATE walhook.deliveries SET updated_at = now() - interval '8 days'`); err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := pass(); n != 2*referenced {
+		t.Errorf("deleted %d rows once the backlog expired, want %d deliveries and their events", n, referenced)
+	}
+	if c := b.count(t, `SELECT count(*) FROM walhook.events`); c != 0 {
+		t.Errorf("%d events left, want none", c)
+	}
+}
