@@ -1,10 +1,12 @@
 package config
 
 import (
+	"errors"
 	"fmt"
 	"math"
 	"net/url"
 	"reflect"
+	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -184,8 +186,16 @@ func (d *decoder) decode(n *yaml.Node, v reflect.Value, path string) {
 			return
 		}
 		i, err := strconv.ParseInt(s, 0, 64)
-		if err != nil || i < math.MinInt32 || i > math.MaxInt32 {
+		var ne *strconv.NumError
+		switch {
+		case err != nil && !(errors.As(err, &ne) && ne.Err == strconv.ErrRange):
 			d.errf(n, path, "must be an integer, got %q", s)
+			return
+		case err != nil && strings.HasPrefix(s, "-"), err == nil && i < math.MinInt32:
+			d.errf(n, path, "out of range: at least %d, got %s", math.MinInt32, s)
+			return
+		case err != nil, i > math.MaxInt32:
+			d.errf(n, path, "out of range: at most %d, got %s", math.MaxInt32, s)
 			return
 		}
 		v.SetInt(i)
@@ -219,6 +229,11 @@ func (d *decoder) duration(n *yaml.Node, v reflect.Value, path string) {
 		return
 	}
 	dur, err := time.ParseDuration(s)
+	if err != nil && durationSyntaxRe.MatchString(s) {
+		// Written like a duration, so too long for one (int64 nanoseconds).
+		d.errf(n, path, "duration out of range: at most %dh (about 292 years), got %q", int64(math.MaxInt64/int64(time.Hour)), s)
+		return
+	}
 	if err != nil {
 		hint := ""
 		if _, nerr := strconv.ParseFloat(s, 64); nerr == nil {
@@ -229,6 +244,10 @@ func (d *decoder) duration(n *yaml.Node, v reflect.Value, path string) {
 	}
 	v.SetInt(int64(dur))
 }
+
+// durationSyntaxRe matches what time.ParseDuration reads, whatever the
+// size: its one other failure is a value past int64 nanoseconds.
+var durationSyntaxRe = regexp.MustCompile(`^[-+]?(([0-9]+(\.[0-9]*)?|\.[0-9]+)(ns|us|µs|μs|ms|s|m|h))+$`)
 
 // pair is one key/value of a mapping, after merge keys (<<) are resolved.
 type pair struct{ k, v *yaml.Node }

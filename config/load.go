@@ -81,6 +81,11 @@ func parseYAML(data []byte, c *collector) (*yaml.Node, bool) {
 		c.add(posOf(c.file, root), "", "the file is empty")
 		return nil, false
 	}
+	if r := resolveAlias(root); r.Kind != yaml.MappingNode {
+		// Every key would be missing too; that says nothing more.
+		c.add(posOf(c.file, root), "", "the file must be a mapping of keys (source:, events:, ...), got %s", kindName(r))
+		return nil, false
+	}
 	return root, true
 }
 
@@ -111,7 +116,21 @@ func addYAMLError(c *collector, err error, data []byte) {
 		// names is where the collection starts; the variable may follow.
 		msg += ` (inside [...] or {...} write a variable in quotes: "${VAR}")`
 	}
+	if msg == "found character that cannot start any token" && tabIndented(data, line) {
+		msg += " (a tab: YAML indents with spaces only)"
+	}
 	c.add(Pos{Line: line}, "", "invalid YAML: %s", msg)
+}
+
+// tabIndented reports whether line (1-based) of data has a tab in its
+// leading whitespace: the usual cause of "cannot start any token".
+func tabIndented(data []byte, line int) bool {
+	lines := bytes.Split(data, []byte("\n"))
+	if line < 1 || line > len(lines) {
+		return false
+	}
+	l := lines[line-1]
+	return bytes.ContainsRune(l[:len(l)-len(bytes.TrimLeft(l, " \t"))], '\t')
 }
 
 // yamlParserProblems are the messages of yaml.v3's parser (parserc.go); its

@@ -106,6 +106,19 @@ var badConfigs = map[string][]string{
 		`:5:23: source.heartbeat_interval: must not be negative`,
 		`:6:9: events: required: at least one event rule`,
 	},
+	// Numbers too large for their key are out of range, not "not an integer".
+	"range.bad.yaml": {
+		`:3:22: source.max_chunk_changes: out of range: at most 2147483647, got 99999999999999999999`,
+		`:5:12: delivery.workers: out of range: at most 2147483647, got 3000000000`,
+		`:6:10: delivery.lease: duration out of range: at most 2562047h (about 292 years), got "99999999999h"`,
+		`:13:10: endpoints[0].url: port 99999 out of range: use 1 to 65535`,
+		`:16:10: endpoints[1].url: port 0 out of range: use 1 to 65535`,
+		`:19:10: endpoints[2].url: has no scheme: write it as https://host/path`,
+	},
+	// A tab in the indentation: YAML indents with spaces only.
+	"tab.bad.yaml": {`tab.bad.yaml:4: invalid YAML: found character that cannot start any token (a tab: YAML indents with spaces only)`},
+	// A file that is not a mapping: that alone, not also every required key.
+	"root.bad.yaml": {`:1:1: the file must be a mapping of keys (source:, events:, ...), got a list`},
 	"syntax.bad.yaml":    {`syntax.bad.yaml:3: invalid YAML: did not find expected key`},
 	"empty.bad.yaml":     {`empty.bad.yaml:1:1: the file is empty`},
 	"multidoc.bad.yaml":  {`:3:1: a second YAML document`},

@@ -301,12 +301,22 @@ func (v *validator) endpointURL(path, raw string) {
 		v.errf(path, "not a URL: %v", err)
 		return
 	}
+	if u.Scheme == "" {
+		v.errf(path, "has no scheme: write it as https://host/path")
+		return
+	}
 	if u.Scheme != "https" && u.Scheme != "http" {
 		v.errf(path, "must be an http:// or https:// URL, got scheme %q", u.Scheme)
 		return
 	}
 	if u.Hostname() == "" {
 		v.errf(path, "has no host")
+	}
+	if p := u.Port(); p != "" {
+		// url.Parse takes any digits; no port outside this range can be dialled.
+		if n, err := strconv.Atoi(p); err != nil || n < 1 || n > 65535 {
+			v.errf(path, "port %s out of range: use 1 to 65535", p)
+		}
 	}
 	if u.User != nil {
 		v.errf(path, "must not carry user:password (receivers verify the signature instead)")
