@@ -167,6 +167,8 @@ func lineContaining(data []byte, from int, sub string) (int, bool) {
 }
 
 func fillPositions(cfg *Config, d *decoder) {
+	cfg.Source.DSNPos = d.pos["source.dsn"]
+	cfg.Store.DSNPos = d.pos["store.dsn"]
 	for i := range cfg.Events {
 		cfg.Events[i].Pos = d.pos[index("events", i)]
 	}

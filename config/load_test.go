@@ -118,7 +118,7 @@ var badConfigs = map[string][]string{
 	// A tab in the indentation: YAML indents with spaces only.
 	"tab.bad.yaml": {`tab.bad.yaml:4: invalid YAML: found character that cannot start any token (a tab: YAML indents with spaces only)`},
 	// A file that is not a mapping: that alone, not also every required key.
-	"root.bad.yaml": {`:1:1: the file must be a mapping of keys (source:, events:, ...), got a list`},
+	"root.bad.yaml":      {`:1:1: the file must be a mapping of keys (source:, events:, ...), got a list`},
 	"syntax.bad.yaml":    {`syntax.bad.yaml:3: invalid YAML: did not find expected key`},
 	"empty.bad.yaml":     {`empty.bad.yaml:1:1: the file is empty`},
 	"multidoc.bad.yaml":  {`:3:1: a second YAML document`},
@@ -234,8 +234,9 @@ func TestDefaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := Config{
-		File:    "../testdata/config/minimal.good.yaml",
-		Source:  Source{DSN: "postgres://walhook@localhost/app", Publication: "walhook", Slot: "walhook", HeartbeatInterval: Duration(5 * time.Second), StatusInterval: Duration(10 * time.Second), MaxChunkChanges: 10000},
+		File: "../testdata/config/minimal.good.yaml",
+		Source: Source{DSN: "postgres://walhook@localhost/app", Publication: "walhook", Slot: "walhook", HeartbeatInterval: Duration(5 * time.Second), StatusInterval: Duration(10 * time.Second), MaxChunkChanges: 10000,
+			DSNPos: Pos{File: "../testdata/config/minimal.good.yaml", Line: 2, Column: 8}},
 		Store:   Store{DSN: "postgres://walhook@localhost/app", Schema: "walhook"},
 		Mapping: Mapping{Envelope: "auction-excellence"},
 		Events: []Rule{{Event: "problem.created", Table: "problem_reports", Operations: []string{"insert"}, Envelope: "auction-excellence",

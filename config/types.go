@@ -33,12 +33,16 @@ type Source struct {
 	// MaxChunkChanges: a transaction is handed on in chunks of at most this
 	// many changes (bounded memory for huge transactions). Default 10000.
 	MaxChunkChanges int `yaml:"max_chunk_changes"`
+	// DSNPos is where dsn is written, for messages about it.
+	DSNPos Pos `yaml:"-"`
 }
 
 // Store is where the outbox lives.
 type Store struct {
 	DSN    string `yaml:"dsn"`    // default: Source.DSN
 	Schema string `yaml:"schema"` // default "walhook"
+	// DSNPos is where dsn is written (zero when it defaults to Source.DSN).
+	DSNPos Pos `yaml:"-"`
 }
 
 // Mapping holds defaults for every rule.

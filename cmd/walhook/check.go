@@ -5,10 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"regexp"
 	"slices"
 	"strings"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/walhook/walhook/config"
@@ -149,6 +151,9 @@ func dsnLabel(dsn string) (string, error) {
 	pc, err := pgx.ParseConfig(dsn)
 	if err != nil {
 		// pgconn quotes the whole connection string in its parse errors.
+		if why := dsnProblem(dsn, err); why != "" {
+			return "", fmt.Errorf("cannot parse the connection string: %s (the string is not shown: it may hold a password)", why)
+		}
 		return "", errors.New("cannot parse the connection string (not shown: it may hold a password)")
 	}
 	host := pc.Host
@@ -158,17 +163,59 @@ func dsnLabel(dsn string) (string, error) {
 	return fmt.Sprintf("host=%s port=%d db=%s user=%s", host, pc.Port, pc.Database, pc.User), nil
 }
 
+// dsnProblem is what pgconn found wrong with dsn (err is its parse error):
+// its message without the connection string, which it quotes, or "" when
+// there is none or it might still show the password.
+func dsnProblem(dsn string, err error) string {
+	var pe *pgconn.ParseConfigError
+	if !errors.As(err, &pe) {
+		return ""
+	}
+	bare := *pe
+	bare.ConnString = ""
+	why, ok := strings.CutPrefix(bare.Error(), "cannot parse ``: ")
+	if !ok {
+		return ""
+	}
+	for _, m := range dsnPasswordRe.FindAllStringSubmatch(dsn, -1) {
+		for _, pw := range m[1:] {
+			if pw = strings.Trim(pw, "'"); pw != "" && strings.Contains(why, pw) {
+				return ""
+			}
+		}
+	}
+	if m := dsnSchemeRe.FindStringSubmatch(dsn); m != nil && m[1] != "postgres" && m[1] != "postgresql" {
+		why += "; a URL must start with postgres:// or postgresql://"
+	}
+	return why
+}
+
+// dsnSchemeRe finds a URL scheme in a DSN.
+var dsnSchemeRe = regexp.MustCompile(`(?:^|\s)([A-Za-z][A-Za-z0-9+.-]*)://`)
+
+// dsnPasswordRe finds what may be a password in a DSN: a URL's userinfo
+// password, a password= or sslpassword= value.
+var dsnPasswordRe = regexp.MustCompile(`://[^:/@]*:([^@]*)@|password=('[^']*'?|[^ &]*)`)
+
 // checkDSNs refuses connection strings pgx cannot parse as bad config
 // (exit 2), before any connect could quote them (with their password) in
 // an error.
 func checkDSNs(cfg *config.Config) error {
 	if _, err := dsnLabel(cfg.Source.DSN); err != nil {
-		return &UsageError{Err: fmt.Errorf("%s: source.dsn: %w", cfg.File, err)}
+		return &UsageError{Err: fmt.Errorf("%s: source.dsn: %w", dsnWhere(cfg, cfg.Source.DSNPos), err)}
 	}
 	if _, err := dsnLabel(cfg.Store.DSN); err != nil {
-		return &UsageError{Err: fmt.Errorf("%s: store.dsn: %w", cfg.File, err)}
+		return &UsageError{Err: fmt.Errorf("%s: store.dsn: %w", dsnWhere(cfg, cfg.Store.DSNPos), err)}
 	}
 	return nil
+}
+
+// dsnWhere is "file:line:col" of a DSN's value, or the file alone.
+func dsnWhere(cfg *config.Config, pos config.Pos) string {
+	if pos.Line == 0 {
+		return cfg.File
+	}
+	return pos.String()
 }
 
 // checkSource runs every check on the source database.

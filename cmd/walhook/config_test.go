@@ -87,3 +87,38 @@ events:
 		t.Fatal("the password was printed")
 	}
 }
+
+// A DSN pgx cannot parse is refused at its line with what is wrong in it
+// (the port, the sslmode, a quote), never with the password; and every
+// command that connects says so before connecting.
+func TestBadDSNSaysWhatAndWhere(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct{ dsn, want string }{
+		{`"postgres://walhook:pw-s3cret-x@127.0.0.1:99999/app"`, "invalid port"},
+		{`"postgres://walhook:pw-s3cret-x@127.0.0.1/app?sslmode=bogus"`, "sslmode is invalid"},
+		{`"postgres://walhook:pw-s3cret-x%ZZ@127.0.0.1/app"`, "invalid percent-encoded token in password"},
+		{`"host=127.0.0.1 password='pw-s3cret-x dbname=app"`, "unterminated quoted string"},
+		{`"mysql://walhook:pw-s3cret-x@127.0.0.1/app"`, "a URL must start with postgres:// or postgresql://"},
+	} {
+		for _, cmd := range []string{"check", "setup", "run"} {
+			cfg := filepath.Join(t.TempDir(), "dsn.yaml")
+			err := os.WriteFile(cfg, []byte("api: {listen: off}\nsource:\n  dsn: "+tc.dsn+`
+events:
+  - event: problem.created
+    table: problem_reports
+    operations: [insert]
+`), 0o600)
+			if err != nil {
+				t.Fatal(err)
+			}
+			out, errOut, code := runCLI(t, context.Background(), cmd, "--config", cfg)
+			if code != 2 || !strings.Contains(errOut, cfg+":3:8: source.dsn: cannot parse the connection string: ") ||
+				!strings.Contains(errOut, tc.want) {
+				t.Errorf("%s with %s: exit %d, stderr %q; want 2, the position and %q", cmd, tc.dsn, code, errOut, tc.want)
+			}
+			if strings.Contains(out+errOut, "pw-s3cret-x") {
+				t.Errorf("%s with %s: the password was printed: %s", cmd, tc.dsn, errOut)
+			}
+		}
+	}
+}

@@ -60,6 +60,9 @@ func runRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err != nil {
 		return err
 	}
+	if err := checkDSNs(cfg); err != nil {
+		return err
+	}
 	log, err := newLogger(cfg.Log, stderr)
 	if err != nil {
 		return err
