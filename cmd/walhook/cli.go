@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strings"
 
 	"github.com/walhook/walhook/config"
@@ -63,6 +64,9 @@ Configuration comes from --config FILE or $WALHOOK_CONFIG.
 Exit codes: 0 ok, 1 runtime failure, 2 bad usage or bad config.
 `
 
+// commands are the names Run knows.
+var commands = []string{"run", "check", "setup", "teardown", "mapping", "demo", "receive", "version", "help"}
+
 // ErrHelpShown is returned when -h or --help asked a command for its help
 // and it was printed: exit 0, nothing more to print.
 var ErrHelpShown = errors.New("help shown")
@@ -90,13 +94,28 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	case "receive":
 		return runReceive(ctx, rest, stdout, stderr)
 	case "version", "--version", "-v":
+		if len(rest) > 0 {
+			return usageErrorf("walhook version: unexpected argument %q", rest[0])
+		}
 		fmt.Fprintf(stdout, "walhook %s\n", Version)
 		return nil
 	case "help", "--help", "-h":
+		if len(rest) > 0 {
+			return usageErrorf("walhook help: unexpected argument %q (for a command's help: walhook %s --help)", rest[0], rest[0])
+		}
 		fmt.Fprint(stdout, usage)
 		return nil
 	}
 	fmt.Fprint(stderr, usage)
+	if strings.HasPrefix(cmd, "-") {
+		// walhook --config FILE run: flags belong to the command.
+		for _, a := range rest {
+			if slices.Contains(commands, a) {
+				return usageErrorf("unknown command %q: the command comes first: walhook %s %s …", cmd, a, cmd)
+			}
+		}
+		return usageErrorf("unknown command %q: the command comes first: walhook <command> %s", cmd, strings.Join(args, " "))
+	}
 	return usageErrorf("unknown command %q", cmd)
 }
 
@@ -108,9 +127,50 @@ func newFlagSet(name string, stderr io.Writer) *flag.FlagSet {
 	return fs
 }
 
+// onceValue refuses a flag's second occurrence: with two --config (a
+// pasted command line, a wrapper script adding its own) one would win
+// silently.
+type onceValue struct {
+	flag.Value
+	name string
+	seen bool
+}
+
+func (v *onceValue) Set(s string) error {
+	if v.seen {
+		return fmt.Errorf("--%s given twice", v.name)
+	}
+	v.seen = true
+	return v.Value.Set(s)
+}
+
+// IsBoolFlag keeps --force working without a value.
+func (v *onceValue) IsBoolFlag() bool {
+	b, ok := v.Value.(interface{ IsBoolFlag() bool })
+	return ok && b.IsBoolFlag()
+}
+
 // parseFlags parses args and turns flag errors into usage errors.
 func parseFlags(fs *flag.FlagSet, args []string) error {
-	if err := fs.Parse(args); err != nil {
+	// Wrapped for Parse only: the help names a flag's type and default
+	// from the value itself.
+	restore := func() {
+		fs.VisitAll(func(f *flag.Flag) {
+			if v, ok := f.Value.(*onceValue); ok {
+				f.Value = v.Value
+			}
+		})
+	}
+	fs.VisitAll(func(f *flag.Flag) { f.Value = &onceValue{Value: f.Value, name: f.Name} })
+	usage := fs.Usage
+	fs.Usage = func() {
+		restore()
+		usage()
+	}
+	err := fs.Parse(args)
+	restore()
+	fs.Usage = usage
+	if err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return ErrHelpShown // the flag set has printed its help
 		}

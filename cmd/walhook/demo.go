@@ -41,6 +41,12 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
+	if *duration < 0 {
+		return usageErrorf("demo: --duration must not be negative, got %v (0, the default, runs until Ctrl-C)", *duration)
+	}
+	if *every <= 0 {
+		return usageErrorf("demo: --every must be positive, got %v", *every)
+	}
 	dir, err := findSamples(*samples)
 	if err != nil {
 		return &UsageError{Err: err}

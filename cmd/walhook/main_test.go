@@ -86,3 +86,36 @@ func TestSubcommandHelp(t *testing.T) {
 		}
 	}
 }
+
+// Bad usage is refused with exit 2 and a message that says what is wrong,
+// before anything is read or started: a flag given twice (which one would
+// win?), arguments to a command that takes none, flags before the command,
+// durations the demo cannot use.
+func TestBadUsage(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"check", "--config", "a.yaml", "--config", "b.yaml"}, "--config given twice"},
+		{[]string{"teardown", "--config", "a.yaml", "--force", "-force"}, "--force given twice"},
+		{[]string{"setup", "--skip-to=0/1", "--skip-to", "0/2"}, "--skip-to given twice"},
+		{[]string{"version", "extra"}, `walhook version: unexpected argument "extra"`},
+		{[]string{"help", "run"}, `walhook help: unexpected argument "run" (for a command's help: walhook run --help)`},
+		{[]string{"--config", "a.yaml", "check"}, `the command comes first: walhook check --config …`},
+		{[]string{"-config=a.yaml"}, `the command comes first: walhook <command> -config=a.yaml`},
+		{[]string{"demo", "--duration", "-5s"}, "--duration must not be negative, got -5s"},
+		{[]string{"demo", "--every", "0s"}, "--every must be positive, got 0s"},
+	} {
+		out, errOut, code := runCLI(t, context.Background(), tc.args...)
+		if code != 2 || !strings.Contains(errOut, tc.want) {
+			t.Errorf("walhook %s: exit %d, stderr %q; want 2 and %q", strings.Join(tc.args, " "), code, errOut, tc.want)
+		}
+		if out != "" {
+			t.Errorf("walhook %s: printed %q on stdout", strings.Join(tc.args, " "), out)
+		}
+		if strings.Contains(errOut, "panic") || strings.Contains(errOut, "-config value") {
+			t.Errorf("walhook %s: the usage lost its flags' types:\n%s", strings.Join(tc.args, " "), errOut)
+		}
+	}
+}
