@@ -10,6 +10,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"reflect"
 	"regexp"
 	"strings"
 	"time"
@@ -206,11 +207,31 @@ func readChanges(name string, in io.Reader, columns func(table string) []string)
 	return out, errors.Join(errs...)
 }
 
+// jsonKind names a JSON value kind as encoding/json's type errors give it.
+func jsonKind(v string) string {
+	switch v {
+	case "array", "object":
+		return "an " + v
+	}
+	return "a " + v
+}
+
 func parseChange(text []byte, oids map[string]uint32, columns func(string) []string) (*cdc.Tx, []string, error) {
 	dec := json.NewDecoder(bytes.NewReader(text))
 	dec.DisallowUnknownFields()
 	var cl changeLine
 	if err := dec.Decode(&cl); err != nil {
+		var te *json.UnmarshalTypeError
+		switch {
+		case errors.As(err, &te) && te.Field == "":
+			err = fmt.Errorf(`want one JSON object per line ({"table": …, "op": …}), got %s`, jsonKind(te.Value))
+		case errors.As(err, &te):
+			want := "a string"
+			if te.Type.Kind() == reflect.Slice {
+				want = "a list of strings"
+			}
+			err = fmt.Errorf("%q must be %s, got %s", te.Field, want, jsonKind(te.Value))
+		}
 		return nil, nil, fmt.Errorf("not a change object: %v", err)
 	}
 	if dec.More() {

@@ -124,6 +124,9 @@ func TestMappingTestBadInput(t *testing.T) {
 		`{"op":"insert","new":{"id":"m1"}}`,
 		`{"table":"t","op":"insert","new":{"id":1},"colour":"red"}`,
 		`{"table":"t","op":"insert","new":{"id":1,"id":2}}`,
+		`[{"table":"t","op":"insert","new":{"id":1}}]`,
+		`{"table":5,"op":"insert","new":{"id":1}}`,
+		`{"table":"t","op":"insert","new":{"id":1},"key":"id"}`,
 	)
 	_, errOut, code := runCLI(t, context.Background(), "mapping", "test", "--config", aeConfig, "--changes", changes)
 	if code != 2 {
@@ -136,7 +139,14 @@ func TestMappingTestBadInput(t *testing.T) {
 		`changes.jsonl:5: "table" is required ("schema.table" or "table")`,
 		`changes.jsonl:6: not a change object: json: unknown field "colour"`,
 		`changes.jsonl:7: "new": column "id" given twice`,
+		// Not Go's type names (main.changeLine).
+		`changes.jsonl:8: not a change object: want one JSON object per line ({"table": …, "op": …}), got an array`,
+		`changes.jsonl:9: not a change object: "table" must be a string, got a number`,
+		`changes.jsonl:10: not a change object: "key" must be a list of strings, got a string`,
 	)
+	if strings.Contains(errOut, "main.") || strings.Contains(errOut, "Go ") {
+		t.Errorf("Go type names in the messages:\n%s", errOut)
+	}
 	if strings.Contains(errOut, "changes.jsonl:1:") {
 		t.Fatalf("good line 1 reported: %s", errOut)
 	}
