@@ -307,8 +307,29 @@ func (m *Mapper) evalWhen(ch *cdc.Change, p *tablePlan, rp *rulePlan) (bool, res
 		return false, result{}, &RuleError{Where: r.Where, Field: "when", Event: r.Event,
 			Err: &causeError{msg: fmt.Sprintf("%s on %s: %v", r.When, p.rel.Table(), err), cause: ErrEvaluation}}
 	}
-	b, _ := out.(bool)
+	b, ok := out.(bool)
+	switch {
+	case !ok && out == nil:
+		// `when: new.flag` on a NULL: unknown, as a nil operand is.
+		return false, result{kind: resWhenUnknown}, nil
+	case !ok:
+		// The fast program leaves out expr.AsBool, which would say this:
+		// a when over a column that is not boolean.
+		return false, result{}, &RuleError{Where: r.Where, Field: "when", Event: r.Event,
+			Err: &causeError{msg: fmt.Sprintf("%s on %s: expected bool, but got %s", r.When, p.rel.Table(), whenKind(out)), cause: ErrEvaluation}}
+	}
 	return b, result{kind: resMatched}, nil
+}
+
+// whenKind names the type of a value when: gave instead of a bool.
+func whenKind(v any) string {
+	switch v.(type) {
+	case map[string]any:
+		return "a json object"
+	case []any:
+		return "a list"
+	}
+	return fmt.Sprintf("%T", v)
 }
 
 // nilOperand reports whether an expr run-time error is about a nil
