@@ -17,7 +17,10 @@ func TestStaticSecretSameRuleAsSigner(t *testing.T) {
 		name, secret, want string // want "" = accepted
 	}{
 		// 32 bytes: base64 ends in "=", which unpadded base64 drops.
-		{"unpadded", "whsec_" + strings.TrimRight(b64(32), "="), `:10:13: endpoints[0].secret: invalid webhook secret: the part after "whsec_" is not standard base64`},
+		{"unpadded", "whsec_" + strings.TrimRight(b64(32), "="), `:10:13: endpoints[0].secret: invalid webhook secret: the part after "whsec_" is base64 without its "=" padding; add it (receivers' libraries refuse it unpadded)`},
+		{"url-safe", "whsec_" + strings.NewReplacer("+", "-", "/", "_").Replace(base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{0xfb, 0xff}, 16))),
+			`:10:13: endpoints[0].secret: invalid webhook secret: the part after "whsec_" is URL-safe base64 (- and _); use standard base64 (+ and /)`},
+		{"garbage", "whsec_not!base64", `:10:13: endpoints[0].secret: invalid webhook secret: the part after "whsec_" is not standard base64`},
 		{"too long", "whsec_" + b64(65), `:10:13: endpoints[0].secret: invalid webhook secret: key is 65 bytes, want 24 to 64`},
 		{"too short", "whsec_" + b64(23), `:10:13: endpoints[0].secret: invalid webhook secret: key is 23 bytes, want 24 to 64`},
 		{"shortest", "whsec_" + b64(24), ""},

@@ -164,7 +164,7 @@ func TestDecodeSecretErrors(t *testing.T) {
 		{"wrong prefix", "whsk_" + b64(32), `must start with "whsec_"`},
 		{"prefix only", "whsec_", "key is 0 bytes"},
 		{"not base64", "whsec_not*base64!!", "not standard base64"},
-		{"url-safe alphabet", "whsec_" + strings.NewReplacer("+", "-", "/", "_").Replace(base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{0xfb, 0xff}, 16))), "not standard base64"},
+		{"url-safe alphabet", "whsec_" + strings.NewReplacer("+", "-", "/", "_").Replace(base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{0xfb, 0xff}, 16))), "URL-safe base64 (- and _); use standard base64"},
 		{"too short", "whsec_" + b64(16), "key is 16 bytes, want 24 to 64"},
 		{"too long", "whsec_" + b64(65), "key is 65 bytes, want 24 to 64"},
 	}

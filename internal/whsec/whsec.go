@@ -40,6 +40,16 @@ func Decode(s string) ([]byte, error) {
 	}
 	key, err := base64.StdEncoding.DecodeString(rest)
 	if err != nil {
+		// Say which of the usual near misses it is.
+		if _, rerr := base64.RawStdEncoding.DecodeString(rest); rerr == nil {
+			return nil, fmt.Errorf("%w: the part after %q is base64 without its \"=\" padding; add it (receivers' libraries refuse it unpadded)", ErrBad, Prefix)
+		}
+		if _, uerr := base64.URLEncoding.DecodeString(rest); uerr == nil {
+			return nil, fmt.Errorf("%w: the part after %q is URL-safe base64 (- and _); use standard base64 (+ and /)", ErrBad, Prefix)
+		}
+		if _, uerr := base64.RawURLEncoding.DecodeString(rest); uerr == nil {
+			return nil, fmt.Errorf("%w: the part after %q is URL-safe base64 (- and _); use standard base64 (+ and /)", ErrBad, Prefix)
+		}
 		return nil, fmt.Errorf("%w: the part after %q is not standard base64 (%v)", ErrBad, Prefix, err)
 	}
 	if len(key) < MinBytes || len(key) > MaxBytes {
