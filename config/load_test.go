@@ -115,6 +115,13 @@ var badConfigs = map[string][]string{
 		`:16:10: endpoints[1].url: port 0 out of range: use 1 to 65535`,
 		`:19:10: endpoints[2].url: has no scheme: write it as https://host/path`,
 	},
+	// Keys no X-API-Key header can carry: HTTP trims the blanks around a
+	// header value, so no request would ever match.
+	"apikey.bad.yaml": {
+		`:9:7: api.keys[0]: key has a blank or a line break at its start or end, which no X-API-Key header can carry`,
+		`:10:7: api.keys[1]: key has a blank or a line break at its start or end, which no X-API-Key header can carry`,
+		`:11:7: api.keys[2]: key contains a control character (a tab, a line break), which no X-API-Key header can carry`,
+	},
 	// A tab in the indentation: YAML indents with spaces only.
 	"tab.bad.yaml": {`tab.bad.yaml:4: invalid YAML: found character that cannot start any token (a tab: YAML indents with spaces only)`},
 	// A file that is not a mapping: that alone, not also every required key.

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"unicode"
 
 	"github.com/walhook/walhook/internal/whsec"
 )
@@ -456,6 +457,11 @@ func (v *validator) api(c *Config) {
 		switch {
 		case k.Key == "":
 			v.errf(p, "key is empty (is its environment variable set to \"\"?)")
+		case strings.TrimSpace(k.Key) != k.Key:
+			// HTTP drops them from a header value: no request would match.
+			v.errf(p, "key has a blank or a line break at its start or end, which no X-API-Key header can carry")
+		case strings.ContainsFunc(k.Key, unicode.IsControl):
+			v.errf(p, "key contains a control character (a tab, a line break), which no X-API-Key header can carry")
 		case len(k.Key) < MinAPIKeyLen:
 			v.errf(p, "key is %d characters; use at least %d (e.g. `openssl rand -hex 24`)", len(k.Key), MinAPIKeyLen)
 		case seenKey[k.Key] != "":
