@@ -18,12 +18,24 @@ import (
 // lookupEnv is os.LookupEnv in production. Every problem found is returned
 // at once as *Errors; the Config is nil whenever the error is not.
 func Load(path string, lookupEnv func(string) (string, bool)) (*Config, error) {
-	data, err := os.ReadFile(path)
+	f, err := os.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("read config: %w", err)
 	}
+	defer f.Close()
+	// Not os.ReadFile: --config /dev/zero would fill the memory.
+	data, err := io.ReadAll(io.LimitReader(f, MaxFileSize+1))
+	if err != nil {
+		return nil, fmt.Errorf("read config: %w", err)
+	}
+	if len(data) > MaxFileSize {
+		return nil, fmt.Errorf("read config: %s: larger than %d MiB, which no walhook config is (they are a few KB): is it the right file?", path, MaxFileSize>>20)
+	}
 	return Parse(path, data, lookupEnv)
 }
+
+// MaxFileSize is the largest config file Load reads.
+const MaxFileSize = 1 << 20
 
 // Parse is Load for bytes already read; file names the source in messages.
 func Parse(file string, data []byte, lookupEnv func(string) (string, bool)) (*Config, error) {

@@ -847,3 +847,18 @@ func TestBoundConnects(t *testing.T) {
 		}
 	}
 }
+
+// A file that never ends (--config /dev/zero, a log file named by
+// mistake) is refused once it passes MaxFileSize, not read until the
+// machine runs out of memory.
+func TestLoadRefusesAHugeFile(t *testing.T) {
+	t.Parallel()
+	f := filepath.Join(t.TempDir(), "huge.yaml")
+	if err := os.WriteFile(f, []byte("# "+strings.Repeat("x", MaxFileSize)+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err := Load(f, env(nil))
+	if err == nil || !strings.Contains(err.Error(), f+": larger than 1 MiB") {
+		t.Fatalf("err = %v, want the size refused", err)
+	}
+}
