@@ -198,7 +198,9 @@ func readChanges(name string, in io.Reader, columns func(table string) []string)
 		tx.CommitLSN = cdc.LSN(n)
 		out = append(out, sampleChange{line: n, tx: tx, filled: filled})
 	}
-	if err := sc.Err(); err != nil {
+	if err := sc.Err(); errors.Is(err, bufio.ErrTooLong) {
+		errs = append(errs, fmt.Errorf("%s:%d: line longer than 16 MiB: one change per line", name, n+1))
+	} else if err != nil {
 		errs = append(errs, fmt.Errorf("%s:%d: %w", name, n+1, err))
 	}
 	if len(errs) == 0 && len(out) == 0 {

@@ -189,3 +189,14 @@ func TestMappingTestTimestampValues(t *testing.T) {
 		}
 	}
 }
+
+// A --changes file that is not JSON lines at all (a binary, /dev/zero)
+// is refused at the line that is too long, in words.
+func TestMappingTestLineTooLong(t *testing.T) {
+	t.Parallel()
+	changes := writeChanges(t, strings.Repeat("x", 16<<20+1))
+	_, errOut, code := runCLI(t, context.Background(), "mapping", "test", "--config", aeConfig, "--changes", changes)
+	if code != 2 || !strings.Contains(errOut, "changes.jsonl:1: line longer than 16 MiB: one change per line") {
+		t.Fatalf("exit %d, stderr %q", code, errOut)
+	}
+}
