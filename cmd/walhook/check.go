@@ -1044,6 +1044,26 @@ func sqlTable(t string) string {
 	return sqlIdent(s) + "." + sqlIdent(n)
 }
 
+// refusedEndpoint is run's refusal of a static endpoint the delivery URL
+// policy refuses, at the endpoint's place in the file, found without
+// connecting anywhere: run and setup say it before they change anything.
+func refusedEndpoint(cfg *config.Config) error {
+	cl, err := dispatch.NewClient(dispatch.ClientOptions{AllowHTTP: cfg.Delivery.AllowHTTP, Allow: cfg.Delivery.Allow})
+	if err != nil {
+		return &UsageError{Err: fmt.Errorf("%s: delivery.allow: %w", cfg.File, err)}
+	}
+	for i, e := range cfg.Endpoints {
+		if err := cl.ValidateURL(e.URL); err != nil {
+			where := e.Pos.String()
+			if e.Pos.Line == 0 {
+				where = cfg.File
+			}
+			return &UsageError{Err: fmt.Errorf("%s: endpoints[%d].url: static endpoint %q: %w", where, i, e.ID, err)}
+		}
+	}
+	return nil
+}
+
 // checkEndpointURLs applies the delivery URL policy (scheme, private
 // ranges, delivery.allow) to the static endpoints, as run does before it
 // starts: the file check takes any absolute URL.

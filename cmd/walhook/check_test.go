@@ -487,6 +487,10 @@ func TestCheckEndpointURLPolicy(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Set up before the endpoints are added: setup refuses them as run does.
+	if out, _, code := runCLI(t, context.Background(), "setup", "--replica-identity", "--config", cfg); code != 0 {
+		t.Fatalf("setup exit %d\n%s", code, out)
+	}
 	secret := dispatch.NewSecret()
 	s := string(b) + "endpoints:\n" +
 		"  - {id: plain, url: \"http://hooks.example.com/in?token=t0k3n\", secret: " + secret + "}\n" +
@@ -494,9 +498,6 @@ func TestCheckEndpointURLPolicy(t *testing.T) {
 		"  - {id: fine, url: \"https://hooks.example.com/in\", secret: " + secret + "}\n"
 	if err := os.WriteFile(cfg, []byte(s), 0o600); err != nil {
 		t.Fatal(err)
-	}
-	if out, _, code := runCLI(t, context.Background(), "setup", "--replica-identity", "--config", cfg); code != 0 {
-		t.Fatalf("setup exit %d\n%s", code, out)
 	}
 	out, _, code := runCLI(t, context.Background(), "check", "--config", cfg)
 	if code != 1 {

@@ -122,3 +122,35 @@ events:
 		}
 	}
 }
+
+// A static endpoint the delivery policy refuses (http://, a private
+// address not in delivery.allow) is bad config: run and setup refuse it
+// at its line before they connect anywhere, so setup creates no slot for
+// a config run will not start with. (127.0.0.1:1 answers nothing: a
+// command that connected first would fail with exit 1.)
+func TestRefusedEndpointURLStopsRunAndSetupFirst(t *testing.T) {
+	t.Parallel()
+	cfg := filepath.Join(t.TempDir(), "ep.yaml")
+	err := os.WriteFile(cfg, []byte(`source:
+  dsn: postgres://walhook@127.0.0.1:1/app?connect_timeout=1
+api: {listen: off}
+events:
+  - {event: problem.created, table: problem_reports, operations: [insert]}
+endpoints:
+  - id: ops
+    url: https://hooks.example.com/in
+    secret: whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw
+  - id: plain
+    url: http://hooks.example.com/in
+    secret: whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw
+`), 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, cmd := range []string{"run", "setup"} {
+		_, errOut, code := runCLI(t, context.Background(), cmd, "--config", cfg)
+		if code != 2 || !strings.Contains(errOut, cfg+":10:5: endpoints[1].url: static endpoint \"plain\": insecure url: http:// is not allowed") {
+			t.Errorf("%s: exit %d, stderr %q; want 2 and the endpoint's position", cmd, code, errOut)
+		}
+	}
+}

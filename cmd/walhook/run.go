@@ -154,6 +154,9 @@ func (r *runner) run(ctx context.Context) error {
 		return &UsageError{Err: fmt.Errorf("%s: api.keys: empty while api.listen is %s: nobody could use the admin API; add a key (e.g. - ${WALHOOK_API_KEY}), or set api.listen: off",
 			r.cfg.File, r.cfg.API.Listen)}
 	}
+	if err := refusedEndpoint(r.cfg); err != nil {
+		return err
+	}
 	if err := r.prepare(ctx); err != nil {
 		return err
 	}

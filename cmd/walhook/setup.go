@@ -60,6 +60,10 @@ func runSetup(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
+	// A config run refuses gets no slot: one left behind keeps WAL.
+	if err := refusedEndpoint(cfg); err != nil {
+		return err
+	}
 	tables := m.Tables()
 
 	// The rules must fit the live schema first: a publication naming a
