@@ -190,13 +190,19 @@ func configFlag(fs *flag.FlagSet) *string {
 // loadConfig loads and validates the config named by --config or
 // $WALHOOK_CONFIG. Every problem is a usage error (exit 2).
 func loadConfig(path string) (*config.Config, error) {
-	if path == "" {
+	fromEnv := path == ""
+	if fromEnv {
 		path = os.Getenv("WALHOOK_CONFIG")
 	}
 	if strings.TrimSpace(path) == "" {
 		return nil, usageErrorf("no config: pass --config FILE or set WALHOOK_CONFIG")
 	}
 	cfg, err := config.Load(path, os.LookupEnv)
+	var problems *config.Errors
+	if err != nil && fromEnv && !errors.As(err, &problems) {
+		// Not in the file: the file itself, whose name nobody typed.
+		err = fmt.Errorf("%w (named by $WALHOOK_CONFIG)", err)
+	}
 	if err != nil {
 		return nil, &UsageError{Err: err}
 	}

@@ -154,3 +154,15 @@ endpoints:
 		}
 	}
 }
+
+// A config named by $WALHOOK_CONFIG that cannot be read says where its
+// name came from: the user typed no path (a stale export, a container's
+// environment).
+func TestConfigFromEnvironmentSaysSo(t *testing.T) {
+	missing := filepath.Join(t.TempDir(), "gone.yaml")
+	t.Setenv("WALHOOK_CONFIG", missing)
+	_, errOut, code := runCLI(t, context.Background(), "check")
+	if code != 2 || !strings.Contains(errOut, "read config: open "+missing+": no such file or directory (named by $WALHOOK_CONFIG)") {
+		t.Fatalf("exit %d, stderr %q", code, errOut)
+	}
+}
