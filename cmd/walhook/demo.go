@@ -47,6 +47,10 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if *every <= 0 {
 		return usageErrorf("demo: --every must be positive, got %v", *every)
 	}
+	if _, _, err := net.SplitHostPort(*listen); err != nil {
+		// Found before the throwaway cluster starts, not after.
+		return usageErrorf("demo: --listen must be host:port (e.g. 127.0.0.1:8080), got %q", *listen)
+	}
 	dir, err := findSamples(*samples)
 	if err != nil {
 		return &UsageError{Err: err}

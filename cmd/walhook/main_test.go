@@ -106,6 +106,7 @@ func TestBadUsage(t *testing.T) {
 		{[]string{"-config=a.yaml"}, `the command comes first: walhook <command> -config=a.yaml`},
 		{[]string{"demo", "--duration", "-5s"}, "--duration must not be negative, got -5s"},
 		{[]string{"demo", "--every", "0s"}, "--every must be positive, got 0s"},
+		{[]string{"demo", "--listen", "8080"}, `--listen must be host:port (e.g. 127.0.0.1:8080), got "8080"`},
 	} {
 		out, errOut, code := runCLI(t, context.Background(), tc.args...)
 		if code != 2 || !strings.Contains(errOut, tc.want) {
