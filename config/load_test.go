@@ -122,6 +122,13 @@ var badConfigs = map[string][]string{
 		`:10:7: api.keys[1]: key has a blank or a line break at its start or end, which no X-API-Key header can carry`,
 		`:11:7: api.keys[2]: key contains a control character (a tab, a line break), which no X-API-Key header can carry`,
 	},
+	// A line break at an end of a DSN (an environment variable read from a
+	// file with its newline) became part of the last value: "sslmode is
+	// invalid", or database "app\n" does not exist.
+	"dsn.bad.yaml": {
+		`:2:8: source.dsn: has a line break at its start or end (a value read from a file with its newline?); remove it`,
+		`:4:8: store.dsn: has a line break at its start or end (a value read from a file with its newline?); remove it`,
+	},
 	// A tab in the indentation: YAML indents with spaces only.
 	"tab.bad.yaml": {`tab.bad.yaml:4: invalid YAML: found character that cannot start any token (a tab: YAML indents with spaces only)`},
 	// A file that is not a mapping: that alone, not also every required key.

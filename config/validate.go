@@ -101,6 +101,8 @@ func (v *validator) source(c *Config) {
 	s := c.Source
 	if strings.TrimSpace(s.DSN) == "" {
 		v.errf("source.dsn", "required: the PostgreSQL connection string of the source database")
+	} else {
+		v.dsnEnds("source.dsn", s.DSN)
 	}
 	if !slotNameRe.MatchString(s.Slot) {
 		v.errf("source.slot", "must be 1 to 63 characters of a-z, 0-9 and _ (PostgreSQL's rule for slot names), got %q", s.Slot)
@@ -119,7 +121,19 @@ func (v *validator) source(c *Config) {
 	}
 }
 
+// dsnEnds refuses a DSN with a line break at an end: it would become part
+// of the last value (sslmode "disable\n" is invalid, database "app\n"
+// does not exist), and messages cannot show the DSN to make it visible.
+func (v *validator) dsnEnds(path, dsn string) {
+	if strings.Trim(dsn, "\r\n") != dsn {
+		v.errf(path, "has a line break at its start or end (a value read from a file with its newline?); remove it")
+	}
+}
+
 func (v *validator) store(c *Config) {
+	if c.Store.DSN != c.Source.DSN {
+		v.dsnEnds("store.dsn", c.Store.DSN)
+	}
 	if c.Store.Schema == "" || len(c.Store.Schema) > 63 {
 		v.errf("store.schema", "must be a schema name of 1 to 63 characters, got %q", c.Store.Schema)
 	}
