@@ -129,6 +129,12 @@ var badConfigs = map[string][]string{
 		`:2:8: source.dsn: has a line break at its start or end (a value read from a file with its newline?); remove it`,
 		`:4:8: store.dsn: has a line break at its start or end (a value read from a file with its newline?); remove it`,
 	},
+	// A rule that repeats another (a copy not yet changed) makes every
+	// change produce its event twice, under two ids. One with a when of
+	// its own (events[2]) is a rule of its own.
+	"repeat.bad.yaml": {
+		`:8:5: events[1]: repeats events[0] (line 4: same event, table, operations, conditions and data): every change would produce the event twice`,
+	},
 	// A tab in the indentation: YAML indents with spaces only.
 	"tab.bad.yaml": {`tab.bad.yaml:4: invalid YAML: found character that cannot start any token (a tab: YAML indents with spaces only)`},
 	// A file that is not a mapping: that alone, not also every required key.

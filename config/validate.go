@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"net/url"
+	"reflect"
 	"regexp"
 	"slices"
 	"strconv"
@@ -158,10 +159,20 @@ func (v *validator) rules(c *Config) {
 		pos      Pos
 	}
 	byEvent := map[string]first{}
+	var shapes []Rule
 	for i := range c.Events {
 		r := &c.Events[i]
 		p := index("events", i)
 		v.rule(r, p)
+		shape := ruleShape(*r)
+		for j, prev := range shapes {
+			if reflect.DeepEqual(prev, shape) {
+				v.errf(p, "repeats %s (line %d: same event, table, operations, conditions and data): every change would produce the event twice",
+					index("events", j), c.Events[j].Pos.Line)
+				break
+			}
+		}
+		shapes = append(shapes, shape)
 		if r.Event == "" || !validEnvelope(r.Envelope) {
 			continue
 		}
@@ -171,6 +182,24 @@ func (v *validator) rules(c *Config) {
 			byEvent[r.Event] = first{r.Envelope, p, r.Pos}
 		}
 	}
+}
+
+// ruleShape is what a rule does, for finding a rule that repeats another:
+// without its description and positions, its table schema-qualified and
+// its operations in one order.
+func ruleShape(r Rule) Rule {
+	r.Pos, r.Description = Pos{}, ""
+	if !strings.Contains(r.Table, ".") {
+		r.Table = "public." + r.Table
+	}
+	r.Operations = slices.Sorted(slices.Values(r.Operations))
+	data := make([]DataField, len(r.Data))
+	for i, f := range r.Data {
+		f.Pos = Pos{}
+		data[i] = f
+	}
+	r.Data = data
+	return r
 }
 
 func (v *validator) rule(r *Rule, p string) {
