@@ -1044,9 +1044,20 @@ func sqlTable(t string) string {
 	return sqlIdent(s) + "." + sqlIdent(n)
 }
 
+// refusedByRun is what makes run refuse a config that loaded, found
+// without connecting anywhere: run and setup say it before they change
+// anything (setup would otherwise leave a slot keeping WAL for a config
+// run will not start with).
+func refusedByRun(cfg *config.Config) error {
+	if cfg.API.Listen != "" && len(cfg.API.Keys) == 0 {
+		return &UsageError{Err: fmt.Errorf("%s: api.keys: empty while api.listen is %s: nobody could use the admin API; add a key (e.g. - ${WALHOOK_API_KEY}), or set api.listen: off",
+			cfg.File, cfg.API.Listen)}
+	}
+	return refusedEndpoint(cfg)
+}
+
 // refusedEndpoint is run's refusal of a static endpoint the delivery URL
-// policy refuses, at the endpoint's place in the file, found without
-// connecting anywhere: run and setup say it before they change anything.
+// policy refuses, at the endpoint's place in the file.
 func refusedEndpoint(cfg *config.Config) error {
 	cl, err := dispatch.NewClient(dispatch.ClientOptions{AllowHTTP: cfg.Delivery.AllowHTTP, Allow: cfg.Delivery.Allow})
 	if err != nil {

@@ -440,6 +440,10 @@ func TestCheckAPIWithoutKeys(t *testing.T) {
 	t.Parallel()
 	dsn, db := ckSampleDB(t, pgtest.Shared(t))
 	cfg := ckSampleConfig(t, dsn, db)
+	// Set up before the keys go: setup refuses such a config as run does.
+	if out, _, code := runCLI(t, context.Background(), "setup", "--replica-identity", "--config", cfg); code != 0 {
+		t.Fatalf("setup exit %d\n%s", code, out)
+	}
 	b, err := os.ReadFile(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -450,9 +454,6 @@ func TestCheckAPIWithoutKeys(t *testing.T) {
 	}
 	if err := os.WriteFile(cfg, []byte(s), 0o600); err != nil {
 		t.Fatal(err)
-	}
-	if out, _, code := runCLI(t, context.Background(), "setup", "--replica-identity", "--config", cfg); code != 0 {
-		t.Fatalf("setup exit %d\n%s", code, out)
 	}
 	out, _, code := runCLI(t, context.Background(), "check", "--config", cfg)
 	if code != 1 {

@@ -155,6 +155,28 @@ endpoints:
 	}
 }
 
+// An admin API without keys is refused by setup as by run, before setup
+// connects: a setup that went ahead left a slot keeping WAL for a config
+// run would not start with. (127.0.0.1:1 answers nothing.)
+func TestAPIWithoutKeysStopsRunAndSetupFirst(t *testing.T) {
+	t.Parallel()
+	cfg := filepath.Join(t.TempDir(), "nokeys.yaml")
+	err := os.WriteFile(cfg, []byte(`source:
+  dsn: postgres://walhook@127.0.0.1:1/app?connect_timeout=1
+events:
+  - {event: problem.created, table: problem_reports, operations: [insert]}
+`), 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, cmd := range []string{"run", "setup"} {
+		_, errOut, code := runCLI(t, context.Background(), cmd, "--config", cfg)
+		if code != 2 || !strings.Contains(errOut, cfg+": api.keys: empty while api.listen is 127.0.0.1:8080") {
+			t.Errorf("%s: exit %d, stderr %q; want 2 and api.keys named", cmd, code, errOut)
+		}
+	}
+}
+
 // A config named by $WALHOOK_CONFIG that cannot be read says where its
 // name came from: the user typed no path (a stale export, a container's
 // environment).

@@ -150,11 +150,7 @@ func (r *runner) lag() time.Duration {
 func (r *runner) run(ctx context.Context) error {
 	// A config that run refuses is refused before prepare writes anything
 	// to the store (static endpoints).
-	if r.cfg.API.Listen != "" && len(r.cfg.API.Keys) == 0 {
-		return &UsageError{Err: fmt.Errorf("%s: api.keys: empty while api.listen is %s: nobody could use the admin API; add a key (e.g. - ${WALHOOK_API_KEY}), or set api.listen: off",
-			r.cfg.File, r.cfg.API.Listen)}
-	}
-	if err := refusedEndpoint(r.cfg); err != nil {
+	if err := refusedByRun(r.cfg); err != nil {
 		return err
 	}
 	if err := r.prepare(ctx); err != nil {

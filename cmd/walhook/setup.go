@@ -61,7 +61,7 @@ func runSetup(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 	// A config run refuses gets no slot: one left behind keeps WAL.
-	if err := refusedEndpoint(cfg); err != nil {
+	if err := refusedByRun(cfg); err != nil {
 		return err
 	}
 	tables := m.Tables()
