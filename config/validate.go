@@ -122,11 +122,16 @@ func (v *validator) source(c *Config) {
 	}
 }
 
-// dsnEnds refuses a DSN with a line break at an end: it would become part
-// of the last value (sslmode "disable\n" is invalid, database "app\n"
+// dsnEnds refuses a URL DSN with a line break at an end: it would become
+// part of the last value (sslmode "disable\n" is invalid, database "app\n"
 // does not exist), and messages cannot show the DSN to make it visible.
+// A keyword/value DSN reads line breaks as the blanks between settings,
+// so one written as a YAML block (|) or read from a file with its newline
+// works as it is.
 func (v *validator) dsnEnds(path, dsn string) {
-	if strings.Trim(dsn, "\r\n") != dsn {
+	bare := strings.Trim(dsn, "\r\n")
+	url := strings.HasPrefix(bare, "postgres://") || strings.HasPrefix(bare, "postgresql://")
+	if url && bare != dsn {
 		v.errf(path, "has a line break at its start or end (a value read from a file with its newline?); remove it")
 	}
 }
