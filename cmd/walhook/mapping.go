@@ -218,6 +218,19 @@ func jsonKind(v string) string {
 	return "a " + v
 }
 
+// changeLineList reports whether the changeLine field named name in JSON
+// is a list of strings.
+func changeLineList(name string) bool {
+	t := reflect.TypeFor[changeLine]()
+	for i := range t.NumField() {
+		f := t.Field(i)
+		if f.Tag.Get("json") == name {
+			return f.Type == reflect.TypeFor[[]string]()
+		}
+	}
+	return false
+}
+
 func parseChange(text []byte, oids map[string]uint32, columns func(string) []string) (*cdc.Tx, []string, error) {
 	dec := json.NewDecoder(bytes.NewReader(text))
 	dec.DisallowUnknownFields()
@@ -228,11 +241,15 @@ func parseChange(text []byte, oids map[string]uint32, columns func(string) []str
 		case errors.As(err, &te) && te.Field == "":
 			err = fmt.Errorf(`want one JSON object per line ({"table": …, "op": …}), got %s`, jsonKind(te.Value))
 		case errors.As(err, &te):
-			want := "a string"
-			if te.Type.Kind() == reflect.Slice {
+			want, got := "a string", jsonKind(te.Value)
+			switch {
+			case te.Type.Kind() == reflect.Slice:
 				want = "a list of strings"
+			case changeLineList(te.Field):
+				// An element of the list: te.Type is the element's.
+				want, got = "a list of strings", "a list holding "+got
 			}
-			err = fmt.Errorf("%q must be %s, got %s", te.Field, want, jsonKind(te.Value))
+			err = fmt.Errorf("%q must be %s, got %s", te.Field, want, got)
 		}
 		return nil, nil, fmt.Errorf("not a change object: %v", err)
 	}

@@ -127,6 +127,7 @@ func TestMappingTestBadInput(t *testing.T) {
 		`[{"table":"t","op":"insert","new":{"id":1}}]`,
 		`{"table":5,"op":"insert","new":{"id":1}}`,
 		`{"table":"t","op":"insert","new":{"id":1},"key":"id"}`,
+		`{"table":"t","op":"insert","new":{"id":1},"unavailable":["a",1]}`,
 	)
 	_, errOut, code := runCLI(t, context.Background(), "mapping", "test", "--config", aeConfig, "--changes", changes)
 	if code != 2 {
@@ -143,6 +144,9 @@ func TestMappingTestBadInput(t *testing.T) {
 		`changes.jsonl:8: not a change object: want one JSON object per line ({"table": …, "op": …}), got an array`,
 		`changes.jsonl:9: not a change object: "table" must be a string, got a number`,
 		`changes.jsonl:10: not a change object: "key" must be a list of strings, got a string`,
+		// An element of a list of the wrong kind: the list is what is
+		// wanted, not a string in its place.
+		`changes.jsonl:11: not a change object: "unavailable" must be a list of strings, got a list holding a number`,
 	)
 	if strings.Contains(errOut, "main.") || strings.Contains(errOut, "Go ") {
 		t.Errorf("Go type names in the messages:\n%s", errOut)
