@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/walhook/walhook/cdc"
+	"github.com/walhook/walhook/mapper"
 )
 
 const cursorSQL = `SELECT lsn::text, system_id FROM {{schema}}.cursor WHERE slot = $1`
@@ -88,6 +89,43 @@ func (d *Dispatcher) IDEpoch(ctx context.Context, slot string) (epoch uint32, fr
 		return 0, 0, fmt.Errorf("read the id epoch of slot %q: %w", slot, err)
 	}
 	return uint32(e), from, nil
+}
+
+// HalfStoredLegacyTx returns the commit LSN of a transaction an older
+// walhook stored only in part, under the unordered ids it gave events
+// before ordered ones (mapper.EventID), and 0 when there is none. Such a
+// transaction (several chunks, the process stopped half-way) is replayed
+// whole, and its replay must give the chunks already stored the same ids
+// (mapper.SetLegacyIDs), or their webhooks would go out again under new
+// ones. Chunks are appended in commit order and only the last moves the
+// cursor, so a half-stored transaction is the one the most recent append
+// wrote, committed at or past the cursor. Read through events_created_at:
+// one index entry, whatever the history.
+func (d *Dispatcher) HalfStoredLegacyTx(ctx context.Context, slot string) (cdc.LSN, error) {
+	var lsnText, id string
+	err := d.pool.QueryRow(ctx, d.q(`SELECT commit_lsn::text, id FROM {{schema}}.events
+		WHERE commit_lsn IS NOT NULL ORDER BY created_at DESC LIMIT 1`)).Scan(&lsnText, &id)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("read the last stored event: %w", err)
+	}
+	lsn, err := pglogrepl.ParseLSN(lsnText)
+	if err != nil {
+		return 0, fmt.Errorf("read the last stored event: %w", err)
+	}
+	if _, ordered := mapper.OrderedEventLSN(id); ordered {
+		return 0, nil
+	}
+	cursor, _, ok, err := d.Cursor(ctx, slot)
+	if err != nil {
+		return 0, err
+	}
+	if ok && cdc.LSN(lsn) < cursor {
+		return 0, nil // stored whole
+	}
+	return cdc.LSN(lsn), nil
 }
 
 // RecordFork remembers that slot's cursor was found past the source's WAL

@@ -42,6 +42,9 @@ type Mapper struct {
 	stats     Stats
 	// epoch is the store's id epoch (SetIDEpoch).
 	epoch atomic.Pointer[idEpoch]
+	// legacyIDs is the commit LSN of a transaction that keeps unordered
+	// ids (SetLegacyIDs); 0 for none.
+	legacyIDs atomic.Uint64
 }
 
 // idEpoch is an id epoch and the commit position from which it applies.
@@ -534,6 +537,12 @@ func (m *Mapper) Tables() []string {
 func (m *Mapper) SetIDEpoch(epoch uint32, from cdc.LSN) {
 	m.epoch.Store(&idEpoch{n: epoch, from: from})
 }
+
+// SetLegacyIDs has the transaction committed at lsn (0: none) keep the
+// unordered ids of walhook before ordered ids: an older walhook stored
+// part of it (a transaction of several chunks, stopped half-way), and
+// its replay must give the stored events and deliveries the same ids.
+func (m *Mapper) SetLegacyIDs(lsn cdc.LSN) { m.legacyIDs.Store(uint64(lsn)) }
 
 // Stats returns the counters.
 func (m *Mapper) Stats() Stats {

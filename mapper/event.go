@@ -2,6 +2,7 @@ package mapper
 
 import (
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"strconv"
@@ -48,12 +49,38 @@ type Event struct {
 // endpointID: the X-Webhook-ID header and the body's webhook_id / id. It is
 // deterministic, so retries, restarts and replays keep it, and differs per
 // endpoint. auction-excellence ids are UUIDs (version 8, name-based);
-// sns ids are "evt_" + 24 hex digits.
+// sns ids are "evt_" + 24 hex digits. For an ordered event id (EventID)
+// they begin with the event's commit LSN (its low 48 bits in a UUID, 32
+// in an sns id), so that they too grow at one end of the store's indexes;
+// the rest is a hash of the event id and the endpoint.
 func DeliveryID(env Envelope, eventID, endpointID string) string {
+	lsn, ok := OrderedEventLSN(eventID)
+	if !ok {
+		return legacyDeliveryID(env, eventID, endpointID)
+	}
+	h := sha256.Sum256([]byte(eventID + "\x00" + endpointID))
+	var l [8]byte
+	binary.BigEndian.PutUint64(l[:], uint64(lsn))
+	if env == EnvelopeSNS {
+		copy(h[0:4], l[4:8])
+		return "evt_" + hex.EncodeToString(h[:12])
+	}
+	copy(h[0:6], l[2:8])
+	return uuidV8(h)
+}
+
+// legacyDeliveryID is DeliveryID of an unordered event id (one walhook
+// stored before ordered ids, a test send's): a hash alone.
+func legacyDeliveryID(env Envelope, eventID, endpointID string) string {
 	h := sha256.Sum256([]byte(eventID + "\x00" + endpointID))
 	if env == EnvelopeSNS {
 		return "evt_" + hex.EncodeToString(h[:12])
 	}
+	return uuidV8(h)
+}
+
+// uuidV8 renders h's first 16 bytes as a version 8 UUID.
+func uuidV8(h [32]byte) string {
 	h[6] = (h[6] & 0x0f) | 0x80 // version 8
 	h[8] = (h[8] & 0x3f) | 0x80 // RFC 4122 variant
 	var b [36]byte

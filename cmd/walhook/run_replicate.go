@@ -274,6 +274,15 @@ func (r *runner) lead(ctx context.Context, lock *leaderLock) error {
 		return termStartError("read the id epoch", err)
 	}
 	r.mapper.SetIDEpoch(epoch, epochFrom)
+	legacy, err := r.disp.HalfStoredLegacyTx(ctx, slot)
+	if err != nil {
+		return termStartError("read the last stored event", err)
+	}
+	r.mapper.SetLegacyIDs(legacy)
+	if legacy != 0 {
+		r.log.Info("a transaction an older walhook stored in part is replayed under the ids it was stored with",
+			slog.String("commit_lsn", legacy.String()))
+	}
 	opts := streamOptions(r.cfg, r.log)
 	opts.Durable = func(ctx context.Context) (cdc.LSN, bool, error) {
 		lsn, _, ok, err := r.disp.Cursor(ctx, slot)
