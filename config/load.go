@@ -183,6 +183,7 @@ func fillPositions(cfg *Config, d *decoder) {
 	cfg.Store.DSNPos = d.pos["store.dsn"]
 	for i := range cfg.Events {
 		cfg.Events[i].Pos = d.pos[index("events", i)]
+		cfg.Events[i].WhenPos = d.pos[join(index("events", i), "when")]
 	}
 	for i := range cfg.Endpoints {
 		cfg.Endpoints[i].Pos = d.pos[index("endpoints", i)]

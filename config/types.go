@@ -84,6 +84,8 @@ type Rule struct {
 
 	// Pos is where the rule starts in the file, for error messages.
 	Pos Pos `yaml:"-"`
+	// WhenPos is where its when: value is written (zero without one).
+	WhenPos Pos `yaml:"-"`
 }
 
 // DataField is one key of an event's data object. In YAML it is written as a

@@ -193,7 +193,7 @@ func (v *validator) rules(c *Config) {
 // without its description and positions, its table schema-qualified and
 // its operations in one order.
 func ruleShape(r Rule) Rule {
-	r.Pos, r.Description = Pos{}, ""
+	r.Pos, r.WhenPos, r.Description = Pos{}, Pos{}, ""
 	if !strings.Contains(r.Table, ".") {
 		r.Table = "public." + r.Table
 	}

@@ -297,6 +297,15 @@ func splitTable(t string) (schema, table string) {
 	return "public", t
 }
 
+// whenWhere is where errors about the rule's when: point, and the field
+// to name after it.
+func (r *Rule) whenWhere() (where, field string) {
+	if r.WhenWhere != "" {
+		return r.WhenWhere, ""
+	}
+	return r.Where, "when"
+}
+
 func compileWhen(cr *compiledRule, errs *errorList) {
 	// Checked as written (expr's own %, so a % of a string or a
 	// non-boolean result is refused here); the program that runs has %
@@ -308,12 +317,14 @@ func compileWhen(cr *compiledRule, errs *errorList) {
 		prog, err = expr.Compile(cr.When, expr.Env(exprEnv), expr.AsBool(), modFunc, expr.Patch(modToFunc{}))
 	}
 	if err != nil {
-		errs.add(cr.Where, "when", cr.Event, ErrExpression, "%s", strings.TrimSpace(err.Error()))
+		where, field := cr.whenWhere()
+		errs.add(where, field, cr.Event, ErrExpression, "%s", strings.TrimSpace(err.Error()))
 		return
 	}
 	tree, err := parser.Parse(cr.When)
 	if err != nil { // compiled above, so this does not happen
-		errs.add(cr.Where, "when", cr.Event, ErrExpression, "%s", err.Error())
+		where, field := cr.whenWhere()
+		errs.add(where, field, cr.Event, ErrExpression, "%s", err.Error())
 		return
 	}
 	v := &refCollector{}

@@ -304,7 +304,8 @@ func (m *Mapper) evalWhen(ch *cdc.Change, p *tablePlan, rp *rulePlan) (bool, res
 		if nilOperand(err) {
 			return false, result{kind: resWhenUnknown}, nil
 		}
-		return false, result{}, &RuleError{Where: r.Where, Field: "when", Event: r.Event,
+		where, field := r.whenWhere()
+		return false, result{}, &RuleError{Where: where, Field: field, Event: r.Event,
 			Err: &causeError{msg: fmt.Sprintf("%s on %s: %v", r.When, p.rel.Table(), err), cause: ErrEvaluation}}
 	}
 	b, ok := out.(bool)
@@ -315,7 +316,8 @@ func (m *Mapper) evalWhen(ch *cdc.Change, p *tablePlan, rp *rulePlan) (bool, res
 	case !ok:
 		// The fast program leaves out expr.AsBool, which would say this:
 		// a when over a column that is not boolean.
-		return false, result{}, &RuleError{Where: r.Where, Field: "when", Event: r.Event,
+		where, field := r.whenWhere()
+		return false, result{}, &RuleError{Where: where, Field: field, Event: r.Event,
 			Err: &causeError{msg: fmt.Sprintf("%s on %s: expected bool, but got %s", r.When, p.rel.Table(), whenKind(out)), cause: ErrEvaluation}}
 	}
 	return b, result{kind: resMatched}, nil

@@ -39,6 +39,9 @@ type Rule struct {
 	// Where prefixes every error about this rule, e.g.
 	// "walhook.yaml:12:5: events[3]".
 	Where string
+	// WhenWhere, when set, replaces Where in errors about When (the line
+	// of the when: value), e.g. "walhook.yaml:15:11: events[3].when".
+	WhenWhere string
 }
 
 // DataField is one key of the data object.

@@ -44,7 +44,8 @@ events:
 	}
 }
 
-// Rules that do not compile are bad config too.
+// Rules that do not compile are bad config too; a when: that does not
+// names the line of its value.
 func TestCheckBadRule(t *testing.T) {
 	t.Parallel()
 	cfg := filepath.Join(t.TempDir(), "rule.yaml")
@@ -60,8 +61,8 @@ events:
 		t.Fatal(err)
 	}
 	_, errOut, code := runCLI(t, context.Background(), "check", "--config", cfg)
-	if code != 2 || !strings.Contains(errOut, cfg+":4:") || !strings.Contains(errOut, "when") {
-		t.Fatalf("exit %d, stderr %q; want 2 and the rule's position", code, errOut)
+	if code != 2 || !strings.Contains(errOut, cfg+":7:11: events[0].when: ") {
+		t.Fatalf("exit %d, stderr %q; want 2 and the when: value's position", code, errOut)
 	}
 }
 
@@ -186,5 +187,29 @@ func TestConfigFromEnvironmentSaysSo(t *testing.T) {
 	_, errOut, code := runCLI(t, context.Background(), "check")
 	if code != 2 || !strings.Contains(errOut, "read config: open "+missing+": no such file or directory (named by $WALHOOK_CONFIG)") {
 		t.Fatalf("exit %d, stderr %q", code, errOut)
+	}
+}
+
+// An error in a rule's when: names the line of the when: value, not the
+// line the rule starts on (with the position inside the expression).
+func TestWhenErrorNamesItsLine(t *testing.T) {
+	t.Parallel()
+	cfg := filepath.Join(t.TempDir(), "when.yaml")
+	err := os.WriteFile(cfg, []byte(`source:
+  dsn: postgres://walhook@127.0.0.1:1/app?connect_timeout=1
+api: {listen: off}
+events:
+  - event: problem.closed
+    description: A problem report was closed.
+    table: problem_reports
+    operations: [update]
+    when: new.status == 'closed' &&
+`), 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, errOut, code := runCLI(t, context.Background(), "check", "--config", cfg)
+	if code != 2 || !strings.Contains(errOut, cfg+":9:11: events[0].when") {
+		t.Errorf("exit %d, stderr %q; want 2 and the when: line (9:11)", code, errOut)
 	}
 }

@@ -29,6 +29,9 @@ func mapperRules(cfg *config.Config) []mapper.Rule {
 			Envelope:    mapper.Envelope(r.Envelope),
 			Where:       fmt.Sprintf("%s: events[%d]", r.Pos, i),
 		}
+		if r.WhenPos.Line > 0 {
+			mr.WhenWhere = fmt.Sprintf("%s: events[%d].when", r.WhenPos, i)
+		}
 		for _, op := range r.Operations {
 			mr.Ops = append(mr.Ops, opOf(op))
 		}

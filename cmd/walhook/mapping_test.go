@@ -107,7 +107,7 @@ func TestMappingTestUnmappableChange(t *testing.T) {
 		"  message.edited: error: ../../testdata/auction-excellence/walhook.yaml:149:5: events[9]: event message.edited: update of public.messages arrived without the old row, which this rule reads; run: ALTER TABLE public.messages REPLICA IDENTITY FULL;\n"+
 			`    (the line has no "old": give the old row, as REPLICA IDENTITY FULL sends it)`,
 		"line 2: update public.channels: 0 event(s)\n  (not in the line, taken as NULL: name, topic, created_by, created_at, archived_at)\n",
-		`  channel.archived: error: ../../testdata/auction-excellence/walhook.yaml:184:5: events[12].when: event channel.archived: !old.archived && new.archived on public.channels: interface conversion: interface {} is string, not bool`,
+		`  channel.archived: error: ../../testdata/auction-excellence/walhook.yaml:188:11: events[12].when: event channel.archived: !old.archived && new.archived on public.channels: interface conversion: interface {} is string, not bool`,
 		"(not in the line, taken as NULL: channel_id, author_id, attachments, created_at, edited_at)",
 		`message.created (../../testdata/auction-excellence/walhook.yaml:136:5: events[8]): not matched: skipped: column body is an unchanged TOAST value PostgreSQL did not send (REPLICA IDENTITY FULL sends it)`,
 	)
