@@ -120,7 +120,8 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 }
 
 // newFlagSet returns a flag set that reports errors as usage errors and
-// prints its help to stderr.
+// prints its usage to stderr after a bad flag (parseFlags prints the help
+// asked for with -h or --help to stdout).
 func newFlagSet(name string, stderr io.Writer) *flag.FlagSet {
 	fs := flag.NewFlagSet("walhook "+name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -150,8 +151,16 @@ func (v *onceValue) IsBoolFlag() bool {
 	return ok && b.IsBoolFlag()
 }
 
-// parseFlags parses args and turns flag errors into usage errors.
-func parseFlags(fs *flag.FlagSet, args []string) error {
+// parseFlags parses args and turns flag errors into usage errors. Help
+// asked for (-h, --help) goes to stdout, as the top-level help does, so
+// that walhook run --help | less works; after a bad flag the usage goes
+// to stderr with the error.
+func parseFlags(fs *flag.FlagSet, args []string, stdout io.Writer) error {
+	if helpAsked(args) {
+		out := fs.Output()
+		fs.SetOutput(stdout)
+		defer fs.SetOutput(out)
+	}
 	// Wrapped for Parse only: the help names a flag's type and default
 	// from the value itself.
 	restore := func() {
@@ -180,6 +189,19 @@ func parseFlags(fs *flag.FlagSet, args []string) error {
 		return usageErrorf("%s: unexpected argument %q", fs.Name(), fs.Arg(0))
 	}
 	return nil
+}
+
+// helpAsked reports whether args ask for help before they end the flags.
+func helpAsked(args []string) bool {
+	for _, a := range args {
+		switch a {
+		case "--":
+			return false
+		case "-h", "-help", "--h", "--help":
+			return true
+		}
+	}
+	return false
 }
 
 // configFlag registers --config on fs.

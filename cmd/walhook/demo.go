@@ -38,7 +38,7 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	samples := fs.String("samples", "", "directory holding the sample schema.sql and walhook.yaml (default: "+sampleDir+" of the checkout)")
 	listen := fs.String("listen", "127.0.0.1:8080", "admin API address (a free port is taken when this one is busy)")
 	every := fs.Duration("every", 5*time.Second, "pause between rounds of generated activity")
-	if err := parseFlags(fs, args); err != nil {
+	if err := parseFlags(fs, args, stdout); err != nil {
 		return err
 	}
 	if *duration < 0 {

@@ -49,7 +49,7 @@ func runMapping(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	fs := newFlagSet("mapping test", stderr)
 	cfgPath := configFlag(fs)
 	changes := fs.String("changes", "", "changes as JSON lines; - for standard input")
-	if err := parseFlags(fs, args[1:]); err != nil {
+	if err := parseFlags(fs, args[1:], stdout); err != nil {
 		return err
 	}
 	if *changes == "" {

@@ -26,7 +26,7 @@ func runReceive(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	// the help and the usage after a bad flag print defaults.
 	secrets := fs.String("secret", "", "comma-separated whsec_… secrets to accept (default $WALHOOK_RECEIVER_SECRET, which keeps them out of ps)")
 	bodies := fs.Bool("body", false, "print each delivery's body under its line")
-	if err := parseFlags(fs, args); err != nil {
+	if err := parseFlags(fs, args, stdout); err != nil {
 		return err
 	}
 	if *secrets == "" {

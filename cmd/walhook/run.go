@@ -53,7 +53,7 @@ func runRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	fs := newFlagSet("run", stderr)
 	cfgPath := configFlag(fs)
 	dryRun := fs.Bool("dry-run", false, "print the events the live stream maps to as JSON lines; store, deliver and confirm nothing")
-	if err := parseFlags(fs, args); err != nil {
+	if err := parseFlags(fs, args, stdout); err != nil {
 		return err
 	}
 	cfg, err := loadConfig(*cfgPath)

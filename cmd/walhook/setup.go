@@ -34,7 +34,7 @@ func runSetup(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	skipTo := fs.String("skip-to", "",
 		"move the store's cursor forward to `LSN` (the end of a transaction walhook run stopped on) and change nothing else: "+
 			"the transactions committed before it are skipped and become no events")
-	if err := parseFlags(fs, args); err != nil {
+	if err := parseFlags(fs, args, stdout); err != nil {
 		return err
 	}
 	skip, skipping, err := skipToFlag(fs, *skipTo, *acceptGap, *identity)

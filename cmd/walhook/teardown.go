@@ -19,7 +19,7 @@ func runTeardown(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	cfgPath := configFlag(fs)
 	store := fs.Bool("store", false, "also drop the store schema (outbox, endpoints, delivery log)")
 	force := fs.Bool("force", false, "terminate the process that holds the slot, then drop it")
-	if err := parseFlags(fs, args); err != nil {
+	if err := parseFlags(fs, args, stdout); err != nil {
 		return err
 	}
 	cfg, err := loadConfig(*cfgPath)
