@@ -828,16 +828,10 @@ func (a *Admin) OutboxStatus(ctx context.Context) (OutboxStatus, error) {
 	var s OutboxStatus
 	var oldest *time.Time
 	var now time.Time
-	b := &pgx.Batch{}
-	b.Queue("BEGIN")
-	b.Queue(indexPlans)
-	b.Queue(a.q(outboxStatusSQL)).QueryRow(func(row pgx.Row) error {
+	err := queryRowIndexPlans(ctx, a.pool, a.q(outboxStatusSQL), func(row pgx.Row) error {
 		return row.Scan(&s.Pending, &s.Delivering, &s.Failing, &s.Failed, &s.Skipped, &oldest, &s.DeliveredLastMinute, &now, &s.AwaitingRescue)
 	})
-	b.Queue("COMMIT")
-	// On an error the connection is left in an aborted transaction;
-	// pgxpool closes such a connection.
-	if err := a.pool.SendBatch(ctx, b).Close(); err != nil {
+	if err != nil {
 		return OutboxStatus{}, fmt.Errorf("outbox status: %w", err)
 	}
 	if oldest != nil {

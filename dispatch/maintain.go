@@ -166,12 +166,7 @@ SELECT coalesce(sum(n), 0), coalesce(extract(epoch FROM now() - min(oldest)), 0)
 func (d *Dispatcher) updateGauges(ctx context.Context) error {
 	var pending int64
 	var age float64
-	b := &pgx.Batch{}
-	b.Queue("BEGIN")
-	b.Queue(indexPlans)
-	b.Queue(d.q(gaugesSQL)).QueryRow(func(row pgx.Row) error { return row.Scan(&pending, &age) })
-	b.Queue("COMMIT")
-	if err := d.pool.SendBatch(ctx, b).Close(); err != nil {
+	if err := queryRowIndexPlans(ctx, d.pool, d.q(gaugesSQL), func(row pgx.Row) error { return row.Scan(&pending, &age) }); err != nil {
 		return err
 	}
 	d.metrics.pending.Set(float64(pending))
@@ -274,14 +269,7 @@ func (d *Dispatcher) deleteExpired(ctx context.Context, budget time.Duration) (t
 	// events when a store had no statistics yet or only a few rows had
 	// expired.
 	run := func(sql string, scan func(pgx.Row) error, args ...any) error {
-		b := &pgx.Batch{}
-		b.Queue("BEGIN")
-		b.Queue(indexPlans)
-		b.Queue(d.q(sql), args...).QueryRow(scan)
-		b.Queue("COMMIT")
-		// On an error the connection is left in an aborted
-		// transaction; pgxpool closes such a connection.
-		if err := d.pool.SendBatch(ctx, b).Close(); err != nil {
+		if err := queryRowIndexPlans(ctx, d.pool, d.q(sql), scan, args...); err != nil {
 			return fmt.Errorf("delete expired rows: %w", err)
 		}
 		return nil

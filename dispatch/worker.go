@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/walhook/walhook/mapper"
@@ -304,6 +305,19 @@ func (f *inflight) stop() {
 // every size.
 const indexPlans = `SELECT set_config('enable_seqscan', 'off', true),
 	set_config('enable_hashjoin', 'off', true), set_config('enable_mergejoin', 'off', true)`
+
+// queryRowIndexPlans runs sql (schema already substituted) under
+// indexPlans, in a transaction of its own and one round trip, and scans
+// its one row. On an error the connection is left in an aborted
+// transaction; pgxpool closes such a connection instead of reusing it.
+func queryRowIndexPlans(ctx context.Context, pool *pgxpool.Pool, sql string, scan func(pgx.Row) error, args ...any) error {
+	b := &pgx.Batch{}
+	b.Queue("BEGIN")
+	b.Queue(indexPlans)
+	b.Queue(sql, args...).QueryRow(scan)
+	b.Queue("COMMIT")
+	return pool.SendBatch(ctx, b).Close()
+}
 
 // claim claims up to n due deliveries, at most the free in-flight slots of
 // each endpoint (busy: this process's counts), in one round trip. capped
