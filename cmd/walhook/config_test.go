@@ -131,8 +131,7 @@ events:
 // command that connected first would fail with exit 1.)
 func TestRefusedEndpointURLStopsRunAndSetupFirst(t *testing.T) {
 	t.Parallel()
-	cfg := filepath.Join(t.TempDir(), "ep.yaml")
-	err := os.WriteFile(cfg, []byte(`source:
+	refusedBeforeConnecting(t, `source:
   dsn: postgres://walhook@127.0.0.1:1/app?connect_timeout=1
 api: {listen: off}
 events:
@@ -144,16 +143,7 @@ endpoints:
   - id: plain
     url: http://hooks.example.com/in
     secret: whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw
-`), 0o600)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, cmd := range []string{"run", "setup"} {
-		_, errOut, code := runCLI(t, context.Background(), cmd, "--config", cfg)
-		if code != 2 || !strings.Contains(errOut, cfg+":10:5: endpoints[1].url: static endpoint \"plain\": insecure url: http:// is not allowed") {
-			t.Errorf("%s: exit %d, stderr %q; want 2 and the endpoint's position", cmd, code, errOut)
-		}
-	}
+`, ":10:5: endpoints[1].url: static endpoint \"plain\": insecure url: http:// is not allowed")
 }
 
 // An admin API without keys is refused by setup as by run, before setup
@@ -161,19 +151,26 @@ endpoints:
 // run would not start with. (127.0.0.1:1 answers nothing.)
 func TestAPIWithoutKeysStopsRunAndSetupFirst(t *testing.T) {
 	t.Parallel()
-	cfg := filepath.Join(t.TempDir(), "nokeys.yaml")
-	err := os.WriteFile(cfg, []byte(`source:
+	refusedBeforeConnecting(t, `source:
   dsn: postgres://walhook@127.0.0.1:1/app?connect_timeout=1
 events:
   - {event: problem.created, table: problem_reports, operations: [insert]}
-`), 0o600)
-	if err != nil {
+`, ": api.keys: empty while api.listen is 127.0.0.1:8080")
+}
+
+// refusedBeforeConnecting writes config and wants run and setup to exit 2
+// with want after the file's name. The DSN should name 127.0.0.1:1, which
+// answers nothing: a command that connected first would exit 1.
+func refusedBeforeConnecting(t *testing.T, config, want string) {
+	t.Helper()
+	cfg := filepath.Join(t.TempDir(), "walhook.yaml")
+	if err := os.WriteFile(cfg, []byte(config), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	for _, cmd := range []string{"run", "setup"} {
 		_, errOut, code := runCLI(t, context.Background(), cmd, "--config", cfg)
-		if code != 2 || !strings.Contains(errOut, cfg+": api.keys: empty while api.listen is 127.0.0.1:8080") {
-			t.Errorf("%s: exit %d, stderr %q; want 2 and api.keys named", cmd, code, errOut)
+		if code != 2 || !strings.Contains(errOut, cfg+want) {
+			t.Errorf("%s: exit %d, stderr %q; want 2 and %q", cmd, code, errOut, cfg+want)
 		}
 	}
 }
