@@ -68,13 +68,16 @@ func processCPU(pid int) (time.Duration, bool) {
 
 // cpuMeter measures the machine's busy time over a span.
 type cpuMeter struct {
-	start time.Duration
-	ok    bool
+	start  time.Duration
+	ok     bool
+	self   time.Duration // this process's CPU time at the start
+	selfOK bool
 }
 
 func startCPU() cpuMeter {
 	b, ok := machineBusy()
-	return cpuMeter{start: b, ok: ok}
+	s, sok := processCPU(os.Getpid())
+	return cpuMeter{start: b, ok: ok, self: s, selfOK: sok}
 }
 
 // since returns the busy time since the meter started (0 if unknown).
@@ -84,6 +87,17 @@ func (m cpuMeter) since() time.Duration {
 		return 0
 	}
 	return b - m.start
+}
+
+// selfSince returns the CPU time this process (the bench: the receiver,
+// and in the bare loop the client too) has spent since the meter started
+// (0 if unknown).
+func (m cpuMeter) selfSince() time.Duration {
+	s, ok := processCPU(os.Getpid())
+	if !m.selfOK || !ok {
+		return 0
+	}
+	return s - m.self
 }
 
 // perDelivery formats CPU time per delivery in µs, or "n/a".

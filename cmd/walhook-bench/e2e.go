@@ -34,8 +34,10 @@ type results struct {
 	e2eRejected int
 	e2eCPU      time.Duration // machine busy CPU time over the saturation measure
 	walhookCPU  time.Duration // of it, the walhook process
+	e2eSelfCPU  time.Duration // of it, the bench process: the receiver (and the probes)
 	walhookRSS  int64         // walhook's peak resident memory, bytes
 	bareCPU     time.Duration // machine busy CPU time over the bare loop
+	bareSelfCPU time.Duration // of it, the bench process: the client and the receiver
 	settleTime  time.Duration // after the backlog, until every outcome was recorded
 
 	// latency
@@ -117,6 +119,7 @@ func (e *env) endToEnd(ctx context.Context, r *results) error {
 		}
 		r.e2eTime = time.Since(p.start)
 		r.e2eCPU = cpu.since()
+		r.e2eSelfCPU = cpu.selfSince()
 		r.walhookCPU, _ = processCPU(p.cmd.Process.Pid)
 		r.walhookRSS, _ = peakRSS(p.cmd.Process.Pid)
 		r.e2eFirst = time.Unix(0, first.Load()).Sub(p.start)
@@ -382,6 +385,7 @@ func (e *env) bareLoop(ctx context.Context, rcv *receiver.Receiver, r *results) 
 	wg.Wait()
 	r.bareTime = time.Since(start)
 	r.bareCPU = cpu.since()
+	r.bareSelfCPU = cpu.selfSince()
 	r.bareFailed = int(failed.Load())
 	r.bareUnique = rcv.Unique() - before
 	if r.bareFailed > 0 || r.bareUnique != len(items) {

@@ -42,6 +42,9 @@ func printTable(w io.Writer, r results) {
 			row{"  ratio end to end / bare loop", fmt.Sprintf("%.2f", e2e/bare), "≥ 0.50", check(e2e/bare >= 0.5)},
 			row{"  CPU per delivery: end to end (walhook's part), bare loop",
 				fmt.Sprintf("%s (%s), %s", perDelivery(r.e2eCPU, r.backlog), perDelivery(r.walhookCPU, r.backlog), perDelivery(r.bareCPU, r.backlog)), "", nil},
+			row{"  of it: walhook, receiver, PostgreSQL and the rest; bare loop: client and receiver",
+				fmt.Sprintf("%s, %s, %s; %s", perDelivery(r.walhookCPU, r.backlog), perDelivery(r.e2eSelfCPU, r.backlog),
+					perDelivery(r.e2eCPU-r.walhookCPU-r.e2eSelfCPU, r.backlog), perDelivery(r.bareSelfCPU, r.backlog)), "", nil},
 			row{"  walhook's peak resident memory", fmt.Sprintf("%.0f MiB", float64(r.walhookRSS)/(1<<20)), "", nil},
 		)
 	}
