@@ -199,15 +199,21 @@ type eventSweep struct {
 // hand: the sweep of old events (expiredEventsSQL) passes each event
 // once a round, and an event whose last delivery expires after that
 // would otherwise wait for the next round.
+//
+// It passes over rows another transaction holds (SKIP LOCKED): a
+// recover, a redeliver or another process's retention. Waiting for them
+// could deadlock: a recover of a dead endpoint's failed deliveries past
+// retention locks them in the order its plan reads them, this in
+// updated_at order, and each could wait for a row the other held
+// (PostgreSQL then aborts one; the recover's caller got the error). A row
+// passed over is looked at again next pass.
 const expiredDeliveriesSQL = `
 WITH gone AS (
 	DELETE FROM {{schema}}.deliveries WHERE id IN (
 		SELECT id FROM {{schema}}.deliveries
 		WHERE status IN ('delivered', 'failed', 'skipped') AND updated_at < now() - make_interval(secs => $1)
-		LIMIT $2)
-	  -- Again here: a row a redeliver or recover requeues while
-	  -- this waits for its lock is checked anew only against
-	  -- these conditions, not the subquery's.
+		LIMIT $2
+		FOR UPDATE SKIP LOCKED)
 	  AND status IN ('delivered', 'failed', 'skipped') AND updated_at < now() - make_interval(secs => $1)
 	RETURNING id, event_id
 ), attempts AS (
