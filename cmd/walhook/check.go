@@ -1003,7 +1003,7 @@ func connectStore(ctx context.Context, dsn string) (*pgxpool.Pool, error) {
 // when the real one (a password, a database, pg_hba.conf) is the next
 // attempt's, so that line is left out when another one follows.
 func oneLine(err error) string {
-	lines := strings.Split(err.Error(), "\n")
+	lines := strings.Split(errorText(err), "\n")
 	kept := lines[:0]
 	for i, l := range lines {
 		l = strings.TrimSpace(l)

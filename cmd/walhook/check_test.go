@@ -9,6 +9,7 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 
@@ -564,4 +565,30 @@ func TestCheckWarnsOfSecretsInAConfigOthersCanRead(t *testing.T) {
 	t.Setenv("CK_API_KEY", ckAPIKey)
 	out, _, _ = runCLI(t, context.Background(), "check", "--config", env)
 	ckNoLines(t, out, `warn  config file`)
+}
+
+// A host name that does not resolve fails pgx's connect the same way for
+// each TLS mode it tries, and it joins the copies: the message said the
+// lookup error twice. errorText (what main prints, and check's one-line
+// form) says it once.
+func TestConnectErrorSaysTheLookupOnce(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	_, err := pgx.Connect(ctx, "postgres://u:pw@walhook-no-such-host.invalid:5432/db?connect_timeout=10")
+	if err == nil {
+		t.Fatal("connected to a host that cannot resolve")
+	}
+	lines := strings.Split(strings.TrimSpace(err.Error()), "\n")
+	last := strings.TrimSpace(lines[len(lines)-1])
+	if n := strings.Count(err.Error(), last); n < 2 {
+		t.Logf("pgx no longer repeats it (%q); nothing to check", err)
+	}
+	for name, text := range map[string]string{"errorText": errorText(err), "oneLine": oneLine(err)} {
+		if n := strings.Count(text, last); n != 1 {
+			t.Errorf("%s says %q %d times:\n%s", name, last, n, text)
+		}
+		if !strings.Contains(text, "walhook-no-such-host.invalid") {
+			t.Errorf("%s lost the host name:\n%s", name, text)
+		}
+	}
 }

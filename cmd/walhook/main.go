@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime/debug"
+	"strings"
 	"syscall"
 )
 
@@ -28,9 +29,34 @@ func main() {
 	err := Run(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()
 	if err != nil && !errors.Is(err, ErrHelpShown) {
-		fmt.Fprintln(os.Stderr, "walhook:", err)
+		fmt.Fprintln(os.Stderr, "walhook:", errorText(err))
 	}
 	os.Exit(ExitCode(err))
+}
+
+// errorText is err's message without lines that only repeat an earlier
+// one. pgx joins the error of every address and TLS mode it tried, and a
+// host name that does not resolve fails the same way for each:
+// "hostname resolving error: lookup db: no such host" then "lookup db:
+// no such host" again.
+func errorText(err error) string {
+	lines := strings.Split(err.Error(), "\n")
+	kept := lines[:0]
+	for _, l := range lines {
+		t := strings.TrimSpace(l)
+		repeated := false
+		for _, k := range kept {
+			k = strings.TrimSpace(k)
+			if t != "" && (k == t || strings.HasSuffix(k, ": "+t)) {
+				repeated = true
+				break
+			}
+		}
+		if !repeated {
+			kept = append(kept, l)
+		}
+	}
+	return strings.Join(kept, "\n")
 }
 
 // stopSignals end walhook gracefully. SIGHUP is among them unless the
