@@ -19,7 +19,13 @@ func TestRunIdleKeepsItsConnections(t *testing.T) {
 	runWaitFor(t, 30*time.Second, "replication", func() bool {
 		return db.count(t, `SELECT count(*) FROM pg_stat_replication WHERE application_name = 'walhook'`) > 0
 	}, p.diag)
-	time.Sleep(3 * time.Second)
+	// Warm up: the pools open their connections as they are first needed
+	// (the leader's first rule-table check 10 s in, the first scrape and
+	// status read) and keep them; what is measured below is what an idle
+	// walhook opens after that, with room for one reconnect.
+	runMetrics(t, base)
+	runAPI(t, "GET", base+"/api/v1/status", runAPIKey, "")
+	time.Sleep(12 * time.Second)
 
 	datname := db.pool.Config().ConnConfig.Database
 	sessions := func() int64 {
