@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/walhook/walhook/cdc"
 	"github.com/walhook/walhook/mapper"
@@ -98,7 +99,8 @@ func matchAuction(filters []string, auction string) bool {
 // (purgeDeleted).
 //
 // Rows go in as arrays through unnest, one statement per table, so the cost
-// is a handful of round trips whatever the batch size.
+// is two round trips whatever the batch size (BEGIN with the endpoints
+// version; the inserts, the cursor and COMMIT pipelined).
 //
 // While this process's claim loop runs and has room, Append stores the
 // deliveries it has room for as already claimed by this process (the
@@ -133,12 +135,20 @@ func (d *Dispatcher) Append(ctx context.Context, slot, systemID string, txs []Tx
 	var taken map[string]handed // by delivery id
 	var cs []claimed
 	defer func() { res.handoff(cs) }()
-	err := pgx.BeginFunc(ctx, d.pool, func(tx pgx.Tx) error {
+	// Two round trips: BEGIN with the endpoints version, then the inserts,
+	// the cursor and COMMIT in one pipeline (a third only when the
+	// endpoints changed). On any error the connection is left inside the
+	// transaction, and the pool closes such a connection on release
+	// instead of reusing it: nothing of the batch is committed.
+	err := d.pool.AcquireFunc(ctx, func(pc *pgxpool.Conn) error {
+		conn := pc.Conn()
+		begun := false
 		if len(ev.id) > 0 {
-			eps, now, err := d.fanoutEndpoints(ctx, tx)
+			eps, now, err := d.fanoutEndpoints(ctx, conn, true)
 			if err != nil {
 				return err
 			}
+			begun = true
 			for i := range txs {
 				for j := range txs[i].Events {
 					e := &txs[i].Events[j]
@@ -168,6 +178,9 @@ func (d *Dispatcher) Append(ctx context.Context, slot, systemID string, txs []Tx
 			}
 		}
 		b := &pgx.Batch{}
+		if !begun {
+			b.Queue("BEGIN")
+		}
 		parts := ev.parts(d.opts.insertBytes)
 		for _, p := range parts {
 			i, j := p[0], p[1]
@@ -187,12 +200,42 @@ func (d *Dispatcher) Append(ctx context.Context, slot, systemID string, txs []Tx
 			// cannot see yet.
 			b.Queue(`SELECT pg_notify($1, '')`, d.channel)
 		}
-		br := tx.SendBatch(ctx, b)
+		b.Queue("COMMIT")
+		br := conn.SendBatch(ctx, b)
+		if !begun {
+			if _, err := br.Exec(); err != nil {
+				br.Close()
+				return err
+			}
+		}
 		if err := d.readAppend(br, len(parts), len(dl.id) > 0, taken, at, &cs); err != nil {
 			br.Close()
 			return err
 		}
-		return br.Close()
+		if final {
+			if _, err := br.Exec(); err != nil {
+				br.Close()
+				return err
+			}
+		}
+		if pending > 0 {
+			if _, err := br.Exec(); err != nil {
+				br.Close()
+				return err
+			}
+		}
+		tag, err := br.Exec()
+		if err != nil {
+			br.Close()
+			return err
+		}
+		if err := br.Close(); err != nil {
+			return err
+		}
+		if tag.String() != "COMMIT" || conn.PgConn().TxStatus() != 'I' {
+			return fmt.Errorf("commit: the store answered %q", tag.String())
+		}
+		return nil
 	})
 	if err != nil {
 		cs = nil
@@ -206,7 +249,8 @@ func (d *Dispatcher) Append(ctx context.Context, slot, systemID string, txs []Tx
 	return nil
 }
 
-// fanoutEndpoints returns the endpoints as of tx, and tx's now() (which a
+// fanoutEndpoints returns the endpoints as of tx (which it begins first
+// when begin is set, in the same round trip), and tx's now() (which a
 // previous secret's overlap is measured against). It locks the one
 // endpoints_version row FOR SHARE: a transaction that changes endpoints
 // (their triggers update that row) is waited for, and the next one waits
@@ -214,11 +258,16 @@ func (d *Dispatcher) Append(ctx context.Context, slot, systemID string, txs []Tx
 // one being deleted is either gone or kept until this commit (its
 // deliveries written here are then deleted with the rest: purgeDeleted).
 // The rows are read again only when the version moved.
-func (d *Dispatcher) fanoutEndpoints(ctx context.Context, tx pgx.Tx) ([]fanoutEndpoint, time.Time, error) {
+func (d *Dispatcher) fanoutEndpoints(ctx context.Context, tx *pgx.Conn, begin bool) ([]fanoutEndpoint, time.Time, error) {
 	var version, xmin int64
 	var now time.Time
-	if err := tx.QueryRow(ctx, d.q(`SELECT version, xmin::text::bigint, now() FROM {{schema}}.endpoints_version FOR SHARE`)).
-		Scan(&version, &xmin, &now); err != nil {
+	b := &pgx.Batch{}
+	if begin {
+		b.Queue("BEGIN")
+	}
+	b.Queue(d.q(`SELECT version, xmin::text::bigint, now() FROM {{schema}}.endpoints_version FOR SHARE`)).
+		QueryRow(func(r pgx.Row) error { return r.Scan(&version, &xmin, &now) })
+	if err := tx.SendBatch(ctx, b).Close(); err != nil {
 		return nil, now, fmt.Errorf("read endpoints version: %w", err)
 	}
 	c := &d.endpoints

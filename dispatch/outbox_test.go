@@ -345,7 +345,7 @@ func TestAppendEndpointCache(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer tx.Rollback(ctx)
-		eps, now, err := d.fanoutEndpoints(ctx, tx)
+		eps, now, err := d.fanoutEndpoints(ctx, tx.Conn(), false)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -577,5 +577,53 @@ func TestAppendSplitsLargeTransactions(t *testing.T) {
 	}
 	if n := b.count(t, `SELECT count(*) FROM walhook.deliveries`); n != len(evs) {
 		t.Fatalf("%d deliveries stored, want %d", n, len(evs))
+	}
+}
+
+// An Append whose pipeline fails part way (here the deliveries insert)
+// commits nothing of it: no event, no delivery, no cursor move. The
+// transaction it left open ends with its connection, which the pool
+// closes (no session stays idle in transaction holding the endpoints
+// version's share lock, which an endpoint change would wait for), and
+// the next Append stores and hands over as usual.
+func TestAppendFailingPartWayCommitsNothing(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	d, b := obSetup(t, nil)
+	b.endpoint(t, "e1", "https://x.example/", nil, nil, true)
+	if _, err := b.pool.Exec(ctx, `
+		CREATE FUNCTION walhook.refuse() RETURNS trigger LANGUAGE plpgsql AS $$
+		BEGIN RAISE EXCEPTION 'refused by the test'; END $$;
+		CREATE TRIGGER refuse BEFORE INSERT ON walhook.deliveries FOR EACH ROW EXECUTE FUNCTION walhook.refuse()`); err != nil {
+		t.Fatal(err)
+	}
+	ev := obEvent("a.b", "")
+	err := d.Append(ctx, "slot", "sys", []TxEvents{{Xid: 7, CommitLSN: 99, EndLSN: 100, Final: true, CommitTime: time.Now(), Events: []mapper.Event{ev}}})
+	if err == nil || !strings.Contains(err.Error(), "refused by the test") {
+		t.Fatalf("Append = %v, want the trigger's error", err)
+	}
+	for table, want := range map[string]int{"events": 0, "deliveries": 0, "cursor": 0} {
+		if n := b.count(t, `SELECT count(*) FROM walhook.`+table); n != want {
+			t.Errorf("%d rows in %s after the failed Append, want %d", n, table, want)
+		}
+	}
+	if n := b.count(t, `SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND state LIKE 'idle in transaction%'`); n != 0 {
+		t.Errorf("%d sessions idle in transaction after the failed Append", n)
+	}
+	// An endpoint change does not wait for a lock the failed Append kept.
+	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if _, err := b.pool.Exec(cctx, `UPDATE walhook.endpoints SET url = 'https://y.example/' WHERE id = 'e1'`); err != nil {
+		t.Fatalf("endpoint change after the failed Append: %v", err)
+	}
+	if _, err := b.pool.Exec(ctx, `DROP TRIGGER refuse ON walhook.deliveries`); err != nil {
+		t.Fatal(err)
+	}
+	obAppend(t, d, 200, ev)
+	if n := b.count(t, `SELECT count(*) FROM walhook.deliveries WHERE endpoint_id = 'e1'`); n != 1 {
+		t.Errorf("%d deliveries after the second Append, want 1", n)
+	}
+	if n := b.count(t, `SELECT count(*) FROM walhook.cursor WHERE lsn = '0/C8'`); n != 1 {
+		t.Error("the cursor did not move to the second Append's end")
 	}
 }
