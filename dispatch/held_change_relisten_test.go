@@ -38,6 +38,14 @@ func TestHeldDeliveryDuringRelisten(t *testing.T) {
 	obWaitFor(t, "the first request", func() bool { return old.n() == 1 })
 	obWaitFor(t, "the second delivery held", func() bool { return d2.hold.held() == 2 })
 
+	// d2 makes its LISTEN connection in a goroutine of its own, which
+	// nothing above waits for (on a loaded machine it came up after the
+	// deliveries were held): wait for it before breaking it.
+	obWaitFor(t, "d2's LISTEN connection", func() bool {
+		return b.count(t, `SELECT count(*) FROM pg_stat_activity
+			WHERE datname = current_database() AND state = 'idle' AND query LIKE 'LISTEN %'`) == 1
+	})
+
 	// d2's LISTEN connection breaks and is made again; its catch-up read
 	// waits (here for a lock the test holds).
 	blocker, err := b.pool.Begin(ctx)
