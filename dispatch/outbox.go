@@ -137,9 +137,16 @@ func (d *Dispatcher) Append(ctx context.Context, slot, systemID string, txs []Tx
 	defer func() { res.handoff(cs) }()
 	// Two round trips: BEGIN with the endpoints version, then the inserts,
 	// the cursor and COMMIT in one pipeline (a third only when the
-	// endpoints changed). On any error the connection is left inside the
-	// transaction, and the pool closes such a connection on release
-	// instead of reusing it: nothing of the batch is committed.
+	// endpoints changed). On an error the store reports (or a failed
+	// COMMIT) nothing of the batch is committed: the connection is left
+	// inside the failed transaction, and the pool closes such a
+	// connection on release instead of reusing it. An error on the client
+	// side (ctx ending, the network) after the pipeline was sent is not
+	// that: the store already has COMMIT and may still run it, even after
+	// Append returned. Such a failure may thus have committed; that is
+	// safe because the caller replays the same batch (same ids, ON
+	// CONFLICT DO NOTHING, a cursor that never goes back) and cs is
+	// cleared, so nothing stored here is handed: the lease rescue sends it.
 	err := d.pool.AcquireFunc(ctx, func(pc *pgxpool.Conn) error {
 		conn := pc.Conn()
 		begun := false
