@@ -285,17 +285,13 @@ func TestCheckMissingColumnAndTable(t *testing.T) {
 // never the password; the store is still checked (and fails the same way).
 func TestCheckUnreachable(t *testing.T) {
 	t.Parallel()
-	cfg := filepath.Join(t.TempDir(), "walhook.yaml")
-	err := os.WriteFile(cfg, []byte(`source:
+	cfg := writeTempConfig(t, "walhook.yaml", `source:
   dsn: postgres://walhook:pw-s3cret-x@127.0.0.1:1/app?sslmode=disable&connect_timeout=5
 events:
   - event: problem.created
     table: problem_reports
     operations: [insert]
-`), 0o600)
-	if err != nil {
-		t.Fatal(err)
-	}
+`)
 	out, errOut, code := runCLI(t, context.Background(), "check", "--config", cfg)
 	t.Logf("check:\n%s%s", out, errOut)
 	if code != 1 {
@@ -318,17 +314,13 @@ events:
 func TestCheckConnectionErrorOneLine(t *testing.T) {
 	t.Parallel()
 	dsn := strings.Replace(pgtest.Shared(t).DSN("nosuch_db"), "?sslmode=disable", "", 1)
-	cfg := filepath.Join(t.TempDir(), "walhook.yaml")
-	err := os.WriteFile(cfg, []byte(`source:
+	cfg := writeTempConfig(t, "walhook.yaml", `source:
   dsn: `+dsn+`
 events:
   - event: problem.created
     table: problem_reports
     operations: [insert]
-`), 0o600)
-	if err != nil {
-		t.Fatal(err)
-	}
+`)
 	out, errOut, code := runCLI(t, context.Background(), "check", "--config", cfg)
 	t.Logf("check:\n%s%s", out, errOut)
 	if code != 1 {

@@ -12,8 +12,7 @@ import (
 // before any database is touched.
 func TestCheckBadConfig(t *testing.T) {
 	t.Parallel()
-	cfg := filepath.Join(t.TempDir(), "bad.yaml")
-	err := os.WriteFile(cfg, []byte(`source:
+	cfg := writeTempConfig(t, "bad.yaml", `source:
   dsn: ${WALHOOK_CHECK_TEST_NEVER_SET}
   colour: blue
 delivery:
@@ -22,10 +21,7 @@ events:
   - event: problem.created
     table: problem_reports
     operations: [insert]
-`), 0o600)
-	if err != nil {
-		t.Fatal(err)
-	}
+`)
 	out, errOut, code := runCLI(t, context.Background(), "check", "--config", cfg)
 	if code != 2 {
 		t.Fatalf("exit %d, want 2\n%s%s", code, out, errOut)
@@ -48,18 +44,14 @@ events:
 // names the line of its value.
 func TestCheckBadRule(t *testing.T) {
 	t.Parallel()
-	cfg := filepath.Join(t.TempDir(), "rule.yaml")
-	err := os.WriteFile(cfg, []byte(`source:
+	cfg := writeTempConfig(t, "rule.yaml", `source:
   dsn: postgres://walhook@127.0.0.1:1/app
 events:
   - event: problem.created
     table: problem_reports
     operations: [insert]
     when: new.status ==
-`), 0o600)
-	if err != nil {
-		t.Fatal(err)
-	}
+`)
 	_, errOut, code := runCLI(t, context.Background(), "check", "--config", cfg)
 	if code != 2 || !strings.Contains(errOut, cfg+":7:11: events[0].when: ") {
 		t.Fatalf("exit %d, stderr %q; want 2 and the when: value's position", code, errOut)
@@ -69,17 +61,13 @@ events:
 // A DSN pgx cannot parse is bad config, and its password is not echoed.
 func TestCheckBadDSNHidesPassword(t *testing.T) {
 	t.Parallel()
-	cfg := filepath.Join(t.TempDir(), "dsn.yaml")
-	err := os.WriteFile(cfg, []byte(`source:
+	cfg := writeTempConfig(t, "dsn.yaml", `source:
   dsn: postgres://walhook:pw-s3cret-x@127.0.0.1:notaport/app
 events:
   - event: problem.created
     table: problem_reports
     operations: [insert]
-`), 0o600)
-	if err != nil {
-		t.Fatal(err)
-	}
+`)
 	out, errOut, code := runCLI(t, context.Background(), "check", "--config", cfg)
 	if code != 2 || !strings.Contains(errOut, "source.dsn: cannot parse the connection string") {
 		t.Fatalf("exit %d, stderr %q", code, errOut)
@@ -102,16 +90,12 @@ func TestBadDSNSaysWhatAndWhere(t *testing.T) {
 		{`"mysql://walhook:pw-s3cret-x@127.0.0.1/app"`, "a URL must start with postgres:// or postgresql://"},
 	} {
 		for _, cmd := range []string{"check", "setup", "run"} {
-			cfg := filepath.Join(t.TempDir(), "dsn.yaml")
-			err := os.WriteFile(cfg, []byte("api: {listen: off}\nsource:\n  dsn: "+tc.dsn+`
+			cfg := writeTempConfig(t, "dsn.yaml", "api: {listen: off}\nsource:\n  dsn: "+tc.dsn+`
 events:
   - event: problem.created
     table: problem_reports
     operations: [insert]
-`), 0o600)
-			if err != nil {
-				t.Fatal(err)
-			}
+`)
 			out, errOut, code := runCLI(t, context.Background(), cmd, "--config", cfg)
 			if code != 2 || !strings.Contains(errOut, cfg+":3:8: source.dsn: cannot parse the connection string: ") ||
 				!strings.Contains(errOut, tc.want) {
@@ -163,10 +147,7 @@ events:
 // answers nothing: a command that connected first would exit 1.
 func refusedBeforeConnecting(t *testing.T, config, want string) {
 	t.Helper()
-	cfg := filepath.Join(t.TempDir(), "walhook.yaml")
-	if err := os.WriteFile(cfg, []byte(config), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	cfg := writeTempConfig(t, "walhook.yaml", config)
 	for _, cmd := range []string{"run", "setup"} {
 		_, errOut, code := runCLI(t, context.Background(), cmd, "--config", cfg)
 		if code != 2 || !strings.Contains(errOut, cfg+want) {
@@ -191,8 +172,7 @@ func TestConfigFromEnvironmentSaysSo(t *testing.T) {
 // line the rule starts on (with the position inside the expression).
 func TestWhenErrorNamesItsLine(t *testing.T) {
 	t.Parallel()
-	cfg := filepath.Join(t.TempDir(), "when.yaml")
-	err := os.WriteFile(cfg, []byte(`source:
+	cfg := writeTempConfig(t, "when.yaml", `source:
   dsn: postgres://walhook@127.0.0.1:1/app?connect_timeout=1
 api: {listen: off}
 events:
@@ -201,12 +181,20 @@ events:
     table: problem_reports
     operations: [update]
     when: new.status == 'closed' &&
-`), 0o600)
-	if err != nil {
-		t.Fatal(err)
-	}
+`)
 	_, errOut, code := runCLI(t, context.Background(), "check", "--config", cfg)
 	if code != 2 || !strings.Contains(errOut, cfg+":9:11: events[0].when") {
 		t.Errorf("exit %d, stderr %q; want 2 and the when: line (9:11)", code, errOut)
 	}
+}
+
+// writeTempConfig writes body as a config file named name in a directory
+// of the test's own and returns its path.
+func writeTempConfig(t *testing.T, name, body string) string {
+	t.Helper()
+	cfg := filepath.Join(t.TempDir(), name)
+	if err := os.WriteFile(cfg, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return cfg
 }
