@@ -219,13 +219,11 @@ func (d *Dispatcher) Append(ctx context.Context, slot, systemID string, txs []Tx
 			br.Close()
 			return err
 		}
-		if final {
-			if _, err := br.Exec(); err != nil {
-				br.Close()
-				return err
+		// The cursor's and the notify's results, when queued.
+		for _, queued := range []bool{final, pending > 0} {
+			if !queued {
+				continue
 			}
-		}
-		if pending > 0 {
 			if _, err := br.Exec(); err != nil {
 				br.Close()
 				return err
