@@ -480,3 +480,29 @@ func TestStoreTimeout(t *testing.T) {
 		t.Errorf("after the lock: %d %s", r.Status, r.Raw)
 	}
 }
+
+// Routes that take no query parameters refuse one, as the list routes
+// refuse one they do not know (docs/api.md, Strict input): ignored, a
+// parameter the caller believes in silently does nothing — a rotation
+// with ?overlap=0 after a leak would leave the leaked secret signing for
+// a day, a DELETE ?dry_run=true would delete.
+func TestRoutesWithoutParametersRefuseQuery(t *testing.T) {
+	t.Parallel()
+	s := newStack(t, stackConfig{})
+	id := s.create(t, "https://hooks.example.com/existing").SubscriptionID
+	const dl = "6f1d3c2b-9a8e-8c7d-b6a5-4f3e2d1c0b9a" // refused before it is looked up
+	checkRefused(t, s, []badCase{
+		{"create", "POST", "/api/v1/webhooks/create?active=false", `{"url":"https://hooks.example.com/x","events":["auction.bid"]}`, 0, "invalid_query"},
+		{"get", "GET", "/api/v1/webhooks/" + id + "?fields=url", nil, 0, "invalid_query"},
+		{"update", "PUT", "/api/v1/webhooks/" + id + "?active=false", `{"description":"x"}`, 0, "invalid_query"},
+		{"delete", "DELETE", "/api/v1/webhooks/" + id + "?dry_run=true", nil, 0, "invalid_query"},
+		{"test", "POST", "/api/v1/webhooks/" + id + "/test?event=auction.bid", nil, 0, "invalid_query"},
+		{"recover", "POST", "/api/v1/webhooks/" + id + "/recover?until=2026-01-02T00:00:00Z", `{"since":0}`, 0, "invalid_query"},
+		{"rotate", "POST", "/api/v1/webhooks/" + id + "/rotate-secret?overlap=0", nil, 0, "invalid_query"},
+		{"delivery", "GET", "/api/v1/deliveries/" + dl + "?x=1", nil, 0, "invalid_query"},
+		{"redeliver", "POST", "/api/v1/deliveries/" + dl + "/redeliver?force=true", nil, 0, "invalid_query"},
+		{"events", "GET", "/api/v1/events?prefix=auction", nil, 0, "invalid_query"},
+		{"status", "GET", "/api/v1/status?endpoint=" + id, nil, 0, "invalid_query"},
+		{"malformed", "GET", "/api/v1/events?%zz", nil, 0, "invalid_query"},
+	})
+}
