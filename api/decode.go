@@ -205,6 +205,17 @@ func parseTime(s string) (time.Time, error) {
 	return t.UTC(), nil
 }
 
+// queryTime is parseTime for a query parameter. The '+' of an RFC 3339
+// offset sent without percent-encoding (curl "…?since=2026-01-02T15:04:05+01:00")
+// arrives as a space, as a query string reads '+'; no time holds a space,
+// so it is read as the '+' it was.
+func queryTime(s string) (time.Time, error) {
+	if t, err := parseTime(strings.ReplaceAll(s, " ", "+")); err == nil {
+		return t, nil
+	}
+	return parseTime(s) // its error quotes what arrived
+}
+
 // query parses the query string strictly: a malformed one, a parameter the
 // route does not know (a typo like ?stauts= would otherwise silently list
 // everything) or a repeated parameter is refused.

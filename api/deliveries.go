@@ -88,7 +88,7 @@ func (s *Server) listDeliveries(w http.ResponseWriter, r *http.Request) {
 		dst  *time.Time
 	}{{"since", &f.Since}, {"until", &f.Until}} {
 		if v := q.Get(p.name); v != "" {
-			t, err := parseTime(v)
+			t, err := queryTime(v)
 			if err != nil {
 				s.fail(w, r, errorf(http.StatusBadRequest, CodeInvalidQuery, "%s: %v", p.name, err))
 				return

@@ -240,6 +240,15 @@ func TestDeliveryHistoryFilters(t *testing.T) {
 	if n := len(get("?until=2021-01-01T00:00:00Z")); n != 1 {
 		t.Fatalf("until 2021: %d, want the old one", n)
 	}
+	// An offset's '+' as curl sends it, not percent-encoded: a query
+	// string reads it as a space, which no time holds. Strictly before
+	// 00:00:01Z the old delivery is, before 00:00:00Z it is not.
+	if n := len(get("?until=2020-01-01T01:00:01+01:00")); n != 1 {
+		t.Fatalf("until 01:00:01+01:00 (unencoded '+'): %d, want the old one", n)
+	}
+	if n := len(get("?until=2020-01-01T01:00:00%2B01:00")); n != 0 {
+		t.Fatalf("until 01:00:00+01:00: %d, want none", n)
+	}
 	since := strconv.FormatInt(time.Now().Add(-time.Hour).Unix(), 10)
 	if n := len(get("?since=" + since)); n != 4 {
 		t.Fatalf("since an hour ago (unix seconds): %d, want 4", n)
