@@ -283,6 +283,14 @@ func TestCreateRefusesBadInput(t *testing.T) {
 		{"url private address", "POST", p, `{"url":"https://10.1.2.3/x","events":["auction.bid"]}`, 0, "invalid_url"},
 		{"url metadata address", "POST", p, `{"url":"https://169.254.169.254/latest/meta-data","events":["auction.bid"]}`, 0, "invalid_url"},
 		{"url ipv6 loopback", "POST", p, `{"url":"https://[::1]/x","events":["auction.bid"]}`, 0, "invalid_url"},
+		// IPv4 in the forms inet_aton, curl and browsers read (127.0.0.1
+		// here): no host name ends in a number, and the Go resolver looks
+		// them up in DNS, so every attempt would fail "no such host".
+		{"url decimal ipv4", "POST", p, `{"url":"https://2130706433/x","events":["auction.bid"]}`, 0, "invalid_url"},
+		{"url hex ipv4", "POST", p, `{"url":"https://0x7f000001/x","events":["auction.bid"]}`, 0, "invalid_url"},
+		{"url octal ipv4", "POST", p, `{"url":"https://0177.0.0.1/x","events":["auction.bid"]}`, 0, "invalid_url"},
+		{"url short ipv4", "POST", p, `{"url":"https://127.1/x","events":["auction.bid"]}`, 0, "invalid_url"},
+		{"url ipv4 with a trailing dot", "POST", p, `{"url":"https://10.1.2.3./x","events":["auction.bid"]}`, 0, "invalid_url"},
 		{"url other scheme", "POST", p, `{"url":"ftp://hooks.example.com/x","events":["auction.bid"]}`, 0, "invalid_url"},
 		{"url with credentials", "POST", p, `{"url":"https://u:p@hooks.example.com/x","events":["auction.bid"]}`, 0, "invalid_url"},
 		{"url relative", "POST", p, `{"url":"/hooks","events":["auction.bid"]}`, 0, "invalid_url"},
@@ -321,6 +329,7 @@ func TestUpdateRefusesBadInput(t *testing.T) {
 		{"url empty", "PUT", p, `{"url":""}`, 0, "invalid_url"},
 		{"url not https", "PUT", p, `{"url":"http://hooks.example.com/x"}`, 0, "invalid_url"},
 		{"url private", "PUT", p, `{"url":"https://192.168.1.1/x"}`, 0, "invalid_url"},
+		{"url decimal ipv4", "PUT", p, `{"url":"https://3232235777/x"}`, 0, "invalid_url"},
 		{"events empty", "PUT", p, `{"events":[]}`, 0, "invalid_body"},
 		{"description with NUL", "PUT", p, `{"description":"\u0000"}`, 0, "invalid_body"},
 		{"auction with NUL", "PUT", p, `{"auctions":["x\u0000"]}`, 0, "invalid_body"},

@@ -536,6 +536,9 @@ func (c *Client) ValidateURL(raw string) error {
 	hostOK := c.hostAllowed(host)
 	ip, ipErr := netip.ParseAddr(host)
 	literal := ipErr == nil
+	if !literal && endsInNumber(host) {
+		return fmt.Errorf("%w: the host ends in a number but is not an IP address as a.b.c.d (forms like 2130706433, 0x7f.1 or 0177.0.0.1 are not host names, and are looked up in DNS, not read as addresses)", ErrMalformedURL)
+	}
 	if u.Scheme == "http" && !c.allowHTTP && !hostOK && !(literal && c.ipAllowed(ip)) {
 		return fmt.Errorf("%w: http:// is not allowed; use https://, or list the host in delivery.allow, or set delivery.allow_http for development", ErrInsecureURL)
 	}
@@ -543,6 +546,21 @@ func (c *Client) ValidateURL(raw string) error {
 		return c.checkIP(ip)
 	}
 	return nil
+}
+
+// endsInNumber reports whether host's last label (a trailing dot aside) is
+// a decimal or 0x-hex number, as in the IPv4 forms that inet_aton, curl
+// and browsers read as addresses (2130706433, 0x7f.1, 0177.0.0.1, 127.1,
+// 10.1.2.3.). No host name ends in one (RFC 3696 2: a top-level domain is
+// not all-numeric), and the Go resolver asks DNS for such a name, so an
+// endpoint with one could never be delivered to.
+func endsInNumber(host string) bool {
+	h := strings.TrimSuffix(host, ".")
+	last := h[strings.LastIndexByte(h, '.')+1:]
+	if hex, ok := strings.CutPrefix(strings.ToLower(last), "0x"); ok {
+		return strings.Trim(hex, "0123456789abcdef") == ""
+	}
+	return isDigits(last)
 }
 
 // Send makes one attempt: it signs the body now (timestamp = Now().Unix()),
