@@ -12,6 +12,11 @@ import (
 // MaxDescription bounds an endpoint's description (characters).
 const MaxDescription = 1000
 
+// MaxURL bounds an endpoint's URL (bytes): a longer request line is
+// refused by common servers (8 KiB in nginx and Apache), so every attempt
+// would fail, and each list page would carry the URL.
+const MaxURL = 8000
+
 // MaxAuctions bounds an endpoint's auction filter (items), and
 // MaxAuctionID one auction id (characters).
 const (
@@ -87,6 +92,10 @@ func (s *Server) createWebhook(w http.ResponseWriter, r *http.Request) {
 	}
 	if req.URL == nil || *req.URL == "" {
 		s.fail(w, r, errorf(http.StatusBadRequest, CodeInvalidURL, "url is required"))
+		return
+	}
+	if err := checkURLLength(*req.URL); err != nil {
+		s.fail(w, r, err)
 		return
 	}
 	if req.Events == nil || len(*req.Events) == 0 {
@@ -191,6 +200,12 @@ func (s *Server) updateWebhook(w http.ResponseWriter, r *http.Request) {
 	if req.URL != nil && *req.URL == "" {
 		s.fail(w, r, errorf(http.StatusBadRequest, CodeInvalidURL, "url must not be empty"))
 		return
+	}
+	if req.URL != nil {
+		if err := checkURLLength(*req.URL); err != nil {
+			s.fail(w, r, err)
+			return
+		}
 	}
 	if req.Events != nil {
 		if len(*req.Events) == 0 {
@@ -326,6 +341,13 @@ func checkAuctions(in []string) ([]string, error) {
 		}
 	}
 	return out, nil
+}
+
+func checkURLLength(u string) error {
+	if len(u) > MaxURL {
+		return errorf(http.StatusBadRequest, CodeInvalidURL, "url is %d bytes; at most %d", len(u), MaxURL)
+	}
+	return nil
 }
 
 func checkDescription(d string) error {
