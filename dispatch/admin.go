@@ -576,7 +576,10 @@ func (a *Admin) GetDelivery(ctx context.Context, id string) (Delivery, []Attempt
 	if err := checkID("delivery", id); err != nil {
 		return Delivery{}, nil, err
 	}
-	d, err := scanDelivery(a.pool.QueryRow(ctx, a.q(`SELECT `+deliveryColumns+` FROM {{schema}}.deliveries WHERE id = $1`), id))
+	// Not one of a deleted endpoint, whose history the purge (or
+	// maintenance) may not have reached yet: it is gone for the API.
+	d, err := scanDelivery(a.pool.QueryRow(ctx, a.q(`SELECT `+deliveryColumns+` FROM {{schema}}.deliveries d
+		WHERE id = $1 AND EXISTS (SELECT 1 FROM {{schema}}.endpoints e WHERE e.id = d.endpoint_id)`), id))
 	if errors.Is(err, pgx.ErrNoRows) {
 		return Delivery{}, nil, fmt.Errorf("delivery %q: %w", id, ErrNotFound)
 	}

@@ -922,3 +922,23 @@ func TestEndpointChangeReachesOtherProcesses(t *testing.T) {
 	}
 	waitFor("a static endpoint's URL changed", func() bool { return other.changedSince(StaticPrefix+"s", t2) })
 }
+
+// A deleted endpoint's history is gone for the API as soon as the delete
+// returns, even while the purge of a large one is still under way (or
+// left to maintenance): a delivery of it is not found by id, as it is not
+// listed.
+func TestAdminGetDeliveryOfADeletedEndpoint(t *testing.T) {
+	a, b := setupAdmin(t)
+	ctx := context.Background()
+	e := mustCreate(t, a, EndpointInput{})
+	b.addDelivery(t, "kept", e.ID, "failed", 6, time.Now())
+	if _, _, err := a.GetDelivery(ctx, "kept"); err != nil {
+		t.Fatalf("delivery of an existing endpoint: %v", err)
+	}
+	// What a delete cut short after its commit leaves for maintenance.
+	b.addDelivery(t, "o1", "whk_gone", "failed", 6, time.Now())
+	b.exec(t, `INSERT INTO {{schema}}.endpoints_deleted (id) VALUES ('whk_gone')`)
+	if _, _, err := a.GetDelivery(ctx, "o1"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("delivery of a deleted endpoint: %v, want ErrNotFound", err)
+	}
+}
