@@ -665,8 +665,13 @@ func (c *Client) classify(parent, attempt context.Context, err error) (error, bo
 		return inner, true
 	case parent.Err() != nil:
 		return fmt.Errorf("attempt abandoned: %w", context.Cause(parent)), false
-	case context.Cause(attempt) == ErrTimeout || errors.Is(err, context.DeadlineExceeded) || isTimeout(err):
+	case context.Cause(attempt) == ErrTimeout || errors.Is(err, context.DeadlineExceeded):
 		return fmt.Errorf("%w after %s: %v", ErrTimeout, c.timeout, inner), false
+	case isTimeout(err):
+		// A step's own limit, before the attempt's: the TLS handshake's
+		// 10 s, a connect's. Its text says which; the attempt's timeout
+		// is not what ran out.
+		return fmt.Errorf("%w: %v", ErrTimeout, inner), false
 	case isCertError(err):
 		// go-retryablehttp calls certificate errors permanent; for an
 		// outbox they are not: a receiver renews an expired certificate,

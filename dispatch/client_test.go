@@ -318,3 +318,50 @@ func TestSendVerifiesTLS(t *testing.T) {
 		t.Errorf("error %q: want crypto/tls's reason, said once", msg)
 	}
 }
+
+// A receiver that accepts the connection and never answers the TLS
+// handshake: the transport's handshake limit (10 s) ends the attempt well
+// before the attempt's timeout, and the error must say which ran out,
+// not "timeout after 30s".
+func TestSendTLSHandshakeTimeoutSaysSo(t *testing.T) {
+	t.Parallel()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var held sync.WaitGroup
+	defer func() { ln.Close(); held.Wait() }()
+	held.Add(1)
+	go func() {
+		defer held.Done()
+		var conns []net.Conn
+		defer func() {
+			for _, c := range conns {
+				c.Close()
+			}
+		}()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			conns = append(conns, c) // read nothing, answer nothing
+		}
+	}()
+	client, err := NewClient(ClientOptions{Allow: []string{"127.0.0.1"}, Timeout: 30 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.CloseIdleConnections()
+	start := time.Now()
+	res := client.Send(context.Background(), Request{URL: "https://" + ln.Addr().String() + "/hook", ID: "id-1", Event: "a.b",
+		Body: []byte(`{}`), Keys: [][]byte{mustKey(t, NewSecret())}})
+	took := time.Since(start)
+	if !errors.Is(res.Err, ErrTimeout) || res.Permanent || res.StatusCode != 0 {
+		t.Fatalf("hung handshake: status %d, err %v, permanent %v; want a retryable timeout", res.StatusCode, res.Err, res.Permanent)
+	}
+	msg := res.Err.Error()
+	if strings.Contains(msg, "30s") || !strings.Contains(msg, "TLS handshake timeout") {
+		t.Errorf("error %q after %s: want the handshake's limit named, not the attempt's 30s", msg, took.Round(time.Millisecond))
+	}
+}
