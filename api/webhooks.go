@@ -248,6 +248,14 @@ type deleteResponse struct {
 }
 
 func (s *Server) deleteWebhook(w http.ResponseWriter, r *http.Request) {
+	// No body (or {}), as for test and rotate-secret: a body naming
+	// another endpoint or asking for something DELETE does not do is
+	// refused, not ignored while this one is deleted.
+	var req struct{}
+	if err := s.decode(w, r, &req, true); err != nil {
+		s.fail(w, r, err)
+		return
+	}
 	id := r.PathValue("id")
 	if err := s.admin.DeleteEndpoint(r.Context(), id); err != nil {
 		s.fail(w, r, err)

@@ -129,7 +129,11 @@ func TestWebhookLifecycle(t *testing.T) {
 		Success   bool   `json:"success"`
 		DeletedID string `json:"deletedId"`
 	}
-	s.call(t, "DELETE", "/api/v1/webhooks/"+c.SubscriptionID, nil).ok(t, http.StatusOK, &del)
+	checkRefused(t, s, []badCase{
+		{"delete with a body naming another", "DELETE", "/api/v1/webhooks/" + c.SubscriptionID, `{"id":"whk_0000000000000000"}`, 0, "invalid_body"},
+		{"delete with a body that is not JSON", "DELETE", "/api/v1/webhooks/" + c.SubscriptionID, `id=x`, 0, "invalid_json"},
+	})
+	s.call(t, "DELETE", "/api/v1/webhooks/"+c.SubscriptionID, `{}`).ok(t, http.StatusOK, &del)
 	if !del.Success || del.DeletedID != c.SubscriptionID {
 		t.Fatalf("delete returned %+v", del)
 	}
