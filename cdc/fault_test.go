@@ -147,6 +147,48 @@ func TestCrashResume(t *testing.T) {
 	}
 }
 
+// TestFastShutdownNotHeldBack: a fast shutdown of the source (pg_ctl
+// stop -m fast, a restart) lets the walsender exit only once the client
+// has confirmed everything it sent, the shutdown checkpoint record
+// included; until then the postmaster waits and refuses connections. The
+// walsender asks for that reply in its keepalives, and the stream must
+// hand out their WAL end as a position advance then, not only once per
+// StatusInterval: otherwise every shutdown of a source with unpublished
+// writes waited up to StatusInterval (10 s by default) for walhook. The
+// interval here is an hour, so only the asked-for advance ends the wait;
+// pgcluster gives up on a shutdown after 60 s and says so.
+func TestFastShutdownNotHeldBack(t *testing.T) {
+	t.Parallel()
+	c, dsn := ownClusterItems(t, pgtest.Options{})
+	exec(t, dsn, `CREATE TABLE busy (id int8)`) // not published
+	b := startStream(t, dsn, 0, func(o *Options) { o.StatusInterval = time.Hour })
+	go func() { // the consumer: confirms every position advance
+		for tx := range b.stream.Txs() {
+			if tx.Final {
+				b.stream.Confirm(tx.EndLSN)
+			}
+		}
+	}()
+	// The first position advance; the next one would wait an hour.
+	exec(t, dsn, `INSERT INTO busy VALUES (1)`)
+	var s string
+	queryRow(t, dsn, `SELECT pg_current_wal_lsn()::text`, &s)
+	lsn, _ := pglogrepl.ParseLSN(s)
+	waitFor(t, "the slot to pass the unpublished write", func() bool { return slotConfirmed(t, dsn) >= lsn })
+	exec(t, dsn, `INSERT INTO busy VALUES (2)`)
+	if err := c.Stop(); err != nil {
+		t.Fatalf("fast shutdown of the source: %v", err)
+	}
+	if err := c.StartAgain(); err != nil {
+		t.Fatal(err)
+	}
+	exec(t, dsn, `INSERT INTO item VALUES (1, 'after the restart')`)
+	waitFor(t, "the stream to stream again", func() bool {
+		st, _ := b.stream.Status(context.Background())
+		return st.State == StateStreaming && st.Reconnects > 0
+	})
+}
+
 // TestSlotInvalidated: a slot that fell behind max_slot_wal_keep_size is
 // invalidated by PostgreSQL; Run stops with ErrSlotLost and Status shows it.
 func TestSlotInvalidated(t *testing.T) {

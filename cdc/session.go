@@ -200,6 +200,14 @@ func be64(b []byte) uint64 {
 // transaction that committed below it has already been sent (or was
 // filtered out by the publication), so confirming it skips nothing, and the
 // slot retains no WAL for an idle or filtered database.
+//
+// Advances are paced by StatusInterval (each one is a store commit),
+// except for a keepalive that asks for a reply: a walsender asks when it
+// has not heard from us for half its timeout, and, in a loop, when the
+// server shuts down, where it exits only once its sent position (past the
+// shutdown checkpoint) is confirmed, and the postmaster waits for it. At
+// most one advance is outstanding (confirmed >= handed), so the loop
+// brings one.
 func (ss *session) keepalive(ka pglogrepl.PrimaryKeepaliveMessage, now time.Time) error {
 	if ka.ServerWALEnd > ss.walEnd {
 		ss.walEnd = ka.ServerWALEnd
@@ -212,7 +220,7 @@ func (ss *session) keepalive(ka pglogrepl.PrimaryKeepaliveMessage, now time.Time
 	}
 	handed := LSN(ss.s.handed.Load())
 	if ss.cur == nil && LSN(ss.s.confirmed.Load()) >= handed && ka.ServerWALEnd > handed &&
-		now.Sub(ss.lastAdvance) >= ss.s.opts.StatusInterval {
+		(ka.ReplyRequested || now.Sub(ss.lastAdvance) >= ss.s.opts.StatusInterval) {
 		ss.lastAdvance = now
 		return ss.emit(&Tx{CommitLSN: ka.ServerWALEnd, EndLSN: ka.ServerWALEnd, CommitTime: ka.ServerTime.UTC(), Final: true})
 	}

@@ -287,8 +287,12 @@ func (c *Cluster) stop(sig syscall.Signal) error {
 	select {
 	case <-c.waitErr:
 	case <-time.After(60 * time.Second):
+		// A shutdown that hangs is what a test may be looking for (a
+		// walsender waiting for a client that never confirms): say so.
 		_ = c.cmd.Process.Kill()
 		<-c.waitErr
+		c.cmd = nil
+		return fmt.Errorf("pgcluster: postgres did not shut down within 60s of %s; killed it\n%s", sig, c.TailLog())
 	}
 	c.cmd = nil
 	return nil
