@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
+	"log/slog"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -14,6 +16,7 @@ import (
 
 	"github.com/jackc/pglogrepl"
 	"github.com/walhook/walhook/internal/pgtest"
+	"github.com/walhook/walhook/internal/syncbuf"
 )
 
 func TestMissingObjects(t *testing.T) {
@@ -161,7 +164,11 @@ func TestFastShutdownNotHeldBack(t *testing.T) {
 	t.Parallel()
 	c, dsn := ownClusterItems(t, pgtest.Options{})
 	exec(t, dsn, `CREATE TABLE busy (id int8)`) // not published
-	b := startStream(t, dsn, 0, func(o *Options) { o.StatusInterval = time.Hour })
+	var logs syncbuf.Buffer
+	b := startStream(t, dsn, 0, func(o *Options) {
+		o.StatusInterval = time.Hour
+		o.Logger = slog.New(slog.NewTextHandler(io.MultiWriter(tWriter{t}, &logs), nil))
+	})
 	go func() { // the consumer: confirms every position advance
 		for tx := range b.stream.Txs() {
 			if tx.Final {
@@ -187,6 +194,11 @@ func TestFastShutdownNotHeldBack(t *testing.T) {
 		st, _ := b.stream.Status(context.Background())
 		return st.State == StateStreaming && st.Reconnects > 0
 	})
+	// The walsender ends the stream with CommandComplete: an orderly end,
+	// said as such, not as something unexpected.
+	if l := logs.String(); !strings.Contains(l, "the server ended the stream") || strings.Contains(l, "unexpected *pgproto3") {
+		t.Errorf("the log does not say the server ended the stream:\n%s", l)
+	}
 }
 
 // TestSlotInvalidated: a slot that fell behind max_slot_wal_keep_size is

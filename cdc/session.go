@@ -129,6 +129,10 @@ func (ss *session) loop() error {
 			return fmt.Errorf("replication stream: %w", classify(pgconn.ErrorResponseToPgError(msg)))
 		case *pgproto3.CopyDone:
 			return errors.New("replication stream: server ended the stream (CopyDone)")
+		case *pgproto3.CommandComplete:
+			// How a walsender ends in a shutdown of the server, once we
+			// confirmed all it sent.
+			return errors.New("replication stream: the server ended the stream (it is shutting down)")
 		case *pgproto3.NoticeResponse:
 		default:
 			return fmt.Errorf("replication stream: unexpected %T", msg)
