@@ -1,6 +1,7 @@
 package cdc
 
 import (
+	"encoding/binary"
 	"fmt"
 	"time"
 
@@ -41,14 +42,17 @@ func (ss *session) confirmable() LSN {
 
 // sendStatus confirms the durable position. Write, flush and apply all
 // carry it: PostgreSQL advances the slot's confirmed_flush_lsn from flush,
-// and a higher write position would claim data we may not have.
+// and a higher write position would claim data we may not have. A dry
+// run (Options.DryRun) confirms nothing: no flush position, and what was
+// received as written.
 func (ss *session) sendStatus(replyRequested bool) error {
 	c := ss.confirmable()
 	now := time.Now()
-	err := pglogrepl.SendStandbyStatusUpdate(ss.ctx, ss.conn, pglogrepl.StandbyStatusUpdate{
-		WALWritePosition: c, WALFlushPosition: c, WALApplyPosition: c,
-		ClientTime: now, ReplyRequested: replyRequested,
-	})
+	write, flush := c, c
+	if ss.s.opts.DryRun {
+		write, flush = ss.walEnd, 0
+	}
+	err := ss.conn.Frontend().SendUnbufferedEncodedCopyData(statusUpdate(write, flush, now, replyRequested))
 	if err != nil {
 		return fmt.Errorf("send standby status update: %w", err)
 	}
@@ -58,4 +62,22 @@ func (ss *session) sendStatus(replyRequested bool) error {
 		ss.s.lastConfirmAt.Store(now.UnixNano())
 	}
 	return nil
+}
+
+// statusUpdate encodes a standby status update (a CopyData message) with
+// flush as flush and apply position. pglogrepl.SendStandbyStatusUpdate
+// is not used: it sends the write position as the flush position when
+// flush is 0, which is how a dry run says it has flushed nothing, and
+// PostgreSQL would move the slot to it.
+func statusUpdate(write, flush LSN, now time.Time, replyRequested bool) []byte {
+	b := make([]byte, 0, 39)
+	b = append(b, 'd', 0, 0, 0, 38, pglogrepl.StandbyStatusUpdateByteID)
+	b = binary.BigEndian.AppendUint64(b, uint64(write))
+	b = binary.BigEndian.AppendUint64(b, uint64(flush))
+	b = binary.BigEndian.AppendUint64(b, uint64(flush))
+	b = binary.BigEndian.AppendUint64(b, uint64(now.Sub(pgEpoch).Microseconds()))
+	if replyRequested {
+		return append(b, 1)
+	}
+	return append(b, 0)
 }

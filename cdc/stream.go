@@ -53,7 +53,14 @@ type Options struct {
 	// starts from what that process stored, not from what it read
 	// while the other still held the slot.
 	Durable func(ctx context.Context) (lsn LSN, ok bool, err error)
-	Logger  *slog.Logger
+	// DryRun is a consumer that never confirms and must not move the
+	// slot. Its status updates carry no flush (nor apply) position, from
+	// which alone PostgreSQL moves a slot, and as written the position
+	// the server last said it sent: a walsender whose server shuts down
+	// exits only once its client has written all it sent (or flushed,
+	// when it reports a flush position), and the postmaster waits for it.
+	DryRun bool
+	Logger *slog.Logger
 }
 
 // Stream states reported in SlotStatus.State.

@@ -48,6 +48,7 @@ func runDryRun(ctx context.Context, cfg *config.Config, log *slog.Logger, stdout
 	}
 	opts := streamOptions(cfg, log)
 	opts.HeartbeatInterval = 0
+	opts.DryRun = true
 	stream, err := cdc.NewStream(opts)
 	if err != nil {
 		return &UsageError{Err: err}
