@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -251,7 +252,7 @@ func (r *runner) prepare(ctx context.Context) error {
 	if r.mapper, err = compileMapper(cfg, r.systemID, r.log); err != nil {
 		return err
 	}
-	if err := checkLiveSchema(ctx, cfg.Source.DSN, cfg.Source.Publication, r.mapper, r.log); err != nil {
+	if err := checkLiveSchema(ctx, cfg.Source.DSN, cfg.Source.Publication, ruleOperations(cfg), r.mapper, r.log); err != nil {
 		return err
 	}
 	m := r.mapper
@@ -304,7 +305,7 @@ func openStore(ctx context.Context, cfg *config.Config) (*pgxpool.Pool, error) {
 // mapping that cannot work is refused at startup with the fix, not at the
 // first matching change. What works but may not be meant
 // (mapper.UnsentDefaults) is logged as a warning.
-func checkLiveSchema(ctx context.Context, dsn, publication string, m *mapper.Mapper, log *slog.Logger) error {
+func checkLiveSchema(ctx context.Context, dsn, publication string, ops []string, m *mapper.Mapper, log *slog.Logger) error {
 	conn, err := pgx.Connect(ctx, dsn)
 	if err != nil {
 		return fmt.Errorf("source %s: connect: %w", describeDSN(dsn), redactDSNError(err))
@@ -328,7 +329,7 @@ func checkLiveSchema(ctx context.Context, dsn, publication string, m *mapper.Map
 	for _, w := range m.UnsentDefaults(tables) {
 		log.Warn(w)
 	}
-	return checkPublicationFits(ctx, conn, publication, m.Tables())
+	return checkPublicationFits(ctx, conn, publication, m.Tables(), ops)
 }
 
 // checkPublicationFits refuses a publication that would keep changes from
@@ -338,8 +339,8 @@ func checkLiveSchema(ctx context.Context, dsn, publication string, m *mapper.Map
 // partitions' names, which no rule names; a row filter turns updates
 // across it into inserts and deletes, and a column list withholds
 // columns. A missing publication is the stream's to report.
-func checkPublicationFits(ctx context.Context, conn *pgx.Conn, publication string, tables []string) error {
-	missing, unusable, err := publicationFit(ctx, conn, publication, tables)
+func checkPublicationFits(ctx context.Context, conn *pgx.Conn, publication string, tables, ops []string) error {
+	missing, unusable, err := publicationFit(ctx, conn, publication, tables, ops)
 	if err != nil {
 		return err
 	}
@@ -359,7 +360,7 @@ func checkPublicationFits(ctx context.Context, conn *pgx.Conn, publication strin
 // at all, and a line with its fix for each other way it keeps a rule
 // table's changes from the rules (see checkPublicationFits); nothing when
 // the publication does not exist.
-func publicationFit(ctx context.Context, conn *pgx.Conn, publication string, tables []string) (missing, unusable []string, err error) {
+func publicationFit(ctx context.Context, conn *pgx.Conn, publication string, tables, ops []string) (missing, unusable []string, err error) {
 	facts, err := readPublication(ctx, conn, publication, tables)
 	if err != nil {
 		return nil, nil, fmt.Errorf("source: %w", err)
@@ -374,5 +375,36 @@ func publicationFit(ctx context.Context, conn *pgx.Conn, publication string, tab
 			unusable = append(unusable, fmt.Sprintf("  publication %s %s — fix: %s", publication, p.msg, p.fix))
 		}
 	}
+	// PostgreSQL sends no change of an operation the publication does
+	// not publish (its publish option), not even an error.
+	var unpublished []string
+	for _, op := range ops {
+		if !facts.publishes[op] {
+			unpublished = append(unpublished, op)
+		}
+	}
+	if len(unpublished) > 0 {
+		fix := fmt.Sprintf("ALTER PUBLICATION %s SET (publish = 'insert, update, delete, truncate');", sqlIdent(publication))
+		if !facts.mine {
+			fix = fmt.Sprintf("have %s (or a superuser) run %s", facts.owner, fix)
+		}
+		unusable = append(unusable, fmt.Sprintf("  publication %s does not publish %s, which the rules map — fix: %s",
+			publication, strings.Join(unpublished, ", "), fix))
+	}
 	return missing, unusable, nil
+}
+
+// ruleOperations lists the operations the rules map (insert, update,
+// delete), sorted.
+func ruleOperations(cfg *config.Config) []string {
+	var ops []string
+	for _, r := range cfg.Events {
+		for _, op := range r.Operations {
+			if !slices.Contains(ops, op) {
+				ops = append(ops, op)
+			}
+		}
+	}
+	slices.Sort(ops)
+	return ops
 }

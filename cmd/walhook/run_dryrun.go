@@ -43,7 +43,7 @@ func runDryRun(ctx context.Context, cfg *config.Config, log *slog.Logger, stdout
 	if err != nil {
 		return err
 	}
-	if err := checkLiveSchema(ctx, cfg.Source.DSN, cfg.Source.Publication, m, log); err != nil {
+	if err := checkLiveSchema(ctx, cfg.Source.DSN, cfg.Source.Publication, ruleOperations(cfg), m, log); err != nil {
 		return err
 	}
 	opts := streamOptions(cfg, log)

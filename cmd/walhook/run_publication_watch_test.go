@@ -54,3 +54,30 @@ func TestRunStopsWhenThePublicationStopsPublishingViaRoot(t *testing.T) {
 		t.Fatalf("run ended with %v (exit %d), want exit 1 and publish_via_partition_root named", err, ExitCode(err))
 	}
 }
+
+// The publication stops publishing an operation the rules map (ALTER
+// PUBLICATION … SET (publish = …)): PostgreSQL then sends no change of
+// that kind, not even an error, so the rule goes quiet. run stops as for
+// the other publication changes, and refuses to start on it (check
+// reported it already; run started).
+func TestRunStopsWhenThePublicationStopsPublishingAnOperation(t *testing.T) {
+	t.Parallel()
+	rc := newRunReceiver(t, runSecret, nil)
+	db, file := itemsRun(t, map[string]any{"endpoints": []map[string]any{runEndpoint("r", rc.URL, runSecret)}})
+	p := startRunProc(t, "--config", file)
+	insertItems(t, db, 1, 2)
+	runWaitFor(t, 30*time.Second, "the first deliveries", func() bool { return rc.Unique() == 2 }, p.diag)
+	db.exec(t, `ALTER PUBLICATION walhook SET (publish = 'update, delete')`)
+	runWaitFor(t, 3*publicationPoll, "run to stop", func() bool { _, done := p.exited(); return done }, p.diag)
+	err, _ := p.exited()
+	const want = "publication walhook does not publish insert, which the rules map"
+	if err == nil || ExitCode(err) != 1 || !strings.Contains(err.Error(), "the publication changed while walhook ran") ||
+		!strings.Contains(err.Error(), want) ||
+		!strings.Contains(err.Error(), "ALTER PUBLICATION walhook SET (publish = 'insert, update, delete, truncate');") {
+		t.Fatalf("run ended with %v (exit %d), want exit 1 and the operation with its fix", err, ExitCode(err))
+	}
+	_, errOut, code := pubCLI(t, "run", "--config", file)
+	if code == 0 || !strings.Contains(errOut, want) {
+		t.Fatalf("restart: exit %d, want the same refusal", code)
+	}
+}

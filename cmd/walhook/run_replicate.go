@@ -399,7 +399,7 @@ func (r *runner) watchPublication(ctx context.Context) error {
 			}
 			conn = c
 		}
-		missing, unusable, err := publicationFit(cctx, conn, pub, r.mapper.Tables())
+		missing, unusable, err := publicationFit(cctx, conn, pub, r.mapper.Tables(), ruleOperations(r.cfg))
 		switch {
 		case err != nil:
 			closeConn(conn) // made again at the next check

@@ -194,6 +194,7 @@ type publicationFacts struct {
 	columns                 map[string][]string // listed table → column list, when it has one
 	partitioned             map[string]bool     // rule table → relkind 'p'
 	ancestors               map[string][]string // rule or listed table → the tables it is a partition of, nearest first
+	publishes               map[string]bool     // insert, update, delete → whether it publishes them
 }
 
 // readPublication reads publication pub's facts about tables. The row
@@ -202,11 +203,14 @@ type publicationFacts struct {
 func readPublication(ctx context.Context, conn *pgx.Conn, pub string, tables []string) (*publicationFacts, error) {
 	f := &publicationFacts{name: pub, rowFilter: map[string]string{}, columns: map[string][]string{},
 		partitioned: map[string]bool{}, ancestors: map[string][]string{}}
+	var ins, upd, del bool
 	err := conn.QueryRow(ctx, `
 		SELECT count(*) > 0, coalesce(bool_or(p.puballtables), false), coalesce(bool_or(p.pubviaroot), false),
-		       coalesce(max(pg_get_userbyid(p.pubowner)), ''), coalesce(bool_or(pg_has_role(current_user, p.pubowner, 'USAGE') OR r.rolsuper), false)
+		       coalesce(max(pg_get_userbyid(p.pubowner)), ''), coalesce(bool_or(pg_has_role(current_user, p.pubowner, 'USAGE') OR r.rolsuper), false),
+		       coalesce(bool_or(p.pubinsert), false), coalesce(bool_or(p.pubupdate), false), coalesce(bool_or(p.pubdelete), false)
 		FROM pg_publication p, pg_roles r WHERE p.pubname = $1 AND r.rolname = current_user`, pub).
-		Scan(&f.exists, &f.allTables, &f.root, &f.owner, &f.mine)
+		Scan(&f.exists, &f.allTables, &f.root, &f.owner, &f.mine, &ins, &upd, &del)
+	f.publishes = map[string]bool{"insert": ins, "update": upd, "delete": del}
 	if err != nil || !f.exists {
 		return f, wrapErr("read publication "+pub, err)
 	}
