@@ -654,11 +654,10 @@ func readTableFacts(ctx context.Context, conn *pgx.Conn, tables []string) (map[s
 func (c *checker) checkPublication(ctx context.Context, conn *pgx.Conn) error {
 	pub := c.cfg.Source.Publication
 	what := "publication " + pub
-	var exists, allTables, ins, upd, del bool
+	var exists, allTables bool
 	err := conn.QueryRow(ctx, `
-		SELECT count(*) > 0, coalesce(bool_or(puballtables), false), coalesce(bool_or(pubinsert), false),
-		       coalesce(bool_or(pubupdate), false), coalesce(bool_or(pubdelete), false)
-		FROM pg_publication WHERE pubname = $1`, pub).Scan(&exists, &allTables, &ins, &upd, &del)
+		SELECT count(*) > 0, coalesce(bool_or(puballtables), false)
+		FROM pg_publication WHERE pubname = $1`, pub).Scan(&exists, &allTables)
 	if err != nil {
 		return fmt.Errorf("read publication: %w", err)
 	}
@@ -709,13 +708,7 @@ func (c *checker) checkPublication(ctx context.Context, conn *pgx.Conn) error {
 			extra = append(extra, t)
 		}
 	}
-	var ops []string
-	for op, on := range map[string]bool{"insert": ins, "update": upd, "delete": del} {
-		if !on && c.ruleOps()[op] {
-			ops = append(ops, op)
-		}
-	}
-	slices.Sort(ops)
+	ops := facts.unpublished(ruleOperations(c.cfg))
 	// For a publication another role owns, setup changes nothing: the
 	// fix is the statement its owner runs, the one setup would.
 	setTable := fmt.Sprintf("have %s (or a superuser) run ALTER PUBLICATION %s SET TABLE %s;",
@@ -747,8 +740,7 @@ func (c *checker) checkPublication(ctx context.Context, conn *pgx.Conn) error {
 	}
 	if len(ops) > 0 {
 		ok = false
-		c.fail(what, fmt.Sprintf("ALTER PUBLICATION %s SET (publish = 'insert, update, delete, truncate');", sqlIdent(pub)),
-			"does not publish %s, which rules map", strings.Join(ops, ", "))
+		c.fail(what, facts.publishFix(), "does not publish %s, which rules map", strings.Join(ops, ", "))
 	}
 	if len(extra) > 0 {
 		if facts.mine {
@@ -761,16 +753,6 @@ func (c *checker) checkPublication(ctx context.Context, conn *pgx.Conn) error {
 		c.ok(what, "publishes the %d rule tables", len(c.tables))
 	}
 	return nil
-}
-
-func (c *checker) ruleOps() map[string]bool {
-	ops := make(map[string]bool)
-	for _, r := range c.cfg.Events {
-		for _, op := range r.Operations {
-			ops[op] = true
-		}
-	}
-	return ops
 }
 
 // checkCanCreatePublication reports whether `walhook setup` may create the

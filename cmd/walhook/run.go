@@ -375,21 +375,9 @@ func publicationFit(ctx context.Context, conn *pgx.Conn, publication string, tab
 			unusable = append(unusable, fmt.Sprintf("  publication %s %s — fix: %s", publication, p.msg, p.fix))
 		}
 	}
-	// PostgreSQL sends no change of an operation the publication does
-	// not publish (its publish option), not even an error.
-	var unpublished []string
-	for _, op := range ops {
-		if !facts.publishes[op] {
-			unpublished = append(unpublished, op)
-		}
-	}
-	if len(unpublished) > 0 {
-		fix := fmt.Sprintf("ALTER PUBLICATION %s SET (publish = 'insert, update, delete, truncate');", sqlIdent(publication))
-		if !facts.mine {
-			fix = fmt.Sprintf("have %s (or a superuser) run %s", facts.owner, fix)
-		}
+	if ops := facts.unpublished(ops); len(ops) > 0 {
 		unusable = append(unusable, fmt.Sprintf("  publication %s does not publish %s, which the rules map — fix: %s",
-			publication, strings.Join(unpublished, ", "), fix))
+			publication, strings.Join(ops, ", "), facts.publishFix()))
 	}
 	return missing, unusable, nil
 }

@@ -197,6 +197,29 @@ type publicationFacts struct {
 	publishes               map[string]bool     // insert, update, delete → whether it publishes them
 }
 
+// unpublished returns the operations of ops (sorted) that the
+// publication does not publish (its publish option): PostgreSQL sends no
+// change of them, not even an error.
+func (f *publicationFacts) unpublished(ops []string) []string {
+	var out []string
+	for _, op := range ops {
+		if !f.publishes[op] {
+			out = append(out, op)
+		}
+	}
+	return out
+}
+
+// publishFix is the statement that makes the publication publish every
+// operation, for its owner to run when it is not this role's.
+func (f *publicationFacts) publishFix() string {
+	fix := fmt.Sprintf("ALTER PUBLICATION %s SET (publish = 'insert, update, delete, truncate');", sqlIdent(f.name))
+	if !f.mine {
+		fix = fmt.Sprintf("have %s (or a superuser) run %s", f.owner, fix)
+	}
+	return fix
+}
+
 // readPublication reads publication pub's facts about tables. The row
 // filter and column list are read through to_jsonb, NULL on a server
 // older than them (PostgreSQL 14).
