@@ -18,6 +18,11 @@ type SetupOptions struct {
 	// the tables the rules use: never the store schema, whose writes would
 	// otherwise come back as changes.
 	Tables []string
+	// Operations the rules map (insert, update, delete): a publication
+	// whose publish option leaves one out gets no change of it from
+	// PostgreSQL, so setup sets the option (or, on a publication another
+	// role owns, says what its owner runs).
+	Operations []string
 	// ReplicaIdentityFull lists tables to ALTER … REPLICA IDENTITY FULL
 	// (rules that need old values of non-key columns); for a partitioned
 	// table, each of its leaf partitions too.
@@ -42,7 +47,7 @@ func Setup(ctx context.Context, dsn string, o SetupOptions) ([]string, error) {
 	defer closeQuietly(conn)
 
 	var did []string
-	lines, err := setupPublication(ctx, conn, o.Publication, o.Tables)
+	lines, err := setupPublication(ctx, conn, o.Publication, o.Tables, o.Operations)
 	did = append(did, lines...)
 	if err != nil {
 		return did, err
@@ -81,7 +86,12 @@ func tableIdent(t string) (quoted, name string, err error) {
 // a partitioned table never match. For plain tables it changes nothing.
 const viaRoot = "publish_via_partition_root = true"
 
-func setupPublication(ctx context.Context, conn *pgx.Conn, pub string, tables []string) ([]string, error) {
+// publishAll is the publish option walhook creates a publication with
+// (PostgreSQL's default), and sets where one leaves out an operation the
+// rules map.
+const publishAll = "publish = 'insert, update, delete, truncate'"
+
+func setupPublication(ctx context.Context, conn *pgx.Conn, pub string, tables, ops []string) ([]string, error) {
 	quoted := make([]string, 0, len(tables))
 	want := make([]string, 0, len(tables))
 	for _, t := range tables {
@@ -99,9 +109,10 @@ func setupPublication(ctx context.Context, conn *pgx.Conn, pub string, tables []
 		return nil, err
 	}
 
-	var exists, allTables, root bool
-	if err := conn.QueryRow(ctx, `SELECT count(*) > 0, coalesce(bool_or(puballtables), false), coalesce(bool_or(pubviaroot), false)
-		FROM pg_publication WHERE pubname = $1`, pub).Scan(&exists, &allTables, &root); err != nil {
+	var exists, allTables, root, ins, upd, del bool
+	if err := conn.QueryRow(ctx, `SELECT count(*) > 0, coalesce(bool_or(puballtables), false), coalesce(bool_or(pubviaroot), false),
+		coalesce(bool_or(pubinsert), false), coalesce(bool_or(pubupdate), false), coalesce(bool_or(pubdelete), false)
+		FROM pg_publication WHERE pubname = $1`, pub).Scan(&exists, &allTables, &root, &ins, &upd, &del); err != nil {
 		return nil, fmt.Errorf("setup: look up publication: %w", err)
 	}
 	if !exists {
@@ -165,6 +176,26 @@ func setupPublication(ctx context.Context, conn *pgx.Conn, pub string, tables []
 				"which this role may not act for, so walhook cannot change it — fix: have %s (or a superuser) run %s; "+
 				"and then run walhook setup again", pub, strings.Join(partitioned, ", "), owner, owner, setRoot)
 		}
+	}
+	publishes := map[string]bool{"insert": ins, "update": upd, "delete": del}
+	var unpublished []string
+	for _, op := range ops {
+		if !publishes[op] && !slices.Contains(unpublished, op) {
+			unpublished = append(unpublished, op)
+		}
+	}
+	if len(unpublished) > 0 {
+		setPublish := "ALTER PUBLICATION " + pubIdent + " SET (" + publishAll + ")"
+		if !mine {
+			return nil, fmt.Errorf("setup: publication %s does not publish %s, which the rules map (its publish option), "+
+				"so PostgreSQL sends no such change; it belongs to role %s, which this role may not act for, so walhook cannot change it "+
+				"— fix: have %s (or a superuser) run %s; and then run walhook setup again",
+				pub, strings.Join(unpublished, ", "), owner, owner, setPublish)
+		}
+		if _, err := conn.Exec(ctx, setPublish); err != nil {
+			return nil, fmt.Errorf("setup: alter publication %q: %w", pub, err)
+		}
+		did = append(did, fmt.Sprintf("set %s on publication %s (it did not publish %s)", publishAll, pub, strings.Join(unpublished, ", ")))
 	}
 	have, filtered, err := publishedTables(ctx, conn, pub)
 	if err != nil {

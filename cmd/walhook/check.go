@@ -740,7 +740,11 @@ func (c *checker) checkPublication(ctx context.Context, conn *pgx.Conn) error {
 	}
 	if len(ops) > 0 {
 		ok = false
-		c.fail(what, facts.publishFix(), "does not publish %s, which rules map", strings.Join(ops, ", "))
+		if facts.mine {
+			c.failSetup(what, "does not publish %s, which rules map", strings.Join(ops, ", "))
+		} else {
+			c.fail(what, facts.publishFix(), "does not publish %s, which rules map", strings.Join(ops, ", "))
+		}
 	}
 	if len(extra) > 0 {
 		if facts.mine {

@@ -80,4 +80,12 @@ func TestRunStopsWhenThePublicationStopsPublishingAnOperation(t *testing.T) {
 	if code == 0 || !strings.Contains(errOut, want) {
 		t.Fatalf("restart: exit %d, want the same refusal", code)
 	}
+	// The publication is walhook's: setup sets the option back.
+	out, errOut, code := pubCLI(t, "setup", "--config", file)
+	if code != 0 || !strings.Contains(out, "set publish = 'insert, update, delete, truncate' on publication walhook (it did not publish insert)") {
+		t.Fatalf("setup: exit %d\n%s%s", code, out, errOut)
+	}
+	if out, errOut, code := pubCLI(t, "check", "--config", file); strings.Contains(out, "does not publish") {
+		t.Fatalf("check after setup: exit %d\n%s%s", code, out, errOut)
+	}
 }

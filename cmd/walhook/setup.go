@@ -144,7 +144,7 @@ func runSetup(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			cfg.Store.Schema, strings.Join(applied, ", "), dispatch.LatestSchemaVersion())
 	}
 
-	opts := cdc.SetupOptions{Slot: cfg.Source.Slot, Publication: cfg.Source.Publication, Tables: tables}
+	opts := cdc.SetupOptions{Slot: cfg.Source.Slot, Publication: cfg.Source.Publication, Tables: tables, Operations: ruleOperations(cfg)}
 	if *identity {
 		opts.ReplicaIdentityFull = full
 	}

@@ -176,6 +176,18 @@ func TestSetupDBAPrepared(t *testing.T) {
 		t.Fatalf("publication has %d tables after a refused setup, want the 7 the DBA left", n)
 	}
 
+	// Its publish option leaving out an operation the rules map: the same.
+	ckExec(t, dsn, `ALTER PUBLICATION walhook ADD TABLE public.messages; ALTER PUBLICATION walhook SET (publish = 'insert')`)
+	out, errOut, code = runCLI(t, ctx, "setup", "--config", cfg)
+	t.Logf("setup with the DBA's publication publishing inserts only:\n%s%s", out, errOut)
+	if code != 1 {
+		t.Fatalf("setup exit %d, want 1", code)
+	}
+	ckWantLines(t, errOut, `setup: publication walhook does not publish delete, update, which the rules map \(its publish option\), so PostgreSQL sends no such change; it belongs to role postgres, which this role may not act for, so walhook cannot change it — fix: have postgres \(or a superuser\) run ALTER PUBLICATION "walhook" SET \(publish = 'insert, update, delete, truncate'\); and then run walhook setup again`)
+	if upd := ckScalar[bool](t, dsn, `SELECT pubupdate FROM pg_publication WHERE pubname = 'walhook'`); upd {
+		t.Fatal("a refused setup changed the publish option")
+	}
+
 	// teardown drops what is walhook's (slot, store) and names what is
 	// left for the DBA; twice is harmless.
 	for i := range 2 {
