@@ -31,7 +31,9 @@ type SlotStatus struct {
 	// WALEnd is pg_current_wal_lsn() when the slot was read.
 	WALEnd LSN
 	// LagSeconds is 0 when nothing is unconfirmed, otherwise the time since
-	// the last confirmation (or since the stream started).
+	// the stream was last up to date: its last new confirmation, or the
+	// last keepalive that found nothing sent unconfirmed (before either,
+	// since the stream started).
 	LagSeconds    float64
 	LastMessageAt time.Time
 	LastConfirmAt time.Time
@@ -148,10 +150,11 @@ func (s *Stream) Status(ctx context.Context) (SlotStatus, error) {
 		st.LastConfirmAt = time.Unix(0, ns).UTC()
 	}
 	if st.LagBytes > 0 {
-		// Since the last confirmation; before the first, since Run
-		// started (a process waiting for the slot after a kill -9 of the
-		// one before it has confirmed nothing, and is behind all along).
-		since := st.LastConfirmAt
+		// Since the stream was last up to date (upToDateAt); before
+		// that, since Run started (a process waiting for the slot after
+		// a kill -9 of the one before it has confirmed nothing, and is
+		// behind all along).
+		since := s.upToDateAt()
 		if since.IsZero() {
 			if ns := s.runAt.Load(); ns != 0 {
 				since = time.Unix(0, ns)
@@ -184,13 +187,21 @@ func (s *Stream) Reconnects() int64 { return s.reconnects.Load() }
 // (what it may tell the server), 0 before the first.
 func (s *Stream) Confirmed() LSN { return LSN(s.confirmed.Load()) }
 
-// LastConfirmAt is when this stream last confirmed a new position to the
-// server, zero before its first.
-func (s *Stream) LastConfirmAt() time.Time {
-	if ns := s.lastConfirmAt.Load(); ns != 0 {
-		return time.Unix(0, ns)
+// LastConfirmAt is when this stream was last up to date with the server
+// (upToDateAt), zero before its first confirmation: WAL it has not
+// confirmed since was written after then.
+func (s *Stream) LastConfirmAt() time.Time { return s.upToDateAt() }
+
+// upToDateAt is the later of the last new confirmation and the last
+// keepalive that found nothing sent unconfirmed (zero before either). The
+// lag in seconds counts from it: from the last confirmation alone, an
+// idle source's first write after an hour showed an hour of lag.
+func (s *Stream) upToDateAt() time.Time {
+	ns := max(s.lastConfirmAt.Load(), s.caughtUpAt.Load())
+	if ns == 0 {
+		return time.Time{}
 	}
-	return time.Time{}
+	return time.Unix(0, ns)
 }
 
 // identify opens a replication connection to dsn for what, runs

@@ -102,8 +102,11 @@ type Stream struct {
 
 	lastMessageAt atomic.Int64 // unix nanoseconds
 	lastConfirmAt atomic.Int64
-	runAt         atomic.Int64 // when Run started
-	reconnects    atomic.Int64
+	// caughtUpAt is when a keepalive last said the server had sent
+	// nothing past what this stream had confirmed (see upToDateAt).
+	caughtUpAt atomic.Int64
+	runAt      atomic.Int64 // when Run started
+	reconnects atomic.Int64
 
 	// statusConn is Status's connection; statusTurn (capacity 1) is
 	// held by whoever uses it.

@@ -311,7 +311,7 @@ func newSlotCollector(r *replicationStatus) *slotCollector {
 		repl:       r,
 		retained:   d("retained_wal_bytes", "WAL PostgreSQL keeps for the slot (current LSN - restart_lsn)."),
 		lagBytes:   d("lag_bytes", "Current WAL LSN - the slot's confirmed_flush_lsn."),
-		lagSeconds: d("lag_seconds", "Time since the last confirmation while something is unconfirmed."),
+		lagSeconds: d("lag_seconds", "While WAL is unconfirmed, the time since walhook was last up to date with the slot (its last confirmation, or the last keepalive that found nothing unconfirmed)."),
 		reconnects: d("reconnects_total", "Replication reconnects of this process, a new term as leader included."),
 		leader:     d("leader", "1 while this process holds the leader lock: it streams from the slot, or waits for the previous holder to let it go."),
 	}
