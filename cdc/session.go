@@ -222,11 +222,13 @@ func (ss *session) keepalive(ka pglogrepl.PrimaryKeepaliveMessage, now time.Time
 			return err
 		}
 	}
-	if ss.sentConfirm != 0 && ka.ServerWALEnd <= ss.sentConfirm {
-		// Nothing the server sent is unconfirmed: WAL unconfirmed later
-		// was written after now, and its lag counts from here, not from
-		// the last new confirmation, which on an idle source (heartbeats
-		// off) is as old as the quiet spell.
+	if ss.cur == nil && ss.sentConfirm != 0 && ka.ServerWALEnd <= ss.sentConfirm {
+		// Nothing the server sent is unconfirmed, and no transaction is
+		// being read (a walsender sending a large one reports the
+		// position before its commit): WAL unconfirmed later was written
+		// after now, and its lag counts from here, not from the last new
+		// confirmation, which on an idle source (heartbeats off) is as
+		// old as the quiet spell.
 		ss.s.caughtUpAt.Store(now.UnixNano())
 	}
 	handed := LSN(ss.s.handed.Load())
