@@ -170,7 +170,11 @@ func (d *Dispatcher) updateGauges(ctx context.Context) error {
 		return err
 	}
 	d.metrics.pending.Set(float64(pending))
-	d.metrics.oldestPending.Set(age)
+	var at int64
+	if age > 0 {
+		at = time.Now().Add(-time.Duration(age * float64(time.Second))).UnixNano()
+	}
+	d.metrics.oldestAt.Store(at)
 	return nil
 }
 

@@ -2,13 +2,18 @@ package dispatch
 
 import (
 	"context"
+	"net/url"
 	"regexp"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/walhook/walhook/internal/pgtest"
 )
 
 // The periodic store work and the status API read the unfinished (and
@@ -98,5 +103,57 @@ func TestMaintenanceReadsOnlyUnfinishedDeliveries(t *testing.T) {
 		if pages == 0 || pages > 60 {
 			t.Errorf("%s touched %d pages of a store with 5 unfinished or failed deliveries:\n%s", name, pages, strings.Join(plan, "\n"))
 		}
+	}
+}
+
+// While the store does not answer, walhook_outbox_oldest_pending_seconds
+// goes on ageing from the last read: nothing is recorded delivered
+// meanwhile. It stayed at the last value read, so an alert on the age of
+// the oldest delivery never fired during a store outage, however long.
+func TestOldestPendingAgeGrowsWhileTheStoreIsDown(t *testing.T) {
+	t.Parallel()
+	d, b := obSetup(t, nil)
+	b.endpoint(t, "whk_on", "https://on.example/", nil, nil, true)
+	ctx := context.Background()
+	if _, err := b.pool.Exec(ctx, `
+		INSERT INTO walhook.deliveries (id, event_id, endpoint_id, event_type, status, attempts, created_at)
+		VALUES ('p1', 'e1', 'whk_on', 'a.b', 'pending', 2, now() - interval '90 seconds')`); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.updateGauges(ctx); err != nil {
+		t.Fatal(err)
+	}
+	read := testutil.ToFloat64(d.metrics.oldestPending)
+	if read < 90 {
+		t.Fatalf("oldest pending age = %vs, want about 90s", read)
+	}
+
+	// The store goes away: no new session, the pool's ones ended.
+	u, err := url.Parse(b.dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	db := strings.TrimPrefix(u.Path, "/")
+	admin, err := pgxpool.New(ctx, pgtest.Shared(t).DSN("postgres"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close()
+	if _, err := admin.Exec(ctx, `ALTER DATABASE `+pgx.Identifier{db}.Sanitize()+` ALLOW_CONNECTIONS false`); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_, _ = admin.Exec(context.Background(), `ALTER DATABASE `+pgx.Identifier{db}.Sanitize()+` ALLOW_CONNECTIONS true`)
+	})
+	if _, err := admin.Exec(ctx, `SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1`, db); err != nil {
+		t.Fatal(err)
+	}
+	down := time.Now()
+	time.Sleep(1500 * time.Millisecond)
+	if err := d.updateGauges(ctx); err == nil {
+		t.Fatal("updateGauges answered with the store refusing connections")
+	}
+	if got, gone := testutil.ToFloat64(d.metrics.oldestPending), time.Since(down).Seconds(); got < read+gone {
+		t.Fatalf("oldest pending age %vs after %.1fs of the store down, read %vs before: want it to go on ageing", got, gone, read)
 	}
 }

@@ -3,6 +3,8 @@ package dispatch
 import (
 	"context"
 	"sync"
+	"sync/atomic"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/prometheus/client_golang/prometheus"
@@ -16,10 +18,15 @@ type metrics struct {
 	attemptLatency  prometheus.Histogram
 	deliveryLatency prometheus.Histogram // event occurred_at → 2xx
 	pending         prometheus.Gauge
-	oldestPending   prometheus.Gauge
-	appendEvents    prometheus.Histogram
-	appendLatency   prometheus.Histogram
-	started         *prometheus.CounterVec // via
+	oldestPending   prometheus.GaugeFunc // time.Since(oldestAt)
+	// oldestAt is when the oldest unfinished delivery was created, by
+	// this process's clock, as the last store read found it (unix
+	// nanoseconds, 0: none): the age goes on growing while the store does
+	// not answer, when nothing can be recorded delivered.
+	oldestAt      atomic.Int64
+	appendEvents  prometheus.Histogram
+	appendLatency prometheus.Histogram
+	started       *prometheus.CounterVec // via
 	// labelled: the endpoint ids deliveries has series for, so that those
 	// of deleted endpoints can be removed (forgetEndpoints): API-created
 	// endpoints come and go, and their series would pile up on /metrics.
@@ -91,10 +98,6 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "walhook_outbox_pending",
 			Help: "Deliveries waiting to be attempted (pending or being attempted).",
 		}),
-		oldestPending: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "walhook_outbox_oldest_pending_seconds",
-			Help: "Age of the oldest delivery not yet finished.",
-		}),
 		appendEvents: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "walhook_append_events",
 			Help:    "Events made durable by one outbox append.",
@@ -110,6 +113,15 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help: "Deliveries this process started, by how it took them: handed over by the append that stored them (via=append) or claimed from the store (via=claim: retries, backlog, other processes' events).",
 		}, []string{"via"}),
 	}
+	m.oldestPending = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "walhook_outbox_oldest_pending_seconds",
+		Help: "Age of the oldest delivery not yet finished (it goes on ageing from the last store read while the store does not answer).",
+	}, func() float64 {
+		if ns := m.oldestAt.Load(); ns != 0 {
+			return time.Since(time.Unix(0, ns)).Seconds()
+		}
+		return 0
+	})
 	if reg == nil {
 		return m, nil
 	}
