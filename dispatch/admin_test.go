@@ -942,3 +942,34 @@ func TestAdminGetDeliveryOfADeletedEndpoint(t *testing.T) {
 		t.Fatalf("delivery of a deleted endpoint: %v, want ErrNotFound", err)
 	}
 }
+
+// A static endpoint that failed, was turned off in the config and is
+// turned on again there starts afresh, as one re-enabled through the API
+// does: the status listed it as failing since before it was turned off,
+// with no attempt made since, and the disable rule counted its window
+// from then.
+func TestStaticEndpointEnabledAgainIsNotFailing(t *testing.T) {
+	ctx := context.Background()
+	a, b := setupAdmin(t)
+	ep := StaticEndpoint{Name: "ops", URL: "https://example.com/ops", Secret: NewSecret()}
+	if err := b.d.SyncStaticEndpoints(ctx, []StaticEndpoint{ep}); err != nil {
+		t.Fatal(err)
+	}
+	// It has failed for two days (as a failed attempt records it).
+	b.exec(t, `UPDATE {{schema}}.endpoints SET failing_since = now() - interval '2 days', last_attempt_at = now() - interval '1 day' WHERE id = 'static:ops'`)
+	ep.Disabled = true
+	if err := b.d.SyncStaticEndpoints(ctx, []StaticEndpoint{ep}); err != nil {
+		t.Fatal(err)
+	}
+	ep.Disabled = false
+	if err := b.d.SyncStaticEndpoints(ctx, []StaticEndpoint{ep}); err != nil {
+		t.Fatal(err)
+	}
+	st, err := a.OutboxStatus(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Endpoints.Healthy != 1 || len(st.Endpoints.Failing) != 0 || len(st.Endpoints.Disabled) != 0 {
+		t.Fatalf("endpoints %+v after the config turned it on again: want it healthy until it fails again", st.Endpoints)
+	}
+}

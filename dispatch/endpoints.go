@@ -406,6 +406,11 @@ ON CONFLICT (id) DO UPDATE SET
     disabled_at = CASE WHEN $7 THEN coalesce(CASE WHEN e.active THEN NULL ELSE e.disabled_at END, now())
                        WHEN e.disabled_reason = $8 THEN NULL
                        ELSE e.disabled_at END,
+    -- Turned on again by the config: it starts afresh, as one re-enabled
+    -- through the API does (the status would list it as failing since
+    -- before it was turned off, and the disable rule count from then).
+    failing_since = CASE WHEN NOT $7 AND NOT e.active AND e.disabled_reason = $8 THEN NULL
+                         ELSE e.failing_since END,
     updated_at = now()`
 
 func nonNilStrings(s []string) []string {
