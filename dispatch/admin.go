@@ -808,7 +808,9 @@ type EndpointState struct {
 // like status IN ('pending', 'delivering') matches no partial index and
 // read the whole delivered history kept for retention. The pending rows
 // (a dead endpoint's backlog can be most of them) are read once for their
-// count, the count of those retried and the oldest. It runs under
+// count, the count of those retried and the oldest; those of deleted
+// endpoints, never sent and deleted over several maintenance passes
+// (purgeTombstones), are left out. It runs under
 // indexPlans: with statistics that showed many rows pending, the planner
 // preferred a sequential scan of the whole table.
 const outboxStatusSQL = `
@@ -823,7 +825,8 @@ SELECT
     now(),
     (SELECT count(*) FROM {{schema}}.deliveries WHERE status = 'delivering' AND locked_until < now())
 FROM (SELECT count(*) AS n, count(*) FILTER (WHERE attempts > 0) AS failing, min(created_at) AS oldest
-      FROM {{schema}}.deliveries WHERE status = 'pending') p`
+      FROM {{schema}}.deliveries WHERE status = 'pending'
+          AND endpoint_id NOT IN (SELECT id FROM {{schema}}.endpoints_deleted)) p`
 
 // OutboxStatus reads outbox depth and endpoint health, at a cost that
 // does not grow with the delivered history (outboxStatusSQL).

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/walhook/walhook/internal/pgtest"
 )
@@ -971,5 +972,43 @@ func TestStaticEndpointEnabledAgainIsNotFailing(t *testing.T) {
 	}
 	if st.Endpoints.Healthy != 1 || len(st.Endpoints.Failing) != 0 || len(st.Endpoints.Disabled) != 0 {
 		t.Fatalf("endpoints %+v after the config turned it on again: want it healthy until it fails again", st.Endpoints)
+	}
+}
+
+// The deliveries of a deleted endpoint are never sent; a large backlog is
+// deleted over several maintenance passes (tombstonePass rows each), and
+// until then the status and the outbox gauges counted it as pending, its
+// oldest as the outbox's oldest: an alert on the backlog or its age fired
+// for minutes after the endpoint was deleted.
+func TestStatusLeavesOutADeletedEndpointsBacklog(t *testing.T) {
+	ctx := context.Background()
+	a, b := setupAdmin(t)
+	gone := mustCreate(t, a, EndpointInput{Events: []string{"auction.bid"}})
+	kept := mustCreate(t, a, EndpointInput{URL: "https://example.com/kept", Events: []string{"auction.bid"}})
+	b.exec(t, `INSERT INTO {{schema}}.events (id, type, envelope, occurred_at, data)
+		SELECT 'ev-' || i, 'auction.bid', 'sns', now() - interval '1 hour', '{"bid":1}' FROM generate_series(1, $1) i`, tombstonePass+500)
+	b.exec(t, `INSERT INTO {{schema}}.deliveries (id, event_id, endpoint_id, event_type, status, attempts, created_at, updated_at, next_attempt_at)
+		SELECT 'd-' || i, 'ev-' || i, $1, 'auction.bid', 'pending', 0, now() - interval '1 hour', now(), now() + interval '1 hour'
+		FROM generate_series(1, $2) i`, gone.ID, tombstonePass+500)
+	b.addDelivery(t, "k1", kept.ID, "pending", 0, time.Now().Add(-time.Minute))
+	if err := a.DeleteEndpoint(ctx, gone.ID); err != nil {
+		t.Fatal(err)
+	}
+	if n := b.count(t, `SELECT count(*) FROM {{schema}}.deliveries WHERE endpoint_id = $1`, gone.ID); n == 0 {
+		t.Fatal("the delete left nothing for maintenance: the backlog is too small for this test")
+	}
+
+	st, err := a.OutboxStatus(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Pending != 1 || st.OldestPendingAge > 30*time.Minute {
+		t.Errorf("status: %d pending, oldest %s; want the kept endpoint's 1, a minute old", st.Pending, st.OldestPendingAge)
+	}
+	if err := b.d.updateGauges(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if p, age := testutil.ToFloat64(b.d.metrics.pending), testutil.ToFloat64(b.d.metrics.oldestPending); p != 1 || age > 1800 {
+		t.Errorf("walhook_outbox_pending %v, walhook_outbox_oldest_pending_seconds %v; want 1, about 60", p, age)
 	}
 }
