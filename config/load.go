@@ -18,6 +18,15 @@ import (
 // lookupEnv is os.LookupEnv in production. Every problem found is returned
 // at once as *Errors; the Config is nil whenever the error is not.
 func Load(path string, lookupEnv func(string) (string, bool)) (*Config, error) {
+	data, err := ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	return Parse(path, data, lookupEnv)
+}
+
+// ReadFile reads a config file of at most MaxFileSize bytes, as Load does.
+func ReadFile(path string) ([]byte, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("read config: %w", err)
@@ -31,7 +40,7 @@ func Load(path string, lookupEnv func(string) (string, bool)) (*Config, error) {
 	if len(data) > MaxFileSize {
 		return nil, fmt.Errorf("read config: %s: larger than %d MiB, which no walhook config is (they are a few KB): is it the right file?", path, MaxFileSize>>20)
 	}
-	return Parse(path, data, lookupEnv)
+	return data, nil
 }
 
 // MaxFileSize is the largest config file Load reads.

@@ -106,9 +106,9 @@ func loadMappingConfig(path string) (*config.Config, error) {
 	if strings.TrimSpace(path) == "" {
 		return nil, usageErrorf("no config: pass --config FILE or set WALHOOK_CONFIG")
 	}
-	data, err := os.ReadFile(path)
+	data, err := config.ReadFile(path)
 	if err != nil {
-		return nil, usageErrorf("read config: %v", err)
+		return nil, &UsageError{Err: err}
 	}
 	// Only variables written without a default (${VAR}) get a placeholder.
 	plain := map[string]bool{}

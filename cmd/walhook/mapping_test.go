@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/walhook/walhook/cdc"
+	"github.com/walhook/walhook/config"
 )
 
 const (
@@ -202,5 +203,27 @@ func TestMappingTestLineTooLong(t *testing.T) {
 	_, errOut, code := runCLI(t, context.Background(), "mapping", "test", "--config", aeConfig, "--changes", changes)
 	if code != 2 || !strings.Contains(errOut, "changes.jsonl:1: line longer than 16 MiB: one change per line") {
 		t.Fatalf("exit %d, stderr %q", code, errOut)
+	}
+}
+
+// The mapping test reads its config with the same 1 MiB limit as every
+// other command (docs/operations.md: a config file over 1 MiB is refused),
+// so --config naming the wrong file (a dump, /dev/zero) is refused in
+// words instead of being read whole into memory.
+func TestMappingTestRefusesAnOversizedConfig(t *testing.T) {
+	t.Parallel()
+	rules, err := os.ReadFile(aeConfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "big.yaml")
+	big := append(rules, "\n# "+strings.Repeat("x", config.MaxFileSize)+"\n"...)
+	if err := os.WriteFile(path, big, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	changes := writeChanges(t, `{"table":"public.auctions","op":"insert","new":{"id":"a1"}}`)
+	_, errOut, code := runCLI(t, context.Background(), "mapping", "test", "--config", path, "--changes", changes)
+	if code != 2 || !strings.Contains(errOut, "big.yaml: larger than 1 MiB") {
+		t.Fatalf("exit %d, stderr %q; want 2 and the size refused", code, errOut)
 	}
 }
