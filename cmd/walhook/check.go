@@ -889,8 +889,7 @@ func (c *checker) checkStore(ctx context.Context) {
 		c.ok(what, "at version %d", dispatch.LatestSchemaVersion())
 		c.checkCursor(ctx)
 	case errors.Is(err, dispatch.ErrSchemaMissing):
-		c.failSetup(what, "does not exist (walhook needs version %d)", dispatch.LatestSchemaVersion())
-		c.checkCanCreateSchema(ctx, pool)
+		c.checkCanCreateSchema(ctx, pool, what)
 	case errors.Is(err, dispatch.ErrSchemaOld) && errors.As(err, &se):
 		c.failSetup(what, "at version %d, this walhook needs %d", se.Have, se.Want)
 	case errors.Is(err, dispatch.ErrSchemaTooNew) && errors.As(err, &se):
@@ -938,10 +937,11 @@ func (c *checker) checkCPUYield() {
 	c.ok("cpu.yield", "on: a walhook started like this check may yield the CPU and take it back")
 }
 
-// checkCanCreateSchema: setup creates the store schema, which needs
-// CREATE on the store database unless the schema exists already (a DBA may
-// have created it for walhook).
-func (c *checker) checkCanCreateSchema(ctx context.Context, pool *pgxpool.Pool) {
+// checkCanCreateSchema reports the store that setup has yet to create
+// (what names it) and whether it can: setup creates the store schema,
+// which needs CREATE on the store database unless the schema exists
+// already (a DBA may have created it for walhook, empty).
+func (c *checker) checkCanCreateSchema(ctx context.Context, pool *pgxpool.Pool, what string) {
 	var user, db string
 	var create, exists, ownsOrCreate bool
 	err := pool.QueryRow(ctx, `
@@ -949,6 +949,11 @@ func (c *checker) checkCanCreateSchema(ctx context.Context, pool *pgxpool.Pool) 
 		       EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1),
 		       coalesce((SELECT has_schema_privilege(oid, 'CREATE') FROM pg_namespace WHERE nspname = $1), false)`,
 		c.cfg.Store.Schema).Scan(&user, &db, &create, &exists, &ownsOrCreate)
+	if exists {
+		c.failSetup(what, "exists, but holds no walhook store yet (walhook needs version %d)", dispatch.LatestSchemaVersion())
+	} else {
+		c.failSetup(what, "does not exist (walhook needs version %d)", dispatch.LatestSchemaVersion())
+	}
 	if err != nil {
 		c.fail("store", "", "read store privileges: %v", err)
 		return
