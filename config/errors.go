@@ -66,6 +66,9 @@ type collector struct {
 	file  string
 	errs  []*Error
 	quiet map[string]bool // paths already reported; later errors there are noise
+	// rulesOnly: an unset variable outside events and mapping is no
+	// error (ParseRules).
+	rulesOnly bool
 }
 
 // silence drops later errors at path and below it.

@@ -1,6 +1,7 @@
 package config
 
 import (
+	"errors"
 	"fmt"
 	"strings"
 
@@ -31,7 +32,11 @@ func expandTree(n *yaml.Node, path string, lookup func(string) (string, bool), c
 		}
 		v, err := expand(n.Value, lookup)
 		if err != nil {
-			c.add(posOf(c.file, n), path, "%v", err)
+			var unset *unsetError
+			if !c.rulesOnly || !errors.As(err, &unset) || path == "events" || strings.HasPrefix(path, "events[") ||
+				path == "mapping" || strings.HasPrefix(path, "mapping.") {
+				c.add(posOf(c.file, n), path, "%v", err)
+			}
 			// Decode the value as an empty string and stay quiet about
 			// it below: "source.dsn: required" would only repeat this.
 			c.silence(path)
@@ -92,7 +97,7 @@ func expand(s string, lookup func(string) (string, bool)) (string, error) {
 			case hasDef && (!ok || v == ""):
 				v = def
 			case !ok:
-				return "", fmt.Errorf("environment variable %s is not set (set it, or give a default: ${%s:-value})", name, name)
+				return "", &unsetError{name}
 			}
 			b.WriteString(v)
 			i += 2 + end
@@ -101,6 +106,13 @@ func expand(s string, lookup func(string) (string, bool)) (string, error) {
 		}
 	}
 	return b.String(), nil
+}
+
+// unsetError is a ${VAR} without a default whose variable is not set.
+type unsetError struct{ name string }
+
+func (e *unsetError) Error() string {
+	return fmt.Sprintf("environment variable %s is not set (set it, or give a default: ${%s:-value})", e.name, e.name)
 }
 
 // nameLike reports a short run of letters, digits and _: a variable name

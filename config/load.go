@@ -48,10 +48,22 @@ const MaxFileSize = 1 << 20
 
 // Parse is Load for bytes already read; file names the source in messages.
 func Parse(file string, data []byte, lookupEnv func(string) (string, bool)) (*Config, error) {
+	return parse(&collector{file: file}, data, lookupEnv)
+}
+
+// ParseRules is Parse for a tool that reads only the rules (walhook
+// mapping test): a ${VAR} left unset outside events and mapping is no
+// error, and its value counts as empty, with nothing reported at it (the
+// database, API keys and endpoints it names are not used).
+func ParseRules(file string, data []byte, lookupEnv func(string) (string, bool)) (*Config, error) {
+	return parse(&collector{file: file, rulesOnly: true}, data, lookupEnv)
+}
+
+func parse(c *collector, data []byte, lookupEnv func(string) (string, bool)) (*Config, error) {
+	file := c.file
 	if lookupEnv == nil {
 		lookupEnv = func(string) (string, bool) { return "", false }
 	}
-	c := &collector{file: file}
 	root, ok := parseYAML(data, c)
 	if !ok || !checkAliases(root, c) {
 		return nil, c.err()

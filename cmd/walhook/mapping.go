@@ -11,7 +11,6 @@ import (
 	"log/slog"
 	"os"
 	"reflect"
-	"regexp"
 	"strings"
 	"time"
 
@@ -96,9 +95,9 @@ func runMapping(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	return nil
 }
 
-// loadMappingConfig loads the config like every command, except that an
-// unset ${VAR} is not an error: the mapping test reads only the rules and
-// needs no database or API key.
+// loadMappingConfig loads the config like every command, except that a
+// ${VAR} left unset outside the rules is not an error: the mapping test
+// reads only the rules and needs no database, API key or endpoint.
 func loadMappingConfig(path string) (*config.Config, error) {
 	if path == "" {
 		path = os.Getenv("WALHOOK_CONFIG")
@@ -110,39 +109,11 @@ func loadMappingConfig(path string) (*config.Config, error) {
 	if err != nil {
 		return nil, &UsageError{Err: err}
 	}
-	// Only variables written without a default (${VAR}) get a placeholder.
-	plain := map[string]bool{}
-	for _, m := range plainVarRE.FindAllStringSubmatch(string(data), -1) {
-		plain[m[1]] = true
-	}
-	cfg, err := config.Parse(path, data, func(name string) (string, bool) {
-		if v, ok := os.LookupEnv(name); ok {
-			return v, true
-		}
-		if plain[name] {
-			return placeholderFor(name), true
-		}
-		return "", false
-	})
+	cfg, err := config.ParseRules(path, data, os.LookupEnv)
 	if err != nil {
 		return nil, &UsageError{Err: err}
 	}
 	return cfg, nil
-}
-
-var plainVarRE = regexp.MustCompile(`\$\{([A-Za-z_][A-Za-z0-9_]*)\}`)
-
-// placeholderFor stands in for an unset variable in the offline mapping
-// test; it only has to pass the config's format checks.
-func placeholderFor(name string) string {
-	n := strings.ToUpper(name)
-	switch {
-	case strings.Contains(n, "URL") || strings.Contains(n, "DSN"):
-		return "postgres://unset@localhost/unset"
-	case strings.Contains(n, "SECRET"):
-		return "whsec_dW5zZXQtdW5zZXQtdW5zZXQtdW5zZXQtdW5zZXQ="
-	}
-	return "unset-" + strings.ToLower(name) + "-0123456789abcdef0123456789"
 }
 
 // changeLine is one line of the changes file.

@@ -227,3 +227,44 @@ func TestMappingTestRefusesAnOversizedConfig(t *testing.T) {
 		t.Fatalf("exit %d, stderr %q; want 2 and the size refused", code, errOut)
 	}
 }
+
+// The mapping test needs no database, API key or endpoint: a variable the
+// config takes them from may be unset, whatever the key's type (README,
+// "Try a mapping without a database"). An unset variable in a rule still
+// fails: the rules are what the test is about.
+func TestMappingTestUnsetVariablesOutsideTheRules(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	write := func(name, events string) string {
+		path := filepath.Join(dir, name)
+		cfg := `source: {dsn: "${WALHOOK_TEST_UNSET_DATABASE_URL}"}
+delivery:
+  workers: ${WALHOOK_TEST_UNSET_WORKERS}
+  timeout: ${WALHOOK_TEST_UNSET_TIMEOUT}
+  allow_http: ${WALHOOK_TEST_UNSET_ALLOW_HTTP}
+api:
+  listen: ${WALHOOK_TEST_UNSET_LISTEN}
+  keys: ["${WALHOOK_TEST_UNSET_API_KEY}"]
+endpoints:
+  - {id: ops, url: "${WALHOOK_TEST_UNSET_OPS_URL}", secret: "${WALHOOK_TEST_UNSET_OPS_SECRET}", events: ["a.*"]}
+events:
+` + events
+		if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return path
+	}
+	changes := writeChanges(t, `{"table":"public.t","op":"insert","new":{"id":1}}`)
+
+	good := write("good.yaml", "  - {event: a.b, table: t, operations: [insert]}\n")
+	out, errOut, code := runCLI(t, context.Background(), "mapping", "test", "--config", good, "--changes", changes)
+	if code != 0 || !strings.Contains(out, "line 1: insert public.t: 1 event(s)") {
+		t.Fatalf("exit %d, want 0 and the event\nstdout:\n%s\nstderr:\n%s", code, out, errOut)
+	}
+
+	bad := write("bad.yaml", "  - {event: a.b, table: \"${WALHOOK_TEST_UNSET_TABLE}\", operations: [insert]}\n")
+	_, errOut, code = runCLI(t, context.Background(), "mapping", "test", "--config", bad, "--changes", changes)
+	if code != 2 || !strings.Contains(errOut, "bad.yaml:12:25: events[0].table: environment variable WALHOOK_TEST_UNSET_TABLE is not set") {
+		t.Fatalf("exit %d, stderr %q; want 2 and the unset variable of the rule", code, errOut)
+	}
+}
