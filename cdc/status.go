@@ -150,11 +150,11 @@ func (s *Stream) Status(ctx context.Context) (SlotStatus, error) {
 		st.LastConfirmAt = time.Unix(0, ns).UTC()
 	}
 	if st.LagBytes > 0 {
-		// Since the stream was last up to date (upToDateAt); before
+		// Since the stream was last up to date (UpToDateAt); before
 		// that, since Run started (a process waiting for the slot after
 		// a kill -9 of the one before it has confirmed nothing, and is
 		// behind all along).
-		since := s.upToDateAt()
+		since := s.UpToDateAt()
 		if since.IsZero() {
 			if ns := s.runAt.Load(); ns != 0 {
 				since = time.Unix(0, ns)
@@ -187,16 +187,13 @@ func (s *Stream) Reconnects() int64 { return s.reconnects.Load() }
 // (what it may tell the server), 0 before the first.
 func (s *Stream) Confirmed() LSN { return LSN(s.confirmed.Load()) }
 
-// LastConfirmAt is when this stream was last up to date with the server
-// (upToDateAt), zero before its first confirmation: WAL it has not
-// confirmed since was written after then.
-func (s *Stream) LastConfirmAt() time.Time { return s.upToDateAt() }
-
-// upToDateAt is the later of the last new confirmation and the last
-// keepalive that found nothing sent unconfirmed (zero before either). The
-// lag in seconds counts from it: from the last confirmation alone, an
-// idle source's first write after an hour showed an hour of lag.
-func (s *Stream) upToDateAt() time.Time {
+// UpToDateAt is when this stream was last up to date with the server:
+// the later of its last new confirmation and the last keepalive that
+// found nothing sent unconfirmed (zero before either). WAL it has not
+// confirmed since was written after then, and the lag in seconds counts
+// from it: from the last confirmation alone, an idle source's first
+// write after an hour showed an hour of lag.
+func (s *Stream) UpToDateAt() time.Time {
 	ns := max(s.lastConfirmAt.Load(), s.caughtUpAt.Load())
 	if ns == 0 {
 		return time.Time{}

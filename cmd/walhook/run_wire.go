@@ -232,7 +232,7 @@ func (r *replicationStatus) slot(ctx context.Context) (st cdc.SlotStatus, leader
 	// elsewhere that reaches the store and leads moves it on.
 	if prev := r.prev.Load(); st.State == stateWaitingForStore && prev != nil && st.LagBytes > 0 &&
 		st.ConfirmedFlushLSN <= prev.Confirmed() {
-		if at := prev.LastConfirmAt(); !at.IsZero() {
+		if at := prev.UpToDateAt(); !at.IsZero() {
 			st.LagSeconds, lagUnknown = time.Since(at).Seconds(), false
 		}
 	}
