@@ -103,7 +103,7 @@ type Stream struct {
 	lastMessageAt atomic.Int64 // unix nanoseconds
 	lastConfirmAt atomic.Int64
 	// caughtUpAt is when a keepalive last said the server had sent
-	// nothing past what this stream had confirmed (see upToDateAt).
+	// nothing past what this stream had confirmed (see UpToDateAt).
 	caughtUpAt atomic.Int64
 	runAt      atomic.Int64 // when Run started
 	reconnects atomic.Int64
