@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -176,16 +177,35 @@ type replicationStatus struct {
 	waiting atomic.Pointer[string]
 	prev    atomic.Pointer[cdc.Stream]
 	// reconnects of the terms that ended, each counting its own end: the
-	// counter on /metrics is the process's, not one stream's.
-	reconnects atomic.Int64
+	// counter on /metrics is the process's, not one stream's. endTerm
+	// moves a stream's count into it and clears current under mu, so that
+	// a read (reconnectCount) never counts an ending term twice, which
+	// would make the counter go back on the next scrape (a reset to
+	// Prometheus).
+	mu         sync.Mutex
+	reconnects int64
 }
 
 // endTerm records the end of a term that streamed with s.
 func (r *replicationStatus) endTerm(s *cdc.Stream) {
-	r.reconnects.Add(s.Reconnects() + 1)
-	r.prev.Store(s)
+	r.mu.Lock()
+	r.reconnects += s.Reconnects() + 1
 	r.current.Store(nil)
+	r.mu.Unlock()
+	r.prev.Store(s)
 	s.CloseStatus() // status reads go to the standby stream now
+}
+
+// reconnectCount is the process's replication reconnects: the ended
+// terms' and the current stream's.
+func (r *replicationStatus) reconnectCount() int64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n := r.reconnects
+	if s := r.current.Load(); s != nil {
+		n += s.Reconnects()
+	}
+	return n
 }
 
 // setWaiting records why this process does not stream now.
@@ -217,7 +237,7 @@ const (
 // the store, and the slot is still where its last term left it, is the
 // lag known here: counted from that term's last confirmation.
 func (r *replicationStatus) slot(ctx context.Context) (st cdc.SlotStatus, leader, lagUnknown bool, err error) {
-	defer func() { st.Reconnects += r.reconnects.Load() }()
+	defer func() { st.Reconnects = r.reconnectCount() }()
 	if s := r.current.Load(); s != nil {
 		st, err = s.Status(ctx)
 		return st, true, false, err
