@@ -164,7 +164,7 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 			// The cause names hosts, users and databases: logged, not
 			// shown to whoever asks (/readyz needs no key).
 			s.log.Warn("not ready", slog.Any("error", err))
-			s.fail(w, r, errorf(http.StatusServiceUnavailable, CodeNotReady, "not ready: the store does not answer (the log says why)"))
+			s.fail(w, r, errorf(http.StatusServiceUnavailable, CodeNotReady, "not ready: the store does not answer or is read-only (the log says why)"))
 			return
 		}
 	}

@@ -2,12 +2,15 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"io"
 	"net/http"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 )
 
 // runAPI calls the admin API of a running walhook and decodes the envelope.
@@ -147,4 +150,49 @@ func TestRunWarnsOfStaleSubscriptions(t *testing.T) {
 		!strings.Contains(logs, "endpoint="+id+" events=[item.created]") {
 		t.Errorf("no warning naming endpoint %s and item.created (item.* still matches):\n%s", id, runTail(logs, 3000))
 	}
+}
+
+// A store that answers but takes no writes (a standby the store DSN
+// reaches after a failover, default_transaction_read_only): walhook can
+// store and record nothing, and /readyz says not ready until it can.
+func TestRunReadyzWithAReadOnlyStore(t *testing.T) {
+	t.Parallel()
+	db, file := itemsRun(t, nil)
+	p := startRunProc(t, "--config", file)
+	runWaitFor(t, 30*time.Second, "the startup line", func() bool { return apiAddrRE.MatchString(p.stdout.String()) }, p.diag)
+	base := apiAddrRE.FindStringSubmatch(p.stdout.String())[1]
+	if code, env := runAPI(t, "GET", base+"/readyz", "", ""); code != http.StatusOK {
+		t.Fatalf("readyz: %d %v, want 200", code, env)
+	}
+	// walhook's store sessions reconnect to a read-only database.
+	setReadOnly := func(on bool) {
+		v := "RESET default_transaction_read_only"
+		if on {
+			v = "SET default_transaction_read_only = on"
+		}
+		var name string
+		if err := db.pool.QueryRow(context.Background(), `SELECT current_database()`).Scan(&name); err != nil {
+			t.Fatal(err)
+		}
+		// One simple-protocol exec, one session: a new session of the
+		// test's pool is read-only too.
+		db.exec(t, `BEGIN READ WRITE; ALTER DATABASE `+pgx.Identifier{name}.Sanitize()+` `+v+`; COMMIT`)
+		db.exec(t, `SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+			WHERE datname = current_database() AND application_name = 'walhook' AND backend_type = 'client backend'`)
+	}
+	setReadOnly(true)
+	// The first call may find a session the terminate ended; the ones
+	// after it reach the read-only store, and the log says so.
+	runWaitFor(t, 30*time.Second, "readyz to say not ready for read-only", func() bool {
+		code, env := runAPI(t, "GET", base+"/readyz", "", "")
+		if e, _ := env["error"].(map[string]any); code != http.StatusServiceUnavailable || e["code"] != "not_ready" {
+			return false
+		}
+		return strings.Contains(p.stderr.String(), "the store is read-only")
+	}, p.diag)
+	setReadOnly(false)
+	runWaitFor(t, 30*time.Second, "readyz to say ready again", func() bool {
+		code, _ := runAPI(t, "GET", base+"/readyz", "", "")
+		return code == http.StatusOK
+	}, p.diag)
 }

@@ -156,7 +156,7 @@ func apiOptions(cfg *config.Config, admin api.AdminStore, repl api.Replication, 
 		Replication:    repl,
 		Gatherer:       reg,
 		Registerer:     reg,
-		Ready:          func(ctx context.Context) error { return pool.Ping(ctx) },
+		Ready:          func(ctx context.Context) error { return storeWritable(ctx, pool) },
 		Logger:         log.With("part", "api"),
 		SecretOverlap:  cfg.Delivery.SecretOverlap.D(),
 		// A test send in flight may take the whole delivery timeout.
@@ -364,4 +364,19 @@ func (c *slotCollector) Collect(ch chan<- prometheus.Metric) {
 	if !lagUnknown {
 		ch <- prometheus.MustNewConstMetric(c.lagSeconds, prometheus.GaugeValue, st.LagSeconds)
 	}
+}
+
+// storeWritable is /readyz's check: the store answers and takes writes.
+// One that answers read-only (a standby the store DSN reaches after a
+// failover, default_transaction_read_only) can neither store events nor
+// record a delivery, so a ping alone would call it ready.
+func storeWritable(ctx context.Context, pool *pgxpool.Pool) error {
+	var ro string
+	if err := pool.QueryRow(ctx, "SHOW transaction_read_only").Scan(&ro); err != nil {
+		return err
+	}
+	if ro != "off" {
+		return errors.New("the store is read-only (a standby, or default_transaction_read_only is on): walhook can neither store events nor record deliveries")
+	}
+	return nil
 }
