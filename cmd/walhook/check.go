@@ -899,7 +899,11 @@ func (c *checker) checkStore(ctx context.Context) {
 			"(docs/operations.md, Upgrading, says what each adds) and delete the others, then walhook setup", sqlIdent(schema)),
 			"%s", strings.TrimPrefix(err.Error(), fmt.Sprintf("schema %q: ", schema)))
 	default:
-		c.fail(what, fmt.Sprintf("GRANT USAGE ON SCHEMA %s TO <role>; GRANT SELECT ON ALL TABLES IN SCHEMA %s TO <role>;", sqlIdent(schema), sqlIdent(schema)),
+		role := "<role>"
+		if pc, err := pgx.ParseConfig(c.cfg.Store.DSN); err == nil && pc.User != "" {
+			role = sqlIdent(pc.User)
+		}
+		c.fail(what, fmt.Sprintf("GRANT USAGE ON SCHEMA %s TO %s; GRANT SELECT ON ALL TABLES IN SCHEMA %s TO %s;", sqlIdent(schema), role, sqlIdent(schema), role),
 			"cannot read its version: %v", err)
 	}
 }

@@ -584,3 +584,28 @@ func TestConnectErrorSaysTheLookupOnce(t *testing.T) {
 		}
 	}
 }
+
+// A store schema this role may not read: the fix names the role the
+// store DSN connects as, not a placeholder.
+func TestCheckStoreSchemaNotReadableNamesTheRole(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	c := pgtest.Shared(t)
+	role := "wh_" + strings.ToLower(t.Name())
+	if err := c.Exec(ctx, "postgres", `CREATE ROLE `+role+` LOGIN REPLICATION`); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Exec(context.Background(), "postgres", `DROP ROLE IF EXISTS `+role) })
+	dsn, db := ckSampleDB(t, c)
+	t.Cleanup(func() { ckExec(t, dsn, `DROP OWNED BY `+role) })
+	if out, errOut, code := runCLI(t, ctx, "setup", "--config", ckSampleConfig(t, dsn, db)); code != 0 {
+		t.Fatalf("setup exit %d:\n%s%s", code, out, errOut)
+	}
+	ckExec(t, dsn, `GRANT USAGE ON SCHEMA public TO `+role+`; GRANT SELECT ON ALL TABLES IN SCHEMA public TO `+role)
+	out, errOut, code := runCLI(t, ctx, "check", "--config", ckSampleConfig(t, c.DSNAs(role, db), db))
+	t.Logf("check:\n%s%s", out, errOut)
+	if code != 1 {
+		t.Fatalf("exit %d, want 1", code)
+	}
+	ckWantLines(t, out, `FAIL  store schema walhook: cannot read its version: .* — fix: GRANT USAGE ON SCHEMA walhook TO `+role+`; GRANT SELECT ON ALL TABLES IN SCHEMA walhook TO `+role+`;$`)
+}

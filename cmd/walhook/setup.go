@@ -121,8 +121,12 @@ func runSetup(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		}
 	}
 	if len(noIdentity) > 0 && !*identity {
-		mismatch = append(mismatch, fmt.Sprintf("  %s have no replica identity (no primary key): publishing them would make every UPDATE and DELETE on them fail"+
-			" — fix: walhook setup --replica-identity (or ALTER TABLE … REPLICA IDENTITY FULL, or add a primary key)", strings.Join(noIdentity, ", ")))
+		have, them := "have", "them"
+		if len(noIdentity) == 1 {
+			have, them = "has", "it"
+		}
+		mismatch = append(mismatch, fmt.Sprintf("  %s %s no replica identity (no primary key): publishing %s would make every UPDATE and DELETE on %s fail"+
+			" — fix: walhook setup --replica-identity (or ALTER TABLE … REPLICA IDENTITY FULL, or add a primary key)", strings.Join(noIdentity, ", "), have, them, them))
 	}
 	if len(mismatch) > 0 {
 		return fmt.Errorf("setup: the source schema is not ready for the rules; nothing changed:\n%s", strings.Join(mismatch, "\n"))

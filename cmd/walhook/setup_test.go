@@ -101,7 +101,7 @@ func TestSetupTableWithoutKey(t *testing.T) {
 	ckWantLines(t, out, `FAIL  table public\.inspections: REPLICA IDENTITY DEFAULT without key columns: once published, every UPDATE and DELETE on it fails — fix: ALTER TABLE public\.inspections REPLICA IDENTITY FULL;`)
 
 	_, errOut, code := runCLI(t, ctx, "setup", "--config", cfg)
-	if code != 1 || !strings.Contains(errOut, "public.inspections have no replica identity") {
+	if code != 1 || !strings.Contains(errOut, "public.inspections has no replica identity (no primary key): publishing it would make every UPDATE and DELETE on it fail") {
 		t.Fatalf("setup exit %d, stderr %q; want a refusal naming public.inspections", code, errOut)
 	}
 	if n := ckScalar[int64](t, dsn, `SELECT count(*) FROM pg_publication`); n != 0 {
