@@ -137,6 +137,12 @@ var badConfigs = map[string][]string{
 	"repeat.bad.yaml": {
 		`:8:5: events[1]: repeats events[0] (line 4: same event, table, operations, conditions and data): every change would produce the event twice`,
 	},
+	// domain belongs to the sns envelope: on an auction-excellence rule,
+	// or as mapping.domain with no sns rule, it would do nothing.
+	"domain.bad.yaml": {
+		`:4:11: mapping.domain: applies to the "sns" envelope only, and no rule uses it (remove domain, or set envelope: sns)`,
+		`:9:13: events[0].domain: applies to the "sns" envelope only; this rule's envelope is "auction-excellence" (remove domain, or set envelope: sns)`,
+	},
 	// A tab in the indentation: YAML indents with spaces only.
 	"tab.bad.yaml": {`tab.bad.yaml:4: invalid YAML: found character that cannot start any token (a tab: YAML indents with spaces only)`},
 	// A file that is not a mapping: that alone, not also every required key.

@@ -151,6 +151,10 @@ func (v *validator) mapping(c *Config) {
 	if !validEnvelope(c.Mapping.Envelope) {
 		v.errf("mapping.envelope", "must be %q or %q, got %q", EnvelopeAuctionExcellence, EnvelopeSNS, c.Mapping.Envelope)
 	}
+	if c.Mapping.Domain != "" && !slices.ContainsFunc(c.Events, func(r Rule) bool { return r.Envelope == EnvelopeSNS }) {
+		// Only sns rules read it; with none it would do nothing.
+		v.errf("mapping.domain", "applies to the %q envelope only, and no rule uses it (remove domain, or set envelope: %s)", EnvelopeSNS, EnvelopeSNS)
+	}
 }
 
 func (v *validator) rules(c *Config) {
@@ -250,7 +254,10 @@ func (v *validator) rule(r *Rule, p string) {
 			v.checkFrom(p+".auction_id", from, ops)
 		}
 	}
-	if r.Domain != "" {
+	if r.Domain != "" && r.Envelope != EnvelopeSNS && validEnvelope(r.Envelope) {
+		// The other envelope has no domain: the key would do nothing.
+		v.errf(p+".domain", "applies to the %q envelope only; this rule's envelope is %q (remove domain, or set envelope: %s)", EnvelopeSNS, r.Envelope, EnvelopeSNS)
+	} else if r.Domain != "" {
 		if from, _, err := parseColumnRef(r.Domain); err != nil {
 			v.errf(p+".domain", "%v", err)
 		} else {
