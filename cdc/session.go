@@ -10,7 +10,6 @@ import (
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
-	"github.com/jackc/pgx/v5/pgtype"
 )
 
 // heartbeatPrefix marks walhook's own logical messages; they advance the
@@ -79,7 +78,7 @@ func (s *Stream) session(ctx context.Context, pos *LSN) (streamed bool, err erro
 	stop := context.AfterFunc(ctx, func() { _ = conn.Conn().SetReadDeadline(time.Now()) })
 	defer stop()
 
-	ss := &session{s: s, ctx: ctx, conn: conn, dec: newDecoder(pgtype.NewMap()), walEnd: *pos, lastStatus: time.Now(),
+	ss := &session{s: s, ctx: ctx, conn: conn, dec: newDecoder(newTypeMap()), walEnd: *pos, lastStatus: time.Now(),
 		heard: time.Now(), sizes: make([]int, cap(s.txs))}
 	ss.sentConfirm = LSN(s.confirmed.Load())
 	err = ss.loop()

@@ -12,8 +12,8 @@ import (
 // valueDecoder turns pgoutput's text-format column values into the
 // JSON-ready kinds documented on Value. The common scalar types have
 // hand-written fast paths (this runs once per column of every row);
-// arrays go through pgx's type map, which knows every built-in array type
-// and its delimiter. Text output is stable because the replication session
+// arrays go through pgx's type map (newTypeMap), which knows every
+// built-in array type a table can hold and its delimiter. Text output is stable because the replication session
 // runs with DateStyle=ISO, IntervalStyle=postgres, extra_float_digits=3 and
 // TimeZone=UTC (see replicationConfig).
 type valueDecoder struct {
@@ -97,6 +97,39 @@ func (d *valueDecoder) decode(oid uint32, b []byte) any {
 	// Unknown OIDs (enums, domains over them, arrays of domains, extension
 	// types) and anything that did not parse keep the server's text.
 	return string(b)
+}
+
+// textArrays are the built-in array types a table can hold that pgx's type
+// map does not know, with their element types: their elements stay
+// PostgreSQL's text, like scalar columns of those types, and the arrays
+// are lists like every other one-dimensional array (they were the
+// array's text). All use ',' as delimiter.
+var textArrays = []struct {
+	name      string
+	oid, elem uint32
+}{
+	{"_money", 791, 790},
+	{"_timetz", 1270, 1266},
+	{"_macaddr8", 775, 774},
+	{"_tsquery", 3645, 3615},
+	{"_refcursor", 2201, 1790},
+	{"_txid_snapshot", 2949, 2970},
+	{"_int4multirange", 6150, 4451},
+	{"_nummultirange", 6151, 4532},
+	{"_tsmultirange", 6152, 4533},
+	{"_tstzmultirange", 6153, 4534},
+	{"_datemultirange", 6155, 4535},
+	{"_int8multirange", 6157, 4536},
+}
+
+// newTypeMap returns pgx's type map with textArrays added.
+func newTypeMap() *pgtype.Map {
+	tm := pgtype.NewMap()
+	for _, a := range textArrays {
+		elem := &pgtype.Type{Name: a.name[1:], OID: a.elem, Codec: pgtype.TextCodec{}}
+		tm.RegisterType(&pgtype.Type{Name: a.name, OID: a.oid, Codec: &pgtype.ArrayCodec{ElementType: elem}})
+	}
+	return tm
 }
 
 // array decodes a one-dimensional array of a type pgx knows into []any
