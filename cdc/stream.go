@@ -178,14 +178,25 @@ func replicationConfig(dsn string) (*pgconn.Config, error) {
 	if err != nil {
 		return nil, fmt.Errorf("cdc: parse DSN: %w", redact(err))
 	}
-	for k, v := range map[string]string{
+	set := map[string]string{
 		"replication":        "database",
 		"DateStyle":          "ISO",
 		"IntervalStyle":      "postgres",
 		"extra_float_digits": "3",
 		"TimeZone":           "UTC",
 		"bytea_output":       "hex", // a database may default to escape
-	} {
+	}
+	// Setting names are case-insensitive: a DSN's datestyle=SQL or PGTZ
+	// (pgconn's "timezone") would be sent beside these, and the server
+	// keeps whichever the startup message, built from a map, has last.
+	for k := range cfg.RuntimeParams {
+		for name := range set {
+			if strings.EqualFold(k, name) {
+				delete(cfg.RuntimeParams, k)
+			}
+		}
+	}
+	for k, v := range set {
 		cfg.RuntimeParams[k] = v
 	}
 	if cfg.RuntimeParams["application_name"] == "" {

@@ -3,6 +3,7 @@ package cdc
 import (
 	"encoding/json"
 	"reflect"
+	"strings"
 	"testing"
 	"time"
 
@@ -73,5 +74,39 @@ func TestValueKindsArraysOfTextTypes(t *testing.T) {
 		if got := col(t, c, c.New, name); !reflect.DeepEqual(got, w) {
 			t.Errorf("%s = %#v (%T), want %#v", name, got, got, w)
 		}
+	}
+}
+
+// The session settings text values are decoded by are the only ones of
+// their names in the startup message: a DSN's `datestyle=SQL` or the
+// environment's PGTZ (which pgconn reads as `timezone`) were sent beside
+// walhook's DateStyle and TimeZone, GUC names are case-insensitive, and
+// the server kept whichever came last in the message, an order Go's map
+// iteration picks anew for each connection (dates then arrived as
+// "03/01/2024", or timestamptz text in another zone).
+func TestReplicationConfigOwnsTheTextSettings(t *testing.T) {
+	t.Setenv("PGTZ", "Europe/Berlin")
+	cfg, err := replicationConfig("postgres://u@localhost/db?datestyle=SQL,DMY&intervalstyle=iso_8601&EXTRA_FLOAT_DIGITS=0&Bytea_Output=escape&application_name=x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{"datestyle": "ISO", "intervalstyle": "postgres", "extra_float_digits": "3", "timezone": "UTC", "bytea_output": "hex"}
+	seen := map[string]int{}
+	for k, v := range cfg.RuntimeParams {
+		lk := strings.ToLower(k)
+		if w, ok := want[lk]; ok {
+			seen[lk]++
+			if v != w {
+				t.Errorf("%s = %q, want %q", k, v, w)
+			}
+		}
+	}
+	for k := range want {
+		if seen[k] != 1 {
+			t.Errorf("%s is sent %d times: %v", k, seen[k], cfg.RuntimeParams)
+		}
+	}
+	if cfg.RuntimeParams["application_name"] != "x" {
+		t.Errorf("application_name = %q", cfg.RuntimeParams["application_name"])
 	}
 }
