@@ -59,16 +59,18 @@ func TestValueKindsNonFinite(t *testing.T) {
 func TestValueKindsArraysOfTextTypes(t *testing.T) {
 	t.Parallel()
 	dsn := pgtest.Shared(t).NewDatabase(t)
-	setupDB(t, dsn, `CREATE TABLE a (id int PRIMARY KEY, mo money[], tz timetz[], m8 macaddr8[], tq tsquery[],
-			mr int4multirange[], nmr nummultirange[])`, "public.a")
+	setupDB(t, dsn, `CREATE TYPE pair AS (a int, b text); CREATE TABLE a (id int PRIMARY KEY, mo money[], tz timetz[], m8 macaddr8[], tq tsquery[],
+			mr int4multirange[], nmr nummultirange[], cp pair[])`, "public.a")
 	b := startStream(t, dsn, 0, nil)
 	exec(t, dsn, `SET lc_monetary = 'C'; INSERT INTO a VALUES (1, '{1.50,NULL}', '{12:00:00+05:30,"23:59:59.999999-01"}',
-		'{08:00:2b:01:02:03:04:05}', '{"fat & cat"}', '{"{[1,3),[5,7)}","{}"}', '{"{[1.5,2)}"}')`)
+		'{08:00:2b:01:02:03:04:05}', '{"fat & cat"}', '{"{[1,3),[5,7)}","{}"}', '{"{[1.5,2)}"}', '{"(1,x)"}')`)
 	c := b.nextTx(t).Changes[0]
 	want := map[string]any{
 		"mo": []any{"$1.50", nil}, "tz": []any{"12:00:00+05:30", "23:59:59.999999-01"},
 		"m8": []any{"08:00:2b:01:02:03:04:05"}, "tq": []any{"'fat' & 'cat'"},
 		"mr": []any{"{[1,3),[5,7)}", "{}"}, "nmr": []any{"{[1.5,2)}"},
+		// Arrays of types created in the database stay the array's text.
+		"cp": `{"(1,x)"}`,
 	}
 	for name, w := range want {
 		if got := col(t, c, c.New, name); !reflect.DeepEqual(got, w) {
