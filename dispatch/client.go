@@ -604,7 +604,7 @@ func (c *Client) Send(ctx context.Context, req Request) (res Result) {
 	switch {
 	case code >= 200 && code <= 299:
 	case code >= 300 && code <= 399:
-		res.Err = fmt.Errorf("%w: http status %d, Location %q", ErrRedirect, code, resp.Header.Get("Location"))
+		res.Err = fmt.Errorf("%w: http status %d, Location %s", ErrRedirect, code, describeLocation(resp.Header.Get("Location")))
 	default:
 		res.Err = &StatusError{StatusCode: code}
 		res.Gone = code == http.StatusGone
@@ -613,6 +613,23 @@ func (c *Client) Send(ctx context.Context, req Request) (res Result) {
 		}
 	}
 	return res
+}
+
+// describeLocation is a redirect's Location for the delivery log without
+// what may be secret: its user info, query and fragment (a receiver that
+// redirects, e.g. http to https, echoes the endpoint URL's ?token=).
+func describeLocation(loc string) string {
+	u, err := url.Parse(loc)
+	if err != nil {
+		return "(not a URL)"
+	}
+	query := u.RawQuery != "" || u.ForceQuery
+	u.User, u.RawQuery, u.ForceQuery, u.Fragment, u.RawFragment = nil, "", false, "", ""
+	s := u.String()
+	if query {
+		s += "?…"
+	}
+	return strconv.Quote(s)
 }
 
 // parseRetryAfter reads a Retry-After value: delay-seconds or an HTTP date
@@ -663,6 +680,9 @@ func (c *Client) classify(parent, attempt context.Context, err error) (error, bo
 	switch {
 	case errors.Is(err, ErrBlockedAddress):
 		return inner, true
+	case strings.HasPrefix(inner.Error(), "failed to parse Location header"):
+		// net/http's text quotes the Location, which may echo a token.
+		return fmt.Errorf("%w: Location (not a URL)", ErrRedirect), false
 	case parent.Err() != nil:
 		return fmt.Errorf("attempt abandoned: %w", context.Cause(parent)), false
 	case context.Cause(attempt) == ErrTimeout || errors.Is(err, context.DeadlineExceeded):
