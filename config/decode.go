@@ -178,7 +178,7 @@ func (d *decoder) decode(n *yaml.Node, v reflect.Value, path string) {
 		case "false":
 			v.SetBool(false)
 		default:
-			d.errf(n, path, "must be true or false, got %q", s)
+			d.errf(n, path, "must be true or false, got %s", shownValue(s))
 		}
 	case reflect.Int:
 		s, ok := d.scalar(n, path, "an integer")
@@ -189,7 +189,7 @@ func (d *decoder) decode(n *yaml.Node, v reflect.Value, path string) {
 		var ne *strconv.NumError
 		switch {
 		case err != nil && !(errors.As(err, &ne) && ne.Err == strconv.ErrRange):
-			d.errf(n, path, "must be an integer, got %q", s)
+			d.errf(n, path, "must be an integer, got %s", shownValue(s))
 			return
 		case err != nil && strings.HasPrefix(s, "-"), err == nil && i < math.MinInt32:
 			d.errf(n, path, "out of range: at least %d, got %s", math.MinInt32, s)
@@ -206,7 +206,7 @@ func (d *decoder) decode(n *yaml.Node, v reflect.Value, path string) {
 		}
 		f, err := strconv.ParseFloat(s, 64)
 		if err != nil {
-			d.errf(n, path, "must be a number, got %q", s)
+			d.errf(n, path, "must be a number, got %s", shownValue(s))
 			return
 		}
 		v.SetFloat(f)
@@ -239,7 +239,7 @@ func (d *decoder) duration(n *yaml.Node, v reflect.Value, path string) {
 		if _, nerr := strconv.ParseFloat(s, 64); nerr == nil {
 			hint = fmt.Sprintf(" (a duration needs a unit: %ss, %sm, %sh)", s, s, s)
 		}
-		d.errf(n, path, "invalid duration %q: use a Go duration like \"30s\", \"5m\" or \"12h\"%s", s, hint)
+		d.errf(n, path, "invalid duration %s: use a Go duration like \"30s\", \"5m\" or \"12h\"%s", shownValue(s), hint)
 		return
 	}
 	v.SetInt(int64(dur))

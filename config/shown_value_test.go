@@ -1,0 +1,47 @@
+package config
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// A secret written (or expanded from ${…}) into a boolean, number or
+// duration field is not echoed by the error that refuses it: such a value
+// may be an endpoint secret, an API key or a DSN with its password put on
+// the wrong line, as a string field's error already keeps it out.
+func TestScalarErrorsDoNotEchoSecrets(t *testing.T) {
+	t.Parallel()
+	for _, secret := range []string{
+		"whsec_TOPSECRETxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx=",
+		"postgres://walhook:TOPSECRET@db/app",
+		"password=TOPSECRET",
+	} {
+		for _, field := range []string{"allow_http", "workers", "jitter", "timeout"} {
+			path := filepath.Join(t.TempDir(), "walhook.yaml")
+			src := `source:
+  dsn: postgres://walhook@localhost/app
+events:
+  - event: problem.created
+    table: problem_reports
+    operations: [insert]
+delivery:
+  ` + field + `: "` + secret + `"
+`
+			if err := os.WriteFile(path, []byte(src), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			_, err := Load(path, env(nil))
+			if err == nil {
+				t.Fatalf("delivery.%s: %q accepted", field, secret)
+			}
+			if !strings.Contains(err.Error(), "delivery."+field) {
+				t.Errorf("delivery.%s: error does not name the field: %v", field, err)
+			}
+			if strings.Contains(err.Error(), "TOPSECRET") {
+				t.Errorf("delivery.%s: error repeats the value: %v", field, err)
+			}
+		}
+	}
+}
