@@ -45,3 +45,37 @@ delivery:
 		}
 	}
 }
+
+// An endpoint URL url.Parse refuses is described without the part it
+// quotes: a password holding "/" ends the authority early, and the rest
+// of it came back as an "invalid port".
+func TestEndpointURLErrorHidesURLParts(t *testing.T) {
+	t.Parallel()
+	for _, raw := range []string{
+		"https://api:SECRET/rest@hooks.example/in",
+		"https://hooks.example:SECRET/in",
+	} {
+		path := filepath.Join(t.TempDir(), "walhook.yaml")
+		src := `source:
+  dsn: postgres://walhook@localhost/app
+events:
+  - event: problem.created
+    table: problem_reports
+    operations: [insert]
+endpoints:
+  - id: ops
+    url: "` + raw + `"
+    secret: whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw
+`
+		if err := os.WriteFile(path, []byte(src), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		_, err := Load(path, env(nil))
+		if err == nil || !strings.Contains(err.Error(), "endpoints[0].url") {
+			t.Fatalf("%s: err = %v, want one about endpoints[0].url", raw, err)
+		}
+		if strings.Contains(err.Error(), "SECRET") {
+			t.Errorf("%s: error repeats part of the URL: %v", raw, err)
+		}
+	}
+}

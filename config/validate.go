@@ -1,6 +1,7 @@
 package config
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"net/url"
@@ -350,9 +351,14 @@ func (v *validator) endpointURL(path, raw string) {
 	}
 	u, err := url.Parse(raw)
 	if err != nil {
-		// url.Error repeats the whole URL, which may carry a token.
+		// url.Error repeats the whole URL, which may carry a token, and
+		// an "invalid port" quotes what followed a ":" in the authority:
+		// the end of a password holding "/".
 		if ue, ok := err.(*url.Error); ok {
 			err = ue.Err
+		}
+		if strings.HasPrefix(err.Error(), "invalid port ") {
+			err = errors.New("invalid port after the host (or user info in it, which is refused)")
 		}
 		v.errf(path, "not a URL: %v", err)
 		return

@@ -509,11 +509,7 @@ func lookupNetwork(network string) string {
 func (c *Client) ValidateURL(raw string) error {
 	u, err := url.Parse(raw)
 	if err != nil {
-		var ue *url.Error
-		if errors.As(err, &ue) {
-			err = ue.Err
-		}
-		return fmt.Errorf("%w: %v", ErrMalformedURL, err)
+		return fmt.Errorf("%w: %s", ErrMalformedURL, urlParseProblem(err))
 	}
 	if u.Scheme != "http" && u.Scheme != "https" {
 		return fmt.Errorf("%w: must be an absolute http:// or https:// URL", ErrMalformedURL)
@@ -613,6 +609,20 @@ func (c *Client) Send(ctx context.Context, req Request) (res Result) {
 		}
 	}
 	return res
+}
+
+// urlParseProblem is url.Parse's error without the URL or the part of it
+// that its "invalid port" quotes: a password holding "/" ends the host
+// early, and the rest of it became the port.
+func urlParseProblem(err error) string {
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		err = ue.Err
+	}
+	if strings.HasPrefix(err.Error(), "invalid port ") {
+		return "invalid port after the host (or user info in it, which is refused)"
+	}
+	return err.Error()
 }
 
 // describeLocation is a redirect's Location for the delivery log without

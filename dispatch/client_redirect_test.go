@@ -52,3 +52,27 @@ func TestSendRedirectErrorHidesLocationSecrets(t *testing.T) {
 		}
 	}
 }
+
+// An endpoint URL url.Parse refuses is described without the part it
+// quotes: a password holding "/" ends the authority early, and the rest
+// of it came back as an "invalid port".
+func TestValidateURLErrorHidesURLParts(t *testing.T) {
+	t.Parallel()
+	client, err := NewClient(ClientOptions{Timeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, raw := range []string{
+		"https://api:SECRET/rest@hooks.example/in",
+		"https://hooks.example:SECRET/in",
+		"https://[::1/in?token=SECRET",
+	} {
+		err := client.ValidateURL(raw)
+		if !errors.Is(err, ErrMalformedURL) {
+			t.Fatalf("%s: err = %v, want ErrMalformedURL", raw, err)
+		}
+		if strings.Contains(err.Error(), "SECRET") {
+			t.Errorf("%s: error repeats part of the URL: %v", raw, err)
+		}
+	}
+}
