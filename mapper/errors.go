@@ -16,6 +16,9 @@ var (
 	ErrUnknownTable = errors.New("unknown table")
 	// ErrUnknownColumn: a rule names a column its table does not have.
 	ErrUnknownColumn = errors.New("unknown column")
+	// ErrGeneratedColumn: a rule reads a generated column, which logical
+	// replication does not send (errors.Is ErrUnknownColumn too).
+	ErrGeneratedColumn = fmt.Errorf("%w: generated", ErrUnknownColumn)
 	// ErrNeedsOldValues: a rule reads old values on a table whose REPLICA
 	// IDENTITY does not send them.
 	ErrNeedsOldValues = errors.New("old values not available")

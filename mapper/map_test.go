@@ -692,7 +692,7 @@ func TestCheckSchemaGeneratedColumn(t *testing.T) {
 	m := mustCompile(t, Options{}, Rule{Event: "lot.created", Table: "lots", Ops: []cdc.Op{cdc.OpInsert},
 		Data: []DataField{{Key: "id", Column: "id"}, {Key: "total", Column: "total"}}})
 	err := m.CheckSchema(map[string]TableSchema{"public.lots": {Columns: []string{"id", "price"}, Generated: []string{"total"}, Keys: []string{"id"}}})
-	if !errors.Is(err, ErrUnknownColumn) || !strings.Contains(err.Error(), `column "total" of public.lots is a generated column, which logical replication (PostgreSQL 15) does not send`) {
+	if !errors.Is(err, ErrGeneratedColumn) || !errors.Is(err, ErrUnknownColumn) || !strings.Contains(err.Error(), `column "total" of public.lots is a generated column, which logical replication (PostgreSQL 15) does not send`) {
 		t.Fatalf("err = %v", err)
 	}
 }

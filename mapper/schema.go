@@ -130,7 +130,7 @@ func (m *Mapper) CheckSchema(tables map[string]TableSchema) error {
 			continue
 		}
 		if g := generatedRead(r, ts.Generated); g != "" {
-			errs.add(r.Where, "table", r.Event, ErrUnknownColumn, "column %q of %s is a generated column, which logical replication "+
+			errs.add(r.Where, "table", r.Event, ErrGeneratedColumn, "column %q of %s is a generated column, which logical replication "+
 				"(PostgreSQL 15) does not send; read the columns it is computed from instead", g, r.qualified)
 			continue
 		}

@@ -611,6 +611,8 @@ func ruleSchemaErrors(cfg *config.Config, m *mapper.Mapper, schema map[string]ma
 			p.fix = identityFix(p.table, parts)
 		case errors.Is(e, mapper.ErrUnknownTable):
 			p.fix = "create the table, or correct the rule's table"
+		case errors.Is(e, mapper.ErrGeneratedColumn):
+			p.fix = "read the columns it is computed from, or correct the rule"
 		case errors.Is(e, mapper.ErrUnknownColumn):
 			p.fix = "add the column, or correct the rule"
 		}
