@@ -3,20 +3,16 @@ package mapper_test
 import (
 	"bufio"
 	"bytes"
-	"context"
 	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
 	"log/slog"
-	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/jackc/pgx/v5"
 
 	"github.com/walhook/walhook/cdc"
 	"github.com/walhook/walhook/internal/pgtest"
@@ -129,66 +125,17 @@ func eventType(body []byte) string {
 // publication and slot for the mapper's tables, runs golden/script.sql and
 // maps every streamed transaction up to a closing logical message.
 func streamScript(t *testing.T, m *mapper.Mapper, dir string) ([]goldenEvent, []*cdc.Tx) {
-	ctx := context.Background()
-	dsn := pgtest.Shared(t).NewDatabase(t)
 	schema, err := os.ReadFile(filepath.Join(dir, "schema.sql"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	conn, err := pgx.Connect(ctx, dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(ctx)
-	if _, err := conn.Exec(ctx, string(schema)); err != nil {
-		t.Fatalf("schema: %v", err)
-	}
-	u, _ := url.Parse(dsn)
-	slot := "g_" + strings.TrimPrefix(u.Path, "/")
-	if _, err := cdc.Setup(ctx, dsn, cdc.SetupOptions{Slot: slot, Publication: "walhook", Tables: m.Tables()}); err != nil {
-		t.Fatalf("setup: %v", err)
-	}
-	s, err := cdc.NewStream(cdc.Options{DSN: dsn, Slot: slot, Publication: "walhook",
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), StatusInterval: time.Second, MaxReconnectDelay: time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	runCtx, cancel := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- s.Run(runCtx, 0) }()
-	defer func() {
-		cancel()
-		<-done
-	}()
-
-	for i, stmt := range scriptStatements(t, filepath.Join(dir, "golden", "script.sql")) {
-		if _, err := conn.Exec(ctx, stmt); err != nil {
-			t.Fatalf("script statement %d: %v\n%s", i+1, err, stmt)
-		}
-	}
-	if _, err := conn.Exec(ctx, `SELECT pg_logical_emit_message(true, 'golden', 'end')`); err != nil {
-		t.Fatal(err)
-	}
-
 	var got []goldenEvent
 	var txs []*cdc.Tx
 	n := 0
-	deadline := time.After(60 * time.Second) // a guard against hanging, not a timing assertion
-	for {
-		var tx *cdc.Tx
-		select {
-		case tx = <-s.Txs():
-		case err := <-done:
-			t.Fatalf("stream stopped: %v", err)
-		case <-deadline:
-			t.Fatal("the script's transactions did not all arrive")
-		}
+	streamTxs(t, string(schema), m.Tables(), scriptStatements(t, filepath.Join(dir, "golden", "script.sql")), func(s *cdc.Stream, tx *cdc.Tx) {
 		if len(tx.Changes) == 0 {
 			s.Confirm(tx.EndLSN)
-			continue
-		}
-		if tx.Changes[0].Op == cdc.OpMessage && tx.Changes[0].Prefix == "golden" {
-			return got, txs
+			return
 		}
 		if !tx.Final {
 			t.Fatalf("unexpected chunked transaction %d", tx.Xid)
@@ -209,7 +156,8 @@ func streamScript(t *testing.T, m *mapper.Mapper, dir string) ([]goldenEvent, []
 				Body: e.Body(goldenDeliveryID(e.Envelope))})
 		}
 		s.Confirm(tx.EndLSN)
-	}
+	})
+	return got, txs
 }
 
 // scriptStatements splits a script into statements: a statement ends with

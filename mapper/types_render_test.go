@@ -1,19 +1,13 @@
 package mapper_test
 
 import (
-	"context"
 	"encoding/json"
 	"io"
 	"log/slog"
-	"net/url"
 	"strings"
 	"testing"
-	"time"
-
-	"github.com/jackc/pgx/v5"
 
 	"github.com/walhook/walhook/cdc"
-	"github.com/walhook/walhook/internal/pgtest"
 	"github.com/walhook/walhook/mapper"
 )
 
@@ -21,61 +15,14 @@ import (
 // stmts and returns the data object of the whole-row event of each change.
 func streamBodies(t *testing.T, schema, table string, stmts ...string) []json.RawMessage {
 	t.Helper()
-	ctx := context.Background()
-	dsn := pgtest.Shared(t).NewDatabase(t)
-	conn, err := pgx.Connect(ctx, dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(ctx)
-	if _, err := conn.Exec(ctx, schema); err != nil {
-		t.Fatalf("schema: %v", err)
-	}
-	u, _ := url.Parse(dsn)
-	slot := "r_" + strings.TrimPrefix(u.Path, "/")
-	if _, err := cdc.Setup(ctx, dsn, cdc.SetupOptions{Slot: slot, Publication: "walhook", Tables: []string{table}}); err != nil {
-		t.Fatalf("setup: %v", err)
-	}
 	m, err := mapper.Compile([]mapper.Rule{{Event: "row.changed", Table: table,
 		Ops: []cdc.Op{cdc.OpInsert}, Where: "test"}},
 		mapper.Options{SystemID: "1", Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := cdc.NewStream(cdc.Options{DSN: dsn, Slot: slot, Publication: "walhook",
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), StatusInterval: time.Second, MaxReconnectDelay: time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	runCtx, cancel := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- s.Run(runCtx, 0) }()
-	defer func() {
-		cancel()
-		<-done
-	}()
-	for _, stmt := range stmts {
-		if _, err := conn.Exec(ctx, stmt); err != nil {
-			t.Fatalf("%s: %v", stmt, err)
-		}
-	}
-	if _, err := conn.Exec(ctx, `SELECT pg_logical_emit_message(true, 'test', 'end')`); err != nil {
-		t.Fatal(err)
-	}
 	var out []json.RawMessage
-	deadline := time.After(60 * time.Second) // a guard, not a timing assertion
-	for {
-		var tx *cdc.Tx
-		select {
-		case tx = <-s.Txs():
-		case err := <-done:
-			t.Fatalf("stream stopped: %v", err)
-		case <-deadline:
-			t.Fatal("the changes did not all arrive")
-		}
-		if len(tx.Changes) > 0 && tx.Changes[0].Op == cdc.OpMessage {
-			return out
-		}
+	streamTxs(t, schema, []string{table}, stmts, func(s *cdc.Stream, tx *cdc.Tx) {
 		evs, err := m.Map(tx)
 		if err != nil {
 			t.Fatalf("map: %v", err)
@@ -89,7 +36,8 @@ func streamBodies(t *testing.T, schema, table string, stmts ...string) []json.Ra
 			out = append(out, json.RawMessage(b[strings.Index(string(b), `"data":`)+7:len(b)-1]))
 		}
 		s.Confirm(tx.EndLSN)
-	}
+	})
+	return out
 }
 
 // TestBodyRendersEveryType streams one row holding a value of each type
