@@ -596,11 +596,7 @@ func TestCheckStoreSchemaNotReadableNamesTheRole(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	c := pgtest.Shared(t)
-	role := "wh_" + strings.ToLower(t.Name())
-	if err := c.Exec(ctx, "postgres", `CREATE ROLE `+role+` LOGIN REPLICATION`); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Exec(context.Background(), "postgres", `DROP ROLE IF EXISTS `+role) })
+	role := ckReplicationRole(t, c)
 	dsn, db := ckSampleDB(t, c)
 	t.Cleanup(func() { ckExec(t, dsn, `DROP OWNED BY `+role) })
 	if out, errOut, code := runCLI(t, ctx, "setup", "--config", ckSampleConfig(t, dsn, db)); code != 0 {
@@ -613,4 +609,17 @@ func TestCheckStoreSchemaNotReadableNamesTheRole(t *testing.T) {
 		t.Fatalf("exit %d, want 1", code)
 	}
 	ckWantLines(t, out, `FAIL  store schema walhook: cannot read its version: .* — fix: GRANT USAGE ON SCHEMA walhook TO `+role+`; GRANT SELECT ON ALL TABLES IN SCHEMA walhook TO `+role+`;$`)
+}
+
+// ckReplicationRole creates a login role with REPLICATION named after the
+// test, dropped when the test ends (after the DROP OWNED BY a caller
+// registers later, cleanups running last first).
+func ckReplicationRole(t *testing.T, c *pgtest.Cluster) string {
+	t.Helper()
+	role := "wh_" + strings.ToLower(t.Name())
+	if err := c.Exec(context.Background(), "postgres", `CREATE ROLE `+role+` LOGIN REPLICATION`); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Exec(context.Background(), "postgres", `DROP ROLE IF EXISTS `+role) })
+	return role
 }

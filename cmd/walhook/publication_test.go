@@ -287,11 +287,7 @@ func TestCheckFixForAPublicationSetupCannotChange(t *testing.T) {
 func pubDBARun(t *testing.T, config string, schema func(role string) string) (*runDB, string) {
 	t.Helper()
 	c := pgtest.Shared(t)
-	role := "wh_" + strings.ToLower(t.Name())
-	if err := c.Exec(context.Background(), "postgres", `CREATE ROLE `+role+` LOGIN REPLICATION`); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Exec(context.Background(), "postgres", `DROP ROLE IF EXISTS `+role) })
+	role := ckReplicationRole(t, c)
 	db := newRunDB(t, schema(role))
 	t.Cleanup(func() { ckExec(t, db.dsn, `DROP OWNED BY `+role) })
 	s := db.settings()

@@ -128,11 +128,7 @@ func TestSetupDBAPrepared(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	c := pgtest.Shared(t)
-	role := "wh_" + strings.ToLower(t.Name())
-	if err := c.Exec(ctx, "postgres", `CREATE ROLE `+role+` LOGIN REPLICATION`); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Exec(context.Background(), "postgres", `DROP ROLE IF EXISTS `+role) })
+	role := ckReplicationRole(t, c)
 	dsn, db := ckSampleDB(t, c)
 	t.Cleanup(func() { ckExec(t, dsn, `DROP OWNED BY `+role) })
 	ckExec(t, dsn, `
