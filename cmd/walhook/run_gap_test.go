@@ -251,11 +251,7 @@ func TestRunRefusesACursorAheadOfTheServer(t *testing.T) {
 // publicationPoll and run stops with the fix.
 func TestRunStopsWhenARuleTableLeavesThePublication(t *testing.T) {
 	t.Parallel()
-	rc := newRunReceiver(t, runSecret, nil)
-	db, file := itemsRun(t, map[string]any{"endpoints": []map[string]any{runEndpoint("r", rc.URL, runSecret)}})
-	p := startRunProc(t, "--config", file)
-	insertItems(t, db, 1, 2)
-	runWaitFor(t, 30*time.Second, "the first deliveries", func() bool { return rc.Unique() == 2 }, p.diag)
+	db, _, p := runDeliveringItems(t)
 	db.exec(t, `ALTER PUBLICATION walhook DROP TABLE items`)
 	runWaitFor(t, 3*publicationPoll, "run to stop", func() bool { _, done := p.exited(); return done }, p.diag)
 	err, _ := p.exited()

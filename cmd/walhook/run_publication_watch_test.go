@@ -11,11 +11,7 @@ import (
 // stops within publicationPoll with the same lines and fix.
 func TestRunStopsWhenThePublicationGainsAFilter(t *testing.T) {
 	t.Parallel()
-	rc := newRunReceiver(t, runSecret, nil)
-	db, file := itemsRun(t, map[string]any{"endpoints": []map[string]any{runEndpoint("r", rc.URL, runSecret)}})
-	p := startRunProc(t, "--config", file)
-	insertItems(t, db, 1, 2)
-	runWaitFor(t, 30*time.Second, "the first deliveries", func() bool { return rc.Unique() == 2 }, p.diag)
+	db, file, p := runDeliveringItems(t)
 	db.exec(t, `ALTER PUBLICATION walhook SET TABLE items (id, n) WHERE (id > 100)`)
 	runWaitFor(t, 3*publicationPoll, "run to stop", func() bool { _, done := p.exited(); return done }, p.diag)
 	err, _ := p.exited()
@@ -62,11 +58,7 @@ func TestRunStopsWhenThePublicationStopsPublishingViaRoot(t *testing.T) {
 // reported it already; run started).
 func TestRunStopsWhenThePublicationStopsPublishingAnOperation(t *testing.T) {
 	t.Parallel()
-	rc := newRunReceiver(t, runSecret, nil)
-	db, file := itemsRun(t, map[string]any{"endpoints": []map[string]any{runEndpoint("r", rc.URL, runSecret)}})
-	p := startRunProc(t, "--config", file)
-	insertItems(t, db, 1, 2)
-	runWaitFor(t, 30*time.Second, "the first deliveries", func() bool { return rc.Unique() == 2 }, p.diag)
+	db, file, p := runDeliveringItems(t)
 	db.exec(t, `ALTER PUBLICATION walhook SET (publish = 'update, delete')`)
 	runWaitFor(t, 3*publicationPoll, "run to stop", func() bool { _, done := p.exited(); return done }, p.diag)
 	err, _ := p.exited()
@@ -88,4 +80,17 @@ func TestRunStopsWhenThePublicationStopsPublishingAnOperation(t *testing.T) {
 	if out, errOut, code := pubCLI(t, "check", "--config", file); strings.Contains(out, "does not publish") {
 		t.Fatalf("check after setup: exit %d\n%s%s", code, out, errOut)
 	}
+}
+
+// runDeliveringItems starts walhook run on the items table with one
+// endpoint and waits until the first two changes are delivered: a run
+// that works, before a test changes something under it.
+func runDeliveringItems(t *testing.T) (*runDB, string, *runProc) {
+	t.Helper()
+	rc := newRunReceiver(t, runSecret, nil)
+	db, file := itemsRun(t, map[string]any{"endpoints": []map[string]any{runEndpoint("r", rc.URL, runSecret)}})
+	p := startRunProc(t, "--config", file)
+	insertItems(t, db, 1, 2)
+	runWaitFor(t, 30*time.Second, "the first deliveries", func() bool { return rc.Unique() == 2 }, p.diag)
+	return db, file, p
 }
