@@ -1,8 +1,6 @@
 package config
 
 import (
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -19,23 +17,15 @@ func TestScalarErrorsDoNotEchoSecrets(t *testing.T) {
 		"password=TOPSECRET",
 	} {
 		for _, field := range []string{"allow_http", "workers", "jitter", "timeout"} {
-			path := filepath.Join(t.TempDir(), "walhook.yaml")
-			src := `source:
+			_, err := loadWritten(t, `source:
   dsn: postgres://walhook@localhost/app
 events:
   - event: problem.created
     table: problem_reports
     operations: [insert]
 delivery:
-  ` + field + `: "` + secret + `"
-`
-			if err := os.WriteFile(path, []byte(src), 0o600); err != nil {
-				t.Fatal(err)
-			}
-			_, err := Load(path, env(nil))
-			if err == nil {
-				t.Fatalf("delivery.%s: %q accepted", field, secret)
-			}
+  `+field+`: "`+secret+`"
+`, ":8:")
 			if !strings.Contains(err.Error(), "delivery."+field) {
 				t.Errorf("delivery.%s: error does not name the field: %v", field, err)
 			}
@@ -55,8 +45,7 @@ func TestEndpointURLErrorHidesURLParts(t *testing.T) {
 		"https://api:SECRET/rest@hooks.example/in",
 		"https://hooks.example:SECRET/in",
 	} {
-		path := filepath.Join(t.TempDir(), "walhook.yaml")
-		src := `source:
+		_, err := loadWritten(t, `source:
   dsn: postgres://walhook@localhost/app
 events:
   - event: problem.created
@@ -64,14 +53,10 @@ events:
     operations: [insert]
 endpoints:
   - id: ops
-    url: "` + raw + `"
+    url: "`+raw+`"
     secret: whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw
-`
-		if err := os.WriteFile(path, []byte(src), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		_, err := Load(path, env(nil))
-		if err == nil || !strings.Contains(err.Error(), "endpoints[0].url") {
+`, ":9:")
+		if !strings.Contains(err.Error(), "endpoints[0].url") {
 			t.Fatalf("%s: err = %v, want one about endpoints[0].url", raw, err)
 		}
 		if strings.Contains(err.Error(), "SECRET") {
