@@ -101,14 +101,12 @@ func runCheck(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err := checkDSNs(cfg); err != nil {
 		return err
 	}
-	if cfg.API.Listen != "" && len(cfg.API.Keys) == 0 {
-		c.fail("admin API", "add a key under api.keys (e.g. - ${WALHOOK_API_KEY}), or set api.listen: off",
-			"api.listen is %s but api.keys is empty: walhook run refuses to serve an admin API nobody can use", cfg.API.Listen)
-	}
 	if msg := exposedSecrets(cfg); msg != "" {
 		c.warn("config file", exposedSecretsFix(cfg), "%s", msg)
 	}
-	c.checkEndpointURLs()
+	for _, r := range refusals(cfg) {
+		c.fail(r.what, r.fix, "%s", r.msg)
+	}
 	srcDesc, _ := dsnLabel(cfg.Source.DSN)
 	storeDesc, _ := dsnLabel(cfg.Store.DSN)
 	fmt.Fprintf(stdout, "source %s\n", srcDesc)
@@ -1041,24 +1039,30 @@ func sqlTable(t string) string {
 	return sqlIdent(s) + "." + sqlIdent(n)
 }
 
-// refusedByRun is what makes run refuse a config that loaded, found
-// without connecting anywhere: run and setup say it before they change
-// anything (setup would otherwise leave a slot keeping WAL for a config
-// run will not start with).
-func refusedByRun(cfg *config.Config) error {
-	if cfg.API.Listen != "" && len(cfg.API.Keys) == 0 {
-		return &UsageError{Err: fmt.Errorf("%s: api.keys: empty while api.listen is %s: nobody could use the admin API; add a key (e.g. - ${WALHOOK_API_KEY}), or set api.listen: off",
-			cfg.File, cfg.API.Listen)}
-	}
-	return refusedEndpoint(cfg)
+// refusal is one reason run refuses a config that loaded, found without
+// connecting anywhere. run and setup stop with every one of them before
+// they change anything (setup would otherwise leave a slot keeping WAL for
+// a config run will not start with); check lists each as a FAIL line.
+type refusal struct {
+	err       error  // as run and setup say it: where in the file, the setting, what is wrong
+	what, fix string // check's subject and fix
+	msg       string // check's text
 }
 
-// refusedEndpoint is run's refusal of a static endpoint the delivery URL
-// policy refuses, at the endpoint's place in the file.
-func refusedEndpoint(cfg *config.Config) error {
+// refusals are the reasons run refuses cfg, in file order.
+func refusals(cfg *config.Config) []refusal {
+	var rs []refusal
+	if cfg.API.Listen != "" && len(cfg.API.Keys) == 0 {
+		rs = append(rs, refusal{
+			err: fmt.Errorf("%s: api.keys: empty while api.listen is %s: nobody could use the admin API; add a key (e.g. - ${WALHOOK_API_KEY}), or set api.listen: off",
+				cfg.File, cfg.API.Listen),
+			what: "admin API", fix: "add a key under api.keys (e.g. - ${WALHOOK_API_KEY}), or set api.listen: off",
+			msg: fmt.Sprintf("api.listen is %s but api.keys is empty: walhook run refuses to serve an admin API nobody can use", cfg.API.Listen)})
+	}
 	cl, err := dispatch.NewClient(dispatch.ClientOptions{AllowHTTP: cfg.Delivery.AllowHTTP, Allow: cfg.Delivery.Allow})
 	if err != nil {
-		return &UsageError{Err: fmt.Errorf("%s: delivery.allow: %w", cfg.File, err)}
+		return append(rs, refusal{err: fmt.Errorf("%s: delivery.allow: %w", cfg.File, err),
+			what: "endpoints", fix: "fix delivery.allow", msg: fmt.Sprintf("the delivery policy cannot be built: %v", err)})
 	}
 	for i, e := range cfg.Endpoints {
 		if err := cl.ValidateURL(e.URL); err != nil {
@@ -1066,26 +1070,23 @@ func refusedEndpoint(cfg *config.Config) error {
 			if e.Pos.Line == 0 {
 				where = cfg.File
 			}
-			return &UsageError{Err: fmt.Errorf("%s: endpoints[%d].url: static endpoint %q: %w", where, i, e.ID, err)}
+			rs = append(rs, refusal{err: fmt.Errorf("%s: endpoints[%d].url: static endpoint %q: %w", where, i, e.ID, err),
+				what: fmt.Sprintf("endpoints[%d] %s", i, e.ID), fix: "use https:// to a public address, or list the host in delivery.allow",
+				msg: fmt.Sprintf("url refused by the delivery policy (%v): walhook run would not start", err)})
 		}
 	}
-	return nil
+	return rs
 }
 
-// checkEndpointURLs applies the delivery URL policy (scheme, private
-// ranges, delivery.allow) to the static endpoints, as run does before it
-// starts: the file check takes any absolute URL.
-func (c *checker) checkEndpointURLs() {
-	cl, err := dispatch.NewClient(dispatch.ClientOptions{AllowHTTP: c.cfg.Delivery.AllowHTTP, Allow: c.cfg.Delivery.Allow})
-	if err != nil {
-		c.fail("endpoints", "fix delivery.allow", "the delivery policy cannot be built: %v", err)
-		return
+// refusedByRun is every refusal of cfg as one usage error, nil when there
+// is none.
+func refusedByRun(cfg *config.Config) error {
+	var errs []error
+	for _, r := range refusals(cfg) {
+		errs = append(errs, r.err)
 	}
-	for i, e := range c.cfg.Endpoints {
-		if err := cl.ValidateURL(e.URL); err != nil {
-			c.fail(fmt.Sprintf("endpoints[%d] %s", i, e.ID),
-				"use https:// to a public address, or list the host in delivery.allow",
-				"url refused by the delivery policy (%v): walhook run would not start", err)
-		}
+	if len(errs) == 0 {
+		return nil
 	}
+	return &UsageError{Err: errors.Join(errs...)}
 }

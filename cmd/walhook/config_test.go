@@ -142,16 +142,43 @@ events:
 `, ": api.keys: empty while api.listen is 127.0.0.1:8080")
 }
 
+// Every refusal is said at once, not the first one per try: a config
+// with an admin API without keys and two refused endpoints names all
+// three, as check lists them.
+func TestRunAndSetupSayEveryRefusal(t *testing.T) {
+	t.Parallel()
+	refusedBeforeConnecting(t, `source:
+  dsn: postgres://walhook@127.0.0.1:1/app?connect_timeout=1
+events:
+  - {event: problem.created, table: problem_reports, operations: [insert]}
+endpoints:
+  - id: plain
+    url: http://hooks.example.com/in
+    secret: whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw
+  - id: inside
+    url: https://10.1.2.3/in
+    secret: whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw
+`, ": api.keys: empty while api.listen is 127.0.0.1:8080",
+		`:6:5: endpoints[0].url: static endpoint "plain": insecure url: http:// is not allowed`,
+		`:9:5: endpoints[1].url: static endpoint "inside": `)
+}
+
 // refusedBeforeConnecting writes config and wants run and setup to exit 2
-// with want after the file's name. The DSN should name 127.0.0.1:1, which
-// answers nothing: a command that connected first would exit 1.
-func refusedBeforeConnecting(t *testing.T, config, want string) {
+// with each of wants after the file's name. The DSN should name
+// 127.0.0.1:1, which answers nothing: a command that connected first would
+// exit 1.
+func refusedBeforeConnecting(t *testing.T, config string, wants ...string) {
 	t.Helper()
 	cfg := writeTempConfig(t, "walhook.yaml", config)
 	for _, cmd := range []string{"run", "setup"} {
 		_, errOut, code := runCLI(t, context.Background(), cmd, "--config", cfg)
-		if code != 2 || !strings.Contains(errOut, cfg+want) {
-			t.Errorf("%s: exit %d, stderr %q; want 2 and %q", cmd, code, errOut, cfg+want)
+		if code != 2 {
+			t.Errorf("%s: exit %d, stderr %q; want 2", cmd, code, errOut)
+		}
+		for _, want := range wants {
+			if !strings.Contains(errOut, cfg+want) {
+				t.Errorf("%s: stderr %q; want %q", cmd, errOut, cfg+want)
+			}
 		}
 	}
 }

@@ -315,6 +315,7 @@ func checkLiveSchema(ctx context.Context, dsn, publication string, ops []string,
 	if err != nil {
 		return err
 	}
+	pubErr := checkPublicationFits(ctx, conn, publication, m.Tables(), ops)
 	if err := m.CheckSchema(tables); err != nil {
 		// The mapper's fix names the partitioned table only; its
 		// partitions need FULL too.
@@ -324,12 +325,16 @@ func checkLiveSchema(ctx context.Context, dsn, publication string, ops []string,
 				fmt.Fprintf(&more, "\n%s is partitioned%s — fix: %s", t, partitionNote(p), identityFix(t, parts))
 			}
 		}
+		// The publication's problems too, so one try names them all.
+		if pubErr != nil {
+			fmt.Fprintf(&more, "\n%v", pubErr)
+		}
 		return &UsageError{Err: fmt.Errorf("the mapping does not fit the source database:\n%w%s", err, more.String())}
 	}
 	for _, w := range m.UnsentDefaults(tables) {
 		log.Warn(w)
 	}
-	return checkPublicationFits(ctx, conn, publication, m.Tables(), ops)
+	return pubErr
 }
 
 // checkPublicationFits refuses a publication that would keep changes from

@@ -299,6 +299,14 @@ func TestRunRefusesToStart(t *testing.T) {
 	if code != 1 || !strings.Contains(errOut, "does not publish public.items, which the rules map (was it dropped and created again") {
 		t.Errorf("table out of the publication: exit %d, %q; want 1 and the publication error", code, runTail(errOut, 600))
 	}
+	// With a rule column gone as well, run names both problems at once.
+	db2.exec(t, `ALTER TABLE items RENAME COLUMN n TO m`)
+	_, errOut, code = runCLI(t, ctx, "run", "--config", file2)
+	if code != 2 || !strings.Contains(errOut, "the mapping does not fit the source database") || !strings.Contains(errOut, `"n"`) ||
+		!strings.Contains(errOut, "does not publish public.items, which the rules map") {
+		t.Errorf("column gone and table out of the publication: exit %d, %q; want 2 and both problems", code, runTail(errOut, 600))
+	}
+	db2.exec(t, `ALTER TABLE items RENAME COLUMN m TO n`)
 	db2.exec(t, `ALTER PUBLICATION walhook ADD TABLE items`)
 	db2.exec(t, `UPDATE walhook.cursor SET lsn = $1::pg_lsn, system_id = '42'`, db2.slotLSN(t).String())
 	_, errOut, code = runCLI(t, ctx, "run", "--config", file2)
