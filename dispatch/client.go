@@ -139,7 +139,9 @@ type Result struct {
 	// Gone: the receiver answered 410; the endpoint is to be disabled at
 	// once. The delivery itself stays retryable so re-enabling resumes it.
 	Gone bool
-	// Signatures is how many signatures the request carried.
+	// Signatures is how many signatures the request carried: 0 when
+	// the delivery policy refused it before anything was sent (the URL,
+	// every address of its host, no key).
 	Signatures int
 }
 
@@ -587,6 +589,9 @@ func (c *Client) Send(ctx context.Context, req Request) (res Result) {
 	resp, err := c.hc.Do(hr)
 	if err != nil {
 		res.Err, res.Permanent = c.classify(ctx, actx, err)
+		if errors.Is(res.Err, ErrBlockedAddress) {
+			res.Signatures = 0 // refused before a connection: nothing was sent
+		}
 		return res
 	}
 	res.StatusCode = resp.StatusCode

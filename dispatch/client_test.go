@@ -249,6 +249,9 @@ func TestSendHappyEyeballs(t *testing.T) {
 			t.Errorf("%s: status %d, permanent %v, err %v; want status %d, permanent and blocked %v",
 				tc.name, res.StatusCode, res.Permanent, res.Err, tc.status, tc.blocked)
 		}
+		if want := map[bool]int{true: 0, false: 1}[tc.blocked]; res.Signatures != want {
+			t.Errorf("%s: %d signatures, want %d (0 when nothing was sent)", tc.name, res.Signatures, want)
+		}
 		if tc.errHas != "" && !strings.Contains(fmt.Sprint(res.Err), tc.errHas) {
 			t.Errorf("%s: err %v, want the first allowed address's %q", tc.name, res.Err, tc.errHas)
 		}

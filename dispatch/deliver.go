@@ -345,7 +345,7 @@ func (d *Dispatcher) queueOutcome(b *pgx.Batch, c claimed, started time.Time, re
 			(delivery_id, attempt, started_at, duration_ms, status_code, error, response_body, signed_by)
 			SELECT $1, $2, $3, $4, $5, $6, $7, $8 WHERE EXISTS (SELECT 1 FROM {{schema}}.deliveries WHERE id = $1)`),
 		c.id, c.attempt, started, res.Duration.Milliseconds(), nullInt(res.StatusCode),
-		nullString(o.errText), nullString(storableText(res.Body)), max(res.Signatures, 1))
+		nullString(o.errText), nullString(storableText(res.Body)), res.Signatures)
 	if !c.test {
 		if o.status == "delivered" {
 			// Throttled to one write a second per endpoint unless its

@@ -275,6 +275,12 @@ func TestDeliverTimeoutRedirectAndBlockedAddress(t *testing.T) {
 	if target.n() != 0 {
 		t.Error("a private address was dialled")
 	}
+	if n := b2.count(t, `SELECT count(*) FROM walhook.attempts WHERE delivery_id = $1 AND signed_by = 0`, idBlocked); n != 1 {
+		t.Errorf("the refused attempt is logged with %d rows of 0 signatures, want 1 (nothing was sent)", n)
+	}
+	if n := b.count(t, `SELECT count(*) FROM walhook.attempts WHERE delivery_id = $1 AND signed_by = 1`, idRedirect); n != 1 {
+		t.Errorf("the redirected attempt is logged with %d rows of 1 signature, want 1", n)
+	}
 }
 
 // One dead endpoint (it never answers) must not hold up a healthy one: the
