@@ -198,7 +198,7 @@ func bodyTime(field string, raw json.RawMessage) (time.Time, error) {
 			return time.Time{}, errorf(http.StatusBadRequest, CodeInvalidBody, "field %q: %v", field, err)
 		}
 		v = s
-	} else if v[0] < '0' || v[0] > '9' {
+	} else if (v[0] < '0' || v[0] > '9') && v[0] != '-' { // unix seconds before 1970 too, as in the history query
 		return time.Time{}, errorf(http.StatusBadRequest, CodeInvalidBody, "field %q must be an RFC 3339 string or unix seconds, got %s", field, v)
 	}
 	t, err := parseTime(v)

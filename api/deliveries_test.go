@@ -442,10 +442,11 @@ func TestRecoverAfterDisable(t *testing.T) {
 	waitFor(t, "all delivered", func() bool {
 		return s.count(t, `SELECT count(*) FROM walhook.deliveries WHERE status = 'delivered'`) == 4
 	})
-	// Nothing is left to recover.
-	s.call(t, "POST", "/api/v1/webhooks/"+c.SubscriptionID+"/recover", map[string]any{"since": 0}).ok(t, http.StatusOK, &rec)
-	if rec.Requeued != 0 {
-		t.Fatalf("second recover requeued %d, want 0", rec.Requeued)
+	// Nothing is left to recover. Unix seconds before 1970 are read as
+	// the history query reads them (?since=-1).
+	s.call(t, "POST", "/api/v1/webhooks/"+c.SubscriptionID+"/recover", `{"since":-1}`).ok(t, http.StatusOK, &rec)
+	if rec.Requeued != 0 || rec.Since != -1 {
+		t.Fatalf("second recover requeued %d since %d, want 0 since -1", rec.Requeued, rec.Since)
 	}
 }
 
