@@ -899,13 +899,27 @@ func (c *checker) checkStore(ctx context.Context) {
 			"(docs/operations.md, Upgrading, says what each adds) and delete the others, then walhook setup", sqlIdent(schema)),
 			"%s", strings.TrimPrefix(err.Error(), fmt.Sprintf("schema %q: ", schema)))
 	default:
-		role := "<role>"
-		if pc, err := pgx.ParseConfig(c.cfg.Store.DSN); err == nil && pc.User != "" {
-			role = sqlIdent(pc.User)
-		}
-		c.fail(what, fmt.Sprintf("GRANT USAGE ON SCHEMA %s TO %s; GRANT SELECT ON ALL TABLES IN SCHEMA %s TO %s;", sqlIdent(schema), role, sqlIdent(schema), role),
-			"cannot read its version: %v", err)
+		c.fail(what, storeGrantFix(ctx, pool, c.cfg.Store.DSN, schema), "cannot read its version: %v", err)
 	}
+}
+
+// storeGrantFix is the fix for a store schema another role made (setup run
+// as a superuser, say): what run does with the store (claim, record,
+// fan out, the attempts' ids) takes these grants, given by the schema's
+// owner, who then also runs the setup that migrates it.
+func storeGrantFix(ctx context.Context, pool *pgxpool.Pool, dsn, schema string) string {
+	role, owner := "<role>", "its owner"
+	if pc, err := pgx.ParseConfig(dsn); err == nil && pc.User != "" {
+		role = sqlIdent(pc.User)
+	}
+	var o string
+	if pool.QueryRow(ctx, `SELECT pg_get_userbyid(nspowner) FROM pg_namespace WHERE nspname = $1`, schema).Scan(&o) == nil {
+		owner = sqlIdent(o)
+	}
+	s := sqlIdent(schema)
+	return fmt.Sprintf("as %s (or a superuser): GRANT USAGE ON SCHEMA %s TO %s; GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA %s TO %s; "+
+		"GRANT USAGE ON ALL SEQUENCES IN SCHEMA %s TO %s; (walhook setup, which migrates the store, then runs as %s)",
+		owner, s, role, s, role, s, role, owner)
 }
 
 // checkCursor reports a store cursor behind the slot (a gap walhook run

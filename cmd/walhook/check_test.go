@@ -608,7 +608,34 @@ func TestCheckStoreSchemaNotReadableNamesTheRole(t *testing.T) {
 	if code != 1 {
 		t.Fatalf("exit %d, want 1", code)
 	}
-	ckWantLines(t, out, `FAIL  store schema walhook: cannot read its version: .* — fix: GRANT USAGE ON SCHEMA walhook TO `+role+`; GRANT SELECT ON ALL TABLES IN SCHEMA walhook TO `+role+`;$`)
+	ckWantLines(t, out, `FAIL  store schema walhook: cannot read its version: .* — fix: as postgres \(or a superuser\): GRANT USAGE ON SCHEMA walhook TO `+role+
+		`; GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA walhook TO `+role+`; GRANT USAGE ON ALL SEQUENCES IN SCHEMA walhook TO `+role+
+		`; \(walhook setup, which migrates the store, then runs as postgres\)$`)
+
+	// The fix as printed is all run needs: check is ready, and a run as
+	// the role stores and delivers (static endpoint, claims, attempts).
+	_, fix, _ := strings.Cut(out, "(or a superuser): ")
+	fix, _, _ = strings.Cut(fix, " (walhook setup")
+	ckExec(t, dsn, fix)
+	roleDSN := c.DSNAs(role, db)
+	out, errOut, code = runCLI(t, ctx, "check", "--config", ckSampleConfig(t, roleDSN, db))
+	if code != 0 {
+		t.Fatalf("check after the fix: exit %d\n%s%s", code, out, errOut)
+	}
+	rc := newRunReceiver(t, runSecret, nil)
+	sample, err := os.ReadFile(ckSampleConfig(t, roleDSN, db))
+	if err != nil {
+		t.Fatal(err)
+	}
+	file, _ := runConfig(t, sample, map[string]any{"api.listen": "127.0.0.1:0", "delivery.allow": []string{"127.0.0.1"},
+		"delivery.poll_interval": "100ms", "endpoints": []map[string]any{runEndpoint("r", rc.URL, runSecret)}})
+	p := startRunProc(t, "--config", file)
+	ckExec(t, dsn, `INSERT INTO auctions (id, name) VALUES ('a0000000-0000-4000-8000-000000000001', 'Spring sale');
+		INSERT INTO members (id, auction_id, email, role) VALUES ('b0000000-0000-4000-8000-000000000001', 'a0000000-0000-4000-8000-000000000001', 'olga@example.com', 'owner')`)
+	runWaitFor(t, 30*time.Second, "a delivery", func() bool { return rc.Unique() >= 1 }, p.diag)
+	if err := p.stop(t); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // ckReplicationRole creates a login role with REPLICATION named after the
