@@ -612,16 +612,8 @@ func TestCheckStoreSchemaNotReadableNamesTheRole(t *testing.T) {
 		`; GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA walhook TO `+role+`; GRANT USAGE ON ALL SEQUENCES IN SCHEMA walhook TO `+role+
 		`; \(walhook setup, which migrates the store, then runs as postgres\)$`)
 
-	// The fix as printed is all run needs: check is ready, and a run as
-	// the role stores and delivers (static endpoint, claims, attempts).
-	_, fix, _ := strings.Cut(out, "(or a superuser): ")
-	fix, _, _ = strings.Cut(fix, " (walhook setup")
-	ckExec(t, dsn, fix)
+	// run says where the fix is.
 	roleDSN := c.DSNAs(role, db)
-	out, errOut, code = runCLI(t, ctx, "check", "--config", ckSampleConfig(t, roleDSN, db))
-	if code != 0 {
-		t.Fatalf("check after the fix: exit %d\n%s%s", code, out, errOut)
-	}
 	rc := newRunReceiver(t, runSecret, nil)
 	sample, err := os.ReadFile(ckSampleConfig(t, roleDSN, db))
 	if err != nil {
@@ -629,6 +621,20 @@ func TestCheckStoreSchemaNotReadableNamesTheRole(t *testing.T) {
 	}
 	file, _ := runConfig(t, sample, map[string]any{"api.listen": "127.0.0.1:0", "delivery.allow": []string{"127.0.0.1"},
 		"delivery.poll_interval": "100ms", "endpoints": []map[string]any{runEndpoint("r", rc.URL, runSecret)}})
+	if _, errOut, code := runCLI(t, ctx, "run", "--config", file); code != 1 ||
+		!strings.Contains(errOut, "permission denied for schema walhook (SQLSTATE 42501) — fix: walhook check prints the GRANTs the schema's owner runs") {
+		t.Errorf("run before the fix: exit %d, %q; want 1 and the pointer to check", code, errOut)
+	}
+
+	// The fix as printed is all run needs: check is ready, and a run as
+	// the role stores and delivers (static endpoint, claims, attempts).
+	_, fix, _ := strings.Cut(out, "(or a superuser): ")
+	fix, _, _ = strings.Cut(fix, " (walhook setup")
+	ckExec(t, dsn, fix)
+	out, errOut, code = runCLI(t, ctx, "check", "--config", ckSampleConfig(t, roleDSN, db))
+	if code != 0 {
+		t.Fatalf("check after the fix: exit %d\n%s%s", code, out, errOut)
+	}
 	p := startRunProc(t, "--config", file)
 	ckExec(t, dsn, `INSERT INTO auctions (id, name) VALUES ('a0000000-0000-4000-8000-000000000001', 'Spring sale');
 		INSERT INTO members (id, auction_id, email, role) VALUES ('b0000000-0000-4000-8000-000000000001', 'a0000000-0000-4000-8000-000000000001', 'olga@example.com', 'owner')`)

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
@@ -228,6 +229,9 @@ func (r *runner) prepare(ctx context.Context) error {
 		}
 	}()
 	if err := dispatch.CheckSchema(ctx, pool, cfg.Store.Schema); err != nil {
+		if pe := (*pgconn.PgError)(nil); errors.As(err, &pe) && pe.Code == "42501" { // insufficient_privilege
+			return fmt.Errorf("store %s: %w — fix: walhook check prints the GRANTs the schema's owner runs", describeDSN(cfg.Store.DSN), err)
+		}
 		return fmt.Errorf("store %s: %w", describeDSN(cfg.Store.DSN), err)
 	}
 	r.reg = prometheus.NewRegistry()
