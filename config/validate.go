@@ -1,7 +1,6 @@
 package config
 
 import (
-	"errors"
 	"fmt"
 	"net"
 	"net/url"
@@ -12,6 +11,7 @@ import (
 	"strings"
 	"unicode"
 
+	"github.com/walhook/walhook/internal/hookurl"
 	"github.com/walhook/walhook/internal/whsec"
 )
 
@@ -351,16 +351,7 @@ func (v *validator) endpointURL(path, raw string) {
 	}
 	u, err := url.Parse(raw)
 	if err != nil {
-		// url.Error repeats the whole URL, which may carry a token, and
-		// an "invalid port" quotes what followed a ":" in the authority:
-		// the end of a password holding "/".
-		if ue, ok := err.(*url.Error); ok {
-			err = ue.Err
-		}
-		if strings.HasPrefix(err.Error(), "invalid port ") {
-			err = errors.New("invalid port after the host (or user info in it, which is refused)")
-		}
-		v.errf(path, "not a URL: %v", err)
+		v.errf(path, "not a URL: %s", hookurl.ParseProblem(err))
 		return
 	}
 	if u.Scheme == "" {
@@ -374,11 +365,8 @@ func (v *validator) endpointURL(path, raw string) {
 	if u.Hostname() == "" {
 		v.errf(path, "has no host")
 	}
-	if p := u.Port(); p != "" {
-		// url.Parse takes any digits; no port outside this range can be dialled.
-		if n, err := strconv.Atoi(p); err != nil || n < 1 || n > 65535 {
-			v.errf(path, "port %s out of range: use 1 to 65535", p)
-		}
+	if p := u.Port(); !hookurl.PortOK(p) {
+		v.errf(path, "port %s out of range: use 1 to 65535", p)
 	}
 	if u.User != nil {
 		v.errf(path, "must not carry user:password (receivers verify the signature instead)")

@@ -19,6 +19,8 @@ import (
 	"time"
 
 	retryablehttp "github.com/hashicorp/go-retryablehttp"
+
+	"github.com/walhook/walhook/internal/hookurl"
 )
 
 // Defaults of ClientOptions.
@@ -511,7 +513,7 @@ func lookupNetwork(network string) string {
 func (c *Client) ValidateURL(raw string) error {
 	u, err := url.Parse(raw)
 	if err != nil {
-		return fmt.Errorf("%w: %s", ErrMalformedURL, urlParseProblem(err))
+		return fmt.Errorf("%w: %s", ErrMalformedURL, hookurl.ParseProblem(err))
 	}
 	if u.Scheme != "http" && u.Scheme != "https" {
 		return fmt.Errorf("%w: must be an absolute http:// or https:// URL", ErrMalformedURL)
@@ -526,10 +528,8 @@ func (c *Client) ValidateURL(raw string) error {
 	if host == "" {
 		return fmt.Errorf("%w: has no host", ErrMalformedURL)
 	}
-	if p := u.Port(); p != "" {
-		if n, err := strconv.Atoi(p); err != nil || n < 1 || n > 65535 {
-			return fmt.Errorf("%w: port %q out of range", ErrMalformedURL, p)
-		}
+	if p := u.Port(); !hookurl.PortOK(p) {
+		return fmt.Errorf("%w: port %q out of range", ErrMalformedURL, p)
 	}
 	hostOK := c.hostAllowed(host)
 	ip, ipErr := netip.ParseAddr(host)
@@ -614,20 +614,6 @@ func (c *Client) Send(ctx context.Context, req Request) (res Result) {
 		}
 	}
 	return res
-}
-
-// urlParseProblem is url.Parse's error without the URL or the part of it
-// that its "invalid port" quotes: a password holding "/" ends the host
-// early, and the rest of it became the port.
-func urlParseProblem(err error) string {
-	var ue *url.Error
-	if errors.As(err, &ue) {
-		err = ue.Err
-	}
-	if strings.HasPrefix(err.Error(), "invalid port ") {
-		return "invalid port after the host (or user info in it, which is refused)"
-	}
-	return err.Error()
 }
 
 // describeLocation is a redirect's Location for the delivery log without
