@@ -23,6 +23,7 @@ func (d *Dispatcher) maintain(ctx context.Context) error {
 	tick := time.NewTicker(every)
 	defer tick.Stop()
 	lastRetention, lastForget := time.Time{}, time.Now()
+	var gauges gaugeRefresh
 	for {
 		if n, err := d.rescue(ctx); err != nil {
 			d.logMaintenance(ctx, "rescue expired leases", err)
@@ -36,8 +37,15 @@ func (d *Dispatcher) maintain(ctx context.Context) error {
 		if err := d.purgeTombstones(ctx); err != nil {
 			d.logMaintenance(ctx, "delete deliveries of deleted endpoints", err)
 		}
-		if err := d.updateGauges(ctx); err != nil {
-			d.logMaintenance(ctx, "outbox gauges", err)
+		if now := time.Now(); gauges.due(now) {
+			err := d.updateGauges(ctx)
+			gauges.at, gauges.took = now, time.Since(now)
+			if err != nil {
+				// A count that failed (the store away, a stall) says
+				// nothing of the backlog: try again at the next tick.
+				gauges.took = 0
+				d.logMaintenance(ctx, "outbox gauges", err)
+			}
 		}
 		if time.Since(lastForget) >= time.Minute {
 			lastForget = time.Now()
@@ -164,6 +172,27 @@ SELECT coalesce(sum(n), 0), coalesce(extract(epoch FROM now() - min(oldest)), 0)
     UNION ALL
     SELECT count(*), min(created_at) FROM {{schema}}.deliveries WHERE status = 'delivering'
 ) s`
+
+// gaugeSpacing spaces the outbox counts out: they cost in proportion to
+// the backlog (gaugesSQL; 0.15 s for 400,000 pending), so a dead
+// endpoint's backlog of millions would have them take a good part of a
+// core in every process at every tick. They are counted again once
+// gaugeSpacing times their last cost has passed (every tick while that
+// is shorter), so counting takes at most 1/20 of one store connection.
+const gaugeSpacing = 20
+
+// gaugeRefresh is when the outbox counts last ran and what they took.
+type gaugeRefresh struct {
+	at   time.Time
+	took time.Duration
+}
+
+func (g gaugeRefresh) due(now time.Time) bool {
+	return now.Sub(g.at) >= min(g.took*gaugeSpacing, maxGaugeSpacing)
+}
+
+// maxGaugeSpacing bounds the time between two counts whatever they cost.
+const maxGaugeSpacing = 5 * time.Minute
 
 func (d *Dispatcher) updateGauges(ctx context.Context) error {
 	var pending int64

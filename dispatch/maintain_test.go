@@ -157,3 +157,26 @@ func TestOldestPendingAgeGrowsWhileTheStoreIsDown(t *testing.T) {
 		t.Fatalf("oldest pending age %vs after %.1fs of the store down, read %vs before: want it to go on ageing", got, gone, read)
 	}
 }
+
+// The outbox counts run at every tick while they are cheap, and with a
+// backlog that makes them slow, only once 20 times their cost has passed.
+func TestGaugeRefreshSpacing(t *testing.T) {
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	if !(gaugeRefresh{}).due(t0) {
+		t.Error("never counted: not due")
+	}
+	cheap := gaugeRefresh{at: t0, took: 3 * time.Millisecond}
+	if !cheap.due(t0.Add(100 * time.Millisecond)) {
+		t.Error("a 3 ms count is not due at the next 100 ms tick")
+	}
+	slow := gaugeRefresh{at: t0, took: 1500 * time.Millisecond}
+	if slow.due(t0.Add(15 * time.Second)) {
+		t.Error("a 1.5 s count is due again after 15 s (10 % of the time)")
+	}
+	if !slow.due(t0.Add(30 * time.Second)) {
+		t.Error("a 1.5 s count is not due after 30 s")
+	}
+	if !(gaugeRefresh{at: t0, took: time.Minute}).due(t0.Add(5 * time.Minute)) {
+		t.Error("a 1 min count is not due after 5 min (the most the counts wait)")
+	}
+}
