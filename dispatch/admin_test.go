@@ -554,6 +554,50 @@ func TestAdminOutboxStatus(t *testing.T) {
 	}
 }
 
+// A status request counts the outbox every time while counting is cheap,
+// so a change shows at once; once a count took statusReuseFrom or more
+// (a backlog of hundreds of thousands) it is reused for 20 times what it
+// took, its oldest pending age grown by the time since, and the endpoint
+// list is read afresh.
+func TestAdminOutboxStatusReusesACostlyCount(t *testing.T) {
+	a, b := setupAdmin(t)
+	ctx := context.Background()
+	ep := mustCreate(t, a, EndpointInput{})
+	b.addDelivery(t, "p1", ep.ID, "pending", 0, time.Now().Add(-10*time.Minute))
+	first, err := a.OutboxStatus(ctx)
+	if err != nil || first.Pending != 1 {
+		t.Fatalf("status = %+v, %v", first, err)
+	}
+	b.addDelivery(t, "p2", ep.ID, "pending", 0, time.Now())
+	if s, _ := a.OutboxStatus(ctx); s.Pending != 2 {
+		t.Fatalf("a cheap count was reused: pending %d, want 2", s.Pending)
+	}
+
+	// The last count took 200 ms: reused for 4 s.
+	a.countsMu.Lock()
+	a.countsRefresh = gaugeRefresh{at: time.Now().Add(-time.Second), took: 200 * time.Millisecond}
+	a.countsMu.Unlock()
+	b.addDelivery(t, "p3", ep.ID, "pending", 0, time.Now())
+	mustCreate(t, a, EndpointInput{})
+	s, err := a.OutboxStatus(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.Pending != 2 || s.Endpoints.Healthy != 2 {
+		t.Errorf("a costly count was not reused, or the endpoints were not read afresh: pending %d, healthy %d; want 2 and 2", s.Pending, s.Endpoints.Healthy)
+	}
+	if s.OldestPendingAge < 10*time.Minute+time.Second {
+		t.Errorf("reused oldest pending age %v, want it grown by the second since the count", s.OldestPendingAge)
+	}
+	// 4 s after it, counted again.
+	a.countsMu.Lock()
+	a.countsRefresh.at = time.Now().Add(-4 * time.Second)
+	a.countsMu.Unlock()
+	if s, _ := a.OutboxStatus(ctx); s.Pending != 3 {
+		t.Errorf("a count older than 20 times its cost was reused: pending %d, want 3", s.Pending)
+	}
+}
+
 // A re-enable while the disable's skip is under way waits for the batch
 // in progress and stops the rest: Recover right after it finds what was
 // skipped, and nothing is skipped behind the re-enabled endpoint's back.
