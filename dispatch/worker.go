@@ -5,11 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"golang.org/x/sync/errgroup"
 
@@ -796,15 +798,47 @@ const coalesceDelay = 2 * time.Millisecond
 // status (pending, or skipped), refunding the attempt their claim counted.
 // Each is released only while it is still the claim this process made
 // (its lease), not a later claim of the same row.
+//
+// A release as skipped reads whether each endpoint is active again
+// (releaseSQL) under a KEY SHARE lock of the endpoint rows, taken in id
+// order before the update and held until its commit, which a re-enable
+// (UpdateEndpoint, SyncStaticEndpoints: both lock the row FOR UPDATE
+// first) waits for: the update then either sees the re-enable, or
+// commits its skipped rows before the re-enable does, so a recover after
+// the re-enable finds them. Read in the update's own snapshot, taken
+// before a re-enable committed, a release that committed after the
+// recover had run left its delivery skipped for good.
 func (d *Dispatcher) releaseIDs(ctx context.Context, cs []claimed, status string) (int64, error) {
 	ids := make([]string, len(cs))
 	leases := make([]time.Time, len(cs))
 	for i, c := range cs {
 		ids[i], leases[i] = c.id, c.lease
 	}
-	tag, err := d.pool.Exec(ctx, d.q(releaseSQL+`WHERE locked_by = $1
-		AND (id, locked_until) IN (SELECT * FROM unnest($3::text[], $4::timestamptz[]))`), d.opts.InstanceID, status, ids, leases)
-	return tag.RowsAffected(), err
+	release := d.q(releaseSQL + `WHERE locked_by = $1
+		AND (id, locked_until) IN (SELECT * FROM unnest($3::text[], $4::timestamptz[]))`)
+	if status != "skipped" {
+		tag, err := d.pool.Exec(ctx, release, d.opts.InstanceID, status, ids, leases)
+		return tag.RowsAffected(), err
+	}
+	eps := make([]string, 0, len(cs))
+	for _, c := range cs {
+		if !slices.Contains(eps, c.endpointID) {
+			eps = append(eps, c.endpointID)
+		}
+	}
+	var n int64
+	b := &pgx.Batch{}
+	b.Queue("BEGIN")
+	b.Queue(d.q(`SELECT FROM {{schema}}.endpoints WHERE id = ANY($1::text[]) ORDER BY id FOR KEY SHARE`), eps)
+	b.Queue(release, d.opts.InstanceID, status, ids, leases).Exec(func(tag pgconn.CommandTag) error {
+		n = tag.RowsAffected()
+		return nil
+	})
+	b.Queue("COMMIT")
+	// On an error the connection is left in an aborted transaction;
+	// pgxpool closes such a connection instead of reusing it.
+	err := d.pool.SendBatch(ctx, b).Close()
+	return n, err
 }
 
 // listen holds a LISTEN connection on the schema's channel and turns each

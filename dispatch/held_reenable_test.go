@@ -1,0 +1,113 @@
+package dispatch
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+)
+
+// heldBehindCap starts a running dispatcher with one endpoint at an
+// in-flight cap of 1: the first of two deliveries is in flight (its
+// request waits until free is called), the second held in this process's
+// queue. It returns the held delivery's id.
+func heldBehindCap(t *testing.T) (d *Dispatcher, b *obBundle, a *Admin, rc *obReceiver, ep, held string, free func()) {
+	t.Helper()
+	release := make(chan struct{})
+	var once sync.Once
+	free = func() { once.Do(func() { close(release) }) }
+	t.Cleanup(free) // a failure does not leave the attempt hanging
+	rc = obNewReceiver(t, firstWaitsFor(release, 200))
+	d, b = obSetup(t, func(o *Options) {
+		o.Workers, o.MaxInFlightPerEndpoint = 4, 1
+		o.Client.Timeout, o.Lease = time.Minute, 2*time.Minute
+	})
+	ep = b.endpoint(t, "whk_1", rc.URL, nil, nil, true)
+	a = NewAdmin(b.pool, "walhook", d)
+	obRun(t, d)
+	waitLoopOpen(t, d)
+	obAppend(t, d, 10, obEvent("a.b", ""), obEvent("a.b", ""))
+	obWaitFor(t, "the first request", func() bool { return rc.n() == 1 })
+	obWaitFor(t, "the second delivery held", func() bool { return d.hold.held() == 2 })
+	sent := rc.requests()[0].Header.Get("webhook-id")
+	if err := b.pool.QueryRow(context.Background(), `SELECT id FROM walhook.deliveries WHERE status = 'delivering' AND id <> $1`, sent).Scan(&held); err != nil {
+		t.Fatal(err)
+	}
+	return d, b, a, rc, ep, held, free
+}
+
+// An admin disables an endpoint while a delivery to it waits in this
+// process's queue, then re-enables it and recovers its deliveries
+// (docs/api.md "Recover an endpoint's deliveries"). The held delivery is
+// dropped as skipped by the claim loop; its release statement read the
+// endpoint still disabled, but committed only after the recover had run
+// (here it waits for a row lock the test holds, as any slow statement
+// may). The recover found it still 'delivering', and it was left
+// 'skipped' for good although the endpoint is active and the operator
+// recovered it: a re-enable must wait for such a release under way, as it
+// waits for the disable's skip of the pending deliveries.
+func TestHeldDeliverySkippedAcrossReenableAndRecover(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	_, b, a, rc, ep, held, free := heldBehindCap(t)
+
+	// The held delivery's release (below) takes its snapshot and then
+	// waits for this lock.
+	blocker, err := b.pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer blocker.Rollback(ctx)
+	if _, err := blocker.Exec(ctx, `SELECT FROM walhook.deliveries WHERE id = $1 FOR UPDATE`, held); err != nil {
+		t.Fatal(err)
+	}
+	off, on := false, true
+	if _, err := a.UpdateEndpoint(ctx, ep, EndpointPatch{Active: &off}); err != nil {
+		t.Fatal(err)
+	}
+	waitForLockWait(t, b.pool, "locked_until) IN", nil) // the claim loop releases the held delivery as skipped
+
+	done := make(chan error, 1)
+	go func() {
+		if _, err := a.UpdateEndpoint(ctx, ep, EndpointPatch{Active: &on}); err != nil {
+			done <- err
+			return
+		}
+		_, err := a.Recover(ctx, ep, time.Now().Add(-time.Hour))
+		done <- err
+	}()
+	// Either the re-enable and the recover are done, or the re-enable
+	// waits for the release under way.
+	var finished bool
+	var rerr error
+	obWaitFor(t, "the re-enable and recover done, or the re-enable waiting for the release", func() bool {
+		select {
+		case rerr = <-done:
+			finished = true
+			return true
+		default:
+		}
+		return b.count(t, `SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()
+			AND wait_event_type = 'Lock' AND query LIKE '%static, active%FOR UPDATE%'`) > 0
+	})
+	t.Logf("re-enable and recover returned while the release was under way: %v", finished)
+	if err := blocker.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if !finished {
+		rerr = <-done
+	}
+	if rerr != nil {
+		t.Fatal(rerr)
+	}
+	free() // the endpoint's one in-flight place is free for the held delivery
+	// After the recover has returned, the held delivery is pending, being
+	// sent, or sent; never skipped.
+	obWaitFor(t, "the held delivery delivered", func() bool {
+		s, _, _, _ := b.deliveryState(t, held)
+		if s == "skipped" {
+			t.Fatalf("the held delivery is %s after the re-enable and the recover returned (endpoint active, %d requests made)", s, rc.n())
+		}
+		return s == "delivered"
+	})
+}
