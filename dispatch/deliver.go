@@ -325,7 +325,16 @@ func (d *Dispatcher) queueOutcome(b *pgx.Batch, c claimed, started time.Time, re
 	// its end (see indexPlans).
 	b.Queue(indexPlans)
 	// A retry for an endpoint disabled meanwhile becomes skipped, kept
-	// for recovery.
+	// for recovery. The endpoint row is KEY SHARE locked first, and held
+	// to the commit, as for a held delivery released as skipped (see
+	// releaseIDs): a re-enable either committed before, and the update
+	// below reads the endpoint active, or waits for this transaction, and
+	// a recover after it finds the skipped row. (Read in the update's own
+	// snapshot, a re-enable and a recover could both run between it and
+	// the commit, leaving the retry skipped for good.)
+	if o.status == "pending" {
+		b.Queue(d.q(`SELECT FROM {{schema}}.endpoints WHERE id = $1 FOR KEY SHARE`), c.endpointID)
+	}
 	b.Queue(d.q(`UPDATE {{schema}}.deliveries d SET
 				status = CASE WHEN $3 = 'pending' AND NOT coalesce((SELECT active FROM {{schema}}.endpoints WHERE id = d.endpoint_id), false)
 				              THEN 'skipped' ELSE $3 END,

@@ -2,6 +2,7 @@ package dispatch
 
 import (
 	"context"
+	"net/http"
 	"sync"
 	"testing"
 	"time"
@@ -107,6 +108,94 @@ func TestHeldDeliverySkippedAcrossReenableAndRecover(t *testing.T) {
 		s, _, _, _ := b.deliveryState(t, held)
 		if s == "skipped" {
 			t.Fatalf("the held delivery is %s after the re-enable and the recover returned (endpoint active, %d requests made)", s, rc.n())
+		}
+		return s == "delivered"
+	})
+}
+
+// The same for a delivery in flight when its endpoint is disabled: its
+// attempt fails, and the outcome makes the retry 'skipped' (the endpoint
+// read disabled), kept for recover. The outcome's update read the endpoint
+// in a snapshot taken before the re-enable committed and committed after
+// the recover had run (here it waits for a row lock the test holds), so
+// the recover found the delivery still 'delivering' and it was left
+// skipped for good.
+func TestRetrySkippedAcrossReenableAndRecover(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	release := make(chan struct{})
+	var once sync.Once
+	free := func() { once.Do(func() { close(release) }) }
+	defer free()
+	rc := obNewReceiver(t, func(n int, _ http.ResponseWriter, _ *http.Request) int {
+		if n == 0 {
+			<-release
+			return http.StatusInternalServerError // retried
+		}
+		return 200
+	})
+	d, b := obSetup(t, func(o *Options) {
+		o.Client.Timeout, o.Lease = time.Minute, 2*time.Minute
+	})
+	ep := b.endpoint(t, "whk_1", rc.URL, nil, nil, true)
+	a := NewAdmin(b.pool, "walhook", d)
+	obRun(t, d)
+	waitLoopOpen(t, d)
+	obAppend(t, d, 10, obEvent("a.b", ""))
+	obWaitFor(t, "the first request", func() bool { return rc.n() == 1 })
+	id := rc.requests()[0].Header.Get("webhook-id")
+
+	off, on := false, true
+	if _, err := a.UpdateEndpoint(ctx, ep, EndpointPatch{Active: &off}); err != nil {
+		t.Fatal(err)
+	}
+	// The outcome's update takes its snapshot and then waits for this lock.
+	blocker, err := b.pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer blocker.Rollback(ctx)
+	if _, err := blocker.Exec(ctx, `SELECT FROM walhook.deliveries WHERE id = $1 FOR UPDATE`, id); err != nil {
+		t.Fatal(err)
+	}
+	free() // the attempt fails
+	waitForLockWait(t, b.pool, "last_status_code = $5", nil)
+
+	done := make(chan error, 1)
+	go func() {
+		if _, err := a.UpdateEndpoint(ctx, ep, EndpointPatch{Active: &on}); err != nil {
+			done <- err
+			return
+		}
+		_, err := a.Recover(ctx, ep, time.Now().Add(-time.Hour))
+		done <- err
+	}()
+	var finished bool
+	var rerr error
+	obWaitFor(t, "the re-enable and recover done, or the re-enable waiting for the outcome", func() bool {
+		select {
+		case rerr = <-done:
+			finished = true
+			return true
+		default:
+		}
+		return b.count(t, `SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()
+			AND wait_event_type = 'Lock' AND query LIKE '%static, active%FOR UPDATE%'`) > 0
+	})
+	t.Logf("re-enable and recover returned while the outcome was under way: %v", finished)
+	if err := blocker.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if !finished {
+		rerr = <-done
+	}
+	if rerr != nil {
+		t.Fatal(rerr)
+	}
+	obWaitFor(t, "the delivery retried and delivered", func() bool {
+		s, _, _, _ := b.deliveryState(t, id)
+		if s == "skipped" {
+			t.Fatalf("the delivery is %s after the re-enable and the recover returned (endpoint active, %d requests made)", s, rc.n())
 		}
 		return s == "delivered"
 	})
