@@ -200,3 +200,80 @@ func TestRetrySkippedAcrossReenableAndRecover(t *testing.T) {
 		return s == "delivered"
 	})
 }
+
+// Disable and re-enable (no recover) while a delivery to X waits in this
+// process's queue, the claim loop busy meanwhile (here handing back a
+// delivery to endpoint Y, whose secret was rotated, behind a row lock the
+// test holds): when the loop drops the held delivery as skipped, X is
+// active again, so it goes back pending (releaseSQL) and is delivered.
+// Dropped skipped behind the re-enable's back, nothing would send it
+// (a re-enable re-queues nothing).
+func TestHeldDeliveryAfterQuickReenable(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	relX, relY := make(chan struct{}), make(chan struct{})
+	var onceX, onceY sync.Once
+	freeX := func() { onceX.Do(func() { close(relX) }) }
+	freeY := func() { onceY.Do(func() { close(relY) }) }
+	defer freeX()
+	defer freeY()
+	rx := obNewReceiver(t, firstWaitsFor(relX, 200))
+	ry := obNewReceiver(t, firstWaitsFor(relY, 200))
+	d, b := obSetup(t, func(o *Options) {
+		o.Workers, o.MaxInFlightPerEndpoint = 4, 1
+		o.Client.Timeout, o.Lease = time.Minute, 2*time.Minute
+	})
+	x := b.endpoint(t, "whk_x", rx.URL, nil, nil, true)
+	y := b.endpoint(t, "whk_y", ry.URL, nil, nil, true)
+	a := NewAdmin(b.pool, "walhook", d)
+	obRun(t, d)
+	waitLoopOpen(t, d)
+	obAppend(t, d, 10, obEvent("a.b", ""), obEvent("a.b", "")) // two for each endpoint
+	obWaitFor(t, "the first requests", func() bool { return rx.n() == 1 && ry.n() == 1 })
+	obWaitFor(t, "one delivery held for each", func() bool { return d.hold.held() == 4 })
+	heldOf := func(ep string, rc *obReceiver) string {
+		var id string
+		if err := b.pool.QueryRow(ctx, `SELECT id FROM walhook.deliveries WHERE endpoint_id = $1 AND status = 'delivering' AND id <> $2`,
+			ep, rc.requests()[0].Header.Get("webhook-id")).Scan(&id); err != nil {
+			t.Fatal(err)
+		}
+		return id
+	}
+	heldX, heldY := heldOf(x, rx), heldOf(y, ry)
+
+	blocker, err := b.pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer blocker.Rollback(ctx)
+	if _, err := blocker.Exec(ctx, `SELECT FROM walhook.deliveries WHERE id = $1 FOR UPDATE`, heldY); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := a.RotateSecret(ctx, y, time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	waitForLockWait(t, b.pool, "locked_until) IN", nil) // the loop hands Y's held delivery back, and waits
+	off, on := false, true
+	if _, err := a.UpdateEndpoint(ctx, x, EndpointPatch{Active: &off}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.UpdateEndpoint(ctx, x, EndpointPatch{Active: &on}); err != nil {
+		t.Fatal(err)
+	}
+	if s, _, _, _ := b.deliveryState(t, heldX); s != "delivering" {
+		t.Fatalf("X's held delivery is %s before the loop looked at it again", s)
+	}
+	if err := blocker.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	freeX()
+	freeY()
+	obWaitFor(t, "X's held delivery delivered", func() bool {
+		s, _, _, _ := b.deliveryState(t, heldX)
+		if s == "skipped" {
+			t.Fatalf("X's held delivery is %s after a disable and re-enable (X active, %d requests to X)", s, rx.n())
+		}
+		return s == "delivered"
+	})
+	b.waitStatus(t, heldY, "delivered")
+}
