@@ -401,6 +401,9 @@ func scanClaimed(r pgx.CollectableRow) (claimed, error) {
 	return c, err
 }
 
+// releaseTimeout bounds the release of claimed deliveries when Run stops.
+const releaseTimeout = 5 * time.Second
+
 // Run delivers until ctx is cancelled: the claim loop and its workers, the
 // LISTEN connection that wakes it, and the maintenance loop (lease rescue,
 // retention, gauges). On cancel it stops claiming, lets attempts in flight
@@ -419,8 +422,10 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 	d.hold.stop()
 	// Release what this process still holds (claims whose outcome could
 	// not be recorded, deliveries that never got a worker), so other
-	// processes need not wait for the lease.
-	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	// processes need not wait for the lease. Bounded so that a store that
+	// does not answer keeps the stop within a 30 s grace period (the
+	// lease rescue lets the rows go then).
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), releaseTimeout)
 	defer cancel()
 	if n, rerr := d.release(rctx); rerr != nil {
 		d.log.Warn("release claimed deliveries", slog.Any("error", rerr))

@@ -158,8 +158,11 @@ func (r *runner) run(ctx context.Context) error {
 	if err := r.prepare(ctx); err != nil {
 		return err
 	}
-	defer r.pool.Close()
-	defer r.repl.standby.CloseStatus()
+	// Closing connections to a server that does not answer (a frozen
+	// host) waits for pgx's cancel requests, 15 s each: at exit nothing
+	// needs them closed in order, so the stop does not wait for them.
+	defer closeWithin(r.log, "the store's connections", exitCloseWait, r.pool.Close)
+	defer closeWithin(r.log, "the source's status connection", exitCloseWait, r.repl.standby.CloseStatus)
 
 	var srv *api.Server
 	var ln net.Listener
@@ -203,6 +206,26 @@ func (r *runner) run(ctx context.Context) error {
 	}
 	r.log.Info("walhook stopped")
 	return nil
+}
+
+// exitCloseWait is how long the end of `walhook run` waits for its
+// database connections to close.
+const exitCloseWait = 2 * time.Second
+
+// closeWithin runs closeFn and waits at most d for it: a connection to a
+// server that froze closes only when pgx's own timeouts end. What is left
+// closes in the background (the process is exiting).
+func closeWithin(log *slog.Logger, what string, d time.Duration, closeFn func()) {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		closeFn()
+	}()
+	select {
+	case <-done:
+	case <-time.After(d):
+		log.Warn("stopping without waiting for "+what+" to close (the server does not answer)", slog.Duration("waited", d))
+	}
 }
 
 func b2f(b bool) float64 {

@@ -51,6 +51,9 @@ var (
 	// appendRetryFor is how long a failing Append (store unreachable) is
 	// retried before walhook gives up and exits.
 	appendRetryFor = time.Minute
+	// appendStopGrace is how long an Append under way when walhook is
+	// told to stop may still take.
+	appendStopGrace = 5 * time.Second
 )
 
 var errLeaderLost = errors.New("lost the store connection that holds the slot's leader lock")
@@ -685,9 +688,9 @@ func (m *mapStop) Error() string {
 // appendBatch appends and then confirms the batch's last complete
 // transaction. A failing Append is retried (it is idempotent: deterministic
 // event ids, ON CONFLICT DO NOTHING, a cursor that never moves back) with
-// backoff for appendRetryFor. It is not cut short by ctx: a graceful stop
-// finishes the batch in hand so its position can be confirmed. If an
-// Append fails once ctx has ended, it gives up and says errStoppedUnstored:
+// backoff for appendRetryFor. It is not cut short by ctx at once: a
+// graceful stop gives the batch in hand up to appendStopGrace to finish,
+// so its position can be confirmed. If an Append fails once ctx has ended, it gives up and says errStoppedUnstored:
 // the caller must then take nothing more from the stream.
 func (r *runner) appendBatch(ctx context.Context, stream *cdc.Stream, batch []dispatch.TxEvents, events int) error {
 	var confirm cdc.LSN
@@ -701,7 +704,13 @@ func (r *runner) appendBatch(ctx context.Context, stream *cdc.Stream, batch []di
 	delay := 250 * time.Millisecond
 	for attempt := 1; ; attempt++ {
 		tctx, cancel := context.WithTimeout(actx, 30*time.Second)
+		// A stop gives the Append in hand appendStopGrace more, not the
+		// rest of its 30 s: a store that froze would otherwise hold the
+		// stop past a 30 s grace period (Kubernetes' default), and what
+		// is not appended is replayed from the slot at the next start.
+		unwatch := context.AfterFunc(ctx, func() { time.AfterFunc(appendStopGrace, cancel) })
 		err := r.disp.Append(tctx, r.cfg.Source.Slot, r.systemID, batch)
+		unwatch()
 		cancel()
 		if err == nil {
 			break
