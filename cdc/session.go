@@ -72,7 +72,9 @@ func (s *Stream) session(ctx context.Context, pos *LSN) (streamed bool, err erro
 		return false, fmt.Errorf("start replication at %s: %w", *pos, classify(err))
 	}
 	s.setState(StateStreaming, nil)
-	s.log.Info("replication started", logKeyLSN, *pos)
+	// As text, as every other "lsn" walhook logs: slog's JSON handler
+	// would write an LSN as a number.
+	s.log.Info("replication started", logKeyLSN, pos.String())
 
 	// Cancelling ctx interrupts a blocked read: the loop then sees ctx.Err.
 	stop := context.AfterFunc(ctx, func() { _ = conn.Conn().SetReadDeadline(time.Now()) })

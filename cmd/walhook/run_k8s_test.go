@@ -1,6 +1,8 @@
 package main
 
 import (
+	"encoding/json"
+	"fmt"
 	"os"
 	"strings"
 	"sync"
@@ -84,4 +86,53 @@ func TestRunStopsPromptlyWithTheStoreFrozen(t *testing.T) {
 	}
 	wg.Wait()
 	resume()
+}
+
+// With log.format json, as a log agent collects it: every line walhook
+// logs is one JSON object with time, level and msg, a key holds values of
+// one JSON type on every line (an agent that indexes "lsn" as a number
+// rejects the line where it is a string), and no line holds the DSN's
+// password or the API key.
+func TestRunJSONLogsAreStable(t *testing.T) {
+	t.Parallel()
+	rc := newRunReceiver(t, runSecret, nil)
+	db, file := itemsRun(t, map[string]any{
+		"endpoints":  []map[string]any{runEndpoint("r", rc.URL, runSecret)},
+		"log.format": "json",
+		"log.level":  "debug",
+		"cpu.yield":  false,
+	})
+	p := startRunProc(t, "--config", file)
+	insertItems(t, db, 1, 3)
+	runWaitFor(t, 30*time.Second, "3 deliveries", func() bool { return rc.Unique() == 3 }, p.diag)
+	if err := p.stop(t); err != nil {
+		t.Fatalf("run: %v", err)
+	}
+	types := map[string]string{}
+	first := map[string]string{}
+	for i, line := range strings.Split(strings.TrimSuffix(p.stderr.String(), "\n"), "\n") {
+		var rec map[string]any
+		if err := json.Unmarshal([]byte(line), &rec); err != nil {
+			t.Errorf("line %d is not one JSON object: %v\n%s", i+1, err, line)
+			continue
+		}
+		for _, k := range []string{"time", "level", "msg"} {
+			if _, ok := rec[k]; !ok {
+				t.Errorf("line %d has no %q: %s", i+1, k, line)
+			}
+		}
+		for k, v := range rec {
+			typ := fmt.Sprintf("%T", v)
+			if prev, ok := types[k]; !ok {
+				types[k], first[k] = typ, line
+			} else if prev != typ {
+				t.Errorf("key %q is a %s here and a %s before:\n%s\n%s", k, typ, prev, line, first[k])
+			}
+		}
+		for _, secret := range []string{runDSNPassword, runAPIKey, strings.TrimPrefix(runSecret, "whsec_")} {
+			if strings.Contains(line, secret) {
+				t.Errorf("line %d shows a secret: %s", i+1, line)
+			}
+		}
+	}
 }
