@@ -12,6 +12,10 @@ import (
 	"runtime/debug"
 	"strings"
 	"syscall"
+	// The time zone database, built in: a when: rule may name a zone
+	// (date(…, "Europe/Berlin"), timezone(…)), and container images
+	// (debian-slim, distroless) have no /usr/share/zoneinfo.
+	_ "time/tzdata"
 )
 
 func main() {
