@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime/debug"
+	"strconv"
 	"strings"
 	"syscall"
 	// The time zone database, built in: a when: rule may name a zone
@@ -19,7 +20,7 @@ import (
 )
 
 func main() {
-	tuneGC(os.Getenv)
+	tuneGC(os.Getenv, containerMemoryLimit())
 	ownsProcess = true
 	// A second Ctrl-C ends a stop that waits on others (run's on a hung
 	// receiver or store, a setup's on a long source transaction), except
@@ -135,12 +136,38 @@ const (
 )
 
 // tuneGC applies the defaults above where getenv does not set GOGC or
-// GOMEMLIMIT.
-func tuneGC(getenv func(string) string) {
+// GOMEMLIMIT. In a container whose memory limit (memLimit, 0 for none) is
+// under defaultMemoryLimit/0.8 the soft limit is 80 % of it instead: a
+// soft limit above the container's would let the heap grow at GOGC=400
+// until the kernel kills the process, where the collector should have
+// worked harder.
+func tuneGC(getenv func(string) string, memLimit int64) {
 	if getenv("GOGC") == "" {
 		debug.SetGCPercent(defaultGCPercent)
 	}
 	if getenv("GOMEMLIMIT") == "" {
-		debug.SetMemoryLimit(defaultMemoryLimit)
+		limit := int64(defaultMemoryLimit)
+		if memLimit > 0 {
+			limit = min(limit, memLimit/10*8)
+		}
+		debug.SetMemoryLimit(limit)
 	}
+}
+
+// containerMemoryLimit is the memory limit of the cgroup walhook runs in
+// (cgroup v2's memory.max, else v1's memory.limit_in_bytes), 0 when there
+// is none or it cannot be read.
+func containerMemoryLimit() int64 {
+	for _, f := range []string{"/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"} {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		n, err := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
+		if err != nil || n <= 0 || n >= 1<<50 { // "max", or v1's "unlimited" (a page-rounded MaxInt64)
+			return 0
+		}
+		return n
+	}
+	return 0
 }

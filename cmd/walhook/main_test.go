@@ -49,15 +49,27 @@ func TestTuneGC(t *testing.T) {
 		debug.SetGCPercent(oldPercent)
 		debug.SetMemoryLimit(oldLimit)
 	}()
-	tuneGC(func(string) string { return "" })
+	tuneGC(func(string) string { return "" }, 0)
 	if got := debug.SetGCPercent(100); got != defaultGCPercent {
 		t.Errorf("GOGC unset: GC percent %d, want %d", got, defaultGCPercent)
 	}
 	if got := debug.SetMemoryLimit(math.MaxInt64); got != defaultMemoryLimit {
 		t.Errorf("GOMEMLIMIT unset: memory limit %d, want %d", got, defaultMemoryLimit)
 	}
+	// A container limit of 256 MiB (a Kubernetes resources.limits.memory):
+	// the soft limit goes under it, not 512 MiB above it.
+	tuneGC(func(string) string { return "" }, 256<<20)
+	if got, want := debug.SetMemoryLimit(math.MaxInt64), int64(256<<20)/10*8; got != want {
+		t.Errorf("GOMEMLIMIT unset, container limit 256 MiB: memory limit %d, want %d", got, want)
+	}
+	// A generous one leaves the default.
+	tuneGC(func(string) string { return "" }, 4<<30)
+	if got := debug.SetMemoryLimit(math.MaxInt64); got != defaultMemoryLimit {
+		t.Errorf("GOMEMLIMIT unset, container limit 4 GiB: memory limit %d, want %d", got, defaultMemoryLimit)
+	}
+	debug.SetGCPercent(100)
 	env := map[string]string{"GOGC": "50", "GOMEMLIMIT": "1GiB"}
-	tuneGC(func(k string) string { return env[k] })
+	tuneGC(func(k string) string { return env[k] }, 256<<20)
 	if got := debug.SetGCPercent(100); got != 100 {
 		t.Errorf("GOGC set: GC percent changed to %d", got)
 	}
