@@ -11,6 +11,10 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/walhook/walhook/config"
 )
 
 // Two replicas of a Kubernetes Deployment (one leads, one stands by) on a
@@ -163,5 +167,124 @@ func TestDockerfileFinalStage(t *testing.T) {
 	user := m[len(m)-1][1]
 	if !regexp.MustCompile(`^[1-9][0-9]*:[1-9][0-9]*$`).MatchString(user) {
 		t.Errorf("Dockerfile: USER %s, want a numeric non-root uid:gid", user)
+	}
+}
+
+// The Kubernetes example of docs/operations.md: its ConfigMap's config
+// loads with the Secret's variables (a ${VAR} inside [ ] or { } does
+// not), listens where the probes and the containerPort look, and its
+// Deployment has the grace period a stop needs with that config, the
+// probes on /healthz and /readyz, and the image's user.
+func TestOperationsKubernetesExample(t *testing.T) {
+	t.Parallel()
+	md, err := os.ReadFile(filepath.Join("..", "..", "docs", "operations.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sec := string(md)
+	i := strings.Index(sec, "\n### Kubernetes\n")
+	if i < 0 {
+		t.Fatal("docs/operations.md: no Kubernetes section")
+	}
+	sec = sec[i:]
+	start := strings.Index(sec, "```yaml\n")
+	if start < 0 {
+		t.Fatal("Kubernetes section: no yaml example")
+	}
+	block := sec[start+len("```yaml\n"):]
+	block = block[:strings.Index(block, "```")]
+	type probe struct {
+		HTTPGet struct {
+			Path string `yaml:"path"`
+			Port string `yaml:"port"`
+		} `yaml:"httpGet"`
+	}
+	var cm struct {
+		Kind string            `yaml:"kind"`
+		Data map[string]string `yaml:"data"`
+	}
+	var dep struct {
+		Kind string `yaml:"kind"`
+		Spec struct {
+			Replicas int `yaml:"replicas"`
+			Template struct {
+				Spec struct {
+					Grace           int `yaml:"terminationGracePeriodSeconds"`
+					SecurityContext struct {
+						RunAsUser  int `yaml:"runAsUser"`
+						RunAsGroup int `yaml:"runAsGroup"`
+					} `yaml:"securityContext"`
+					Containers []struct {
+						Ports []struct {
+							Name          string `yaml:"name"`
+							ContainerPort int    `yaml:"containerPort"`
+						} `yaml:"ports"`
+						Liveness        probe `yaml:"livenessProbe"`
+						Readiness       probe `yaml:"readinessProbe"`
+						SecurityContext struct {
+							ReadOnlyRoot bool `yaml:"readOnlyRootFilesystem"`
+						} `yaml:"securityContext"`
+					} `yaml:"containers"`
+				} `yaml:"spec"`
+			} `yaml:"template"`
+		} `yaml:"spec"`
+	}
+	docs := strings.Split(block, "\n---\n")
+	if len(docs) != 2 {
+		t.Fatalf("Kubernetes example: %d documents, want a ConfigMap and a Deployment", len(docs))
+	}
+	if err := yaml.Unmarshal([]byte(docs[0]), &cm); err != nil || cm.Kind != "ConfigMap" {
+		t.Fatalf("Kubernetes example: first document (%v): kind %q, want ConfigMap", err, cm.Kind)
+	}
+	if err := yaml.Unmarshal([]byte(docs[1]), &dep); err != nil || dep.Kind != "Deployment" {
+		t.Fatalf("Kubernetes example: second document (%v): kind %q, want Deployment", err, dep.Kind)
+	}
+	body := strings.Replace(cm.Data["walhook.yaml"], "# … your rules", strings.TrimSpace(`
+  - event: item.created
+    table: public.items
+    operations: [insert]`), 1)
+	file := filepath.Join(t.TempDir(), "walhook.yaml")
+	if err := os.WriteFile(file, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	env := map[string]string{"DATABASE_URL": "postgres://walhook:pw@db:5432/auctions", "WALHOOK_API_KEY": "sk_0123456789abcdef0123"}
+	cfg, err := config.Load(file, func(k string) (string, bool) { v, ok := env[k]; return v, ok })
+	if err != nil {
+		t.Fatalf("the ConfigMap's walhook.yaml does not load: %v\n%s", err, body)
+	}
+
+	s := dep.Spec.Template.Spec
+	if dep.Spec.Replicas < 2 {
+		t.Errorf("replicas %d, want 2 (one leads, one stands by)", dep.Spec.Replicas)
+	}
+	if need := int((cfg.Delivery.Timeout.D() + 15*time.Second) / time.Second); s.Grace < need {
+		t.Errorf("terminationGracePeriodSeconds %d, want at least delivery.timeout + 15 s = %d", s.Grace, need)
+	}
+	if s.SecurityContext.RunAsUser != 10001 || s.SecurityContext.RunAsGroup != 10001 {
+		t.Errorf("runAsUser/runAsGroup %d/%d, want the image's 10001/10001", s.SecurityContext.RunAsUser, s.SecurityContext.RunAsGroup)
+	}
+	if len(s.Containers) != 1 {
+		t.Fatalf("%d containers, want 1", len(s.Containers))
+	}
+	c := s.Containers[0]
+	if !c.SecurityContext.ReadOnlyRoot {
+		t.Error("readOnlyRootFilesystem not set (walhook writes no file)")
+	}
+	if c.Liveness.HTTPGet.Path != "/healthz" || c.Readiness.HTTPGet.Path != "/readyz" {
+		t.Errorf("liveness %q, readiness %q: want /healthz and /readyz", c.Liveness.HTTPGet.Path, c.Readiness.HTTPGet.Path)
+	}
+	_, port, _ := strings.Cut(cfg.API.Listen, ":")
+	for _, p := range c.Ports {
+		if p.Name == c.Liveness.HTTPGet.Port && fmt.Sprint(p.ContainerPort) != port {
+			t.Errorf("the probes' port %s is %d, api.listen is %s", p.Name, p.ContainerPort, cfg.API.Listen)
+		}
+	}
+	if h, _, _ := strings.Cut(cfg.API.Listen, ":"); h != "0.0.0.0" && h != "" {
+		t.Errorf("api.listen %s: the kubelet probes the pod's address", cfg.API.Listen)
+	}
+	for _, p := range []string{"/healthz", "/readyz"} {
+		if !contains(cfg.API.Open, p) {
+			t.Errorf("api.open %v: %s needs a key, the kubelet sends none", cfg.API.Open, p)
+		}
 	}
 }
