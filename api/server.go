@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/walhook/walhook/dispatch"
+	"github.com/walhook/walhook/internal/lograte"
 )
 
 // AdminStore is the store the API reads and changes. *dispatch.Admin
@@ -142,6 +143,7 @@ type Server struct {
 	mux         *http.ServeMux
 	metrics     *metrics
 	handler     http.Handler
+	notReady    *lograte.Limiter // /readyz's log lines
 }
 
 // New checks the options and builds the routes.
@@ -157,6 +159,7 @@ func New(o Options) (*Server, error) {
 		admin: o.Admin, replication: o.Replication, ready: o.Ready,
 		catalog: o.Catalog, log: o.Logger, now: o.Now, overlap: o.SecretOverlap,
 		maxBody: o.MaxBody, shutdown: o.ShutdownTimeout, keys: keys, open: map[string]bool{},
+		notReady: lograte.New(time.Minute),
 	}
 	if s.storeWait = o.StoreTimeout; s.storeWait <= 0 {
 		s.storeWait = DefaultStoreTimeout

@@ -155,6 +155,9 @@ func (s *Server) healthz(w http.ResponseWriter, r *http.Request) {
 	s.ok(w, http.StatusOK, healthResponse{Status: "ok"})
 }
 
+// notReadyKey is /readyz's problem in Server.notReady.
+const notReadyKey = "not ready"
+
 // readyz runs the Ready check (store reachable, replication started, …).
 func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 	if s.ready != nil {
@@ -162,10 +165,17 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 		defer cancel()
 		if err := s.ready(ctx); err != nil {
 			// The cause names hosts, users and databases: logged, not
-			// shown to whoever asks (/readyz needs no key).
-			s.log.Warn("not ready", slog.Any("error", err))
+			// shown to whoever asks (/readyz needs no key). Probes ask
+			// every few seconds: an outage is logged when it begins,
+			// then once a minute.
+			if ok, held := s.notReady.Allow(notReadyKey); ok {
+				s.log.Warn("not ready", slog.Any("error", err), slog.Int("more_since_last_line", held))
+			}
 			s.fail(w, r, errorf(http.StatusServiceUnavailable, CodeNotReady, "not ready: the store does not answer or is read-only (the log says why)"))
 			return
+		}
+		if s.notReady.Clear(notReadyKey) {
+			s.log.Info("ready again")
 		}
 	}
 	s.ok(w, http.StatusOK, healthResponse{Status: "ready"})

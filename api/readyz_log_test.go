@@ -1,0 +1,51 @@
+package api_test
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net/http"
+	"strings"
+	"sync/atomic"
+	"testing"
+
+	"github.com/walhook/walhook/api"
+	"github.com/walhook/walhook/internal/syncbuf"
+)
+
+// A store outage seen through /readyz, which a kubelet (or a load
+// balancer) asks every few seconds on every replica: the cause is logged
+// when it begins and then at most once a minute with the count held back
+// (more_since_last_line), not at every probe, and its end once.
+func TestReadyzLogsAnOutageOnce(t *testing.T) {
+	t.Parallel()
+	var ready atomic.Bool
+	var buf syncbuf.Buffer
+	s := newStack(t, stackConfig{api: func(o *api.Options) {
+		o.Logger = slog.New(slog.NewTextHandler(&buf, nil))
+		o.Ready = func(ctx context.Context) error {
+			if !ready.Load() {
+				return errors.New("dial tcp 10.1.2.3:5432: connect: connection refused")
+			}
+			return nil
+		}
+	}})
+	for range 10 {
+		s.do(t, "", "GET", "/readyz", nil).fails(t, http.StatusServiceUnavailable, "not_ready")
+	}
+	if n := strings.Count(buf.String(), `msg="not ready"`); n != 1 {
+		t.Errorf("10 probes during one outage logged %d 'not ready' lines, want 1:\n%s", n, buf.String())
+	}
+	ready.Store(true)
+	for range 3 {
+		s.do(t, "", "GET", "/readyz", nil).ok(t, http.StatusOK, nil)
+	}
+	if n := strings.Count(buf.String(), `msg="ready again"`); n != 1 {
+		t.Errorf("the outage's end logged %d 'ready again' lines, want 1:\n%s", n, buf.String())
+	}
+	ready.Store(false)
+	s.do(t, "", "GET", "/readyz", nil).fails(t, http.StatusServiceUnavailable, "not_ready")
+	if n := strings.Count(buf.String(), `msg="not ready"`); n != 2 {
+		t.Errorf("a second outage logged %d 'not ready' lines in all, want 2 (its start is logged at once)", n)
+	}
+}
