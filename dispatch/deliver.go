@@ -26,14 +26,15 @@ type outcome struct {
 // record leaves the row claimed, and the lease rescue (or release at stop)
 // puts it back.
 func (d *Dispatcher) deliver(ctx context.Context, c claimed) Result {
-	return d.deliverVia(ctx, c, nil)
+	return d.deliverVia(ctx, c, nil, nil)
 }
 
 // deliverVia is deliver, handing a 2xx of a claimed (non-test) delivery to
 // rec when rec is not nil: the recorder writes it with others in one
 // transaction, and the worker is free at once. Every other outcome (retry,
-// failure, disable) is written here, in its own transaction.
-func (d *Dispatcher) deliverVia(ctx context.Context, c claimed, rec *recorder) Result {
+// failure, disable) is written here, in its own transaction. stop (nil:
+// none) ends when the dispatcher stops; ctx outlives it.
+func (d *Dispatcher) deliverVia(ctx context.Context, c claimed, rec *recorder, stop context.Context) Result {
 	keys, err := d.keys(c)
 	var res Result
 	started := time.Now()
@@ -49,9 +50,16 @@ func (d *Dispatcher) deliverVia(ctx context.Context, c claimed, rec *recorder) R
 		rec.add(success{c: c, started: started, res: res})
 		return res
 	}
-	// Recording must not be cut short by a shutdown: the attempt happened.
+	// Recording is not cut short by a shutdown at once (the attempt
+	// happened), but once the stop has begun it gets recordRetryClosing,
+	// as the successes do: a store that does not answer would otherwise
+	// hold the stop 30 s past the attempt. Unrecorded, the delivery is
+	// released or rescued and attempted again.
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	defer cancel()
+	if stop != nil {
+		defer context.AfterFunc(stop, func() { time.AfterFunc(recordRetryClosing, cancel) })()
+	}
 	if err := d.record(rctx, c, started, res, o); err != nil {
 		d.log.Error("record delivery attempt", slog.String("delivery", c.id),
 			slog.String("endpoint", c.endpointID), slog.Any("error", err))

@@ -598,7 +598,7 @@ func (d *Dispatcher) claimLoop(ctx context.Context) error {
 		go func() {
 			defer wg.Done()
 			for c := range work {
-				d.deliverVia(sendCtx, c, rec)
+				d.deliverVia(sendCtx, c, rec, ctx)
 				done <- finished{c.endpointID, c.handed}
 			}
 		}()

@@ -8,6 +8,7 @@ import (
 	"regexp"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -15,6 +16,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/walhook/walhook/config"
+	"github.com/walhook/walhook/internal/receiver"
 )
 
 // Two replicas of a Kubernetes Deployment (one leads, one stands by) on a
@@ -303,4 +305,71 @@ func TestOperationsKubernetesExample(t *testing.T) {
 			t.Errorf("api.open %v: %s needs a key, the kubelet sends none", cfg.API.Open, p)
 		}
 	}
+}
+
+// A receiver that does not answer and a store that froze, then SIGTERM:
+// the attempt ends at delivery.timeout, and recording its failure gets
+// a couple of seconds, not 30 s, before walhook gives up on it (the
+// lease rescue sends it again: at least once, nothing lost). It took
+// delivery.timeout + 30 s + the release before.
+func TestRunStopsPromptlyWithAHungReceiverAndTheStoreFrozen(t *testing.T) {
+	t.Parallel()
+	bin := buildWalhook(t)
+	db, _, store, rc, file := twoClusterItems(t, "wh_k8s_hung")
+	hang := make(chan struct{})
+	t.Cleanup(func() { close(hang) })
+	var hanging atomic.Bool
+	rc.Status = func(d receiver.Delivery) int {
+		if strings.Contains(string(d.Body), `"id":2`) {
+			hanging.Store(true)
+			<-hang
+		}
+		return 200
+	}
+	f, err := os.OpenFile(file, os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteString("\ncpu:\n  yield: false\n"); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	p := startSubprocess(t, bin, file, subprocessLog(t))
+	t.Cleanup(p.kill)
+	insertItems(t, db, 1, 1)
+	runWaitFor(t, 30*time.Second, "the first delivery", func() bool { return rc.Unique() == 1 }, nil)
+	insertItems(t, db, 2, 2)
+	runWaitFor(t, 30*time.Second, "the attempt that hangs", hanging.Load, nil)
+
+	pids := clusterPIDs(t, store)
+	var once sync.Once
+	resume := func() {
+		once.Do(func() {
+			for _, pid := range pids {
+				_ = syscall.Kill(pid, syscall.SIGCONT)
+			}
+		})
+	}
+	t.Cleanup(resume)
+	for _, pid := range pids {
+		_ = syscall.Kill(pid, syscall.SIGSTOP)
+	}
+	start := time.Now()
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- p.cmd.Wait() }()
+	const within = 20 * time.Second // delivery.timeout is 2 s here
+	select {
+	case err := <-done:
+		took := time.Since(start)
+		t.Logf("exited after %s: %v", took.Round(time.Millisecond), err)
+		if err != nil || took > within {
+			t.Errorf("exited after %s with %v, want exit 0 within %s of SIGTERM", took.Round(time.Millisecond), err, within)
+		}
+	case <-time.After(90 * time.Second):
+		t.Errorf("still running 90 s after SIGTERM")
+	}
+	resume()
 }
