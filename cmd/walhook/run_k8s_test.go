@@ -84,7 +84,10 @@ func stopWithFrozen(t *testing.T, frozen string) {
 	}
 	time.Sleep(time.Second)
 
-	const within = 20 * time.Second
+	// Usually 7 s (standby) and 12 s (leader). Twice in about fifteen runs
+	// under the load of other tests the leader took 26 s, cause not found
+	// yet; still within a 30 s grace period, which is what this checks.
+	const within = 28 * time.Second
 	start := time.Now()
 	var wg sync.WaitGroup
 	for name, p := range map[string]*subprocess{"leader": a, "standby": b} {
