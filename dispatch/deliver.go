@@ -288,12 +288,22 @@ func (d *Dispatcher) record(ctx context.Context, c claimed, started time.Time, r
 func (d *Dispatcher) noteDisabled(endpointID string) { d.note(&d.disabled, endpointID) }
 
 // note records endpointID in m as of now. Every 64th note (of either map)
-// forgets those older than two leases: no delivery claimed before then is
-// still held.
+// prunes both maps (pruneNotes): pruning only the map of that note let the
+// other grow for good when the notes alternated (a rotate then a delete
+// per endpoint put every 64th note in disabled, never in changed).
 func (d *Dispatcher) note(m *sync.Map, endpointID string) {
 	now := time.Now()
 	m.Store(endpointID, now)
 	if d.notes.Add(1)%64 == 0 {
+		d.pruneNotes(now)
+	}
+}
+
+// pruneNotes forgets the disabled and changed notes older than two
+// leases: no delivery claimed before then is still held. The maintenance
+// loop runs it too, so notes do not outstay their use when none follow.
+func (d *Dispatcher) pruneNotes(now time.Time) {
+	for _, m := range []*sync.Map{&d.disabled, &d.changed} {
 		m.Range(func(k, v any) bool {
 			if now.Sub(v.(time.Time)) > 2*d.opts.Lease {
 				m.CompareAndDelete(k, v)

@@ -49,6 +49,7 @@ func (d *Dispatcher) maintain(ctx context.Context) error {
 		}
 		if time.Since(lastForget) >= time.Minute {
 			lastForget = time.Now()
+			d.pruneNotes(lastForget)
 			if err := d.forgetDeletedEndpoints(ctx); err != nil {
 				d.logMaintenance(ctx, "remove the metrics of deleted endpoints", err)
 			}
