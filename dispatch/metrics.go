@@ -31,16 +31,25 @@ type metrics struct {
 	// of deleted endpoints can be removed (forgetEndpoints): API-created
 	// endpoints come and go, and their series would pile up on /metrics.
 	labelled sync.Map
+	// labelMu makes noting an id in labelled and making its series one
+	// step to forgetEndpoint (read-locked by countOutcome, locked by
+	// forgetEndpoint): between the two, a forget removed the note but not
+	// the series made next, which then stayed for good.
+	labelMu sync.RWMutex
 }
 
 // countOutcome counts one attempt outcome of an endpoint.
 func (m *metrics) countOutcome(endpointID, outcome string) {
+	m.labelMu.RLock()
+	defer m.labelMu.RUnlock()
 	m.labelled.LoadOrStore(endpointID, struct{}{})
 	m.deliveries.WithLabelValues(endpointID, outcome).Inc()
 }
 
 // forgetEndpoint removes a deleted endpoint's series.
 func (m *metrics) forgetEndpoint(endpointID string) {
+	m.labelMu.Lock()
+	defer m.labelMu.Unlock()
 	m.deliveries.DeletePartialMatch(prometheus.Labels{"endpoint": endpointID})
 	m.labelled.Delete(endpointID)
 }
