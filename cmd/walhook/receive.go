@@ -39,6 +39,10 @@ func runReceive(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if err != nil {
 		return &UsageError{Err: err}
 	}
+	// It runs for days next to walhook (docker-compose): ids are kept
+	// for de-duplication only as long as walhook may send one again on
+	// its retry schedule, not for good.
+	r.Forget = receiveForget
 	var mu sync.Mutex
 	r.OnDelivery = func(d receiver.Delivery) {
 		mu.Lock()
@@ -65,6 +69,11 @@ func runReceive(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	fmt.Fprintf(stdout, "receiver listening on http://%s\n", ln.Addr())
 	return serveUntilDone(ctx, &http.Server{Handler: r, ReadHeaderTimeout: 10 * time.Second}, ln)
 }
+
+// receiveForget is how long `walhook receive` remembers a webhook id: past
+// the default retry schedule (about 15 hours from the first attempt to the
+// last), with room to spare.
+const receiveForget = 48 * time.Hour
 
 // serveUntilDone serves until ctx is cancelled, then shuts down gracefully.
 func serveUntilDone(ctx context.Context, srv *http.Server, ln net.Listener) error {

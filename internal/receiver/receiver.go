@@ -40,10 +40,17 @@ type Receiver struct {
 	// OnReject, when set, is called for every request refused with 401:
 	// the webhook-id it claimed and why.
 	OnReject func(id, reason string)
+	// Forget, when positive, drops an id not received again for this
+	// long, so a receiver that runs for days (`walhook receive`) does not
+	// keep every id it ever saw: an id received after that counts as new
+	// again. Zero keeps every id (tests and the benchmark count them all).
+	Forget time.Duration
 
 	mu       sync.Mutex
-	seen     map[string]int // id → times received
-	byEvent  map[string]int // unique ids per event type
+	seen     map[string]int       // id → times received
+	seenAt   map[string]time.Time // id → last received, with Forget
+	pruned   time.Time            // last pass over seenAt
+	byEvent  map[string]int       // unique ids per event type
 	bodies   map[string][]byte
 	rejected int
 	keep     bool
@@ -108,8 +115,12 @@ func (r *Receiver) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	d := Delivery{ID: req.Header.Get("webhook-id"), Event: req.Header.Get("X-Webhook-Event"), Body: body,
 		Header: req.Header.Clone(), At: time.Now()}
 	r.mu.Lock()
+	r.forget(d.At)
 	r.seen[d.ID]++
 	d.Duplicate = r.seen[d.ID] > 1
+	if r.seenAt != nil {
+		r.seenAt[d.ID] = d.At
+	}
 	if !d.Duplicate {
 		r.byEvent[d.Event]++
 		if r.keep {
@@ -127,7 +138,29 @@ func (r *Receiver) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	w.WriteHeader(code)
 }
 
-// Unique returns the number of distinct delivery ids received.
+// forget drops, with Forget set, the ids last received longer than Forget
+// ago, in at most one pass per quarter of Forget. The caller holds r.mu.
+func (r *Receiver) forget(now time.Time) {
+	if r.Forget <= 0 {
+		return
+	}
+	if r.seenAt == nil {
+		r.seenAt = map[string]time.Time{}
+	}
+	if now.Sub(r.pruned) >= r.Forget/4 {
+		for id, at := range r.seenAt {
+			if now.Sub(at) > r.Forget {
+				delete(r.seenAt, id)
+				delete(r.seen, id)
+				delete(r.bodies, id)
+			}
+		}
+		r.pruned = now
+	}
+}
+
+// Unique returns the number of distinct delivery ids received (with
+// Forget, of those not forgotten).
 func (r *Receiver) Unique() int {
 	r.mu.Lock()
 	defer r.mu.Unlock()

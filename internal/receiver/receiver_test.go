@@ -84,3 +84,35 @@ func TestNewRefusesBadSecret(t *testing.T) {
 		}
 	}
 }
+
+// With Forget, ids not received again for that long are dropped: a
+// receiver that runs for days (`walhook receive`) holds the ids of the
+// last Forget, not of every delivery it ever saw.
+func TestReceiverForgetsOldIDs(t *testing.T) {
+	r, err := New(false, secret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Forget = 100 * time.Millisecond
+	srv := httptest.NewServer(r)
+	defer srv.Close()
+	body := []byte(`{"event":"problem.created","auction_id":"a1"}`)
+	for i := 0; i < 40; i++ {
+		if got := post(t, srv.URL, "old"+strconv.Itoa(i), body, secret); got != 204 {
+			t.Fatalf("old %d: %d, want 204", i, got)
+		}
+	}
+	if got := post(t, srv.URL, "old0", body, secret); got != 204 || r.Duplicates() != 1 {
+		t.Fatalf("a repeat within Forget: %d, %d duplicates, want 204 and 1", got, r.Duplicates())
+	}
+	time.Sleep(2 * r.Forget)
+	if got := post(t, srv.URL, "new", body, secret); got != 204 {
+		t.Fatalf("new: %d, want 204", got)
+	}
+	if n := r.Unique(); n != 1 {
+		t.Fatalf("%d ids kept after the first 40 were quiet for twice Forget, want 1 (the new one)", n)
+	}
+	if r.Duplicates() != 0 {
+		t.Fatalf("%d duplicates counted among the ids kept, want 0", r.Duplicates())
+	}
+}
