@@ -960,6 +960,40 @@ func TestOldAttemptDoesNotOverwriteAClaimAfterARedeliver(t *testing.T) {
 	}
 }
 
+// The lease rescue passes over an expired delivery another transaction
+// holds instead of waiting for it (a release or an outcome changing
+// several, in an order of their own, could deadlock with it), and takes
+// it at a later pass.
+func TestRescuePassesOverHeldRows(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	d, b := obSetup(t, nil)
+	b.endpoint(t, "whk_1", "https://x.example/", nil, nil, true)
+	if _, err := b.pool.Exec(ctx, `INSERT INTO walhook.deliveries (id, event_id, endpoint_id, event_type, status, attempts, locked_by, locked_until)
+		SELECT 'd' || i, 'e' || i, 'whk_1', 'a.b', 'delivering', 1, 'dead', now() - interval '1 second' FROM generate_series(1, 3) i`); err != nil {
+		t.Fatal(err)
+	}
+	holder, err := b.pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer holder.Rollback(ctx)
+	if _, err := holder.Exec(ctx, `SELECT FROM walhook.deliveries WHERE id = 'd2' FOR UPDATE`); err != nil {
+		t.Fatal(err)
+	}
+	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if n, err := d.rescue(rctx); err != nil || n != 2 {
+		t.Fatalf("rescue beside a held row = %d, %v; want 2 (it waited for the held one before)", n, err)
+	}
+	if err := holder.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := d.rescue(ctx); err != nil || n != 1 {
+		t.Fatalf("the next rescue = %d, %v; want the third", n, err)
+	}
+}
+
 // claimAndLoseTheLease appends one delivery, claims it as process "me"
 // and lets the lease run out: the rescue has made it pending again while
 // the claim's attempt may still be out. It returns the delivery's id and

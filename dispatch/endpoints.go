@@ -304,6 +304,13 @@ const tombstoneSQL = `INSERT INTO {{schema}}.endpoints_deleted (id) SELECT unnes
 // attempts go in a statement after the deliveries', so it sees those an
 // outcome wrote meanwhile.
 //
+// A batch passes over deliveries another transaction holds (SKIP LOCKED):
+// an outcome being recorded, a held delivery being released, the lease
+// rescue. Waiting for them, in an order of its own, it could deadlock with
+// another statement that changes several of them (PostgreSQL then aborted
+// one; seen in a soak that deleted endpoints with deliveries in flight). A
+// row passed over is deleted by a later pass.
+//
 // Batches continue from where the one before stopped, in the order of the
 // index on (endpoint_id, created_at DESC, id), so none walks the dead
 // index entries the ones before it left (which would make a large
@@ -332,15 +339,15 @@ func (d *Dispatcher) purgeDeleted(ctx context.Context, id string, maxRows int64)
 				SELECT id FROM {{schema}}.deliveries WHERE endpoint_id = $1
 				  AND created_at <= CASE WHEN $3 THEN $4::timestamptz ELSE 'infinity'::timestamptz END
 				  AND (NOT $3 OR created_at < $4 OR (created_at = $4 AND id > $5))
-				ORDER BY created_at DESC, id LIMIT $2) RETURNING id, created_at`), id, skipBatch, after.set, after.at, after.id)
+				ORDER BY created_at DESC, id LIMIT $2 FOR UPDATE SKIP LOCKED) RETURNING id, created_at`), id, skipBatch, after.set, after.at, after.id)
 			if err != nil {
 				return err
 			}
-			type gone struct {
+			type deleted struct {
 				ID string
 				At time.Time
 			}
-			del, err := pgx.CollectRows(rows, pgx.RowToStructByPos[gone])
+			del, err := pgx.CollectRows(rows, pgx.RowToStructByPos[deleted])
 			if err != nil {
 				return err
 			}
@@ -357,8 +364,11 @@ func (d *Dispatcher) purgeDeleted(ctx context.Context, id string, maxRows int64)
 				// A pass from the start found nothing: the history is gone.
 				// Another purge of the same endpoint may still be deleting
 				// rows this pass waited for and then found gone.
-				_, err = tx.Exec(ctx, d.q(`DELETE FROM {{schema}}.endpoints_deleted WHERE id = $1
+				// Rows passed over as locked are still there: the
+				// tombstone stays for the maintenance loop's next pass.
+				tag, err := tx.Exec(ctx, d.q(`DELETE FROM {{schema}}.endpoints_deleted WHERE id = $1
 					AND NOT EXISTS (SELECT 1 FROM {{schema}}.deliveries WHERE endpoint_id = $1)`), id)
+				gone = tag.RowsAffected() == 1
 				return err
 			}
 			if n == 0 {
@@ -370,8 +380,11 @@ func (d *Dispatcher) purgeDeleted(ctx context.Context, id string, maxRows int64)
 		if err != nil {
 			return false, fmt.Errorf("delete the deliveries of deleted endpoint %q: %w", id, err)
 		}
-		if gone || (n == 0 && !after.set) {
+		if gone {
 			return true, nil
+		}
+		if n == 0 && !after.set {
+			return false, nil // rows left that others hold (see above)
 		}
 		if n == 0 {
 			// The end of the history: one more pass from the start makes

@@ -96,12 +96,15 @@ func (d *Dispatcher) rescue(ctx context.Context) (int64, error) {
 }
 
 // A test send is not retried: one whose process died before recording it
-// ends failed.
+// ends failed. It passes over deliveries another transaction holds (SKIP
+// LOCKED; their holder is changing them, and the next pass looks again):
+// waiting for them in an order of its own, it could deadlock with a
+// release of held deliveries or an outcome that changes several.
 const rescueSQL = `UPDATE {{schema}}.deliveries
 	SET status = CASE WHEN ` + isTestSend + ` THEN 'failed' ELSE 'pending' END,
 	    last_error = CASE WHEN ` + isTestSend + ` THEN '` + testAbandoned + `' ELSE last_error END,
 	    locked_by = NULL, locked_until = NULL, next_attempt_at = now(), updated_at = now()
-	WHERE status = 'delivering' AND locked_until < now()`
+	WHERE id IN (SELECT id FROM {{schema}}.deliveries WHERE status = 'delivering' AND locked_until < now() FOR UPDATE SKIP LOCKED)`
 
 // skipDisabled marks pending deliveries of disabled endpoints skipped. The
 // disable itself does this right after it commits; this sweep catches
