@@ -19,11 +19,14 @@ import (
 // (more_since_last_line), not at every probe, and its end once.
 func TestReadyzLogsAnOutageOnce(t *testing.T) {
 	t.Parallel()
-	var ready atomic.Bool
+	var ready, readOnly atomic.Bool
 	var buf syncbuf.Buffer
 	s := newStack(t, stackConfig{api: func(o *api.Options) {
 		o.Logger = slog.New(slog.NewTextHandler(&buf, nil))
 		o.Ready = func(ctx context.Context) error {
+			if readOnly.Load() {
+				return errors.New("the store is read-only")
+			}
 			if !ready.Load() {
 				return errors.New("dial tcp 10.1.2.3:5432: connect: connection refused")
 			}
@@ -36,6 +39,16 @@ func TestReadyzLogsAnOutageOnce(t *testing.T) {
 	if n := strings.Count(buf.String(), `msg="not ready"`); n != 1 {
 		t.Errorf("10 probes during one outage logged %d 'not ready' lines, want 1:\n%s", n, buf.String())
 	}
+	// The store answers again but read-only: the new cause is logged at
+	// once, then held back like the first.
+	readOnly.Store(true)
+	for range 5 {
+		s.do(t, "", "GET", "/readyz", nil).fails(t, http.StatusServiceUnavailable, "not_ready")
+	}
+	if n := strings.Count(buf.String(), "the store is read-only"); n != 1 {
+		t.Errorf("a new cause of the outage was logged %d times, want 1:\n%s", n, buf.String())
+	}
+	readOnly.Store(false)
 	ready.Store(true)
 	for range 3 {
 		s.do(t, "", "GET", "/readyz", nil).ok(t, http.StatusOK, nil)
@@ -45,7 +58,7 @@ func TestReadyzLogsAnOutageOnce(t *testing.T) {
 	}
 	ready.Store(false)
 	s.do(t, "", "GET", "/readyz", nil).fails(t, http.StatusServiceUnavailable, "not_ready")
-	if n := strings.Count(buf.String(), `msg="not ready"`); n != 2 {
-		t.Errorf("a second outage logged %d 'not ready' lines in all, want 2 (its start is logged at once)", n)
+	if n := strings.Count(buf.String(), `msg="not ready"`); n != 3 {
+		t.Errorf("a second outage logged %d 'not ready' lines in all, want 3 (its start is logged at once)", n)
 	}
 }

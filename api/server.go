@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -144,6 +145,10 @@ type Server struct {
 	metrics     *metrics
 	handler     http.Handler
 	notReady    *lograte.Limiter // /readyz's log lines
+	// notReadyWhy is the problem /readyz last logged ("" while ready): a
+	// different one is logged at once, not after the minute.
+	notReadyMu  sync.Mutex
+	notReadyWhy string
 }
 
 // New checks the options and builds the routes.

@@ -166,15 +166,23 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 		if err := s.ready(ctx); err != nil {
 			// The cause names hosts, users and databases: logged, not
 			// shown to whoever asks (/readyz needs no key). Probes ask
-			// every few seconds: an outage is logged when it begins,
-			// then once a minute.
-			if ok, held := s.notReady.Allow(notReadyKey); ok {
+			// every few seconds: an outage is logged when it begins or
+			// its cause changes (the store reached again, but
+			// read-only), then once a minute.
+			ok, held := s.notReady.Allow(notReadyKey)
+			s.notReadyMu.Lock()
+			if why := err.Error(); ok || why != s.notReadyWhy {
+				s.notReadyWhy = why
 				s.log.Warn("not ready", slog.Any("error", err), slog.Int("more_since_last_line", held))
 			}
+			s.notReadyMu.Unlock()
 			s.fail(w, r, errorf(http.StatusServiceUnavailable, CodeNotReady, "not ready: the store does not answer or is read-only (the log says why)"))
 			return
 		}
 		if s.notReady.Clear(notReadyKey) {
+			s.notReadyMu.Lock()
+			s.notReadyWhy = ""
+			s.notReadyMu.Unlock()
 			s.log.Info("ready again")
 		}
 	}
