@@ -10,7 +10,6 @@ import (
 	"log/slog"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 	"unicode/utf8"
 
@@ -156,8 +155,11 @@ type Admin struct {
 	// was statusReuseFrom or more: they cost in proportion to the
 	// backlog, and a dashboard polling the status of a store with
 	// millions pending would otherwise keep the store counting. One
-	// count runs at a time; concurrent requests share it.
-	countsMu      sync.Mutex
+	// count runs at a time; concurrent requests share it. countsMu is a
+	// one-slot semaphore, not a sync.Mutex: a request waiting for a count
+	// under way (a stalled store) gives up at its own deadline instead
+	// of queueing behind every request before it.
+	countsMu      chan struct{}
 	counts        OutboxStatus // without Endpoints; OldestPendingAge as of countedAt
 	countsRefresh gaugeRefresh
 }
@@ -168,7 +170,7 @@ func NewAdmin(pool *pgxpool.Pool, schema string, d *Dispatcher) *Admin {
 	if schema == "" {
 		schema = "walhook"
 	}
-	return &Admin{pool: pool, schema: pgx.Identifier{schema}.Sanitize(), d: d}
+	return &Admin{pool: pool, schema: pgx.Identifier{schema}.Sanitize(), d: d, countsMu: make(chan struct{}, 1)}
 }
 
 // q replaces {{schema}} in a statement with the quoted schema name.
@@ -886,8 +888,12 @@ const statusReuseFrom = 100 * time.Millisecond
 // that is fresh enough (see Admin.counts), the oldest pending age grown
 // by the time since.
 func (a *Admin) outboxCounts(ctx context.Context) (OutboxStatus, error) {
-	a.countsMu.Lock()
-	defer a.countsMu.Unlock()
+	select {
+	case a.countsMu <- struct{}{}:
+	case <-ctx.Done():
+		return OutboxStatus{}, fmt.Errorf("outbox status: %w", ctx.Err())
+	}
+	defer func() { <-a.countsMu }()
 	start := time.Now()
 	if a.countsRefresh.took >= statusReuseFrom && !a.countsRefresh.due(start) {
 		s := a.counts

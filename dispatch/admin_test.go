@@ -574,9 +574,9 @@ func TestAdminOutboxStatusReusesACostlyCount(t *testing.T) {
 	}
 
 	// The last count took 200 ms: reused for 4 s.
-	a.countsMu.Lock()
+	a.countsMu <- struct{}{}
 	a.countsRefresh = gaugeRefresh{at: time.Now().Add(-time.Second), took: 200 * time.Millisecond}
-	a.countsMu.Unlock()
+	<-a.countsMu
 	b.addDelivery(t, "p3", ep.ID, "pending", 0, time.Now())
 	mustCreate(t, a, EndpointInput{})
 	s, err := a.OutboxStatus(ctx)
@@ -590,9 +590,9 @@ func TestAdminOutboxStatusReusesACostlyCount(t *testing.T) {
 		t.Errorf("reused oldest pending age %v, want it grown by the second since the count", s.OldestPendingAge)
 	}
 	// 4 s after it, counted again.
-	a.countsMu.Lock()
+	a.countsMu <- struct{}{}
 	a.countsRefresh.at = time.Now().Add(-4 * time.Second)
-	a.countsMu.Unlock()
+	<-a.countsMu
 	if s, _ := a.OutboxStatus(ctx); s.Pending != 3 {
 		t.Errorf("a count older than 20 times its cost was reused: pending %d, want 3", s.Pending)
 	}
@@ -1098,5 +1098,56 @@ func TestStatusLeavesOutADeletedEndpointsBacklog(t *testing.T) {
 	}
 	if p, age := testutil.ToFloat64(b.d.metrics.pending), testutil.ToFloat64(b.d.metrics.oldestPending); p != 1 || age > 1800 {
 		t.Errorf("walhook_outbox_pending %v, walhook_outbox_oldest_pending_seconds %v; want 1, about 60", p, age)
+	}
+}
+
+// A status request waiting for another one's count (one count runs at a
+// time) still ends at its own deadline: with the store stalled, requests
+// queued behind a stuck count must not each wait for the ones before
+// them (the API gives every status request 5 s).
+func TestAdminOutboxStatusWaitEndsWithItsContext(t *testing.T) {
+	a, b := setupAdmin(t)
+	ctx := context.Background()
+	holder, err := b.pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer holder.Rollback(ctx)
+	if _, err := holder.Exec(ctx, `LOCK TABLE walhook.deliveries IN ACCESS EXCLUSIVE MODE`); err != nil {
+		t.Fatal(err)
+	}
+	first := make(chan error, 1)
+	go func() {
+		fctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+		defer cancel()
+		_, err := a.OutboxStatus(fctx)
+		first <- err
+	}()
+	waitForLockWait(t, b.pool, "AS failing", nil)
+	second := make(chan error, 1)
+	go func() {
+		sctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+		defer cancel()
+		_, err := a.OutboxStatus(sctx)
+		second <- err
+	}()
+	waited := false
+	select {
+	case err := <-second:
+		if err == nil {
+			t.Error("a status request past its deadline returned no error")
+		}
+	case <-time.After(5 * time.Second):
+		t.Error("a status request waiting for another's count outlived its 300 ms deadline by 5 s")
+		waited = true
+	}
+	if err := holder.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-first; err != nil {
+		t.Fatalf("the first count, once the lock went: %v", err)
+	}
+	if waited {
+		<-second
 	}
 }
