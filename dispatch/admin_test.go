@@ -1151,3 +1151,36 @@ func TestAdminOutboxStatusWaitEndsWithItsContext(t *testing.T) {
 		<-second
 	}
 }
+
+// A deleted endpoint whose history another transaction holds a row of
+// (an outcome being recorded) is left for the next pass; the pass goes on
+// to the other tombstones instead of stopping there.
+func TestPurgeTombstonesGoesPastOneWithHeldRows(t *testing.T) {
+	_, b := setupAdmin(t)
+	ctx := context.Background()
+	b.exec(t, `INSERT INTO {{schema}}.deliveries (id, event_id, endpoint_id, event_type, status, attempts)
+		SELECT 'a' || i, 'e' || i, 'whk_first', 'a.b', 'delivering', 1 FROM generate_series(1, 3) i`)
+	b.exec(t, `INSERT INTO {{schema}}.deliveries (id, event_id, endpoint_id, event_type, status, attempts)
+		SELECT 'b' || i, 'e' || i, 'whk_second', 'a.b', 'failed', 1 FROM generate_series(1, 3) i`)
+	b.exec(t, `INSERT INTO {{schema}}.endpoints_deleted (id, deleted_at) VALUES ('whk_first', now() - interval '1 minute'), ('whk_second', now())`)
+	holder, err := b.pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer holder.Rollback(ctx)
+	if _, err := holder.Exec(ctx, `SELECT FROM walhook.deliveries WHERE id = 'a2' FOR UPDATE`); err != nil {
+		t.Fatal(err)
+	}
+	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := b.d.purgeTombstones(pctx); err != nil {
+		t.Fatal(err)
+	}
+	if n, m := b.count(t, `SELECT count(*) FROM {{schema}}.deliveries WHERE endpoint_id = 'whk_second'`),
+		b.count(t, `SELECT count(*) FROM {{schema}}.endpoints_deleted WHERE id = 'whk_second'`); n != 0 || m != 0 {
+		t.Errorf("%d deliveries and %d tombstones of the second deleted endpoint left: the pass stopped at the first one's held row", n, m)
+	}
+	if n := b.count(t, `SELECT count(*) FROM {{schema}}.deliveries WHERE endpoint_id = 'whk_first'`); n != 1 {
+		t.Errorf("%d deliveries of the first deleted endpoint left, want the held one", n)
+	}
+}

@@ -316,7 +316,14 @@ const tombstoneSQL = `INSERT INTO {{schema}}.endpoints_deleted (id) SELECT unnes
 // index entries the ones before it left (which would make a large
 // history's purge quadratic until vacuum).
 func (d *Dispatcher) purgeDeleted(ctx context.Context, id string, maxRows int64) (done bool, err error) {
-	var total int64
+	done, _, err = d.purgeDeletedCount(ctx, id, maxRows)
+	return done, err
+}
+
+// purgeDeletedCount is purgeDeleted, also returning how many deliveries
+// it deleted: not done with fewer than maxRows deleted means rows others
+// hold were left, not that the budget ran out.
+func (d *Dispatcher) purgeDeletedCount(ctx context.Context, id string, maxRows int64) (done bool, total int64, err error) {
 	after := struct {
 		set bool
 		at  time.Time
@@ -378,13 +385,13 @@ func (d *Dispatcher) purgeDeleted(ctx context.Context, id string, maxRows int64)
 			return err
 		})
 		if err != nil {
-			return false, fmt.Errorf("delete the deliveries of deleted endpoint %q: %w", id, err)
+			return false, total, fmt.Errorf("delete the deliveries of deleted endpoint %q: %w", id, err)
 		}
 		if gone {
-			return true, nil
+			return true, total, nil
 		}
 		if n == 0 && !after.set {
-			return false, nil // rows left that others hold (see above)
+			return false, total, nil // rows left that others hold (see above)
 		}
 		if n == 0 {
 			// The end of the history: one more pass from the start makes
@@ -394,7 +401,7 @@ func (d *Dispatcher) purgeDeleted(ctx context.Context, id string, maxRows int64)
 		}
 		total += n
 	}
-	return false, nil
+	return false, total, nil
 }
 
 const upsertStaticSQL = `

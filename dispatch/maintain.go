@@ -153,8 +153,11 @@ func (d *Dispatcher) purgeTombstones(ctx context.Context) error {
 		return err
 	}
 	for _, id := range ids {
-		done, err := d.purgeDeleted(ctx, id, tombstonePass)
-		if err != nil || !done {
+		done, n, err := d.purgeDeletedCount(ctx, id, tombstonePass)
+		// Not done within the pass's rows: the rest is the next pass's.
+		// Not done with rows to spare: rows others hold were left (SKIP
+		// LOCKED), for the next pass, and the other tombstones go on.
+		if err != nil || (!done && n >= tombstonePass) {
 			return err
 		}
 	}
