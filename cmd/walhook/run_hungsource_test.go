@@ -25,19 +25,7 @@ func TestStartWithAHungSource(t *testing.T) {
 	db, src, _, _, file := twoClusterItems(t, "wh_revops_hungsrc")
 	db.pool.Close()
 
-	pids := clusterPIDs(t, src)
-	var once sync.Once
-	resume := func() {
-		once.Do(func() {
-			for _, pid := range pids {
-				_ = syscall.Kill(pid, syscall.SIGCONT)
-			}
-		})
-	}
-	t.Cleanup(resume)
-	for _, pid := range pids {
-		_ = syscall.Kill(pid, syscall.SIGSTOP)
-	}
+	freezeCluster(t, src)
 
 	const limit = 90 * time.Second
 	var wg sync.WaitGroup
@@ -61,6 +49,26 @@ func TestStartWithAHungSource(t *testing.T) {
 }
 
 // clusterPIDs returns the postmaster's PID and its children's.
+// freezeCluster stops every process of c (SIGSTOP), as a host that froze,
+// and returns what resumes them (once; also at the test's end).
+func freezeCluster(t *testing.T, c *pgtest.Cluster) (resume func()) {
+	t.Helper()
+	pids := clusterPIDs(t, c)
+	var once sync.Once
+	resume = func() {
+		once.Do(func() {
+			for _, pid := range pids {
+				_ = syscall.Kill(pid, syscall.SIGCONT)
+			}
+		})
+	}
+	t.Cleanup(resume)
+	for _, pid := range pids {
+		_ = syscall.Kill(pid, syscall.SIGSTOP)
+	}
+	return resume
+}
+
 func clusterPIDs(t *testing.T, c *pgtest.Cluster) []int {
 	t.Helper()
 	b, err := os.ReadFile(filepath.Join(c.DataDir, "postmaster.pid"))

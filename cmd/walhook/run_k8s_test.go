@@ -69,19 +69,7 @@ func stopWithFrozen(t *testing.T, frozen string) {
 	insertItems(t, db, 2, 2)
 	runWaitFor(t, 30*time.Second, "the second delivery", func() bool { return rc.Unique() == 2 }, nil)
 
-	pids := clusterPIDs(t, cluster)
-	var once sync.Once
-	resume := func() {
-		once.Do(func() {
-			for _, pid := range pids {
-				_ = syscall.Kill(pid, syscall.SIGCONT)
-			}
-		})
-	}
-	t.Cleanup(resume)
-	for _, pid := range pids {
-		_ = syscall.Kill(pid, syscall.SIGSTOP)
-	}
+	resume := freezeCluster(t, cluster)
 	time.Sleep(time.Second)
 
 	// Usually 7 s (standby) and 12 s (leader). Twice in about fifteen runs
@@ -344,19 +332,7 @@ func TestRunStopsPromptlyWithAHungReceiverAndTheStoreFrozen(t *testing.T) {
 	insertItems(t, db, 2, 2)
 	runWaitFor(t, 30*time.Second, "the attempt that hangs", hanging.Load, nil)
 
-	pids := clusterPIDs(t, store)
-	var once sync.Once
-	resume := func() {
-		once.Do(func() {
-			for _, pid := range pids {
-				_ = syscall.Kill(pid, syscall.SIGCONT)
-			}
-		})
-	}
-	t.Cleanup(resume)
-	for _, pid := range pids {
-		_ = syscall.Kill(pid, syscall.SIGSTOP)
-	}
+	resume := freezeCluster(t, store)
 	start := time.Now()
 	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
