@@ -3,6 +3,7 @@ package api_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"strings"
@@ -60,5 +61,27 @@ func TestReadyzLogsAnOutageOnce(t *testing.T) {
 	s.do(t, "", "GET", "/readyz", nil).fails(t, http.StatusServiceUnavailable, "not_ready")
 	if n := strings.Count(buf.String(), `msg="not ready"`); n != 3 {
 		t.Errorf("a second outage logged %d 'not ready' lines in all, want 3 (its start is logged at once)", n)
+	}
+}
+
+// A cause whose text differs from probe to probe only in its numbers (the
+// local port of a reset connection, a measured delay) is the same cause:
+// logged once, not at every probe.
+func TestReadyzCauseWithChangingNumbersLoggedOnce(t *testing.T) {
+	t.Parallel()
+	var probe atomic.Int64
+	var buf syncbuf.Buffer
+	s := newStack(t, stackConfig{api: func(o *api.Options) {
+		o.Logger = slog.New(slog.NewTextHandler(&buf, nil))
+		o.Ready = func(ctx context.Context) error {
+			n := probe.Add(1)
+			return fmt.Errorf("read tcp 10.0.0.7:%d->10.1.2.3:5432: read: connection reset by peer (after %d.%03ds)", 40000+n, n, 7*n)
+		}
+	}})
+	for range 10 {
+		s.do(t, "", "GET", "/readyz", nil).fails(t, http.StatusServiceUnavailable, "not_ready")
+	}
+	if n := strings.Count(buf.String(), `msg="not ready"`); n != 1 {
+		t.Errorf("10 probes with one cause whose port changes logged %d 'not ready' lines, want 1:\n%s", n, buf.String())
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"net/http"
+	"strings"
 	"sync"
 	"time"
 
@@ -158,6 +159,26 @@ func (s *Server) healthz(w http.ResponseWriter, r *http.Request) {
 // notReadyKey is /readyz's problem in Server.notReady.
 const notReadyKey = "not ready"
 
+// causeKey is an error's text with every run of digits as one '#': a
+// cause that differs between probes only in its numbers (the local port
+// of a reset connection, a measured delay) is the same cause.
+func causeKey(err error) string {
+	var b strings.Builder
+	digits := false
+	for _, c := range err.Error() {
+		if c >= '0' && c <= '9' {
+			if !digits {
+				b.WriteByte('#')
+			}
+			digits = true
+			continue
+		}
+		digits = false
+		b.WriteRune(c)
+	}
+	return b.String()
+}
+
 // readyz runs the Ready check (store reachable, replication started, …).
 func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 	if s.ready != nil {
@@ -171,7 +192,7 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 			// read-only), then once a minute.
 			ok, held := s.notReady.Allow(notReadyKey)
 			s.notReadyMu.Lock()
-			if why := err.Error(); ok || why != s.notReadyWhy {
+			if why := causeKey(err); ok || why != s.notReadyWhy {
 				s.notReadyWhy = why
 				s.log.Warn("not ready", slog.Any("error", err), slog.Int("more_since_last_line", held))
 			}
