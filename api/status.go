@@ -2,6 +2,7 @@ package api
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"net/http"
 	"strings"
@@ -90,6 +91,8 @@ type statusResponse struct {
 	Endpoints *endpointsView `json:"endpoints"`
 	// StoreError is set, and outbox and endpoints are null, while the
 	// store does not answer: the slot part is still worth seeing then.
+	// It is also set, with outbox null, while the first count of a
+	// backlog of tens of millions goes on past the request.
 	StoreError string `json:"storeError,omitempty"`
 }
 
@@ -119,6 +122,14 @@ func (s *Server) status(w http.ResponseWriter, r *http.Request) {
 	defer cancel()
 	ob, err := s.admin.OutboxStatus(ctx)
 	wg.Wait()
+	if errors.Is(err, dispatch.ErrStillCounting) {
+		// Tens of millions pending, and no counts yet: the count goes
+		// on, the next request has it.
+		out.StoreError = "counting the outbox takes longer than 5 s (a backlog of tens of millions); the count goes on: ask again shortly"
+		out.Endpoints = endpointsOf(ob.Endpoints)
+		s.ok(w, http.StatusOK, out)
+		return
+	}
 	if err != nil {
 		// The slot (retained WAL, lag) matters most exactly while the
 		// store is down: answer with it. The cause names hosts: logged.
@@ -133,9 +144,12 @@ func (s *Server) status(w http.ResponseWriter, r *http.Request) {
 		OldestPendingAgeSeconds: ob.OldestPendingAge.Seconds(),
 		DeliveriesPerSecond:     float64(ob.DeliveredLastMinute) / 60,
 	}
-	out.Endpoints = &endpointsView{Healthy: ob.Endpoints.Healthy,
-		Failing: stateViews(ob.Endpoints.Failing), Disabled: stateViews(ob.Endpoints.Disabled)}
+	out.Endpoints = endpointsOf(ob.Endpoints)
 	s.ok(w, http.StatusOK, out)
+}
+
+func endpointsOf(h dispatch.EndpointHealth) *endpointsView {
+	return &endpointsView{Healthy: h.Healthy, Failing: stateViews(h.Failing), Disabled: stateViews(h.Disabled)}
 }
 
 func stateViews(in []dispatch.EndpointState) []endpointStateView {

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
@@ -276,5 +277,56 @@ func TestStatusWithTheLagUnknownHere(t *testing.T) {
 	r.ok(t, http.StatusOK, &st)
 	if v, ok := st.Slot["lagSeconds"]; !ok || v != nil || st.Slot["lagBytes"] != float64(512) || st.Slot["state"] != "standby" {
 		t.Errorf("slot %v: want lagSeconds null (present), lagBytes 512, state standby", st.Slot)
+	}
+}
+
+// With tens of millions pending the first count of the outbox outlives
+// the request's 5 s: the page says the count goes on, with the endpoints
+// (read first) and no outbox, and a request once it has ended shows it.
+// A table lock held by another transaction stands in for the long count.
+func TestStatusWhileTheFirstCountGoesOn(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s := newStack(t, stackConfig{noRun: true})
+	s.create(t, "https://hooks.example.com/ok")
+	s.appendEvents(t, "auction.bid", "A1", 2)
+	holder, err := s.pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer holder.Rollback(ctx)
+	if _, err := holder.Exec(ctx, `LOCK TABLE walhook.deliveries IN ACCESS EXCLUSIVE MODE`); err != nil {
+		t.Fatal(err)
+	}
+	type page struct {
+		Outbox *struct {
+			Pending int `json:"pending"`
+		} `json:"outbox"`
+		Endpoints *struct {
+			Healthy int `json:"healthy"`
+		} `json:"endpoints"`
+		StoreError string `json:"storeError"`
+	}
+	var st page
+	r := s.call(t, "GET", "/api/v1/status", nil)
+	r.ok(t, http.StatusOK, &st)
+	if st.Outbox != nil || st.Endpoints == nil || st.Endpoints.Healthy != 1 || !strings.Contains(st.StoreError, "the count goes on") {
+		t.Fatalf("status while the first count goes on: %s; want outbox null, the endpoint, and storeError saying the count goes on", r.Raw)
+	}
+	if err := holder.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		st = page{}
+		r = s.call(t, "GET", "/api/v1/status", nil)
+		r.ok(t, http.StatusOK, &st)
+		if st.Outbox != nil && st.Outbox.Pending == 2 && st.StoreError == "" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("10 s after the lock went: %s; want 2 pending", r.Raw)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 	"unicode/utf8"
 
@@ -155,13 +156,24 @@ type Admin struct {
 	// was statusReuseFrom or more: they cost in proportion to the
 	// backlog, and a dashboard polling the status of a store with
 	// millions pending would otherwise keep the store counting. One
-	// count runs at a time; concurrent requests share it. countsMu is a
-	// one-slot semaphore, not a sync.Mutex: a request waiting for a count
-	// under way (a stalled store) gives up at its own deadline instead
-	// of queueing behind every request before it.
-	countsMu      chan struct{}
-	counts        OutboxStatus // without Endpoints; OldestPendingAge as of countedAt
+	// count runs at a time, on a deadline of its own (statusCountTimeout):
+	// concurrent requests share it, and one that gives up at its own
+	// deadline leaves it running for the next (see outboxCounts).
+	countsMu      sync.Mutex
+	counts        OutboxStatus // without Endpoints; OldestPendingAge as of countsRefresh.at
 	countsRefresh gaugeRefresh
+	counting      *countRun // the count under way, or nil
+	// life ends the count under way at Close.
+	life context.Context
+	stop context.CancelFunc
+}
+
+// countRun is one count of the outbox; done is closed once s and err are
+// set.
+type countRun struct {
+	done chan struct{}
+	s    OutboxStatus
+	err  error
 }
 
 // NewAdmin returns the admin store over the outbox in schema (unquoted
@@ -170,8 +182,13 @@ func NewAdmin(pool *pgxpool.Pool, schema string, d *Dispatcher) *Admin {
 	if schema == "" {
 		schema = "walhook"
 	}
-	return &Admin{pool: pool, schema: pgx.Identifier{schema}.Sanitize(), d: d, countsMu: make(chan struct{}, 1)}
+	life, stop := context.WithCancel(context.Background())
+	return &Admin{pool: pool, schema: pgx.Identifier{schema}.Sanitize(), d: d, life: life, stop: stop}
 }
+
+// Close ends a count of the outbox under way, which no request may be
+// waiting for (see outboxCounts), so that the pool can close.
+func (a *Admin) Close() { a.stop() }
 
 // q replaces {{schema}} in a statement with the quoted schema name.
 func (a *Admin) q(sql string) string { return strings.ReplaceAll(sql, "{{schema}}", a.schema) }
@@ -843,40 +860,56 @@ FROM (SELECT count(*) AS n, count(*) FILTER (WHERE attempts > 0) AS failing, min
 
 // OutboxStatus reads outbox depth and endpoint health, at a cost that
 // does not grow with the delivered history (outboxStatusSQL).
+//
+// The endpoints are read first: the counts may take longer than ctx
+// allows, and a request that stops waiting for them still has its
+// endpoints and the last counts (see outboxCounts).
 func (a *Admin) OutboxStatus(ctx context.Context) (OutboxStatus, error) {
-	s, err := a.outboxCounts(ctx)
+	eps, err := a.endpointHealth(ctx)
 	if err != nil {
 		return OutboxStatus{}, err
 	}
+	s, err := a.outboxCounts(ctx)
+	if errors.Is(err, ErrStillCounting) {
+		return OutboxStatus{Endpoints: eps}, err
+	}
+	if err != nil {
+		return OutboxStatus{}, err
+	}
+	s.Endpoints = eps
+	return s, nil
+}
+
+// endpointHealth sorts the endpoints into healthy, failing and disabled.
+func (a *Admin) endpointHealth(ctx context.Context) (EndpointHealth, error) {
+	h := EndpointHealth{Failing: []EndpointState{}, Disabled: []EndpointState{}}
 	rows, err := a.pool.Query(ctx, a.q(`
 		SELECT id, active, coalesce(disabled_reason, ''), disabled_at, failing_since
 		FROM {{schema}}.endpoints ORDER BY id`))
 	if err != nil {
-		return OutboxStatus{}, fmt.Errorf("endpoint health: %w", err)
+		return h, fmt.Errorf("endpoint health: %w", err)
 	}
 	defer rows.Close()
-	s.Endpoints.Failing = []EndpointState{}
-	s.Endpoints.Disabled = []EndpointState{}
 	for rows.Next() {
 		var id, reason string
 		var active bool
 		var disabledAt, failingSince *time.Time
 		if err := rows.Scan(&id, &active, &reason, &disabledAt, &failingSince); err != nil {
-			return OutboxStatus{}, fmt.Errorf("endpoint health: %w", err)
+			return h, fmt.Errorf("endpoint health: %w", err)
 		}
 		switch {
 		case !active:
-			s.Endpoints.Disabled = append(s.Endpoints.Disabled, EndpointState{ID: id, Reason: reason, Since: deref(disabledAt)})
+			h.Disabled = append(h.Disabled, EndpointState{ID: id, Reason: reason, Since: deref(disabledAt)})
 		case failingSince != nil:
-			s.Endpoints.Failing = append(s.Endpoints.Failing, EndpointState{ID: id, Reason: "no 2xx since the first failure", Since: deref(failingSince)})
+			h.Failing = append(h.Failing, EndpointState{ID: id, Reason: "no 2xx since the first failure", Since: deref(failingSince)})
 		default:
-			s.Endpoints.Healthy++
+			h.Healthy++
 		}
 	}
 	if err := rows.Err(); err != nil {
-		return OutboxStatus{}, fmt.Errorf("endpoint health: %w", err)
+		return h, fmt.Errorf("endpoint health: %w", err)
 	}
-	return s, nil
+	return h, nil
 }
 
 // statusReuseFrom is the cost of the outbox counts (about 0.3 s for
@@ -884,39 +917,88 @@ func (a *Admin) OutboxStatus(ctx context.Context) (OutboxStatus, error) {
 // request counts, so a status read right after a change shows it.
 const statusReuseFrom = 100 * time.Millisecond
 
-// outboxCounts runs outboxStatusSQL, or returns its last result while
-// that is fresh enough (see Admin.counts), the oldest pending age grown
-// by the time since.
+// statusCountTimeout bounds one count of the outbox. It is longer than
+// a status request's own deadline: with tens of millions pending the
+// counts take longer than a request waits (about 5 s at 20,000,000 here),
+// and the count goes on so that the next request has it.
+const statusCountTimeout = 5 * time.Minute
+
+// ErrStillCounting is returned by OutboxStatus, with the endpoints' health
+// and no counts, when its context ends before the first count of the
+// outbox: the count goes on in the background, and a later request gets
+// it.
+var ErrStillCounting = errors.New("counting the outbox takes longer than this request may wait; the count goes on, ask again shortly")
+
+// outboxCounts returns the outbox counts: the last ones while they are
+// fresh enough (see Admin.counts), or those of a count it starts or
+// joins. A request whose context ends while the count goes on gets the
+// last counts there are, however old, or ErrStillCounting if there are
+// none; a failed count is not reused. OldestPendingAge is grown by the
+// time since the count.
 func (a *Admin) outboxCounts(ctx context.Context) (OutboxStatus, error) {
-	select {
-	case a.countsMu <- struct{}{}:
-	case <-ctx.Done():
-		return OutboxStatus{}, fmt.Errorf("outbox status: %w", ctx.Err())
-	}
-	defer func() { <-a.countsMu }()
-	start := time.Now()
-	if a.countsRefresh.took >= statusReuseFrom && !a.countsRefresh.due(start) {
-		s := a.counts
-		if s.OldestPendingAge > 0 {
-			s.OldestPendingAge += start.Sub(a.countsRefresh.at)
-		}
+	a.countsMu.Lock()
+	now := time.Now()
+	if a.countsRefresh.took >= statusReuseFrom && !a.countsRefresh.due(now) {
+		s := a.agedCounts(now)
+		a.countsMu.Unlock()
 		return s, nil
 	}
+	run := a.counting
+	if run == nil {
+		run = &countRun{done: make(chan struct{})}
+		a.counting = run
+		go a.count(run)
+	}
+	a.countsMu.Unlock()
+	select {
+	case <-run.done:
+		return run.s, run.err
+	case <-ctx.Done():
+	}
+	a.countsMu.Lock()
+	defer a.countsMu.Unlock()
+	if a.countsRefresh.at.IsZero() {
+		return OutboxStatus{}, fmt.Errorf("outbox status: %w", ErrStillCounting)
+	}
+	return a.agedCounts(time.Now()), nil
+}
+
+// agedCounts is the last counts with their oldest pending age grown by
+// the time since; countsMu is held.
+func (a *Admin) agedCounts(now time.Time) OutboxStatus {
+	s := a.counts
+	if s.OldestPendingAge > 0 {
+		s.OldestPendingAge += now.Sub(a.countsRefresh.at)
+	}
+	return s
+}
+
+// count runs outboxStatusSQL for run, on a context of its own: the
+// requests that wait for it may give up before it ends.
+func (a *Admin) count(run *countRun) {
+	ctx, cancel := context.WithTimeout(a.life, statusCountTimeout)
+	defer cancel()
+	start := time.Now()
 	var s OutboxStatus
 	var oldest *time.Time
 	var now time.Time
 	err := queryRowIndexPlans(ctx, a.pool, a.q(outboxStatusSQL), func(row pgx.Row) error {
 		return row.Scan(&s.Pending, &s.Delivering, &s.Failing, &s.Failed, &s.Skipped, &oldest, &s.DeliveredLastMinute, &now, &s.AwaitingRescue)
 	})
-	if err != nil {
-		a.countsRefresh = gaugeRefresh{} // count again next time
-		return OutboxStatus{}, fmt.Errorf("outbox status: %w", err)
-	}
 	if oldest != nil {
 		s.OldestPendingAge = now.Sub(*oldest)
 	}
-	a.counts, a.countsRefresh = s, gaugeRefresh{at: start, took: time.Since(start)}
-	return s, nil
+	a.countsMu.Lock()
+	if err != nil {
+		err = fmt.Errorf("outbox status: %w", err)
+		a.counts, a.countsRefresh = OutboxStatus{}, gaugeRefresh{} // count again next time
+	} else {
+		a.counts, a.countsRefresh = s, gaugeRefresh{at: start, took: time.Since(start)}
+	}
+	a.counting = nil
+	a.countsMu.Unlock()
+	run.s, run.err = s, err
+	close(run.done)
 }
 
 func validStatus(s string) bool {

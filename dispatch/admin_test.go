@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
@@ -574,9 +575,9 @@ func TestAdminOutboxStatusReusesACostlyCount(t *testing.T) {
 	}
 
 	// The last count took 200 ms: reused for 4 s.
-	a.countsMu <- struct{}{}
+	a.countsMu.Lock()
 	a.countsRefresh = gaugeRefresh{at: time.Now().Add(-time.Second), took: 200 * time.Millisecond}
-	<-a.countsMu
+	a.countsMu.Unlock()
 	b.addDelivery(t, "p3", ep.ID, "pending", 0, time.Now())
 	mustCreate(t, a, EndpointInput{})
 	s, err := a.OutboxStatus(ctx)
@@ -590,9 +591,9 @@ func TestAdminOutboxStatusReusesACostlyCount(t *testing.T) {
 		t.Errorf("reused oldest pending age %v, want it grown by the second since the count", s.OldestPendingAge)
 	}
 	// 4 s after it, counted again.
-	a.countsMu <- struct{}{}
+	a.countsMu.Lock()
 	a.countsRefresh.at = time.Now().Add(-4 * time.Second)
-	<-a.countsMu
+	a.countsMu.Unlock()
 	if s, _ := a.OutboxStatus(ctx); s.Pending != 3 {
 		t.Errorf("a count older than 20 times its cost was reused: pending %d, want 3", s.Pending)
 	}
@@ -1182,5 +1183,116 @@ func TestPurgeTombstonesGoesPastOneWithHeldRows(t *testing.T) {
 	}
 	if n := b.count(t, `SELECT count(*) FROM {{schema}}.deliveries WHERE endpoint_id = 'whk_first'`); n != 1 {
 		t.Errorf("%d deliveries of the first deleted endpoint left, want the held one", n)
+	}
+}
+
+// With tens of millions pending, counting the outbox takes longer than a
+// status request waits (its 5 s). The count goes on past the request
+// that started it: that request says so, and the next one gets the
+// count; once there are counts, a request whose count outlives it gets
+// the last ones instead of an error. A table lock held by another
+// transaction stands in for the long count.
+func TestAdminOutboxStatusCountOutlivesTheRequest(t *testing.T) {
+	a, b := setupAdmin(t)
+	ctx := context.Background()
+	ep := mustCreate(t, a, EndpointInput{})
+	b.addDelivery(t, "p1", ep.ID, "pending", 0, time.Now().Add(-10*time.Minute))
+	b.addDelivery(t, "p2", ep.ID, "pending", 0, time.Now())
+	lockDeliveries := func() pgx.Tx {
+		holder, err := b.pool.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { holder.Rollback(ctx) })
+		if _, err := holder.Exec(ctx, `LOCK TABLE walhook.deliveries IN ACCESS EXCLUSIVE MODE`); err != nil {
+			t.Fatal(err)
+		}
+		return holder
+	}
+	short := func() (OutboxStatus, error) {
+		sctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+		defer cancel()
+		return a.OutboxStatus(sctx)
+	}
+
+	holder := lockDeliveries()
+	if _, err := short(); !errors.Is(err, ErrStillCounting) {
+		t.Fatalf("a first count that outlived its request: %v, want ErrStillCounting", err)
+	}
+	if err := holder.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// The count the first request started ends; the next request gets it
+	// (it took the lock's wait, so it is reused, not counted again).
+	s, err := a.OutboxStatus(ctx)
+	if err != nil || s.Pending != 2 {
+		t.Fatalf("status after the lock went = %+v, %v; want 2 pending", s, err)
+	}
+	a.countsMu.Lock()
+	took := a.countsRefresh.took
+	a.countsMu.Unlock()
+	if took < 200*time.Millisecond {
+		t.Errorf("the count took %v, want it to include the lock's wait (most of the first request's 300 ms)", took)
+	}
+
+	// Counts due again, more pending, and the count outlives its request:
+	// the last counts, their oldest age grown.
+	a.countsMu.Lock()
+	a.countsRefresh.at = time.Now().Add(-time.Hour)
+	a.countsMu.Unlock()
+	b.addDelivery(t, "p3", ep.ID, "pending", 0, time.Now())
+	holder = lockDeliveries()
+	s, err = short()
+	if err != nil || s.Pending != 2 || s.OldestPendingAge < time.Hour {
+		t.Fatalf("status while a due count waits = %+v, %v; want the last counts (2 pending, oldest over an hour)", s, err)
+	}
+	if err := holder.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		s, err := a.OutboxStatus(ctx)
+		if err == nil && s.Pending == 3 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("10 s after the lock went: status = %+v, %v; want 3 pending", s, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// Close ends a count under way (walhook run stops while a count of
+// millions is running), so the pool's close does not wait for it.
+func TestAdminCloseEndsACount(t *testing.T) {
+	a, b := setupAdmin(t)
+	ctx := context.Background()
+	holder, err := b.pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer holder.Rollback(ctx)
+	if _, err := holder.Exec(ctx, `LOCK TABLE walhook.deliveries IN ACCESS EXCLUSIVE MODE`); err != nil {
+		t.Fatal(err)
+	}
+	sctx, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+	defer cancel()
+	if _, err := a.OutboxStatus(sctx); !errors.Is(err, ErrStillCounting) {
+		t.Fatalf("status = %v, want ErrStillCounting", err)
+	}
+	a.countsMu.Lock()
+	run := a.counting
+	a.countsMu.Unlock()
+	if run == nil {
+		t.Fatal("no count under way")
+	}
+	a.Close()
+	select {
+	case <-run.done:
+		if run.err == nil {
+			t.Error("a count ended by Close reported no error")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the count under way did not end 10 s after Close")
 	}
 }

@@ -169,7 +169,9 @@ func (r *runner) run(ctx context.Context) error {
 	apiAddr := "off"
 	if r.cfg.API.Listen != "" {
 		var err error
-		if srv, err = api.New(apiOptions(r.cfg, dispatch.NewAdmin(r.pool, r.cfg.Store.Schema, r.disp), r.repl, r.reg, r.pool, r.log)); err != nil {
+		admin := dispatch.NewAdmin(r.pool, r.cfg.Store.Schema, r.disp)
+		defer admin.Close() // before the pool closes
+		if srv, err = api.New(apiOptions(r.cfg, admin, r.repl, r.reg, r.pool, r.log)); err != nil {
 			return &UsageError{Err: fmt.Errorf("%s: %w", r.cfg.File, err)}
 		}
 		var lc net.ListenConfig
