@@ -57,7 +57,7 @@ func querySlot(ctx context.Context, conn *pgx.Conn, slot string) (SlotStatus, er
 		sameDB                bool
 	)
 	err := conn.QueryRow(ctx, `
-		SELECT plugin, database, database = current_database(), active, active_pid, wal_status,
+		SELECT plugin, database, coalesce(database = current_database(), false), active, active_pid, wal_status,
 		       restart_lsn::text, confirmed_flush_lsn::text,
 		       pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::int8,
 		       pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::int8,
@@ -71,8 +71,13 @@ func querySlot(ctx context.Context, conn *pgx.Conn, slot string) (SlotStatus, er
 	if err != nil {
 		return st, fmt.Errorf("look up replication slot %q: %w", slot, err)
 	}
-	if db == nil || !sameDB {
-		return st, fmt.Errorf("%w: slot %q is not a logical slot of this database", ErrSlotMissing, slot)
+	if db == nil {
+		return st, fmt.Errorf("%w: slot %q is a physical slot (a standby's), not a logical slot — fix: choose another source.slot "+
+			"and run walhook setup", ErrSlotMissing, slot)
+	}
+	if !sameDB {
+		return st, fmt.Errorf("%w: slot %q is a logical slot of database %q, not of this one — fix: choose another source.slot "+
+			"and run walhook setup", ErrSlotMissing, slot, *db)
 	}
 	if plugin != nil && *plugin != "pgoutput" {
 		return st, fmt.Errorf("%w: slot %q uses plugin %q, walhook needs pgoutput", ErrSlotMissing, slot, *plugin)
