@@ -1,8 +1,11 @@
 package cdc
 
 import (
+	"context"
 	"errors"
 	"fmt"
+
+	"github.com/jackc/pgx/v5"
 )
 
 // Sentinel errors. Run returns them (wrapped, with detail) when the
@@ -35,6 +38,11 @@ var (
 	// point-in-time restore). Streaming from it would skip every change the
 	// server writes up to it.
 	ErrCursorAhead = errors.New("store cursor is ahead of the server's WAL")
+	// ErrSourceStandby: the source server is a standby (in recovery).
+	// walhook's publication and slot live on the primary: a standby can
+	// create neither, its pg_replication_slots does not list the
+	// primary's, and PostgreSQL 15 cannot decode changes on it.
+	ErrSourceStandby = errors.New("the source server is a standby (in recovery)")
 	// ErrProtocol: the server sent something this decoder does not know
 	// (a pgoutput message type, tuple kind or layout). Continuing could
 	// misread data, so the stream stops.
@@ -74,5 +82,25 @@ func (e *CursorAheadError) Unwrap() error { return ErrCursorAhead }
 func permanent(err error) bool {
 	return errors.Is(err, ErrSlotMissing) || errors.Is(err, ErrSlotLost) ||
 		errors.Is(err, ErrPublicationMissing) || errors.Is(err, ErrCursorBehindSlot) || errors.Is(err, ErrCursorAhead) ||
-		errors.Is(err, ErrProtocol)
+		errors.Is(err, ErrProtocol) || errors.Is(err, ErrSourceStandby)
+}
+
+// StandbyWhy says why walhook cannot use a standby as its source.
+const StandbyWhy = "walhook's publication and replication slot live on the primary; a standby can create neither, " +
+	"does not list the primary's slots, and PostgreSQL 15 cannot decode changes on it"
+
+// StandbyFix is what to do when the source DSN reaches a standby.
+const StandbyFix = "point source.dsn at the primary (with several hosts in it, add target_session_attrs=read-write)"
+
+// RefuseStandby returns an error wrapping ErrSourceStandby, with what to
+// do, when conn's server is in recovery.
+func RefuseStandby(ctx context.Context, conn *pgx.Conn) error {
+	var recovery bool
+	if err := conn.QueryRow(ctx, `SELECT pg_is_in_recovery()`).Scan(&recovery); err != nil {
+		return fmt.Errorf("read pg_is_in_recovery(): %w", err)
+	}
+	if !recovery {
+		return nil
+	}
+	return fmt.Errorf("%w: %s — fix: %s", ErrSourceStandby, StandbyWhy, StandbyFix)
 }

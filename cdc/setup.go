@@ -45,6 +45,9 @@ func Setup(ctx context.Context, dsn string, o SetupOptions) ([]string, error) {
 		return nil, fmt.Errorf("setup: connect: %w", redact(err))
 	}
 	defer closeQuietly(conn)
+	if err := RefuseStandby(ctx, conn); err != nil {
+		return nil, fmt.Errorf("setup: %w", err)
+	}
 
 	var did []string
 	lines, err := setupPublication(ctx, conn, o.Publication, o.Tables, o.Operations)
@@ -475,6 +478,11 @@ func Teardown(ctx context.Context, dsn, slot, publication string, force bool) ([
 		return nil, fmt.Errorf("teardown: connect: %w", redact(err))
 	}
 	defer closeQuietly(conn)
+	// On a standby the slot is not listed and nothing can be dropped:
+	// "nothing to drop" would leave the primary's slot retaining WAL.
+	if err := RefuseStandby(ctx, conn); err != nil {
+		return nil, fmt.Errorf("teardown: %w", err)
+	}
 	var did []string
 	line, err := dropSlot(ctx, conn, slot, force)
 	if err != nil {

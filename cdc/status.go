@@ -65,6 +65,9 @@ func querySlot(ctx context.Context, conn *pgx.Conn, slot string) (SlotStatus, er
 		FROM pg_replication_slots WHERE slot_name = $1`, slot).
 		Scan(&plugin, &db, &sameDB, &st.Active, &pid, &walStatus, &restart, &confirmed, &retained, &lag, &walEnd)
 	if errors.Is(err, pgx.ErrNoRows) {
+		if err := RefuseStandby(ctx, conn); err != nil { // a standby lists none of the primary's slots
+			return st, err
+		}
 		return st, fmt.Errorf("%w: slot %q (dropped, or never created: run `walhook setup`; re-creating it "+
 			"would skip every change made since it went missing)", ErrSlotMissing, slot)
 	}
@@ -133,7 +136,7 @@ func (s *Stream) Status(ctx context.Context) (SlotStatus, error) {
 		}
 		if s.statusConn != nil {
 			st, err = querySlot(ctx, s.statusConn, s.opts.Slot)
-			if s.statusClosed || (err != nil && !errors.Is(err, ErrSlotLost) && !errors.Is(err, ErrSlotMissing)) {
+			if s.statusClosed || (err != nil && !errors.Is(err, ErrSlotLost) && !errors.Is(err, ErrSlotMissing) && !errors.Is(err, ErrSourceStandby)) {
 				// Made again by the next call; after CloseStatus (a call
 				// that raced with it) none is kept.
 				closeQuietly(s.statusConn)

@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/walhook/walhook/cdc"
 	"github.com/walhook/walhook/config"
 	"github.com/walhook/walhook/dispatch"
 	"github.com/walhook/walhook/internal/cpuyield"
@@ -60,6 +61,7 @@ type checker struct {
 	schema    map[string]mapper.TableSchema
 	parts     map[string]*partitionIdentity // partitioned rule table → its tree's replica identity
 	sourceOK  bool                          // connected to the source
+	standby   bool                          // the source is in recovery
 }
 
 func (c *checker) add(status, what, fix, format string, args ...any) {
@@ -225,8 +227,17 @@ func (c *checker) checkSource(ctx context.Context) {
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
 	c.sourceOK = true
+	if err := c.checkServer(ctx, conn); err != nil {
+		c.fail("query", "", "%v", err)
+	}
 	steps := []func(context.Context, *pgx.Conn) error{
-		c.checkServer, c.checkRole, c.checkCapacity, c.checkTables, c.checkPublication, c.checkSlot,
+		c.checkRole, c.checkCapacity, c.checkTables, c.checkPublication, c.checkSlot,
+	}
+	if c.standby {
+		// Slots, WAL senders and the publication are the primary's to
+		// check: a standby's would mislead ("slot does not exist — fix:
+		// walhook setup", which cannot create it there).
+		steps = []func(context.Context, *pgx.Conn) error{c.checkRole, c.checkTables}
 	}
 	for _, step := range steps {
 		if err := step(ctx, conn); err != nil {
@@ -237,11 +248,15 @@ func (c *checker) checkSource(ctx context.Context) {
 
 func (c *checker) checkServer(ctx context.Context, conn *pgx.Conn) error {
 	var version, walLevel string
-	if err := conn.QueryRow(ctx, `SELECT current_setting('server_version'), current_setting('wal_level')`).
-		Scan(&version, &walLevel); err != nil {
+	if err := conn.QueryRow(ctx, `SELECT current_setting('server_version'), current_setting('wal_level'), pg_is_in_recovery()`).
+		Scan(&version, &walLevel, &c.standby); err != nil {
 		return fmt.Errorf("read server settings: %w", err)
 	}
-	c.ok("server", "PostgreSQL %s", version)
+	if c.standby {
+		c.fail("server", cdc.StandbyFix, "PostgreSQL %s is a standby (in recovery): %s", version, cdc.StandbyWhy)
+	} else {
+		c.ok("server", "PostgreSQL %s", version)
+	}
 	if walLevel == "logical" {
 		c.ok("wal_level", "logical")
 	} else {
@@ -882,6 +897,11 @@ func (c *checker) checkStore(ctx context.Context) {
 		return
 	}
 	defer pool.Close()
+	if err := storeWritable(ctx, pool); err != nil {
+		// Not "fix: walhook setup": setup cannot write there either.
+		c.fail("store", storeReadOnlyFix, "%s", oneLine(err))
+		return
+	}
 	err = dispatch.CheckSchema(ctx, pool, schema)
 	var se *dispatch.SchemaError
 	switch {
@@ -925,7 +945,7 @@ func storeGrantFix(ctx context.Context, pool *pgxpool.Pool, dsn, schema string) 
 // checkCursor reports a store cursor behind the slot (a gap walhook run
 // refuses to start with).
 func (c *checker) checkCursor(ctx context.Context) {
-	if !c.sourceOK {
+	if !c.sourceOK || c.standby {
 		return // reported by the source's lines
 	}
 	gap, err := readCursorGap(ctx, c.cfg)

@@ -253,6 +253,14 @@ func (r *runner) prepare(ctx context.Context) error {
 			pool.Close()
 		}
 	}()
+	// Both before anything is written: static endpoints go to the store
+	// next, and a read-only store would fail there as a config error.
+	if err := storeWritable(ctx, pool); err != nil {
+		return fmt.Errorf("store %s: %w — fix: %s", describeDSN(cfg.Store.DSN), err, storeReadOnlyFix)
+	}
+	if err := refuseSourceStandby(ctx, cfg.Source.DSN); err != nil {
+		return err
+	}
 	if err := dispatch.CheckSchema(ctx, pool, cfg.Store.Schema); err != nil {
 		if pe := (*pgconn.PgError)(nil); errors.As(err, &pe) && pe.Code == "42501" { // insufficient_privilege
 			return fmt.Errorf("store %s: %w — fix: walhook check prints the GRANTs the schema's owner runs", describeDSN(cfg.Store.DSN), err)
@@ -301,6 +309,20 @@ func (r *runner) prepare(ctx context.Context) error {
 		return err
 	}
 	ok = true
+	return nil
+}
+
+// refuseSourceStandby refuses a source DSN that reaches a standby, where
+// the slot is never found and "run walhook setup" would be the wrong fix.
+func refuseSourceStandby(ctx context.Context, dsn string) error {
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		return fmt.Errorf("source %s: connect: %w", describeDSN(dsn), redactDSNError(err))
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	if err := cdc.RefuseStandby(ctx, conn); err != nil {
+		return fmt.Errorf("source %s: %w", describeDSN(dsn), err)
+	}
 	return nil
 }
 

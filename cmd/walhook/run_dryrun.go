@@ -35,6 +35,9 @@ type dryRunLine struct {
 // confirms a position (the slot does not move: a later `walhook run` gets
 // the same transactions) and writes nothing to the source (no heartbeats).
 func runDryRun(ctx context.Context, cfg *config.Config, log *slog.Logger, stdout, stderr io.Writer) error {
+	if err := refuseSourceStandby(ctx, cfg.Source.DSN); err != nil {
+		return err
+	}
 	systemID, err := cdc.SystemID(ctx, cfg.Source.DSN)
 	if err != nil {
 		return fmt.Errorf("source %s: %w", describeDSN(cfg.Source.DSN), err)

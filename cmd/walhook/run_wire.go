@@ -366,6 +366,10 @@ func (c *slotCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 }
 
+// storeReadOnlyFix is what to do about a read-only store.
+const storeReadOnlyFix = "point store.dsn at the primary (with several hosts in it, add target_session_attrs=read-write), " +
+	"or turn default_transaction_read_only off for walhook's role or database"
+
 // storeWritable is /readyz's check: the store answers and takes writes.
 // One that answers read-only (a standby the store DSN reaches after a
 // failover, default_transaction_read_only) can neither store events nor

@@ -75,6 +75,12 @@ func runSetup(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return fmt.Errorf("setup: connect to the source: %w", err)
 	}
+	// A standby comes before anything changes: else the store is
+	// migrated and the publication fails on "read-only transaction".
+	if err := cdc.RefuseStandby(ctx, conn); err != nil {
+		conn.Close(context.WithoutCancel(ctx))
+		return fmt.Errorf("setup: %w", err)
+	}
 	schema, parts, err := readSourceSchema(ctx, conn, tables)
 	var large map[string][]string
 	if err == nil {
@@ -135,6 +141,10 @@ func runSetup(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	pool, err := connectStore(ctx, cfg.Store.DSN)
 	if err != nil {
 		return fmt.Errorf("setup: %w", err)
+	}
+	if err := storeWritable(ctx, pool); err != nil {
+		pool.Close()
+		return fmt.Errorf("setup: store %s: %w; nothing changed — fix: %s", describeDSN(cfg.Store.DSN), err, storeReadOnlyFix)
 	}
 	applied, err := dispatch.Migrate(ctx, pool, cfg.Store.Schema)
 	pool.Close()
