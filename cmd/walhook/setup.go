@@ -75,11 +75,11 @@ func runSetup(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return fmt.Errorf("setup: connect to the source: %w", err)
 	}
-	// A standby comes before anything changes: else the store is
-	// migrated and the publication fails on "read-only transaction".
-	if err := cdc.RefuseStandby(ctx, conn); err != nil {
+	// What the slot needs of the server comes before anything changes:
+	// else the store and the publication are made and the slot fails.
+	if err := slotPrerequisites(ctx, cfg, conn); err != nil {
 		conn.Close(context.WithoutCancel(ctx))
-		return fmt.Errorf("setup: %w", err)
+		return err
 	}
 	schema, parts, err := readSourceSchema(ctx, conn, tables)
 	var large map[string][]string
@@ -179,6 +179,33 @@ func runSetup(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			strings.Join(full, ", "))
 	}
 	return gapErr
+}
+
+// slotPrerequisites refuses a source server that cannot take walhook's
+// slot: a standby, or what check's wal_level, role and
+// max_replication_slots lines fail on (with their fixes).
+func slotPrerequisites(ctx context.Context, cfg *config.Config, conn *pgx.Conn) error {
+	if err := cdc.RefuseStandby(ctx, conn); err != nil {
+		return fmt.Errorf("setup: %w", err)
+	}
+	c := &checker{cfg: cfg}
+	for _, step := range []func(context.Context, *pgx.Conn) error{c.checkServer, c.checkRole, c.checkCapacity} {
+		if err := step(ctx, conn); err != nil {
+			return fmt.Errorf("setup: %w", err)
+		}
+	}
+	var problems []string
+	for _, l := range c.lines {
+		// A WAL sender is run's need, not setup's.
+		if l.status == statusFail && l.what != "max_wal_senders" {
+			problems = append(problems, "  "+l.what+": "+l.msg+" — fix: "+l.fix)
+		}
+	}
+	if len(problems) > 0 {
+		return fmt.Errorf("setup: the source server cannot take replication slot %s; nothing changed:\n%s",
+			cfg.Source.Slot, strings.Join(problems, "\n"))
+	}
+	return nil
 }
 
 // setupCursor compares the store's cursor with the slot's confirmed

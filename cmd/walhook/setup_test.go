@@ -204,3 +204,35 @@ func TestSetupDBAPrepared(t *testing.T) {
 		t.Fatal("store schema still there after teardown --store")
 	}
 }
+
+// A server that cannot take the slot — wal_level replica, every slot in
+// use, a role without REPLICATION — is refused before anything changes,
+// with check's fixes. Before, setup migrated the store and created the
+// publication, then failed on PostgreSQL's bare error for the slot.
+func TestSetupRefusesServerThatCannotTakeTheSlot(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	c := pgtest.StartT(t, pgtest.Options{Settings: map[string]string{"wal_level": "replica", "max_replication_slots": "1"}})
+	dsn, db := ckSampleDB(t, c)
+	ckExec(t, dsn, `SELECT pg_create_physical_replication_slot('someone_else')`)
+	role := ckReplicationRole(t, c)
+	ckExec(t, dsn, `ALTER ROLE `+role+` NOREPLICATION; GRANT CREATE ON DATABASE `+db+` TO `+role+`;
+		GRANT SELECT ON ALL TABLES IN SCHEMA public TO `+role)
+	t.Cleanup(func() { ckExec(t, dsn, `DROP OWNED BY `+role) })
+	for _, cfg := range []string{ckSampleConfig(t, dsn, db), ckSampleConfig(t, c.DSNAs(role, db), db)} {
+		out, errOut, code := runCLI(t, ctx, "setup", "--config", cfg)
+		t.Logf("setup:\n%s%s", out, errOut)
+		if code != 1 {
+			t.Fatalf("exit %d, want 1", code)
+		}
+		ckWantLines(t, errOut, `setup: the source server cannot take replication slot `+db+`; nothing changed:$`,
+			`  wal_level: is replica; logical decoding needs logical — fix: ALTER SYSTEM SET wal_level = logical; then restart PostgreSQL$`,
+			`  max_replication_slots: all 1 replication slots are in use .* — fix: ALTER SYSTEM SET max_replication_slots = 2;`)
+		if strings.Contains(cfg, role) {
+			ckWantLines(t, errOut, `  role: `+role+` has neither REPLICATION nor superuser.* — fix: ALTER ROLE `+role+` REPLICATION;`)
+		}
+		if n := ckScalar[int64](t, dsn, `SELECT (SELECT count(*) FROM pg_publication) + (SELECT count(*) FROM pg_namespace WHERE nspname = 'walhook')`); n != 0 {
+			t.Fatalf("refused setup left %d objects behind", n)
+		}
+	}
+}
