@@ -6,7 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strings"
 	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/walhook/walhook/dispatch"
 )
@@ -109,6 +112,13 @@ func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
 		w.Header().Set("Retry-After", "5")
 		e = &Error{http.StatusServiceUnavailable, CodeStoreUnavailable,
 			fmt.Sprintf("the store did not answer within %s (the log says more); try again", s.storeWait)}
+	case storeUnreachable(err):
+		// The store refuses connections or dropped this one (down,
+		// restarting, shutting down): the client's move is to try again
+		// later, as after a timeout, not to report a bug.
+		s.log.Warn("api: the store does not answer", "method", r.Method, "path", r.URL.Path, "err", err)
+		w.Header().Set("Retry-After", "5")
+		e = &Error{http.StatusServiceUnavailable, CodeStoreUnavailable, "the store does not answer (the log says why); try again"}
 	default:
 		s.log.Error("api: request failed", "method", r.Method, "path", r.URL.Path, "err", err)
 		e = &Error{http.StatusInternalServerError, CodeInternal, "internal error (logged)"}
@@ -117,6 +127,24 @@ func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
 		w.Header().Set("Allow", "GET")
 	}
 	s.writeJSON(w, e.Status, envelope{Error: &errorBody{Code: e.Code, Message: e.Message}})
+}
+
+// storeUnreachable reports whether err says the store could not be
+// reached: a connection that failed, one that broke before the request
+// was sent, or a session the server ended (shutdown, restart,
+// pg_terminate_backend).
+func storeUnreachable(err error) bool {
+	var ce *pgconn.ConnectError
+	if errors.As(err, &ce) || pgconn.SafeToRetry(err) {
+		return true
+	}
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) {
+		// Class 08: connection exception; 57P01..57P03: admin or crash
+		// shutdown, cannot connect now.
+		return strings.HasPrefix(pe.Code, "08") || pe.Code == "57P01" || pe.Code == "57P02" || pe.Code == "57P03"
+	}
+	return false
 }
 
 // unix renders a time as unix seconds, or null when zero.
