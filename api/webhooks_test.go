@@ -215,11 +215,73 @@ func TestStaticEndpointsAreReadOnly(t *testing.T) {
 		t.Fatalf("list: %+v, want the static endpoint marked static", l.Webhooks)
 	}
 	before := s.snapshot(t)
-	s.call(t, "PUT", "/api/v1/webhooks/static:ops", map[string]any{"active": false}).fails(t, http.StatusConflict, "static_endpoint")
+	s.call(t, "PUT", "/api/v1/webhooks/static:ops", map[string]any{"url": "https://other.example.com/hook"}).fails(t, http.StatusConflict, "static_endpoint")
+	s.call(t, "PUT", "/api/v1/webhooks/static:ops", map[string]any{"active": false, "events": []string{"auction.bid"}}).fails(t, http.StatusConflict, "static_endpoint")
 	s.call(t, "DELETE", "/api/v1/webhooks/static:ops", nil).fails(t, http.StatusConflict, "static_endpoint")
 	s.call(t, "POST", "/api/v1/webhooks/static:ops/rotate-secret", nil).fails(t, http.StatusConflict, "static_endpoint")
 	if after := s.snapshot(t); after != before {
 		t.Fatalf("a refused change to a static endpoint changed the store:\n%s\n%s", before, after)
+	}
+}
+
+// A static endpoint that walhook disabled while running (a 410, the
+// disable rule) is re-enabled by an admin as an API one is, and its
+// missed deliveries recovered; an admin may pause one too, and a restart
+// (the file synced again) keeps either. One the file disables is the
+// file's to turn on.
+func TestStaticEndpointTurnedOnAndOff(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s := newStack(t, stackConfig{noRun: true})
+	static := []dispatch.StaticEndpoint{{Name: "ops", URL: "https://ops.example.com/hook", Secret: dispatch.NewSecret()}}
+	if err := s.d.SyncStaticEndpoints(ctx, static); err != nil {
+		t.Fatal(err)
+	}
+	s.appendEvents(t, "auction.bid", "A1", 2)
+	s.exec(t, `UPDATE walhook.endpoints SET active = false, disabled_reason = 'receiver answered 410 Gone', disabled_at = now() WHERE id = 'static:ops'`)
+	s.exec(t, `UPDATE walhook.deliveries SET status = 'skipped' WHERE endpoint_id = 'static:ops'`)
+	var w webhookData
+	s.call(t, "PUT", "/api/v1/webhooks/static:ops", map[string]any{"active": true}).ok(t, http.StatusOK, &w)
+	if !w.Active || w.DisabledReason != nil {
+		t.Fatalf("re-enabled static endpoint: %+v, want active with no reason", w)
+	}
+	var rec struct {
+		Requeued int `json:"requeued"`
+	}
+	s.call(t, "POST", "/api/v1/webhooks/static:ops/recover", map[string]any{"since": 0}).ok(t, http.StatusOK, &rec)
+	if rec.Requeued != 2 {
+		t.Fatalf("recover after the re-enable requeued %d, want 2", rec.Requeued)
+	}
+	if err := s.d.SyncStaticEndpoints(ctx, static); err != nil {
+		t.Fatal(err)
+	}
+	s.call(t, "GET", "/api/v1/webhooks/static:ops", nil).ok(t, http.StatusOK, &w)
+	if !w.Active {
+		t.Fatal("a restart turned the re-enabled static endpoint off again")
+	}
+
+	// Paused by an admin: stays paused across a restart.
+	s.call(t, "PUT", "/api/v1/webhooks/static:ops", map[string]any{"active": false}).ok(t, http.StatusOK, &w)
+	if err := s.d.SyncStaticEndpoints(ctx, static); err != nil {
+		t.Fatal(err)
+	}
+	s.call(t, "GET", "/api/v1/webhooks/static:ops", nil).ok(t, http.StatusOK, &w)
+	if w.Active || w.DisabledReason == nil || *w.DisabledReason != "disabled by admin" {
+		t.Fatalf("paused static endpoint after a restart: %+v, want disabled by admin", w)
+	}
+
+	// Disabled by the file: the file turns it on.
+	if err := s.d.SyncStaticEndpoints(ctx, []dispatch.StaticEndpoint{{Name: "cfg", URL: "https://cfg.example.com/hook", Secret: dispatch.NewSecret(), Disabled: true}}); err != nil {
+		t.Fatal(err)
+	}
+	before := s.snapshot(t)
+	r := s.call(t, "PUT", "/api/v1/webhooks/static:cfg", map[string]any{"active": true})
+	r.fails(t, http.StatusConflict, "static_endpoint")
+	if !strings.Contains(string(r.Raw), "disabled: false") {
+		t.Errorf("turning on an endpoint the file disables: %s, want it to say to set disabled: false in the file", r.Raw)
+	}
+	if after := s.snapshot(t); after != before {
+		t.Fatalf("a refused re-enable changed the store:\n%s\n%s", before, after)
 	}
 }
 

@@ -363,7 +363,30 @@ func (a *Admin) lockEndpoint(ctx context.Context, tx pgx.Tx, id string) (static,
 	return static, active, nil
 }
 
-// UpdateEndpoint applies a patch. Static endpoints are refused. Setting
+// staticPatch refuses a patch of a static endpoint (row locked in tx)
+// unless it only turns it on or off: an admin re-enables a static
+// endpoint that walhook disabled (a 410, the disable rule) or pauses one,
+// as an API one; the rest of it is the config file's, and so is an
+// endpoint the file disables.
+func (a *Admin) staticPatch(ctx context.Context, tx pgx.Tx, id string, p EndpointPatch) error {
+	if p.URL != nil || p.Description != nil || p.Events != nil || p.Auctions != nil {
+		return fmt.Errorf("endpoint %q: %w: change the file and restart (only \"active\" can be set here)", id, ErrStaticEndpoint)
+	}
+	if p.Active == nil || !*p.Active {
+		return nil
+	}
+	var reason string
+	if err := tx.QueryRow(ctx, a.q(`SELECT coalesce(disabled_reason, '') FROM {{schema}}.endpoints WHERE id = $1`), id).Scan(&reason); err != nil {
+		return fmt.Errorf("lock endpoint: %w", err)
+	}
+	if reason == configDisabledReason {
+		return fmt.Errorf("endpoint %q: %w: the file disables it (disabled: true); set disabled: false there and restart", id, ErrStaticEndpoint)
+	}
+	return nil
+}
+
+// UpdateEndpoint applies a patch. A static endpoint takes only active
+// (see staticPatch). Setting
 // active=false skips the endpoint's pending deliveries (kept, recoverable);
 // active=true clears the disabled reason and the failing state, but does not
 // re-queue anything: that is Recover, so an admin decides what to resend.
@@ -392,7 +415,9 @@ func (a *Admin) UpdateEndpoint(ctx context.Context, id string, p EndpointPatch) 
 			return err
 		}
 		if static {
-			return fmt.Errorf("endpoint %q: %w", id, ErrStaticEndpoint)
+			if err := a.staticPatch(ctx, tx, id, p); err != nil {
+				return err
+			}
 		}
 		var events, auctions []string
 		if p.Events != nil {
