@@ -91,6 +91,9 @@ func (d *Dispatcher) logFailure(c claimed, res Result, o outcome) {
 		}
 		d.log.Debug("delivery attempt failed", one...)
 	}
+	if o.disable != "" && !c.test {
+		return // a 410: "endpoint disabled" says it, and nothing is retried
+	}
 	if final {
 		if ok, held := d.logLimit.Allow("failed " + c.endpointID); ok {
 			d.log.Warn("deliveries to an endpoint failed for good (retries exhausted or refused; kept for recover)",

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"strings"
 	"sync"
@@ -13,6 +14,7 @@ import (
 	standardwebhooks "github.com/standard-webhooks/standard-webhooks/libraries/go"
 
 	"github.com/walhook/walhook/cdc"
+	"github.com/walhook/walhook/internal/syncbuf"
 	"github.com/walhook/walhook/mapper"
 )
 
@@ -185,7 +187,11 @@ func TestDeliverHonoursRetryAfter(t *testing.T) {
 func TestDeliver410DisablesEndpoint(t *testing.T) {
 	t.Parallel()
 	rc := obNewReceiver(t, func(int, http.ResponseWriter, *http.Request) int { return 410 })
-	d, b := obSetup(t, func(o *Options) { o.Workers = 1 })
+	var logs syncbuf.Buffer
+	d, b := obSetup(t, func(o *Options) {
+		o.Workers = 1
+		o.Logger = slog.New(slog.NewTextHandler(&logs, nil))
+	})
 	ep := b.endpoint(t, "whk_1", rc.URL, nil, nil, true)
 	ev1, ev2 := obEvent("a.b", ""), obEvent("a.b", "")
 	obAppend(t, d, 10, ev1, ev2)
@@ -200,6 +206,11 @@ func TestDeliver410DisablesEndpoint(t *testing.T) {
 	})
 	if rc.n() != 1 {
 		t.Fatalf("receiver got %d requests after a 410, want 1", rc.n())
+	}
+	// The log says the endpoint is disabled, not that its deliveries are
+	// retried (they are skipped).
+	if l := logs.String(); strings.Contains(l, "retrying") || !strings.Contains(l, `msg="endpoint disabled"`) {
+		t.Errorf("the log after a 410 says a retry, or not the disable:\n%s", l)
 	}
 	// New events for the disabled endpoint are stored as skipped.
 	ev3 := obEvent("a.b", "")
