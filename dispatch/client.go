@@ -687,6 +687,10 @@ func (c *Client) classify(parent, attempt context.Context, err error) (error, bo
 	case parent.Err() != nil:
 		return fmt.Errorf("attempt abandoned: %w", context.Cause(parent)), false
 	case context.Cause(attempt) == ErrTimeout || errors.Is(err, context.DeadlineExceeded):
+		if inner == ErrTimeout || inner == context.DeadlineExceeded {
+			// The context's own cause: saying it again says nothing.
+			return fmt.Errorf("%w after %s", ErrTimeout, c.timeout), false
+		}
 		return fmt.Errorf("%w after %s: %v", ErrTimeout, c.timeout, inner), false
 	case isTimeout(err):
 		// A step's own limit, before the attempt's: the TLS handshake's

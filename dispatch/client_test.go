@@ -368,3 +368,32 @@ func TestSendTLSHandshakeTimeoutSaysSo(t *testing.T) {
 		t.Errorf("error %q after %s: want the handshake's limit named, not the attempt's 30s", msg, took.Round(time.Millisecond))
 	}
 }
+
+// An attempt that outlives the timeout says so once: "timeout after
+// 300ms", not "timeout after 300ms: timeout" (the context's cause
+// repeated) or "…: context deadline exceeded".
+func TestSendTimeoutSaysItOnce(t *testing.T) {
+	t.Parallel()
+	release := make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-r.Context().Done():
+		case <-release:
+		}
+	}))
+	defer srv.Close()
+	defer close(release)
+	client, err := NewClient(ClientOptions{Allow: []string{"127.0.0.1"}, Timeout: 300 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.CloseIdleConnections()
+	res := client.Send(context.Background(), Request{URL: srv.URL + "/hook", ID: "id-1", Event: "a.b",
+		Body: []byte(`{}`), Keys: [][]byte{mustKey(t, NewSecret())}})
+	if !errors.Is(res.Err, ErrTimeout) {
+		t.Fatalf("hung receiver: %v, want ErrTimeout", res.Err)
+	}
+	if msg := res.Err.Error(); msg != "timeout after 300ms" {
+		t.Errorf("error %q, want %q", msg, "timeout after 300ms")
+	}
+}
