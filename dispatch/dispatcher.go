@@ -16,6 +16,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/walhook/walhook/cdc"
 	"github.com/walhook/walhook/internal/lograte"
 	"github.com/walhook/walhook/mapper"
 )
@@ -196,6 +197,10 @@ type Dispatcher struct {
 	// made but whose outcome could not be written (the store failed).
 	// Run's release at stop keeps their attempt counted.
 	unrecorded sync.Map
+	// kept: slot → the lowest position Append may find the slot's cursor
+	// at (ExpectCursor, and what this process's Appends stored since).
+	keptMu sync.Mutex
+	kept   map[string]cdc.LSN
 }
 
 // New returns a Dispatcher over the store in opts.Schema. It does not

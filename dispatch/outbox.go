@@ -2,12 +2,14 @@ package dispatch
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/walhook/walhook/cdc"
@@ -198,7 +200,11 @@ func (d *Dispatcher) Append(ctx context.Context, slot, systemID string, txs []Tx
 			b.Queue(d.q(insertDeliveriesSQL), dl.id, dl.event, dl.endpoint, dl.typ, dl.status,
 				d.opts.InstanceID, d.opts.Lease.Seconds())
 		}
+		floor := d.cursorFloor(slot)
 		if final {
+			if floor > 0 {
+				b.Queue(d.q(cursorKeptSQL), slot, floor.String())
+			}
 			b.Queue(d.q(advanceCursorSQL), slot, systemID, endLSN.String())
 		}
 		if pending > 0 {
@@ -219,13 +225,17 @@ func (d *Dispatcher) Append(ctx context.Context, slot, systemID string, txs []Tx
 			br.Close()
 			return err
 		}
-		// The cursor's and the notify's results, when queued.
-		for _, queued := range []bool{final, pending > 0} {
+		// The cursor check's, the cursor's and the notify's results, when
+		// queued.
+		for i, queued := range []bool{final && floor > 0, final, pending > 0} {
 			if !queued {
 				continue
 			}
 			if _, err := br.Exec(); err != nil {
 				br.Close()
+				if pe := (*pgconn.PgError)(nil); i == 0 && errors.As(err, &pe) && pe.Code == "22012" {
+					return &CursorWentBackError{Slot: slot, Kept: floor}
+				}
 				return err
 			}
 		}
@@ -244,7 +254,13 @@ func (d *Dispatcher) Append(ctx context.Context, slot, systemID string, txs []Tx
 	})
 	if err != nil {
 		cs = nil
+		if cw := (*CursorWentBackError)(nil); errors.As(err, &cw) {
+			cw.Found, cw.Missing = d.cursorNow(ctx, slot)
+		}
 		return fmt.Errorf("append %d events to the outbox: %w", len(ev.id), err)
+	}
+	if final {
+		d.keepCursor(slot, endLSN, false)
 	}
 	d.metrics.appendEvents.Observe(float64(len(ev.id)))
 	d.metrics.appendLatency.Observe(time.Since(start).Seconds())
@@ -330,6 +346,89 @@ WITH ins AS (
     RETURNING id, status, locked_until
 )
 SELECT id, locked_until FROM ins WHERE status = 'delivering'`
+
+// cursorKeptSQL fails (division by zero, which aborts the append's
+// transaction before its COMMIT) unless slot's cursor is at $2 or past
+// it: a cursor found behind what this process found or stored there, or
+// gone, means the store lost transactions it had committed (see
+// CursorWentBackError). Past it is fine: another process that led
+// meanwhile stored more.
+const cursorKeptSQL = `SELECT 1 / (SELECT count(*)::int FROM {{schema}}.cursor WHERE slot = $1 AND lsn >= $2::pg_lsn)`
+
+// ErrCursorWentBack: the store's cursor is behind what this process
+// found or stored there (see CursorWentBackError).
+var ErrCursorWentBack = errors.New("the store's cursor went back")
+
+// CursorWentBackError is an Append refused because slot's cursor in the
+// store is behind Kept, a position this process found there or stored
+// there itself (or the cursor is gone: Missing): the store lost
+// transactions it had committed — it was restored from a backup, or it
+// failed over to a standby that had not received them. The events and
+// deliveries of those transactions may be gone with them, while the
+// slot may already be confirmed past them. Moving the cursor forward (it
+// never goes back) would cover that gap over for good, so nothing is
+// appended: the leader reads the cursor again, and the stream then
+// either resumes from it (the slot still holds the changes) or stops
+// with the gap error (cdc.ErrCursorBehindSlot) and its fix.
+type CursorWentBackError struct {
+	Slot    string
+	Kept    cdc.LSN // what this process found or stored
+	Found   cdc.LSN // what the store has now (0 when unknown or Missing)
+	Missing bool
+}
+
+func (e *CursorWentBackError) Error() string {
+	found := "gone"
+	if !e.Missing {
+		found = "at " + e.Found.String()
+		if e.Found == 0 {
+			found = "behind it"
+		}
+	}
+	return fmt.Sprintf("%v: the store's cursor for slot %q is %s, but this walhook stored or found it at %s: the store "+
+		"lost transactions it had committed (restored from a backup, or failed over to a standby that was behind), "+
+		"with their events and deliveries; nothing was appended, and the leader reads the cursor again: it resumes "+
+		"from it while the slot still holds the changes after it, and otherwise stops with the gap and its fix "+
+		"(docs/operations.md, Recovering from a gap)", ErrCursorWentBack, e.Slot, found, e.Kept)
+}
+
+func (e *CursorWentBackError) Unwrap() error { return ErrCursorWentBack }
+
+// ExpectCursor tells Append where the leader found slot's cursor when its
+// term began: from then on Append refuses to move a cursor it finds behind
+// that, or behind what it stored since (CursorWentBackError). It replaces
+// what an earlier term knew, since a cursor may be moved back on purpose
+// while no process leads (setup --accept-gap after a fork). 0 (no cursor
+// yet) expects nothing until the first Append stores one.
+func (d *Dispatcher) ExpectCursor(slot string, lsn cdc.LSN) { d.keepCursor(slot, lsn, true) }
+
+func (d *Dispatcher) keepCursor(slot string, lsn cdc.LSN, reset bool) {
+	d.keptMu.Lock()
+	defer d.keptMu.Unlock()
+	if d.kept == nil {
+		d.kept = map[string]cdc.LSN{}
+	}
+	if reset || lsn > d.kept[slot] {
+		d.kept[slot] = lsn
+	}
+}
+
+func (d *Dispatcher) cursorFloor(slot string) cdc.LSN {
+	d.keptMu.Lock()
+	defer d.keptMu.Unlock()
+	return d.kept[slot]
+}
+
+// cursorNow reads slot's cursor for CursorWentBackError's message.
+func (d *Dispatcher) cursorNow(ctx context.Context, slot string) (lsn cdc.LSN, missing bool) {
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	lsn, _, ok, err := d.Cursor(rctx, slot)
+	if err != nil {
+		return 0, false
+	}
+	return lsn, !ok
+}
 
 // GREATEST keeps the cursor from going back when an older batch is
 // replayed after a newer one was stored.

@@ -535,6 +535,10 @@ func TestAppendEndpointCacheSurvivesANewStore(t *testing.T) {
 	if n := b.count(t, `SELECT version FROM walhook.endpoints_version`); n != 2 {
 		t.Fatalf("version %d, want 2 as in the old store when it was read", n)
 	}
+	// The new store has no cursor: Append refuses to go on where the old
+	// one's was (TestAppendRefusesACursorThatWentBack) until a new
+	// leadership term reads the cursor, as run's does.
+	d.ExpectCursor("slot", 0)
 	ev = obEvent("a.b", "")
 	obAppend(t, d, 20, ev)
 	if n := b.count(t, `SELECT count(*) FROM walhook.deliveries WHERE event_id = $1 AND endpoint_id = 'new'`, ev.ID); n != 1 {

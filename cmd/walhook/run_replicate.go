@@ -98,6 +98,10 @@ func (r *runner) replicate(ctx context.Context) error {
 		switch {
 		case errors.Is(err, errLeaderLost):
 			r.log.Warn("stopped replicating; waiting to take the slot again", logKeyErr, err)
+		case errors.Is(err, dispatch.ErrCursorWentBack):
+			// The next term reads the cursor as the store has it now,
+			// and the stream resumes from it or stops with the gap.
+			r.log.Error("stopped replicating: the store lost transactions it had committed; reading its cursor again", logKeyErr, err)
 		case err != nil:
 			return err
 		case ctx.Err() != nil:
@@ -272,6 +276,9 @@ func (r *runner) lead(ctx context.Context, lock *leaderLock) error {
 			"restore), and streaming from the cursor would skip the changes the server wrote up to it; run walhook "+
 			"setup --accept-gap to start from the slot", cdc.ErrCursorAhead, slot, cursor, walEnd)
 	}
+	// From here on the cursor may only be found where it was read or
+	// past it: one found behind is a store that lost what it committed.
+	r.disp.ExpectCursor(slot, cursor)
 	epoch, epochFrom, err := r.disp.IDEpoch(ctx, slot)
 	if err != nil {
 		return termStartError("read the id epoch", err)
@@ -714,6 +721,11 @@ func (r *runner) appendBatch(ctx context.Context, stream *cdc.Stream, batch []di
 		cancel()
 		if err == nil {
 			break
+		}
+		if errors.Is(err, dispatch.ErrCursorWentBack) {
+			// Not retried: appending again would move the cursor past
+			// what the store lost.
+			return err
 		}
 		if time.Now().After(deadline) {
 			return fmt.Errorf("store: %w (retried for %s)", err, appendRetryFor)
