@@ -212,3 +212,55 @@ func SkipCursor(ctx context.Context, pool *pgxpool.Pool, schema, slot string, to
 	}
 	return from, nil
 }
+
+// OtherSlots returns the slots other than slot that the store holds a
+// cursor for, in name order: another walhook config (another source or
+// slot) stores into this store schema. Each config's run makes the
+// store's static endpoints its own (deleting the other's, with their
+// deliveries) and fans its events out to every endpoint in the store, so
+// one store schema serves one slot.
+func OtherSlots(ctx context.Context, pool *pgxpool.Pool, schema, slot string) ([]string, error) {
+	rows, err := pool.Query(ctx, strings.ReplaceAll(`SELECT slot FROM {{schema}}.cursor WHERE slot <> $1 ORDER BY slot`,
+		"{{schema}}", quoteIdent(schema)), slot)
+	if err != nil {
+		return nil, fmt.Errorf("read the cursors of store schema %q: %w", schema, err)
+	}
+	slots, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return nil, fmt.Errorf("read the cursors of store schema %q: %w", schema, err)
+	}
+	return slots, nil
+}
+
+// SharedStoreError is a store schema that holds the cursor of another
+// slot than the config's (OtherSlots).
+type SharedStoreError struct {
+	Schema, Slot string
+	Others       []string
+}
+
+func (e *SharedStoreError) Error() string {
+	q := make([]string, len(e.Others))
+	for i, s := range e.Others {
+		q[i] = "'" + strings.ReplaceAll(s, "'", "''") + "'"
+	}
+	return fmt.Sprintf("store schema %s holds the cursor of slot %s, not only this config's slot %q: another walhook config "+
+		"(another source or slot) uses this store schema, and two configs sharing one would each replace the other's "+
+		"static endpoints (deleting them with their deliveries) and deliver their events to each other's endpoints; "+
+		"nothing was changed — fix: give this config its own store.schema (walhook setup creates it); if no walhook "+
+		"uses slot %s any more, delete its cursor: DELETE FROM %s.cursor WHERE slot IN (%s);",
+		e.Schema, strings.Join(e.Others, ", "), e.Slot, strings.Join(e.Others, ", "), quoteIdent(e.Schema), strings.Join(q, ", "))
+}
+
+// RefuseSharedStore returns a *SharedStoreError when the store schema holds
+// the cursor of a slot other than slot.
+func RefuseSharedStore(ctx context.Context, pool *pgxpool.Pool, schema, slot string) error {
+	others, err := OtherSlots(ctx, pool, schema, slot)
+	if err != nil {
+		return err
+	}
+	if len(others) > 0 {
+		return &SharedStoreError{Schema: schema, Slot: slot, Others: others}
+	}
+	return nil
+}

@@ -267,6 +267,10 @@ func (r *runner) prepare(ctx context.Context) error {
 		}
 		return fmt.Errorf("store %s: %w", describeDSN(cfg.Store.DSN), err)
 	}
+	// Before the static endpoints are written: another config's would go.
+	if err := dispatch.RefuseSharedStore(ctx, pool, cfg.Store.Schema, cfg.Source.Slot); err != nil {
+		return fmt.Errorf("store %s: %w", describeDSN(cfg.Store.DSN), err)
+	}
 	r.reg = prometheus.NewRegistry()
 	r.yielding = prometheus.NewGauge(prometheus.GaugeOpts{Name: "walhook_cpu_yielding",
 		Help: "1 while walhook's threads run at idle CPU priority (cpu.yield), else 0."})

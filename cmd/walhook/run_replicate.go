@@ -266,7 +266,7 @@ func (r *runner) lead(ctx context.Context, lock *leaderLock) error {
 	if ok && systemID != "" && systemID != r.systemID {
 		return fmt.Errorf("the store's cursor for slot %q was written while reading PostgreSQL system %s, "+
 			"but the source is now system %s (another cluster: restored, re-created or a different database); "+
-			"its positions mean nothing here — use another store schema or slot for this source", slot, systemID, r.systemID)
+			"its positions mean nothing here — use another store schema for this source", slot, systemID, r.systemID)
 	}
 	if walEnd, forked, err := dispatch.StoredFork(ctx, r.pool, r.cfg.Store.Schema, slot); err != nil {
 		return termStartError("read the cursor's fork", err)

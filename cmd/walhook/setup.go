@@ -147,8 +147,8 @@ func runSetup(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return fmt.Errorf("setup: store %s: %w; nothing changed — fix: %s", describeDSN(cfg.Store.DSN), err, storeReadOnlyFix)
 	}
 	applied, err := dispatch.Migrate(ctx, pool, cfg.Store.Schema)
-	pool.Close()
 	if err != nil {
+		pool.Close()
 		return fmt.Errorf("setup: %w", err)
 	}
 	if len(applied) == 0 {
@@ -156,6 +156,13 @@ func runSetup(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	} else {
 		fmt.Fprintf(stdout, "store schema %s: applied %s (now version %d)\n",
 			cfg.Store.Schema, strings.Join(applied, ", "), dispatch.LatestSchemaVersion())
+	}
+	// Before the slot is created: a config belongs on a store schema of
+	// its own.
+	err = dispatch.RefuseSharedStore(ctx, pool, cfg.Store.Schema, cfg.Source.Slot)
+	pool.Close()
+	if err != nil {
+		return fmt.Errorf("setup: store %s: %w", describeDSN(cfg.Store.DSN), err)
 	}
 
 	opts := cdc.SetupOptions{Slot: cfg.Source.Slot, Publication: cfg.Source.Publication, Tables: tables, Operations: ruleOperations(cfg)}
@@ -294,7 +301,7 @@ type cursorGap struct {
 
 // otherSystemFix is what to do about a cursor from another system:
 // --accept-gap does not apply, the positions are another cluster's.
-const otherSystemFix = "use another store.schema or source.slot for this source (or drop the old store: walhook teardown --store)"
+const otherSystemFix = "use another store.schema for this source (or drop the old store: walhook teardown --store)"
 
 func (g *cursorGap) String() string {
 	if g.otherSystem != "" {
