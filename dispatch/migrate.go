@@ -32,6 +32,11 @@ var (
 	// its highest version, or lists one no walhook has (it was edited by
 	// hand), so it no longer tells which migrations the schema holds.
 	ErrSchemaVersions = errors.New("edited by hand, so walhook cannot tell which migrations the schema holds")
+	// ErrSchemaNotAStore: Migrate found the schema holding tables (or
+	// views, sequences) but no walhook schema version: another
+	// application's schema, or a store made in part by hand. It creates
+	// nothing among them.
+	ErrSchemaNotAStore = errors.New("not a walhook store")
 )
 
 // SchemaError carries the versions behind a schema state error.
@@ -148,6 +153,11 @@ func migrateTo(ctx context.Context, pool *pgxpool.Pool, schema string, upTo int)
 		if err != nil {
 			return err
 		}
+		if have == 0 && exists {
+			if err := refuseForeignSchema(ctx, tx, schema); err != nil {
+				return err
+			}
+		}
 		if latest := ms[len(ms)-1].version; have > latest {
 			return &SchemaError{Schema: schema, Have: have, Want: latest, Err: ErrSchemaTooNew}
 		}
@@ -175,6 +185,32 @@ func migrateTo(ctx context.Context, pool *pgxpool.Pool, schema string, upTo int)
 		return nil, fmt.Errorf("migrate schema %q: %w", schema, err)
 	}
 	return applied, nil
+}
+
+// refuseForeignSchema fails with ErrSchemaNotAStore when schema, which
+// has no walhook schema version, holds relations: walhook's tables
+// (events, deliveries, cursor, endpoints…) would go in among an
+// application's, or 001_init.sql would fail on the first name taken
+// with only PostgreSQL's "relation … already exists".
+func refuseForeignSchema(ctx context.Context, tx pgx.Tx, schema string) error {
+	var names []string
+	if err := tx.QueryRow(ctx, `SELECT coalesce(array_agg(c.relname::text ORDER BY c.relname), '{}')
+		FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+		WHERE n.nspname = $1 AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')`, schema).Scan(&names); err != nil {
+		return fmt.Errorf("look up the schema's tables: %w", err)
+	}
+	if len(names) == 0 {
+		return nil
+	}
+	more := ""
+	if len(names) > 5 {
+		more = fmt.Sprintf(" and %d more", len(names)-5)
+		names = names[:5]
+	}
+	return fmt.Errorf("schema %q holds %s%s but no walhook schema_version: %w (another application's schema, or a "+
+		"store made in part by hand); nothing was created in it — fix: set store.schema to a schema of walhook's own "+
+		"(setup creates it), or, for a store made in part, drop what it holds first", schema,
+		strings.Join(names, ", "), more, ErrSchemaNotAStore)
 }
 
 // lockHolders names the other sessions holding locks on the schema's
