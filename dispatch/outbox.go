@@ -190,6 +190,7 @@ func (d *Dispatcher) Append(ctx context.Context, slot, systemID string, txs []Tx
 		if !begun {
 			b.Queue("BEGIN")
 		}
+		b.Queue(durableCommitSQL)
 		parts := ev.parts(d.opts.insertBytes)
 		for _, p := range parts {
 			i, j := p[0], p[1]
@@ -220,6 +221,10 @@ func (d *Dispatcher) Append(ctx context.Context, slot, systemID string, txs []Tx
 				br.Close()
 				return err
 			}
+		}
+		if _, err := br.Exec(); err != nil { // durableCommitSQL
+			br.Close()
+			return err
 		}
 		if err := d.readAppend(br, len(parts), len(dl.id) > 0, taken, at, &cs); err != nil {
 			br.Close()
@@ -346,6 +351,15 @@ WITH ins AS (
     RETURNING id, status, locked_until
 )
 SELECT id, locked_until FROM ins WHERE status = 'delivering'`
+
+// durableCommitSQL makes the append's COMMIT wait for its WAL flush on a
+// store whose default is synchronous_commit = off (postgresql.conf, ALTER
+// DATABASE or ROLE, the DSN's options): the slot is confirmed once Append
+// returns, so a commit the store's crash could still take back would lose
+// the transactions' events for good. Other settings (local, remote_write,
+// on, remote_apply) are the store's choice and are kept.
+const durableCommitSQL = `SELECT CASE WHEN current_setting('synchronous_commit') = 'off'
+	THEN set_config('synchronous_commit', 'on', true) END`
 
 // cursorKeptSQL fails (division by zero, which aborts the append's
 // transaction before its COMMIT) unless slot's cursor is at $2 or past
