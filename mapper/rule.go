@@ -102,6 +102,12 @@ type TableSchema struct {
 	// OID is pg_class.oid (0: unknown): a change announced under another
 	// name for this OID is a rename of a rule table.
 	OID uint32
+	// Types are the columns' type OIDs, one per column of Columns, a
+	// domain's the built-in type it ends in (0: unknown); TypeNames their
+	// names as format_type gives them. Optional: without them `when:` is
+	// not checked against the column types.
+	Types     []uint32
+	TypeNames []string
 }
 
 // EventType is one entry of the event catalog.

@@ -138,7 +138,11 @@ func (m *Mapper) CheckSchema(tables map[string]TableSchema) error {
 		for _, c := range ts.Columns {
 			rel.Columns = append(rel.Columns, cdc.Column{Name: c, Key: contains(ts.Keys, c)})
 		}
+		n := len(errs)
 		m.resolve(r, rel, &errs)
+		if len(errs) == n {
+			checkWhenTypes(r, ts, &errs)
+		}
 	}
 	return errs.err()
 }

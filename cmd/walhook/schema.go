@@ -13,8 +13,9 @@ import (
 
 // readSourceSchema reads, from pg_catalog, what mapper.CheckSchema needs to
 // know about each of tables ("schema.table", or "table" in public): the
-// columns, the replica identity (pg_class.relreplident) and the columns that
-// identity sends as the old key. Tables that do not exist (or are not plain
+// columns and their types (a domain's the type it ends in, for `when:`'s
+// type check), the replica identity (pg_class.relreplident) and the
+// columns that identity sends as the old key. Tables that do not exist (or are not plain
 // or partitioned tables) are absent from the result, keyed "schema.table".
 //
 // The catalogs are readable without any privilege on the tables, so a
@@ -40,6 +41,17 @@ func readSourceSchema(ctx context.Context, conn *pgx.Conn, tables []string) (map
 		       array(SELECT a.attname::text FROM pg_attribute a
 		             WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated <> ''
 		             ORDER BY a.attnum),
+		       array(SELECT coalesce((WITH RECURSIVE d(oid, typtype, base) AS (
+		                                  SELECT t.oid, t.typtype, t.typbasetype FROM pg_type t WHERE t.oid = a.atttypid
+		                                  UNION ALL
+		                                  SELECT t.oid, t.typtype, t.typbasetype FROM d JOIN pg_type t ON t.oid = d.base WHERE d.typtype = 'd')
+		                              SELECT oid FROM d WHERE typtype <> 'd'), 0)::oid
+		             FROM pg_attribute a
+		             WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
+		             ORDER BY a.attnum),
+		       array(SELECT format_type(a.atttypid, a.atttypmod) FROM pg_attribute a
+		             WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
+		             ORDER BY a.attnum),
 		       array(SELECT a.attname::text FROM pg_index i
 		             JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = ANY (i.indkey)
 		             WHERE i.indrelid = c.oid
@@ -61,7 +73,7 @@ func readSourceSchema(ctx context.Context, conn *pgx.Conn, tables []string) (map
 		var schema, name, ident string
 		var partitioned bool
 		var ts mapper.TableSchema
-		if err := rows.Scan(&schema, &name, &ident, &ts.OID, &partitioned, &ts.Columns, &ts.Generated, &ts.Keys); err != nil {
+		if err := rows.Scan(&schema, &name, &ident, &ts.OID, &partitioned, &ts.Columns, &ts.Generated, &ts.Types, &ts.TypeNames, &ts.Keys); err != nil {
 			return nil, nil, fmt.Errorf("read source schema: %w", err)
 		}
 		if ident != "" {

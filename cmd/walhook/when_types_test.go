@@ -1,0 +1,82 @@
+package main
+
+import (
+	"context"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+)
+
+const whenTypesSchema = `CREATE TYPE order_status AS ENUM ('new', 'paid');
+CREATE DOMAIN cents AS int8;
+CREATE TABLE orders (id int8 PRIMARY KEY, status order_status, total numeric(12,2), price cents,
+	placed_at timestamptz, due date, meta jsonb, tags text[], fee money, flag bool, "Display Name" text);
+ALTER TABLE orders REPLICA IDENTITY FULL;`
+
+// whenTypesRule is an update rule on orders with when.
+func whenTypesRule(event, when string) string {
+	return `  - event: ` + event + `
+    table: public.orders
+    operations: [update]
+    when: '` + strings.ReplaceAll(when, "'", "''") + `'
+`
+}
+
+// An integrator's when: that does not fit the column types — a numeric
+// against a string, an enum against a number, a timestamp against a
+// string, a date against now() — passed check and run's startup: the
+// comparisons stopped the run at the first matching row, and an == of an
+// enum with a number was false on every row without a word. check and run
+// now refuse them, naming the rule and the columns' types; expressions
+// that fit (including a whole or fractional numeric, json of any shape,
+// a domain as its base type) pass.
+func TestCheckWhenTypesAgainstColumns(t *testing.T) {
+	t.Parallel()
+	bad := map[string]string{
+		"order.total_text":  `new.total > "10"`,
+		"order.status_int":  `new.status == 3`,
+		"order.placed_text": `new.placed_at > "2024-01-01"`,
+		"order.due_now":     `new.due > now()`,
+		"order.price_text":  `new.price != old.price && new.price > "100"`,
+		"order.fee_number":  `new.fee > 100`,
+		"order.flag_text":   `new.flag == "true"`,
+	}
+	good := []string{
+		`new.total > 10 && new.total % 2 == 0.5`,
+		`new.total % 2.5 == 0`,
+		`new.status == "paid" && old.status != new.status`,
+		`new.placed_at > now() - duration("24h") && new.placed_at > date("2024-01-01")`,
+		`new.due > "2024-06-01"`,
+		`new.meta.amount > 100 && len(new.meta.photos) > 0 && type(new.meta.x) == "float"`,
+		`"vip" in new.tags && len(new.tags) > 1`,
+		`new.price > 100 && new.price % 2 == 0`,
+		`new["Display Name"] != nil && new["Display Name"] startsWith "A"`,
+		`new.fee != old.fee && !new.flag`,
+	}
+	var events strings.Builder
+	for ev, when := range bad {
+		events.WriteString(whenTypesRule(ev, when))
+	}
+	for i, when := range good {
+		events.WriteString(whenTypesRule("order.good_"+string(rune('a'+i)), when))
+	}
+	db := newRunDB(t, whenTypesSchema)
+	file, cfg := runConfig(t, []byte("source:\n  dsn: set-by-test\nevents:\n"+events.String()), db.settings())
+	out, _, code := pubCLI(t, "check", "--config", file)
+	if code != 1 {
+		t.Fatalf("check exit %d, want 1", code)
+	}
+	for ev, when := range bad {
+		ckWantLines(t, out, `^FAIL  rule: .*events\[\d+\]\.when: event `+ev+`: `+regexp.QuoteMeta(when)+` does not fit the types of its columns in public\.orders \(.*\): .*mismatched types`)
+	}
+	ckNoLines(t, out, `event order\.good_`)
+
+	db.setup(t, cfg)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	_, errOut, code := runCLI(t, ctx, "run", "--config", file)
+	if code == 0 || !strings.Contains(errOut, `event order.status_int: new.status == 3 does not fit the types of its columns in public.orders (status order_status)`) {
+		t.Fatalf("run exit %d, want it to refuse to start naming the enum rule:\n%s", code, errOut)
+	}
+}

@@ -1,0 +1,115 @@
+package mapper
+
+import (
+	"fmt"
+	"reflect"
+	"strings"
+	"time"
+
+	"github.com/expr-lang/expr"
+	"github.com/jackc/pgx/v5/pgtype"
+)
+
+// firstUserOID is PostgreSQL's FirstNormalObjectId: types with a smaller
+// OID are built in.
+const firstUserOID = 16384
+
+var (
+	typeAny    = reflect.TypeOf((*any)(nil)).Elem()
+	typeString = reflect.TypeOf("")
+	typeInt    = reflect.TypeOf(int64(0))
+	typeFloat  = reflect.TypeOf(float64(0))
+	typeBool   = reflect.TypeOf(false)
+	typeTime   = reflect.TypeOf(time.Time{})
+	typeBytes  = reflect.TypeOf([]byte(nil))
+	typeList   = reflect.TypeOf([]any(nil))
+)
+
+// whenTypes are the Go types a column of type oid can have in `when:`
+// (see envAny and cdc's valueDecoder), the usual one first. A numeric is
+// an integer when whole and a float otherwise; a built-in array is a
+// list, or PostgreSQL's text when it has several dimensions; json is
+// any shape.
+func whenTypes(oid uint32) []reflect.Type {
+	switch oid {
+	case 0, pgtype.JSONOID, pgtype.JSONBOID:
+		return []reflect.Type{typeAny}
+	case pgtype.TextOID, pgtype.VarcharOID, pgtype.BPCharOID, pgtype.NameOID, pgtype.UUIDOID, pgtype.DateOID:
+		return []reflect.Type{typeString}
+	case pgtype.Int2OID, pgtype.Int4OID, pgtype.Int8OID, pgtype.OIDOID, pgtype.XIDOID:
+		return []reflect.Type{typeInt}
+	case pgtype.NumericOID:
+		return []reflect.Type{typeInt, typeFloat}
+	case pgtype.Float4OID, pgtype.Float8OID:
+		return []reflect.Type{typeFloat}
+	case pgtype.BoolOID:
+		return []reflect.Type{typeBool}
+	case pgtype.TimestamptzOID, pgtype.TimestampOID:
+		return []reflect.Type{typeTime}
+	case pgtype.ByteaOID:
+		return []reflect.Type{typeBytes}
+	}
+	if oid >= firstUserOID {
+		// Enums, composite types, arrays of types created in the
+		// database, extension types: PostgreSQL's text.
+		return []reflect.Type{typeString}
+	}
+	// Other built-in types: their text, or, for an array, a list.
+	return []reflect.Type{typeList, typeString}
+}
+
+// checkWhenTypes type-checks r's `when:` with the types ts gives its
+// columns, reporting an expression that fails (or, for == and !=, can
+// never hold) on every row, which the untyped check at load cannot see:
+// `new.total > "10"` on a numeric, `new.status == 3` on an enum,
+// `new.due > now()` on a date. It is an error only when the expression
+// fails for every type a column can take (a numeric as an integer and as
+// a float).
+func checkWhenTypes(r *compiledRule, ts TableSchema, errs *errorList) {
+	if r.when == nil || r.whenWholeOld || r.whenWholeNew || len(ts.Types) != len(ts.Columns) {
+		return
+	}
+	var first error
+	for alt := 0; alt < 2; alt++ {
+		fields := make([]reflect.StructField, 0, len(ts.Columns))
+		for i, c := range ts.Columns {
+			ts := whenTypes(ts.Types[i])
+			t := ts[0]
+			if alt < len(ts) {
+				t = ts[alt]
+			}
+			fields = append(fields, reflect.StructField{Name: fmt.Sprintf("C%d", i), Type: t,
+				Tag: reflect.StructTag(fmt.Sprintf("expr:%q", c))})
+		}
+		row := reflect.New(reflect.StructOf(fields)).Interface()
+		env := map[string]any{"old": row, "new": row, "op": ""}
+		_, err := expr.Compile(r.When, expr.Env(env), expr.AsBool())
+		if err != nil && numericModMismatch(err) {
+			_, err = expr.Compile(r.When, expr.Env(env), expr.AsBool(), modFunc, expr.Patch(modToFunc{}))
+		}
+		if err == nil {
+			return
+		}
+		if first == nil {
+			first = err
+		}
+	}
+	var cols []string
+	seen := map[string]bool{}
+	for _, c := range append(append([]string(nil), r.whenOld...), r.whenNew...) {
+		if seen[c] {
+			continue
+		}
+		seen[c] = true
+		for i, name := range ts.Columns {
+			if name == c && i < len(ts.TypeNames) {
+				cols = append(cols, fmt.Sprintf("%s %s", c, ts.TypeNames[i]))
+			}
+		}
+	}
+	where, field := r.whenWhere()
+	errs.add(where, field, r.Event, ErrExpression,
+		"%s does not fit the types of its columns in %s (%s): it would stop the run at the first row it reads, "+
+			"or never be true; compare each column with a value of its type (docs/mapping.md says what each type is in when:): %s",
+		r.When, r.qualified, strings.Join(cols, ", "), strings.TrimSpace(first.Error()))
+}
