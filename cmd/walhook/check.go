@@ -690,7 +690,7 @@ func (c *checker) checkPublication(ctx context.Context, conn *pgx.Conn) error {
 				fix: "what the create publication line says (then walhook setup)"}
 		}
 		c.lines = slices.Insert(c.lines, at, line)
-		return nil
+		return c.checkPartitionRules(ctx, conn)
 	}
 	if allTables {
 		c.fail(what, fmt.Sprintf("DROP PUBLICATION %s; then walhook setup (or choose another source.publication)", sqlIdent(pub)),
@@ -770,6 +770,39 @@ func (c *checker) checkPublication(ctx context.Context, conn *pgx.Conn) error {
 	}
 	if ok {
 		c.ok(what, "publishes the %d rule tables", len(c.tables))
+	}
+	return nil
+}
+
+// checkPartitionRules reports, before the publication exists, the rule
+// tables that are partitions of another rule table: setup publishes via
+// the root and refuses them, since their changes would arrive under the
+// root's name and their rules never fire. (With the publication there,
+// checkPublication's problems say it.)
+func (c *checker) checkPartitionRules(ctx context.Context, conn *pgx.Conn) error {
+	rows, err := conn.Query(ctx, `
+		SELECT t, an.nspname || '.' || ac.relname
+		FROM unnest($1::text[]) AS t
+		CROSS JOIN LATERAL pg_partition_ancestors(to_regclass(format('%I.%I', split_part(t, '.', 1), split_part(t, '.', 2)))) AS a(relid)
+		JOIN pg_class ac ON ac.oid = a.relid JOIN pg_namespace an ON an.oid = ac.relnamespace
+		WHERE an.nspname || '.' || ac.relname <> t ORDER BY 1, 2`, c.tables)
+	if err != nil {
+		return fmt.Errorf("read partition ancestors: %w", err)
+	}
+	type pair struct{ Part, Root string }
+	pairs, err := pgx.CollectRows(rows, pgx.RowToStructByPos[pair])
+	if err != nil {
+		return fmt.Errorf("read partition ancestors: %w", err)
+	}
+	done := map[string]bool{}
+	for _, p := range pairs {
+		if done[p.Part] || !slices.Contains(c.tables, p.Root) {
+			continue
+		}
+		done[p.Part] = true
+		c.fail("table "+p.Part, fmt.Sprintf("write the rules of %s on %s (a when: on the partition key selects its rows)", p.Part, p.Root),
+			"is a partition of %s, which the rules map too: walhook publishes it via its root (publish_via_partition_root), "+
+				"so its changes arrive as %s, rules on %s never fire, and walhook setup refuses them", p.Root, p.Root, p.Part)
 	}
 	return nil
 }
