@@ -346,6 +346,12 @@ func compileWhen(cr *compiledRule, errs *errorList) {
 		// almost certainly a mistake worth reporting.
 		errs.add(cr.Where, "when", cr.Event, ErrExpression, "reads old, but the rule fires on inserts only, where old is nil")
 	}
+	if (len(cr.whenNew) > 0 || cr.whenWholeNew) && !cr.has(cdc.OpInsert) && !cr.has(cdc.OpUpdate) {
+		// new is nil for deletes: new.x is nil, so the expression is
+		// false or unknown on every row and the rule never fires.
+		errs.add(cr.Where, "when", cr.Event, ErrExpression, "reads new, but the rule fires on deletes only, where new is nil; "+
+			"read the deleted row as old (old.x)")
+	}
 }
 
 // modToFunc rewrites a % b into __mod(a, b): expr's % takes integers

@@ -1,0 +1,37 @@
+package mapper
+
+import (
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/walhook/walhook/cdc"
+)
+
+// A delete rule whose when: reads new (`new.status == "cancelled"`, the
+// integrator meaning the row being deleted) was accepted, as was data:
+// [new.x] not: new is nil for deletes, so the expression was false (or
+// unknown) on every row and the rule never fired, without a word from
+// check or mapping test beyond "when is false". It is refused at load,
+// as old on an insert-only rule is; a rule that also fires on updates
+// may read new.
+func TestWhenReadsNewOnDeleteOnlyRule(t *testing.T) {
+	t.Parallel()
+	for _, when := range []string{`new.status == "cancelled"`, `old.id > 0 && new["status"] == "x"`} {
+		_, err := Compile([]Rule{{Event: "order.removed", Table: "orders", Ops: []cdc.Op{cdc.OpDelete},
+			When: when, Where: "w.yaml:3:5: events[0]"}}, Options{})
+		if !errors.Is(err, ErrExpression) || !strings.Contains(err.Error(),
+			"w.yaml:3:5: events[0].when: event order.removed: reads new, but the rule fires on deletes only, where new is nil; read the deleted row as old (old.x)") {
+			t.Errorf("when %s: err = %v, want it refused", when, err)
+		}
+	}
+	for _, ok := range []Rule{
+		{Event: "order.removed", Table: "orders", Ops: []cdc.Op{cdc.OpDelete}, When: `old.status == "cancelled"`},
+		{Event: "order.gone", Table: "orders", Ops: []cdc.Op{cdc.OpUpdate, cdc.OpDelete}, When: `op == "delete" || new.status == "x"`},
+		{Event: "order.gone2", Table: "orders", Ops: []cdc.Op{cdc.OpDelete}, When: `new == nil`},
+	} {
+		if _, err := Compile([]Rule{ok}, Options{}); err != nil {
+			t.Errorf("when %s: %v", ok.When, err)
+		}
+	}
+}
