@@ -163,6 +163,18 @@ func Compile(rules []Rule, opts Options) (*Mapper, error) {
 		} else {
 			firstByEvent[cr.Event] = cr
 		}
+		for _, o := range m.byTable[cr.qualified] {
+			// Both fire for some change (an update of a column in each
+			// changed:, any insert or delete): the event would be
+			// produced twice, under two ids.
+			if common := o.ops & cr.ops; o.Event == cr.Event && o.When == "" && cr.When == "" && common != 0 {
+				errs.add(cr.Where, "", cr.Event, ErrConflict,
+					"fires on %s of %s like the rule at %s, and neither has a when:, so a change both match produces %s twice; "+
+						"list the columns in one rule's changed:, or tell the rules apart with when:",
+					opList(common), cr.qualified, o.Where, cr.Event)
+				break
+			}
+		}
 		m.rules = append(m.rules, cr)
 		m.byTable[cr.qualified] = append(m.byTable[cr.qualified], cr)
 	}
@@ -170,6 +182,18 @@ func Compile(rules []Rule, opts Options) (*Mapper, error) {
 		return nil, err
 	}
 	return m, nil
+}
+
+// opList names the operations of the bit set ops (1<<cdc.Op), as
+// "insert and update".
+func opList(ops uint8) string {
+	var names []string
+	for _, op := range []cdc.Op{cdc.OpInsert, cdc.OpUpdate, cdc.OpDelete} {
+		if ops&(1<<op) != 0 {
+			names = append(names, op.String())
+		}
+	}
+	return strings.Join(names, " and ")
 }
 
 func compileRule(i int, r Rule, opts Options, errs *errorList) *compiledRule {
