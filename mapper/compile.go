@@ -370,6 +370,14 @@ func compileWhen(cr *compiledRule, errs *errorList) {
 		// almost certainly a mistake worth reporting.
 		errs.add(cr.Where, "when", cr.Event, ErrExpression, "reads old, but the rule fires on inserts only, where old is nil")
 	}
+	for _, o := range v.opValues {
+		if o != "insert" && o != "update" && o != "delete" {
+			// op is always one of the three: the comparison has one
+			// answer on every row.
+			errs.add(cr.Where, "when", cr.Event, ErrExpression, "compares op with %q, which op never is: it is \"insert\", \"update\" or \"delete\" (lowercase)", o)
+			break
+		}
+	}
 	if (len(cr.whenNew) > 0 || cr.whenWholeNew) && !cr.has(cdc.OpInsert) && !cr.has(cdc.OpUpdate) {
 		// new is nil for deletes: new.x is nil, so the expression is
 		// false or unknown on every row and the rule never fires.
@@ -496,6 +504,8 @@ type refCollector struct {
 	idents  map[string]int
 	members map[string]int
 	nilCmp  map[string]int
+	// opValues are the string literals op is compared with (==, !=, in).
+	opValues []string
 }
 
 func (v *refCollector) Visit(node *ast.Node) {
@@ -523,6 +533,7 @@ func (v *refCollector) Visit(node *ast.Node) {
 			v.cols[id.Value] = append(v.cols[id.Value], s.Value)
 		}
 	case *ast.BinaryNode:
+		v.opLiterals(n)
 		if n.Operator != "==" && n.Operator != "!=" {
 			return
 		}
@@ -590,4 +601,30 @@ func (m *Mapper) Stats() Stats {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	return m.stats
+}
+
+// opLiterals records the strings n compares op with: op == "update",
+// "delete" != op, op in ["insert", "update"].
+func (v *refCollector) opLiterals(n *ast.BinaryNode) {
+	isOp := func(x ast.Node) bool {
+		id, ok := x.(*ast.IdentifierNode)
+		return ok && id.Value == "op"
+	}
+	switch n.Operator {
+	case "==", "!=":
+		if s, ok := n.Right.(*ast.StringNode); ok && isOp(n.Left) {
+			v.opValues = append(v.opValues, s.Value)
+		}
+		if s, ok := n.Left.(*ast.StringNode); ok && isOp(n.Right) {
+			v.opValues = append(v.opValues, s.Value)
+		}
+	case "in", "not in":
+		if a, ok := n.Right.(*ast.ArrayNode); ok && isOp(n.Left) {
+			for _, e := range a.Nodes {
+				if s, ok := e.(*ast.StringNode); ok {
+					v.opValues = append(v.opValues, s.Value)
+				}
+			}
+		}
+	}
 }
