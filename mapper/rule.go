@@ -108,6 +108,10 @@ type TableSchema struct {
 	// not checked against the column types.
 	Types     []uint32
 	TypeNames []string
+	// EnumLabels are, per column of an enum type (or a domain over one),
+	// the enum's labels: a when: comparing the column with another
+	// string never holds. Optional.
+	EnumLabels map[string][]string
 }
 
 // EventType is one entry of the event catalog.

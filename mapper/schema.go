@@ -143,6 +143,9 @@ func (m *Mapper) CheckSchema(tables map[string]TableSchema) error {
 		if len(errs) == n {
 			checkWhenTypes(r, ts, &errs)
 		}
+		if len(errs) == n {
+			checkWhenEnums(r, ts, &errs)
+		}
 	}
 	return errs.err()
 }

@@ -3,10 +3,13 @@ package mapper
 import (
 	"fmt"
 	"reflect"
+	"slices"
 	"strings"
 	"time"
 
 	"github.com/expr-lang/expr"
+	"github.com/expr-lang/expr/ast"
+	"github.com/expr-lang/expr/parser"
 	"github.com/jackc/pgx/v5/pgtype"
 )
 
@@ -112,4 +115,90 @@ func checkWhenTypes(r *compiledRule, ts TableSchema, errs *errorList) {
 		"%s does not fit the types of its columns in %s (%s): it would stop the run at the first row it reads, "+
 			"or never be true; compare each column with a value of its type (docs/mapping.md says what each type is in when:): %s",
 		r.When, r.qualified, strings.Join(cols, ", "), strings.TrimSpace(first.Error()))
+}
+
+// checkWhenEnums reports a when: that compares an enum column with a
+// string that is none of the enum's labels (`new.status == "canceled"`
+// for 'cancelled'): the comparison has one answer on every row, and the
+// rule never fires (or always does).
+func checkWhenEnums(r *compiledRule, ts TableSchema, errs *errorList) {
+	if r.when == nil || len(ts.EnumLabels) == 0 {
+		return
+	}
+	tree, err := parser.Parse(r.When)
+	if err != nil {
+		return
+	}
+	v := &enumLiterals{labels: ts.EnumLabels}
+	ast.Walk(&tree.Node, v)
+	if v.bad == "" {
+		return
+	}
+	typ := ""
+	for i, c := range ts.Columns {
+		if c == v.col && i < len(ts.TypeNames) {
+			typ = " " + ts.TypeNames[i]
+		}
+	}
+	quoted := make([]string, len(ts.EnumLabels[v.col]))
+	for i, l := range ts.EnumLabels[v.col] {
+		quoted[i] = fmt.Sprintf("%q", l)
+	}
+	where, field := r.whenWhere()
+	errs.add(where, field, r.Event, ErrExpression,
+		"compares %s.%s with %q, which is not a value of its enum%s in %s (%s), so the comparison is the same on every row; "+
+			"write one of its values (they are case-sensitive)",
+		v.from, v.col, v.bad, typ, r.qualified, strings.Join(quoted, ", "))
+}
+
+// enumLiterals finds the first string literal compared (==, !=, in) with
+// an enum column, old.x or new.x, that is not one of its labels.
+type enumLiterals struct {
+	labels         map[string][]string
+	from, col, bad string
+}
+
+func (v *enumLiterals) Visit(node *ast.Node) {
+	n, ok := (*node).(*ast.BinaryNode)
+	if !ok || v.bad != "" {
+		return
+	}
+	column := func(x ast.Node) (from, col string, ok bool) {
+		m, isMember := x.(*ast.MemberNode)
+		if !isMember || m.Method {
+			return "", "", false
+		}
+		id, isID := m.Node.(*ast.IdentifierNode)
+		s, isStr := m.Property.(*ast.StringNode)
+		if !isID || !isStr || (id.Value != "old" && id.Value != "new") || v.labels[s.Value] == nil {
+			return "", "", false
+		}
+		return id.Value, s.Value, true
+	}
+	try := func(x, lit ast.Node) {
+		from, col, ok := column(x)
+		if !ok {
+			return
+		}
+		var lits []ast.Node
+		if a, isArray := lit.(*ast.ArrayNode); isArray {
+			lits = a.Nodes
+		} else {
+			lits = []ast.Node{lit}
+		}
+		for _, l := range lits {
+			if s, isStr := l.(*ast.StringNode); isStr && !slices.Contains(v.labels[col], s.Value) && v.bad == "" {
+				v.from, v.col, v.bad = from, col, s.Value
+			}
+		}
+	}
+	switch n.Operator {
+	case "==", "!=":
+		try(n.Left, n.Right)
+		try(n.Right, n.Left)
+	case "in":
+		if _, isArray := n.Right.(*ast.ArrayNode); isArray {
+			try(n.Left, n.Right)
+		}
+	}
 }

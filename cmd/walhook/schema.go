@@ -91,10 +91,61 @@ func readSourceSchema(ctx context.Context, conn *pgx.Conn, tables []string) (map
 		return nil, nil, fmt.Errorf("read source schema: %w", err)
 	}
 	rows.Close()
+	if err := readEnumLabels(ctx, conn, out); err != nil {
+		return nil, nil, err
+	}
 	if err := readLeafIdentities(ctx, conn, out, parts); err != nil {
 		return nil, nil, err
 	}
 	return out, parts, nil
+}
+
+// readEnumLabels fills the EnumLabels of the columns of tables whose type
+// is an enum (or a domain over one), for when:'s check of the strings it
+// compares them with.
+func readEnumLabels(ctx context.Context, conn *pgx.Conn, tables map[string]mapper.TableSchema) error {
+	var oids []uint32
+	for _, ts := range tables {
+		for _, oid := range ts.Types {
+			if oid >= 16384 && !slices.Contains(oids, oid) {
+				oids = append(oids, oid)
+			}
+		}
+	}
+	if len(oids) == 0 {
+		return nil
+	}
+	rows, err := conn.Query(ctx, `SELECT enumtypid, array_agg(enumlabel::text ORDER BY enumsortorder)
+		FROM pg_enum WHERE enumtypid = ANY($1::oid[]) GROUP BY 1`, oids)
+	if err != nil {
+		return fmt.Errorf("read enum labels: %w", err)
+	}
+	labels := map[uint32][]string{}
+	for rows.Next() {
+		var oid uint32
+		var l []string
+		if err := rows.Scan(&oid, &l); err != nil {
+			rows.Close()
+			return fmt.Errorf("read enum labels: %w", err)
+		}
+		labels[oid] = l
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("read enum labels: %w", err)
+	}
+	for name, ts := range tables {
+		for i, oid := range ts.Types {
+			if l, ok := labels[oid]; ok && i < len(ts.Columns) {
+				if ts.EnumLabels == nil {
+					ts.EnumLabels = map[string][]string{}
+				}
+				ts.EnumLabels[ts.Columns[i]] = l
+			}
+		}
+		tables[name] = ts
+	}
+	return nil
 }
 
 // partitionIdentity is the replica identity of a partitioned rule table's

@@ -80,3 +80,35 @@ func TestCheckWhenTypesAgainstColumns(t *testing.T) {
 		t.Fatalf("run exit %d, want it to refuse to start naming the enum rule:\n%s", code, errOut)
 	}
 }
+
+// A when: comparing an enum column with a string that is not one of its
+// labels — a typo ("payed"), another case ("Paid") — loaded and passed
+// check, and the rule never fired (or, with !=, always did): enums are
+// strings in when:, and a string no row holds equals none. check and
+// run's startup now refuse it, listing the labels; a domain over the enum
+// counts as the enum.
+func TestCheckWhenEnumLabels(t *testing.T) {
+	t.Parallel()
+	db := newRunDB(t, whenTypesSchema+`
+CREATE DOMAIN order_state AS order_status;
+CREATE TABLE shipments (id int8 PRIMARY KEY, state order_state, label text);
+ALTER TABLE shipments REPLICA IDENTITY FULL;`)
+	events := whenTypesRule("order.paid", `new.status == "payed"`) +
+		whenTypesRule("order.new_or_paid", `new.status in ["new", "Paid"]`) +
+		whenTypesRule("order.status_set", `new.status != old.status && new.status == "paid" && new["Display Name"] != "payed"`) +
+		`  - event: shipment.paid
+    table: public.shipments
+    operations: [insert]
+    when: '"PAID" == new.state'
+`
+	file, _ := runConfig(t, []byte("source:\n  dsn: set-by-test\nevents:\n"+events), db.settings())
+	out, _, code := pubCLI(t, "check", "--config", file)
+	if code != 1 {
+		t.Fatalf("check exit %d, want 1", code)
+	}
+	ckWantLines(t, out,
+		`^FAIL  rule: .*events\[0\]\.when: event order\.paid: compares new\.status with "payed", which is not a value of its enum order_status in public\.orders \("new", "paid"\), so the comparison is the same on every row; write one of its values \(they are case-sensitive\)$`,
+		`^FAIL  rule: .*events\[1\]\.when: event order\.new_or_paid: compares new\.status with "Paid", which is not a value of its enum`,
+		`^FAIL  rule: .*events\[3\]\.when: event shipment\.paid: compares new\.state with "PAID", which is not a value of its enum order_state in public\.shipments \("new", "paid"\)`)
+	ckNoLines(t, out, `order\.status_set`)
+}
