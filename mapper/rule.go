@@ -112,6 +112,9 @@ type TableSchema struct {
 	// the enum's labels: a when: comparing the column with another
 	// string never holds. Optional.
 	EnumLabels map[string][]string
+	// PartitionKeys are the columns a partitioned table (and its
+	// partitioned partitions) is partitioned by. Optional.
+	PartitionKeys []string
 }
 
 // EventType is one entry of the event catalog.

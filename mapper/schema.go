@@ -391,12 +391,32 @@ func jsonKey(k string) []byte {
 // endpoints subscribed to given auctions get none of them. Not an error
 // (the column may hold nothing else), but worth saying where a rule that
 // names a generated column is refused. tables are as for CheckSchema.
+//
+// It also lists the update rules on a partitioned table whose changed: or
+// when: reads a partition key column: an UPDATE that changes the key so
+// that the row moves to another partition is not sent as an UPDATE but as
+// a DELETE and an INSERT, so such a rule misses exactly the changes it
+// looks for, and the table's delete and insert rules fire for them.
 func (m *Mapper) UnsentDefaults(tables map[string]TableSchema) []string {
 	var out []string
 	for _, r := range m.rules {
 		ts, ok := tables[r.qualified]
 		if !ok {
 			continue
+		}
+		if r.has(cdc.OpUpdate) && len(ts.PartitionKeys) > 0 {
+			var keys []string
+			for _, c := range append(append(append([]string(nil), r.Changed...), r.whenOld...), r.whenNew...) {
+				if contains(ts.PartitionKeys, c) && !contains(keys, c) {
+					keys = append(keys, c)
+				}
+			}
+			if len(keys) > 0 {
+				out = append(out, fmt.Sprintf("%s: event %s: reads %s, a partition key of %s: an UPDATE that changes it so that the row "+
+					"moves to another partition reaches walhook as a DELETE and an INSERT (PostgreSQL's logical replication), so this rule "+
+					"does not see it, and the table's delete and insert rules fire for it; map such moves with delete and insert rules, "+
+					"or keep the key unchanged", r.Where, r.Event, strings.Join(keys, ", "), r.qualified))
+			}
 		}
 		if !r.auctionSet && contains(ts.Generated, "auction_id") {
 			out = append(out, fmt.Sprintf("%s: event %s: column \"auction_id\" of %s is a generated column, which logical replication "+

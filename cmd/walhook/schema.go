@@ -52,6 +52,11 @@ func readSourceSchema(ctx context.Context, conn *pgx.Conn, tables []string) (map
 		       array(SELECT format_type(a.atttypid, a.atttypmod) FROM pg_attribute a
 		             WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
 		             ORDER BY a.attnum),
+		       array(SELECT DISTINCT a.attname::text FROM pg_partition_tree(c.oid) AS pt
+		             JOIN pg_partitioned_table p ON p.partrelid = pt.relid
+		             CROSS JOIN LATERAL unnest(p.partattrs::int2[]) AS k(attnum)
+		             JOIN pg_attribute a ON a.attrelid = pt.relid AND a.attnum = k.attnum
+		             ORDER BY 1),
 		       array(SELECT a.attname::text FROM pg_index i
 		             JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = ANY (i.indkey)
 		             WHERE i.indrelid = c.oid
@@ -73,7 +78,7 @@ func readSourceSchema(ctx context.Context, conn *pgx.Conn, tables []string) (map
 		var schema, name, ident string
 		var partitioned bool
 		var ts mapper.TableSchema
-		if err := rows.Scan(&schema, &name, &ident, &ts.OID, &partitioned, &ts.Columns, &ts.Generated, &ts.Types, &ts.TypeNames, &ts.Keys); err != nil {
+		if err := rows.Scan(&schema, &name, &ident, &ts.OID, &partitioned, &ts.Columns, &ts.Generated, &ts.Types, &ts.TypeNames, &ts.PartitionKeys, &ts.Keys); err != nil {
 			return nil, nil, fmt.Errorf("read source schema: %w", err)
 		}
 		if ident != "" {
