@@ -240,16 +240,26 @@ type SharedStoreError struct {
 }
 
 func (e *SharedStoreError) Error() string {
+	return fmt.Sprintf("store schema %s holds the cursor of slot %s, not only this config's slot %q: %s; nothing was changed — fix: %s",
+		e.Schema, strings.Join(e.Others, ", "), e.Slot, e.Why(), e.Fix())
+}
+
+// Why says what sharing a store schema does.
+func (e *SharedStoreError) Why() string {
+	return "another walhook config (another source or slot) uses this store schema, and two configs sharing one would " +
+		"each replace the other's static endpoints (deleting them with their deliveries) and deliver their events to " +
+		"each other's endpoints"
+}
+
+// Fix says what to do about it.
+func (e *SharedStoreError) Fix() string {
 	q := make([]string, len(e.Others))
 	for i, s := range e.Others {
 		q[i] = "'" + strings.ReplaceAll(s, "'", "''") + "'"
 	}
-	return fmt.Sprintf("store schema %s holds the cursor of slot %s, not only this config's slot %q: another walhook config "+
-		"(another source or slot) uses this store schema, and two configs sharing one would each replace the other's "+
-		"static endpoints (deleting them with their deliveries) and deliver their events to each other's endpoints; "+
-		"nothing was changed — fix: give this config its own store.schema (walhook setup creates it); if no walhook "+
-		"uses slot %s any more, delete its cursor: DELETE FROM %s.cursor WHERE slot IN (%s);",
-		e.Schema, strings.Join(e.Others, ", "), e.Slot, strings.Join(e.Others, ", "), quoteIdent(e.Schema), strings.Join(q, ", "))
+	return fmt.Sprintf("give this config its own store.schema (walhook setup creates it); if no walhook uses slot %s any "+
+		"more, delete its cursor: DELETE FROM %s.cursor WHERE slot IN (%s);",
+		strings.Join(e.Others, ", "), quoteIdent(e.Schema), strings.Join(q, ", "))
 }
 
 // RefuseSharedStore returns a *SharedStoreError when the store schema holds

@@ -939,6 +939,14 @@ func (c *checker) checkStore(ctx context.Context) {
 	var se *dispatch.SchemaError
 	switch {
 	case err == nil:
+		var shared *dispatch.SharedStoreError
+		if err := dispatch.RefuseSharedStore(ctx, pool, schema, c.cfg.Source.Slot); errors.As(err, &shared) {
+			c.fail(what, shared.Fix(), "holds the cursor of slot %s too: %s", strings.Join(shared.Others, ", "), shared.Why())
+			return
+		} else if err != nil {
+			c.fail(what, "", "%v", err)
+			return
+		}
 		c.ok(what, "at version %d", dispatch.LatestSchemaVersion())
 		c.checkCursor(ctx)
 	case errors.Is(err, dispatch.ErrSchemaMissing):

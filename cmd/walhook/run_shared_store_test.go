@@ -55,6 +55,13 @@ func TestRunRefusesAStoreSchemaAnotherSlotUses(t *testing.T) {
 		!strings.Contains(err.Error(), "own store.schema") {
 		t.Errorf("setup of B on A's store schema: %v, want the refusal\n%s", err, out.String())
 	}
+	// check says so too, with the fix.
+	out.Reset()
+	errOut.Reset()
+	if err := Run(context.Background(), []string{"check", "--config", fileB}, &out, &errOut); err == nil ||
+		!strings.Contains(out.String(), "holds the cursor of slot "+dbA.slot) || !strings.Contains(out.String(), "own store.schema") {
+		t.Errorf("check of B on A's store schema: %v, want a FAIL line naming slot %s with the fix\n%s", err, dbA.slot, out.String())
+	}
 	insertItems(t, dbA, 2, 2)
 	runWaitFor(t, 30*time.Second, "A's second delivery", func() bool { return rcA.Unique() == 2 }, pA.diag)
 	if rcB.Unique() != 0 {
