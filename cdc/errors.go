@@ -87,7 +87,7 @@ func permanent(err error) bool {
 
 // StandbyWhy says why walhook cannot use a standby as its source.
 const StandbyWhy = "walhook's publication and replication slot live on the primary; a standby can create neither, " +
-	"does not list the primary's slots, and PostgreSQL 15 cannot decode changes on it"
+	"does not list the primary's slots, and walhook streams only from the primary (PostgreSQL 15 cannot decode on a standby at all)"
 
 // StandbyFix is what to do when the source DSN reaches a standby.
 const StandbyFix = "point source.dsn at the primary (with several hosts in it, add target_session_attrs=read-write)"
