@@ -4,6 +4,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgtype"
@@ -336,4 +337,26 @@ func parseTimestamp(b []byte) (time.Time, bool) {
 	}
 	t := time.Date(year, time.Month(month), day, hour, min, sec, nsec, time.UTC)
 	return t.Add(-time.Duration(offset) * time.Second), true
+}
+
+var (
+	listTypesOnce sync.Once
+	listTypesMu   sync.Mutex
+	listTypesMap  *pgtype.Map
+)
+
+// ListType reports whether a column of the built-in type oid reaches a
+// rule's when: as a list: a one-dimensional array walhook decodes
+// (valueDecoder.array). Other built-in types it does not decode (interval,
+// inet, time, money…) are PostgreSQL's text.
+func ListType(oid uint32) bool {
+	listTypesOnce.Do(func() { listTypesMap = newTypeMap() })
+	listTypesMu.Lock()
+	defer listTypesMu.Unlock()
+	t, ok := listTypesMap.TypeForOID(oid)
+	if !ok {
+		return false
+	}
+	ac, ok := t.Codec.(*pgtype.ArrayCodec)
+	return ok && ac.ElementType != nil
 }

@@ -11,6 +11,8 @@ import (
 	"github.com/expr-lang/expr/ast"
 	"github.com/expr-lang/expr/parser"
 	"github.com/jackc/pgx/v5/pgtype"
+
+	"github.com/walhook/walhook/cdc"
 )
 
 // firstUserOID is PostgreSQL's FirstNormalObjectId: types with a smaller
@@ -57,8 +59,13 @@ func whenTypes(oid uint32) []reflect.Type {
 		// database, extension types: PostgreSQL's text.
 		return []reflect.Type{typeString}
 	}
-	// Other built-in types: their text, or, for an array, a list.
-	return []reflect.Type{typeList, typeString}
+	if cdc.ListType(oid) {
+		// A one-dimensional array is a list; one of several dimensions
+		// is PostgreSQL's text.
+		return []reflect.Type{typeList, typeString}
+	}
+	// Other built-in types (interval, inet, time, money…): their text.
+	return []reflect.Type{typeString}
 }
 
 // checkWhenTypes type-checks r's `when:` with the types ts gives its

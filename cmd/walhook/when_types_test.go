@@ -53,6 +53,9 @@ func TestCheckWhenTypesAgainstColumns(t *testing.T) {
 		`new.price > 100 && new.price % 2 == 0`,
 		`new["Display Name"] != nil && new["Display Name"] startsWith "A"`,
 		`new.fee != old.fee && !new.flag`,
+		// A list (a built-in array) beside the text of another built-in
+		// type (money, interval, inet): both at once.
+		`"vip" in new.tags && new.fee == "$1.00"`,
 	}
 	var events strings.Builder
 	for ev, when := range bad {
@@ -70,7 +73,7 @@ func TestCheckWhenTypesAgainstColumns(t *testing.T) {
 	for ev, when := range bad {
 		ckWantLines(t, out, `^FAIL  rule: .*events\[\d+\]\.when: event `+ev+`: `+regexp.QuoteMeta(when)+` does not fit the types of its columns in public\.orders \(.*\): .*mismatched types`)
 	}
-	ckNoLines(t, out, `event order\.good_`)
+	ckNoLines(t, out, `.*event order\.good_`)
 
 	db.setup(t, cfg)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
@@ -110,5 +113,5 @@ ALTER TABLE shipments REPLICA IDENTITY FULL;`)
 		`^FAIL  rule: .*events\[0\]\.when: event order\.paid: compares new\.status with "payed", which is not a value of its enum order_status in public\.orders \("new", "paid"\), so the comparison is the same on every row; write one of its values \(they are case-sensitive\)$`,
 		`^FAIL  rule: .*events\[1\]\.when: event order\.new_or_paid: compares new\.status with "Paid", which is not a value of its enum`,
 		`^FAIL  rule: .*events\[3\]\.when: event shipment\.paid: compares new\.state with "PAID", which is not a value of its enum order_state in public\.shipments \("new", "paid"\)`)
-	ckNoLines(t, out, `order\.status_set`)
+	ckNoLines(t, out, `.*order\.status_set`)
 }
