@@ -518,12 +518,26 @@ func dropSlot(ctx context.Context, conn *pgx.Conn, slot string, force bool) (str
 	for i := 0; ; i++ {
 		var active bool
 		var pid *int32
-		err := conn.QueryRow(ctx, `SELECT active, active_pid FROM pg_replication_slots WHERE slot_name = $1`, slot).Scan(&active, &pid)
+		var db *string
+		var sameDB bool
+		err := conn.QueryRow(ctx, `SELECT active, active_pid, database, coalesce(database = current_database(), false)
+			FROM pg_replication_slots WHERE slot_name = $1`, slot).Scan(&active, &pid, &db, &sameDB)
 		if errors.Is(err, pgx.ErrNoRows) {
 			return fmt.Sprintf("replication slot %s does not exist; nothing to drop", slot), nil
 		}
 		if err != nil {
 			return "", fmt.Errorf("teardown: look up replication slot %q: %w", slot, err)
+		}
+		// Not walhook's (setup makes a logical slot of this database, and
+		// refuses a name another slot has): a standby's physical slot, or
+		// another database's logical slot (another walhook's). Dropping it
+		// would break what reads it.
+		if db == nil {
+			return fmt.Sprintf("warn: replication slot %s is a physical slot (a standby's), not walhook's; kept", slot), nil
+		}
+		if !sameDB {
+			return fmt.Sprintf("warn: replication slot %s is a logical slot of database %q, not of this one, so not this "+
+				"config's; kept (tear it down with the config of that database)", slot, *db), nil
 		}
 		if !active {
 			break
