@@ -431,12 +431,11 @@ func replicaIdentityFull(ctx context.Context, conn *pgx.Conn, t string) ([]strin
 }
 
 func setupSlot(ctx context.Context, conn *pgx.Conn, slot string) (string, error) {
-	var plugin, db, walStatus *string
-	var temporary bool
-	err := conn.QueryRow(ctx, `SELECT plugin, database, temporary, wal_status FROM pg_replication_slots WHERE slot_name = $1`, slot).
-		Scan(&plugin, &db, &temporary, &walStatus)
-	switch {
-	case errors.Is(err, pgx.ErrNoRows):
+	exists, err := ExistingSlot(ctx, conn, slot)
+	if err != nil {
+		return "", fmt.Errorf("setup: %w", err)
+	}
+	if !exists {
 		// Never temporary: a temporary slot vanishes with its session and
 		// with it every change not yet confirmed.
 		var lsn string
@@ -444,29 +443,45 @@ func setupSlot(ctx context.Context, conn *pgx.Conn, slot string) (string, error)
 			return "", fmt.Errorf("setup: create replication slot %q: %w", slot, err)
 		}
 		return fmt.Sprintf("created replication slot %s (pgoutput) at %s", slot, lsn), nil
+	}
+	return fmt.Sprintf("replication slot %s already exists (pgoutput); kept", slot), nil
+}
+
+// ExistingSlot reports whether slot exists, and fails when it does but is
+// not one walhook can use: physical, of another database, of another
+// plugin, temporary or invalidated. Setup checks it before it changes
+// anything.
+func ExistingSlot(ctx context.Context, conn *pgx.Conn, slot string) (bool, error) {
+	var plugin, db, walStatus *string
+	var temporary bool
+	err := conn.QueryRow(ctx, `SELECT plugin, database, temporary, wal_status FROM pg_replication_slots WHERE slot_name = $1`, slot).
+		Scan(&plugin, &db, &temporary, &walStatus)
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+		return false, nil
 	case err != nil:
-		return "", fmt.Errorf("setup: look up replication slot %q: %w", slot, err)
+		return false, fmt.Errorf("look up replication slot %q: %w", slot, err)
 	}
 	var cur string
 	if err := conn.QueryRow(ctx, `SELECT current_database()`).Scan(&cur); err != nil {
-		return "", fmt.Errorf("setup: %w", err)
+		return false, err
 	}
 	switch {
 	case plugin == nil || db == nil:
-		return "", fmt.Errorf("setup: slot %q exists but is a physical slot; choose another slot name", slot)
+		return true, fmt.Errorf("slot %q exists but is a physical slot; choose another slot name", slot)
 	case *db != cur:
-		return "", fmt.Errorf("setup: slot %q exists for database %q, not %q; choose another slot name", slot, *db, cur)
+		return true, fmt.Errorf("slot %q exists for database %q, not %q; choose another slot name", slot, *db, cur)
 	case *plugin != "pgoutput":
-		return "", fmt.Errorf("setup: slot %q exists with plugin %q, walhook needs pgoutput; drop it or choose another slot name", slot, *plugin)
+		return true, fmt.Errorf("slot %q exists with plugin %q, walhook needs pgoutput; drop it or choose another slot name", slot, *plugin)
 	case temporary:
-		return "", fmt.Errorf("setup: slot %q is temporary; walhook needs a permanent slot", slot)
+		return true, fmt.Errorf("slot %q is temporary; walhook needs a permanent slot", slot)
 	case walStatus != nil && *walStatus == "lost":
 		// Kept, it would read as ready while run refuses it.
-		return "", fmt.Errorf("setup: %w: slot %q is invalidated (wal_status lost: max_slot_wal_keep_size let PostgreSQL remove WAL it "+
+		return true, fmt.Errorf("%w: slot %q is invalidated (wal_status lost: max_slot_wal_keep_size let PostgreSQL remove WAL it "+
 			"had not confirmed), so the changes in that WAL are gone; fix: walhook teardown && walhook setup --accept-gap "+
 			"(docs/operations.md, Recovering from a gap)", ErrSlotLost, slot)
 	}
-	return fmt.Sprintf("replication slot %s already exists (pgoutput); kept", slot), nil
+	return true, nil
 }
 
 // Teardown drops the slot (so PostgreSQL stops retaining WAL for it) and

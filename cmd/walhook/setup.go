@@ -208,6 +208,15 @@ func slotPrerequisites(ctx context.Context, cfg *config.Config, conn *pgx.Conn) 
 			problems = append(problems, "  "+l.what+": "+l.msg+" — fix: "+l.fix)
 		}
 	}
+	// A slot of that name walhook cannot use (a standby's physical slot,
+	// another database's) would fail setup after the store and the
+	// publication were made.
+	if exists, err := cdc.ExistingSlot(ctx, conn, cfg.Source.Slot); err != nil {
+		if !exists {
+			return fmt.Errorf("setup: %w", err)
+		}
+		problems = append(problems, "  slot: "+err.Error())
+	}
 	if len(problems) > 0 {
 		return fmt.Errorf("setup: the source server cannot take replication slot %s; nothing changed:\n%s",
 			cfg.Source.Slot, strings.Join(problems, "\n"))

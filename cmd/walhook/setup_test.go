@@ -236,3 +236,30 @@ func TestSetupRefusesServerThatCannotTakeTheSlot(t *testing.T) {
 		}
 	}
 }
+
+// A slot of the config's name that walhook cannot use — a standby's
+// physical slot, another database's logical slot — is a server that
+// cannot take walhook's slot too: setup migrated the store and created
+// the publication, and only then failed on the slot. It is now refused
+// with the other prerequisites, before anything changes.
+func TestSetupRefusesASlotNameTakenBeforeAnythingChanges(t *testing.T) {
+	t.Parallel()
+	db := newRunDB(t, `CREATE TABLE items (id int8 PRIMARY KEY, name text);`)
+	db.exec(t, `SELECT pg_create_physical_replication_slot($1)`, db.slot)
+	t.Cleanup(func() { db.pool.Exec(context.Background(), `SELECT pg_drop_replication_slot($1)`, db.slot) })
+	file, _ := runConfig(t, []byte(`
+source:
+  dsn: set-by-test
+events:
+  - event: item.created
+    table: public.items
+    operations: [insert]
+`), db.settings())
+	_, errOut, code := pubCLI(t, "setup", "--config", file)
+	if code != 1 || !strings.Contains(errOut, "physical slot") || !strings.Contains(errOut, "nothing changed") {
+		t.Fatalf("setup exit %d, want 1 naming the physical slot and that nothing changed:\n%s", code, errOut)
+	}
+	if n := db.count(t, `SELECT (SELECT count(*) FROM pg_publication) + (SELECT count(*) FROM pg_namespace WHERE nspname = 'walhook')`); n != 0 {
+		t.Fatalf("refused setup left %d objects behind", n)
+	}
+}
