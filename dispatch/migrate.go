@@ -188,7 +188,8 @@ func migrateTo(ctx context.Context, pool *pgxpool.Pool, schema string, upTo int)
 }
 
 // refuseForeignSchema fails with ErrSchemaNotAStore when schema, which
-// has no walhook schema version, holds relations: walhook's tables
+// has no walhook schema version, holds relations (other than an
+// extension's): walhook's tables
 // (events, deliveries, cursor, endpoints…) would go in among an
 // application's, or 001_init.sql would fail on the first name taken
 // with only PostgreSQL's "relation … already exists".
@@ -196,7 +197,11 @@ func refuseForeignSchema(ctx context.Context, tx pgx.Tx, schema string) error {
 	var names []string
 	if err := tx.QueryRow(ctx, `SELECT coalesce(array_agg(c.relname::text ORDER BY c.relname), '{}')
 		FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-		WHERE n.nspname = $1 AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')`, schema).Scan(&names); err != nil {
+		WHERE n.nspname = $1 AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')
+		  -- An extension's (pg_stat_statements' views in public) is no
+		  -- application's, and takes none of walhook's names.
+		  AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e')`,
+		schema).Scan(&names); err != nil {
 		return fmt.Errorf("look up the schema's tables: %w", err)
 	}
 	if len(names) == 0 {

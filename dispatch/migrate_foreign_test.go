@@ -55,3 +55,26 @@ func TestMigrateRefusesASchemaThatIsNotAStore(t *testing.T) {
 		t.Fatalf("Migrate into an empty schema: %v", err)
 	}
 }
+
+// A schema whose only relations belong to an extension (pg_stat_statements'
+// views in the public schema of a store database, as managed PostgreSQL
+// services install them) is not another application's: walhook's tables
+// go beside them. It was refused as "not a walhook store".
+func TestMigrateTakesASchemaWithOnlyExtensionRelations(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := newStorePool(t)
+	if _, err := pool.Exec(ctx, `CREATE SCHEMA ext; CREATE EXTENSION pg_stat_statements SCHEMA ext`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Migrate(ctx, pool, "ext"); err != nil {
+		t.Fatalf("Migrate into a schema holding only an extension's views: %v", err)
+	}
+	// An application's table beside them is still refused.
+	if _, err := pool.Exec(ctx, `CREATE SCHEMA ext2; ALTER EXTENSION pg_stat_statements SET SCHEMA ext2; CREATE TABLE ext2.orders (id int)`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Migrate(ctx, pool, "ext2"); !errors.Is(err, ErrSchemaNotAStore) || strings.Contains(err.Error(), "pg_stat_statements") {
+		t.Fatalf("Migrate into a schema with an application table = %v, want ErrSchemaNotAStore naming only orders", err)
+	}
+}
