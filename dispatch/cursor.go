@@ -219,7 +219,18 @@ func SkipCursor(ctx context.Context, pool *pgxpool.Pool, schema, slot string, to
 // store's static endpoints its own (deleting the other's, with their
 // deliveries) and fans its events out to every endpoint in the store, so
 // one store schema serves one slot.
+//
+// A schema that is no store (yet: no schema_version and cursor tables)
+// holds none, so setup can ask before it migrates.
 func OtherSlots(ctx context.Context, pool *pgxpool.Pool, schema, slot string) ([]string, error) {
+	var exists bool
+	if err := pool.QueryRow(ctx, `SELECT to_regclass($1) IS NOT NULL AND to_regclass($2) IS NOT NULL`,
+		quoteIdent(schema)+".schema_version", quoteIdent(schema)+".cursor").Scan(&exists); err != nil {
+		return nil, fmt.Errorf("read the cursors of store schema %q: %w", schema, err)
+	}
+	if !exists {
+		return nil, nil
+	}
 	rows, err := pool.Query(ctx, strings.ReplaceAll(`SELECT slot FROM {{schema}}.cursor WHERE slot <> $1 ORDER BY slot`,
 		"{{schema}}", quoteIdent(schema)), slot)
 	if err != nil {

@@ -146,6 +146,12 @@ func runSetup(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		pool.Close()
 		return fmt.Errorf("setup: store %s: %w; nothing changed — fix: %s", describeDSN(cfg.Store.DSN), err, storeReadOnlyFix)
 	}
+	// Before the store is migrated and the slot created: a config
+	// belongs on a store schema of its own (a new one holds no cursor).
+	if err := dispatch.RefuseSharedStore(ctx, pool, cfg.Store.Schema, cfg.Source.Slot); err != nil {
+		pool.Close()
+		return fmt.Errorf("setup: store %s: %w", describeDSN(cfg.Store.DSN), err)
+	}
 	applied, err := dispatch.Migrate(ctx, pool, cfg.Store.Schema)
 	if err != nil {
 		pool.Close()
@@ -157,13 +163,7 @@ func runSetup(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		fmt.Fprintf(stdout, "store schema %s: applied %s (now version %d)\n",
 			cfg.Store.Schema, strings.Join(applied, ", "), dispatch.LatestSchemaVersion())
 	}
-	// Before the slot is created: a config belongs on a store schema of
-	// its own.
-	err = dispatch.RefuseSharedStore(ctx, pool, cfg.Store.Schema, cfg.Source.Slot)
 	pool.Close()
-	if err != nil {
-		return fmt.Errorf("setup: store %s: %w", describeDSN(cfg.Store.DSN), err)
-	}
 
 	opts := cdc.SetupOptions{Slot: cfg.Source.Slot, Publication: cfg.Source.Publication, Tables: tables, Operations: ruleOperations(cfg)}
 	if *identity {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"github.com/walhook/walhook/dispatch"
 	"strings"
 	"testing"
 
@@ -261,5 +262,37 @@ events:
 	}
 	if n := db.count(t, `SELECT (SELECT count(*) FROM pg_publication) + (SELECT count(*) FROM pg_namespace WHERE nspname = 'walhook')`); n != 0 {
 		t.Fatalf("refused setup left %d objects behind", n)
+	}
+}
+
+// setup of a config on a store schema that holds another slot's cursor,
+// where the store is older than this binary: the refusal says "nothing
+// was changed", but setup had migrated the store first (printing
+// "applied …"). It now refuses before the migration.
+func TestSetupRefusesASharedStoreBeforeMigrating(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	db := newRunDB(t, `CREATE TABLE items (id int8 PRIMARY KEY, name text);`)
+	if _, err := dispatch.Migrate(ctx, db.pool, "walhook"); err != nil {
+		t.Fatal(err)
+	}
+	// A store the version-6 walhook made, used by another config's slot.
+	db.exec(t, `DROP TABLE walhook.endpoints_version, walhook.endpoints_deleted; DROP FUNCTION walhook.endpoints_changed() CASCADE;
+		DELETE FROM walhook.schema_version WHERE version = 7;
+		INSERT INTO walhook.cursor (slot, system_id, lsn) VALUES ('other_config', 'x', '0/1000')`)
+	file, _ := runConfig(t, []byte(`
+source:
+  dsn: set-by-test
+events:
+  - event: item.created
+    table: public.items
+    operations: [insert]
+`), db.settings())
+	out, errOut, code := pubCLI(t, "setup", "--config", file)
+	if code != 1 || !strings.Contains(errOut, "holds the cursor of slot other_config") {
+		t.Fatalf("setup exit %d, want 1 refusing the shared store:\n%s%s", code, out, errOut)
+	}
+	if strings.Contains(out, "applied") || db.count(t, `SELECT max(version) FROM walhook.schema_version`) != 6 {
+		t.Fatalf("the refused setup migrated the store:\n%s", out)
 	}
 }
