@@ -932,7 +932,11 @@ func (c *checker) checkStore(ctx context.Context) {
 	defer pool.Close()
 	if err := storeWritable(ctx, pool); err != nil {
 		// Not "fix: walhook setup": setup cannot write there either.
-		c.fail("store", storeReadOnlyFix, "%s", oneLine(err))
+		fix := "check store.dsn (or source.dsn), the server and pg_hba.conf"
+		if errors.Is(err, errStoreReadOnly) {
+			fix = storeReadOnlyFix
+		}
+		c.fail("store", fix, "%s", oneLine(err))
 		return
 	}
 	err = dispatch.CheckSchema(ctx, pool, schema)

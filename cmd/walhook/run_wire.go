@@ -380,7 +380,20 @@ func storeWritable(ctx context.Context, pool *pgxpool.Pool) error {
 		return err
 	}
 	if ro != "off" {
-		return errors.New("the store is read-only (a standby, or default_transaction_read_only is on): walhook can neither store events nor record deliveries")
+		return errStoreReadOnly
 	}
 	return nil
+}
+
+// errStoreReadOnly is storeWritable's store that answers read-only.
+var errStoreReadOnly = errors.New("the store is read-only (a standby, or default_transaction_read_only is on): walhook can neither store events nor record deliveries")
+
+// readOnlyFix is " — fix: …" (storeReadOnlyFix) for a read-only store,
+// and nothing for storeWritable's other errors (the store did not answer):
+// pointing at the primary would be the wrong fix for those.
+func readOnlyFix(err error) string {
+	if errors.Is(err, errStoreReadOnly) {
+		return " — fix: " + storeReadOnlyFix
+	}
+	return ""
 }
