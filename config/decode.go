@@ -443,7 +443,7 @@ func parseColumnRef(s string) (from, col string, err error) {
 		from, col = f, c
 	}
 	if !validColumn(col) {
-		return "", "", fmt.Errorf("column reference %q: write column, new.column or old.column", s)
+		return "", "", fmt.Errorf("column reference %q: the column name is empty or holds a dot, a tab or a line break; write column, new.column or old.column", s)
 	}
 	return from, col, nil
 }

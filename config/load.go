@@ -111,6 +111,11 @@ func parseYAML(data []byte, c *collector) (*yaml.Node, bool) {
 		root = root.Content[0]
 	}
 	if isNull(root) {
+		if root.Value != "" {
+			// "null" or "~": a value, not an empty file.
+			c.add(posOf(c.file, root), "", "the file holds only %q, which YAML reads as null: it must be a mapping of keys (source:, events:, ...)", root.Value)
+			return nil, false
+		}
 		c.add(posOf(c.file, root), "", "the file is empty")
 		return nil, false
 	}

@@ -151,6 +151,40 @@ var badConfigs = map[string][]string{
 	"empty.bad.yaml":     {`empty.bad.yaml:1:1: the file is empty`},
 	"multidoc.bad.yaml":  {`:3:1: a second YAML document`},
 	"duplicate.bad.yaml": {`:3:3: source.dsn: key written twice (first at line 2)`},
+	// Column references and data entries in every wrong shape.
+	"data.bad.yaml": {
+		`:7:23: events[0].changed[1]: must be a column name (not empty, and with no dot, tab or line break), got "a.b"`,
+		`:9:13: events[0].domain: column reference "older.domain": write column, new.column or old.column`,
+		`:11:9: events[0].data[0]: column reference "older.id": write column, new.column or old.column`,
+		`:12:9: events[0].data[1]: column reference "bad\tcol": the column name is empty or holds a dot, a tab or a line break; write column, new.column or old.column`,
+		`:13:9: events[0].data[2]: must be a column name or a one-key mapping like ` + "`key: column`" + `, got a mapping with 2 keys`,
+		`:14:9: events[0].data[3]: the data key must be a non-empty string`,
+		`:15:17: events[0].data[4].nothing: needs a column (column, new.column or old.column) or {const: value}`,
+		`:16:16: events[0].data[5].owner: column reference "older.owner": write column, new.column or old.column`,
+		`:17:15: events[0].data[6].list: must be a column (column, new.column or old.column) or {const: value}, got a list`,
+		":18:24: events[0].data[7].typed.const: cannot decode !!str `abc` as a !!int",
+	},
+	// One wrong value for each key no other file gets wrong.
+	"values.bad.yaml": {
+		`:3:20: source.status_interval: must be positive, got 0s`,
+		`:4:22: source.max_chunk_changes: out of range: at least -2147483648, got -99999999999`,
+		`:6:13: mapping.envelope: must be "auction-excellence" or "sns", got "json"`,
+		`:8:5: events[0].envelope: must be "auction-excellence" or "sns", got "json"`,
+		`:12:5: endpoints[0].id: required: a stable name for this endpoint`,
+		`:14:22: endpoints[0].auctions[1]: must not be empty`,
+		`:16:10: endpoints[1].url: must not carry user:password (receivers verify the signature instead)`,
+		`:18:5: endpoints[2].url: required: the https:// URL webhooks are POSTed to`,
+		`:22:10: delivery.lease: must be longer than delivery.timeout (1m0s), or a delivery still in flight is claimed again; got 30s`,
+		`:24:11: api.listen: port must be a number 0..65535, got "http"`,
+		`:25:10: api.open[0]: must be a path starting with /, got "healthz"`,
+		`:27:11: log.format: must be text or json, got "xml"`,
+	},
+	"listen.bad.yaml": {`:8:11: api.listen: host must be an IP address or a host name, got "bad host!"`},
+	"keys.bad.yaml":   {`:3:5: source: keys must be plain strings, got a list`},
+	// "null" is a value, not an empty file.
+	"null.bad.yaml": {`null.bad.yaml:1:1: the file holds only "null", which YAML reads as null: it must be a mapping of keys (source:, events:, ...)`},
+	// A syntax error in a second document is reported as one.
+	"multidoc-syntax.bad.yaml": {`multidoc-syntax.bad.yaml:4: invalid YAML: did not find expected node content`},
 	"expand.bad.yaml": {
 		`:2:8: source.dsn: environment variable WALHOOK_TEST_UNSET_DB is not set`,
 		`:3:9: source.slot: invalid variable name "1BAD"`,
@@ -881,6 +915,23 @@ func TestLoadRefusesAHugeFile(t *testing.T) {
 	_, err := Load(f, env(nil))
 	if err == nil || !strings.Contains(err.Error(), f+": larger than 1 MiB") {
 		t.Fatalf("err = %v, want the size refused", err)
+	}
+}
+
+// A --config that names a missing file or a directory says so, with the
+// path.
+func TestLoadRefusesWhatIsNotAFile(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	missing := filepath.Join(dir, "walhook.yaml")
+	for path, want := range map[string]string{
+		missing: "read config: open " + missing + ": no such file or directory",
+		dir:     "read config: read " + dir + ": is a directory",
+	} {
+		cfg, err := Load(path, env(nil))
+		if err == nil || err.Error() != want || cfg != nil {
+			t.Errorf("Load(%s) = %v, %v; want the error %q", path, cfg, err, want)
+		}
 	}
 }
 

@@ -242,7 +242,7 @@ func (v *validator) rule(r *Rule, p string) {
 	}
 	for j, col := range r.Changed {
 		if !validColumn(col) {
-			v.errf(index(p+".changed", j), "must be a column name, got %q", col)
+			v.errf(index(p+".changed", j), "must be a column name (not empty, and with no dot, tab or line break), got %q", col)
 		}
 	}
 	if v.d.set[p+".when"] && strings.TrimSpace(r.When) == "" {
