@@ -179,8 +179,11 @@ var badConfigs = map[string][]string{
 		`:25:10: api.open[0]: must be a path starting with /, got "healthz"`,
 		`:27:11: log.format: must be text or json, got "xml"`,
 	},
-	"listen.bad.yaml": {`:8:11: api.listen: host must be an IP address or a host name, got "bad host!"`},
-	"keys.bad.yaml":   {`:3:5: source: keys must be plain strings, got a list`},
+	// No request can carry a line break in a header: every delivery
+	// would fail in the HTTP client, and the endpoints be disabled.
+	"useragent.bad.yaml": {`:8:15: delivery.user_agent: contains a control character (a line break or the like), which no User-Agent header can carry`},
+	"listen.bad.yaml":    {`:8:11: api.listen: host must be an IP address or a host name, got "bad host!"`},
+	"keys.bad.yaml":      {`:3:5: source: keys must be plain strings, got a list`},
 	// "null" is a value, not an empty file.
 	"null.bad.yaml": {`null.bad.yaml:1:1: the file holds only "null", which YAML reads as null: it must be a mapping of keys (source:, events:, ...)`},
 	// A syntax error in a second document is reported as one.

@@ -469,6 +469,10 @@ func (v *validator) delivery(c *Config) {
 	if dl.SecretOverlap <= 0 {
 		v.errf("delivery.secret_overlap", "must be positive, got %s (to retire a rotated secret almost at once, use 1s)", dl.SecretOverlap.D())
 	}
+	if strings.ContainsFunc(dl.UserAgent, func(r rune) bool { return unicode.IsControl(r) && r != '\t' }) {
+		// Go's HTTP client refuses such a header: every attempt would fail.
+		v.errf("delivery.user_agent", "contains a control character (a line break or the like), which no User-Agent header can carry")
+	}
 	for i, a := range dl.Allow {
 		if !validAllow(a) {
 			v.errf(index("delivery.allow", i), "must be a CIDR like \"10.0.0.0/8\" or a host name like \"hooks.internal\", got %q", a)
