@@ -1,6 +1,7 @@
 package api_test
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"net"
@@ -605,5 +606,83 @@ func TestServeCutsOffRequestsAtTheShutdownTimeout(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("Serve did not return within 10s of a 200ms shutdown timeout")
+	}
+}
+
+// TestDeliveryRefusalsSayWhatIsWrong: the deliveries routes' refusals no
+// other test reaches, each with its status, code and message, and the
+// store unchanged.
+func TestDeliveryRefusalsSayWhatIsWrong(t *testing.T) {
+	t.Parallel()
+	// No dispatcher: the delivery stays as the test sets it.
+	s := newStack(t, stackConfig{noRun: true})
+	c := s.create(t, "https://hooks.example.com/x", "auction.bid")
+	ev := s.appendEvents(t, "auction.bid", "A1", 1)[0]
+	id := mapper.DeliveryID(ev.Envelope, ev.ID, c.SubscriptionID)
+	// A worker holds it now.
+	s.exec(t, `UPDATE walhook.deliveries SET status = 'delivering', locked_until = now() + interval '1 hour' WHERE id = $1`, id)
+	before := s.snapshot(t)
+	for _, tc := range []struct {
+		name, method, path string
+		status             int
+		code, msg          string
+	}{
+		{"deliveries limit zero", "GET", "/api/v1/webhooks/" + c.SubscriptionID + "/deliveries?limit=0",
+			http.StatusBadRequest, "invalid_query", `limit "0": must be a whole number from 1 to ` + strconv.Itoa(dispatch.MaxListLimit)},
+		{"deliveries limit not a number", "GET", "/api/v1/webhooks/" + c.SubscriptionID + "/deliveries?limit=all",
+			http.StatusBadRequest, "invalid_query", `limit "all": must be a whole number from 1 to ` + strconv.Itoa(dispatch.MaxListLimit)},
+		{"redeliver while in flight", "POST", "/api/v1/deliveries/" + id + "/redeliver",
+			http.StatusConflict, "delivery_in_progress", `delivery "` + id + `": delivery is being attempted right now: try again once the attempt is recorded`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := s.call(t, tc.method, tc.path, nil)
+			r.fails(t, tc.status, tc.code)
+			if r.Error.Message != tc.msg {
+				t.Errorf("message %q, want %q", r.Error.Message, tc.msg)
+			}
+			if after := s.snapshot(t); after != before {
+				t.Fatalf("refused request changed the store:\nbefore %s\nafter  %s", before, after)
+			}
+		})
+	}
+}
+
+// A body the server cannot read (chunked encoding broken mid-way) is
+// refused as invalid_json naming the reason, and changes nothing.
+func TestUnreadableBodyIsRefused(t *testing.T) {
+	t.Parallel()
+	s := newStack(t, stackConfig{noRun: true})
+	before := s.snapshot(t)
+	conn, err := net.Dial("tcp", strings.TrimPrefix(s.url, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	_, err = conn.Write([]byte("POST /api/v1/webhooks/create HTTP/1.1\r\nHost: x\r\nX-API-Key: " + testKey +
+		"\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	res, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	var env struct {
+		Success bool `json:"success"`
+		Error   struct {
+			Code, Message string
+		} `json:"error"`
+	}
+	if err := json.NewDecoder(res.Body).Decode(&env); err != nil {
+		t.Fatal(err)
+	}
+	const want = "reading the request body: invalid byte in chunk length"
+	if res.StatusCode != http.StatusBadRequest || env.Success || env.Error.Code != "invalid_json" || env.Error.Message != want {
+		t.Fatalf("got %d %+v, want 400 invalid_json %q", res.StatusCode, env, want)
+	}
+	if after := s.snapshot(t); after != before {
+		t.Fatalf("refused request changed the store:\nbefore %s\nafter  %s", before, after)
 	}
 }

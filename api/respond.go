@@ -95,7 +95,7 @@ func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
 	case errors.Is(err, dispatch.ErrEndpointInactive):
 		e = &Error{http.StatusConflict, CodeEndpointDisabled, err.Error() + ": re-enable it with PUT {\"active\": true} first"}
 	case errors.Is(err, dispatch.ErrDeliveryInFlight):
-		e = &Error{http.StatusConflict, CodeDeliveryInProgress, err.Error()}
+		e = &Error{http.StatusConflict, CodeDeliveryInProgress, err.Error() + ": try again once the attempt is recorded"}
 	case errors.Is(err, dispatch.ErrTestSend):
 		e = &Error{http.StatusConflict, CodeTestSend, err.Error()}
 	case errors.Is(err, dispatch.ErrInvalidURL):
