@@ -129,6 +129,17 @@ func TestMappingTestBadInput(t *testing.T) {
 		`{"table":5,"op":"insert","new":{"id":1}}`,
 		`{"table":"t","op":"insert","new":{"id":1},"key":"id"}`,
 		`{"table":"t","op":"insert","new":{"id":1},"unavailable":["a",1]}`,
+		`{"table":"t","op":"insert","new":{"id":1}} {"table":"t","op":"insert","new":{"id":2}}`,
+		`{"table":"t","new":{"id":1}}`,
+		`{"table":"t","op":"insert"}`,
+		`{"table":"t","op":"insert","old":{"id":1},"new":{"id":1}}`,
+		`{"table":"t","op":"update","old":{"id":1}}`,
+		`{"table":"t","op":"delete","old":{"id":1},"new":{"id":1}}`,
+		`{"table":"t","op":"insert","new":{"id":1},"identity":"nothing"}`,
+		`{"table":"t","op":"insert","new":{"id":1},"key":["pk"]}`,
+		`{"table":"t","op":"insert","new":{"id":1},"unavailable":["body"]}`,
+		`{"table":"t","op":"delete","old":{"id":1},"unavailable":["id"]}`,
+		`{"table":"t","op":"insert","new":[1]}`,
 	)
 	_, errOut, code := runCLI(t, context.Background(), "mapping", "test", "--config", aeConfig, "--changes", changes)
 	if code != 2 {
@@ -148,6 +159,17 @@ func TestMappingTestBadInput(t *testing.T) {
 		// An element of a list of the wrong kind: the list is what is
 		// wanted, not a string in its place.
 		`changes.jsonl:11: not a change object: "unavailable" must be a list of strings, got a list holding a number`,
+		`changes.jsonl:12: more than one JSON value on the line`,
+		`changes.jsonl:13: "op" is required: insert, update or delete`,
+		`changes.jsonl:14: an insert needs "new"`,
+		`changes.jsonl:15: an insert has no "old"`,
+		`changes.jsonl:16: an update needs "new" (and "old" for rules that compare)`,
+		`changes.jsonl:17: a delete has no "new"`,
+		`changes.jsonl:18: "identity" must be full or default, got "nothing"`,
+		`changes.jsonl:19: "key": column "pk" is in neither row`,
+		`changes.jsonl:20: "unavailable": column "body" is not in "new"`,
+		`changes.jsonl:21: "unavailable" names columns of "new", which a delete has none of`,
+		`changes.jsonl:22: "new" must be an object of column: value`,
 	)
 	if strings.Contains(errOut, "main.") || strings.Contains(errOut, "Go ") {
 		t.Errorf("Go type names in the messages:\n%s", errOut)
