@@ -243,9 +243,11 @@ func parseChange(text []byte, oids map[string]uint32, columns func(string) []str
 	if cl.Table == "" {
 		return nil, nil, errors.New(`"table" is required ("schema.table" or "table")`)
 	}
-	schema, table := "public", cl.Table
-	if s, t, ok := strings.Cut(cl.Table, "."); ok {
-		schema, table = s, t
+	// As a rule's table: "schema.table" or "table". Another shape ("a.b.c",
+	// ".t") would name a table no rule can, and map to nothing in silence.
+	schema, table, err := config.SplitTable(cl.Table)
+	if err != nil {
+		return nil, nil, fmt.Errorf(`"table": %v`, err)
 	}
 	old, err := parseRow("old", cl.Old)
 	if err != nil {

@@ -140,6 +140,7 @@ func TestMappingTestBadInput(t *testing.T) {
 		`{"table":"t","op":"insert","new":{"id":1},"unavailable":["body"]}`,
 		`{"table":"t","op":"delete","old":{"id":1},"unavailable":["id"]}`,
 		`{"table":"t","op":"insert","new":[1]}`,
+		`{"table":"a.b.c","op":"insert","new":{"id":1}}`,
 	)
 	_, errOut, code := runCLI(t, context.Background(), "mapping", "test", "--config", aeConfig, "--changes", changes)
 	if code != 2 {
@@ -170,6 +171,7 @@ func TestMappingTestBadInput(t *testing.T) {
 		`changes.jsonl:20: "unavailable": column "body" is not in "new"`,
 		`changes.jsonl:21: "unavailable" names columns of "new", which a delete has none of`,
 		`changes.jsonl:22: "new" must be an object of column: value`,
+		`changes.jsonl:23: "table": must be "table" or "schema.table", got "a.b.c"`,
 	)
 	if strings.Contains(errOut, "main.") || strings.Contains(errOut, "Go ") {
 		t.Errorf("Go type names in the messages:\n%s", errOut)
