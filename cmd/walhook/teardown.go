@@ -29,6 +29,13 @@ func runTeardown(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	if err := checkDSNs(cfg); err != nil {
 		return err
 	}
+	if *store {
+		// A store it would refuse to drop is refused before the slot and
+		// publication go: a refusal changes nothing.
+		if _, err := withStore(ctx, cfg, func(*pgx.Conn, bool) (string, error) { return "", nil }); err != nil {
+			return fmt.Errorf("teardown: %w; nothing was dropped", err)
+		}
+	}
 	did, err := cdc.Teardown(ctx, cfg.Source.DSN, cfg.Source.Slot, cfg.Source.Publication, *force)
 	for _, line := range did {
 		fmt.Fprintln(stdout, line)
@@ -58,6 +65,21 @@ func runTeardown(ctx context.Context, args []string, stdout, stderr io.Writer) e
 // schema (say public) cannot wipe the application's data.
 func dropStore(ctx context.Context, cfg *config.Config) (string, error) {
 	schema := cfg.Store.Schema
+	return withStore(ctx, cfg, func(conn *pgx.Conn, exists bool) (string, error) {
+		if !exists {
+			return fmt.Sprintf("store schema %s does not exist; nothing to drop", schema), nil
+		}
+		if _, err := conn.Exec(ctx, "DROP SCHEMA "+pgx.Identifier{schema}.Sanitize()+" CASCADE"); err != nil {
+			return "", fmt.Errorf("drop store schema %s: %w", schema, err)
+		}
+		return fmt.Sprintf("dropped store schema %s (outbox, endpoints and delivery log)", schema), nil
+	})
+}
+
+// withStore connects to the store, refuses a store.schema dropStore must
+// not drop, and else calls do with whether the schema exists.
+func withStore(ctx context.Context, cfg *config.Config, do func(conn *pgx.Conn, exists bool) (string, error)) (string, error) {
+	schema := cfg.Store.Schema
 	conn, err := pgx.Connect(ctx, cfg.Store.DSN)
 	if err != nil {
 		return "", fmt.Errorf("connect to the store: %w", err)
@@ -70,7 +92,7 @@ func dropStore(ctx context.Context, cfg *config.Config) (string, error) {
 		return "", fmt.Errorf("look up store schema %s: %w", schema, err)
 	}
 	if !exists {
-		return fmt.Sprintf("store schema %s does not exist; nothing to drop", schema), nil
+		return do(conn, false)
 	}
 	if !isStore {
 		return "", fmt.Errorf("schema %s has no schema_version table, so it is not a walhook store; refusing to drop it", schema)
@@ -82,8 +104,5 @@ func dropStore(ctx context.Context, cfg *config.Config) (string, error) {
 			}
 		}
 	}
-	if _, err := conn.Exec(ctx, "DROP SCHEMA "+pgx.Identifier{schema}.Sanitize()+" CASCADE"); err != nil {
-		return "", fmt.Errorf("drop store schema %s: %w", schema, err)
-	}
-	return fmt.Sprintf("dropped store schema %s (outbox, endpoints and delivery log)", schema), nil
+	return do(conn, true)
 }

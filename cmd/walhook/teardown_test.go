@@ -107,11 +107,20 @@ func TestTeardown(t *testing.T) {
 	ckWantLines(t, out, `store schema walhook does not exist; nothing to drop$`)
 }
 
-// A store.schema that names an application schema is never dropped.
+// A store.schema that names an application schema is never dropped, and
+// the refusal comes first: the slot and publication are still there.
 func TestTeardownStoreRefusesForeignSchema(t *testing.T) {
 	t.Parallel()
+	ctx := context.Background()
 	dsn, db := ckSampleDB(t, pgtest.Shared(t))
-	b, err := os.ReadFile(ckSampleConfig(t, dsn, db))
+	sample := ckSampleConfig(t, dsn, db)
+	if out, errOut, code := runCLI(t, ctx, "setup", "--config", sample); code != 0 {
+		t.Fatalf("setup exit %d:\n%s%s", code, out, errOut)
+	}
+	objects := func() int64 {
+		return ckScalar[int64](t, dsn, `SELECT (SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1) + (SELECT count(*) FROM pg_publication)`, db)
+	}
+	b, err := os.ReadFile(sample)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -119,11 +128,33 @@ func TestTeardownStoreRefusesForeignSchema(t *testing.T) {
 	if err := os.WriteFile(cfg, append(b, "\nstore:\n  schema: public\n"...), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	_, errOut, code := runCLI(t, context.Background(), "teardown", "--config", cfg, "--store")
+	out, errOut, code := runCLI(t, ctx, "teardown", "--config", cfg, "--store")
 	if code != 1 || !strings.Contains(errOut, "schema public has no schema_version table, so it is not a walhook store; refusing to drop it") {
 		t.Fatalf("exit %d, stderr %q", code, errOut)
 	}
 	if n := ckScalar[int64](t, dsn, `SELECT count(*) FROM pg_tables WHERE schemaname = 'public'`); n != 9 {
 		t.Fatalf("public has %d tables after the refusal, want 9", n)
+	}
+	if n := objects(); n != 2 || out != "" {
+		t.Fatalf("refused teardown --store left %d of slot and publication, want both; it printed:\n%s", n, out)
+	}
+
+	// A walhook store that holds a table a rule maps.
+	ckExec(t, dsn, `CREATE TABLE walhook.notes (id int PRIMARY KEY)`)
+	mapped := writeTempConfig(t, "mapped.yaml", "api: {listen: off}\nsource:\n  dsn: "+dsn+"\n  slot: "+db+`
+events:
+  - event: note.created
+    table: walhook.notes
+    operations: [insert]
+`)
+	out, errOut, code = runCLI(t, ctx, "teardown", "--config", mapped, "--store")
+	if code != 1 || !strings.Contains(errOut, "schema walhook holds walhook.notes, which a rule maps; refusing to drop it") {
+		t.Fatalf("store holding a mapped table: exit %d, stderr %q", code, errOut)
+	}
+	if n := ckScalar[int64](t, dsn, `SELECT count(*) FROM pg_tables WHERE schemaname = 'walhook' AND tablename = 'notes'`); n != 1 {
+		t.Fatal("the mapped table was dropped")
+	}
+	if n := objects(); n != 2 || out != "" {
+		t.Fatalf("refused teardown --store left %d of slot and publication, want both; it printed:\n%s", n, out)
 	}
 }
