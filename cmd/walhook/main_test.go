@@ -105,6 +105,7 @@ func TestSubcommandHelp(t *testing.T) {
 // durations the demo cannot use.
 func TestBadUsage(t *testing.T) {
 	t.Parallel()
+	dir := t.TempDir()
 	for _, tc := range []struct {
 		args []string
 		want string
@@ -119,6 +120,14 @@ func TestBadUsage(t *testing.T) {
 		{[]string{"demo", "--duration", "-5s"}, "--duration must not be negative, got -5s"},
 		{[]string{"demo", "--every", "0s"}, "--every must be positive, got 0s"},
 		{[]string{"demo", "--listen", "8080"}, `--listen must be host:port (e.g. 127.0.0.1:8080), got "8080"`},
+		{[]string{"check", "--config", "a.yaml", "extra"}, `walhook check: unexpected argument "extra"`},
+		{[]string{"setup", "--skip-to", "0/1", "--replica-identity"}, "setup: --skip-to and --replica-identity do not go together: --skip-to changes nothing but the cursor"},
+		{[]string{"check", "--config", " "}, "no config: pass --config FILE or set WALHOOK_CONFIG"},
+		{[]string{"mapping", "test", "--config", " ", "--changes", "c.jsonl"}, "no config: pass --config FILE or set WALHOOK_CONFIG"},
+		{[]string{"check", "--config", dir}, "read config: read " + dir + ": is a directory"},
+		{[]string{"receive", "--secret", "whsec_nope"}, `receive: --secret: receiver secret 1 of 1: invalid webhook secret: key is 3 bytes, want 24 to 64`},
+		{[]string{"receive", "--secret", runSecret + ","}, "receive: --secret: receiver secret 2 of 2: invalid webhook secret: empty"},
+		{[]string{"receive", "--secret", runSecret, "--listen", "9000"}, `receive: --listen must be host:port (e.g. 127.0.0.1:9000), got "9000"`},
 	} {
 		out, errOut, code := runCLI(t, context.Background(), tc.args...)
 		if code != 2 || !strings.Contains(errOut, tc.want) {
@@ -130,5 +139,32 @@ func TestBadUsage(t *testing.T) {
 		if strings.Contains(errOut, "panic") || strings.Contains(errOut, "-config value") {
 			t.Errorf("walhook %s: the usage lost its flags' types:\n%s", strings.Join(tc.args, " "), errOut)
 		}
+	}
+}
+
+// With nothing on the command line, the environment is read; empty, the
+// message names both ways to give the value.
+func TestNothingFromTheEnvironment(t *testing.T) {
+	t.Setenv("WALHOOK_CONFIG", "")
+	t.Setenv("WALHOOK_RECEIVER_SECRET", "")
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"check"}, "no config: pass --config FILE or set WALHOOK_CONFIG"},
+		{[]string{"run"}, "no config: pass --config FILE or set WALHOOK_CONFIG"},
+		{[]string{"mapping", "test", "--changes", "c.jsonl"}, "no config: pass --config FILE or set WALHOOK_CONFIG"},
+		{[]string{"receive"}, "receive: --secret or $WALHOOK_RECEIVER_SECRET is required"},
+	} {
+		out, errOut, code := runCLI(t, context.Background(), tc.args...)
+		if code != 2 || !strings.HasSuffix(errOut, tc.want) || out != "" {
+			t.Errorf("walhook %s: exit %d, stdout %q, stderr %q; want 2 and %q", strings.Join(tc.args, " "), code, out, errOut, tc.want)
+		}
+	}
+	// A bad secret there is named as coming from there.
+	t.Setenv("WALHOOK_RECEIVER_SECRET", "whsec_nope")
+	_, errOut, code := runCLI(t, context.Background(), "receive")
+	if want := "receive: $WALHOOK_RECEIVER_SECRET: receiver secret 1 of 1: invalid webhook secret"; code != 2 || !strings.Contains(errOut, want) {
+		t.Errorf("bad secret from the environment: exit %d, stderr %q; want 2 and %q", code, errOut, want)
 	}
 }

@@ -73,6 +73,9 @@ func runMapping(ctx context.Context, args []string, stdout, stderr io.Writer) er
 			return usageErrorf("mapping test: %v", err)
 		}
 		defer f.Close()
+		if st, err := f.Stat(); err == nil && st.IsDir() {
+			return usageErrorf("mapping test: --changes %s is a directory; give a file of JSON lines", name)
+		}
 		in = f
 	}
 	samples, err := readChanges(name, in, m.Columns)

@@ -194,6 +194,7 @@ func TestMappingTestUsage(t *testing.T) {
 		{[]string{"mapping", "test", "--config", aeConfig, "--changes", "/nonexistent/c.jsonl"}, "mapping test: open /nonexistent/c.jsonl: no such file or directory"},
 		{[]string{"mapping", "test", "--config", "../../testdata/config/rules.bad.yaml", "--changes", "x"}, "events[0].event: must be lowercase dotted segments"},
 		{[]string{"mapping", "test", "--config", aeConfig, "--changes", writeChanges(t, "# nothing")}, "changes.jsonl: no changes"},
+		{[]string{"mapping", "test", "--config", aeConfig, "--changes", "../../testdata"}, "mapping test: --changes ../../testdata is a directory; give a file of JSON lines"},
 	} {
 		_, errOut, code := runCLI(t, ctx, tc.args...)
 		if code != 2 || !strings.Contains(errOut, tc.want) {

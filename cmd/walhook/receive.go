@@ -29,15 +29,20 @@ func runReceive(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if err := parseFlags(fs, args, stdout); err != nil {
 		return err
 	}
+	from := "--secret"
 	if *secrets == "" {
-		*secrets = os.Getenv("WALHOOK_RECEIVER_SECRET")
+		*secrets, from = os.Getenv("WALHOOK_RECEIVER_SECRET"), "$WALHOOK_RECEIVER_SECRET"
 	}
 	if *secrets == "" {
 		return usageErrorf("receive: --secret or $WALHOOK_RECEIVER_SECRET is required")
 	}
+	if _, _, err := net.SplitHostPort(*listen); err != nil {
+		return usageErrorf("receive: --listen must be host:port (e.g. 127.0.0.1:9000), got %q", *listen)
+	}
 	r, err := receiver.New(false, strings.Split(*secrets, ",")...)
 	if err != nil {
-		return &UsageError{Err: err}
+		// Says which secret and why, never the secret itself.
+		return usageErrorf("receive: %s: %v", from, err)
 	}
 	// It runs for days next to walhook (docker-compose): ids are kept
 	// for de-duplication only as long as walhook may send one again on
