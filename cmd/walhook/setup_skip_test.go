@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/jackc/pglogrepl"
 )
@@ -68,6 +69,28 @@ func TestSetupSkipToRefuses(t *testing.T) {
 	// Anything streaming from the slot.
 	ckHoldSlot(t, db.dsn, db.slot)
 	setup(1, fmt.Sprintf("slot %q is held by the server process with PID", db.slot), "--skip-to", end.String())
+
+	// The slot gone (lost, or dropped by hand): there is nothing to move
+	// the cursor on.
+	if _, err := db.pool.Exec(ctx, `SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = $1`, db.slot); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; ckScalar[bool](t, db.dsn, `SELECT active FROM pg_replication_slots WHERE slot_name = $1`, db.slot); i++ {
+		if i > 600 { // a guard against hanging, not a timing assertion
+			t.Fatal("slot still held after its holder was terminated")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if _, err := db.pool.Exec(ctx, `SELECT pg_drop_replication_slot($1)`, db.slot); err != nil {
+		t.Fatal(err)
+	}
+	setup(1, "replication slot "+db.slot+" does not exist (walhook setup creates it; see docs/operations.md, recovering from a gap)", "--skip-to", end.String())
+	// A new slot starts past the cursor: a gap, which --accept-gap settles.
+	if _, err := db.pool.Exec(ctx, `SELECT pg_create_logical_replication_slot($1, 'pgoutput')`, db.slot); err != nil {
+		t.Fatal(err)
+	}
+	setup(1, "the store's cursor for slot "+db.slot+" is at "+cursor.String()+", behind the slot's confirmed position", "--skip-to", end.String())
+	setup(1, "— fix: walhook setup --accept-gap first; nothing was skipped", "--skip-to", end.String())
 
 	if got := db.cursor(t); got != cursor {
 		t.Errorf("cursor %s after refused skips, want it unchanged at %s", got, cursor)
