@@ -105,6 +105,24 @@ events:
 				t.Errorf("%s with %s: the password was printed: %s", cmd, tc.dsn, errOut)
 			}
 		}
+		// The same in store.dsn, the source's being fine: every command
+		// that connects to the store says so before connecting anywhere.
+		for _, cmd := range [][]string{{"check"}, {"setup"}, {"run"}, {"teardown", "--store"}} {
+			cfg := writeTempConfig(t, "store-dsn.yaml", "api: {listen: off}\nsource:\n  dsn: postgres://walhook@127.0.0.1:1/app\nstore:\n  dsn: "+tc.dsn+`
+events:
+  - event: problem.created
+    table: problem_reports
+    operations: [insert]
+`)
+			out, errOut, code := runCLI(t, context.Background(), append(cmd, "--config", cfg)...)
+			if code != 2 || !strings.Contains(errOut, cfg+":5:8: store.dsn: cannot parse the connection string: ") ||
+				!strings.Contains(errOut, tc.want) {
+				t.Errorf("%s with store.dsn %s: exit %d, stderr %q; want 2, the position and %q", cmd, tc.dsn, code, errOut, tc.want)
+			}
+			if strings.Contains(out+errOut, "pw-s3cret-x") {
+				t.Errorf("%s with store.dsn %s: the password was printed: %s", cmd, tc.dsn, errOut)
+			}
+		}
 	}
 }
 
