@@ -783,7 +783,11 @@ func (c *checker) checkPartitionRules(ctx context.Context, conn *pgx.Conn) error
 	rows, err := conn.Query(ctx, `
 		SELECT t, an.nspname || '.' || ac.relname
 		FROM unnest($1::text[]) AS t
-		CROSS JOIN LATERAL pg_partition_ancestors(to_regclass(format('%I.%I', split_part(t, '.', 1), split_part(t, '.', 2)))) AS a(relid)
+		-- By the catalogs, not to_regclass: that needs USAGE on the
+		-- schema, whose lack the table lines report with their fix.
+		JOIN pg_namespace tn ON tn.nspname = split_part(t, '.', 1)
+		JOIN pg_class tc ON tc.relnamespace = tn.oid AND tc.relname = split_part(t, '.', 2)
+		CROSS JOIN LATERAL pg_partition_ancestors(tc.oid) AS a(relid)
 		JOIN pg_class ac ON ac.oid = a.relid JOIN pg_namespace an ON an.oid = ac.relnamespace
 		WHERE an.nspname || '.' || ac.relname <> t ORDER BY 1, 2`, c.tables)
 	if err != nil {

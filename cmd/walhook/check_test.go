@@ -265,6 +265,35 @@ func TestCheckUnprivilegedRole(t *testing.T) {
 	)
 }
 
+// A role with SELECT on the tables but no USAGE on their schema reads
+// none of them: the fix grants both.
+func TestCheckNoUsageOnSchema(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	c := pgtest.Shared(t)
+	role := strings.ToLower("nousage_" + t.Name())
+	if err := c.Exec(ctx, "postgres", `CREATE ROLE `+role+` LOGIN REPLICATION`); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Exec(context.Background(), "postgres", `DROP ROLE IF EXISTS `+role) })
+	dsn, db := ckSampleDB(t, c)
+	t.Cleanup(func() { ckExec(t, dsn, `DROP OWNED BY `+role) })
+	ckExec(t, dsn, `GRANT SELECT ON ALL TABLES IN SCHEMA public TO `+role+`; REVOKE USAGE ON SCHEMA public FROM PUBLIC`)
+
+	out, errOut, code := runCLI(t, ctx, "check", "--config", ckSampleConfig(t, c.DSNAs(role, db), db))
+	t.Logf("check:\n%s%s", out, errOut)
+	if code != 1 {
+		t.Fatalf("exit %d, want 1", code)
+	}
+	ckWantLines(t, out,
+		`FAIL  table public\.messages: `+role+` has no USAGE on schema public — fix: GRANT USAGE ON SCHEMA public TO `+role+`; GRANT SELECT ON public\.messages TO `+role+`;$`,
+	)
+	// Said once, with its fix: not again as a failed query.
+	if strings.Contains(out, "FAIL  query:") {
+		t.Errorf("a query failed on the missing USAGE:\n%s", out)
+	}
+}
+
 // The schema drifted from the rules: a column and a table are gone, and
 // a column the rules read became a generated one (logical replication
 // does not send it: adding the column is not the fix).
