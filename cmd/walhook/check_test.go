@@ -185,6 +185,31 @@ func TestCheckSampleThenSetup(t *testing.T) {
 	ckNoLines(t, regexp.MustCompile(`(?m)^warn  cpu\.yield: .*$`).ReplaceAllString(out, ""), `FAIL`, `warn`)
 }
 
+// A store table added to walhook's publication (its changes would be
+// decoded as the application's) is a FAIL that setup fixes, and does.
+func TestCheckPublicationWithStoreTables(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	dsn, db := ckSampleDB(t, pgtest.Shared(t))
+	cfg := ckSampleConfig(t, dsn, db)
+	if out, errOut, code := runCLI(t, ctx, "setup", "--config", cfg); code != 0 {
+		t.Fatalf("setup exit %d:\n%s%s", code, out, errOut)
+	}
+	ckExec(t, dsn, `ALTER PUBLICATION walhook ADD TABLE walhook.deliveries`)
+	out, errOut, code := runCLI(t, ctx, "check", "--config", cfg)
+	t.Logf("check:\n%s%s", out, errOut)
+	if code != 1 {
+		t.Fatalf("check exit %d, want 1", code)
+	}
+	ckWantLines(t, out, `FAIL  publication walhook: publishes walhook's own store tables walhook\.deliveries — fix: walhook setup$`)
+	if out, errOut, code := runCLI(t, ctx, "setup", "--config", cfg); code != 0 {
+		t.Fatalf("second setup exit %d:\n%s%s", code, out, errOut)
+	}
+	if n := ckScalar[int64](t, dsn, `SELECT count(*) FROM pg_publication_tables WHERE pubname = 'walhook' AND schemaname = 'walhook'`); n != 0 {
+		t.Fatalf("setup left %d store tables in the publication", n)
+	}
+}
+
 // ckCPUYieldLine is check's cpu.yield line for this test process, which
 // starts walhook check as a child with its own user and limits: on for
 // root (CI), a warning with the fix for a user without CAP_SYS_NICE.
