@@ -72,16 +72,8 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 // current directory or one of its parents (go run from anywhere in the
 // checkout).
 func findSamples(flagDir string) (string, error) {
-	has := func(d string) bool {
-		for _, f := range []string{"schema.sql", "walhook.yaml"} {
-			if _, err := os.Stat(filepath.Join(d, f)); err != nil {
-				return false
-			}
-		}
-		return true
-	}
 	if flagDir != "" {
-		if !has(flagDir) {
+		if !hasSamples(flagDir) {
 			return "", fmt.Errorf("demo: --samples %s must hold schema.sql and walhook.yaml", flagDir)
 		}
 		return flagDir, nil
@@ -90,8 +82,23 @@ func findSamples(flagDir string) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("demo: %w", err)
 	}
+	return samplesAbove(wd)
+}
+
+// hasSamples reports whether d holds the sample's schema.sql and walhook.yaml.
+func hasSamples(d string) bool {
+	for _, f := range []string{"schema.sql", "walhook.yaml"} {
+		if _, err := os.Stat(filepath.Join(d, f)); err != nil {
+			return false
+		}
+	}
+	return true
+}
+
+// samplesAbove looks for the sample in wd and each of its parents.
+func samplesAbove(wd string) (string, error) {
 	for d := wd; ; d = filepath.Dir(d) {
-		if c := filepath.Join(d, sampleDir); has(c) {
+		if c := filepath.Join(d, sampleDir); hasSamples(c) {
 			return c, nil
 		}
 		if filepath.Dir(d) == d {

@@ -131,6 +131,19 @@ func TestDemoSamplesMissing(t *testing.T) {
 	}
 }
 
+// Run outside a checkout without --samples, the demo says where it looked
+// and what to do.
+func TestDemoSamplesNotFound(t *testing.T) {
+	t.Parallel()
+	wd := t.TempDir()
+	_, err := samplesAbove(wd)
+	want := "demo: the sample (" + sampleDir + "/schema.sql and walhook.yaml) was not found above " + wd +
+		"; run the demo from a walhook checkout or pass --samples DIR"
+	if err == nil || err.Error() != want {
+		t.Fatalf("err = %v, want %q", err, want)
+	}
+}
+
 // The walhook binary does not link package testing: demo starts its
 // cluster through internal/pgcluster, not the test helpers of pgtest.
 func TestBinaryDoesNotLinkTesting(t *testing.T) {
