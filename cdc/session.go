@@ -65,7 +65,10 @@ func (s *Stream) session(ctx context.Context, pos *LSN) (streamed bool, err erro
 	}()
 	args := []string{
 		"proto_version '1'",
-		"publication_names '" + strings.ReplaceAll(s.opts.Publication, "'", "''") + "'",
+		// pgoutput reads a list of identifiers: quoted, the name is taken
+		// as written (unquoted, "Walhook" would be folded to walhook, and
+		// a blank or a comma refused), as setup created it.
+		"publication_names '" + strings.ReplaceAll(`"`+strings.ReplaceAll(s.opts.Publication, `"`, `""`)+`"`, "'", "''") + "'",
 		"messages 'true'",
 	}
 	if err := pglogrepl.StartReplication(ctx, conn, s.opts.Slot, *pos, pglogrepl.StartReplicationOptions{PluginArgs: args}); err != nil {

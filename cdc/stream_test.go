@@ -273,3 +273,22 @@ func TestMessagesAndHeartbeats(t *testing.T) {
 		t.Fatalf("changes = %+v", tx.Changes)
 	}
 }
+
+// A publication name as config and setup take it (any text: setup quotes
+// it as an identifier) streams too: pgoutput reads publication_names as a
+// list of identifiers, which folds an unquoted "Walhook" to walhook and
+// refuses a blank or a comma in one.
+func TestPublicationNameAsWritten(t *testing.T) {
+	t.Parallel()
+	dsn := pgtest.Shared(t).NewDatabase(t)
+	const pub = `Walhook Pub, "2"`
+	exec(t, dsn, itemSchema)
+	if _, err := Setup(context.Background(), dsn, SetupOptions{Slot: slotFor(dsn), Publication: pub, Tables: []string{"public.item"}}); err != nil {
+		t.Fatalf("setup: %v", err)
+	}
+	b := startStream(t, dsn, 0, func(o *Options) { o.Publication = pub })
+	exec(t, dsn, `INSERT INTO item VALUES (1, 'new', 'n1')`)
+	if c := b.nextTx(t).Changes[0]; c.Op != OpInsert || c.Rel.Table() != "public.item" {
+		t.Fatalf("change = %+v", c)
+	}
+}
