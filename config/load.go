@@ -116,7 +116,9 @@ func parseYAML(data []byte, c *collector) (*yaml.Node, bool) {
 			c.add(posOf(c.file, root), "", "the file holds only %q, which YAML reads as null: it must be a mapping of keys (source:, events:, ...)", root.Value)
 			return nil, false
 		}
-		c.add(posOf(c.file, root), "", "the file is empty")
+		// Only comments and "---": no value to point at (yaml.v3 puts
+		// the empty document past the last line).
+		c.add(Pos{Line: 1, Column: 1}, "", "the file is empty")
 		return nil, false
 	}
 	if r := resolveAlias(root); r.Kind != yaml.MappingNode {

@@ -149,6 +149,7 @@ var badConfigs = map[string][]string{
 	"root.bad.yaml":      {`:1:1: the file must be a mapping of keys (source:, events:, ...), got a list`},
 	"syntax.bad.yaml":    {`syntax.bad.yaml:3: invalid YAML: did not find expected key`},
 	"empty.bad.yaml":     {`empty.bad.yaml:1:1: the file is empty`},
+	"dashes.bad.yaml":    {`dashes.bad.yaml:1:1: the file is empty`},
 	"multidoc.bad.yaml":  {`:3:1: a second YAML document`},
 	"duplicate.bad.yaml": {`:3:3: source.dsn: key written twice (first at line 2)`},
 	// Column references and data entries in every wrong shape.
@@ -182,8 +183,14 @@ var badConfigs = map[string][]string{
 	// No request can carry a line break in a header: every delivery
 	// would fail in the HTTP client, and the endpoints be disabled.
 	"useragent.bad.yaml": {`:8:15: delivery.user_agent: contains a control character (a line break or the like), which no User-Agent header can carry`},
-	"listen.bad.yaml":    {`:8:11: api.listen: host must be an IP address or a host name, got "bad host!"`},
-	"keys.bad.yaml":      {`:3:5: source: keys must be plain strings, got a list`},
+	// A list or a mapping where a true/false, a number or a duration goes.
+	"kinds.bad.yaml": {
+		`:8:15: delivery.allow_http: must be true or false, got a list`,
+		`:9:11: delivery.jitter: must be a number, got a mapping`,
+		`:10:18: delivery.poll_interval: must be a duration like "30s", got a list`,
+	},
+	"listen.bad.yaml": {`:8:11: api.listen: host must be an IP address or a host name, got "bad host!"`},
+	"keys.bad.yaml":   {`:3:5: source: keys must be plain strings, got a list`},
 	// "null" is a value, not an empty file.
 	"null.bad.yaml": {`null.bad.yaml:1:1: the file holds only "null", which YAML reads as null: it must be a mapping of keys (source:, events:, ...)`},
 	// A syntax error in a second document is reported as one.
