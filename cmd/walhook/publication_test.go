@@ -278,6 +278,15 @@ func TestCheckFixForAPublicationSetupCannotChange(t *testing.T) {
 	if strings.Contains(out, "run walhook setup") || strings.Contains(out, "walhook setup removes") {
 		t.Errorf("check says walhook setup fixes it:\n%s", out)
 	}
+
+	// ... and a table of the store schema too.
+	ckExec(t, db.dsn, `CREATE TABLE walhook.stray (id int PRIMARY KEY); ALTER PUBLICATION walhook ADD TABLE walhook.stray`)
+	out, _, code = pubCLI(t, "check", "--config", file)
+	if code != 1 {
+		t.Fatalf("check exit %d, want 1\n%s", code, out)
+	}
+	ckWantLines(t, out, `FAIL  publication walhook: publishes walhook's own store tables walhook\.stray — fix: have postgres \(or a superuser\) run ALTER PUBLICATION walhook SET TABLE public\.lot;$`)
+	ckExec(t, db.dsn, `DROP TABLE walhook.stray`) // the superuser's, in the role's schema: DROP OWNED would not go
 }
 
 // pubDBARun is a run database whose publication and store schema a DBA
