@@ -283,10 +283,6 @@ func (r *runner) prepare(ctx context.Context) error {
 	if r.disp, err = dispatch.New(pool, dispatchOptions(cfg, r.log, r.reg)); err != nil {
 		return err
 	}
-	if err := r.disp.SyncStaticEndpoints(ctx, staticEndpoints(cfg)); err != nil {
-		return &UsageError{Err: fmt.Errorf("%s: endpoints: %w", cfg.File, err)}
-	}
-	warnStaleSubscriptions(ctx, dispatch.NewAdmin(pool, cfg.Store.Schema, r.disp), catalogEntries(cfg), r.log)
 	if r.systemID, err = cdc.SystemID(ctx, cfg.Source.DSN); err != nil {
 		return fmt.Errorf("source %s: %w", describeDSN(cfg.Source.DSN), err)
 	}
@@ -296,6 +292,12 @@ func (r *runner) prepare(ctx context.Context) error {
 	if err := checkLiveSchema(ctx, cfg.Source.DSN, cfg.Source.Publication, ruleOperations(cfg), r.mapper, r.log); err != nil {
 		return err
 	}
+	// The first write to the store, after every refusal above: a config
+	// run refuses changes nothing.
+	if err := r.disp.SyncStaticEndpoints(ctx, staticEndpoints(cfg)); err != nil {
+		return &UsageError{Err: fmt.Errorf("%s: endpoints: %w", cfg.File, err)}
+	}
+	warnStaleSubscriptions(ctx, dispatch.NewAdmin(pool, cfg.Store.Schema, r.disp), catalogEntries(cfg), r.log)
 	m := r.mapper
 	r.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "walhook_events_skipped_unavailable_total",
 		Help: "Events not produced because a value they need was a large (TOASTed) value an UPDATE left unchanged, " +

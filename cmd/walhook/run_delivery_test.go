@@ -299,12 +299,19 @@ func TestRunRefusesToStart(t *testing.T) {
 	if code != 1 || !strings.Contains(errOut, "does not publish public.items, which the rules map (was it dropped and created again") {
 		t.Errorf("table out of the publication: exit %d, %q; want 1 and the publication error", code, runTail(errOut, 600))
 	}
-	// With a rule column gone as well, run names both problems at once.
+	// With a rule column gone as well, run names both problems at once,
+	// before it writes anything (the static endpoint r2 is not stored).
 	db2.exec(t, `ALTER TABLE items RENAME COLUMN n TO m`)
-	_, errOut, code = runCLI(t, ctx, "run", "--config", file2)
+	withR2 := db2.settings()
+	withR2["endpoints"] = []map[string]any{runEndpoint("r", rc.URL, runSecret), runEndpoint("r2", rc.URL, runSecret)}
+	fileR2, _ := runConfig(t, []byte(runItemsConfig), withR2)
+	_, errOut, code = runCLI(t, ctx, "run", "--config", fileR2)
 	if code != 2 || !strings.Contains(errOut, "the mapping does not fit the source database") || !strings.Contains(errOut, `"n"`) ||
 		!strings.Contains(errOut, "does not publish public.items, which the rules map") {
 		t.Errorf("column gone and table out of the publication: exit %d, %q; want 2 and both problems", code, runTail(errOut, 600))
+	}
+	if n := db2.count(t, `SELECT count(*) FROM walhook.endpoints WHERE id = $1`, dispatch.StaticPrefix+"r2"); n != 0 {
+		t.Error("run refused a mapping that does not fit the source but had already stored its static endpoint r2")
 	}
 	db2.exec(t, `ALTER TABLE items RENAME COLUMN m TO n`)
 	db2.exec(t, `ALTER PUBLICATION walhook ADD TABLE items`)
