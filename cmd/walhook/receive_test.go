@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"net"
 	"net/http"
 	"regexp"
 	"strconv"
@@ -84,5 +85,20 @@ func TestReceiveHelpDoesNotPrintTheSecret(t *testing.T) {
 		if usage := stdout.String() + stderr.String(); !strings.Contains(usage, "-secret") {
 			t.Errorf("%v: no usage:\n%s", args, usage)
 		}
+	}
+}
+
+// An address already taken is a runtime failure (exit 1) that names it.
+func TestReceiveCannotListen(t *testing.T) {
+	t.Parallel()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	addr := ln.Addr().String()
+	out, errOut, code := runCLI(t, context.Background(), "receive", "--secret", runSecret, "--listen", addr)
+	if want := "receive: listen tcp " + addr + ": bind: address already in use"; code != 1 || !strings.Contains(errOut, want) || out != "" {
+		t.Fatalf("exit %d, stdout %q, stderr %q; want 1 and %q", code, out, errOut, want)
 	}
 }
