@@ -189,6 +189,11 @@ var badConfigs = map[string][]string{
 		`:9:11: delivery.jitter: must be a number, got a mapping`,
 		`:10:18: delivery.poll_interval: must be a duration like "30s", got a list`,
 	},
+	// 32 characters, 64 bytes: PostgreSQL's limit counts bytes.
+	"names.bad.yaml": {
+		`:3:16: source.publication: must be a name of 1 to 63 bytes (PostgreSQL's limit; a non-ASCII character takes 2 to 4), got "éééééééééééééééééééééééééééééééé" (64 bytes)`,
+		`:5:11: store.schema: must be a schema name of 1 to 63 bytes (PostgreSQL's limit; a non-ASCII character takes 2 to 4), got "éééééééééééééééééééééééééééééééé" (64 bytes)`,
+	},
 	"listen.bad.yaml": {`:8:11: api.listen: host must be an IP address or a host name, got "bad host!"`},
 	"keys.bad.yaml":   {`:3:5: source: keys must be plain strings, got a list`},
 	// "null" is a value, not an empty file.

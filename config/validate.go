@@ -110,7 +110,7 @@ func (v *validator) source(c *Config) {
 		v.errf("source.slot", "must be 1 to 63 characters of a-z, 0-9 and _ (PostgreSQL's rule for slot names), got %q", s.Slot)
 	}
 	if s.Publication == "" || len(s.Publication) > 63 {
-		v.errf("source.publication", "must be a name of 1 to 63 characters, got %q", s.Publication)
+		v.errf("source.publication", "must be a name of 1 to 63 bytes (PostgreSQL's limit; a non-ASCII character takes 2 to 4), got %q (%d bytes)", s.Publication, len(s.Publication))
 	}
 	if s.HeartbeatInterval < 0 {
 		v.errf("source.heartbeat_interval", "must not be negative (0 disables heartbeats), got %s", s.HeartbeatInterval.D())
@@ -142,7 +142,7 @@ func (v *validator) store(c *Config) {
 		v.dsnEnds("store.dsn", c.Store.DSN)
 	}
 	if c.Store.Schema == "" || len(c.Store.Schema) > 63 {
-		v.errf("store.schema", "must be a schema name of 1 to 63 characters, got %q", c.Store.Schema)
+		v.errf("store.schema", "must be a schema name of 1 to 63 bytes (PostgreSQL's limit; a non-ASCII character takes 2 to 4), got %q (%d bytes)", c.Store.Schema, len(c.Store.Schema))
 	}
 }
 
