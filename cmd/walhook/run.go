@@ -295,7 +295,9 @@ func (r *runner) prepare(ctx context.Context) error {
 	// The first write to the store, after every refusal above: a config
 	// run refuses changes nothing.
 	if err := r.disp.SyncStaticEndpoints(ctx, staticEndpoints(cfg)); err != nil {
-		return &UsageError{Err: fmt.Errorf("%s: endpoints: %w", cfg.File, err)}
+		// The endpoints passed the file check and refusedByRun (ids,
+		// secrets, the delivery policy): what fails here is the store.
+		return fmt.Errorf("store %s: %w", describeDSN(cfg.Store.DSN), err)
 	}
 	warnStaleSubscriptions(ctx, dispatch.NewAdmin(pool, cfg.Store.Schema, r.disp), catalogEntries(cfg), r.log)
 	m := r.mapper

@@ -550,3 +550,18 @@ func startLeaderAndStandby(t *testing.T) (*runReceiver, *runDB, *runProc, *runPr
 	}, b.diag)
 	return rc, db, a, b
 }
+
+// A store that fails the write of the static endpoints (here a trigger; a
+// lock or statement timeout, a full disk) is a runtime failure, exit 1,
+// not the bad config of exit 2: the config is fine.
+func TestRunStoreFailureSyncingEndpointsIsNotBadConfig(t *testing.T) {
+	t.Parallel()
+	rc := newRunReceiver(t, runSecret, nil)
+	db, file := itemsRun(t, map[string]any{"endpoints": []map[string]any{runEndpoint("r", rc.URL, runSecret)}})
+	db.exec(t, `CREATE FUNCTION walhook.refuse() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN RAISE EXCEPTION 'the store refused the write'; END$$;
+		CREATE TRIGGER refuse BEFORE INSERT OR UPDATE ON walhook.endpoints FOR EACH ROW EXECUTE FUNCTION walhook.refuse()`)
+	_, errOut, code := runCLI(t, context.Background(), "run", "--config", file)
+	if code != 1 || !strings.Contains(errOut, "the store refused the write") {
+		t.Fatalf("exit %d, stderr %q; want 1 and the store's error", code, runTail(errOut, 600))
+	}
+}
