@@ -287,6 +287,14 @@ func TestCheckFixForAPublicationSetupCannotChange(t *testing.T) {
 	}
 	ckWantLines(t, out, `FAIL  publication walhook: publishes walhook's own store tables walhook\.stray — fix: have postgres \(or a superuser\) run ALTER PUBLICATION walhook SET TABLE public\.lot;$`)
 	ckExec(t, db.dsn, `DROP TABLE walhook.stray`) // the superuser's, in the role's schema: DROP OWNED would not go
+
+	// ... and not the updates the rule maps.
+	ckExec(t, db.dsn, `ALTER PUBLICATION walhook SET (publish = 'insert')`)
+	out, _, code = pubCLI(t, "check", "--config", file)
+	if code != 1 {
+		t.Fatalf("check exit %d, want 1\n%s", code, out)
+	}
+	ckWantLines(t, out, `FAIL  publication walhook: does not publish update, which rules map — fix: have postgres \(or a superuser\) run ALTER PUBLICATION walhook SET \(publish = 'insert, update, delete, truncate'\);$`)
 }
 
 // pubDBARun is a run database whose publication and store schema a DBA
