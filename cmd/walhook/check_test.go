@@ -259,6 +259,23 @@ func TestCheckWrongCluster(t *testing.T) {
 	)
 }
 
+// Every WAL sender busy (another consumer streams): the stream could not
+// start, and the fix names the setting one higher.
+func TestCheckWALSendersAllInUse(t *testing.T) {
+	t.Parallel()
+	c := pgtest.StartT(t, pgtest.Options{Settings: map[string]string{"max_wal_senders": "1"}})
+	dsn, db := ckSampleDB(t, c)
+	ckExec(t, dsn, `CREATE PUBLICATION walhook FOR TABLE public.members`)
+	ckExec(t, dsn, `SELECT pg_create_logical_replication_slot('someone_else', 'pgoutput')`)
+	ckHoldSlot(t, dsn, "someone_else")
+	out, errOut, code := runCLI(t, context.Background(), "check", "--config", ckSampleConfig(t, dsn, db))
+	t.Logf("check:\n%s%s", out, errOut)
+	if code != 1 {
+		t.Fatalf("exit %d, want 1", code)
+	}
+	ckWantLines(t, out, `FAIL  max_wal_senders: all 1 WAL senders are in use — fix: ALTER SYSTEM SET max_wal_senders = 2; then restart PostgreSQL$`)
+}
+
 // A role without REPLICATION, without CREATE on the database, owning no
 // table and missing SELECT on one table.
 func TestCheckUnprivilegedRole(t *testing.T) {
