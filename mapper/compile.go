@@ -86,6 +86,44 @@ type compiledRule struct {
 
 func (r *compiledRule) has(op cdc.Op) bool { return r.ops&(1<<op) != 0 }
 
+// routing is where the rule's events for op take their auction id and
+// domain from: the column and the row (a rule that names none reads the
+// columns of those names, from the new row or, for deletes, the old).
+// Two rules of one event that differ in it send one change's event to
+// different auctions' (or domains') endpoints.
+func (r *compiledRule) routing(op cdc.Op) [2]colRef {
+	at := func(c colRef) colRef {
+		if c.from == "" {
+			c.from = "new"
+			if op == cdc.OpDelete {
+				c.from = "old"
+			}
+		}
+		return c
+	}
+	auction, domain := colRef{name: "auction_id"}, colRef{name: "domain"}
+	if r.auctionSet {
+		auction = r.auction
+	}
+	if r.domainSet && r.envelope == EnvelopeSNS {
+		domain = r.domain
+	}
+	return [2]colRef{at(auction), at(domain)}
+}
+
+// sameEventTwice returns the operations of ops on which rules a and b,
+// of one event type and table, produce that event twice for one change:
+// those on which both route it alike.
+func sameEventTwice(a, b *compiledRule, ops uint8) uint8 {
+	var out uint8
+	for _, op := range []cdc.Op{cdc.OpInsert, cdc.OpUpdate, cdc.OpDelete} {
+		if ops&(1<<op) != 0 && a.routing(op) == b.routing(op) {
+			out |= 1 << op
+		}
+	}
+	return out
+}
+
 // columns calls fn with every column the rule names, in rule order:
 // changed, when's old and new columns, data, auction id, domain. With
 // newOnly it leaves out changed and when's old columns (what an update
@@ -166,8 +204,10 @@ func Compile(rules []Rule, opts Options) (*Mapper, error) {
 		for _, o := range m.byTable[cr.qualified] {
 			// Both fire for some change (an update of a column in each
 			// changed:, any insert or delete): the event would be
-			// produced twice, under two ids.
-			if common := o.ops & cr.ops; o.Event == cr.Event && o.When == "" && cr.When == "" && common != 0 {
+			// produced twice, under two ids. Not so when they route it
+			// apart (auction_id: old.auction_id and new.auction_id: a
+			// lot moved from one auction to another, told to both).
+			if common := sameEventTwice(o, cr, o.ops&cr.ops); o.Event == cr.Event && o.When == "" && cr.When == "" && common != 0 {
 				errs.add(cr.Where, "", cr.Event, ErrConflict,
 					"fires on %s of %s like the rule at %s, and neither has a when:, so a change both match produces %s twice; "+
 						"list the columns in one rule's changed:, or tell the rules apart with when:",

@@ -39,3 +39,35 @@ func TestSameEventTwiceOnOneChange(t *testing.T) {
 		}
 	}
 }
+
+// Two rules of one event that route it apart — auction_id from the old
+// row and from the new (a lot moved between auctions, told to both), or
+// sns domains from two columns — produce two events for two sets of
+// endpoints, not one twice: they load. Rules that name the same source
+// in two spellings (auction_id: auction_id and auction_id: new.auction_id
+// on updates; none and old.auction_id on deletes) are still refused.
+func TestSameEventRoutedApart(t *testing.T) {
+	t.Parallel()
+	moved := func(auction string) Rule {
+		return Rule{Event: "lot.moved", Table: "lots", Ops: []cdc.Op{cdc.OpUpdate}, Changed: []string{"auction_id"}, AuctionID: auction}
+	}
+	if _, err := Compile([]Rule{moved("old.auction_id"), moved("new.auction_id")}, Options{}); err != nil {
+		t.Errorf("auction_id from old and new: %v", err)
+	}
+	sns := func(domain string) Rule {
+		return Rule{Event: "lot.moved", Table: "lots", Ops: []cdc.Op{cdc.OpUpdate}, Envelope: EnvelopeSNS, Domain: domain}
+	}
+	if _, err := Compile([]Rule{sns("seller_domain"), sns("buyer_domain")}, Options{}); err != nil {
+		t.Errorf("sns domains from two columns: %v", err)
+	}
+	for _, pair := range [][2]Rule{
+		{moved("auction_id"), moved("new.auction_id")},
+		{moved(""), moved("auction_id")},
+		{{Event: "lot.removed", Table: "lots", Ops: []cdc.Op{cdc.OpDelete}},
+			{Event: "lot.removed", Table: "lots", Ops: []cdc.Op{cdc.OpDelete}, AuctionID: "old.auction_id"}},
+	} {
+		if _, err := Compile([]Rule{pair[0], pair[1]}, Options{}); !errors.Is(err, ErrConflict) {
+			t.Errorf("auction_id %q and %q: err = %v, want the second rule refused", pair[0].AuctionID, pair[1].AuctionID, err)
+		}
+	}
+}
