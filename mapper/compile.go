@@ -418,11 +418,60 @@ func compileWhen(cr *compiledRule, errs *errorList) {
 			break
 		}
 	}
-	if (len(cr.whenNew) > 0 || cr.whenWholeNew) && !cr.has(cdc.OpInsert) && !cr.has(cdc.OpUpdate) {
+	if !cr.has(cdc.OpInsert) && !cr.has(cdc.OpUpdate) && readsNewUnguarded(tree) {
 		// new is nil for deletes: new.x is nil, so the expression is
 		// false or unknown on every row and the rule never fires.
 		errs.add(cr.Where, "when", cr.Event, ErrExpression, "reads new, but the rule fires on deletes only, where new is nil; "+
 			"read the deleted row as old (old.x)")
+	}
+}
+
+// readsNewUnguarded reports whether the expression reads new other than
+// on the left of ?? (new ?? old, new?.x ?? old.x: for deletes, where new
+// is nil, the fallback is what is read) or in a nil comparison of new
+// itself.
+func readsNewUnguarded(tree *parser.Tree) bool {
+	all, guarded := identsOf{}, identsOf{}
+	ast.Walk(&tree.Node, all)
+	ast.Walk(&tree.Node, newGuards{guarded})
+	for id := range all {
+		if !guarded[id] {
+			return true
+		}
+	}
+	return false
+}
+
+// identsOf collects the identifiers new of what it walks.
+type identsOf map[*ast.IdentifierNode]bool
+
+func (s identsOf) Visit(node *ast.Node) {
+	if id, ok := (*node).(*ast.IdentifierNode); ok && id.Value == "new" {
+		s[id] = true
+	}
+}
+
+// newGuards collects the identifiers new that a nil new does not make
+// meaningless: on the left of ??, or compared with nil.
+type newGuards struct{ s identsOf }
+
+func (g newGuards) Visit(node *ast.Node) {
+	b, ok := (*node).(*ast.BinaryNode)
+	if !ok {
+		return
+	}
+	switch b.Operator {
+	case "??":
+		ast.Walk(&b.Left, g.s)
+	case "==", "!=":
+		_, lnil := b.Left.(*ast.NilNode)
+		_, rnil := b.Right.(*ast.NilNode)
+		if rnil {
+			g.s.Visit(&b.Left)
+		}
+		if lnil {
+			g.s.Visit(&b.Right)
+		}
 	}
 }
 

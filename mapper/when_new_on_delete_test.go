@@ -35,3 +35,23 @@ func TestWhenReadsNewOnDeleteOnlyRule(t *testing.T) {
 		}
 	}
 }
+
+// A delete rule may read new on the left of ?? — `(new ?? old).region`,
+// `new?.region ?? old.region`, the when: a table's update and delete
+// rules share — where a nil new falls back to the deleted row: it loads.
+// Other reads of new on a delete-only rule (also new?.x alone, nil on
+// every delete) are still refused.
+func TestWhenReadsNewOrOldOnDeleteOnlyRule(t *testing.T) {
+	t.Parallel()
+	for _, when := range []string{`(new ?? old).region == "eu"`, `(new?.region ?? old.region) == "eu"`, `(new.region ?? old.region) in ["eu"]`} {
+		if _, err := Compile([]Rule{{Event: "order.removed", Table: "orders", Ops: []cdc.Op{cdc.OpDelete}, When: when}}, Options{}); err != nil {
+			t.Errorf("when %s: %v", when, err)
+		}
+	}
+	for _, when := range []string{`new?.region == "eu"`, `(new ?? old).region == "eu" && new.x == 1`} {
+		_, err := Compile([]Rule{{Event: "order.removed", Table: "orders", Ops: []cdc.Op{cdc.OpDelete}, When: when}}, Options{})
+		if !errors.Is(err, ErrExpression) || !strings.Contains(err.Error(), "reads new, but the rule fires on deletes only") {
+			t.Errorf("when %s: err = %v, want it refused", when, err)
+		}
+	}
+}
