@@ -89,8 +89,11 @@ func permanent(err error) bool {
 const StandbyWhy = "walhook's publication and replication slot live on the primary; a standby can create neither, " +
 	"does not list the primary's slots, and walhook streams only from the primary (PostgreSQL 15 cannot decode on a standby at all)"
 
-// StandbyFix is what to do when the source DSN reaches a standby.
-const StandbyFix = "point source.dsn at the primary (with several hosts in it, add target_session_attrs=read-write)"
+// StandbyFix is what to do when the source DSN reaches a standby. It
+// names target_session_attrs=primary, not read-write: walhook only reads
+// the source, and read-write refuses a role whose
+// default_transaction_read_only is on, also on the primary.
+const StandbyFix = "point source.dsn at the primary (with several hosts in it, add target_session_attrs=primary)"
 
 // RefuseStandby returns an error wrapping ErrSourceStandby, with what to
 // do, when conn's server is in recovery.

@@ -1,0 +1,62 @@
+package main
+
+import (
+	"regexp"
+	"testing"
+	"time"
+
+	"github.com/walhook/walhook/cdc"
+	"github.com/walhook/walhook/internal/pgtest"
+)
+
+// walhook only reads the source, so a source role the DBA made read-only
+// (default_transaction_read_only, the publication the DBA's) works, with
+// the store in a database of its own. The fix of the standby refusal
+// told to add target_session_attrs=read-write to source.dsn, which makes
+// every connection of such a role fail ("read only connection"): the
+// attribute that picks the primary is target_session_attrs=primary. With
+// the fix's attribute in source.dsn, check, setup and run work.
+func TestReadOnlySourceRoleFollowsTheStandbyFix(t *testing.T) {
+	t.Parallel()
+	c := pgtest.Shared(t)
+	role := ckReplicationRole(t, c)
+	src, store := c.NewDatabase(t), c.NewDatabase(t)
+	srcDB, storeDB := ckDBName(t, src), ckDBName(t, store)
+	ckExec(t, src, runItemsSchema+`
+		GRANT USAGE ON SCHEMA public TO `+role+`; GRANT SELECT ON items TO `+role+`;
+		CREATE PUBLICATION walhook FOR TABLE items WITH (publish_via_partition_root = true);
+		ALTER ROLE `+role+` IN DATABASE `+srcDB+` SET default_transaction_read_only = on`)
+	ckExec(t, store, `CREATE SCHEMA walhook AUTHORIZATION `+role)
+	db := &runDB{dsn: src, pool: testPool(t, src), schema: "walhook", slot: "wh_" + srcDB}
+	t.Cleanup(func() {
+		ckExec(t, src, `SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = '`+db.slot+`' AND NOT active`)
+		ckExec(t, src, `DROP OWNED BY `+role)
+		ckExec(t, store, `DROP OWNED BY `+role)
+	})
+	attr := regexp.MustCompile(`target_session_attrs=[a-z-]+`).FindString(cdc.StandbyFix)
+	if attr == "" {
+		t.Fatalf("the standby fix names no target_session_attrs: %s", cdc.StandbyFix)
+	}
+	rc := newRunReceiver(t, runSecret, nil)
+	s := db.settings()
+	s["source.dsn"] = c.DSNAs(role, srcDB) + "&" + attr
+	s["store.dsn"] = c.DSNAs(role, storeDB)
+	s["endpoints"] = []map[string]any{runEndpoint("r", rc.URL, runSecret)}
+	file, _ := runConfig(t, []byte(runItemsConfig), s)
+
+	if out, _, code := pubCLI(t, "setup", "--config", file); code != 0 {
+		t.Fatalf("setup with source.dsn …?%s exit %d:\n%s", attr, code, out)
+	}
+	if out, _, code := pubCLI(t, "check", "--config", file); code != 0 {
+		t.Fatalf("check after setup exit %d:\n%s", code, out)
+	}
+	p := startRunProc(t, "--config", file)
+	insertItems(t, db, 1, 1)
+	runWaitFor(t, 30*time.Second, "the delivery of the insert", func() bool {
+		_, stopped := p.exited()
+		return stopped || rc.Unique() == 1
+	}, p.diag)
+	if err, stopped := p.exited(); stopped {
+		t.Fatalf("walhook run stopped: %v", err)
+	}
+}
