@@ -193,29 +193,43 @@ func migrateTo(ctx context.Context, pool *pgxpool.Pool, schema string, upTo int)
 // (events, deliveries, cursor, endpoints…) would go in among an
 // application's, or 001_init.sql would fail on the first name taken
 // with only PostgreSQL's "relation … already exists".
-func refuseForeignSchema(ctx context.Context, tx pgx.Tx, schema string) error {
+func refuseForeignSchema(ctx context.Context, q querier, schema string) error {
+	names, err := ForeignRelations(ctx, q, schema)
+	if err != nil || len(names) == 0 {
+		return err
+	}
+	return fmt.Errorf("schema %q holds %s but no walhook schema_version: %w (another application's schema, or a "+
+		"store made in part by hand); nothing was created in it — fix: %s", schema, names, ErrSchemaNotAStore, NotAStoreFix)
+}
+
+// NotAStoreFix is what to do about a store.schema that holds relations
+// but no walhook store (ForeignRelations).
+const NotAStoreFix = "set store.schema to a schema of walhook's own (setup creates it), or, for a store made in part, drop what it holds first"
+
+// ForeignRelations names the relations schema holds other than an
+// extension's (the first five, then how many more), "" when none: for a
+// schema without a walhook schema version, what keeps Migrate from
+// making a store of it.
+func ForeignRelations(ctx context.Context, q querier, schema string) (string, error) {
 	var names []string
-	if err := tx.QueryRow(ctx, `SELECT coalesce(array_agg(c.relname::text ORDER BY c.relname), '{}')
+	if err := q.QueryRow(ctx, `SELECT coalesce(array_agg(c.relname::text ORDER BY c.relname), '{}')
 		FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 		WHERE n.nspname = $1 AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')
 		  -- An extension's (pg_stat_statements' views in public) is no
 		  -- application's, and takes none of walhook's names.
 		  AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e')`,
 		schema).Scan(&names); err != nil {
-		return fmt.Errorf("look up the schema's tables: %w", err)
+		return "", fmt.Errorf("look up the schema's tables: %w", err)
 	}
 	if len(names) == 0 {
-		return nil
+		return "", nil
 	}
 	more := ""
 	if len(names) > 5 {
 		more = fmt.Sprintf(" and %d more", len(names)-5)
 		names = names[:5]
 	}
-	return fmt.Errorf("schema %q holds %s%s but no walhook schema_version: %w (another application's schema, or a "+
-		"store made in part by hand); nothing was created in it — fix: set store.schema to a schema of walhook's own "+
-		"(setup creates it), or, for a store made in part, drop what it holds first", schema,
-		strings.Join(names, ", "), more, ErrSchemaNotAStore)
+	return strings.Join(names, ", ") + more, nil
 }
 
 // lockHolders names the other sessions holding locks on the schema's

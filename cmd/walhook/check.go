@@ -1037,6 +1037,16 @@ func (c *checker) checkCanCreateSchema(ctx context.Context, pool *pgxpool.Pool, 
 		       coalesce((SELECT has_schema_privilege(oid, 'CREATE') FROM pg_namespace WHERE nspname = $1), false)`,
 		c.cfg.Store.Schema).Scan(&user, &db, &create, &exists, &ownsOrCreate)
 	if exists {
+		// Setup refuses a schema that holds an application's tables.
+		if names, ferr := dispatch.ForeignRelations(ctx, pool, c.cfg.Store.Schema); ferr != nil || names != "" {
+			if ferr != nil {
+				c.fail("store", "", "%v", ferr)
+				return
+			}
+			c.fail(what, dispatch.NotAStoreFix, "holds %s but no walhook schema_version (another application's schema, "+
+				"or a store made in part by hand), so walhook setup refuses it", names)
+			return
+		}
 		c.failSetup(what, "exists, but holds no walhook store yet (walhook needs version %d)", dispatch.LatestSchemaVersion())
 	} else {
 		c.failSetup(what, "does not exist (walhook needs version %d)", dispatch.LatestSchemaVersion())
