@@ -27,6 +27,11 @@ type SetupOptions struct {
 	// (rules that need old values of non-key columns); for a partitioned
 	// table, each of its leaf partitions too.
 	ReplicaIdentityFull []string
+	// StoreSchema is the store schema when the store is in the source
+	// database: a publication another role owns that publishes its
+	// tables (walhook's own writes) is refused, not taken with a warning
+	// as one publishing other tables no rule maps is.
+	StoreSchema string
 }
 
 // Setup creates the publication and then the slot, idempotently, and
@@ -50,7 +55,7 @@ func Setup(ctx context.Context, dsn string, o SetupOptions) ([]string, error) {
 	}
 
 	var did []string
-	lines, err := setupPublication(ctx, conn, o.Publication, o.Tables, o.Operations)
+	lines, err := setupPublication(ctx, conn, o.Publication, o.Tables, o.Operations, o.StoreSchema)
 	did = append(did, lines...)
 	if err != nil {
 		return did, err
@@ -94,7 +99,7 @@ const viaRoot = "publish_via_partition_root = true"
 // rules map.
 const publishAll = "publish = 'insert, update, delete, truncate'"
 
-func setupPublication(ctx context.Context, conn *pgx.Conn, pub string, tables, ops []string) ([]string, error) {
+func setupPublication(ctx context.Context, conn *pgx.Conn, pub string, tables, ops []string, storeSchema string) ([]string, error) {
 	quoted := make([]string, 0, len(tables))
 	want := make([]string, 0, len(tables))
 	for _, t := range tables {
@@ -221,12 +226,22 @@ func setupPublication(ctx context.Context, conn *pgx.Conn, pub string, tables, o
 		}
 		alter = "ALTER PUBLICATION " + pubIdent + " DROP TABLE " + strings.Join(drop, ", ")
 	}
+	extra := without(have, want)
+	storeTables := slices.ContainsFunc(extra, func(t string) bool { return storeSchema != "" && strings.HasPrefix(t, storeSchema+".") })
+	if !mine && len(without(want, have)) == 0 && len(filtered) == 0 && !storeTables {
+		// Only tables no rule maps besides (a publication that serves
+		// another consumer too): their changes are decoded and ignored,
+		// as check says; nothing keeps walhook from running on it.
+		return commit(append(did, fmt.Sprintf("warn: publication %s also publishes %s, which no rule maps (decoded and ignored); "+
+			"it belongs to role %s, which this role may not act for, so it stays; to publish only the rule tables, have %s "+
+			"(or a superuser) run %s;", pub, strings.Join(extra, ", "), owner, owner, alter)))
+	}
 	if !mine {
 		var differs []string
 		if missing := without(want, have); len(missing) > 0 {
 			differs = append(differs, "does not publish "+strings.Join(missing, ", ")+", which the rules map")
 		}
-		if extra := without(have, want); len(extra) > 0 {
+		if len(extra) > 0 {
 			differs = append(differs, "publishes "+strings.Join(extra, ", ")+", which no rule maps")
 		}
 		if len(filtered) > 0 {

@@ -166,6 +166,9 @@ func runSetup(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	pool.Close()
 
 	opts := cdc.SetupOptions{Slot: cfg.Source.Slot, Publication: cfg.Source.Publication, Tables: tables, Operations: ruleOperations(cfg)}
+	if cfg.Store.DSN == cfg.Source.DSN {
+		opts.StoreSchema = cfg.Store.Schema
+	}
 	if *identity {
 		opts.ReplicaIdentityFull = full
 	}
