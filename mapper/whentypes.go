@@ -104,7 +104,7 @@ func checkWhenTypes(r *compiledRule, ts TableSchema, errs *errorList) {
 			first = err
 		}
 	}
-	var cols []string
+	var cols, textArrays []string
 	seen := map[string]bool{}
 	for _, c := range append(append([]string(nil), r.whenOld...), r.whenNew...) {
 		if seen[c] {
@@ -114,14 +114,28 @@ func checkWhenTypes(r *compiledRule, ts TableSchema, errs *errorList) {
 		for i, name := range ts.Columns {
 			if name == c && i < len(ts.TypeNames) {
 				cols = append(cols, fmt.Sprintf("%s %s", c, ts.TypeNames[i]))
+				// An array of an enum, a domain or an extension's type:
+				// text, though its type says array.
+				if ts.Types[i] >= firstUserOID && strings.HasSuffix(ts.TypeNames[i], "[]") {
+					textArrays = append(textArrays, c)
+				}
 			}
 		}
+	}
+	hint := ""
+	if len(textArrays) > 0 {
+		is := "is an array"
+		if len(textArrays) > 1 {
+			is = "are arrays"
+		}
+		hint = fmt.Sprintf("; %s %s of a type created in the database or by an extension, which when: reads as PostgreSQL's text "+
+			"(\"{a,b}\"), not as a list", strings.Join(textArrays, ", "), is)
 	}
 	where, field := r.whenWhere()
 	errs.add(where, field, r.Event, ErrExpression,
 		"%s does not fit the types of its columns in %s (%s): it would stop the run at the first row it reads, "+
-			"or never be true; compare each column with a value of its type (docs/mapping.md says what each type is in when:): %s",
-		r.When, r.qualified, strings.Join(cols, ", "), strings.TrimSpace(first.Error()))
+			"or never be true; compare each column with a value of its type (docs/mapping.md says what each type is in when:)%s: %s",
+		r.When, r.qualified, strings.Join(cols, ", "), hint, strings.TrimSpace(first.Error()))
 }
 
 // checkWhenEnums reports a when: that compares an enum column with a

@@ -115,3 +115,38 @@ ALTER TABLE shipments REPLICA IDENTITY FULL;`)
 		`^FAIL  rule: .*events\[3\]\.when: event shipment\.paid: compares new\.state with "PAID", which is not a value of its enum order_state in public\.shipments \("new", "paid"\)`)
 	ckNoLines(t, out, `.*order\.status_set`)
 }
+
+// An array of an enum or an extension type (mood[], citext[]) reaches
+// when: as PostgreSQL's text ("{happy,sad}"), not as a list, so `"happy"
+// in new.moods` is refused, rightly: it would stop the run. But the
+// refusal said only "mismatched types string and string", which reads as
+// nonsense beside a column whose type says array. It says the array is
+// text in when:.
+func TestCheckWhenTypesNamesATextArray(t *testing.T) {
+	t.Parallel()
+	db := newRunDB(t, `CREATE EXTENSION IF NOT EXISTS citext;
+CREATE TYPE mood AS ENUM ('happy', 'sad');
+CREATE TABLE people (id int8 PRIMARY KEY, moods mood[], emails citext[], tags text[]);`)
+	events := `  - event: person.happy
+    table: public.people
+    operations: [insert]
+    when: '"happy" in new.moods'
+  - event: person.mailed
+    table: public.people
+    operations: [insert]
+    when: '"vip@example.com" in new.emails && "vip" in new.tags'
+  - event: person.tagged
+    table: public.people
+    operations: [insert]
+    when: '"vip" in new.tags && new.moods != nil'
+`
+	file, _ := runConfig(t, []byte("source:\n  dsn: set-by-test\nevents:\n"+events), db.settings())
+	out, _, code := pubCLI(t, "check", "--config", file)
+	if code != 1 {
+		t.Fatalf("check exit %d, want 1", code)
+	}
+	ckWantLines(t, out,
+		`FAIL  rule: .*events\[0\]\.when: event person\.happy: .*\(moods mood\[\]\): .*; moods is an array of a type created in the database or by an extension, which when: reads as PostgreSQL's text \("\{a,b\}"\), not as a list: invalid operation`,
+		`FAIL  rule: .*events\[1\]\.when: event person\.mailed: .*\(emails citext\[\], tags text\[\]\): .*; emails is an array of a type created in the database or by an extension`)
+	ckNoLines(t, out, `.*person\.mailed.*tags is an array`, `.*person\.tagged`)
+}
