@@ -112,12 +112,30 @@ func (r *compiledRule) routing(op cdc.Op) [2]colRef {
 }
 
 // sameEventTwice returns the operations of ops on which rules a and b,
-// of one event type and table, produce that event twice for one change:
-// those on which both route it alike.
+// of one event type and table, may produce that event twice for one
+// change: those on which they do not route it apart. Two routings that
+// differ only in the row of one column (old.auction_id, new.auction_id)
+// are apart on updates only when one rule fires on changes of that
+// column alone (changed: [auction_id]): on other updates the old and
+// new values are one value.
 func sameEventTwice(a, b *compiledRule, ops uint8) uint8 {
 	var out uint8
 	for _, op := range []cdc.Op{cdc.OpInsert, cdc.OpUpdate, cdc.OpDelete} {
-		if ops&(1<<op) != 0 && a.routing(op) == b.routing(op) {
+		if ops&(1<<op) == 0 {
+			continue
+		}
+		ra, rb := a.routing(op), b.routing(op)
+		apart := false
+		for i := range ra {
+			switch {
+			case ra[i].name != rb[i].name:
+				apart = true
+			case ra[i].from != rb[i].from:
+				only := func(r *compiledRule) bool { return len(r.Changed) == 1 && r.Changed[0] == ra[i].name }
+				apart = apart || op != cdc.OpUpdate || only(a) || only(b)
+			}
+		}
+		if !apart {
 			out |= 1 << op
 		}
 	}

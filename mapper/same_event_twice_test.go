@@ -45,7 +45,8 @@ func TestSameEventTwiceOnOneChange(t *testing.T) {
 // sns domains from two columns — produce two events for two sets of
 // endpoints, not one twice: they load. Rules that name the same source
 // in two spellings (auction_id: auction_id and auction_id: new.auction_id
-// on updates; none and old.auction_id on deletes) are still refused.
+// on updates; none and old.auction_id on deletes), and old and new of a
+// column neither rule fires on changes of alone, are still refused.
 func TestSameEventRoutedApart(t *testing.T) {
 	t.Parallel()
 	moved := func(auction string) Rule {
@@ -60,7 +61,12 @@ func TestSameEventRoutedApart(t *testing.T) {
 	if _, err := Compile([]Rule{sns("seller_domain"), sns("buyer_domain")}, Options{}); err != nil {
 		t.Errorf("sns domains from two columns: %v", err)
 	}
+	// Old and new of a column an update leaves unchanged are one value.
+	unchanged := func(auction string) Rule {
+		return Rule{Event: "lot.moved", Table: "lots", Ops: []cdc.Op{cdc.OpUpdate}, Changed: []string{"title"}, AuctionID: auction}
+	}
 	for _, pair := range [][2]Rule{
+		{unchanged("old.auction_id"), unchanged("new.auction_id")},
 		{moved("auction_id"), moved("new.auction_id")},
 		{moved(""), moved("auction_id")},
 		{{Event: "lot.removed", Table: "lots", Ops: []cdc.Op{cdc.OpDelete}},
