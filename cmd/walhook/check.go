@@ -267,9 +267,13 @@ func (c *checker) checkServer(ctx context.Context, conn *pgx.Conn) error {
 }
 
 func (c *checker) checkRole(ctx context.Context, conn *pgx.Conn) error {
-	var repl bool
-	if err := conn.QueryRow(ctx, `SELECT current_user, rolsuper, rolreplication FROM pg_roles WHERE rolname = current_user`).
-		Scan(&c.user, &c.superuser, &repl); err != nil {
+	// Amazon RDS and Aurora grant replication through membership in
+	// their rds_replication role, not the REPLICATION attribute.
+	var repl, rds bool
+	if err := conn.QueryRow(ctx, `SELECT current_user, rolsuper, rolreplication,
+		       coalesce((SELECT pg_has_role(current_user, oid, 'MEMBER') FROM pg_roles WHERE rolname = 'rds_replication'), false)
+		FROM pg_roles WHERE rolname = current_user`).
+		Scan(&c.user, &c.superuser, &repl, &rds); err != nil {
 		return fmt.Errorf("read role: %w", err)
 	}
 	switch {
@@ -277,6 +281,8 @@ func (c *checker) checkRole(ctx context.Context, conn *pgx.Conn) error {
 		c.ok("role", "%s is a superuser", c.user)
 	case repl:
 		c.ok("role", "%s has REPLICATION", c.user)
+	case rds:
+		c.ok("role", "%s is a member of rds_replication (Amazon RDS and Aurora grant replication through it)", c.user)
 	default:
 		c.fail("role", fmt.Sprintf("ALTER ROLE %s REPLICATION; (as a superuser)", sqlIdent(c.user)),
 			"%s has neither REPLICATION nor superuser, so it cannot create or read a replication slot", c.user)
