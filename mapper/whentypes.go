@@ -79,6 +79,11 @@ func checkWhenTypes(r *compiledRule, ts TableSchema, errs *errorList) {
 	if r.when == nil || r.whenWholeOld || r.whenWholeNew || len(ts.Types) != len(ts.Columns) {
 		return
 	}
+	// The typed row names columns by struct tags, and expr takes the tag
+	// "-" for a field it hides: a column of that name cannot be typed.
+	if slices.Contains(r.whenOld, "-") || slices.Contains(r.whenNew, "-") {
+		return
+	}
 	var first error
 	for alt := 0; alt < 2; alt++ {
 		fields := make([]reflect.StructField, 0, len(ts.Columns))

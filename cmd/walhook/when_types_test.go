@@ -150,3 +150,21 @@ CREATE TABLE people (id int8 PRIMARY KEY, moods mood[], emails citext[], tags te
 		`FAIL  rule: .*events\[1\]\.when: event person\.mailed: .*\(emails citext\[\], tags text\[\]\): .*; emails is an array of a type created in the database or by an extension`)
 	ckNoLines(t, out, `.*person\.mailed.*tags is an array`, `.*person\.tagged`)
 }
+
+// A column named "-" (a spreadsheet import's) read in when: as new["-"]
+// was refused as "has no field -": the type check names columns by
+// struct tags, and expr takes the tag "-" for a hidden field. Such a rule
+// works at run time, so check and run's start take it.
+func TestCheckWhenTypesColumnNamedDash(t *testing.T) {
+	t.Parallel()
+	db := newRunDB(t, `CREATE TABLE sheet (id int8 PRIMARY KEY, "-" text, n int);`)
+	events := `  - event: sheet.dash
+    table: public.sheet
+    operations: [insert]
+    when: 'new["-"] == "x" && new.n > 1'
+`
+	file, _ := runConfig(t, []byte("source:\n  dsn: set-by-test\nevents:\n"+events), db.settings())
+	out, _, _ := pubCLI(t, "check", "--config", file)
+	ckWantLines(t, out, `ok    rules: `)
+	ckNoLines(t, out, `FAIL  rule: `)
+}
