@@ -306,7 +306,8 @@ func publishedTables(ctx context.Context, conn *pgx.Conn, pub string) (have, fil
 // partitioned (relkind 'p').
 func partitionedTables(ctx context.Context, conn *pgx.Conn, tables []string) ([]string, error) {
 	rows, err := conn.Query(ctx, `SELECT t FROM unnest($1::text[]) AS t
-		JOIN pg_class c ON c.oid = to_regclass(format('%I.%I', split_part(t, '.', 1), split_part(t, '.', 2)))
+		JOIN pg_namespace n ON n.nspname = split_part(t, '.', 1)
+		JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = split_part(t, '.', 2)
 		WHERE c.relkind = 'p' ORDER BY 1`, tables)
 	if err != nil {
 		return nil, fmt.Errorf("setup: look up partitioned tables: %w", err)
@@ -326,7 +327,9 @@ func refusePartitionsOfRuleTables(ctx context.Context, conn *pgx.Conn, tables []
 	rows, err := conn.Query(ctx, `
 		SELECT t, an.nspname || '.' || ac.relname
 		FROM unnest($1::text[]) AS t
-		CROSS JOIN LATERAL pg_partition_ancestors(to_regclass(format('%I.%I', split_part(t, '.', 1), split_part(t, '.', 2)))) AS a(relid)
+		-- The catalogs, not to_regclass, which needs USAGE on the schema.
+		CROSS JOIN LATERAL pg_partition_ancestors((SELECT c.oid::regclass FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+		                                     WHERE n.nspname = split_part(t, '.', 1) AND c.relname = split_part(t, '.', 2))) AS a(relid)
 		JOIN pg_class ac ON ac.oid = a.relid JOIN pg_namespace an ON an.oid = ac.relnamespace
 		WHERE an.nspname || '.' || ac.relname <> t ORDER BY 1, 2`, tables)
 	if err != nil {
