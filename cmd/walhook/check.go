@@ -944,7 +944,7 @@ func (c *checker) checkStore(ctx context.Context) {
 		// Not "fix: walhook setup": setup cannot write there either.
 		fix := "check store.dsn (or source.dsn), the server and pg_hba.conf"
 		if errors.Is(err, errStoreReadOnly) {
-			fix = storeReadOnlyFix
+			fix = storeReadOnlyFixFor(c.cfg)
 		}
 		c.fail("store", fix, "%s", oneLine(err))
 		return

@@ -256,7 +256,7 @@ func (r *runner) prepare(ctx context.Context) error {
 	// Both before anything is written: static endpoints go to the store
 	// next, and a read-only store would fail there as a config error.
 	if err := storeWritable(ctx, pool); err != nil {
-		return fmt.Errorf("store %s: %w%s", describeDSN(cfg.Store.DSN), err, readOnlyFix(err))
+		return fmt.Errorf("store %s: %w%s", describeDSN(cfg.Store.DSN), err, readOnlyFix(cfg, err))
 	}
 	if err := refuseSourceStandby(ctx, cfg.Source.DSN); err != nil {
 		return err

@@ -370,6 +370,18 @@ func (c *slotCollector) Collect(ch chan<- prometheus.Metric) {
 const storeReadOnlyFix = "point store.dsn at the primary (with several hosts in it, add target_session_attrs=read-write), " +
 	"or turn default_transaction_read_only off for walhook's role or database"
 
+// storeReadOnlyFixFor is storeReadOnlyFix for cfg: with the store in the
+// source database (store.dsn not set), a role the DBA made read-only
+// there on purpose (walhook only reads the source) needs a store
+// elsewhere, which the fix names first.
+func storeReadOnlyFixFor(cfg *config.Config) string {
+	if cfg.Store.DSN == cfg.Source.DSN {
+		return "the store is the source database (store.dsn is source.dsn), which is read-only for this role: set store.dsn to a " +
+			"database walhook may write (walhook only reads the source), or " + storeReadOnlyFix
+	}
+	return storeReadOnlyFix
+}
+
 // storeWritable is /readyz's check: the store answers and takes writes.
 // One that answers read-only (a standby the store DSN reaches after a
 // failover, default_transaction_read_only) can neither store events nor
@@ -391,9 +403,9 @@ var errStoreReadOnly = errors.New("the store is read-only (a standby, or default
 // readOnlyFix is " — fix: …" (storeReadOnlyFix) for a read-only store,
 // and nothing for storeWritable's other errors (the store did not answer):
 // pointing at the primary would be the wrong fix for those.
-func readOnlyFix(err error) string {
+func readOnlyFix(cfg *config.Config, err error) string {
 	if errors.Is(err, errStoreReadOnly) {
-		return " — fix: " + storeReadOnlyFix
+		return " — fix: " + storeReadOnlyFixFor(cfg)
 	}
 	return ""
 }

@@ -144,7 +144,7 @@ func runSetup(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	if err := storeWritable(ctx, pool); err != nil {
 		pool.Close()
-		return fmt.Errorf("setup: store %s: %w; nothing changed%s", describeDSN(cfg.Store.DSN), err, readOnlyFix(err))
+		return fmt.Errorf("setup: store %s: %w; nothing changed%s", describeDSN(cfg.Store.DSN), err, readOnlyFix(cfg, err))
 	}
 	// Before the store is migrated and the slot created: a config
 	// belongs on a store schema of its own (a new one holds no cursor).

@@ -60,3 +60,35 @@ func TestReadOnlySourceRoleFollowsTheStandbyFix(t *testing.T) {
 		t.Fatalf("walhook run stopped: %v", err)
 	}
 }
+
+// The same read-only role without store.dsn: the store is then the
+// source database, where walhook cannot write its outbox, and check, setup
+// and run refuse it, rightly. Their fix said only "point store.dsn at the
+// primary … or turn default_transaction_read_only off", though store.dsn
+// was not set and the source is the primary: a role the DBA made
+// read-only on purpose needs a store elsewhere, and the fix says so.
+func TestReadOnlySourceRoleWithoutStoreDSN(t *testing.T) {
+	t.Parallel()
+	c := pgtest.Shared(t)
+	role := ckReplicationRole(t, c)
+	src := c.NewDatabase(t)
+	srcDB := ckDBName(t, src)
+	ckExec(t, src, runItemsSchema+`
+		GRANT USAGE ON SCHEMA public TO `+role+`; GRANT SELECT ON items TO `+role+`;
+		ALTER ROLE `+role+` IN DATABASE `+srcDB+` SET default_transaction_read_only = on`)
+	t.Cleanup(func() { ckExec(t, src, `DROP OWNED BY `+role) })
+	s := (&runDB{dsn: src, slot: "wh_" + srcDB}).settings()
+	s["source.dsn"] = c.DSNAs(role, srcDB)
+	file, _ := runConfig(t, []byte(runItemsConfig), s)
+	const fix = `fix: the store is the source database \(store\.dsn is source\.dsn\), which is read-only for this role: set store\.dsn to a database walhook may write \(walhook only reads the source\), or point store\.dsn at the primary`
+	out, _, code := pubCLI(t, "check", "--config", file)
+	if code != 1 {
+		t.Fatalf("check exit %d, want 1", code)
+	}
+	ckWantLines(t, out, `FAIL  store: the store is read-only .* — `+fix)
+	_, errOut, code := pubCLI(t, "run", "--config", file)
+	if code != 1 {
+		t.Fatalf("run exit %d, want 1", code)
+	}
+	ckWantLines(t, errOut, `store .*: the store is read-only .* — `+fix)
+}

@@ -7,6 +7,8 @@ import (
 	"testing"
 
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/walhook/walhook/config"
 )
 
 // storeWritable's error for a store that does not answer (here: its
@@ -19,6 +21,7 @@ func TestStoreWritableFixOnlyForReadOnly(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	db := newRunDB(t, `SELECT 1`)
+	twoDSNs := &config.Config{Source: config.Source{DSN: "dbname=app"}, Store: config.Store{DSN: "dbname=store"}}
 	pc, err := pgxpool.ParseConfig(db.dsn)
 	if err != nil {
 		t.Fatal(err)
@@ -38,8 +41,8 @@ func TestStoreWritableFixOnlyForReadOnly(t *testing.T) {
 	if err == nil {
 		t.Skip("the pool replaced the terminated session before the check")
 	}
-	if errors.Is(err, errStoreReadOnly) || readOnlyFix(err) != "" {
-		t.Fatalf("a store that did not answer (%v) gets the read-only fix %q", err, readOnlyFix(err))
+	if errors.Is(err, errStoreReadOnly) || readOnlyFix(twoDSNs, err) != "" {
+		t.Fatalf("a store that did not answer (%v) gets the read-only fix %q", err, readOnlyFix(twoDSNs, err))
 	}
 
 	sep := "?"
@@ -52,7 +55,7 @@ func TestStoreWritableFixOnlyForReadOnly(t *testing.T) {
 	}
 	defer ro.Close()
 	err = storeWritable(ctx, ro)
-	if !errors.Is(err, errStoreReadOnly) || !strings.Contains(readOnlyFix(err), "point store.dsn at the primary") {
-		t.Fatalf("a read-only store: %v, fix %q", err, readOnlyFix(err))
+	if !errors.Is(err, errStoreReadOnly) || !strings.Contains(readOnlyFix(twoDSNs, err), "point store.dsn at the primary") {
+		t.Fatalf("a read-only store: %v, fix %q", err, readOnlyFix(twoDSNs, err))
 	}
 }
