@@ -444,10 +444,13 @@ func compileWhen(cr *compiledRule, errs *errorList) {
 	}
 }
 
-// readsNewUnguarded reports whether the expression reads new other than
-// on the left of ?? (new ?? old, new?.x ?? old.x: for deletes, where new
-// is nil, the fallback is what is read) or in a nil comparison of new
-// itself.
+// readsNewUnguarded reports whether the expression reads new where a
+// delete would: not on the left of ?? (new ?? old, new?.x ?? old.x: for
+// deletes, where new is nil, the fallback is what is read), not in a nil
+// comparison of new itself, and not behind a test that is false for
+// deletes (op != "delete" && new.x, op == "delete" ? old.x : new.x,
+// new == nil || new.x): one when: shared by a table's update and delete
+// rules.
 func readsNewUnguarded(tree *parser.Tree) bool {
 	all, guarded := identsOf{}, identsOf{}
 	ast.Walk(&tree.Node, all)
@@ -474,11 +477,28 @@ func (s identsOf) Visit(node *ast.Node) {
 type newGuards struct{ s identsOf }
 
 func (g newGuards) Visit(node *ast.Node) {
+	if c, ok := (*node).(*ast.ConditionalNode); ok {
+		switch {
+		case notOnDelete(c.Cond, true):
+			ast.Walk(&c.Exp1, g.s)
+		case notOnDelete(c.Cond, false):
+			ast.Walk(&c.Exp2, g.s)
+		}
+		return
+	}
 	b, ok := (*node).(*ast.BinaryNode)
 	if !ok {
 		return
 	}
 	switch b.Operator {
+	case "&&", "and":
+		if notOnDelete(b.Left, true) {
+			ast.Walk(&b.Right, g.s)
+		}
+	case "||", "or":
+		if notOnDelete(b.Left, false) {
+			ast.Walk(&b.Right, g.s)
+		}
 	case "??":
 		ast.Walk(&b.Left, g.s)
 	case "==", "!=":
@@ -491,6 +511,45 @@ func (g newGuards) Visit(node *ast.Node) {
 			g.s.Visit(&b.Right)
 		}
 	}
+}
+
+// notOnDelete reports whether n is a test whose value on every delete is
+// !holds: with holds, one true for inserts and updates only (op !=
+// "delete", op == "update", new != nil); without, one true on deletes
+// (op == "delete", new == nil).
+func notOnDelete(n ast.Node, holds bool) bool {
+	b, ok := n.(*ast.BinaryNode)
+	if !ok {
+		return false
+	}
+	if b.Operator == "&&" || b.Operator == "and" {
+		return holds && (notOnDelete(b.Left, true) || notOnDelete(b.Right, true))
+	}
+	if b.Operator != "==" && b.Operator != "!=" {
+		return false
+	}
+	x, y := b.Left, b.Right
+	if _, isID := y.(*ast.IdentifierNode); isID {
+		x, y = y, x
+	}
+	id, ok := x.(*ast.IdentifierNode)
+	if !ok {
+		return false
+	}
+	eq := b.Operator == "=="
+	switch v := y.(type) {
+	case *ast.StringNode:
+		if id.Value != "op" {
+			return false
+		}
+		if v.Value == "delete" {
+			return eq != holds // op != "delete" holds off deletes; op == "delete" on them
+		}
+		return eq && holds // op == "update"
+	case *ast.NilNode:
+		return id.Value == "new" && eq != holds // new != nil; new == nil
+	}
+	return false
 }
 
 // modToFunc rewrites a % b into __mod(a, b): expr's % takes integers

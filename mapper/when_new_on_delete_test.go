@@ -38,17 +38,25 @@ func TestWhenReadsNewOnDeleteOnlyRule(t *testing.T) {
 
 // A delete rule may read new on the left of ?? — `(new ?? old).region`,
 // `new?.region ?? old.region`, the when: a table's update and delete
-// rules share — where a nil new falls back to the deleted row: it loads.
+// rules share — where a nil new falls back to the deleted row, or behind
+// a test that is false for deletes (op != "delete" && new.region …): it
+// loads.
 // Other reads of new on a delete-only rule (also new?.x alone, nil on
 // every delete) are still refused.
 func TestWhenReadsNewOrOldOnDeleteOnlyRule(t *testing.T) {
 	t.Parallel()
-	for _, when := range []string{`(new ?? old).region == "eu"`, `(new?.region ?? old.region) == "eu"`, `(new.region ?? old.region) in ["eu"]`} {
+	for _, when := range []string{`(new ?? old).region == "eu"`, `(new?.region ?? old.region) == "eu"`, `(new.region ?? old.region) in ["eu"]`,
+		`(op == "delete" && old.region == "eu") || (op != "delete" && new.region == "eu")`,
+		`op == "delete" ? old.region == "eu" : new.region == "eu"`,
+		`new != nil ? new.region == "eu" : old.region == "eu"`,
+		`new == nil || new.region == "eu"`,
+		`(op == "update" and new.region == "eu") or old.region == "eu"`} {
 		if _, err := Compile([]Rule{{Event: "order.removed", Table: "orders", Ops: []cdc.Op{cdc.OpDelete}, When: when}}, Options{}); err != nil {
 			t.Errorf("when %s: %v", when, err)
 		}
 	}
-	for _, when := range []string{`new?.region == "eu"`, `(new ?? old).region == "eu" && new.x == 1`} {
+	for _, when := range []string{`new?.region == "eu"`, `(new ?? old).region == "eu" && new.x == 1`,
+		`op == "delete" && new.region == "eu"`, `op != "delete" ? old.region == "eu" : new.region == "eu"`, `new != nil || new.region == "eu"`} {
 		_, err := Compile([]Rule{{Event: "order.removed", Table: "orders", Ops: []cdc.Op{cdc.OpDelete}, When: when}}, Options{})
 		if !errors.Is(err, ErrExpression) || !strings.Contains(err.Error(), "reads new, but the rule fires on deletes only") {
 			t.Errorf("when %s: err = %v, want it refused", when, err)
