@@ -170,11 +170,17 @@ func checkWhenEnums(r *compiledRule, ts TableSchema, errs *errorList) {
 	for i, l := range ts.EnumLabels[v.col] {
 		quoted[i] = fmt.Sprintf("%q", l)
 	}
+	// In a list (in [...]) with other values, the comparison varies;
+	// the entry alone matches nothing.
+	effect := "the comparison is the same on every row"
+	if v.inList {
+		effect = "that entry of the list matches no row"
+	}
 	where, field := r.whenWhere()
 	errs.add(where, field, r.Event, ErrExpression,
-		"compares %s.%s with %q, which is not a value of its enum%s in %s (%s), so the comparison is the same on every row; "+
+		"compares %s.%s with %q, which is not a value of its enum%s in %s (%s), so %s; "+
 			"write one of its values (they are case-sensitive)",
-		v.from, v.col, v.bad, typ, r.qualified, strings.Join(quoted, ", "))
+		v.from, v.col, v.bad, typ, r.qualified, strings.Join(quoted, ", "), effect)
 }
 
 // enumLiterals finds the first string literal compared (==, !=, in) with
@@ -182,6 +188,7 @@ func checkWhenEnums(r *compiledRule, ts TableSchema, errs *errorList) {
 type enumLiterals struct {
 	labels         map[string][]string
 	from, col, bad string
+	inList         bool // bad is an entry of a list of several
 }
 
 func (v *enumLiterals) Visit(node *ast.Node) {
@@ -214,7 +221,7 @@ func (v *enumLiterals) Visit(node *ast.Node) {
 		}
 		for _, l := range lits {
 			if s, isStr := l.(*ast.StringNode); isStr && !slices.Contains(v.labels[col], s.Value) && v.bad == "" {
-				v.from, v.col, v.bad = from, col, s.Value
+				v.from, v.col, v.bad, v.inList = from, col, s.Value, len(lits) > 1
 			}
 		}
 	}
