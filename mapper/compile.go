@@ -472,8 +472,9 @@ func (s identsOf) Visit(node *ast.Node) {
 	}
 }
 
-// newGuards collects the identifiers new that a nil new does not make
-// meaningless: on the left of ??, or compared with nil.
+// newGuards collects the identifiers new that a delete's nil new does
+// not make meaningless: on the left of ??, compared with nil, or behind
+// a test that is false for deletes (notOnDelete).
 type newGuards struct{ s identsOf }
 
 func (g newGuards) Visit(node *ast.Node) {
