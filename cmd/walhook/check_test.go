@@ -276,6 +276,22 @@ func TestCheckWALSendersAllInUse(t *testing.T) {
 	ckWantLines(t, out, `FAIL  max_wal_senders: all 1 WAL senders are in use — fix: ALTER SYSTEM SET max_wal_senders = 2; then restart PostgreSQL$`)
 }
 
+// Every WAL sender busy, one of them streaming this config's own slot (a
+// running walhook; check beside it is routine): its sender is walhook's,
+// so the line passes.
+func TestCheckWALSendersAllInUseByThisSlot(t *testing.T) {
+	t.Parallel()
+	c := pgtest.StartT(t, pgtest.Options{Settings: map[string]string{"max_wal_senders": "1"}})
+	dsn, db := ckSampleDB(t, c)
+	ckExec(t, dsn, `CREATE PUBLICATION walhook FOR TABLE public.members`)
+	ckExec(t, dsn, `SELECT pg_create_logical_replication_slot('`+db+`', 'pgoutput')`)
+	ckHoldSlot(t, dsn, db)
+	out, errOut, _ := runCLI(t, context.Background(), "check", "--config", ckSampleConfig(t, dsn, db))
+	t.Logf("check:\n%s%s", out, errOut)
+	ckWantLines(t, out, `ok    max_wal_senders: 1 of 1 in use, one of them streaming slot `+db+`$`)
+	ckNoLines(t, out, `FAIL  max_wal_senders`)
+}
+
 // A role without REPLICATION, without CREATE on the database, owning no
 // table and missing SELECT on one table.
 func TestCheckUnprivilegedRole(t *testing.T) {
