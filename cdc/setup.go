@@ -55,7 +55,7 @@ func Setup(ctx context.Context, dsn string, o SetupOptions) ([]string, error) {
 	}
 
 	var did []string
-	lines, err := setupPublication(ctx, conn, o.Publication, o.Tables, o.Operations, o.StoreSchema)
+	lines, err := setupPublication(ctx, conn, o.Publication, o.Tables, o.Operations, o.StoreSchema, false)
 	did = append(did, lines...)
 	if err != nil {
 		return did, err
@@ -99,7 +99,20 @@ const viaRoot = "publish_via_partition_root = true"
 // rules map.
 const publishAll = "publish = 'insert, update, delete, truncate'"
 
-func setupPublication(ctx context.Context, conn *pgx.Conn, pub string, tables, ops []string, storeSchema string) ([]string, error) {
+// RefusePublication returns the error Setup would give for the
+// publication, before anything changes: one FOR ALL TABLES, partitions
+// named beside their table, or a publication this role may not change
+// (the DBA's) that does not fit the rules. A publication that does not
+// exist yet, or that this role may change, passes.
+func RefusePublication(ctx context.Context, conn *pgx.Conn, o SetupOptions) error {
+	_, err := setupPublication(ctx, conn, o.Publication, o.Tables, o.Operations, o.StoreSchema, true)
+	return err
+}
+
+// setupPublication creates or fits the publication. With dry it changes
+// nothing: it returns only what it would refuse (for a publication this
+// role may not change it changes nothing anyway).
+func setupPublication(ctx context.Context, conn *pgx.Conn, pub string, tables, ops []string, storeSchema string, dry bool) ([]string, error) {
 	quoted := make([]string, 0, len(tables))
 	want := make([]string, 0, len(tables))
 	for _, t := range tables {
@@ -123,6 +136,9 @@ func setupPublication(ctx context.Context, conn *pgx.Conn, pub string, tables, o
 		FROM pg_publication WHERE pubname = $1`, pub).Scan(&exists, &allTables, &root, &ins, &upd, &del); err != nil {
 		return nil, fmt.Errorf("setup: look up publication: %w", err)
 	}
+	if !exists && dry {
+		return nil, nil
+	}
 	if !exists {
 		sql := "CREATE PUBLICATION " + pubIdent
 		if len(quoted) > 0 {
@@ -142,6 +158,9 @@ func setupPublication(ctx context.Context, conn *pgx.Conn, pub string, tables, o
 	owner, mine, err := publicationOwner(ctx, conn, pub)
 	if err != nil {
 		return nil, fmt.Errorf("setup: %w", err)
+	}
+	if mine && dry {
+		return nil, nil
 	}
 	// One transaction: turning the partition option on and setting the
 	// table list land together or not at all.

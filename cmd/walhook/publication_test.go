@@ -235,6 +235,10 @@ func TestPublicationRowFilterDBA(t *testing.T) {
 		t.Fatalf("setup exit %d, want 1", code)
 	}
 	ckWantLines(t, errOut, `setup: publication walhook publishes public\.lot with a row filter or a column list, .* — fix: have postgres \(or a superuser\) run ALTER PUBLICATION "walhook" SET TABLE "public"\."lot"; and then run walhook setup again`)
+	// Refused before anything changed: the store is not migrated either.
+	if db.count(t, `SELECT count(*) FROM pg_class WHERE relnamespace = 'walhook'::regnamespace`) != 0 {
+		t.Error("setup migrated the store before refusing the DBA's publication")
+	}
 
 	ckExec(t, db.dsn, `ALTER PUBLICATION walhook SET TABLE public.lot`)
 	if _, _, code := pubCLI(t, "setup", "--config", file); code != 0 {

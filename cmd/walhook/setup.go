@@ -81,6 +81,16 @@ func runSetup(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		conn.Close(context.WithoutCancel(ctx))
 		return err
 	}
+	opts := cdc.SetupOptions{Slot: cfg.Source.Slot, Publication: cfg.Source.Publication, Tables: tables, Operations: ruleOperations(cfg)}
+	if cfg.Store.DSN == cfg.Source.DSN {
+		opts.StoreSchema = cfg.Store.Schema
+	}
+	// A publication walhook may not change (the DBA's) that does not fit
+	// the rules is refused before the store is migrated, too.
+	if err := cdc.RefusePublication(ctx, conn, opts); err != nil {
+		conn.Close(context.WithoutCancel(ctx))
+		return err
+	}
 	schema, parts, err := readSourceSchema(ctx, conn, tables)
 	var large map[string][]string
 	if err == nil {
@@ -165,10 +175,6 @@ func runSetup(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	pool.Close()
 
-	opts := cdc.SetupOptions{Slot: cfg.Source.Slot, Publication: cfg.Source.Publication, Tables: tables, Operations: ruleOperations(cfg)}
-	if cfg.Store.DSN == cfg.Source.DSN {
-		opts.StoreSchema = cfg.Store.Schema
-	}
 	if *identity {
 		opts.ReplicaIdentityFull = full
 	}
