@@ -394,6 +394,10 @@ func (c *checker) checkTables(ctx context.Context, conn *pgx.Conn) error {
 	if err != nil {
 		return err
 	}
+	unlogged, err := readUnlogged(ctx, conn, c.tables)
+	if err != nil {
+		return err
+	}
 	c.owned = make(map[string]bool, len(facts))
 	for _, t := range c.tables {
 		ts, ok := schema[t]
@@ -406,6 +410,18 @@ func (c *checker) checkTables(ctx context.Context, conn *pgx.Conn) error {
 		switch {
 		case f.unlogged:
 			c.fail("table "+t, unloggedFix(t), "%s", unloggedProblem)
+		case len(unlogged[t]) > 0:
+			var fix []string
+			for _, u := range unlogged[t] {
+				fix = append(fix, fmt.Sprintf("ALTER TABLE %s SET LOGGED;", sqlTable(u)))
+			}
+			if len(unlogged[t]) == 1 {
+				c.fail("table "+t, strings.Join(fix, " "), "partition %s is UNLOGGED: it writes no WAL, so logical replication "+
+					"never sees its changes (and PostgreSQL lets a partition be so while the partitioned table is published)", unlogged[t][0])
+			} else {
+				c.fail("table "+t, strings.Join(fix, " "), "partitions %s are UNLOGGED: they write no WAL, so logical replication "+
+					"never sees their changes (and PostgreSQL lets a partition be so while the partitioned table is published)", strings.Join(unlogged[t], ", "))
+			}
 		case !f.schemaUsage:
 			c.fail("table "+t, fmt.Sprintf("GRANT USAGE ON SCHEMA %s TO %s; GRANT SELECT ON %s TO %s;", sqlIdent(s), sqlIdent(c.user), sqlTable(t), sqlIdent(c.user)),
 				"%s has no USAGE on schema %s", c.user, s)

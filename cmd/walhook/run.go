@@ -375,6 +375,14 @@ func checkLiveSchema(ctx context.Context, dsn, publication string, ops []string,
 		return err
 	}
 	pubErr := checkPublicationFits(ctx, conn, publication, m.Tables(), ops)
+	unlogged, err := readUnlogged(ctx, conn, m.Tables())
+	if err != nil {
+		return err
+	}
+	if lines := unloggedLines(m.Tables(), unlogged); len(lines) > 0 {
+		unloggedErr := errors.New("tables the rules map write no WAL, so none of their changes would arrive:\n" + strings.Join(lines, "\n"))
+		pubErr = errors.Join(unloggedErr, pubErr)
+	}
 	if err := m.CheckSchema(tables); err != nil {
 		// The mapper's fix names the partitioned table only; its
 		// partitions need FULL too.

@@ -365,13 +365,17 @@ func (r *runner) lead(ctx context.Context, lock *leaderLock) error {
 			}
 		}
 		return fmt.Errorf("replication: %w", serr)
-	case errors.Is(cause, errLeaderLost), errors.Is(cause, errPublicationChanged):
+	case errors.Is(cause, errLeaderLost), errors.Is(cause, errPublicationChanged), errors.Is(cause, errTableUnlogged):
 		return cause
 	}
 	return nil
 }
 
 var errPublicationChanged = errors.New("the publication changed while walhook ran")
+
+// errTableUnlogged: a rule table, or a partition of one, was made UNLOGGED
+// while walhook ran (see readUnlogged).
+var errTableUnlogged = errors.New("a rule table became UNLOGGED while walhook ran")
 
 // publicationPoll is how often the leader checks that the publication
 // still sends the rule tables' changes as the rules need them.
@@ -383,7 +387,9 @@ const publicationPoll = 10 * time.Second
 // the table dropped and created again), and PostgreSQL then sends nothing
 // for it, not even an error, so the rules would go quiet; or it gained a
 // row filter or a column list, or lost publish_via_partition_root, and
-// PostgreSQL then sends changes the rules misread or never match. One
+// PostgreSQL then sends changes the rules misread or never match; or a
+// partition of a rule table was made UNLOGGED (readUnlogged), whose
+// changes then never reach the WAL. One
 // check is a connection and three catalog queries on small catalogs,
 // every publicationPoll. A failing check (the source unreachable) is the
 // stream's to report; it is tried again.
@@ -408,6 +414,17 @@ func (r *runner) watchPublication(ctx context.Context) error {
 				return nil
 			}
 			conn = c
+		}
+		unlogged, err := readUnlogged(cctx, conn, r.mapper.Tables())
+		if err != nil {
+			closeConn(conn) // made again at the next check
+			conn = nil
+			return nil
+		}
+		if lines := unloggedLines(r.mapper.Tables(), unlogged); len(lines) > 0 {
+			return fmt.Errorf("%w: its changes write no WAL, so logical replication never sees them and no event of them "+
+				"is made; fix it, then check what changed in it meanwhile (those changes cannot be sent):\n%s",
+				errTableUnlogged, strings.Join(lines, "\n"))
 		}
 		missing, unusable, err := publicationFit(cctx, conn, pub, r.mapper.Tables(), ruleOperations(r.cfg))
 		switch {

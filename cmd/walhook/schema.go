@@ -458,3 +458,55 @@ func sqlTables(tables []string) string {
 	}
 	return strings.Join(q, ", ")
 }
+
+// readUnlogged returns, per rule table of tables that exists, the tables
+// of it that are UNLOGGED, whose changes write no WAL and so never reach
+// logical replication: the table itself, or a leaf partition of it.
+// PostgreSQL refuses ALTER TABLE … SET UNLOGGED on a table a publication
+// names, but not on a partition of a partitioned table published via the
+// root, nor CREATE UNLOGGED TABLE … PARTITION OF it (or ATTACH of an
+// unlogged table): that partition's changes are then lost with no error
+// anywhere (TestUnloggedPartitionIsRefusedAndStopsTheRun).
+func readUnlogged(ctx context.Context, conn *pgx.Conn, tables []string) (map[string][]string, error) {
+	schemas := make([]string, len(tables))
+	names := make([]string, len(tables))
+	for i, t := range tables {
+		schemas[i], names[i] = splitQualified(t)
+	}
+	rows, err := conn.Query(ctx, `
+		SELECT n.nspname || '.' || c.relname, ln.nspname || '.' || l.relname
+		FROM unnest($1::text[], $2::text[]) AS want(schema, name)
+		JOIN pg_namespace n ON n.nspname = want.schema
+		JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = want.name AND c.relkind IN ('r', 'p')
+		JOIN pg_class l ON l.oid = c.oid OR l.oid IN (SELECT pt.relid FROM pg_partition_tree(c.oid) pt WHERE pt.isleaf)
+		JOIN pg_namespace ln ON ln.oid = l.relnamespace
+		WHERE l.relpersistence = 'u' AND l.relkind = 'r'
+		ORDER BY 1, 2`, schemas, names)
+	if err != nil {
+		return nil, fmt.Errorf("read unlogged tables: %w", err)
+	}
+	out := map[string][]string{}
+	var t, leaf string
+	_, err = pgx.ForEachRow(rows, []any{&t, &leaf}, func() error {
+		out[t] = append(out[t], leaf)
+		return nil
+	})
+	return out, wrapErr("read unlogged tables", err)
+}
+
+// unloggedLines is a line with its fix for each table of unlogged (see
+// readUnlogged), in the order of tables.
+func unloggedLines(tables []string, unlogged map[string][]string) []string {
+	var out []string
+	for _, t := range tables {
+		for _, u := range unlogged[t] {
+			what, fix := u, unloggedFix(u)
+			if u != t {
+				what, fix = "partition "+u+" of "+t, fmt.Sprintf("ALTER TABLE %s SET LOGGED;", sqlTable(u))
+			}
+			out = append(out, fmt.Sprintf("  %s is UNLOGGED: it writes no WAL, so logical replication never sees its changes — fix: %s",
+				what, fix))
+		}
+	}
+	return out
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"strings"
 	"testing"
+	"time"
 )
 
 // An UNLOGGED table writes no WAL, so logical replication never sees its
@@ -34,5 +35,52 @@ events:
 	if code != 1 || !strings.Contains(out+errOut, "public.sessions is UNLOGGED: it writes no WAL") ||
 		!strings.Contains(out+errOut, "nothing changed") || !strings.Contains(out+errOut, "fix: ALTER TABLE public.sessions SET LOGGED;") {
 		t.Errorf("setup: exit %d, want 1 with a message that says the table is unlogged\n%s%s", code, out, errOut)
+	}
+}
+
+// PostgreSQL refuses ALTER TABLE … SET UNLOGGED on a published table, but
+// not on a partition of a partitioned table published via the root, nor
+// CREATE UNLOGGED TABLE … PARTITION OF it: the partition's changes then
+// write no WAL and never arrive, with no error anywhere. check fails the
+// partitioned table naming the partition and the fix, run refuses to
+// start, and a running walhook stops within publicationPoll of the
+// partition being set UNLOGGED (all of them passed it silently).
+func TestUnloggedPartitionIsRefusedAndStopsTheRun(t *testing.T) {
+	t.Parallel()
+	db := newRunDB(t, pubBidSchema)
+	rc := newRunReceiver(t, runSecret, nil)
+	s := db.settings()
+	s["endpoints"] = []map[string]any{runEndpoint("r", rc.URL, runSecret)}
+	file, cfg := runConfig(t, []byte(pubBidConfig), s)
+	db.setup(t, cfg)
+	p := startRunProc(t, "--config", file)
+	db.exec(t, `INSERT INTO bid (id, lot, amount) VALUES (1, 1, 10), (2, 2, 10)`)
+	runWaitFor(t, 30*time.Second, "the first deliveries", func() bool { return rc.Unique() == 2 }, p.diag)
+
+	db.exec(t, `ALTER TABLE bid_1 SET UNLOGGED`)
+	runWaitFor(t, 3*publicationPoll, "run to stop", func() bool { _, done := p.exited(); return done }, p.diag)
+	err, _ := p.exited()
+	const want = "partition public.bid_1 of public.bid is UNLOGGED: it writes no WAL, so logical replication never sees its changes"
+	if err == nil || ExitCode(err) != 1 || !strings.Contains(err.Error(), want) ||
+		!strings.Contains(err.Error(), "fix: ALTER TABLE public.bid_1 SET LOGGED;") {
+		t.Fatalf("run ended with %v (exit %d), want exit 1 naming the unlogged partition and its fix", err, ExitCode(err))
+	}
+
+	db.exec(t, `CREATE UNLOGGED TABLE bid_x (LIKE bid)`)
+	db.exec(t, `ALTER TABLE bid DETACH PARTITION bid_0`)
+	db.exec(t, `ALTER TABLE bid ATTACH PARTITION bid_x FOR VALUES WITH (MODULUS 2, REMAINDER 0)`)
+	out, _, code := pubCLI(t, "check", "--config", file)
+	if code != 1 {
+		t.Fatalf("check: exit %d, want 1", code)
+	}
+	ckWantLines(t, out, `FAIL  table public\.bid: partitions public\.bid_1, public\.bid_x are UNLOGGED: .* — fix: ALTER TABLE public\.bid_1 SET LOGGED; ALTER TABLE public\.bid_x SET LOGGED;`)
+	_, errOut, code := pubCLI(t, "run", "--config", file)
+	if code == 0 || !strings.Contains(errOut, "partition public.bid_x of public.bid is UNLOGGED") {
+		t.Fatalf("run: exit %d, want a refusal naming the unlogged partitions", code)
+	}
+
+	db.exec(t, `ALTER TABLE bid_1 SET LOGGED; ALTER TABLE bid_x SET LOGGED`)
+	if out, _, code := pubCLI(t, "check", "--config", file); code != 0 {
+		t.Fatalf("check after SET LOGGED: exit %d\n%s", code, out)
 	}
 }
