@@ -32,6 +32,13 @@ type SetupOptions struct {
 	// tables (walhook's own writes) is refused, not taken with a warning
 	// as one publishing other tables no rule maps is.
 	StoreSchema string
+	// Waiting, when set, is told what the slot's creation waits for when
+	// it takes more than slotWaitNotice (and again every slotWaitRepeat):
+	// PostgreSQL creates a logical slot only once every transaction that
+	// was running when it began has ended, so a forgotten prepared
+	// transaction or a session idle in a transaction holds setup for as
+	// long as it lasts, which looked like a hang.
+	Waiting func(line string)
 }
 
 // Setup creates the publication and then the slot, idempotently, and
@@ -67,7 +74,7 @@ func Setup(ctx context.Context, dsn string, o SetupOptions) ([]string, error) {
 			return did, err
 		}
 	}
-	line, err := setupSlot(ctx, conn, o.Slot)
+	line, err := setupSlot(ctx, conn, dsn, o.Slot, o.Waiting)
 	if line != "" {
 		did = append(did, line)
 	}
@@ -467,16 +474,29 @@ func replicaIdentityFull(ctx context.Context, conn *pgx.Conn, t string) ([]strin
 	return did, nil
 }
 
-func setupSlot(ctx context.Context, conn *pgx.Conn, slot string) (string, error) {
+func setupSlot(ctx context.Context, conn *pgx.Conn, dsn, slot string, waiting func(string)) (string, error) {
 	exists, err := ExistingSlot(ctx, conn, slot)
 	if err != nil {
 		return "", fmt.Errorf("setup: %w", err)
 	}
 	if !exists {
+		stop, reported := make(chan struct{}), make(chan struct{})
+		if waiting != nil {
+			pid := conn.PgConn().PID()
+			go func() {
+				defer close(reported)
+				reportSlotWait(ctx, dsn, pid, slot, waiting, stop)
+			}()
+		} else {
+			close(reported)
+		}
 		// Never temporary: a temporary slot vanishes with its session and
 		// with it every change not yet confirmed.
 		var lsn string
-		if err := conn.QueryRow(ctx, `SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput', false)`, slot).Scan(&lsn); err != nil {
+		err := conn.QueryRow(ctx, `SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput', false)`, slot).Scan(&lsn)
+		close(stop)
+		<-reported
+		if err != nil {
 			return "", fmt.Errorf("setup: create replication slot %q: %w", slot, err)
 		}
 		return fmt.Sprintf("created replication slot %s (pgoutput) at %s", slot, lsn), nil
@@ -624,4 +644,73 @@ func dropSlot(ctx context.Context, conn *pgx.Conn, slot string, force bool) (str
 		return fmt.Sprintf("dropped replication slot %s (after terminating its holder)", slot), nil
 	}
 	return fmt.Sprintf("dropped replication slot %s", slot), nil
+}
+
+// slotWaitNotice is how long the slot's creation may take before setup
+// says what it waits for; slotWaitRepeat, how often it says so again.
+var (
+	slotWaitNotice = 5 * time.Second
+	slotWaitRepeat = time.Minute
+)
+
+// reportSlotWait tells waiting, until stop closes, which transactions the
+// backend pid creating slot waits for: the prepared transactions and the
+// sessions' transactions (with a transaction id) that began before its
+// own, each with its fix. It reads them on a connection of its own; one
+// it cannot make or a query that fails is said as such.
+func reportSlotWait(ctx context.Context, dsn string, pid uint32, slot string, waiting func(string), stop <-chan struct{}) {
+	wait := slotWaitNotice
+	for {
+		select {
+		case <-stop:
+			return
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+		wait = slotWaitRepeat
+		open, err := slotWaitBlockers(ctx, dsn, pid)
+		select {
+		case <-stop: // created meanwhile
+			return
+		default:
+		}
+		head := fmt.Sprintf("waiting to create replication slot %s: PostgreSQL creates a logical slot only once every "+
+			"transaction that was running when it began has ended", slot)
+		switch {
+		case err != nil:
+			waiting(fmt.Sprintf("%s (could not list them: %v)", head, err))
+		case len(open) == 0:
+			waiting(head + "; none that this role can see is still open (pg_prepared_xacts, pg_stat_activity)")
+		default:
+			waiting(head + "; still open:\n  " + strings.Join(open, "\n  "))
+		}
+	}
+}
+
+// slotWaitBlockers lists, with their fixes, the prepared transactions and
+// the other sessions' transactions with a transaction id that began
+// before backend pid's transaction.
+func slotWaitBlockers(ctx context.Context, dsn string, pid uint32) ([]string, error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		return nil, redact(err)
+	}
+	defer closeQuietly(conn)
+	rows, err := conn.Query(ctx, `
+		WITH me AS (SELECT coalesce(xact_start, now()) AS since FROM pg_stat_activity WHERE pid = $1)
+		SELECT format('prepared transaction %L (database %s, owner %s, prepared %s UTC) — fix: in database %s, COMMIT PREPARED %L; or ROLLBACK PREPARED %L;',
+		              p.gid, p.database, p.owner, to_char(p.prepared AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS'), p.database, p.gid, p.gid)
+		FROM pg_prepared_xacts p, me WHERE p.prepared <= me.since
+		UNION ALL
+		SELECT format('session %s (database %s, user %s, %s, its transaction open since %s UTC) — fix: end that transaction, or SELECT pg_terminate_backend(%s);',
+		              a.pid, a.datname, a.usename, coalesce(a.state, 'state unknown'), to_char(a.xact_start AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS'), a.pid)
+		FROM pg_stat_activity a, me
+		WHERE a.pid <> $1 AND a.backend_xid IS NOT NULL AND a.xact_start <= me.since`, int64(pid))
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, pgx.RowTo[string])
 }

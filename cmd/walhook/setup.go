@@ -178,6 +178,7 @@ func runSetup(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if *identity {
 		opts.ReplicaIdentityFull = full
 	}
+	opts.Waiting = func(line string) { fmt.Fprintln(stdout, line) }
 	did, err := cdc.Setup(ctx, cfg.Source.DSN, opts)
 	for _, line := range did {
 		fmt.Fprintln(stdout, line)
