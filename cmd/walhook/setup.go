@@ -100,6 +100,10 @@ func runSetup(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err == nil {
 		facts, err = readTableFacts(ctx, conn, tables)
 	}
+	var unlogged map[string][]string
+	if err == nil {
+		unlogged, err = readUnlogged(ctx, conn, tables)
+	}
 	conn.Close(context.WithoutCancel(ctx))
 	if err != nil {
 		return fmt.Errorf("setup: %w", err)
@@ -113,8 +117,10 @@ func runSetup(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	for _, t := range tables {
 		if facts[t].unlogged {
 			mismatch = append(mismatch, fmt.Sprintf("  %s %s — fix: %s", t, unloggedProblem, unloggedFix(t)))
+			delete(unlogged, t)
 		}
 	}
+	mismatch = append(mismatch, unloggedLines(tables, unlogged)...)
 	for _, p := range problems {
 		switch {
 		case p.table == "":

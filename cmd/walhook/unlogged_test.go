@@ -79,6 +79,12 @@ func TestUnloggedPartitionIsRefusedAndStopsTheRun(t *testing.T) {
 		t.Fatalf("run: exit %d, want a refusal naming the unlogged partitions", code)
 	}
 
+	out, errOut, code = pubCLI(t, "setup", "--config", file)
+	if code != 1 || !strings.Contains(out+errOut, "nothing changed") ||
+		!strings.Contains(out+errOut, "partition public.bid_x of public.bid is UNLOGGED: it writes no WAL, so logical replication never sees its changes — fix: ALTER TABLE public.bid_x SET LOGGED;") {
+		t.Fatalf("setup: exit %d, want 1 naming the unlogged partitions and changing nothing", code)
+	}
+
 	db.exec(t, `ALTER TABLE bid_1 SET LOGGED; ALTER TABLE bid_x SET LOGGED`)
 	if out, _, code := pubCLI(t, "check", "--config", file); code != 0 {
 		t.Fatalf("check after SET LOGGED: exit %d\n%s", code, out)
