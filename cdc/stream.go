@@ -427,6 +427,20 @@ func classify(err error) error {
 	case pe.Code == "42704" && containsFold(pe.Message, "replication slot"):
 		return fmt.Errorf("%w: %s", ErrSlotMissing, pe.Message)
 	case pe.Code == "42704" && containsFold(pe.Message, "publication"):
+		// Raised while decoding a change (pgoutput loads the publication
+		// with the catalog as it was when the change was written): the
+		// publication was dropped, maybe created again since. The server
+		// fails on that change on every try, so only a new slot gets past
+		// it (TestRunPublicationDroppedAndCreatedAgain).
+		if m := associatedLSNRE.FindStringSubmatch(pe.Where); m != nil {
+			return fmt.Errorf("%w: %s at the change at %s: the publication did not exist when that change was written "+
+				"(it was dropped, and maybe created again since), and PostgreSQL decodes each change with the catalog of "+
+				"its time, so this slot cannot get past it, even once the publication exists again; the changes written "+
+				"while it was missing were not published — fix: walhook teardown && walhook setup --accept-gap, which "+
+				"starts a new slot at the server's current position (the changes between are not sent: check what changed); "+
+				"to change a publication, use ALTER PUBLICATION, or DROP and CREATE it in one transaction",
+				ErrPublicationMissing, pe.Message, m[1])
+		}
 		return fmt.Errorf("%w: %s", ErrPublicationMissing, pe.Message)
 	case pe.Code == "55000" && (containsFold(pe.Message, "invalidated") || containsFold(pe.Detail, "invalidated") ||
 		containsFold(pe.Message, "can no longer get changes")):
@@ -436,6 +450,11 @@ func classify(err error) error {
 	}
 	return err
 }
+
+// associatedLSNRE finds the position of the change a walsender's error
+// arose at, in its CONTEXT ("… in the change callback, associated LSN
+// 0/1925000").
+var associatedLSNRE = regexp.MustCompile(`associated LSN ([0-9A-F]+/[0-9A-F]+)`)
 
 func containsFold(s, sub string) bool {
 	return strings.Contains(strings.ToLower(s), strings.ToLower(sub))
