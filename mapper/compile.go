@@ -39,6 +39,12 @@ type Mapper struct {
 	// under another name for one of them is a rename, even in a process
 	// that never saw the old name.
 	tableOIDs map[uint32]string
+	// generated holds, per rule table, its generated columns as the last
+	// CheckSchema saw them (at startup, then run's periodic check): a
+	// column made generated while walhook runs is missing from the
+	// Relation messages, and the stop says why rather than "does not
+	// exist".
+	generated atomic.Pointer[map[string][]string]
 	stats     Stats
 	// epoch is the store's id epoch (SetIDEpoch).
 	epoch atomic.Pointer[idEpoch]

@@ -122,6 +122,13 @@ func (m *Mapper) CheckSchema(tables map[string]TableSchema) error {
 		}
 	}
 	m.mu.Unlock()
+	generated := make(map[string][]string, len(tables))
+	for name, ts := range tables {
+		if len(ts.Generated) > 0 && len(m.byTable[name]) > 0 {
+			generated[name] = ts.Generated
+		}
+	}
+	m.generated.Store(&generated)
 	var errs errorList
 	for _, r := range m.rules {
 		ts, ok := tables[r.qualified]
@@ -176,11 +183,23 @@ func (m *Mapper) resolve(r *compiledRule, rel *cdc.Relation, errs *errorList) *r
 	n := len(*errs)
 	rp := &rulePlan{r: r, auction: colSrc{idx: -1}, domain: colSrc{idx: -1}}
 	reported := map[string]bool{}
+	var generated []string
+	if g := m.generated.Load(); g != nil {
+		generated = (*g)[rel.Table()]
+	}
+	missing := func(where, field, name string) {
+		if contains(generated, name) {
+			errs.add(where, field, r.Event, ErrGeneratedColumn, "column %q of %s is a generated column, which logical replication "+
+				"(PostgreSQL 15) does not send; read the columns it is computed from instead", name, rel.Table())
+			return
+		}
+		errs.add(where, field, r.Event, ErrUnknownColumn, "column %q does not exist in %s", name, rel.Table())
+	}
 	col := func(field, name string, from byte) colSrc {
 		i := rel.ColumnIndex(name)
 		if i < 0 && !reported[field+"\x00"+name] {
 			reported[field+"\x00"+name] = true
-			errs.add(r.Where, field, r.Event, ErrUnknownColumn, "column %q does not exist in %s", name, rel.Table())
+			missing(r.Where, field, name)
 		}
 		return colSrc{idx: i, from: from, name: name}
 	}
@@ -225,7 +244,7 @@ func (m *Mapper) resolve(r *compiledRule, rel *cdc.Relation, errs *errorList) *r
 			}
 			i := rel.ColumnIndex(f.Column)
 			if i < 0 {
-				errs.add(where, field, r.Event, ErrUnknownColumn, "column %q does not exist in %s", f.Column, rel.Table())
+				missing(where, field, f.Column)
 			}
 			dp.col = colSrc{idx: i, from: fromByte(f.From), name: f.Column}
 		}
