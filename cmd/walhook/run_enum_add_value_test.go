@@ -11,7 +11,9 @@ import (
 // rows with the new label map like any other (the label is text to the
 // rules; walhook reads enum labels only to check when:'s strings at
 // start and in the periodic check, and a label added keeps every
-// compared string a label), and the 10 s check finds nothing wrong.
+// compared string a label), and the 10 s check finds nothing wrong. A
+// compared label renamed (ALTER TYPE … RENAME VALUE) stops the run within
+// that check (TestRunEnumValueAddedWhileRunning).
 func TestRunEnumValueAddedWhileRunning(t *testing.T) {
 	t.Parallel()
 	rc := newRunReceiver(t, runSecret, nil)
@@ -58,5 +60,17 @@ events:
 	base := apiAddrRE.FindStringSubmatch(p.stdout.String())[1]
 	if m := runMetrics(t, base); !strings.Contains(m, "\nwalhook_rule_table_problems 0\n") {
 		t.Errorf("walhook_rule_table_problems is not 0 after the label was added")
+	}
+
+	// A label the rules compare renamed: lot.opened would never fire
+	// again, and lot.closed would fire for every listed lot. The periodic
+	// check stops the run (it only logged this, and walhook mapped on).
+	db.exec(t, `ALTER TYPE lot_state RENAME VALUE 'open' TO 'listed'`)
+	runWaitFor(t, 3*publicationPoll, "run to stop", func() bool { _, done := p.exited(); return done }, p.diag)
+	err, _ := p.exited()
+	const wantMsg = `event lot.opened: compares new.state with "open", which is not a value of its enum lot_state in public.lots ("listed", "withdrawn", "sold")`
+	if err == nil || ExitCode(err) != 1 || !strings.Contains(err.Error(), "the rules' when: no longer fit the rule tables' columns") ||
+		!strings.Contains(err.Error(), wantMsg) || !strings.Contains(err.Error(), "walhook.yaml:15:13: events[1].when:") {
+		t.Fatalf("run ended with %v (exit %d), want exit 1 naming the rules and the label", err, ExitCode(err))
 	}
 }

@@ -365,7 +365,8 @@ func (r *runner) lead(ctx context.Context, lock *leaderLock) error {
 			}
 		}
 		return fmt.Errorf("replication: %w", serr)
-	case errors.Is(cause, errLeaderLost), errors.Is(cause, errPublicationChanged), errors.Is(cause, errTableUnlogged):
+	case errors.Is(cause, errLeaderLost), errors.Is(cause, errPublicationChanged), errors.Is(cause, errTableUnlogged),
+		errors.Is(cause, errRulesNoLongerFit):
 		return cause
 	}
 	return nil
@@ -376,6 +377,10 @@ var errPublicationChanged = errors.New("the publication changed while walhook ra
 // errTableUnlogged: a rule table, or a partition of one, was made UNLOGGED
 // while walhook ran (see readUnlogged).
 var errTableUnlogged = errors.New("a rule table became UNLOGGED while walhook ran")
+
+// errRulesNoLongerFit: a when: no longer fits the columns it compares
+// (see watchRuleTables).
+var errRulesNoLongerFit = errors.New("the rules' when: no longer fit the rule tables' columns")
 
 // publicationPoll is how often the leader checks that the publication
 // still sends the rule tables' changes as the rules need them.
@@ -442,8 +447,7 @@ func (r *runner) watchPublication(ctx context.Context) error {
 				"then check what changed meanwhile:\n%s",
 				errPublicationChanged, strings.Join(unusable, "\n"))
 		}
-		r.watchRuleTables(cctx, conn, &seen)
-		return nil
+		return r.watchRuleTables(cctx, conn, &seen)
 	})
 }
 
@@ -461,14 +465,31 @@ const schemaWarnEvery = 10 * time.Minute
 // (slot.warnings) and counted by walhook_rule_table_problems, for
 // someone to fix before such a change comes. seen carries the last
 // report between polls.
-func (r *runner) watchRuleTables(ctx context.Context, conn *pgx.Conn, seen *schemaWarnings) {
+//
+// A when: that no longer fits its columns (an enum label it compares
+// renamed, a column's type changed) is different: walhook does not stop
+// at a change then, it maps every change with a comparison that has one
+// answer, and so makes no event or a wrong one on every row. That stops
+// the term (errRulesNoLongerFit), as a publication change does.
+func (r *runner) watchRuleTables(ctx context.Context, conn *pgx.Conn, seen *schemaWarnings) error {
 	schema, parts, err := readSourceSchema(ctx, conn, r.mapper.Tables())
 	if err != nil {
-		return
+		return nil
 	}
 	problems, err := ruleSchemaErrors(r.cfg, r.mapper, schema, parts)
 	if err != nil {
-		return
+		return nil
+	}
+	var misfit []string
+	for _, p := range problems {
+		if errors.Is(p.err, mapper.ErrExpression) {
+			misfit = append(misfit, "  "+p.message(parts))
+		}
+	}
+	if len(misfit) > 0 {
+		return fmt.Errorf("%w: walhook would map every change of their tables with a comparison that has one answer, "+
+			"and make no event or a wrong one; correct the rules, restart, and check the events of the changes "+
+			"since the schema changed:\n%s", errRulesNoLongerFit, strings.Join(misfit, "\n"))
 	}
 	lines := make([]string, len(problems))
 	for i, p := range problems {
@@ -489,6 +510,7 @@ func (r *runner) watchRuleTables(ctx context.Context, conn *pgx.Conn, seen *sche
 		seen.logged = time.Now()
 	}
 	seen.lines = lines
+	return nil
 }
 
 // schemaWarnings is what watchRuleTables reported last, and when it logged.
