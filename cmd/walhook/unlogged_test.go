@@ -90,3 +90,28 @@ func TestUnloggedPartitionIsRefusedAndStopsTheRun(t *testing.T) {
 		t.Fatalf("check after SET LOGGED: exit %d\n%s", code, out)
 	}
 }
+
+// A publication FOR TABLES IN SCHEMA (one the DBA made) does not stop
+// ALTER TABLE … SET UNLOGGED of a rule table, as a FOR TABLE one does:
+// the table then silently leaves the publication. The running walhook
+// stops saying it is UNLOGGED, with the fix, rather than only that the
+// publication no longer publishes it.
+func TestRunStopsWhenARuleTableIsSetUnlogged(t *testing.T) {
+	t.Parallel()
+	rc := newRunReceiver(t, runSecret, nil)
+	db := newRunDB(t, runItemsSchema+`CREATE PUBLICATION walhook FOR TABLES IN SCHEMA public`)
+	s := db.settings()
+	s["endpoints"] = []map[string]any{runEndpoint("r", rc.URL, runSecret)}
+	file, cfg := runConfig(t, []byte(runItemsConfig), s)
+	db.setup(t, cfg)
+	p := startRunProc(t, "--config", file)
+	insertItems(t, db, 1, 1)
+	runWaitFor(t, 30*time.Second, "item 1", func() bool { return rc.Unique() == 1 }, p.diag)
+	db.exec(t, `ALTER TABLE items SET UNLOGGED`)
+	runWaitFor(t, 3*publicationPoll, "run to stop", func() bool { _, done := p.exited(); return done }, p.diag)
+	err, _ := p.exited()
+	if err == nil || ExitCode(err) != 1 || !strings.Contains(err.Error(), "public.items is UNLOGGED: it writes no WAL") ||
+		!strings.Contains(err.Error(), "fix: ALTER TABLE public.items SET LOGGED;") {
+		t.Fatalf("run ended with %v (exit %d), want exit 1 naming the unlogged table and its fix", err, ExitCode(err))
+	}
+}
