@@ -395,7 +395,7 @@ const publicationPoll = 10 * time.Second
 // PostgreSQL then sends changes the rules misread or never match; or a
 // partition of a rule table was made UNLOGGED (readUnlogged), whose
 // changes then never reach the WAL. One
-// check is a connection and three catalog queries on small catalogs,
+// check is a connection and a few catalog queries on small catalogs,
 // every publicationPoll. A failing check (the source unreachable) is the
 // stream's to report; it is tried again.
 func (r *runner) watchPublication(ctx context.Context) error {
