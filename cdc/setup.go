@@ -699,16 +699,30 @@ func slotWaitBlockers(ctx context.Context, dsn string, pid uint32) ([]string, er
 		return nil, redact(err)
 	}
 	defer closeQuietly(conn)
+	var since time.Time
+	if err := conn.QueryRow(ctx, `SELECT coalesce(max(xact_start), now()) FROM pg_stat_activity WHERE pid = $1`, int64(pid)).Scan(&since); err != nil {
+		return nil, err
+	}
+	return OpenTransactions(ctx, conn, pid, since)
+}
+
+// OpenTransactions lists, each with its fix, the prepared transactions
+// (of every database) prepared at or before before, and the transactions
+// with a transaction id that sessions other than backend exclude began at
+// or before before (those of other roles only with pg_read_all_stats).
+// Such a transaction keeps every logical slot's restart_lsn, and so the
+// WAL PostgreSQL retains for it, at or before its start, whatever the
+// slot's consumer confirms, and a new slot waits for it to end.
+func OpenTransactions(ctx context.Context, conn *pgx.Conn, exclude uint32, before time.Time) ([]string, error) {
 	rows, err := conn.Query(ctx, `
-		WITH me AS (SELECT coalesce(xact_start, now()) AS since FROM pg_stat_activity WHERE pid = $1)
 		SELECT format('prepared transaction %L (database %s, owner %s, prepared %s UTC) — fix: in database %s, COMMIT PREPARED %L; or ROLLBACK PREPARED %L;',
 		              p.gid, p.database, p.owner, to_char(p.prepared AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS'), p.database, p.gid, p.gid)
-		FROM pg_prepared_xacts p, me WHERE p.prepared <= me.since
+		FROM pg_prepared_xacts p WHERE p.prepared <= $2
 		UNION ALL
 		SELECT format('session %s (database %s, user %s, %s, its transaction open since %s UTC) — fix: end that transaction, or SELECT pg_terminate_backend(%s);',
 		              a.pid, a.datname, a.usename, coalesce(a.state, 'state unknown'), to_char(a.xact_start AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS'), a.pid)
-		FROM pg_stat_activity a, me
-		WHERE a.pid <> $1 AND a.backend_xid IS NOT NULL AND a.xact_start <= me.since`, int64(pid))
+		FROM pg_stat_activity a
+		WHERE a.pid <> $1 AND a.backend_xid IS NOT NULL AND a.xact_start <= $2`, int64(exclude), before)
 	if err != nil {
 		return nil, err
 	}

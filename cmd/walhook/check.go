@@ -8,6 +8,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -231,7 +232,7 @@ func (c *checker) checkSource(ctx context.Context) {
 		c.fail("query", "", "%v", err)
 	}
 	steps := []func(context.Context, *pgx.Conn) error{
-		c.checkRole, c.checkCapacity, c.checkTables, c.checkPublication, c.checkSlot,
+		c.checkRole, c.checkCapacity, c.checkTables, c.checkPublication, c.checkSlot, c.checkOpenTransactions,
 	}
 	if c.standby {
 		// Slots, WAL senders and the publication are the primary's to
@@ -934,6 +935,32 @@ func (c *checker) checkSlot(ctx context.Context, conn *pgx.Conn) error {
 		c.warn(what, "", "held by the server process with PID %d (the walsender of another walhook?); a new walhook run waits for it%s", derefPID(pid), retains)
 	default:
 		c.ok(what, "pgoutput, wal_status %s%s", ws, retains)
+	}
+	return nil
+}
+
+// openTransactionAge is how old a prepared transaction, or a session's
+// transaction with a transaction id, is when check warns about it and a
+// running walhook logs it.
+var openTransactionAge = 5 * time.Minute
+
+// openTransactionProblem says what an old open transaction does, after
+// its line of cdc.OpenTransactions.
+const openTransactionProblem = "keeps the WAL every logical slot retains from before its start, whatever walhook confirms " +
+	"(walhook_slot_retained_wal_bytes grows), and a new slot's creation (walhook setup) waits for it to end"
+
+// checkOpenTransactions warns about every prepared transaction and
+// session's transaction older than openTransactionAge: a forgotten
+// PREPARE TRANSACTION lasts until COMMIT PREPARED or ROLLBACK PREPARED,
+// across restarts, and holds the slot's WAL all that time.
+func (c *checker) checkOpenTransactions(ctx context.Context, conn *pgx.Conn) error {
+	open, err := cdc.OpenTransactions(ctx, conn, conn.PgConn().PID(), time.Now().Add(-openTransactionAge))
+	if err != nil {
+		return fmt.Errorf("read open transactions: %w", err)
+	}
+	for _, l := range open {
+		msg, fix, _ := strings.Cut(l, " — fix: ")
+		c.warn("open transaction", fix, "%s is older than %s: it %s", msg, openTransactionAge, openTransactionProblem)
 	}
 	return nil
 }

@@ -400,7 +400,7 @@ const publicationPoll = 10 * time.Second
 // stream's to report; it is tried again.
 func (r *runner) watchPublication(ctx context.Context) error {
 	pub := r.cfg.Source.Publication
-	var seen schemaWarnings
+	var seen, openSeen schemaWarnings
 	// One connection for the term, made again when it breaks: a new one
 	// per check was a session, a login and its log lines every 10 s.
 	var conn *pgx.Conn
@@ -447,7 +447,11 @@ func (r *runner) watchPublication(ctx context.Context) error {
 				"then check what changed meanwhile:\n%s",
 				errPublicationChanged, strings.Join(unusable, "\n"))
 		}
-		return r.watchRuleTables(cctx, conn, &seen)
+		if err := r.watchRuleTables(cctx, conn, &seen); err != nil {
+			return err
+		}
+		r.watchOpenTransactions(cctx, conn, &openSeen)
+		return nil
 	})
 }
 
@@ -511,6 +515,26 @@ func (r *runner) watchRuleTables(ctx context.Context, conn *pgx.Conn, seen *sche
 	}
 	seen.lines = lines
 	return nil
+}
+
+// watchOpenTransactions logs, when they change and every schemaWarnEvery
+// while they last, the prepared transactions and sessions' transactions
+// older than openTransactionAge: they hold the slot's WAL, which walhook
+// cannot release (TestRunLogsAnOldPreparedTransaction).
+func (r *runner) watchOpenTransactions(ctx context.Context, conn *pgx.Conn, seen *schemaWarnings) {
+	open, err := cdc.OpenTransactions(ctx, conn, conn.PgConn().PID(), time.Now().Add(-openTransactionAge))
+	if err != nil {
+		return
+	}
+	switch {
+	case len(open) == 0 && len(seen.lines) > 0:
+		r.log.Info("no old open transaction holds the slot's WAL any more")
+	case len(open) > 0 && (!slices.Equal(open, seen.lines) || time.Since(seen.logged) >= schemaWarnEvery):
+		r.log.Warn(fmt.Sprintf("open transactions older than %s on the source: each %s", openTransactionAge, openTransactionProblem),
+			slog.Any("transactions", open))
+		seen.logged = time.Now()
+	}
+	seen.lines = open
 }
 
 // schemaWarnings is what watchRuleTables reported last, and when it logged.

@@ -49,3 +49,43 @@ func TestSetupSaysWhatTheSlotWaitsFor(t *testing.T) {
 	t.Logf("setup:\n%s", stdout.String())
 	ckWantLines(t, stdout.String(), `^created replication slot wh_prepared \(pgoutput\) at `)
 }
+
+// A prepared transaction forgotten on the source keeps the slot's WAL
+// (restart_lsn stays before it) whatever walhook confirms, so
+// walhook_slot_retained_wal_bytes grows with nothing wrong in walhook.
+// check warns about it and a running walhook logs it, each with the
+// statements that end it. (Not parallel: it shortens openTransactionAge.)
+func TestRunLogsAnOldPreparedTransaction(t *testing.T) {
+	defer func(d time.Duration) { openTransactionAge = d }(openTransactionAge)
+	openTransactionAge = time.Second
+	src := pgtest.StartT(t, pgtest.Options{Settings: map[string]string{"max_prepared_transactions": "2"}})
+	db := &runDB{dsn: src.DSN("postgres"), pool: testPool(t, src.DSN("postgres")), schema: "walhook", slot: "wh_prepared_old"}
+	db.exec(t, runItemsSchema)
+	rc := newRunReceiver(t, runSecret, nil)
+	s := db.settings()
+	s["endpoints"] = []map[string]any{runEndpoint("r", rc.URL, runSecret)}
+	file, cfg := runConfig(t, []byte(runItemsConfig), s)
+	db.setup(t, cfg)
+	db.exec(t, `BEGIN; INSERT INTO items (id) VALUES (1); PREPARE TRANSACTION 'forgotten'`)
+	time.Sleep(2 * openTransactionAge)
+
+	out, _, code := pubCLI(t, "check", "--config", file)
+	if code != 0 {
+		t.Fatalf("check: exit %d, want 0 (a warning)", code)
+	}
+	ckWantLines(t, out, `^warn  open transaction: prepared transaction 'forgotten' \(database postgres, .*\) is older than 1s: it keeps the WAL every logical slot retains .* — fix: in database postgres, COMMIT PREPARED 'forgotten'; or ROLLBACK PREPARED 'forgotten';$`)
+
+	p := startRunProc(t, "--config", file)
+	runWaitFor(t, 3*publicationPoll, "the log line", func() bool {
+		return strings.Contains(p.stderr.String(), "open transactions older than 1s on the source") &&
+			strings.Contains(p.stderr.String(), `ROLLBACK PREPARED 'forgotten';`)
+	}, p.diag)
+	db.exec(t, `COMMIT PREPARED 'forgotten'`)
+	runWaitFor(t, 3*publicationPoll, "the end of it logged", func() bool {
+		return strings.Contains(p.stderr.String(), "no old open transaction holds the slot's WAL any more")
+	}, p.diag)
+	runWaitFor(t, 30*time.Second, "item 1", func() bool { return rc.Unique() == 1 }, p.diag)
+	if err := p.stop(t); err != nil {
+		t.Fatalf("stop: %v", err)
+	}
+}
