@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -68,5 +70,51 @@ events:
 	}
 	if err := p.stop(t); err != nil {
 		t.Fatalf("stop: %v", err)
+	}
+}
+
+// Under REPLICA IDENTITY FULL an UPDATE that leaves a large (TOASTed)
+// value unchanged still sends it as "unchanged" in the new row; walhook
+// takes it from the old row: the data holds the whole value, and
+// changed: on that column does not fire, while an UPDATE of the value
+// itself does.
+func TestRunLargeUnchangedValueChanged(t *testing.T) {
+	t.Parallel()
+	rc := newRunReceiver(t, runSecret, nil)
+	db := newRunDB(t, `CREATE TABLE docs (id int PRIMARY KEY, status text, body text); ALTER TABLE docs REPLICA IDENTITY FULL;`)
+	s := db.settings()
+	s["endpoints"] = []map[string]any{runEndpoint("r", rc.URL, runSecret)}
+	file, cfg := runConfig(t, []byte(`
+source:
+  dsn: set-by-test
+events:
+  - event: doc.status_changed
+    table: public.docs
+    operations: [update]
+    changed: [status]
+    data: [id, status, body]
+  - event: doc.body_changed
+    table: public.docs
+    operations: [update]
+    changed: [body]
+    data: [id, status, body]
+`), s)
+	db.setup(t, cfg)
+	db.exec(t, `INSERT INTO docs SELECT 1, 'draft', string_agg(md5(g::text), '') FROM generate_series(1, 400) g`)
+	p := startRunProc(t, "--config", file)
+	db.exec(t, `UPDATE docs SET status = 'review' WHERE id = 1`)
+	db.exec(t, `UPDATE docs SET body = 'short' WHERE id = 1`)
+	runWaitFor(t, 30*time.Second, "two events", func() bool { return rc.Unique() == 2 }, p.diag)
+	time.Sleep(time.Second) // a third would come by now
+	var got []string
+	for _, d := range rc.deliveries() {
+		b := runBody(t, d.Body)
+		data, _ := b["data"].(map[string]any)
+		body, _ := data["body"].(string)
+		got = append(got, fmt.Sprintf("%v %v %d", b["event"], data["status"], len(body)))
+	}
+	slices.Sort(got)
+	if want := []string{"doc.body_changed review 5", "doc.status_changed review 12800"}; !slices.Equal(got, want) {
+		t.Fatalf("deliveries %q, want %q", got, want)
 	}
 }
