@@ -436,6 +436,17 @@ func (c *checker) checkTables(ctx context.Context, conn *pgx.Conn) error {
 			c.ok("table "+t, "readable, %d columns, %s", len(ts.Columns), identityDesc(ts, parts[t]))
 		}
 	}
+	foreign, err := readForeignPartitions(ctx, conn, c.tables)
+	if err != nil {
+		return err
+	}
+	for _, t := range c.tables {
+		if len(foreign[t]) > 0 {
+			c.warn("table "+t, "make them local partitions if rows reach them, or run a walhook on the server that holds their rows",
+				"partitions %s are foreign tables: the rows routed to them are written on another server, so no change of them "+
+					"is in this server's WAL and no event of them is made", strings.Join(foreign[t], ", "))
+		}
+	}
 	if err := c.checkNotTables(ctx, conn); err != nil {
 		return err
 	}

@@ -510,3 +510,36 @@ func unloggedLines(tables []string, unlogged map[string][]string) []string {
 	}
 	return out
 }
+
+// readForeignPartitions returns, per partitioned rule table of tables,
+// its leaf partitions that are foreign tables: PostgreSQL lets one be
+// created or attached under a published table, and the rows routed to it
+// are written on another server, so none of their changes is in this
+// server's WAL. That can be meant (old partitions moved to an archive
+// server), so check warns and does not fail.
+func readForeignPartitions(ctx context.Context, conn *pgx.Conn, tables []string) (map[string][]string, error) {
+	schemas := make([]string, len(tables))
+	names := make([]string, len(tables))
+	for i, t := range tables {
+		schemas[i], names[i] = splitQualified(t)
+	}
+	rows, err := conn.Query(ctx, `
+		SELECT n.nspname || '.' || c.relname, ln.nspname || '.' || l.relname
+		FROM unnest($1::text[], $2::text[]) AS want(schema, name)
+		JOIN pg_namespace n ON n.nspname = want.schema
+		JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = want.name AND c.relkind = 'p'
+		CROSS JOIN LATERAL pg_partition_tree(c.oid) pt
+		JOIN pg_class l ON l.oid = pt.relid JOIN pg_namespace ln ON ln.oid = l.relnamespace
+		WHERE pt.isleaf AND l.relkind = 'f'
+		ORDER BY 1, 2`, schemas, names)
+	if err != nil {
+		return nil, fmt.Errorf("read foreign partitions: %w", err)
+	}
+	out := map[string][]string{}
+	var t, leaf string
+	_, err = pgx.ForEachRow(rows, []any{&t, &leaf}, func() error {
+		out[t] = append(out[t], leaf)
+		return nil
+	})
+	return out, wrapErr("read foreign partitions", err)
+}

@@ -115,3 +115,31 @@ func TestRunStopsWhenARuleTableIsSetUnlogged(t *testing.T) {
 		t.Fatalf("run ended with %v (exit %d), want exit 1 naming the unlogged table and its fix", err, ExitCode(err))
 	}
 }
+
+// A foreign table attached as a partition of a rule table (postgres_fdw
+// sharding, an archive server; possible where the partitioned table has
+// no unique index): the rows routed to it are written on the other
+// server, and none of their changes reaches this WAL. check warns, naming
+// it (it passed it silently); it may be meant, so nothing refuses.
+func TestCheckWarnsOfAForeignPartition(t *testing.T) {
+	t.Parallel()
+	db := newRunDB(t, `CREATE TABLE ev (id bigint NOT NULL, k int NOT NULL) PARTITION BY RANGE (k);
+		CREATE TABLE ev_0 PARTITION OF ev FOR VALUES FROM (0) TO (10);
+		ALTER TABLE ev REPLICA IDENTITY FULL; ALTER TABLE ev_0 REPLICA IDENTITY FULL;
+		CREATE FOREIGN DATA WRAPPER fake_fdw; CREATE SERVER archive FOREIGN DATA WRAPPER fake_fdw;
+		CREATE FOREIGN TABLE ev_archive PARTITION OF ev FOR VALUES FROM (-100) TO (0) SERVER archive;`)
+	file, cfg := runConfig(t, []byte(`
+source:
+  dsn: set-by-test
+events:
+  - event: ev.created
+    table: public.ev
+    operations: [insert]
+`), db.settings())
+	db.setup(t, cfg)
+	out, errOut, code := runCLI(t, context.Background(), "check", "--config", file)
+	if code != 0 {
+		t.Fatalf("check: exit %d, want 0 (a warning)\n%s%s", code, out, errOut)
+	}
+	ckWantLines(t, out, `^warn  table public\.ev: partitions public\.ev_archive are foreign tables: .*no change of them is in this server's WAL.* — fix: make them local partitions`)
+}
