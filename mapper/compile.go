@@ -45,6 +45,13 @@ type Mapper struct {
 	// Relation messages, and the stop says why rather than "does not
 	// exist".
 	generated atomic.Pointer[map[string][]string]
+	// implicit holds "schema.table\x00column" for the auction_id and
+	// domain columns a CheckSchema of this process saw in a rule table
+	// whose rules take the envelope's auction_id (domain) from them
+	// without naming them. Never cleared: such a column renamed or
+	// dropped while walhook runs would make those fields null from then
+	// on, silently, so the change that arrives without it stops the run.
+	implicit atomic.Pointer[map[string]bool]
 	stats     Stats
 	// epoch is the store's id epoch (SetIDEpoch).
 	epoch atomic.Pointer[idEpoch]

@@ -129,6 +129,7 @@ func (m *Mapper) CheckSchema(tables map[string]TableSchema) error {
 		}
 	}
 	m.generated.Store(&generated)
+	m.markImplicit(tables)
 	var errs errorList
 	for _, r := range m.rules {
 		ts, ok := tables[r.qualified]
@@ -220,12 +221,21 @@ func (m *Mapper) resolve(r *compiledRule, rel *cdc.Relation, errs *errorList) *r
 		rp.auction = col("auction_id", r.auction.name, fromByte(r.auction.from))
 	} else if i := rel.ColumnIndex("auction_id"); i >= 0 {
 		rp.auction = colSrc{idx: i, from: fromDef, name: "auction_id"}
+	} else if m.hadImplicit(rel.Table(), "auction_id") {
+		errs.add(r.Where, "", r.Event, ErrUnknownColumn, "column \"auction_id\" of %s, which this rule's events take their auction_id "+
+			"from (it has no auction_id:), does not exist any more (renamed or dropped): their auction_id would be null from now on, "+
+			"and endpoints subscribed to given auctions would get none of them; name the column that holds the auction id with "+
+			"auction_id: (or add the column back)", rel.Table())
 	}
 	if r.envelope == EnvelopeSNS {
 		if r.domainSet {
 			rp.domain = col("domain", r.domain.name, fromByte(r.domain.from))
 		} else if i := rel.ColumnIndex("domain"); i >= 0 && r.domainConst == "" {
 			rp.domain = colSrc{idx: i, from: fromDef, name: "domain"}
+		} else if r.domainConst == "" && m.hadImplicit(rel.Table(), "domain") {
+			errs.add(r.Where, "", r.Event, ErrUnknownColumn, "column \"domain\" of %s, which this rule's events take their domain "+
+				"from (it has no domain: and mapping.domain is not set), does not exist any more (renamed or dropped): their domain "+
+				"would be null from now on; name the column that holds it with domain: (or add the column back)", rel.Table())
 		}
 	}
 	if len(r.Data) == 0 {
@@ -448,4 +458,35 @@ func (m *Mapper) UnsentDefaults(tables map[string]TableSchema) []string {
 		}
 	}
 	return out
+}
+
+// markImplicit records in m.implicit the auction_id and domain columns of
+// tables that rules take those fields from without naming them.
+func (m *Mapper) markImplicit(tables map[string]TableSchema) {
+	old := m.implicit.Load()
+	next := map[string]bool{}
+	if old != nil {
+		for k := range *old {
+			next[k] = true
+		}
+	}
+	for _, r := range m.rules {
+		ts, ok := tables[r.qualified]
+		if !ok {
+			continue
+		}
+		if !r.auctionSet && contains(ts.Columns, "auction_id") {
+			next[r.qualified+"\x00auction_id"] = true
+		}
+		if r.envelope == EnvelopeSNS && !r.domainSet && r.domainConst == "" && contains(ts.Columns, "domain") {
+			next[r.qualified+"\x00domain"] = true
+		}
+	}
+	m.implicit.Store(&next)
+}
+
+// hadImplicit reports whether markImplicit recorded column of table.
+func (m *Mapper) hadImplicit(table, column string) bool {
+	p := m.implicit.Load()
+	return p != nil && (*p)[table+"\x00"+column]
 }
