@@ -52,7 +52,7 @@ type Mapper struct {
 	// dropped while walhook runs would make those fields null from then
 	// on, silently, so the change that arrives without it stops the run.
 	implicit atomic.Pointer[map[string]bool]
-	stats     Stats
+	stats    Stats
 	// epoch is the store's id epoch (SetIDEpoch).
 	epoch atomic.Pointer[idEpoch]
 	// legacyIDs is the commit LSN of a transaction that keeps unordered
