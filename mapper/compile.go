@@ -436,9 +436,11 @@ func compileWhen(cr *compiledRule, errs *errorList) {
 	cr.whenOld, cr.whenNew = v.cols["old"], v.cols["new"]
 	cr.whenWholeOld = v.idents["old"] > v.members["old"]+v.nilCmp["old"]
 	cr.whenWholeNew = v.idents["new"] > v.members["new"]+v.nilCmp["new"]
-	if (len(cr.whenOld) > 0 || cr.whenWholeOld) && !cr.has(cdc.OpUpdate) && !cr.has(cdc.OpDelete) {
+	if !cr.has(cdc.OpUpdate) && !cr.has(cdc.OpDelete) && readsUnguarded(tree, "old") {
 		// old is nil for inserts: old.x is nil, which is legal but
-		// almost certainly a mistake worth reporting.
+		// almost certainly a mistake worth reporting (not where old is
+		// read only behind ?? or a test false for inserts: a when:
+		// shared with the table's update rules).
 		errs.add(cr.Where, "when", cr.Event, ErrExpression, "reads old, but the rule fires on inserts only, where old is nil")
 	}
 	for _, o := range v.opValues {
@@ -449,7 +451,7 @@ func compileWhen(cr *compiledRule, errs *errorList) {
 			break
 		}
 	}
-	if !cr.has(cdc.OpInsert) && !cr.has(cdc.OpUpdate) && readsNewUnguarded(tree) {
+	if !cr.has(cdc.OpInsert) && !cr.has(cdc.OpUpdate) && readsUnguarded(tree, "new") {
 		// new is nil for deletes: new.x is nil, so the expression is
 		// false or unknown on every row and the rule never fires.
 		errs.add(cr.Where, "when", cr.Event, ErrExpression, "reads new, but the rule fires on deletes only, where new is nil; "+
@@ -457,45 +459,56 @@ func compileWhen(cr *compiledRule, errs *errorList) {
 	}
 }
 
-// readsNewUnguarded reports whether the expression reads new where a
-// delete would: not on the left of ?? (new ?? old, new?.x ?? old.x: for
-// deletes, where new is nil, the fallback is what is read), not in a nil
-// comparison of new itself, and not behind a test that is false for
-// deletes (op != "delete" && new.x, op == "delete" ? old.x : new.x,
-// new == nil || new.x): one when: shared by a table's update and delete
-// rules.
-func readsNewUnguarded(tree *parser.Tree) bool {
-	all, guarded := identsOf{}, identsOf{}
+// readsUnguarded reports whether the expression reads row ("new" or
+// "old") where a change of the operation that lacks it (a delete for new,
+// an insert for old) would: not on the left of ?? (new ?? old, new?.x ??
+// old.x: there the fallback is what is read), not in a nil comparison of
+// the row itself, and not behind a test that is false for that operation
+// (op != "delete" && new.x, op == "delete" ? old.x : new.x, new == nil ||
+// new.x): one when: shared by a table's rules of several operations.
+func readsUnguarded(tree *parser.Tree, row string) bool {
+	without := "delete"
+	if row == "old" {
+		without = "insert"
+	}
+	all, guarded := identsOf{row: row, s: map[*ast.IdentifierNode]bool{}}, identsOf{row: row, s: map[*ast.IdentifierNode]bool{}}
 	ast.Walk(&tree.Node, all)
-	ast.Walk(&tree.Node, newGuards{guarded})
-	for id := range all {
-		if !guarded[id] {
+	ast.Walk(&tree.Node, rowGuards{guarded, without})
+	for id := range all.s {
+		if !guarded.s[id] {
 			return true
 		}
 	}
 	return false
 }
 
-// identsOf collects the identifiers new of what it walks.
-type identsOf map[*ast.IdentifierNode]bool
+// identsOf collects the identifiers row of what it walks.
+type identsOf struct {
+	row string
+	s   map[*ast.IdentifierNode]bool
+}
 
-func (s identsOf) Visit(node *ast.Node) {
-	if id, ok := (*node).(*ast.IdentifierNode); ok && id.Value == "new" {
-		s[id] = true
+func (o identsOf) Visit(node *ast.Node) {
+	if id, ok := (*node).(*ast.IdentifierNode); ok && id.Value == o.row {
+		o.s[id] = true
 	}
 }
 
-// newGuards collects the identifiers new that a delete's nil new does
-// not make meaningless: on the left of ??, compared with nil, or behind
-// a test that is false for deletes (notOnDelete).
-type newGuards struct{ s identsOf }
+// rowGuards collects the identifiers row that the operation without it
+// (op: its nil row) does not make meaningless: on the left of ??,
+// compared with nil, or behind a test that is false for that operation
+// (notOn).
+type rowGuards struct {
+	s  identsOf
+	op string
+}
 
-func (g newGuards) Visit(node *ast.Node) {
+func (g rowGuards) Visit(node *ast.Node) {
 	if c, ok := (*node).(*ast.ConditionalNode); ok {
 		switch {
-		case notOnDelete(c.Cond, true):
+		case notOn(c.Cond, true, g.s.row, g.op):
 			ast.Walk(&c.Exp1, g.s)
-		case notOnDelete(c.Cond, false):
+		case notOn(c.Cond, false, g.s.row, g.op):
 			ast.Walk(&c.Exp2, g.s)
 		}
 		return
@@ -506,11 +519,11 @@ func (g newGuards) Visit(node *ast.Node) {
 	}
 	switch b.Operator {
 	case "&&", "and":
-		if notOnDelete(b.Left, true) {
+		if notOn(b.Left, true, g.s.row, g.op) {
 			ast.Walk(&b.Right, g.s)
 		}
 	case "||", "or":
-		if notOnDelete(b.Left, false) {
+		if notOn(b.Left, false, g.s.row, g.op) {
 			ast.Walk(&b.Right, g.s)
 		}
 	case "??":
@@ -527,17 +540,18 @@ func (g newGuards) Visit(node *ast.Node) {
 	}
 }
 
-// notOnDelete reports whether n is a test whose value on every delete is
-// !holds: with holds, one true for inserts and updates only (op !=
-// "delete", op == "update", new != nil); without, one true on deletes
+// notOn reports whether n is a test whose value on every change of
+// operation op (the one without row) is !holds: with holds, one true for
+// the other operations only (op != "delete", op == "update", new != nil
+// for op delete and row new); without, one true on op's changes
 // (op == "delete", new == nil).
-func notOnDelete(n ast.Node, holds bool) bool {
+func notOn(n ast.Node, holds bool, row, op string) bool {
 	b, ok := n.(*ast.BinaryNode)
 	if !ok {
 		return false
 	}
 	if b.Operator == "&&" || b.Operator == "and" {
-		return holds && (notOnDelete(b.Left, true) || notOnDelete(b.Right, true))
+		return holds && (notOn(b.Left, true, row, op) || notOn(b.Right, true, row, op))
 	}
 	if b.Operator != "==" && b.Operator != "!=" {
 		return false
@@ -556,12 +570,12 @@ func notOnDelete(n ast.Node, holds bool) bool {
 		if id.Value != "op" {
 			return false
 		}
-		if v.Value == "delete" {
+		if v.Value == op {
 			return eq != holds // op != "delete" holds off deletes; op == "delete" on them
 		}
 		return eq && holds // op == "update"
 	case *ast.NilNode:
-		return id.Value == "new" && eq != holds // new != nil; new == nil
+		return id.Value == row && eq != holds // new != nil; new == nil
 	}
 	return false
 }

@@ -63,3 +63,26 @@ func TestWhenReadsNewOrOldOnDeleteOnlyRule(t *testing.T) {
 		}
 	}
 }
+
+// The mirror for inserts: an insert-only rule reading old behind ?? or a
+// test false for inserts (a when: shared with the table's update rules)
+// loads; one reading old where an insert would is refused, as it was.
+func TestWhenReadsOldOrNewOnInsertOnlyRule(t *testing.T) {
+	t.Parallel()
+	for _, when := range []string{`(old ?? new).region == "eu"`, `(old?.region ?? new.region) == "eu"`,
+		`(op == "insert" && new.region == "eu") || (op != "insert" && old.region == "eu")`,
+		`op == "insert" ? new.region == "eu" : old.region == "eu"`,
+		`old == nil || old.region == "eu"`,
+		`(op == "update" and old.region == "eu") or new.region == "eu"`} {
+		if _, err := Compile([]Rule{{Event: "order.placed", Table: "orders", Ops: []cdc.Op{cdc.OpInsert}, When: when}}, Options{}); err != nil {
+			t.Errorf("when %s: %v", when, err)
+		}
+	}
+	for _, when := range []string{`old.region == "eu"`, `old?.region == "eu"`, `(old ?? new).region == "eu" && old.x == 1`,
+		`op == "insert" && old.region == "eu"`, `old != nil || old.region == "eu"`} {
+		_, err := Compile([]Rule{{Event: "order.placed", Table: "orders", Ops: []cdc.Op{cdc.OpInsert}, When: when}}, Options{})
+		if !errors.Is(err, ErrExpression) || !strings.Contains(err.Error(), "reads old, but the rule fires on inserts only") {
+			t.Errorf("when %s: err = %v, want it refused", when, err)
+		}
+	}
+}
