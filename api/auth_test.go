@@ -211,7 +211,7 @@ func TestRateLimitsPerKey(t *testing.T) {
 
 func TestDefaultRateLimits(t *testing.T) {
 	t.Parallel()
-	s := newStack(t, stackConfig{})
+	s := newStack(t, stackConfig{api: func(o *api.Options) { o.WritePerMinute, o.ReadPerMinute = 0, 0 }}) // 0: the defaults
 	s.clock.Freeze()
 	id := s.create(t, "https://hooks.example.com/a").SubscriptionID
 	for i := 1; i < 60; i++ {
