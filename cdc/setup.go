@@ -119,6 +119,10 @@ func RefusePublication(ctx context.Context, conn *pgx.Conn, o SetupOptions) erro
 // setupPublication creates or fits the publication. With dry it changes
 // nothing: it returns only what it would refuse (for a publication this
 // role may not change it changes nothing anyway).
+// AllTablesWhy is why setup and check refuse a FOR ALL TABLES
+// publication.
+const AllTablesWhy = "every table's changes are decoded and sent to walhook (its own store's too, when the store is in this database), where walhook publishes only the rule tables"
+
 func setupPublication(ctx context.Context, conn *pgx.Conn, pub string, tables, ops []string, storeSchema string, dry bool) ([]string, error) {
 	quoted := make([]string, 0, len(tables))
 	want := make([]string, 0, len(tables))
@@ -157,8 +161,8 @@ func setupPublication(ctx context.Context, conn *pgx.Conn, pub string, tables, o
 		return []string{fmt.Sprintf("created publication %s for %s", pub, listOrNone(want))}, nil
 	}
 	if allTables {
-		return nil, fmt.Errorf("setup: publication %q is FOR ALL TABLES, which would publish walhook's own store; "+
-			"drop it or choose another publication name", pub)
+		return nil, fmt.Errorf("setup: publication %q is FOR ALL TABLES: %s; "+
+			"drop it or choose another publication name", pub, AllTablesWhy)
 	}
 	// A publication the DBA created (docs/operations.md) belongs to the
 	// DBA: say what to run instead of failing on "must be owner".

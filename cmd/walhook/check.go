@@ -734,7 +734,7 @@ func (c *checker) checkPublication(ctx context.Context, conn *pgx.Conn) error {
 	}
 	if allTables {
 		c.fail(what, fmt.Sprintf("DROP PUBLICATION %s; then walhook setup (or choose another source.publication)", sqlIdent(pub)),
-			"is FOR ALL TABLES, which would publish walhook's own store")
+			"is FOR ALL TABLES: "+cdc.AllTablesWhy)
 		return nil
 	}
 	facts, err := readPublication(ctx, conn, pub, c.tables)

@@ -513,7 +513,7 @@ func TestCheckForeignObjects(t *testing.T) {
 		t.Fatalf("exit %d, want 1", code)
 	}
 	ckWantLines(t, out,
-		`FAIL  publication walhook: is FOR ALL TABLES, which would publish walhook's own store — fix: DROP PUBLICATION walhook; then walhook setup`,
+		`FAIL  publication walhook: is FOR ALL TABLES: every table's changes are decoded and sent to walhook \(its own store's too, when the store is in this database\), where walhook publishes only the rule tables — fix: DROP PUBLICATION walhook; then walhook setup`,
 		`FAIL  slot `+db+`: uses plugin test_decoding; walhook needs pgoutput — fix: choose another source\.slot, or drop it: SELECT pg_drop_replication_slot\('`+db+`'\);$`,
 	)
 	ckNoLines(t, out, `not ready: run walhook setup`)
