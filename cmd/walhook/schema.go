@@ -468,6 +468,12 @@ func sqlTables(tables []string) string {
 // unlogged table): that partition's changes are then lost with no error
 // anywhere (TestUnloggedPartitionIsRefusedAndStopsTheRun).
 func readUnlogged(ctx context.Context, conn *pgx.Conn, tables []string) (map[string][]string, error) {
+	return readRuleRelations(ctx, conn, tables, "l.relpersistence = 'u' AND l.relkind = 'r'", "read unlogged tables")
+}
+
+// readRuleRelations returns, per rule table of tables, the relations
+// among the table itself and its leaf partitions (l) that meet cond.
+func readRuleRelations(ctx context.Context, conn *pgx.Conn, tables []string, cond, what string) (map[string][]string, error) {
 	schemas := make([]string, len(tables))
 	names := make([]string, len(tables))
 	for i, t := range tables {
@@ -480,10 +486,10 @@ func readUnlogged(ctx context.Context, conn *pgx.Conn, tables []string) (map[str
 		JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = want.name AND c.relkind IN ('r', 'p')
 		JOIN pg_class l ON l.oid = c.oid OR l.oid IN (SELECT pt.relid FROM pg_partition_tree(c.oid) pt WHERE pt.isleaf)
 		JOIN pg_namespace ln ON ln.oid = l.relnamespace
-		WHERE l.relpersistence = 'u' AND l.relkind = 'r'
+		WHERE `+cond+`
 		ORDER BY 1, 2`, schemas, names)
 	if err != nil {
-		return nil, fmt.Errorf("read unlogged tables: %w", err)
+		return nil, fmt.Errorf("%s: %w", what, err)
 	}
 	out := map[string][]string{}
 	var t, leaf string
@@ -491,7 +497,7 @@ func readUnlogged(ctx context.Context, conn *pgx.Conn, tables []string) (map[str
 		out[t] = append(out[t], leaf)
 		return nil
 	})
-	return out, wrapErr("read unlogged tables", err)
+	return out, wrapErr(what, err)
 }
 
 // unloggedLines is a line with its fix for each table of unlogged (see
@@ -518,28 +524,7 @@ func unloggedLines(tables []string, unlogged map[string][]string) []string {
 // server's WAL. That can be meant (old partitions moved to an archive
 // server), so check warns and does not fail.
 func readForeignPartitions(ctx context.Context, conn *pgx.Conn, tables []string) (map[string][]string, error) {
-	schemas := make([]string, len(tables))
-	names := make([]string, len(tables))
-	for i, t := range tables {
-		schemas[i], names[i] = splitQualified(t)
-	}
-	rows, err := conn.Query(ctx, `
-		SELECT n.nspname || '.' || c.relname, ln.nspname || '.' || l.relname
-		FROM unnest($1::text[], $2::text[]) AS want(schema, name)
-		JOIN pg_namespace n ON n.nspname = want.schema
-		JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = want.name AND c.relkind = 'p'
-		CROSS JOIN LATERAL pg_partition_tree(c.oid) pt
-		JOIN pg_class l ON l.oid = pt.relid JOIN pg_namespace ln ON ln.oid = l.relnamespace
-		WHERE pt.isleaf AND l.relkind = 'f'
-		ORDER BY 1, 2`, schemas, names)
-	if err != nil {
-		return nil, fmt.Errorf("read foreign partitions: %w", err)
-	}
-	out := map[string][]string{}
-	var t, leaf string
-	_, err = pgx.ForEachRow(rows, []any{&t, &leaf}, func() error {
-		out[t] = append(out[t], leaf)
-		return nil
-	})
-	return out, wrapErr("read foreign partitions", err)
+	// A rule table itself is never foreign (the check names those as
+	// not tables): only a leaf partition can be.
+	return readRuleRelations(ctx, conn, tables, "l.relkind = 'f'", "read foreign partitions")
 }
