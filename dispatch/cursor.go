@@ -71,6 +71,25 @@ func AcceptGap(ctx context.Context, pool *pgxpool.Pool, schema, slot string, fro
 	return tag.RowsAffected() == 1, nil
 }
 
+// AcceptNewSystem takes slot's cursor, written while reading PostgreSQL
+// system `from`, to system `to` at position lsn (the new slot's): the
+// source database moved to another cluster (pg_upgrade, a dump and
+// restore, a blue/green switchover), whose positions have nothing to do
+// with the old one's. A fork recorded on the old system goes with it.
+// The id epoch stays: event ids hash the system identifier, so the new
+// system's transactions cannot take a stored event's id. moved is false
+// when the cursor is no longer the old system's (another setup took it).
+func AcceptNewSystem(ctx context.Context, pool *pgxpool.Pool, schema, slot, from, to string, lsn cdc.LSN) (moved bool, err error) {
+	tag, err := pool.Exec(ctx, strings.ReplaceAll(
+		`UPDATE {{schema}}.cursor SET system_id = $3, lsn = $4::pg_lsn, fork_wal_end = NULL, updated_at = now()
+		WHERE slot = $1 AND system_id = $2`,
+		"{{schema}}", quoteIdent(schema)), slot, from, to, lsn.String())
+	if err != nil {
+		return false, fmt.Errorf("accept the new system of slot %q: %w", slot, err)
+	}
+	return tag.RowsAffected() == 1, nil
+}
+
 // IDEpoch returns the id epoch of slot's cursor (0 before the first Append
 // and until a fork is accepted) and the position from which it applies:
 // the leader gives them to the mapper (mapper.SetIDEpoch) before it

@@ -325,7 +325,7 @@ func TestRunRefusesToStart(t *testing.T) {
 	if code != 1 {
 		t.Errorf("check with a cursor of another cluster: exit %d, want 1\n%s%s", code, out, errOut)
 	}
-	ckWantLines(t, out, `FAIL  cursor: the store's cursor for slot \S+ was written while reading PostgreSQL system 42, but the source is system \d+ .* — fix: use another store.schema for this source`)
+	ckWantLines(t, out, `FAIL  cursor: the store's cursor for slot \S+ was written while reading PostgreSQL system 42, but the source is system \d+ .* — fix: if this is the same database moved to another cluster .*walhook setup --accept-new-system.*; if it is a different database, another store.schema for this config`)
 	_, errOut, code = runCLI(t, ctx, "setup", "--config", file2, "--accept-gap")
 	if code != 1 || !strings.Contains(errOut, "PostgreSQL system 42") || strings.Contains(errOut, "accepted") {
 		t.Errorf("setup --accept-gap with a cursor of another cluster: exit %d, %q; want 1 and the system id error", code, errOut)

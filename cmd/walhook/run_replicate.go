@@ -264,9 +264,8 @@ func (r *runner) lead(ctx context.Context, lock *leaderLock) error {
 		return termStartError("read the cursor", err)
 	}
 	if ok && systemID != "" && systemID != r.systemID {
-		return fmt.Errorf("the store's cursor for slot %q was written while reading PostgreSQL system %s, "+
-			"but the source is now system %s (another cluster: restored, re-created or a different database); "+
-			"its positions mean nothing here — use another store schema for this source", slot, systemID, r.systemID)
+		gap := &cursorGap{name: slot, cursor: cursor, otherSystem: systemID, system: r.systemID}
+		return fmt.Errorf("%s — fix: %s", gap, otherSystemFix)
 	}
 	if walEnd, forked, err := dispatch.StoredFork(ctx, r.pool, r.cfg.Store.Schema, slot); err != nil {
 		return termStartError("read the cursor's fork", err)

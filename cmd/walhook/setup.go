@@ -31,13 +31,17 @@ func runSetup(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		"when the store's cursor is behind the slot (a new slot after a lost one or a failover), or past the server's WAL "+
 			"after a failover to a standby that was behind (a fork), move it to the slot: "+
 			"the changes in between are lost and become no events")
+	acceptSystem := fs.Bool("accept-new-system", false,
+		"when the store's cursor was written while reading another PostgreSQL system because the source database moved "+
+			"to a new cluster (pg_upgrade, a dump and restore, a blue/green switchover), start it at the new slot and keep the "+
+			"store's events and deliveries: changes the old cluster wrote after walhook stopped reading it become no events")
 	skipTo := fs.String("skip-to", "",
 		"move the store's cursor forward to `LSN` (the end of a transaction walhook run stopped on) and change nothing else: "+
 			"the transactions committed before it are skipped and become no events")
 	if err := parseFlags(fs, args, stdout); err != nil {
 		return err
 	}
-	skip, skipping, err := skipToFlag(fs, *skipTo, *acceptGap, *identity)
+	skip, skipping, err := skipToFlag(fs, *skipTo, *acceptGap, *acceptSystem, *identity)
 	if err != nil {
 		return err
 	}
@@ -192,7 +196,7 @@ func runSetup(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
-	gapLine, gapErr := setupCursor(ctx, cfg, *acceptGap)
+	gapLine, gapErr := setupCursor(ctx, cfg, *acceptGap, *acceptSystem)
 	if gapLine != "" {
 		fmt.Fprintln(stdout, gapLine)
 	}
@@ -246,13 +250,21 @@ func slotPrerequisites(ctx context.Context, cfg *config.Config, conn *pgx.Conn) 
 // between can no longer be read, and walhook run refuses to start. With
 // accept the cursor moves to the slot and the gap is reported; without,
 // the gap is an error that says how to accept it.
-func setupCursor(ctx context.Context, cfg *config.Config, accept bool) (string, error) {
+//
+// A cursor from another system is not a gap of this one: acceptSystem,
+// not accept, takes it to this system (a database moved to a new
+// cluster), so that a config pointed at a different database by mistake
+// is not taken over by a reflexive --accept-gap.
+func setupCursor(ctx context.Context, cfg *config.Config, accept, acceptSystem bool) (string, error) {
 	gap, err := readCursorGap(ctx, cfg)
 	if err != nil || gap == nil {
 		return "", err
 	}
 	if gap.otherSystem != "" {
-		return "", fmt.Errorf("setup: %s — fix: %s", gap, otherSystemFix)
+		if !acceptSystem {
+			return "", fmt.Errorf("setup: %s — fix: %s", gap, otherSystemFix)
+		}
+		return setupAcceptSystem(ctx, cfg, gap)
 	}
 	if !accept && gap.walEnd != 0 {
 		// Remembered, so that check and run refuse the fork after the
@@ -313,6 +325,36 @@ func setupCursor(ctx context.Context, cfg *config.Config, accept bool) (string, 
 		"changes committed in between became no events (backfill them if they matter)", cfg.Source.Slot, gap.cursor, gap.slot), nil
 }
 
+// setupAcceptSystem takes the store's cursor from another PostgreSQL
+// system to this one, at the slot setup created here: the source database
+// moved to a new cluster (pg_upgrade gives the cluster a new system
+// identifier and carries no logical slot; a restore or a blue/green
+// switchover is a new cluster). Nothing of the old cluster can be read
+// here, so whether changes were lost is the operator's to know: none when
+// walhook had read everything the old cluster wrote before the move.
+func setupAcceptSystem(ctx context.Context, cfg *config.Config, gap *cursorGap) (string, error) {
+	if gap.slot == 0 {
+		return "", fmt.Errorf("setup: replication slot %s does not exist, so there is no position to start the cursor from", cfg.Source.Slot)
+	}
+	pool, err := connectStore(ctx, cfg.Store.DSN)
+	if err != nil {
+		return "", fmt.Errorf("setup: %w", err)
+	}
+	defer pool.Close()
+	moved, err := dispatch.AcceptNewSystem(ctx, pool, cfg.Store.Schema, cfg.Source.Slot, gap.otherSystem, gap.system, gap.slot)
+	if err != nil {
+		return "", fmt.Errorf("setup: %w", err)
+	}
+	if !moved {
+		return "", fmt.Errorf("setup: the store's cursor for slot %s changed while accepting the new system (is a walhook running?); "+
+			"run walhook check and try again", cfg.Source.Slot)
+	}
+	return fmt.Sprintf("accepted a new source system: the store's cursor for slot %s was at %s of PostgreSQL system %s and "+
+		"starts at %s of system %s, the slot's position; the store's events and deliveries are kept, and changes the old "+
+		"system wrote after walhook stopped reading it became no events (none if walhook had caught up before the move)",
+		cfg.Source.Slot, gap.cursor, gap.otherSystem, gap.slot, gap.system), nil
+}
+
 // cursorGap is a store cursor behind its slot's confirmed position, or
 // one written while reading another PostgreSQL system (otherSystem), whose
 // positions mean nothing here.
@@ -324,14 +366,20 @@ type cursorGap struct {
 	system       string
 }
 
-// otherSystemFix is what to do about a cursor from another system:
-// --accept-gap does not apply, the positions are another cluster's.
-const otherSystemFix = "use another store.schema for this source (or drop the old store: walhook teardown --store)"
+// otherSystemFix is what to do about a cursor from another system: the
+// same database moved to a new cluster keeps its store (the pending
+// deliveries, the endpoints, the delivery log), which --accept-new-system takes
+// to the new system; a different database needs a store of its own.
+const otherSystemFix = "if this is the same database moved to another cluster (pg_upgrade, a dump and restore, " +
+	"a blue/green switchover), walhook setup --accept-new-system, which starts the cursor at the new slot and keeps the store's " +
+	"events and deliveries (changes the old cluster wrote after walhook stopped reading it became no events; see " +
+	"docs/operations.md, \"Upgrading PostgreSQL or moving the database\"); if it is a different database, " +
+	"another store.schema for this config"
 
 func (g *cursorGap) String() string {
 	if g.otherSystem != "" {
 		return fmt.Sprintf("the store's cursor for slot %s was written while reading PostgreSQL system %s, but the source "+
-			"is system %s (another cluster: restored, re-created or a different database), so its positions mean nothing here "+
+			"is system %s (another cluster: after a pg_upgrade, a dump and restore, a blue/green switchover, or a different database), so its positions mean nothing here "+
 			"and walhook run refuses to start", g.name, g.otherSystem, g.system)
 	}
 	if g.walEnd != 0 {
@@ -386,7 +434,7 @@ func readCursorGap(ctx context.Context, cfg *config.Config) (*cursorGap, error) 
 		return nil, err
 	}
 	if cursorSystem != "" && cursorSystem != systemID {
-		return &cursorGap{name: cfg.Source.Slot, otherSystem: cursorSystem, system: systemID}, nil
+		return &cursorGap{name: cfg.Source.Slot, cursor: cursor, slot: slotLSN, otherSystem: cursorSystem, system: systemID}, nil
 	}
 	if forkEnd, forked, err := dispatch.StoredFork(ctx, pool, cfg.Store.Schema, cfg.Source.Slot); err != nil {
 		return nil, err
@@ -410,7 +458,7 @@ var lsnText = regexp.MustCompile(`^[0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8}$`)
 
 // skipToFlag reads --skip-to: skipping is false when it was not given. It
 // goes with no flag that changes something else.
-func skipToFlag(fs *flag.FlagSet, value string, acceptGap, identity bool) (lsn cdc.LSN, skipping bool, err error) {
+func skipToFlag(fs *flag.FlagSet, value string, acceptGap, acceptSystem, identity bool) (lsn cdc.LSN, skipping bool, err error) {
 	fs.Visit(func(f *flag.Flag) { skipping = skipping || f.Name == "skip-to" })
 	if !skipping {
 		return 0, false, nil
@@ -418,6 +466,8 @@ func skipToFlag(fs *flag.FlagSet, value string, acceptGap, identity bool) (lsn c
 	switch {
 	case acceptGap:
 		return 0, false, usageErrorf("setup: --skip-to and --accept-gap do not go together: accept the gap first, then skip")
+	case acceptSystem:
+		return 0, false, usageErrorf("setup: --skip-to and --accept-new-system do not go together: accept the new system first, then skip")
 	case identity:
 		return 0, false, usageErrorf("setup: --skip-to and --replica-identity do not go together: --skip-to changes nothing but the cursor")
 	}

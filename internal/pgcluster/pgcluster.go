@@ -478,3 +478,59 @@ func freePort() (int, error) {
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port, nil
 }
+
+// Upgrade stops the cluster, moves it with pg_upgrade (from and to its own
+// binaries, --link or a copy) to a new data directory initialised like
+// the first, and starts it there on the same port. Between the same
+// binaries it does to the cluster what a major-version upgrade does: a new
+// system identifier, no logical slots carried over (PostgreSQL 16 and
+// older), the WAL going on from a new segment. It returns pg_upgrade's
+// output.
+func (c *Cluster) Upgrade(link bool) (string, error) {
+	if err := c.Stop(); err != nil {
+		return "", err
+	}
+	oldConf, err := os.ReadFile(filepath.Join(c.DataDir, "postgresql.conf"))
+	if err != nil {
+		return "", err
+	}
+	newData := c.DataDir + "-upgraded"
+	out, err := c.command("initdb", "-D", newData, "--auth=trust", "--no-sync",
+		"--username=postgres", "--encoding=UTF8", "--locale=C").CombinedOutput()
+	if err != nil {
+		return "", fmt.Errorf("initdb: %w: %s", err, out)
+	}
+	oldPort, err := freePort()
+	if err != nil {
+		return "", err
+	}
+	newPort, err := freePort()
+	if err != nil {
+		return "", err
+	}
+	args := []string{"-b", c.BinDir, "-B", c.BinDir, "-d", c.DataDir, "-D", newData, "-U", "postgres",
+		"-p", strconv.Itoa(oldPort), "-P", strconv.Itoa(newPort), "-s", c.root, "--no-sync"}
+	if link {
+		args = append(args, "--link")
+	}
+	cmd := c.command("pg_upgrade", args...)
+	cmd.Dir = c.root // pg_upgrade writes its logs where it runs
+	out, err = cmd.CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("pg_upgrade: %w: %s", err, out)
+	}
+	// The settings pgtest gave the first cluster (port, wal_level, …).
+	if i := strings.Index(string(oldConf), "\n# pgtest\n"); i >= 0 {
+		f, err := os.OpenFile(filepath.Join(newData, "postgresql.conf"), os.O_APPEND|os.O_WRONLY, 0)
+		if err != nil {
+			return string(out), err
+		}
+		_, err = f.WriteString(string(oldConf[i:]))
+		f.Close()
+		if err != nil {
+			return string(out), err
+		}
+	}
+	c.DataDir = newData
+	return string(out), c.start()
+}
