@@ -333,3 +333,32 @@ func CheckSchema(ctx context.Context, pool *pgxpool.Pool, schema string) error {
 	}
 	return nil
 }
+
+// CatchUpSequences moves the store's sequences (the delivery log's ids)
+// past the ids its tables hold, and returns what it moved: a store
+// copied by logical replication (a blue/green switchover with the store
+// inside the source database, a store moved that way) has its rows but
+// its sequences where the copy's schema left them, as PostgreSQL does not
+// replicate sequences, and every attempt the delivery log then records
+// fails on a duplicate id. A sequence at or past its table's ids is not
+// touched, so a running walhook's is never moved back.
+func CatchUpSequences(ctx context.Context, pool *pgxpool.Pool, schema string) ([]string, error) {
+	table := quoteIdent(schema) + ".attempts"
+	var seq *string
+	if err := pool.QueryRow(ctx, `SELECT pg_get_serial_sequence($1, 'id')`, table).Scan(&seq); err != nil {
+		return nil, fmt.Errorf("find the sequence of %s: %w", table, err)
+	}
+	if seq == nil {
+		return nil, nil
+	}
+	var moved *int64
+	err := pool.QueryRow(ctx, `SELECT setval($1::regclass, m) FROM (SELECT max(id) AS m FROM `+table+`) t
+		WHERE m > (SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END FROM `+*seq+`)`, *seq).Scan(&moved)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("catch up the sequence %s: %w", *seq, err)
+	}
+	return []string{fmt.Sprintf("%s to %d, the last id of %s", *seq, *moved, table)}, nil
+}

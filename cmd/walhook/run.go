@@ -271,6 +271,12 @@ func (r *runner) prepare(ctx context.Context) error {
 	if err := dispatch.RefuseSharedStore(ctx, pool, cfg.Store.Schema, cfg.Source.Slot); err != nil {
 		return fmt.Errorf("store %s: %w", describeDSN(cfg.Store.DSN), err)
 	}
+	if moved, err := dispatch.CatchUpSequences(ctx, pool, cfg.Store.Schema); err != nil {
+		return fmt.Errorf("store %s: %w", describeDSN(cfg.Store.DSN), err)
+	} else if len(moved) > 0 {
+		r.log.Info("the store's sequences were behind its rows (a store copied by logical replication); moved them",
+			slog.String("moved", strings.Join(moved, ", ")))
+	}
 	r.reg = prometheus.NewRegistry()
 	r.yielding = prometheus.NewGauge(prometheus.GaugeOpts{Name: "walhook_cpu_yielding",
 		Help: "1 while walhook's threads run at idle CPU priority (cpu.yield), else 0."})

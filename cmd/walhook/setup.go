@@ -183,7 +183,14 @@ func runSetup(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		fmt.Fprintf(stdout, "store schema %s: applied %s (now version %d)\n",
 			cfg.Store.Schema, strings.Join(applied, ", "), dispatch.LatestSchemaVersion())
 	}
+	moved, err := dispatch.CatchUpSequences(ctx, pool, cfg.Store.Schema)
 	pool.Close()
+	if err != nil {
+		return fmt.Errorf("setup: %w", err)
+	}
+	for _, m := range moved {
+		fmt.Fprintf(stdout, "moved the store's sequence %s (PostgreSQL does not replicate sequences: the store was copied by logical replication)\n", m)
+	}
 
 	if *identity {
 		opts.ReplicaIdentityFull = full
