@@ -149,6 +149,24 @@ func (r *runner) lag() time.Duration {
 	return max(time.Since(time.Unix(0, ns)), 0)
 }
 
+// refuseStaleCursor refuses a store whose cursor the slot has passed (a
+// copy of a store that moved elsewhere and went on there, a restore) or
+// that was written while reading another system, before its dispatcher
+// sends anything: the deliveries pending in a stale copy went out from
+// the store that moved on. The leader's term refuses them too, but only
+// once the dispatcher runs. A fork is left to the term, which records it.
+func (r *runner) refuseStaleCursor(ctx context.Context) error {
+	gap, err := readCursorGap(ctx, r.cfg)
+	if err != nil || gap == nil || (gap.otherSystem == "" && gap.walEnd != 0) {
+		return nil // a source that does not answer is waited for; no gap; a fork
+	}
+	if gap.otherSystem != "" {
+		return fmt.Errorf("%s — fix: %s", gap, otherSystemFix)
+	}
+	return fmt.Errorf("%w: %s; to accept the gap, run walhook setup --accept-gap (it moves the cursor to %s; "+
+		"for a copy of a store that moved elsewhere, drop this copy instead)", cdc.ErrCursorBehindSlot, gap, gap.slot)
+}
+
 func (r *runner) run(ctx context.Context) error {
 	// A config that run refuses is refused before prepare writes anything
 	// to the store (static endpoints).
@@ -156,6 +174,9 @@ func (r *runner) run(ctx context.Context) error {
 		return err
 	}
 	if err := r.prepare(ctx); err != nil {
+		return err
+	}
+	if err := r.refuseStaleCursor(ctx); err != nil {
 		return err
 	}
 	// Closing connections to a server that does not answer (a frozen

@@ -396,7 +396,8 @@ func (g *cursorGap) String() string {
 			g.name, g.cursor, g.walEnd)
 	}
 	return fmt.Sprintf("the store's cursor for slot %s is at %s, behind the slot's confirmed position %s "+
-		"(a slot created again after it was lost or dropped, a failover, or a store restored from a backup): "+
+		"(a slot created again after it was lost or dropped, a failover, a store restored from a backup, or a copy of a store "+
+		"that moved elsewhere and went on there): "+
 		"the changes in between can no longer be read, so walhook run refuses to start", g.name, g.cursor, g.slot)
 }
 
