@@ -352,8 +352,11 @@ func CatchUpSequences(ctx context.Context, pool *pgxpool.Pool, schema string) ([
 		return nil, nil
 	}
 	var moved *int64
+	// pg_sequence_last_value takes USAGE, the store role's grant (NULL
+	// before the first nextval); setval, which takes UPDATE, runs only on
+	// a sequence found behind.
 	err := pool.QueryRow(ctx, `SELECT setval($1::regclass, m) FROM (SELECT max(id) AS m FROM `+table+`) t
-		WHERE m > (SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END FROM `+*seq+`)`, *seq).Scan(&moved)
+		WHERE m > COALESCE(pg_sequence_last_value($1::regclass), 0)`, *seq).Scan(&moved)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, nil
 	}
