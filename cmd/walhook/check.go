@@ -945,9 +945,46 @@ func (c *checker) checkSlot(ctx context.Context, conn *pgx.Conn) error {
 	case active:
 		c.warn(what, "", "held by the server process with PID %d (the walsender of another walhook?); a new walhook run waits for it%s", derefPID(pid), retains)
 	default:
-		c.ok(what, "pgoutput, wal_status %s%s", ws, retains)
+		c.ok(what, "pgoutput, wal_status %s%s%s", ws, retains, slotBacklog(ctx, c.cfg))
 	}
 	return nil
+}
+
+// slotBacklog says whether changes of the published tables committed
+// after the slot's confirmed position wait for walhook run, for a slot
+// no process holds: with the application's writes stopped and walhook
+// stopped, "nothing waits" is what tells that walhook has read all a
+// database will ever write before it moves (pg_upgrade, a restore).
+// pg_logical_slot_peek_binary_changes decodes with pgoutput, as run does,
+// without moving the slot; pgoutput skips transactions that change no
+// published table, so walhook's own store in the source does not count.
+// It decodes from the slot's restart_lsn, so it is bounded in time; a
+// peek that fails or times out says nothing.
+func slotBacklog(ctx context.Context, cfg *config.Config) string {
+	conn, err := pgx.Connect(ctx, cfg.Source.DSN)
+	if err != nil {
+		return ""
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	if _, err := conn.Exec(ctx, `SET statement_timeout = '20s'`); err != nil {
+		return ""
+	}
+	const most = 1000
+	var n int
+	var at string
+	err = conn.QueryRow(ctx, `SELECT (SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1),
+		(SELECT count(*) FROM pg_logical_slot_peek_binary_changes($1, NULL, $3, 'proto_version', '1', 'publication_names', $2)
+		 WHERE get_byte(data, 0) IN (73, 85, 68, 84))`, // pgoutput's Insert, Update, Delete, Truncate
+		cfg.Source.Slot, sqlIdent(cfg.Source.Publication), most).Scan(&at, &n)
+	switch {
+	case err != nil:
+		return ""
+	case n == 0:
+		return fmt.Sprintf("; caught up: no change of the published tables after its position %s waits for walhook run", at)
+	case n >= most:
+		return fmt.Sprintf("; %d or more changes of the published tables after its position %s wait for walhook run", most, at)
+	}
+	return fmt.Sprintf("; %d changes of the published tables after its position %s wait for walhook run", n, at)
 }
 
 // openTransactionAge is how old a prepared transaction, or a session's

@@ -115,6 +115,12 @@ func TestRunAcrossAPgUpgrade(t *testing.T) {
 	if err := p.stop(t); err != nil {
 		t.Fatalf("stop: %v", err)
 	}
+	// With walhook stopped, check says it has read everything.
+	if out, errOut, code := runCLI(t, ctx, "check", "--config", file); code != 0 {
+		t.Fatalf("check after the drain: exit %d\n%s%s", code, out, errOut)
+	} else {
+		ckWantLines(t, out, `ok    slot `+db.slot+`: .*; caught up: no change of the published tables after its position \S+ waits for walhook run`)
+	}
 	var oldSystem string
 	if err := db.pool.QueryRow(ctx, `SELECT system_identifier::text FROM pg_control_system()`).Scan(&oldSystem); err != nil {
 		t.Fatal(err)

@@ -67,6 +67,8 @@ func TestRunAfterTheStoreMoved(t *testing.T) {
 	file, _ := runConfig(t, []byte(runItemsConfig), s)
 	if out, errOut, code := runCLI(t, ctx, "check", "--config", file); code != 0 {
 		t.Fatalf("check with the moved store: exit %d\n%s%s", code, out, errOut)
+	} else {
+		ckWantLines(t, out, `ok    slot `+db.slot+`: .*; 10 changes of the published tables after its position \S+ wait for walhook run`)
 	}
 	spool := testPool(t, store.DSN("postgres"))
 	if got := db.cursorIn(t, spool); got != cursor {
