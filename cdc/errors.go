@@ -38,6 +38,11 @@ var (
 	// point-in-time restore). Streaming from it would skip every change the
 	// server writes up to it.
 	ErrCursorAhead = errors.New("store cursor is ahead of the server's WAL")
+	// ErrSystemChanged: the source DSN reaches another PostgreSQL system
+	// than when the stream began (Options.SystemID): the database moved to
+	// another cluster, whose positions have nothing to do with the
+	// cursor's.
+	ErrSystemChanged = errors.New("the source's PostgreSQL system changed")
 	// ErrSourceStandby: the source server is a standby (in recovery).
 	// walhook's publication and slot live on the primary: a standby can
 	// create neither, its pg_replication_slots does not list the
@@ -82,7 +87,7 @@ func (e *CursorAheadError) Unwrap() error { return ErrCursorAhead }
 func permanent(err error) bool {
 	return errors.Is(err, ErrSlotMissing) || errors.Is(err, ErrSlotLost) ||
 		errors.Is(err, ErrPublicationMissing) || errors.Is(err, ErrCursorBehindSlot) || errors.Is(err, ErrCursorAhead) ||
-		errors.Is(err, ErrProtocol) || errors.Is(err, ErrSourceStandby)
+		errors.Is(err, ErrProtocol) || errors.Is(err, ErrSourceStandby) || errors.Is(err, ErrSystemChanged)
 }
 
 // StandbyWhy says why walhook cannot use a standby as its source.

@@ -60,7 +60,14 @@ type Options struct {
 	// exits only once its client has written all it sent (or flushed,
 	// when it reports a flush position), and the postmaster waits for it.
 	DryRun bool
-	Logger *slog.Logger
+	// SystemID, when set, is the source's system identifier as walhook
+	// read it when it started (IDENTIFY_SYSTEM), which its event ids and
+	// its cursor carry. Every connection checks it: a source DSN that
+	// reaches another cluster once walhook runs (a pg_upgrade under a
+	// running walhook, a blue/green switchover that moves the DSN's name)
+	// stops the stream with ErrSystemChanged, before its slot is looked at.
+	SystemID string
+	Logger   *slog.Logger
 }
 
 // Stream states reported in SlotStatus.State.
@@ -396,6 +403,19 @@ func (s *Stream) preflight(ctx context.Context) (SlotStatus, error) {
 		return SlotStatus{}, fmt.Errorf("connect: %w", err)
 	}
 	defer closeQuietly(conn)
+	if s.opts.SystemID != "" {
+		var id string
+		if err := conn.QueryRow(ctx, `SELECT system_identifier::text FROM pg_control_system()`).Scan(&id); err != nil {
+			return SlotStatus{}, fmt.Errorf("read the server's system identifier: %w", err)
+		}
+		if id != s.opts.SystemID {
+			return SlotStatus{}, fmt.Errorf("%w: the source is now PostgreSQL system %s, not %s as when walhook run started "+
+				"(the database moved to another cluster under it: pg_upgrade, a restore, a blue/green switchover) — "+
+				"fix: restart walhook run, which then says what the store's cursor of the old system needs "+
+				"(walhook setup --accept-new-system, see docs/operations.md, \"Upgrading PostgreSQL or moving the database\")",
+				ErrSystemChanged, id, s.opts.SystemID)
+		}
+	}
 	st, err := querySlot(ctx, conn, s.opts.Slot)
 	if err != nil {
 		return st, err

@@ -186,3 +186,40 @@ func TestRunAcrossAPgUpgrade(t *testing.T) {
 		t.Fatalf("stop: %v", err)
 	}
 }
+
+// pg_upgrade under a running walhook (the recipe's stop skipped): the
+// server comes back on the same address as another system. The run that
+// reconnects to it stops on that, naming both systems and the restart,
+// before it looks at the slot; before, it stopped with "replication slot
+// does not exist … run walhook setup", and a run that found a slot there
+// (setup run by then) would have streamed the new system's changes from
+// the old system's cursor.
+func TestRunStopsWhenThePgUpgradedSourceComesBack(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	src := pgtest.StartT(t, pgtest.Options{})
+	if err := src.Exec(ctx, "postgres", runItemsSchema); err != nil {
+		t.Fatal(err)
+	}
+	db := &runDB{dsn: src.DSN("postgres"), pool: testPool(t, src.DSN("postgres")), schema: "walhook", slot: "wh_upgrade_live"}
+	rc := newRunReceiver(t, runSecret, nil)
+	s := db.settings()
+	s["endpoints"] = []map[string]any{runEndpoint("r", rc.URL, runSecret)}
+	file, _ := runConfig(t, []byte(runItemsConfig), s)
+	if out, errOut, code := runCLI(t, ctx, "setup", "--config", file); code != 0 {
+		t.Fatalf("setup: exit %d\n%s%s", code, out, errOut)
+	}
+	p := startRunProc(t, "--config", file)
+	insertItems(t, db, 1, 20)
+	runWaitFor(t, 30*time.Second, "20 deliveries", func() bool { return rc.Unique() == 20 }, p.diag)
+	db.pool.Close()
+	if out, err := src.Upgrade(true); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	runWaitFor(t, 60*time.Second, "walhook run to stop", func() bool { _, ok := p.exited(); return ok }, p.diag)
+	err, _ := p.exited()
+	if err == nil || !strings.Contains(err.Error(), "the source is now PostgreSQL system") ||
+		!strings.Contains(err.Error(), "restart walhook run") {
+		t.Fatalf("run stopped with %v; want the system change named", err)
+	}
+}

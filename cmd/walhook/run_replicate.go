@@ -293,6 +293,7 @@ func (r *runner) lead(ctx context.Context, lock *leaderLock) error {
 			slog.String("commit_lsn", legacy.String()))
 	}
 	opts := streamOptions(r.cfg, r.log)
+	opts.SystemID = r.systemID
 	opts.Durable = func(ctx context.Context) (cdc.LSN, bool, error) {
 		lsn, _, ok, err := r.disp.Cursor(ctx, slot)
 		return lsn, ok, err
