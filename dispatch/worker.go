@@ -34,6 +34,10 @@ type claimed struct {
 	// does not, as a redeliver resets it), so an outcome, a 2xx or a
 	// hand-back of this claim never lands on a later claim's row.
 	lease time.Time
+	// failing: the endpoint's failing_since was set when it was claimed
+	// (claims); once started, whether it took a failing endpoint's place
+	// among the workers (see failingShare).
+	failing bool
 }
 
 // claimSQL claims due deliveries in one statement. It walks the active
@@ -49,13 +53,20 @@ type claimed struct {
 // partial index on that status until vacuum, so a count there costs
 // O(recent history) per claim and was most of the store's time under load.
 //
+// Failing endpoints (failing_since set: no 2xx since a failure, in any
+// process) come last and take at most $7 of the batch, this process's
+// room for them (failingShare): a healthy endpoint's due deliveries are
+// claimed before the due retries of hundreds of dead ones, however much
+// older those are, and the dead ones' deliveries do not fill the claim
+// budget while they wait for a failing endpoint's worker.
+//
 // The claim bumps attempts, so a process that crashes mid-request has still
 // spent that attempt (the lease rescue does not refund it).
 const claimSQL = `
 WITH busy AS (
     SELECT * FROM unnest($3::text[], $4::int[]) AS b(endpoint_id, free)
-), due AS (
-    SELECT x.id, x.next_attempt_at FROM {{schema}}.endpoints e
+), cand AS (
+    SELECT x.id, x.next_attempt_at, e.failing_since IS NOT NULL AS failing FROM {{schema}}.endpoints e
     LEFT JOIN busy b ON b.endpoint_id = e.id
     CROSS JOIN LATERAL (
         SELECT d.id, d.next_attempt_at FROM {{schema}}.deliveries d
@@ -65,7 +76,13 @@ WITH busy AS (
         FOR UPDATE OF d SKIP LOCKED
     ) x
     WHERE e.active AND coalesce(b.free, $5) > 0
-    ORDER BY x.next_attempt_at
+), due AS (
+    SELECT id, failing, next_attempt_at FROM (
+        SELECT id, failing, next_attempt_at,
+            row_number() OVER (PARTITION BY failing ORDER BY next_attempt_at) AS rn
+        FROM cand) c
+    WHERE NOT failing OR rn <= $7
+    ORDER BY failing, next_attempt_at
     LIMIT $6
 )
 UPDATE {{schema}}.deliveries d
@@ -76,7 +93,8 @@ WHERE d.id = due.id AND ev.id = d.event_id AND e.id = d.endpoint_id
 RETURNING d.id, d.endpoint_id, d.attempts, e.url, e.secret, coalesce(e.previous_secret, ''),
     coalesce(e.previous_secret_until > now(), false),
     ev.id, ev.type, coalesce(ev.auction_id, ''), coalesce(ev.domain, ''), ev.envelope,
-    ev.occurred_at, ev.data::text, coalesce(ev.table_name, ''), coalesce(ev.position, 0), d.locked_until`
+    ev.occurred_at, ev.data::text, coalesce(ev.table_name, ''), coalesce(ev.position, 0), d.locked_until,
+    e.failing_since IS NOT NULL`
 
 // inflight counts the deliveries this process holds (in flight or waiting
 // for a worker) per endpoint and in all. It is also where Append takes
@@ -101,6 +119,12 @@ type inflight struct {
 	// limit is the most one endpoint may hold by claims; zero means
 	// MaxInFlightPerEndpoint.
 	limit int
+	// failing: endpoints whose last attempt here failed, or that a claim
+	// found failing in the store, and when that was last seen. Appends
+	// hand them nothing, and their deliveries take at most failingShare
+	// of the workers. An entry goes with a 2xx, with a claim that finds
+	// the endpoint healthy, or after failingForget without news.
+	failing map[string]time.Time
 
 	// The rest is set while a claim loop runs (open).
 	open      bool
@@ -159,6 +183,56 @@ func (f *inflight) heldByClaims() int {
 	return f.claimed
 }
 
+// setFailing notes whether the endpoint is failing, as of now.
+func (f *inflight) setFailing(endpointID string, failing bool, now time.Time) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if !failing {
+		delete(f.failing, endpointID)
+		return
+	}
+	if f.failing == nil {
+		f.failing = map[string]time.Time{}
+	}
+	f.failing[endpointID] = now
+}
+
+// isFailing reports whether the endpoint is noted failing.
+func (f *inflight) isFailing(endpointID string) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	_, ok := f.failing[endpointID]
+	return ok
+}
+
+// failingRoom returns how many deliveries to failing endpoints a claim of
+// n may take: share less those held, or n when no claim loop runs (a
+// claim outside it, in tests).
+func (f *inflight) failingRoom(share, n int) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if !f.open {
+		return n
+	}
+	held := 0
+	for id := range f.failing {
+		held += f.n[id]
+	}
+	return max(share-held, 0)
+}
+
+// forgetFailing drops the failing notes last seen before t: an endpoint
+// deleted, disabled or no longer sent to leaves no note behind for good.
+func (f *inflight) forgetFailing(t time.Time) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for id, at := range f.failing {
+		if at.Before(t) {
+			delete(f.failing, id)
+		}
+	}
+}
+
 // held returns how many deliveries are held in all.
 func (f *inflight) held() int {
 	f.mu.Lock()
@@ -205,6 +279,11 @@ func (r *reservation) take(endpointID string) bool {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if !f.open || f.total >= f.handMax || f.n[endpointID] >= f.handLimit {
+		return false
+	}
+	if _, ok := f.failing[endpointID]; ok {
+		// Stored pending: claims take a failing endpoint's deliveries
+		// within its share, after the healthy endpoints'.
 		return false
 	}
 	f.addLocked(endpointID, 1, true)
@@ -294,6 +373,7 @@ func (f *inflight) stop() {
 	f.mu.Lock()
 	f.handed = nil
 	f.n, f.nc, f.total, f.claimed = nil, nil, 0, 0
+	f.failing = nil
 	f.mu.Unlock()
 }
 
@@ -331,6 +411,7 @@ func (d *Dispatcher) claim(ctx context.Context, n int, busy *inflight) (cs []cla
 		perEndpoint = d.opts.MaxInFlightPerEndpoint
 	}
 	ids, free := busy.free(perEndpoint)
+	failRoom := busy.failingRoom(d.failingShare(), n)
 	at := time.Now()
 	// A claim lost in a store crash before its WAL flush only undoes the
 	// lease: the delivery is pending again and is sent (again, with the
@@ -340,7 +421,7 @@ func (d *Dispatcher) claim(ctx context.Context, n int, busy *inflight) (cs []cla
 	for _, sql := range prelude {
 		b.Queue(sql)
 	}
-	b.Queue(d.q(claimSQL), d.opts.InstanceID, d.opts.Lease.Seconds(), ids, free, perEndpoint, n)
+	b.Queue(d.q(claimSQL), d.opts.InstanceID, d.opts.Lease.Seconds(), ids, free, perEndpoint, n, failRoom)
 	b.Queue("COMMIT")
 	br := d.pool.SendBatch(ctx, b)
 	err = func() error {
@@ -394,7 +475,7 @@ func scanClaimed(r pgx.CollectableRow) (claimed, error) {
 	var env, data string
 	err := r.Scan(&c.id, &c.endpointID, &c.attempt, &c.url, &c.secret, &c.prevSecret, &c.prevSecretValid,
 		&c.event.ID, &c.event.Type, &c.event.AuctionID, &c.event.Domain, &env,
-		&c.event.OccurredAt, &data, &c.event.Table, &c.event.Position, &c.lease)
+		&c.event.OccurredAt, &data, &c.event.Table, &c.event.Position, &c.lease, &c.failing)
 	c.event.Envelope = mapper.Envelope(env)
 	c.event.Data = []byte(data)
 	c.event.OccurredAt = c.event.OccurredAt.UTC()
@@ -582,7 +663,15 @@ func (d *Dispatcher) claimLoop(ctx context.Context) error {
 	type finished struct {
 		endpointID string
 		handed     bool
+		failing    bool // it took a failing endpoint's place
+		ok         bool // a 2xx
 	}
+	// Deliveries to failing endpoints take at most failShare workers, so
+	// that however many endpoints hang or fail, healthy ones keep the
+	// rest: the per-endpoint cap alone let four dead endpoints with a
+	// backlog hold all 32 default workers for their timeouts.
+	failShare := d.failingShare()
+	runningFailing := 0
 	done := make(chan finished, workers) // a finished attempt
 	// A fixed set of worker goroutines, not one per attempt: a new
 	// goroutine starts on a small stack and grew it on every attempt
@@ -598,8 +687,8 @@ func (d *Dispatcher) claimLoop(ctx context.Context) error {
 		go func() {
 			defer wg.Done()
 			for c := range work {
-				d.deliverVia(sendCtx, c, rec, ctx)
-				done <- finished{c.endpointID, c.handed}
+				res := d.deliverVia(sendCtx, c, rec, ctx)
+				done <- finished{c.endpointID, c.handed, c.failing, res.OK()}
 			}
 		}()
 	}
@@ -643,10 +732,15 @@ func (d *Dispatcher) claimLoop(ctx context.Context) error {
 				// send it as well.
 				expired = append(expired, q.c)
 				held.add(q.c.endpointID, -1, q.c.handed)
-			case running < workers && runningBy[q.c.endpointID] < perEndpoint:
+			case running < workers && runningBy[q.c.endpointID] < perEndpoint &&
+				(runningFailing < failShare || !held.isFailing(q.c.endpointID)):
 				running++
 				runningBy[q.c.endpointID]++
 				c := q.c
+				c.failing = runningFailing < failShare && held.isFailing(c.endpointID)
+				if c.failing {
+					runningFailing++
+				}
 				via := "claim"
 				if c.handed {
 					via = "append"
@@ -746,6 +840,7 @@ func (d *Dispatcher) claimLoop(ctx context.Context) error {
 			}
 			now := time.Now()
 			for _, c := range r.cs {
+				held.setFailing(c.endpointID, c.failing, now)
 				held.add(c.endpointID, 1, false)
 				queue = append(queue, queued{c: c, at: now})
 			}
@@ -764,6 +859,10 @@ func (d *Dispatcher) claimLoop(ctx context.Context) error {
 					delete(runningBy, f.endpointID)
 				}
 				held.add(f.endpointID, -1, f.handed)
+				if f.failing {
+					runningFailing--
+				}
+				held.setFailing(f.endpointID, !f.ok, time.Now())
 				select {
 				case f = <-done:
 				default:
@@ -791,9 +890,18 @@ func (d *Dispatcher) claimLoop(ctx context.Context) error {
 			// Hand back anything that has waited too long at a stuck
 			// endpoint, even when no worker finishes.
 			start(true)
+			held.forgetFailing(time.Now().Add(-failingForget))
 		}
 	}
 }
+
+// failingShare is how many workers deliveries to failing endpoints may
+// take at once: half of them (at least one).
+func (d *Dispatcher) failingShare() int { return max(d.opts.Workers/2, 1) }
+
+// failingForget: a failing note not renewed (by a failure here, or a
+// claim that finds the endpoint failing) for this long is dropped.
+const failingForget = 10 * time.Minute
 
 // coalesceDelay bounds how long freed room waits for more before the
 // claim loop claims work that was left behind for it.

@@ -1,0 +1,140 @@
+package dispatch
+
+import (
+	"context"
+	"net/http"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/walhook/walhook/cdc"
+)
+
+// hangingReceiver answers nothing until the test ends (or release is
+// called), counting the requests it holds and the most it held at once.
+type hangingReceiver struct {
+	*obReceiver
+	mu            sync.Mutex
+	holding, most int
+	release       func()
+}
+
+func newHangingReceiver(t *testing.T) *hangingReceiver {
+	h := &hangingReceiver{}
+	done := make(chan struct{})
+	var once sync.Once
+	h.release = func() { once.Do(func() { close(done) }) }
+	h.obReceiver = obNewReceiver(t, func(int, http.ResponseWriter, *http.Request) int {
+		h.mu.Lock()
+		h.holding++
+		h.most = max(h.most, h.holding)
+		h.mu.Unlock()
+		<-done
+		h.mu.Lock()
+		h.holding--
+		h.mu.Unlock()
+		return 200
+	})
+	// Registered after the receiver's Close: runs before it.
+	t.Cleanup(h.release)
+	return h
+}
+
+func (h *hangingReceiver) counts() (holding, most int) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.holding, h.most
+}
+
+// Many dead endpoints (failing, with due retries) must not hold every
+// worker: a healthy endpoint's delivery starts while their requests hang.
+// With 4 workers and 4 failing endpoints with a cap of 2 each, every
+// worker hung on them until the attempt timed out (here a minute), and
+// the healthy endpoint's event waited that long.
+func TestFailingEndpointsLeaveWorkersForHealthyOnes(t *testing.T) {
+	t.Parallel()
+	d, b := obSetup(t, func(o *Options) {
+		o.Workers = 4
+		o.MaxInFlightPerEndpoint = 2
+		o.Client.Timeout = time.Minute
+	})
+	dead := newHangingReceiver(t)
+	healthy := obNewReceiver(t, nil)
+	for _, id := range []string{"dead1", "dead2", "dead3", "dead4"} {
+		b.endpoint(t, id, dead.URL, nil, []string{"D"}, true)
+	}
+	b.endpoint(t, "healthy", healthy.URL, nil, []string{"H"}, true)
+	ctx := context.Background()
+	for i := range 5 {
+		obAppend(t, d, cdc.LSN(100+i*10), obEvent("auction.bid_placed", "D"))
+	}
+	// They have failed before (in this process or another).
+	if _, err := b.pool.Exec(ctx, `UPDATE walhook.endpoints SET failing_since = now() - interval '1 hour' WHERE id LIKE 'dead%'`); err != nil {
+		t.Fatal(err)
+	}
+	obRun(t, d)
+	t.Cleanup(dead.release) // before the stop, which waits for the requests
+	obWaitFor(t, "the dead endpoints' requests", func() bool { h, _ := dead.counts(); return h >= 2 })
+	obAppend(t, d, 1000, obEvent("auction.bid_placed", "H"))
+	deadline := time.Now().Add(20 * time.Second)
+	for healthy.n() == 0 {
+		if time.Now().After(deadline) {
+			h, _ := dead.counts()
+			t.Fatalf("the healthy endpoint's delivery did not start while %d requests to failing endpoints hang", h)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	// Failing endpoints may hold half the workers.
+	if _, most := dead.counts(); most > 2 {
+		t.Errorf("failing endpoints held %d of 4 workers at once, want at most 2", most)
+	}
+}
+
+// A claim takes the healthy endpoints' due deliveries before the due
+// retries of failing ones, however much older those are, and at most the
+// failing endpoints' share of the workers (4 of 8 here) of the latter.
+func TestClaimTakesHealthyEndpointsFirst(t *testing.T) {
+	t.Parallel()
+	d, b := obSetup(t, nil)
+	ctx := context.Background()
+	for _, id := range []string{"dead1", "dead2", "dead3"} {
+		b.endpoint(t, id, "http://127.0.0.1:1/", nil, []string{"D"}, true)
+	}
+	b.endpoint(t, "healthy", "http://127.0.0.1:2/", nil, []string{"H"}, true)
+	for i := range 5 {
+		obAppend(t, d, cdc.LSN(100+i*10), obEvent("auction.bid_placed", "D"))
+	}
+	obAppend(t, d, 1000, obEvent("auction.bid_placed", "H"), obEvent("auction.bid_placed", "H"))
+	if _, err := b.pool.Exec(ctx, `UPDATE walhook.endpoints SET failing_since = now() - interval '1 hour' WHERE id LIKE 'dead%';
+		UPDATE walhook.deliveries SET next_attempt_at = now() - interval '1 hour' WHERE endpoint_id LIKE 'dead%'`); err != nil {
+		t.Fatal(err)
+	}
+	busy := &inflight{}
+	busy.start(8, 16, 8, 16)
+	cs, _, err := d.claim(ctx, 3, busy)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var healthy, failing int
+	for _, c := range cs {
+		if c.endpointID == "healthy" {
+			healthy++
+		} else if c.failing {
+			failing++
+		}
+	}
+	if healthy != 2 || failing != 1 {
+		t.Fatalf("a claim of 3 took %d of the healthy endpoint's 2 and %d failing, want 2 and 1", healthy, failing)
+	}
+	for _, c := range cs {
+		busy.setFailing(c.endpointID, c.failing, time.Now())
+		busy.add(c.endpointID, 1, false)
+	}
+	cs, _, err = d.claim(ctx, 20, busy)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cs) != 3 {
+		t.Fatalf("with 1 failing delivery held, a claim took %d more of the failing endpoints' 14, want 3 (a share of 4)", len(cs))
+	}
+}
