@@ -41,10 +41,15 @@ type claimed struct {
 }
 
 // claimSQL claims due deliveries in one statement. It walks the active
-// endpoints and, for each, takes its earliest due pending rows up to the
-// endpoint's free in-flight slots in this process (LATERAL + LIMIT), so a
-// backlog at one endpoint can never fill a claim batch and starve the
-// others. FOR UPDATE SKIP LOCKED lets concurrent claimers (other workers,
+// endpoints that have pending deliveries and, for each, takes its earliest
+// due pending rows up to the endpoint's free in-flight slots in this
+// process (LATERAL + LIMIT), so a backlog at one endpoint can never fill a
+// claim batch and starve the others. Those endpoints are found by a skip
+// scan of deliveries_endpoint_due (pend: one probe per such endpoint),
+// not by reading every endpoint: with thousands of endpoints, most with
+// nothing pending (their deliveries are handed over by the append and
+// sent), a probe per endpoint made a claim 17 times as slow at 5,000
+// endpoints as at one. FOR UPDATE SKIP LOCKED lets concurrent claimers (other workers,
 // other processes) pass each other's rows instead of waiting.
 //
 // The in-flight counts come from the process ($3, $4: the endpoints with
@@ -63,10 +68,19 @@ type claimed struct {
 // The claim bumps attempts, so a process that crashes mid-request has still
 // spent that attempt (the lease rescue does not refund it).
 const claimSQL = `
-WITH busy AS (
+WITH RECURSIVE pend(endpoint_id) AS (
+    (SELECT d.endpoint_id FROM {{schema}}.deliveries d WHERE d.status = 'pending'
+     ORDER BY d.endpoint_id LIMIT 1)
+    UNION ALL
+    SELECT (SELECT d.endpoint_id FROM {{schema}}.deliveries d
+            WHERE d.status = 'pending' AND d.endpoint_id > p.endpoint_id
+            ORDER BY d.endpoint_id LIMIT 1)
+    FROM pend p WHERE p.endpoint_id IS NOT NULL
+), busy AS (
     SELECT * FROM unnest($3::text[], $4::int[]) AS b(endpoint_id, free)
 ), cand AS (
-    SELECT x.id, x.next_attempt_at, e.failing_since IS NOT NULL AS failing FROM {{schema}}.endpoints e
+    SELECT x.id, x.next_attempt_at, e.failing_since IS NOT NULL AS failing
+    FROM pend p JOIN {{schema}}.endpoints e ON e.id = p.endpoint_id
     LEFT JOIN busy b ON b.endpoint_id = e.id
     CROSS JOIN LATERAL (
         SELECT d.id, d.next_attempt_at FROM {{schema}}.deliveries d

@@ -1,0 +1,85 @@
+package dispatch
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/walhook/walhook/cdc"
+	"github.com/walhook/walhook/mapper"
+)
+
+// manyEndpoints inserts n API-style endpoints the way a multi-tenant
+// product has them: each subscribed to one auction ('A<i>') and to
+// auction.* events.
+func manyEndpoints(tb testing.TB, b *obBundle, n int) {
+	tb.Helper()
+	if _, err := b.pool.Exec(context.Background(), `INSERT INTO walhook.endpoints (id, url, events, auctions, secret)
+		SELECT 'whk_' || lpad(i::text, 6, '0'), 'https://t' || i || '.example/', '{auction.*}', ARRAY['A' || i], $2
+		FROM generate_series(1, $1) i`, n, obSecret); err != nil {
+		tb.Fatal(err)
+	}
+}
+
+// BenchmarkAppendManyEndpoints measures an Append of 100 one-event
+// transactions with 1 and 5,000 auction-filtered endpoints, each event
+// matching one of them: the fan-out's cost as endpoints grow.
+//
+//	go test ./dispatch -run '^$' -bench AppendManyEndpoints -benchtime 200x
+func BenchmarkAppendManyEndpoints(b *testing.B) {
+	for _, n := range []int{1, 5000} {
+		b.Run(fmt.Sprintf("endpoints=%d", n), func(b *testing.B) {
+			d, bb := obSetup(b, func(o *Options) { o.Logger = nil })
+			manyEndpoints(b, bb, n)
+			ctx := context.Background()
+			lsn := cdc.LSN(1 << 20)
+			b.ResetTimer()
+			start := time.Now()
+			for i := 0; i < b.N; i++ {
+				batch := make([]TxEvents, 100)
+				for j := range batch {
+					lsn += 100
+					ev := obEvent("auction.bid_placed", fmt.Sprintf("A%d", 1+(i*100+j)%n))
+					batch[j] = TxEvents{Xid: uint32(lsn), CommitLSN: lsn - 10, EndLSN: lsn, Final: true,
+						CommitTime: ev.OccurredAt, Events: []mapper.Event{ev}}
+				}
+				if err := d.Append(ctx, "slot", "sys", batch); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(float64(b.N*100)/time.Since(start).Seconds(), "events/s")
+		})
+	}
+}
+
+// BenchmarkClaimManyEndpoints measures one claim of 64 with 1 and 5,000
+// active endpoints of which one has due deliveries, and with 5,000 that
+// all have (the worst case for a walk of the endpoints with pending rows).
+//
+//	go test ./dispatch -run '^$' -bench ClaimManyEndpoints -benchtime 100x
+func BenchmarkClaimManyEndpoints(b *testing.B) {
+	for _, c := range []struct{ n, pending int }{{1, 1}, {5000, 1}, {5000, 5000}} {
+		b.Run(fmt.Sprintf("endpoints=%d/pending_at=%d", c.n, c.pending), func(b *testing.B) {
+			d, bb := obSetup(b, func(o *Options) { o.Logger = nil; o.MaxInFlightPerEndpoint = 64 })
+			manyEndpoints(b, bb, c.n)
+			ctx := context.Background()
+			if _, err := bb.pool.Exec(ctx, fmt.Sprintf(`
+				INSERT INTO walhook.events (id, type, envelope, occurred_at, data)
+				SELECT 'ev' || i, 'auction.x', 'auction-excellence', now(), '{}' FROM generate_series(1, %[1]d) i;
+				INSERT INTO walhook.deliveries (id, event_id, endpoint_id, event_type, status)
+				SELECT 'd' || i, 'ev' || i, 'whk_' || lpad((i %% %[2]d + 1)::text, 6, '0'), 'auction.x', 'pending'
+				FROM generate_series(1, %[1]d) i;
+				ANALYZE walhook.deliveries; ANALYZE walhook.endpoints`, b.N*64+c.pending, c.pending)); err != nil {
+				b.Fatal(err)
+			}
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				cs, _, err := d.claim(ctx, 64, &inflight{})
+				if err != nil || len(cs) != 64 {
+					b.Fatal(len(cs), err)
+				}
+			}
+		})
+	}
+}
