@@ -2,12 +2,15 @@ package dispatch
 
 import (
 	"context"
+	"fmt"
 	"net/http"
+	"slices"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/walhook/walhook/cdc"
+	"github.com/walhook/walhook/mapper"
 )
 
 // hangingReceiver answers nothing until the test ends (or release is
@@ -178,5 +181,48 @@ func TestClaimReadsOnlyEndpointsWithPendingDeliveries(t *testing.T) {
 	}
 	if r := reads["deliveries"]; r.seqScans != 0 || r.idxRows > 200 {
 		t.Errorf("a claim read deliveries with %d sequential scans (%d rows) and %d rows through indexes", r.seqScans, r.seqRows, r.idxRows)
+	}
+}
+
+// The fan-out's auction index passes every endpoint whose filters match
+// an event, in id order, as matching each event against every endpoint
+// did, and looks at the endpoints of the event's auction and those
+// without an auction filter only.
+func TestFanoutIndexMatchesAsEveryFilter(t *testing.T) {
+	var eps []fanoutEndpoint
+	filters := [][]string{nil, {"A1"}, {"A2"}, {"A1", "A2"}, {"A1", "A1"}, {""}, {"A3"}}
+	types := [][]string{nil, {"auction.*"}, {"bid.placed"}, {"*"}}
+	for i := range 3000 {
+		eps = append(eps, fanoutEndpoint{id: fmt.Sprintf("whk_%05d", i),
+			auctions: filters[i%len(filters)], events: types[i/len(filters)%len(types)]})
+	}
+	for i := range 2000 {
+		eps = append(eps, fanoutEndpoint{id: fmt.Sprintf("whk_x%05d", i), auctions: []string{fmt.Sprintf("B%d", i)}})
+	}
+	s := newFanoutSet(eps)
+	for _, ev := range []mapper.Event{
+		{Type: "auction.closed", AuctionID: "A1"}, {Type: "bid.placed", AuctionID: "A2"},
+		{Type: "auction.closed", AuctionID: ""}, {Type: "x.y", AuctionID: "A3"}, {Type: "auction.x", AuctionID: "B77"},
+		{Type: "auction.x", AuctionID: "none"},
+	} {
+		var want, got []string
+		for i := range eps {
+			if eps[i].matches(&ev) {
+				want = append(want, eps[i].id)
+			}
+		}
+		looked := 0
+		s.each(&ev, func(ep *fanoutEndpoint) {
+			looked++
+			if ep.matches(&ev) {
+				got = append(got, ep.id)
+			}
+		})
+		if !slices.Equal(got, want) {
+			t.Errorf("event %s/%s: the index passed %d matching endpoints, want %d", ev.Type, ev.AuctionID, len(got), len(want))
+		}
+		if looked > 2000 {
+			t.Errorf("event %s/%s: the fan-out looked at %d of %d endpoints", ev.Type, ev.AuctionID, looked, len(eps))
+		}
 	}
 }

@@ -49,7 +49,61 @@ type fanoutEndpoint struct {
 type endpointCache struct {
 	mu            sync.Mutex
 	version, xmin int64
-	eps           []fanoutEndpoint
+	set           *fanoutSet
+}
+
+// fanoutSet is the endpoints as one version of them has them, indexed by
+// auction filter: with thousands of endpoints, each subscribed to a few
+// auctions, an event is matched against the endpoints of its auction and
+// those without an auction filter, not against every endpoint (matching
+// each event against 5,000 filters made an Append of 100 events 2.5 times
+// as slow as with one endpoint).
+type fanoutSet struct {
+	eps []fanoutEndpoint
+	// anyAuction: the endpoints without an auction filter; byAuction: by
+	// each auction in a filter. Indexes into eps, ascending.
+	anyAuction []int32
+	byAuction  map[string][]int32
+}
+
+func newFanoutSet(eps []fanoutEndpoint) *fanoutSet {
+	s := &fanoutSet{eps: eps, byAuction: map[string][]int32{}}
+	for i := range eps {
+		if len(eps[i].auctions) == 0 {
+			s.anyAuction = append(s.anyAuction, int32(i))
+			continue
+		}
+		for _, a := range eps[i].auctions {
+			if a == "" {
+				continue // matches no event (matchAuction)
+			}
+			l := s.byAuction[a]
+			if len(l) > 0 && l[len(l)-1] == int32(i) {
+				continue // listed twice in one filter
+			}
+			s.byAuction[a] = append(l, int32(i))
+		}
+	}
+	return s
+}
+
+// each calls f for every endpoint whose auction filter lets ev through,
+// in the endpoints' order (by id); f applies the other filters.
+func (s *fanoutSet) each(ev *mapper.Event, f func(ep *fanoutEndpoint)) {
+	a := s.anyAuction
+	var b []int32
+	if ev.AuctionID != "" {
+		b = s.byAuction[ev.AuctionID]
+	}
+	for len(a) > 0 || len(b) > 0 {
+		var i int32
+		if len(b) == 0 || (len(a) > 0 && a[0] < b[0]) {
+			i, a = a[0], a[1:]
+		} else {
+			i, b = b[0], b[1:]
+		}
+		f(&s.eps[i])
+	}
 }
 
 // matches applies the endpoint's filters: events exact or "prefix.*" (and
@@ -153,7 +207,7 @@ func (d *Dispatcher) Append(ctx context.Context, slot, systemID string, txs []Tx
 		conn := pc.Conn()
 		begun := false
 		if len(ev.id) > 0 {
-			eps, now, err := d.fanoutEndpoints(ctx, conn, true)
+			set, now, err := d.fanout(ctx, conn, true)
 			if err != nil {
 				return err
 			}
@@ -161,10 +215,9 @@ func (d *Dispatcher) Append(ctx context.Context, slot, systemID string, txs []Tx
 			for i := range txs {
 				for j := range txs[i].Events {
 					e := &txs[i].Events[j]
-					for k := range eps {
-						ep := &eps[k]
+					set.each(e, func(ep *fanoutEndpoint) {
 						if !ep.matches(e) {
-							continue
+							return
 						}
 						status := "skipped"
 						switch {
@@ -182,7 +235,7 @@ func (d *Dispatcher) Append(ctx context.Context, slot, systemID string, txs []Tx
 							}
 							taken[id] = handed{ev: e, ep: ep, prevValid: ep.prevSecretUntil.After(now)}
 						}
-					}
+					})
 				}
 			}
 		}
@@ -285,6 +338,15 @@ func (d *Dispatcher) Append(ctx context.Context, slot, systemID string, txs []Tx
 // deliveries written here are then deleted with the rest: purgeDeleted).
 // The rows are read again only when the version moved.
 func (d *Dispatcher) fanoutEndpoints(ctx context.Context, tx *pgx.Conn, begin bool) ([]fanoutEndpoint, time.Time, error) {
+	set, now, err := d.fanout(ctx, tx, begin)
+	if err != nil {
+		return nil, now, err
+	}
+	return set.eps, now, nil
+}
+
+// fanout is fanoutEndpoints with the auction index.
+func (d *Dispatcher) fanout(ctx context.Context, tx *pgx.Conn, begin bool) (*fanoutSet, time.Time, error) {
 	var version, xmin int64
 	var now time.Time
 	b := &pgx.Batch{}
@@ -299,8 +361,8 @@ func (d *Dispatcher) fanoutEndpoints(ctx context.Context, tx *pgx.Conn, begin bo
 	c := &d.endpoints
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.eps != nil && c.version == version && c.xmin == xmin {
-		return c.eps, now, nil
+	if c.set != nil && c.version == version && c.xmin == xmin {
+		return c.set, now, nil
 	}
 	rows, err := tx.Query(ctx, d.q(`SELECT id, events, auctions, active, url, secret, coalesce(previous_secret, ''),
 		previous_secret_until
@@ -323,8 +385,8 @@ func (d *Dispatcher) fanoutEndpoints(ctx context.Context, tx *pgx.Conn, begin bo
 	if eps == nil {
 		eps = []fanoutEndpoint{}
 	}
-	c.version, c.xmin, c.eps = version, xmin, eps
-	return eps, now, nil
+	c.version, c.xmin, c.set = version, xmin, newFanoutSet(eps)
+	return c.set, now, nil
 }
 
 const insertEventsSQL = `
