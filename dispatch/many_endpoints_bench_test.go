@@ -24,12 +24,18 @@ func manyEndpoints(tb testing.TB, b *obBundle, n int) {
 
 // BenchmarkAppendManyEndpoints measures an Append of 100 one-event
 // transactions with 1 and 5,000 auction-filtered endpoints, each event
-// matching one of them: the fan-out's cost as endpoints grow.
+// matching one of them: the fan-out's cost as endpoints grow; and the
+// same with one endpoint changed before each Append (the endpoints are
+// read again).
 //
 //	go test ./dispatch -run '^$' -bench AppendManyEndpoints -benchtime 200x
 func BenchmarkAppendManyEndpoints(b *testing.B) {
-	for _, n := range []int{1, 5000} {
-		b.Run(fmt.Sprintf("endpoints=%d", n), func(b *testing.B) {
+	for _, c := range []struct {
+		n    int
+		edit bool
+	}{{1, false}, {5000, false}, {1, true}, {5000, true}} {
+		n := c.n
+		b.Run(fmt.Sprintf("endpoints=%d/edit_before_each=%v", n, c.edit), func(b *testing.B) {
 			d, bb := obSetup(b, func(o *Options) { o.Logger = nil })
 			manyEndpoints(b, bb, n)
 			ctx := context.Background()
@@ -37,6 +43,13 @@ func BenchmarkAppendManyEndpoints(b *testing.B) {
 			b.ResetTimer()
 			start := time.Now()
 			for i := 0; i < b.N; i++ {
+				if c.edit {
+					// An admin changes one endpoint (the API's PATCH).
+					if _, err := bb.pool.Exec(ctx, `UPDATE walhook.endpoints SET events = CASE WHEN events = '{auction.*}'
+						THEN '{auction.*,bid.*}'::text[] ELSE '{auction.*}'::text[] END WHERE id = 'whk_000001'`); err != nil {
+						b.Fatal(err)
+					}
+				}
 				batch := make([]TxEvents, 100)
 				for j := range batch {
 					lsn += 100

@@ -139,13 +139,14 @@ func storeMigratedWithDataKeepsDelivering(t *testing.T, from int) {
 }
 
 // The rollback of docs/operations.md (Upgrading) takes a store at version
-// 7 back to exactly what migrations 1 to 5 make, drops what deleted
+// 8 back to exactly what migrations 1 to 7 make (its first step) and 1 to
+// 5 make, drops what deleted
 // endpoints still left, and the store migrates forward again. After an
 // accepted fork it refuses and changes nothing.
 func TestOperationsRollbackSQLGivesTheVersion5Store(t *testing.T) {
 	t.Parallel()
-	if LatestSchemaVersion() != 7 {
-		t.Skip("the documented rollback starts at store version 7")
+	if LatestSchemaVersion() != 8 {
+		t.Skip("the documented rollback starts at store version 8")
 	}
 	ctx := context.Background()
 	md, err := os.ReadFile(filepath.Join("..", "docs", "operations.md"))
@@ -153,6 +154,8 @@ func TestOperationsRollbackSQLGivesTheVersion5Store(t *testing.T) {
 		t.Fatal(err)
 	}
 	rollback := fencedBlock(t, md, "sql", "7 -> 6")
+	// Its first step alone gives the version-7 store.
+	step8 := rollback[strings.Index(rollback, "-- 8 -> 7"):strings.Index(rollback, "-- 7 -> 6")]
 	exec := func(pool *pgxpool.Pool, sql string) error {
 		_, err := pool.Exec(ctx, sql)
 		return err
@@ -171,6 +174,29 @@ func TestOperationsRollbackSQLGivesTheVersion5Store(t *testing.T) {
 			t.Fatal(err)
 		}
 		return s
+	}
+
+	want7, at8 := newStorePool(t), newStorePool(t)
+	if _, err := migrateTo(ctx, want7, "walhook", 7); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Migrate(ctx, at8, "walhook"); err != nil {
+		t.Fatal(err)
+	}
+	if err := exec(at8, "BEGIN;\n"+step8+"COMMIT;"); err != nil {
+		t.Fatalf("rollback 8 -> 7: %v", err)
+	}
+	if got, w := shape(at8), shape(want7); got != w {
+		t.Fatalf("store after the rollback to 7:\n%s\n\nwant (migrations 1 to 7):\n%s", got, w)
+	}
+	var body7, body string
+	for p, b := range map[*pgxpool.Pool]*string{want7: &body7, at8: &body} {
+		if err := p.QueryRow(ctx, `SELECT prosrc FROM pg_proc WHERE proname = 'endpoints_changed'`).Scan(b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if body7 = strings.ReplaceAll(body7, `"walhook".`, "walhook."); body != body7 {
+		t.Fatalf("endpoints_changed after the rollback to 7:\n%s\nwant:\n%s", body, body7)
 	}
 
 	want := newStorePool(t)
@@ -217,7 +243,7 @@ func TestOperationsRollbackSQLGivesTheVersion5Store(t *testing.T) {
 	if err := pool.QueryRow(ctx, `SELECT (SELECT count(*) FROM walhook.deliveries WHERE id = 'd-gone') + (SELECT count(*) FROM walhook.attempts)`).Scan(&n); err != nil || n != 0 {
 		t.Fatalf("rows of the deleted endpoint after the rollback: %d, %v", n, err)
 	}
-	if applied, err := Migrate(ctx, pool, "walhook"); err != nil || len(applied) != 2 {
-		t.Fatalf("Migrate after the rollback = %v, %v; want 006 and 007 applied again", applied, err)
+	if applied, err := Migrate(ctx, pool, "walhook"); err != nil || len(applied) != 3 {
+		t.Fatalf("Migrate after the rollback = %v, %v; want 006, 007 and 008 applied again", applied, err)
 	}
 }

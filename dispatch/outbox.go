@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -46,9 +47,15 @@ type fanoutEndpoint struct {
 // starts counting at 1 again, in a row another transaction wrote. Its
 // slice is replaced, never changed in place: handed deliveries point into
 // it.
+//
+// When the version moved, only the endpoints changed since are read
+// (migration 008: each row carries the version that last changed it),
+// unless one was deleted since (deleted_version) or the store is another
+// one (epoch): then all of them are.
 type endpointCache struct {
 	mu            sync.Mutex
 	version, xmin int64
+	epoch         string
 	set           *fanoutSet
 }
 
@@ -64,11 +71,14 @@ type fanoutSet struct {
 	// each auction in a filter. Indexes into eps, ascending.
 	anyAuction []int32
 	byAuction  map[string][]int32
+	// pos: id → index into eps.
+	pos map[string]int32
 }
 
 func newFanoutSet(eps []fanoutEndpoint) *fanoutSet {
-	s := &fanoutSet{eps: eps, byAuction: map[string][]int32{}}
+	s := &fanoutSet{eps: eps, byAuction: map[string][]int32{}, pos: make(map[string]int32, len(eps))}
 	for i := range eps {
+		s.pos[eps[i].id] = int32(i)
 		if len(eps[i].auctions) == 0 {
 			s.anyAuction = append(s.anyAuction, int32(i))
 			continue
@@ -347,28 +357,74 @@ func (d *Dispatcher) fanoutEndpoints(ctx context.Context, tx *pgx.Conn, begin bo
 
 // fanout is fanoutEndpoints with the auction index.
 func (d *Dispatcher) fanout(ctx context.Context, tx *pgx.Conn, begin bool) (*fanoutSet, time.Time, error) {
-	var version, xmin int64
+	var version, xmin, deleted int64
+	var epoch string
 	var now time.Time
 	b := &pgx.Batch{}
 	if begin {
 		b.Queue("BEGIN")
 	}
-	b.Queue(d.q(`SELECT version, xmin::text::bigint, now() FROM {{schema}}.endpoints_version FOR SHARE`)).
-		QueryRow(func(r pgx.Row) error { return r.Scan(&version, &xmin, &now) })
+	b.Queue(d.q(`SELECT version, xmin::text::bigint, now(), epoch::text, deleted_version FROM {{schema}}.endpoints_version FOR SHARE`)).
+		QueryRow(func(r pgx.Row) error { return r.Scan(&version, &xmin, &now, &epoch, &deleted) })
 	if err := tx.SendBatch(ctx, b).Close(); err != nil {
 		return nil, now, fmt.Errorf("read endpoints version: %w", err)
 	}
 	c := &d.endpoints
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.set != nil && c.version == version && c.xmin == xmin {
+	if c.set != nil && c.version == version && c.xmin == xmin && c.epoch == epoch {
 		return c.set, now, nil
 	}
-	rows, err := tx.Query(ctx, d.q(`SELECT id, events, auctions, active, url, secret, coalesce(previous_secret, ''),
-		previous_secret_until
-		FROM {{schema}}.endpoints ORDER BY id`))
+	if c.set != nil && c.epoch == epoch && version > c.version && deleted <= c.version {
+		// Only what changed since: the others are as the cache has them.
+		changed, err := d.readEndpoints(ctx, tx, c.version, version)
+		if err != nil {
+			return nil, now, err
+		}
+		eps := slices.Clone(c.set.eps)
+		added := false
+		for _, e := range changed {
+			if i, ok := c.set.pos[e.id]; ok {
+				eps[i] = e
+			} else {
+				eps = append(eps, e)
+				added = true
+			}
+		}
+		if added {
+			slices.SortFunc(eps, func(a, b fanoutEndpoint) int { return strings.Compare(a.id, b.id) })
+		}
+		c.version, c.xmin, c.set = version, xmin, newFanoutSet(eps)
+		return c.set, now, nil
+	}
+	eps, err := d.readEndpoints(ctx, tx, -1, version)
 	if err != nil {
-		return nil, now, fmt.Errorf("read endpoints: %w", err)
+		return nil, now, err
+	}
+	if eps == nil {
+		eps = []fanoutEndpoint{}
+	}
+	c.version, c.xmin, c.epoch, c.set = version, xmin, epoch, newFanoutSet(eps)
+	return c.set, now, nil
+}
+
+// readEndpoints reads the endpoints changed after version after (all of
+// them with -1), up to version upTo (the one this transaction holds FOR
+// SHARE: none is past it), in id order. Bounded on both sides, the
+// range's generic plan reads through endpoints_changed_version (one bound
+// only, PostgreSQL guesses a third of the table and reads all of it).
+func (d *Dispatcher) readEndpoints(ctx context.Context, tx *pgx.Conn, after, upTo int64) ([]fanoutEndpoint, error) {
+	const cols = `SELECT id, events, auctions, active, url, secret, coalesce(previous_secret, ''), previous_secret_until
+		FROM {{schema}}.endpoints`
+	var rows pgx.Rows
+	var err error
+	if after < 0 {
+		rows, err = tx.Query(ctx, d.q(cols+` ORDER BY id`))
+	} else {
+		rows, err = tx.Query(ctx, d.q(cols+` WHERE changed_version > $1 AND changed_version <= $2 ORDER BY id`), after, upTo)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read endpoints: %w", err)
 	}
 	eps, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (fanoutEndpoint, error) {
 		var e fanoutEndpoint
@@ -380,13 +436,9 @@ func (d *Dispatcher) fanout(ctx context.Context, tx *pgx.Conn, begin bool) (*fan
 		return e, err
 	})
 	if err != nil {
-		return nil, now, fmt.Errorf("read endpoints: %w", err)
+		return nil, fmt.Errorf("read endpoints: %w", err)
 	}
-	if eps == nil {
-		eps = []fanoutEndpoint{}
-	}
-	c.version, c.xmin, c.set = version, xmin, newFanoutSet(eps)
-	return c.set, now, nil
+	return eps, nil
 }
 
 const insertEventsSQL = `

@@ -278,7 +278,8 @@ func TestSetupRefusesASharedStoreBeforeMigrating(t *testing.T) {
 	}
 	// A store the version-6 walhook made, used by another config's slot.
 	db.exec(t, `DROP TABLE walhook.endpoints_version, walhook.endpoints_deleted; DROP FUNCTION walhook.endpoints_changed() CASCADE;
-		DELETE FROM walhook.schema_version WHERE version = 7;
+		DROP FUNCTION walhook.endpoints_stamp() CASCADE; ALTER TABLE walhook.endpoints DROP COLUMN changed_version;
+		DELETE FROM walhook.schema_version WHERE version >= 7;
 		INSERT INTO walhook.cursor (slot, system_id, lsn) VALUES ('other_config', 'x', '0/1000')`)
 	file, _ := runConfig(t, []byte(`
 source:
