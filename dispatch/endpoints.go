@@ -111,10 +111,15 @@ func (d *Dispatcher) syncStatic(ctx context.Context, eps []StaticEndpoint, ids [
 			}
 		}
 		slices.Sort(locks)
+		// One round trip for all of them (and for the upserts below): a
+		// few hundred static endpoints took two round trips each, the
+		// upserts' while every Append waited for the endpoints lock.
+		lb := &pgx.Batch{}
 		for _, id := range locks {
-			if _, err := tx.Exec(ctx, reenableLockSQL, d.skipLockKey(id)); err != nil {
-				return fmt.Errorf("lock endpoint: %w", err)
-			}
+			lb.Queue(reenableLockSQL, d.skipLockKey(id))
+		}
+		if err := tx.SendBatch(ctx, lb).Close(); err != nil {
+			return fmt.Errorf("lock endpoint: %w", err)
 		}
 		if _, err := tx.Exec(ctx, d.q(lockEndpointsSQL)); err != nil {
 			return fmt.Errorf("lock endpoints: %w", err)
@@ -158,14 +163,22 @@ func (d *Dispatcher) syncStatic(ctx context.Context, eps []StaticEndpoint, ids [
 				return fmt.Errorf("notify endpoints changed: %w", err)
 			}
 		}
+		ub := &pgx.Batch{}
 		for _, i := range order {
 			e := eps[i]
-			_, err := tx.Exec(ctx, d.q(upsertStaticSQL), ids[i], e.URL, e.Description,
+			ub.Queue(d.q(upsertStaticSQL), ids[i], e.URL, e.Description,
 				nonNilStrings(e.Events), nonNilStrings(e.Auctions), e.Secret, e.Disabled,
 				configDisabledReason, d.opts.SecretOverlap.Seconds())
-			if err != nil {
-				return fmt.Errorf("upsert static endpoint %q: %w", e.Name, err)
+		}
+		br := tx.SendBatch(ctx, ub)
+		for _, i := range order {
+			if _, err := br.Exec(); err != nil {
+				br.Close()
+				return fmt.Errorf("upsert static endpoint %q: %w", eps[i].Name, err)
 			}
+		}
+		if err := br.Close(); err != nil {
+			return fmt.Errorf("upsert static endpoints: %w", err)
 		}
 		rows, err = tx.Query(ctx, d.q(`DELETE FROM {{schema}}.endpoints WHERE static AND NOT (id = ANY($1::text[])) RETURNING id`), ids)
 		if err != nil {

@@ -7,8 +7,12 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/walhook/walhook/cdc"
 	"github.com/walhook/walhook/mapper"
@@ -285,6 +289,73 @@ func TestEndpointChangeReadsOnlyTheChangedEndpoints(t *testing.T) {
 			if e.active {
 				t.Errorf("%s is active", e.id)
 			}
+		}
+	}
+}
+
+// queryCounter counts the statements a pool sends one by one (a round
+// trip each) and those it sends in batches.
+type queryCounter struct{ single, batched atomic.Int64 }
+
+func (q *queryCounter) TraceQueryStart(ctx context.Context, _ *pgx.Conn, _ pgx.TraceQueryStartData) context.Context {
+	q.single.Add(1)
+	return ctx
+}
+func (q *queryCounter) TraceQueryEnd(context.Context, *pgx.Conn, pgx.TraceQueryEndData) {}
+func (q *queryCounter) TraceBatchStart(ctx context.Context, _ *pgx.Conn, _ pgx.TraceBatchStartData) context.Context {
+	return ctx
+}
+func (q *queryCounter) TraceBatchQuery(context.Context, *pgx.Conn, pgx.TraceBatchQueryData) {
+	q.batched.Add(1)
+}
+func (q *queryCounter) TraceBatchEnd(context.Context, *pgx.Conn, pgx.TraceBatchEndData) {}
+
+// A sync of a few hundred static endpoints at start costs a few round
+// trips, not two per endpoint: it holds the endpoints lock (every Append
+// waits) while it upserts them, and with 300 endpoints and a store a
+// millisecond away that was 600 round trips, over half a second.
+func TestSyncOfManyStaticEndpointsTakesFewRoundTrips(t *testing.T) {
+	t.Parallel()
+	_, b := obSetup(t, nil)
+	cfg, err := pgxpool.ParseConfig(b.dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var qc queryCounter
+	cfg.ConnConfig.Tracer = &qc
+	pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	d, err := New(pool, obTestOptions(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	eps := make([]StaticEndpoint, 300)
+	for i := range eps {
+		eps[i] = StaticEndpoint{Name: fmt.Sprintf("t%03d", i), URL: fmt.Sprintf("https://t%d.example/", i),
+			Secret: obSecret, Auctions: []string{fmt.Sprintf("A%d", i)}, Events: []string{"auction.*"}, Disabled: i%100 == 0}
+	}
+	for round := range 2 { // created, then configured again with other URLs
+		if round == 1 {
+			for i := range eps {
+				eps[i].URL += "v2"
+			}
+		}
+		qc.single.Store(0)
+		if err := d.SyncStaticEndpoints(context.Background(), eps); err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("round %d: %d statements one by one, %d in batches", round, qc.single.Load(), qc.batched.Load())
+		if n := qc.single.Load(); n > 40 {
+			t.Errorf("round %d: syncing 300 static endpoints sent %d statements one by one", round, n)
+		}
+		if n := b.count(t, `SELECT count(*) FROM walhook.endpoints WHERE static AND url LIKE '%example/' || $1`, map[int]string{0: "", 1: "v2"}[round]); n != 300 {
+			t.Fatalf("round %d: %d static endpoints stored, want 300", round, n)
+		}
+		if n := b.count(t, `SELECT count(*) FROM walhook.endpoints WHERE NOT active`); n != 3 {
+			t.Fatalf("round %d: %d disabled, want 3", round, n)
 		}
 	}
 }
