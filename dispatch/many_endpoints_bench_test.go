@@ -3,6 +3,7 @@ package dispatch
 import (
 	"context"
 	"fmt"
+	"net/http"
 	"testing"
 	"time"
 
@@ -91,6 +92,60 @@ func BenchmarkClaimManyEndpoints(b *testing.B) {
 				cs, _, err := d.claim(ctx, 64, &inflight{})
 				if err != nil || len(cs) != 64 {
 					b.Fatal(len(cs), err)
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkHealthyLatencyWithDeadEndpoints measures the time from an
+// Append to its healthy endpoint's receiver with no other endpoints, and
+// with 500 dead ones (failing, each with 2 due retries, their requests
+// hanging until the 2 s attempt timeout): the latency a healthy tenant
+// sees while hundreds of others are down.
+//
+//	go test ./dispatch -run '^$' -bench HealthyLatencyWithDeadEndpoints -benchtime 20x
+func BenchmarkHealthyLatencyWithDeadEndpoints(b *testing.B) {
+	for _, dead := range []int{0, 500} {
+		b.Run(fmt.Sprintf("dead=%d", dead), func(b *testing.B) {
+			d, bb := obSetup(b, func(o *Options) { o.Logger = nil; o.Client.Timeout = 2 * time.Second })
+			got := make(chan struct{}, 1)
+			healthy := obNewReceiver(b, func(int, http.ResponseWriter, *http.Request) int { got <- struct{}{}; return 200 })
+			stop := make(chan struct{})
+			hang := obNewReceiver(b, func(_ int, _ http.ResponseWriter, r *http.Request) int {
+				select {
+				case <-r.Context().Done():
+				case <-stop:
+				}
+				return 500
+			})
+			bb.endpoint(b, "healthy", healthy.URL, nil, []string{"H"}, true)
+			ctx := context.Background()
+			if _, err := bb.pool.Exec(ctx, `INSERT INTO walhook.endpoints (id, url, auctions, secret, failing_since)
+				SELECT 'dead' || i, $2, ARRAY['D' || i], $3, now() - interval '1 hour' FROM generate_series(1, $1) i`,
+				dead, hang.URL, obSecret); err != nil {
+				b.Fatal(err)
+			}
+			if _, err := bb.pool.Exec(ctx, fmt.Sprintf(`
+				INSERT INTO walhook.events (id, type, envelope, occurred_at, data)
+				SELECT 'ev' || i, 'auction.x', 'auction-excellence', now(), '{}' FROM generate_series(1, %[1]d) i;
+				INSERT INTO walhook.deliveries (id, event_id, endpoint_id, event_type, status, next_attempt_at)
+				SELECT 'd' || i, 'ev' || i, 'dead' || (i %% %[2]d + 1), 'auction.x', 'pending', now() - interval '1 minute'
+				FROM generate_series(1, %[1]d) i`, 2*dead, max(dead, 1))); err != nil {
+				b.Fatal(err)
+			}
+			obRun(b, d)
+			b.Cleanup(func() { close(stop) })
+			time.Sleep(time.Second) // the dead endpoints' requests under way
+			lsn := cdc.LSN(1 << 20)
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				lsn += 100
+				obAppend(b, d, lsn, obEvent("auction.bid_placed", "H"))
+				select {
+				case <-got:
+				case <-time.After(time.Minute):
+					b.Fatal("the healthy endpoint got nothing in a minute")
 				}
 			}
 		})
