@@ -310,11 +310,17 @@ func (a *Admin) ListEndpoints(ctx context.Context, o ListOptions) ([]Endpoint, s
 	if err != nil {
 		return nil, "", 0, err
 	}
-	rows, err := a.pool.Query(ctx, a.q(`
-		SELECT `+endpointColumns+` FROM {{schema}}.endpoints
-		WHERE $1::timestamptz IS NULL OR (created_at, id) > ($1, $2)
-		ORDER BY created_at, id
-		LIMIT $3`), after, afterID, limit+1)
+	// Two statements, not one with ($1 IS NULL OR …): a generic plan
+	// could not use that as an index condition, and a page deep in the
+	// list would read every endpoint before it.
+	var rows pgx.Rows
+	if after == nil {
+		rows, err = a.pool.Query(ctx, a.q(`SELECT `+endpointColumns+` FROM {{schema}}.endpoints
+			ORDER BY created_at, id LIMIT $1`), limit+1)
+	} else {
+		rows, err = a.pool.Query(ctx, a.q(`SELECT `+endpointColumns+` FROM {{schema}}.endpoints
+			WHERE (created_at, id) > ($1, $2) ORDER BY created_at, id LIMIT $3`), *after, afterID, limit+1)
+	}
 	if err != nil {
 		return nil, "", 0, fmt.Errorf("list endpoints: %w", err)
 	}

