@@ -68,13 +68,14 @@ func BenchmarkAppendManyEndpoints(b *testing.B) {
 }
 
 // BenchmarkClaimManyEndpoints measures one claim of 64 with 1 and 5,000
-// active endpoints of which one has due deliveries, and with 5,000 that
-// all have (the worst case for a walk of the endpoints with pending rows).
+// active endpoints of which one has due deliveries, with 5,000 that all
+// have (the worst case for a walk of the endpoints with pending rows), and
+// with 500 dead endpoints holding 1,000 retries each, none due.
 //
 //	go test ./dispatch -run '^$' -bench ClaimManyEndpoints -benchtime 100x
 func BenchmarkClaimManyEndpoints(b *testing.B) {
-	for _, c := range []struct{ n, pending int }{{1, 1}, {5000, 1}, {5000, 5000}} {
-		b.Run(fmt.Sprintf("endpoints=%d/pending_at=%d", c.n, c.pending), func(b *testing.B) {
+	for _, c := range []struct{ n, pending, backlogs int }{{1, 1, 0}, {5000, 1, 0}, {5000, 5000, 0}, {5000, 1, 500}} {
+		b.Run(fmt.Sprintf("endpoints=%d/pending_at=%d/dead_backlogs=%d", c.n, c.pending, c.backlogs), func(b *testing.B) {
 			d, bb := obSetup(b, func(o *Options) { o.Logger = nil; o.MaxInFlightPerEndpoint = 64 })
 			manyEndpoints(b, bb, c.n)
 			ctx := context.Background()
@@ -85,6 +86,14 @@ func BenchmarkClaimManyEndpoints(b *testing.B) {
 				SELECT 'd' || i, 'ev' || i, 'whk_' || lpad((i %% %[2]d + 1)::text, 6, '0'), 'auction.x', 'pending'
 				FROM generate_series(1, %[1]d) i;
 				ANALYZE walhook.deliveries; ANALYZE walhook.endpoints`, b.N*64+c.pending, c.pending)); err != nil {
+				b.Fatal(err)
+			}
+			// Dead endpoints' retries, 1,000 each, not due yet.
+			if _, err := bb.pool.Exec(ctx, fmt.Sprintf(`
+				INSERT INTO walhook.deliveries (id, event_id, endpoint_id, event_type, status, next_attempt_at)
+				SELECT 'r' || i, 'ev1', 'whk_' || lpad((4000 + i %% %[1]d)::text, 6, '0'), 'auction.x', 'pending', now() + interval '1 hour'
+				FROM generate_series(1, %[1]d * 1000) i;
+				ANALYZE walhook.deliveries`, c.backlogs)); err != nil {
 				b.Fatal(err)
 			}
 			b.ResetTimer()
