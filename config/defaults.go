@@ -33,6 +33,7 @@ const (
 	DefaultWritePerMinute    = 60
 	DefaultReadPerMinute     = 100
 	DefaultCPUYield          = true
+	DefaultEndpointMetrics   = true
 	DefaultCPUMaxLag         = time.Minute
 	DefaultLogLevel          = "info"
 	DefaultLogFormat         = "text"
@@ -133,6 +134,9 @@ func applyDefaults(c *Config, set map[string]bool) {
 
 	if !set["cpu.yield"] {
 		c.CPU.Yield = DefaultCPUYield
+	}
+	if !set["delivery.endpoint_metrics"] {
+		c.Delivery.EndpointMetrics = DefaultEndpointMetrics
 	}
 	dur(&c.CPU.MaxLag, "cpu.max_lag", DefaultCPUMaxLag)
 

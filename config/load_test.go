@@ -324,7 +324,7 @@ func TestDefaults(t *testing.T) {
 			MaxInFlightPerEndpoint: 8, BatchSize: 64, Lease: Duration(time.Minute), PollInterval: Duration(time.Second),
 			MaxResponseBody: 1024, Retention: Duration(168 * time.Hour),
 			Disable:       DisableRule{Window: Duration(24 * time.Hour), MinFailedDeliveries: 3},
-			SecretOverlap: Duration(24 * time.Hour),
+			SecretOverlap: Duration(24 * time.Hour), EndpointMetrics: true,
 		},
 		API: API{Listen: "127.0.0.1:8080", Open: []string{"/healthz", "/readyz", "/metrics"},
 			RateLimits: RateLimits{WritePerMinute: 60, ReadPerMinute: 100}},

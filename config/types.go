@@ -159,6 +159,10 @@ type Delivery struct {
 	// SecretOverlap: how long an old secret keeps signing after rotation.
 	// Default 24h.
 	SecretOverlap Duration `yaml:"secret_overlap"`
+	// EndpointMetrics: walhook_delivery_attempts_total has an endpoint
+	// label (a series per endpoint and outcome). Default true; false
+	// counts by outcome only, for thousands of endpoints.
+	EndpointMetrics bool `yaml:"endpoint_metrics"`
 }
 
 // DisableRule: an endpoint is disabled when it has had no 2xx for Window

@@ -32,6 +32,10 @@ type Options struct {
 	Logger     *slog.Logger
 	// Registerer receives the metrics; nil registers nothing.
 	Registerer prometheus.Registerer
+	// NoEndpointMetrics counts walhook_delivery_attempts_total by outcome
+	// only, without the endpoint label (a series per endpoint and
+	// outcome: thousands with thousands of endpoints).
+	NoEndpointMetrics bool
 	// Now is the clock for retry decisions. Default time.Now. Times stored
 	// in the store come from PostgreSQL's now(), and the retry delay is
 	// written as now() + delay, so clock skew between walhook processes
@@ -214,7 +218,7 @@ func New(pool *pgxpool.Pool, opts Options) (*Dispatcher, error) {
 	if err != nil {
 		return nil, fmt.Errorf("dispatch: http client: %w", err)
 	}
-	m, err := newMetrics(opts.Registerer)
+	m, err := newMetrics(opts.Registerer, !opts.NoEndpointMetrics)
 	if err != nil {
 		return nil, fmt.Errorf("dispatch: metrics: %w", err)
 	}

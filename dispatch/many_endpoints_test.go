@@ -13,6 +13,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/walhook/walhook/cdc"
 	"github.com/walhook/walhook/mapper"
@@ -398,5 +399,46 @@ func TestListEndpointsReadsAPage(t *testing.T) {
 	if r := reads["endpoints"]; r.seqScans > 1 || r.idxRows > 300 {
 		t.Errorf("a page 1,600 deep read endpoints with %d sequential scans (%d rows) and %d rows through indexes",
 			r.seqScans, r.seqRows, r.idxRows)
+	}
+}
+
+// With thousands of endpoints walhook_delivery_attempts_total had a
+// series per endpoint and outcome; NoEndpointMetrics
+// (delivery.endpoint_metrics: false) counts by outcome only.
+func TestNoEndpointMetricsCountsByOutcomeOnly(t *testing.T) {
+	t.Parallel()
+	rc := obNewReceiver(t, nil)
+	reg := prometheus.NewRegistry()
+	d, b := obSetup(t, func(o *Options) { o.Registerer = reg; o.NoEndpointMetrics = true })
+	for i := range 20 {
+		b.endpoint(t, fmt.Sprintf("whk_%02d", i), rc.URL, nil, nil, true)
+	}
+	obRun(t, d)
+	obAppend(t, d, 10, obEvent("a.b", ""))
+	var series []string
+	obWaitFor(t, "the 20 deliveries counted", func() bool {
+		mfs, err := reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		series = nil
+		var n float64
+		for _, mf := range mfs {
+			if mf.GetName() != "walhook_delivery_attempts_total" {
+				continue
+			}
+			for _, m := range mf.GetMetric() {
+				var ls []string
+				for _, l := range m.GetLabel() {
+					ls = append(ls, l.GetName()+"="+l.GetValue())
+				}
+				series = append(series, strings.Join(ls, ","))
+				n += m.GetCounter().GetValue()
+			}
+		}
+		return n == 20
+	})
+	if len(series) != 1 || series[0] != "outcome=delivered" {
+		t.Fatalf("series %v, want one: outcome=delivered", series)
 	}
 }

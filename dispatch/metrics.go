@@ -36,10 +36,16 @@ type metrics struct {
 	// forgetEndpoint): between the two, a forget removed the note but not
 	// the series made next, which then stayed for good.
 	labelMu sync.RWMutex
+	// byEndpoint: deliveries has the endpoint label (Options.NoEndpointMetrics).
+	byEndpoint bool
 }
 
 // countOutcome counts one attempt outcome of an endpoint.
 func (m *metrics) countOutcome(endpointID, outcome string) {
+	if !m.byEndpoint {
+		m.deliveries.WithLabelValues(outcome).Inc()
+		return
+	}
 	m.labelMu.RLock()
 	defer m.labelMu.RUnlock()
 	m.labelled.LoadOrStore(endpointID, struct{}{})
@@ -48,6 +54,9 @@ func (m *metrics) countOutcome(endpointID, outcome string) {
 
 // forgetEndpoint removes a deleted endpoint's series.
 func (m *metrics) forgetEndpoint(endpointID string) {
+	if !m.byEndpoint {
+		return
+	}
 	m.labelMu.Lock()
 	defer m.labelMu.Unlock()
 	m.deliveries.DeletePartialMatch(prometheus.Labels{"endpoint": endpointID})
@@ -87,12 +96,17 @@ const (
 	outcomeFailed    = "failed"
 )
 
-func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+func newMetrics(reg prometheus.Registerer, byEndpoint bool) (*metrics, error) {
+	labels := []string{"endpoint", "outcome"}
+	if !byEndpoint {
+		labels = labels[1:]
+	}
 	m := &metrics{
+		byEndpoint: byEndpoint,
 		deliveries: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "walhook_delivery_attempts_total",
-			Help: "Delivery attempts by endpoint and outcome (delivered, retry = will be retried, failed = retries exhausted or refused).",
-		}, []string{"endpoint", "outcome"}),
+			Help: "Delivery attempts by endpoint (unless delivery.endpoint_metrics is false) and outcome (delivered, retry = will be retried, failed = retries exhausted or refused).",
+		}, labels),
 		attemptLatency: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "walhook_attempt_duration_seconds",
 			Help:    "Duration of one HTTP delivery attempt.",

@@ -16,7 +16,7 @@ import (
 func TestCountOutcomeRacingForgetKeepsSeriesFindable(t *testing.T) {
 	t.Parallel()
 	reg := prometheus.NewRegistry()
-	m, err := newMetrics(reg)
+	m, err := newMetrics(reg, true)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -98,6 +98,9 @@ func dispatchOptions(cfg *config.Config, log *slog.Logger, reg prometheus.Regist
 		Schema:     cfg.Store.Schema,
 		Logger:     log.With("part", "dispatch"),
 		Registerer: reg,
+		// Counted by outcome only when the config turns the endpoint
+		// label off (thousands of endpoints).
+		NoEndpointMetrics: !cfg.Delivery.EndpointMetrics,
 		Client: dispatch.ClientOptions{
 			Timeout:         dl.Timeout.D(),
 			AllowHTTP:       dl.AllowHTTP,
