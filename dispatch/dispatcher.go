@@ -190,6 +190,8 @@ type Dispatcher struct {
 	// afterStaticRead, when set (tests), runs after a static sync read
 	// the static endpoints, before it locks them.
 	afterStaticRead func()
+	// claims counts the claim statements run (tests).
+	claims atomic.Int64
 	// secrets caches decoded signing keys by secret.
 	secrets secretCache
 	// endpoints is the fan-out's copy of the endpoints.

@@ -442,3 +442,29 @@ func TestNoEndpointMetricsCountsByOutcomeOnly(t *testing.T) {
 		t.Fatalf("series %v, want one: outcome=delivered", series)
 	}
 }
+
+// An endpoint at its in-flight limit, its requests hanging, with more due
+// deliveries made every claim report it capped, and the loop claimed
+// again at once, and again: about 5,000 claims a second that took
+// nothing, with one such endpoint (and with hundreds of dead endpoints at
+// their limits, all the time). It claims again once room frees up, or at
+// the poll.
+func TestEndpointAtItsLimitDoesNotMakeClaimsSpin(t *testing.T) {
+	t.Parallel()
+	d, b := obSetup(t, func(o *Options) { o.Client.Timeout = time.Minute; o.MaxInFlightPerEndpoint = 2 })
+	dead := newHangingReceiver(t)
+	b.endpoint(t, "dead1", dead.URL, nil, nil, true)
+	for i := range 8 {
+		obAppend(t, d, cdc.LSN(100+i*10), obEvent("auction.bid_placed", "D"))
+	}
+	obRun(t, d)
+	t.Cleanup(dead.release)
+	obWaitFor(t, "the endpoint's requests", func() bool { h, _ := dead.counts(); return h >= 2 })
+	time.Sleep(200 * time.Millisecond)
+	before := d.claims.Load()
+	time.Sleep(2 * time.Second)
+	// The poll (50 ms here) claims 40 times in 2 s.
+	if n := d.claims.Load() - before; n > 200 {
+		t.Errorf("%d claims in 2 s while the only endpoint with due deliveries sat at its limit", n)
+	}
+}
