@@ -468,3 +468,36 @@ func TestEndpointAtItsLimitDoesNotMakeClaimsSpin(t *testing.T) {
 		t.Errorf("%d claims in 2 s while the only endpoint with due deliveries sat at its limit", n)
 	}
 }
+
+// Events to a failing endpoint are stored pending (appends hand it
+// nothing); they must not wake a claim each, which has nothing to take
+// while the failing endpoints' share of the workers is in use: a dead
+// endpoint that gets a steady stream of events made a claim per append.
+func TestEventsToAFailingEndpointDoNotWakeClaims(t *testing.T) {
+	t.Parallel()
+	d, b := obSetup(t, func(o *Options) {
+		o.Client.Timeout = time.Minute
+		o.MaxInFlightPerEndpoint = 2
+		o.Workers = 2 // a failing share of 1
+		o.PollInterval = time.Second
+	})
+	dead := newHangingReceiver(t)
+	b.endpoint(t, "dead1", dead.URL, nil, nil, true)
+	if _, err := b.pool.Exec(context.Background(), `UPDATE walhook.endpoints SET failing_since = now()`); err != nil {
+		t.Fatal(err)
+	}
+	obAppend(t, d, 100, obEvent("auction.bid_placed", "D"))
+	obRun(t, d)
+	t.Cleanup(dead.release)
+	obWaitFor(t, "the endpoint's request", func() bool { h, _ := dead.counts(); return h >= 1 })
+	before := d.claims.Load()
+	for i := range 50 {
+		obAppend(t, d, cdc.LSN(200+i*10), obEvent("auction.bid_placed", "D"))
+	}
+	if n := d.claims.Load() - before; n > 10 {
+		t.Errorf("50 appends to a failing endpoint made %d claims", n)
+	}
+	if n := b.count(t, `SELECT count(*) FROM walhook.deliveries WHERE status = 'pending'`); n != 50 {
+		t.Errorf("%d deliveries pending, want the 50", n)
+	}
+}

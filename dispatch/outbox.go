@@ -234,6 +234,12 @@ func (d *Dispatcher) Append(ctx context.Context, slot, systemID string, txs []Tx
 						case !ep.active:
 						case res.take(ep.id):
 							status = "delivering"
+						case res.failing(ep.id):
+							// Claimed within the failing endpoints'
+							// share, at the poll: no wake-up (every
+							// event to a dead endpoint woke a claim
+							// that had nothing to take).
+							status = "pending"
 						default:
 							status = "pending"
 							pending++

@@ -308,6 +308,12 @@ func (r *reservation) take(endpointID string) bool {
 	return true
 }
 
+// failing reports whether the claim loop notes endpointID failing (false
+// when no claim loop runs).
+func (r *reservation) failing(endpointID string) bool {
+	return r != nil && r.f.isFailing(endpointID)
+}
+
 // handoff gives the claim loop the reserved deliveries that were stored
 // as claimed by this process (cs, a subset of what was taken: a replayed
 // delivery already in the store is not), and returns the rest of the
