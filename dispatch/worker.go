@@ -828,12 +828,16 @@ func (d *Dispatcher) claimLoop(ctx context.Context) error {
 		}
 		return maxHeld - held.heldByClaims()
 	}
-	// The room right after the last claim's deliveries were queued: work
-	// left behind at an endpoint's limit is claimed again once room has
-	// freed up since, not at once. Claiming again at once while the room
-	// stayed as it was (an endpoint at its limit, its requests hanging)
-	// ran claim after claim, about 5,000 a second, that took nothing.
-	roomAfter := maxHeld
+	// The room the last claim left: the room when it was sent less what
+	// it took. Work left behind at an endpoint's limit is claimed again
+	// once room has freed up since, not at once. Claiming again at once
+	// while the room stayed as it was (an endpoint at its limit, its
+	// requests hanging) ran claim after claim, about 5,000 a second, that
+	// took nothing. It is counted from the claim's start, not its end: a
+	// request that finished while the claim ran freed room the claim did
+	// not see, and counted from the end, an endpoint whose last requests
+	// finished then was never claimed from again until the poll.
+	roomAfter, roomAtClaim := maxHeld, maxHeld
 	for {
 		room := roomNow()
 		freed := room - roomAfter
@@ -841,7 +845,7 @@ func (d *Dispatcher) claimLoop(ctx context.Context) error {
 		case claiming || retry != nil || room <= 0:
 		case claimNow || (left && freed >= claimEvery) || (left && freed > 0 && room == maxHeld):
 			n := min(room, d.opts.BatchSize)
-			claiming, claimNow, coalesce = true, false, nil
+			claiming, claimNow, coalesce, roomAtClaim = true, false, nil, room
 			go func() {
 				cs, capped, err := d.claim(ctx, n, held)
 				results <- claimResult{cs: cs, capped: capped, n: n, err: err}
@@ -880,7 +884,7 @@ func (d *Dispatcher) claimLoop(ctx context.Context) error {
 			// whose limit stopped the claim, or by an Append the claim
 			// did not see.
 			full := len(r.cs) == r.n
-			roomAfter = roomNow()
+			roomAfter = roomAtClaim - len(r.cs)
 			left = full || r.capped || woke
 			claimNow = full || woke
 			woke = false
