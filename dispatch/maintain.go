@@ -19,26 +19,35 @@ const retentionBatch = 1000
 // rows past retention. Every step is safe to run in several processes at
 // once.
 func (d *Dispatcher) maintain(ctx context.Context) error {
+	// Each step is bounded (maintainStepTimeout): one that waits on a
+	// connection the network dropped would hold every later pass, the
+	// lease rescue's included.
+	step := func(f func(context.Context) error) error {
+		sctx, cancel := context.WithTimeout(ctx, maintainStepTimeout)
+		defer cancel()
+		return f(sctx)
+	}
 	every := min(max(d.opts.Lease/4, 100*time.Millisecond), 15*time.Second)
 	tick := time.NewTicker(every)
 	defer tick.Stop()
 	lastRetention, lastForget := time.Time{}, time.Now()
 	var gauges gaugeRefresh
 	for {
-		if n, err := d.rescue(ctx); err != nil {
+		var n int64
+		if err := step(func(ctx context.Context) (err error) { n, err = d.rescue(ctx); return err }); err != nil {
 			d.logMaintenance(ctx, "rescue expired leases", err)
 		} else if n > 0 {
 			d.log.Warn("rescued deliveries whose lease expired (a walhook process stopped or lost the store mid-attempt, or an attempt outlived its lease)", slog.Int64("count", n))
 			d.Notify()
 		}
-		if _, err := d.skipDisabled(ctx); err != nil {
+		if err := step(func(ctx context.Context) error { _, err := d.skipDisabled(ctx); return err }); err != nil {
 			d.logMaintenance(ctx, "skip deliveries of disabled endpoints", err)
 		}
-		if err := d.purgeTombstones(ctx); err != nil {
+		if err := step(d.purgeTombstones); err != nil {
 			d.logMaintenance(ctx, "delete deliveries of deleted endpoints", err)
 		}
 		if now := time.Now(); gauges.due(now) {
-			err := d.updateGauges(ctx)
+			err := step(d.updateGauges)
 			gauges.at, gauges.took = now, time.Since(now)
 			if err != nil {
 				// A count that failed (the store away, a stall) says
@@ -50,13 +59,14 @@ func (d *Dispatcher) maintain(ctx context.Context) error {
 		if time.Since(lastForget) >= time.Minute {
 			lastForget = time.Now()
 			d.pruneNotes(lastForget)
-			if err := d.forgetDeletedEndpoints(ctx); err != nil {
+			if err := step(d.forgetDeletedEndpoints); err != nil {
 				d.logMaintenance(ctx, "remove the metrics of deleted endpoints", err)
 			}
 		}
 		if d.opts.Retention > 0 && time.Since(lastRetention) >= time.Minute {
 			lastRetention = time.Now()
-			n, more, err := d.deleteExpired(ctx, retentionPass)
+			var more bool
+			err := step(func(ctx context.Context) (err error) { n, more, err = d.deleteExpired(ctx, retentionPass); return err })
 			if err != nil {
 				d.logMaintenance(ctx, "retention", err)
 			} else if n > 0 {
@@ -74,6 +84,9 @@ func (d *Dispatcher) maintain(ctx context.Context) error {
 		}
 	}
 }
+
+// maintainStepTimeout bounds one maintenance step (see maintain).
+const maintainStepTimeout = 30 * time.Second
 
 // logMaintenance logs a failed maintenance step: the first of a run, then
 // at most one a minute (a store outage fails every step of every pass).

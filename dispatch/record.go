@@ -123,7 +123,10 @@ func (r *recorder) write(batch []success) {
 		if r.closing.Load() != 0 {
 			least = 200 * time.Millisecond
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), max(time.Until(bound()), least))
+		// One try gets at most claimTimeout: a write sent on a connection
+		// the network dropped is given up on while there is time left to
+		// try again on another.
+		ctx, cancel := context.WithTimeout(context.Background(), max(min(time.Until(bound()), claimTimeout), least))
 		err = d.recordSuccesses(ctx, batch)
 		cancel()
 		if err == nil || time.Now().Add(delay).After(bound()) {

@@ -847,7 +847,9 @@ func (d *Dispatcher) claimLoop(ctx context.Context) error {
 			n := min(room, d.opts.BatchSize)
 			claiming, claimNow, coalesce, roomAtClaim = true, false, nil, room
 			go func() {
-				cs, capped, err := d.claim(ctx, n, held)
+				cctx, cancel := context.WithTimeout(ctx, claimTimeout)
+				defer cancel()
+				cs, capped, err := d.claim(cctx, n, held)
 				results <- claimResult{cs: cs, capped: capped, n: n, err: err}
 			}()
 		case left && freed > 0 && coalesce == nil:
@@ -939,6 +941,17 @@ func (d *Dispatcher) failingShare() int { return max(d.opts.Workers/2, 1) }
 // claim that finds the endpoint failing) for this long is dropped.
 const failingForget = 10 * time.Minute
 
+// claimTimeout bounds one claim, and releaseIDs one release. Without a
+// bound, a claim sent on a connection the network dropped without a word
+// (a NAT or load balancer that forgot it; a link that drops every packet)
+// waits for as long as TCP takes to give up, many minutes, and forever
+// behind a middlebox that keeps the socket open: no claim ran meanwhile,
+// so no retry was sent (TestRunStoreBlackholedWhileClaiming). Cut short,
+// the connection is closed and the next claim takes another; a claim that
+// committed unseen holds its rows until their lease ends and the rescue
+// frees them.
+const claimTimeout = 15 * time.Second
+
 // coalesceDelay bounds how long freed room waits for more before the
 // claim loop claims work that was left behind for it.
 const coalesceDelay = 2 * time.Millisecond
@@ -958,6 +971,8 @@ const coalesceDelay = 2 * time.Millisecond
 // before a re-enable committed, a release that committed after the
 // recover had run left its delivery skipped for good.
 func (d *Dispatcher) releaseIDs(ctx context.Context, cs []claimed, status string) (int64, error) {
+	ctx, cancel := context.WithTimeout(ctx, claimTimeout)
+	defer cancel()
 	ids := make([]string, len(cs))
 	leases := make([]time.Time, len(cs))
 	for i, c := range cs {
@@ -1014,7 +1029,9 @@ func (d *Dispatcher) listen(ctx context.Context) error {
 }
 
 func (d *Dispatcher) listenOnce(ctx context.Context) error {
-	conn, err := d.pool.Acquire(ctx)
+	actx, acancel := context.WithTimeout(ctx, claimTimeout)
+	conn, err := d.pool.Acquire(actx)
+	acancel()
 	if err != nil {
 		return err
 	}
@@ -1022,7 +1039,10 @@ func (d *Dispatcher) listenOnce(ctx context.Context) error {
 	// keep a LISTEN registration for its next user.
 	pc := conn.Hijack()
 	defer pc.Close(context.WithoutCancel(ctx))
-	if _, err := pc.Exec(ctx, "LISTEN "+quoteIdent(d.channel)); err != nil {
+	lctx, lcancel := context.WithTimeout(ctx, claimTimeout)
+	_, err = pc.Exec(lctx, "LISTEN "+quoteIdent(d.channel))
+	lcancel()
+	if err != nil {
 		return err
 	}
 	// A URL or secret change announced while no LISTEN was up is not
@@ -1070,6 +1090,8 @@ func (d *Dispatcher) listenOnce(ctx context.Context) error {
 // as this process may hold a delivery) as if announced: notifications are
 // not kept for a listener that was away.
 func (d *Dispatcher) catchUp(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, maintainStepTimeout)
+	defer cancel()
 	rows, err := d.pool.Query(ctx, d.q(`SELECT id FROM {{schema}}.endpoints WHERE NOT active AND disabled_at > now() - make_interval(secs => $1)
 		UNION SELECT id FROM {{schema}}.endpoints_deleted WHERE deleted_at > now() - make_interval(secs => $1)`), d.opts.Lease.Seconds())
 	if err != nil {

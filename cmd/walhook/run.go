@@ -363,6 +363,9 @@ func refuseSourceStandby(ctx context.Context, dsn string) error {
 	return nil
 }
 
+// storePingTimeout bounds the store pool's check of an idle connection.
+const storePingTimeout = 5 * time.Second
+
 // openStore connects the store pool, sized for the workers unless the DSN
 // says pool_max_conns itself.
 func openStore(ctx context.Context, cfg *config.Config) (*pgxpool.Pool, error) {
@@ -374,6 +377,14 @@ func openStore(ctx context.Context, cfg *config.Config) (*pgxpool.Pool, error) {
 		// Workers record outcomes concurrently; claim, LISTEN, maintenance,
 		// Append and the API need a few more.
 		pc.MaxConns = int32(max(8, cfg.Delivery.Workers/2+6))
+	}
+	if !strings.Contains(cfg.Store.DSN, "pool_ping_timeout") {
+		// The pool pings a connection idle for over a second before it
+		// hands it out, by default without a bound: one the network
+		// dropped without a word (a NAT that forgot it) held whoever
+		// asked for it, the leader lock's next try included, for as long
+		// as TCP takes (TestRunStoreBlackholedWhileClaiming).
+		pc.PingTimeout = storePingTimeout
 	}
 	pool, err := pgxpool.NewWithConfig(ctx, pc)
 	if err != nil {

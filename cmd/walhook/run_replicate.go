@@ -56,6 +56,16 @@ var (
 	appendStopGrace = 5 * time.Second
 )
 
+// leaderQueryTimeout bounds each store call of the leader lock, and
+// termStartTimeout the store reads that start a leadership term: a call
+// sent on a connection the network dropped without a word (a NAT or load
+// balancer that forgot it) would wait for as long as TCP takes, forever
+// behind a middlebox that keeps the socket open.
+const (
+	leaderQueryTimeout = 10 * time.Second
+	termStartTimeout   = 30 * time.Second
+)
+
 var errLeaderLost = errors.New("lost the store connection that holds the slot's leader lock")
 
 // termStartError is what a failed read of the store at the start of a
@@ -136,12 +146,16 @@ func acquireLeader(ctx context.Context, pool *pgxpool.Pool, key string, log *slo
 	}
 	for {
 		if conn == nil {
-			pc, err := pool.Acquire(ctx)
+			// Bounded as the lock's query below: a connection the network
+			// dropped without a word held the next term's start for as
+			// long as TCP takes (TestRunStoreBlackholedWhileClaiming).
+			actx, cancel := context.WithTimeout(ctx, leaderQueryTimeout)
+			pc, err := pool.Acquire(actx)
 			if err == nil {
 				// Hijack: the session must stay ours, the pool must never
 				// hand it (and the lock) to anyone else.
 				conn = pc.Hijack()
-				if err := bindLockSession(ctx, conn); err != nil {
+				if err := bindLockSession(actx, conn); err != nil {
 					closeConn(conn)
 					conn = nil
 					if ctx.Err() == nil {
@@ -153,12 +167,13 @@ func acquireLeader(ctx context.Context, pool *pgxpool.Pool, key string, log *slo
 				waiting(stateWaitingForStore)
 				warn("leader lock: connect to the store", err)
 			}
+			cancel()
 		}
 		if conn != nil {
 			var got bool
 			// Bounded: on a half-open connection the query would wait for
 			// TCP to give up, many minutes.
-			qctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			qctx, cancel := context.WithTimeout(ctx, leaderQueryTimeout)
 			err := conn.QueryRow(qctx, `SELECT pg_try_advisory_lock(hashtextextended($1, 0))`, key).Scan(&got)
 			cancel()
 			switch {
@@ -259,6 +274,10 @@ func (r *runner) lead(ctx context.Context, lock *leaderLock) error {
 	slot := r.cfg.Source.Slot
 	// A store that fails here (a connection broken by a store restart)
 	// ends the term, not the process: the lock is let go and taken again.
+	// The reads are bounded (termStartTimeout), as the lock's own check.
+	term := ctx
+	ctx, cancelStart := context.WithTimeout(term, termStartTimeout)
+	defer cancelStart()
 	cursor, systemID, ok, err := r.disp.Cursor(ctx, slot)
 	if err != nil {
 		return termStartError("read the cursor", err)
@@ -292,9 +311,13 @@ func (r *runner) lead(ctx context.Context, lock *leaderLock) error {
 		r.log.Info("a transaction an older walhook stored in part is replayed under the ids it was stored with",
 			slog.String("commit_lsn", legacy.String()))
 	}
+	cancelStart()
+	ctx = term
 	opts := streamOptions(r.cfg, r.log)
 	opts.SystemID = r.systemID
 	opts.Durable = func(ctx context.Context) (cdc.LSN, bool, error) {
+		ctx, cancel := context.WithTimeout(ctx, termStartTimeout)
+		defer cancel()
 		lsn, _, ok, err := r.disp.Cursor(ctx, slot)
 		return lsn, ok, err
 	}
