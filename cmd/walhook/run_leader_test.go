@@ -31,7 +31,7 @@ func TestLeaderLockSessionEndsWhenSilent(t *testing.T) {
 		return p
 	}
 	log := slog.New(slog.DiscardHandler)
-	a, err := acquireLeader(ctx, pool(), "k", log, func(string) {}, lograte.New(time.Minute))
+	a, err := acquireLeader(ctx, pool(), "k", log, func(string) {}, lograte.New(time.Minute), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -54,7 +54,7 @@ func TestLeaderLockSessionEndsWhenSilent(t *testing.T) {
 	}
 	bctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	b, err := acquireLeader(bctx, pool(), "k", log, func(string) {}, lograte.New(time.Minute))
+	b, err := acquireLeader(bctx, pool(), "k", log, func(string) {}, lograte.New(time.Minute), nil)
 	if err != nil {
 		t.Fatalf("a standby did not get the lock of a silent holder: %v", err)
 	}

@@ -137,3 +137,47 @@ func TestRunStoreBlackholedWhileClaiming(t *testing.T) {
 	}
 	t.Logf("walhook run warnings:\n%s", runTail(warnLines(p.stderr.String()), 3000))
 }
+
+// The store's connections are blackholed for good while walhook leads:
+// its lock session stops answering, the term ends, and walhook leads
+// again within seconds, ending its own lost session (which holds the lock
+// on the server until idle_session_timeout, a minute, behind a middlebox
+// that answers TCP keepalives; no process could lead until then). Every
+// change written meanwhile is delivered.
+func TestRunLeadsAgainAfterItsLockSessionIsBlackholed(t *testing.T) {
+	t.Parallel()
+	r := newNetRig(t, "wh_netlock", nil, nil)
+	p := startRunProc(t, "--config", r.file)
+	alive := func() string {
+		if err, ok := p.exited(); ok {
+			t.Fatalf("walhook run exited: %v\n%s", err, runTail(p.stderr.String(), 4000))
+		}
+		return p.diag()
+	}
+	insertItems(t, r.db, 1, 10)
+	runWaitFor(t, 30*time.Second, "10 deliveries", func() bool { return r.rc.Unique() == 10 }, alive)
+	r.storeP.Blackhole()
+	blackholed := time.Now()
+	insertItems(t, r.db, 11, 30)
+	// The lock's check notices within leaderPoll + leaderQueryTimeout;
+	// a term's start and the first Append then take a fresh connection
+	// each (the pool's ping bounds a dead idle one). Well inside
+	// idle_session_timeout.
+	runWaitFor(t, 40*time.Second, "30 deliveries after the store's connections were blackholed", func() bool { return r.rc.Unique() == 30 }, alive)
+	t.Logf("delivered the changes written after the blackhole %s after it", time.Since(blackholed).Round(time.Second))
+	if !strings.Contains(p.stderr.String(), "ended this process's lock session that stopped answering") {
+		t.Errorf("the log does not say walhook ended its lost lock session:\n%s", runTail(warnLines(p.stderr.String()), 3000))
+	}
+	if err := p.stop(t); err != nil {
+		t.Fatalf("stop: %v", err)
+	}
+	if r.db.rcLeaked(t, p) {
+		t.Error("the log holds the DSN's password")
+	}
+}
+
+// rcLeaked reports whether p's log holds the DSN's password.
+func (d *runDB) rcLeaked(t *testing.T, p *runProc) bool {
+	t.Helper()
+	return strings.Contains(p.stderr.String()+p.stdout.String(), runDSNPassword)
+}

@@ -95,8 +95,9 @@ func leaderLockKey(schema, slot string) string { return "walhook.slot." + schema
 func (r *runner) replicate(ctx context.Context) error {
 	key := leaderLockKey(r.cfg.Store.Schema, r.cfg.Source.Slot)
 	lim := lograte.New(time.Minute)
+	var lost *lockSession
 	for {
-		lock, err := acquireLeader(ctx, r.pool, key, r.log, r.repl.setWaiting, lim)
+		lock, err := acquireLeader(ctx, r.pool, key, r.log, r.repl.setWaiting, lim, lost)
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil
@@ -105,8 +106,10 @@ func (r *runner) replicate(ctx context.Context) error {
 		}
 		err = r.lead(ctx, lock)
 		lock.release()
+		lost = nil
 		switch {
 		case errors.Is(err, errLeaderLost):
+			lost = &lock.session
 			r.log.Warn("stopped replicating; waiting to take the slot again", logKeyErr, err)
 		case errors.Is(err, dispatch.ErrCursorWentBack):
 			// The next term reads the cursor as the store has it now,
@@ -122,8 +125,16 @@ func (r *runner) replicate(ctx context.Context) error {
 
 // leaderLock is a dedicated store session holding the advisory lock.
 type leaderLock struct {
-	conn *pgx.Conn
-	key  string
+	conn    *pgx.Conn
+	key     string
+	session lockSession
+}
+
+// lockSession names a store session: its server process and when it
+// began (a process id alone may have been reused since).
+type lockSession struct {
+	pid   uint32
+	start time.Time
 }
 
 // acquireLeader blocks until this process holds the lock (or ctx ends).
@@ -131,8 +142,19 @@ type leaderLock struct {
 // holds the lock, stateWaitingForStore while the store does not answer.
 // A store that stays away is logged once and then once a minute (lim),
 // and its return once.
-func acquireLeader(ctx context.Context, pool *pgxpool.Pool, key string, log *slog.Logger, waiting func(string), lim *lograte.Limiter) (*leaderLock, error) {
+//
+// lost, when set, is this process's own lock session of the term that
+// ended because it stopped answering. Over a network that dropped it
+// without a word (a NAT or load balancer that forgot the connection) the
+// server keeps it, and the lock with it, until TCP keepalives or
+// idle_session_timeout end it (bindLockSession), up to a minute behind a
+// middlebox that answers the keepalives; no process could lead meanwhile.
+// It is this process's, and its term is over, so it is ended at once
+// (pg_terminate_backend, allowed on a session of one's own role), once.
+func acquireLeader(ctx context.Context, pool *pgxpool.Pool, key string, log *slog.Logger, waiting func(string),
+	lim *lograte.Limiter, lost *lockSession) (*leaderLock, error) {
 	var conn *pgx.Conn
+	var session lockSession
 	standby := false
 	warn := func(msg string, err error) {
 		if ok, held := lim.Allow("leader lock"); ok {
@@ -155,13 +177,17 @@ func acquireLeader(ctx context.Context, pool *pgxpool.Pool, key string, log *slo
 				// Hijack: the session must stay ours, the pool must never
 				// hand it (and the lock) to anyone else.
 				conn = pc.Hijack()
-				if err := bindLockSession(actx, conn); err != nil {
+				session, err = bindLockSession(actx, conn)
+				if err != nil {
 					closeConn(conn)
 					conn = nil
 					if ctx.Err() == nil {
 						waiting(stateWaitingForStore)
 						warn("leader lock: prepare the session", err)
 					}
+				} else if lost != nil {
+					endLostSession(actx, conn, *lost, log)
+					lost = nil
 				}
 			} else if ctx.Err() == nil {
 				waiting(stateWaitingForStore)
@@ -179,7 +205,7 @@ func acquireLeader(ctx context.Context, pool *pgxpool.Pool, key string, log *slo
 			switch {
 			case err == nil && got:
 				answered()
-				return &leaderLock{conn: conn, key: key}, nil
+				return &leaderLock{conn: conn, key: key, session: session}, nil
 			case err == nil:
 				answered()
 				waiting(stateStandby)
@@ -217,12 +243,34 @@ func acquireLeader(ctx context.Context, pool *pgxpool.Pool, key string, log *slo
 // answers the keepalives. The holder pings every leaderPoll and a standby
 // polls as often, so a live process never idles that long, even starved
 // of CPU under cpu.yield. Over a Unix socket the TCP settings do nothing.
-func bindLockSession(ctx context.Context, conn *pgx.Conn) error {
-	_, err := conn.Exec(ctx, `SELECT set_config('tcp_keepalives_idle', '10', false),
+// It returns the session's name (see acquireLeader's lost).
+func bindLockSession(ctx context.Context, conn *pgx.Conn) (lockSession, error) {
+	var s lockSession
+	var pid int32
+	err := conn.QueryRow(ctx, `SELECT pg_backend_pid(), (SELECT backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid()),
+		set_config('tcp_keepalives_idle', '10', false),
 		set_config('tcp_keepalives_interval', '5', false), set_config('tcp_keepalives_count', '3', false),
 		CASE WHEN current_setting('server_version_num')::int >= 140000
-		     THEN set_config('idle_session_timeout', '60s', false) END`)
-	return err
+		     THEN set_config('idle_session_timeout', '60s', false) END`).Scan(&pid, &s.start, nil, nil, nil, nil)
+	s.pid = uint32(pid)
+	return s, err
+}
+
+// endLostSession ends this process's lost lock session (see
+// acquireLeader), if it is still there; a failure only leaves it to the
+// server's own timeouts.
+func endLostSession(ctx context.Context, conn *pgx.Conn, lost lockSession, log *slog.Logger) {
+	var ended bool
+	err := conn.QueryRow(ctx, `SELECT coalesce(bool_or(pg_terminate_backend(pid)), false) FROM pg_stat_activity
+		WHERE pid = $1 AND backend_start = $2`, int32(lost.pid), lost.start).Scan(&ended)
+	switch {
+	case err != nil:
+		log.Debug("leader lock: end this process's lost lock session (the store ends it by itself within a minute)",
+			logKeyErr, err, slog.Int("session_pid", int(lost.pid)))
+	case ended:
+		log.Info("leader lock: ended this process's lock session that stopped answering (a network that dropped it), so the slot is led again at once",
+			slog.Int("session_pid", int(lost.pid)))
+	}
 }
 
 // watch returns errLeaderLost as soon as the lock's session stops
