@@ -71,7 +71,14 @@ func (s *Stream) session(ctx context.Context, pos *LSN) (streamed bool, err erro
 		"publication_names '" + strings.ReplaceAll(`"`+strings.ReplaceAll(s.opts.Publication, `"`, `""`)+`"`, "'", "''") + "'",
 		"messages 'true'",
 	}
-	if err := pglogrepl.StartReplication(ctx, conn, s.opts.Slot, *pos, pglogrepl.StartReplicationOptions{PluginArgs: args}); err != nil {
+	// Bounded as the stream's silence is (ReceiveTimeout): sent on a
+	// connection the network drops without a word, the command would wait
+	// for as long as TCP takes, forever behind a middlebox that keeps the
+	// socket open (TestStreamStartBlackholed).
+	sctx, cancel := context.WithTimeout(ctx, s.opts.ReceiveTimeout)
+	err = pglogrepl.StartReplication(sctx, conn, s.opts.Slot, *pos, pglogrepl.StartReplicationOptions{PluginArgs: args})
+	cancel()
+	if err != nil {
 		return false, fmt.Errorf("start replication at %s: %w", *pos, classify(err))
 	}
 	s.setState(StateStreaming, nil)

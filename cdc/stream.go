@@ -366,7 +366,9 @@ func (s *Stream) attempt(ctx context.Context, pos *LSN, start LSN, fresh bool) (
 		s.handed.Store(uint64(*pos))
 	}
 	if s.opts.Durable != nil {
-		d, ok, err := s.opts.Durable(ctx)
+		dctx, cancel := context.WithTimeout(ctx, s.opts.ReceiveTimeout)
+		d, ok, err := s.opts.Durable(dctx)
+		cancel()
 		if err != nil {
 			return false, fmt.Errorf("read the consumer's durable position: %w", err)
 		}
@@ -397,7 +399,13 @@ func (s *Stream) attempt(ctx context.Context, pos *LSN, start LSN, fresh bool) (
 // preflight reads the slot and publication on a normal connection so that
 // missing or invalidated objects are reported as such, not as whatever
 // START_REPLICATION happens to say.
+//
+// It is bounded by ReceiveTimeout, as the stream's silence is: a query
+// sent on a connection the network drops without a word would wait for
+// as long as TCP takes (TestStreamStartBlackholed).
 func (s *Stream) preflight(ctx context.Context) (SlotStatus, error) {
+	ctx, cancel := context.WithTimeout(ctx, s.opts.ReceiveTimeout)
+	defer cancel()
 	conn, err := pgx.ConnectConfig(ctx, s.sqlCfg)
 	if err != nil {
 		return SlotStatus{}, fmt.Errorf("connect: %w", err)

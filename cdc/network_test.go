@@ -1,0 +1,56 @@
+package cdc
+
+import (
+	"fmt"
+	"net/url"
+	"testing"
+	"time"
+
+	"github.com/walhook/walhook/internal/faultproxy"
+	"github.com/walhook/walhook/internal/pgtest"
+)
+
+// Network faults on the source's connections, injected by a TCP proxy
+// (internal/faultproxy) between the stream and PostgreSQL.
+
+// viaProxy starts a fault proxy in front of dsn's server and returns it
+// with dsn pointed at it.
+func viaProxy(t *testing.T, dsn string) (*faultproxy.Proxy, string) {
+	t.Helper()
+	u, err := url.Parse(dsn)
+	if err != nil || u.Port() == "" {
+		t.Fatalf("DSN %q is not a TCP URL: %v", dsn, err)
+	}
+	p, err := faultproxy.Start(u.Host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.Close)
+	u.Host = fmt.Sprintf("127.0.0.1:%d", p.Port())
+	return p, u.String()
+}
+
+// The network drops, without a word, the connection of the slot's
+// preflight query and then the replication connection just as it sends
+// START_REPLICATION: each is given up on after ReceiveTimeout, and the
+// stream connects again and streams. Before, each waited for as long as
+// TCP takes, forever behind a middlebox that keeps the socket open.
+func TestStreamStartBlackholed(t *testing.T) {
+	t.Parallel()
+	dsn := pgtest.Shared(t).NewDatabase(t)
+	setupDB(t, dsn, itemSchema, "public.item")
+	p, pdsn := viaProxy(t, dsn)
+	pre := p.AddRule(&faultproxy.Rule{Match: []byte("pg_replication_slots"), After: -1, Action: faultproxy.BlackholeConn})
+	start := p.AddRule(&faultproxy.Rule{Match: []byte("START_REPLICATION"), After: -1, Action: faultproxy.BlackholeConn})
+	exec(t, dsn, `INSERT INTO item VALUES (1, 'a')`)
+	b := startStream(t, pdsn, 0, func(o *Options) { o.ReceiveTimeout = 3 * time.Second })
+	began := time.Now()
+	tx := b.nextTx(t)
+	if len(tx.Changes) != 1 {
+		t.Fatalf("first transaction: %+v", tx)
+	}
+	if pre.Fired() != 1 || start.Fired() != 1 {
+		t.Errorf("the blackholes fired %d and %d times, want once each", pre.Fired(), start.Fired())
+	}
+	t.Logf("streamed %s after both blackholes", time.Since(began).Round(100*time.Millisecond))
+}
