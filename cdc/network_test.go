@@ -54,3 +54,28 @@ func TestStreamStartBlackholed(t *testing.T) {
 	}
 	t.Logf("streamed %s after both blackholes", time.Since(began).Round(100*time.Millisecond))
 }
+
+// The replication connection is blackholed mid-stream (packets dropped,
+// no reset): the stream hears nothing for ReceiveTimeout, connects again,
+// and hands out the changes written meanwhile, once each after the last
+// one handed out.
+func TestStreamBlackholedMidStream(t *testing.T) {
+	t.Parallel()
+	dsn := pgtest.Shared(t).NewDatabase(t)
+	setupDB(t, dsn, itemSchema, "public.item")
+	p, pdsn := viaProxy(t, dsn)
+	b := startStream(t, pdsn, 0, func(o *Options) { o.ReceiveTimeout = 3 * time.Second })
+	exec(t, dsn, `INSERT INTO item VALUES (1, 'a')`)
+	first := b.nextTx(t)
+	b.stream.Confirm(first.EndLSN)
+	p.Blackhole()
+	exec(t, dsn, `INSERT INTO item VALUES (2, 'b')`)
+	began := time.Now()
+	second := b.nextTx(t)
+	if second.Xid == first.Xid || len(second.Changes) != 1 {
+		t.Fatalf("after the blackhole: %+v (first %+v)", second, first)
+	}
+	if took := time.Since(began); took > 3*time.Second+20*time.Second {
+		t.Errorf("the stream took %s to come back, want about ReceiveTimeout (3s) and a reconnect", took)
+	}
+}

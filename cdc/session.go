@@ -58,6 +58,7 @@ func (s *Stream) session(ctx context.Context, pos *LSN) (streamed bool, err erro
 	if err != nil {
 		return false, fmt.Errorf("connect for replication: %w", err)
 	}
+	s.walsender.Store(conn.PID())
 	defer func() {
 		cctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()

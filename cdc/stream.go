@@ -114,6 +114,9 @@ type Stream struct {
 	caughtUpAt atomic.Int64
 	runAt      atomic.Int64 // when Run started
 	reconnects atomic.Int64
+	// walsender is the server process of this stream's last replication
+	// connection (see endAbandoned).
+	walsender atomic.Uint32
 
 	// statusConn is Status's connection; statusTurn (capacity 1) is
 	// held by whoever uses it.
@@ -428,6 +431,11 @@ func (s *Stream) preflight(ctx context.Context) (SlotStatus, error) {
 	if err != nil {
 		return st, err
 	}
+	if st.Active && st.ActivePID != 0 && uint32(st.ActivePID) == s.walsender.Load() {
+		if st, err = s.endAbandoned(ctx, conn, st); err != nil {
+			return st, err
+		}
+	}
 	var pubExists bool
 	if err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)`, s.opts.Publication).Scan(&pubExists); err != nil {
 		return st, fmt.Errorf("look up publication: %w", err)
@@ -436,6 +444,42 @@ func (s *Stream) preflight(ctx context.Context) (SlotStatus, error) {
 		return st, fmt.Errorf("%w: publication %q (run `walhook setup`)", ErrPublicationMissing, s.opts.Publication)
 	}
 	return st, nil
+}
+
+// endAbandoned ends the walsender of this stream's own last connection,
+// which st finds still holding the slot: the stream gave that connection
+// up (ReceiveTimeout) because the network dropped it without a word (a NAT
+// or load balancer that forgot it, a link dropping every packet), and the
+// server keeps its walsender, and the slot with it, until
+// wal_sender_timeout (a minute by default, never when 0) or TCP keepalives
+// end it, longer behind a middlebox that answers them
+// (TestStreamBlackholedMidStream). pg_terminate_backend is allowed on a
+// session of one's own role; the slot's active_pid names the process at
+// the moment of the call, so no other stream's walsender is ended.
+func (s *Stream) endAbandoned(ctx context.Context, conn *pgx.Conn, st SlotStatus) (SlotStatus, error) {
+	var ended bool
+	err := conn.QueryRow(ctx, `SELECT coalesce(bool_or(pg_terminate_backend(active_pid)), false) FROM pg_replication_slots
+		WHERE slot_name = $1 AND active_pid = $2`, s.opts.Slot, int32(st.ActivePID)).Scan(&ended)
+	if err != nil || !ended {
+		// Left to the server's timeouts: the slot is waited for.
+		s.log.Debug("end this stream's abandoned walsender", logKeyPID, st.ActivePID, logKeyErr, err)
+		return st, nil
+	}
+	s.log.Info("ended this stream's previous walsender, which still held the slot after its connection was given up",
+		logKeyPID, st.ActivePID)
+	for {
+		t := time.NewTimer(50 * time.Millisecond)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return st, ctx.Err()
+		case <-t.C:
+		}
+		next, err := querySlot(ctx, conn, s.opts.Slot)
+		if err != nil || !next.Active || next.ActivePID != st.ActivePID {
+			return next, err
+		}
+	}
 }
 
 func closeQuietly(conn *pgx.Conn) {
