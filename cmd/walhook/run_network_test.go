@@ -3,7 +3,9 @@ package main
 import (
 	"context"
 	"fmt"
+	"math/rand/v2"
 	"net/url"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -180,4 +182,203 @@ func TestRunLeadsAgainAfterItsLockSessionIsBlackholed(t *testing.T) {
 func (d *runDB) rcLeaked(t *testing.T, p *runProc) bool {
 	t.Helper()
 	return strings.Contains(p.stderr.String()+p.stdout.String(), runDSNPassword)
+}
+
+// chaosFault is one network fault the chaos test injects.
+type chaosFault struct {
+	name string
+	do   func(r *netRig)
+}
+
+// chaosFaults are the faults production networks cause, on each of
+// walhook's three links.
+var chaosFaults = []chaosFault{
+	// Every source connection reset: the replication connection mid-
+	// transaction (often inside one larger than max_chunk_changes).
+	{"source: reset every connection", func(r *netRig) { r.srcP.ResetAll() }},
+	// The replication connection cut mid-message, a few KB into what the
+	// server sends after START_REPLICATION.
+	{"source: replication cut mid-message", func(r *netRig) {
+		r.srcP.AddRule(&faultproxy.Rule{Match: []byte("START_REPLICATION"), After: 3000 + rand.Int64N(20000)})
+		r.srcP.ResetAll()
+	}},
+	// Packets dropped for a few seconds, then the link recovers (well
+	// inside the receive timeout: nothing is reconnected).
+	{"source: link stalls 4s", func(r *netRig) { r.srcP.Stall(4 * time.Second) }},
+	{"store: reset every connection", func(r *netRig) { r.storeP.ResetAll() }},
+	// The store gets COMMIT (an Append's, a claim's, an outcome's) and
+	// the answer is lost: was it committed?
+	{"store: connection reset after COMMIT arrived", func(r *netRig) {
+		r.storeP.AddRule(&faultproxy.Rule{Match: []byte("COMMIT"), After: 0, Times: 2})
+	}},
+	{"store: link stalls 3s", func(r *netRig) { r.storeP.Stall(3 * time.Second) }},
+	{"store: refuses connections for 2s, then resets", func(r *netRig) { r.storeP.Refuse(2 * time.Second); r.storeP.ResetAll() }},
+	// The receiver handled the request; its response is lost.
+	{"receiver: response lost", func(r *netRig) {
+		r.rP.AddRule(&faultproxy.Rule{Match: []byte("POST /hooks"), After: 1, Times: 5})
+	}},
+	{"receiver: reset every connection", func(r *netRig) { r.rP.ResetAll() }},
+}
+
+// walhookSessions counts walhook's sessions on c (application_name walhook).
+func walhookSessions(t *testing.T, c *pgtest.Cluster) int {
+	t.Helper()
+	var n int
+	if err := testPool(t, c.DSN("postgres")).QueryRow(context.Background(),
+		`SELECT count(*) FROM pg_stat_activity WHERE application_name = 'walhook'`).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// Thousands of changes, in transactions of one row to several times
+// max_chunk_changes, while the network between walhook and its source,
+// its store and its receiver fails at random moments in every way
+// chaosFaults lists. Once the faults stop, walhook recovers by itself:
+// every change's event arrives at the verifying receiver at least once
+// (a repeat with the same webhook-id), nothing else arrives, the slot is
+// confirmed to the end of the WAL written, walhook's sessions on both
+// servers are back to their steady count, and the log names the faults
+// without the DSNs' password.
+func TestRunChaosNetwork(t *testing.T) {
+	t.Parallel()
+	r := newNetRig(t, "wh_netchaos", nil, map[string]any{
+		"source.max_chunk_changes": 100,
+		"delivery.timeout":         "2s",
+		"delivery.retry_schedule":  []string{"0s", "100ms", "300ms", "1s"},
+	})
+	spool := testPool(t, r.store.DSN("postgres"))
+	p := startRunProc(t, "--config", r.file)
+	alive := func() string {
+		if err, ok := p.exited(); ok {
+			t.Fatalf("walhook run exited: %v\n%s", err, runTail(p.stderr.String(), 6000))
+		}
+		return p.diag()
+	}
+	insertItems(t, r.db, 1, 10)
+	runWaitFor(t, 30*time.Second, "the first 10 deliveries", func() bool { return r.rc.Unique() == 10 }, alive)
+	steadySrc, steadyStore := walhookSessions(t, r.src), walhookSessions(t, r.store)
+
+	// The workload: thousands of rows over 20 s, in transactions of 1 to
+	// 25 rows and, one in eight, 150 to 400 (chunked).
+	const workFor = 20 * time.Second
+	var wg sync.WaitGroup
+	total := 10
+	wg.Go(func() {
+		ctx := context.Background()
+		for end := time.Now().Add(workFor); time.Now().Before(end); {
+			n := 1 + rand.IntN(25)
+			if rand.IntN(8) == 0 {
+				n = 150 + rand.IntN(250)
+			}
+			if _, err := r.db.pool.Exec(ctx, `INSERT INTO items (id, auction_id) SELECT g, 'auc_' || (g % 3) FROM generate_series($1::int, $2::int) g`,
+				total+1, total+n); err != nil {
+				t.Errorf("workload: %v", err)
+				return
+			}
+			total += n
+			time.Sleep(time.Duration(20+rand.IntN(100)) * time.Millisecond)
+		}
+	})
+	// Throughout, the slot (read first) is never confirmed past the
+	// store's cursor (read after; it only grows): cdc confirms only what
+	// the store committed, whatever the faults did to an Append's COMMIT.
+	sampling := make(chan struct{})
+	wg.Go(func() {
+		ctx := context.Background()
+		for {
+			select {
+			case <-sampling:
+				return
+			case <-time.After(100 * time.Millisecond):
+			}
+			var slotLSN, cursor string
+			if err := r.db.pool.QueryRow(ctx, `SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1`, r.db.slot).Scan(&slotLSN); err != nil {
+				continue
+			}
+			if err := spool.QueryRow(ctx, `SELECT lsn::text FROM walhook.cursor WHERE slot = $1`, r.db.slot).Scan(&cursor); err != nil {
+				continue
+			}
+			if r.db.count(t, `SELECT count(*) WHERE $1::pg_lsn > $2::pg_lsn`, slotLSN, cursor) != 0 {
+				t.Errorf("the slot was confirmed to %s, past the store's cursor %s", slotLSN, cursor)
+			}
+		}
+	})
+	// The faults: one every 1.5 to 3 s, each kind at least once.
+	order := rand.Perm(len(chaosFaults))
+	var injected []string
+	for i, end := 0, time.Now().Add(workFor); time.Now().Before(end) || i < len(chaosFaults); i++ {
+		time.Sleep(1500*time.Millisecond + time.Duration(rand.IntN(1500))*time.Millisecond)
+		f := chaosFaults[order[i%len(order)]]
+		if i >= len(order) {
+			f = chaosFaults[rand.IntN(len(chaosFaults))]
+		}
+		f.do(r)
+		injected = append(injected, f.name)
+		alive()
+	}
+	close(sampling)
+	wg.Wait()
+	for _, pr := range []*faultproxy.Proxy{r.srcP, r.storeP, r.rP} {
+		pr.ClearRules()
+		pr.Unstall()
+	}
+	faultsEnded := time.Now()
+	t.Logf("%d faults injected over %s: %s", len(injected), time.Since(faultsEnded.Add(-workFor)).Round(time.Second), strings.Join(injected, "; "))
+	var walEnd string
+	if err := r.db.pool.QueryRow(context.Background(), `SELECT pg_current_wal_lsn()::text`).Scan(&walEnd); err != nil {
+		t.Fatal(err)
+	}
+
+	// Recovery: every event delivered within the bound the timeouts set
+	// (an Append's 30 s, a claim's 15 s, the receive timeout's 60 s are
+	// not reached by these faults) plus margin.
+	runWaitFor(t, 60*time.Second, fmt.Sprintf("%d deliveries after the faults", total), func() bool { return r.rc.Unique() >= total }, alive)
+	t.Logf("all %d events delivered %s after the faults ended; %d repeats", total, time.Since(faultsEnded).Round(100*time.Millisecond), r.rc.Duplicates())
+	runWaitFor(t, 30*time.Second, "the slot confirmed past the WAL written", func() bool {
+		return r.db.count(t, `SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1 AND confirmed_flush_lsn >= $2::pg_lsn`, r.db.slot, walEnd) == 1
+	}, alive)
+	runWaitFor(t, 30*time.Second, "every delivery recorded delivered", func() bool {
+		var n int
+		err := spool.QueryRow(context.Background(), `SELECT count(*) FROM walhook.deliveries WHERE status = 'delivered'`).Scan(&n)
+		return err == nil && n == total
+	}, alive)
+	runWaitFor(t, 30*time.Second, "walhook's sessions back to their steady count", func() bool {
+		return walhookSessions(t, r.src) <= steadySrc+1 && walhookSessions(t, r.store) <= max(steadyStore, 16)
+	}, func() string {
+		return fmt.Sprintf("source sessions %d (steady %d), store sessions %d (steady %d)\n%s",
+			walhookSessions(t, r.src), steadySrc, walhookSessions(t, r.store), steadyStore, alive())
+	})
+
+	// Exactly the rows written, each under one webhook-id.
+	ids := map[string]string{} // row id -> webhook-id
+	for wid, body := range r.rc.Bodies() {
+		m := runBody(t, body)
+		data, _ := m["data"].(map[string]any)
+		row := fmt.Sprint(data["id"])
+		if prev, ok := ids[row]; ok {
+			t.Errorf("row %s delivered under two webhook-ids, %s and %s", row, prev, wid)
+		}
+		ids[row] = wid
+	}
+	for i := 1; i <= total; i++ {
+		if _, ok := ids[strconv.Itoa(i)]; !ok {
+			t.Errorf("row %d: no event delivered", i)
+		}
+	}
+	if len(ids) != total || r.rc.Rejected() != 0 {
+		t.Errorf("%d rows delivered, %d rejected; want %d and 0", len(ids), r.rc.Rejected(), total)
+	}
+	if err := p.stop(t); err != nil {
+		t.Fatalf("stop: %v", err)
+	}
+	if r.db.rcLeaked(t, p) {
+		t.Error("the log holds the DSN's password")
+	}
+	for _, want := range []string{"replication interrupted; reconnecting", "connection reset by peer"} {
+		if !strings.Contains(p.stderr.String(), want) {
+			t.Errorf("the log does not say %q", want)
+		}
+	}
+	t.Logf("walhook run warnings and errors:\n%s", runTail(warnLines(p.stderr.String()), 5000))
 }
