@@ -382,3 +382,108 @@ func TestRunChaosNetwork(t *testing.T) {
 	}
 	t.Logf("walhook run warnings and errors:\n%s", runTail(warnLines(p.stderr.String()), 5000))
 }
+
+// Two walhook processes share the store, each over a link of its own.
+// The leader's link to the store is reset and then refuses connections
+// (the leader's host cut off from the store; its replication connection
+// to the source still up): the server ends the leader's lock session, the
+// standby takes the lock, and streams only once the old leader has
+// stopped (PostgreSQL lets one walsender use the slot; the standby waits
+// for it). The slot is never confirmed past the store's cursor, and every
+// change written before, during and after the takeover is delivered.
+func TestRunStandbyTakesOverWhenTheLeaderLosesTheStore(t *testing.T) {
+	t.Parallel()
+	r := newNetRig(t, "wh_nettakeover", nil, map[string]any{"delivery.user_agent": "walhook-A"})
+	spool := testPool(t, r.store.DSN("postgres"))
+	storeB := startProxy(t, fmt.Sprintf("127.0.0.1:%d", r.store.Port))
+	s := r.db.settings()
+	s["source.dsn"] = viaProxy(t, r.src, r.srcP)
+	s["store.dsn"] = viaProxy(t, r.store, storeB)
+	s["endpoints"] = []map[string]any{runEndpoint("r", fmt.Sprintf("http://127.0.0.1:%d/hooks", r.rP.Port()), runSecret)}
+	s["delivery.user_agent"] = "walhook-B"
+	fileB, _ := runConfig(t, []byte(runItemsConfig), s)
+
+	a := startRunProc(t, "--config", r.file)
+	runWaitFor(t, 30*time.Second, "A to stream", func() bool { return strings.Contains(a.stderr.String(), `msg="replication started"`) }, a.diag)
+	b := startRunProc(t, "--config", fileB)
+	runWaitFor(t, 30*time.Second, "B to stand by", func() bool {
+		return strings.Contains(b.stderr.String(), "another walhook process holds the replication slot")
+	}, b.diag)
+	insertItems(t, r.db, 1, 20)
+	runWaitFor(t, 30*time.Second, "20 deliveries", func() bool { return r.rc.Unique() == 20 }, a.diag)
+
+	var wg sync.WaitGroup
+	done := make(chan struct{})
+	total := 20
+	wg.Go(func() {
+		for {
+			select {
+			case <-done:
+				return
+			case <-time.After(50 * time.Millisecond):
+			}
+			insertItems(t, r.db, total+1, total+10)
+			total += 10
+			var slotLSN, cursor string
+			ctx := context.Background()
+			if r.db.pool.QueryRow(ctx, `SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1`, r.db.slot).Scan(&slotLSN) == nil &&
+				spool.QueryRow(ctx, `SELECT lsn::text FROM walhook.cursor WHERE slot = $1`, r.db.slot).Scan(&cursor) == nil &&
+				r.db.count(t, `SELECT count(*) WHERE $1::pg_lsn > $2::pg_lsn`, slotLSN, cursor) != 0 {
+				t.Errorf("the slot was confirmed to %s, past the store's cursor %s", slotLSN, cursor)
+			}
+		}
+	})
+	time.Sleep(time.Second)
+	r.storeP.Refuse(time.Hour)
+	r.storeP.ResetAll()
+	cut := time.Now()
+	runWaitFor(t, 30*time.Second, "B to stream", func() bool {
+		return strings.Count(b.stderr.String(), `msg="replication started"`) > 0
+	}, b.diag)
+	t.Logf("B streams %s after A lost the store", time.Since(cut).Round(100*time.Millisecond))
+	time.Sleep(2 * time.Second)
+	close(done)
+	wg.Wait()
+	runWaitFor(t, 45*time.Second, fmt.Sprintf("%d deliveries", total), func() bool { return r.rc.Unique() == total }, b.diag)
+
+	// A stopped streaming before B started: A's stop is logged before B's
+	// start (both in this test process, one clock).
+	stopA := logTime(t, a.stderr.String(), "stopped replicating; waiting to take the slot again")
+	startB := logTime(t, b.stderr.String(), `msg="replication started"`)
+	if !stopA.Before(startB) {
+		t.Errorf("B started streaming at %s, before A stopped at %s", startB, stopA)
+	}
+	if _, ok := a.exited(); ok {
+		t.Errorf("A exited: %s", a.diag())
+	}
+	r.storeP.Refuse(0)
+	for _, p := range []*runProc{a, b} {
+		if err := p.stop(t); err != nil {
+			t.Errorf("stop: %v", err)
+		}
+		if r.db.rcLeaked(t, p) {
+			t.Error("the log holds the DSN's password")
+		}
+	}
+	if ids := len(r.rc.Bodies()); ids != total || r.rc.Rejected() != 0 {
+		t.Errorf("%d distinct webhook-ids, %d rejected; want %d and 0", ids, r.rc.Rejected(), total)
+	}
+}
+
+// logTime is the time of the first log line holding s.
+func logTime(t *testing.T, log, s string) time.Time {
+	t.Helper()
+	for _, line := range strings.Split(log, "\n") {
+		if !strings.Contains(line, s) {
+			continue
+		}
+		f := strings.Fields(line)
+		if len(f) > 0 {
+			if ts, err := time.Parse(time.RFC3339Nano, strings.TrimPrefix(f[0], "time=")); err == nil {
+				return ts
+			}
+		}
+	}
+	t.Fatalf("no log line holds %q", s)
+	return time.Time{}
+}
