@@ -1070,7 +1070,26 @@ func (d *Dispatcher) listenOnce(ctx context.Context) error {
 		d.Notify()
 	}()
 	for {
+		// Quiet for listenCheck, the connection is asked whether it is
+		// still there: one the network dropped without a word (a NAT or
+		// load balancer that forgot it) delivers no notification, ever,
+		// and was kept for good, while another process's endpoint
+		// changes went unnoticed (TestRunListensAgainAfterTheStoreIsBlackholed).
+		// A read deadline, not a context: a timeout that cancels a
+		// context sends the server a cancel request, which may land on
+		// the check.
+		_ = pc.PgConn().Conn().SetReadDeadline(time.Now().Add(listenCheck))
 		n, err := pc.WaitForNotification(lctx)
+		_ = pc.PgConn().Conn().SetReadDeadline(time.Time{})
+		if err != nil && pgconn.Timeout(err) && lctx.Err() == nil {
+			pctx, pcancel := context.WithTimeout(lctx, listenPing)
+			err = pc.Ping(pctx)
+			pcancel()
+			if err == nil {
+				continue
+			}
+			err = fmt.Errorf("the listen connection does not answer: %w", err)
+		}
 		if err != nil {
 			if cause := context.Cause(lctx); cause != nil && ctx.Err() == nil {
 				return cause
@@ -1085,6 +1104,13 @@ func (d *Dispatcher) listenOnce(ctx context.Context) error {
 		d.Notify()
 	}
 }
+
+// listenCheck is how long the LISTEN connection may be quiet before it is
+// checked (see listenOnce), and listenPing how long that check waits.
+const (
+	listenCheck = 20 * time.Second
+	listenPing  = 10 * time.Second
+)
 
 // catchUp notes the endpoints disabled or deleted within a lease (as long
 // as this process may hold a delivery) as if announced: notifications are

@@ -487,3 +487,37 @@ func logTime(t *testing.T, log, s string) time.Time {
 	t.Fatalf("no log line holds %q", s)
 	return time.Time{}
 }
+
+// The store's connections are blackholed for good while walhook waits for
+// notifications: its LISTEN connection, which gets nothing more, is found
+// dead and made again within listenCheck and a ping's bound. Before, it
+// was kept forever, and with it the notifications of other processes
+// (an endpoint disabled or changed there) were missed for good.
+func TestRunListensAgainAfterTheStoreIsBlackholed(t *testing.T) {
+	t.Parallel()
+	r := newNetRig(t, "wh_netlisten", nil, nil)
+	spool := testPool(t, r.store.DSN("postgres"))
+	p := startRunProc(t, "--config", r.file)
+	listeners := func(since time.Time) int {
+		var n int
+		if err := spool.QueryRow(context.Background(), `SELECT count(*) FROM pg_stat_activity
+			WHERE application_name = 'walhook' AND query LIKE 'LISTEN %' AND backend_start > $1`, since).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	runWaitFor(t, 30*time.Second, "a LISTEN session on the store", func() bool { return listeners(time.Time{}) == 1 }, p.diag)
+	insertItems(t, r.db, 1, 10)
+	runWaitFor(t, 30*time.Second, "10 deliveries", func() bool { return r.rc.Unique() == 10 }, p.diag)
+	time.Sleep(2 * time.Second) // the LISTEN's catch-up is done: only the wait is left
+	cut := time.Now()
+	r.storeP.Blackhole()
+	runWaitFor(t, 50*time.Second, "a new LISTEN session on the store", func() bool { return listeners(cut) == 1 }, p.diag)
+	t.Logf("listening again %s after the blackhole", time.Since(cut).Round(time.Second))
+	if !strings.Contains(p.stderr.String(), "listen connection lost") {
+		t.Errorf("the log does not say the listen connection was lost")
+	}
+	if err := p.stop(t); err != nil {
+		t.Fatalf("stop: %v", err)
+	}
+}
