@@ -521,3 +521,64 @@ func TestRunListensAgainAfterTheStoreIsBlackholed(t *testing.T) {
 		t.Fatalf("stop: %v", err)
 	}
 }
+
+// An Append's pipeline (its inserts, the cursor, COMMIT) reaches the
+// store, which commits it, and the answer is lost: first the connection
+// is reset after the answer's first byte, then (another Append) the rest
+// of the answer never comes. walhook does not know whether the batch is
+// stored, appends it again (the same event ids, a cursor that never goes
+// back) once the reset is seen or its Append's 30 s bound passed, and
+// confirms the slot only then; each row's event is delivered, under one
+// webhook-id.
+func TestRunAppendCommitAnswerLost(t *testing.T) {
+	t.Parallel()
+	r := newNetRig(t, "wh_netcommit", nil, nil)
+	spool := testPool(t, r.store.DSN("postgres"))
+	p := startRunProc(t, "--config", r.file)
+	alive := func() string {
+		if err, ok := p.exited(); ok {
+			t.Fatalf("walhook run exited: %v\n%s", err, runTail(p.stderr.String(), 4000))
+		}
+		return p.diag()
+	}
+	insertItems(t, r.db, 1, 10)
+	runWaitFor(t, 30*time.Second, "10 deliveries", func() bool { return r.rc.Unique() == 10 }, alive)
+	// Only an Append's second round trip carries the slot's name (its
+	// cursor's parameters) once the term has begun.
+	for i, action := range []faultproxy.Action{faultproxy.Reset, faultproxy.BlackholeConn} {
+		rule := r.storeP.AddRule(&faultproxy.Rule{Match: []byte(r.db.slot), After: 1, Action: action})
+		from := 11 + 10*i
+		insertItems(t, r.db, from, from+9)
+		runWaitFor(t, 50*time.Second, fmt.Sprintf("%d deliveries", from+9), func() bool { return r.rc.Unique() == from+9 }, alive)
+		if rule.Fired() != 1 {
+			t.Errorf("the lost answer (action %d) fired %d times, want 1", action, rule.Fired())
+		}
+		r.storeP.ClearRules()
+	}
+	// The blackholed Append is given up on after its 30 s, appended
+	// again, and confirmed: the slot reaches the WAL written.
+	var walEnd string
+	if err := r.db.pool.QueryRow(context.Background(), `SELECT pg_current_wal_lsn()::text`).Scan(&walEnd); err != nil {
+		t.Fatal(err)
+	}
+	runWaitFor(t, 50*time.Second, "the slot confirmed past the WAL written", func() bool {
+		return r.db.count(t, `SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1 AND confirmed_flush_lsn >= $2::pg_lsn`, r.db.slot, walEnd) == 1
+	}, alive)
+	var slotLSN, cursor string
+	if err := r.db.pool.QueryRow(context.Background(), `SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1`, r.db.slot).Scan(&slotLSN); err != nil {
+		t.Fatal(err)
+	}
+	if err := spool.QueryRow(context.Background(), `SELECT lsn::text FROM walhook.cursor WHERE slot = $1`, r.db.slot).Scan(&cursor); err != nil {
+		t.Fatal(err)
+	}
+	if r.db.count(t, `SELECT count(*) WHERE $1::pg_lsn > $2::pg_lsn`, slotLSN, cursor) != 0 {
+		t.Errorf("the slot was confirmed to %s, past the store's cursor %s", slotLSN, cursor)
+	}
+	if len(r.rc.Bodies()) != 30 {
+		t.Errorf("%d webhook-ids for 30 rows", len(r.rc.Bodies()))
+	}
+	if err := p.stop(t); err != nil {
+		t.Fatalf("stop: %v", err)
+	}
+	t.Logf("walhook run warnings:\n%s", runTail(warnLines(p.stderr.String()), 3000))
+}
