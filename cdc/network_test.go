@@ -79,3 +79,54 @@ func TestStreamBlackholedMidStream(t *testing.T) {
 		t.Errorf("the stream took %s to come back, want about ReceiveTimeout (3s) and a reconnect", took)
 	}
 }
+
+// The replication connection is reset mid-message inside a transaction
+// larger than MaxChunkChanges, usually after some of its chunks were
+// handed out: the stream connects again and hands the whole transaction
+// out again from its first chunk (nothing of it was confirmed), with the
+// same positions, so a consumer that stored the first chunks stores the same
+// events again; nothing is skipped and no chunk arrives out of order.
+func TestStreamResetInsideAChunkedTransaction(t *testing.T) {
+	t.Parallel()
+	dsn := pgtest.Shared(t).NewDatabase(t)
+	setupDB(t, dsn, itemSchema, "public.item")
+	p, pdsn := viaProxy(t, dsn)
+	exec(t, dsn, `INSERT INTO item SELECT g, 'x', repeat('n', 200) FROM generate_series(1, 1000) g`)
+	// About a third of the transaction's 1000 changes (some 300 bytes each).
+	cut := p.AddRule(&faultproxy.Rule{Match: []byte("START_REPLICATION"), After: 100_000})
+	b := startStream(t, pdsn, 0, func(o *Options) { o.MaxChunkChanges = 100 })
+	var firstXid uint32
+	restarts, seen := 0, 0
+	for {
+		tx := b.next(t)
+		if len(tx.Changes) == 0 {
+			continue
+		}
+		if firstXid == 0 {
+			firstXid = tx.Xid
+		}
+		if tx.Xid != firstXid {
+			t.Fatalf("xid %d before xid %d was whole", tx.Xid, firstXid)
+		}
+		if tx.Chunk == 0 && seen > 0 {
+			restarts++
+			seen = 0
+		}
+		for i, c := range tx.Changes {
+			if want := seen + i; c.Position != want {
+				t.Fatalf("chunk %d: change %d at position %d, want %d", tx.Chunk, i, c.Position, want)
+			}
+		}
+		seen += len(tx.Changes)
+		if tx.Final {
+			b.stream.Confirm(tx.EndLSN)
+			break
+		}
+	}
+	// How many chunks came before the cut depends on what the reset
+	// discarded (a reset drops what its sockets still buffer).
+	if seen != 1000 || cut.Fired() != 1 {
+		t.Errorf("the transaction ended after %d changes, the cut fired %d times; want 1000 and once", seen, cut.Fired())
+	}
+	t.Logf("the transaction began again %d times", restarts)
+}
