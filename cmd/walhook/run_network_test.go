@@ -207,6 +207,7 @@ var chaosFaults = []chaosFault{
 	// Packets dropped for a few seconds, then the link recovers (well
 	// inside the receive timeout: nothing is reconnected).
 	{"source: link stalls 4s", func(r *netRig) { r.srcP.Stall(4 * time.Second) }},
+	{"source: refuses connections for 2s, then resets", func(r *netRig) { r.srcP.Refuse(2 * time.Second); r.srcP.ResetAll() }},
 	{"store: reset every connection", func(r *netRig) { r.storeP.ResetAll() }},
 	// The store gets COMMIT (an Append's, a claim's, an outcome's) and
 	// the answer is lost: was it committed?
@@ -220,6 +221,7 @@ var chaosFaults = []chaosFault{
 		r.rP.AddRule(&faultproxy.Rule{Match: []byte("POST /hooks"), After: 1, Times: 5})
 	}},
 	{"receiver: reset every connection", func(r *netRig) { r.rP.ResetAll() }},
+	{"receiver: refuses connections for 2s", func(r *netRig) { r.rP.Refuse(2 * time.Second) }},
 }
 
 // walhookSessions counts walhook's sessions on pool's server
@@ -308,6 +310,7 @@ func TestRunChaosNetwork(t *testing.T) {
 		}
 	})
 	// The faults: one every 1.5 to 3 s, each kind at least once.
+	faultsBegan := time.Now()
 	order := rand.Perm(len(chaosFaults))
 	var injected []string
 	for i, end := 0, time.Now().Add(workFor); time.Now().Before(end) || i < len(chaosFaults); i++ {
@@ -327,7 +330,7 @@ func TestRunChaosNetwork(t *testing.T) {
 		pr.Unstall()
 	}
 	faultsEnded := time.Now()
-	t.Logf("%d faults injected over %s: %s", len(injected), time.Since(faultsEnded.Add(-workFor)).Round(time.Second), strings.Join(injected, "; "))
+	t.Logf("%d faults injected over %s: %s", len(injected), faultsEnded.Sub(faultsBegan).Round(time.Second), strings.Join(injected, "; "))
 	var walEnd string
 	if err := r.db.pool.QueryRow(context.Background(), `SELECT pg_current_wal_lsn()::text`).Scan(&walEnd); err != nil {
 		t.Fatal(err)
@@ -358,6 +361,14 @@ func TestRunChaosNetwork(t *testing.T) {
 			walhookSessions(t, r.db.pool), steadySrc, walhookSessions(t, spool), steadyStore, alive())
 	})
 
+	// And walhook is whole again: it holds the slot and the leader lock,
+	// listens, and delivers a change written now.
+	runWaitFor(t, 30*time.Second, "walhook's replication, lock and LISTEN sessions", func() bool {
+		return walhookSessions(t, r.db.pool) >= 1 && walhookSessions(t, spool) >= 2
+	}, alive)
+	insertItems(t, r.db, total+1, total+10)
+	total += 10
+	runWaitFor(t, 30*time.Second, "the 10 changes written after recovery delivered", func() bool { return r.rc.Unique() >= total }, alive)
 	t.Logf("walhook's sessions: source %d (steady %d), store %d (steady %d)", walhookSessions(t, r.db.pool), steadySrc,
 		walhookSessions(t, spool), steadyStore)
 	// Exactly the rows written, each under one webhook-id.
