@@ -364,7 +364,18 @@ func refuseSourceStandby(ctx context.Context, dsn string) error {
 }
 
 // storePingTimeout bounds the store pool's check of an idle connection.
-const storePingTimeout = 5 * time.Second
+// storeIdleTime is how long the pool keeps a connection nothing uses (its
+// health check, every minute, closes older ones): well inside the idle
+// timeouts of NATs and load balancers (4 min on Azure, 350 s on an AWS NAT
+// gateway), which forget a connection without a word, so that a pool
+// connection is closed before it is forgotten (pgx's default is 30 min;
+// TestStorePoolIdleTimeInsideMiddleboxTimeouts). walhook's other store
+// sessions are never idle that long: the leader lock is checked every
+// second, the LISTEN connection after 20 s of quiet.
+const (
+	storePingTimeout = 5 * time.Second
+	storeIdleTime    = 2 * time.Minute
+)
 
 // openStore connects the store pool, sized for the workers unless the DSN
 // says pool_max_conns itself.
@@ -385,6 +396,9 @@ func openStore(ctx context.Context, cfg *config.Config) (*pgxpool.Pool, error) {
 		// asked for it, the leader lock's next try included, for as long
 		// as TCP takes (TestRunStoreBlackholedWhileClaiming).
 		pc.PingTimeout = storePingTimeout
+	}
+	if !strings.Contains(cfg.Store.DSN, "pool_max_conn_idle_time") {
+		pc.MaxConnIdleTime = storeIdleTime
 	}
 	pool, err := pgxpool.NewWithConfig(ctx, pc)
 	if err != nil {

@@ -13,6 +13,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/walhook/walhook/config"
 	"github.com/walhook/walhook/internal/faultproxy"
 	"github.com/walhook/walhook/internal/pgtest"
 	"github.com/walhook/walhook/internal/receiver"
@@ -602,4 +603,32 @@ func TestRunAppendCommitAnswerLost(t *testing.T) {
 		t.Fatalf("stop: %v", err)
 	}
 	t.Logf("walhook run warnings:\n%s", runTail(warnLines(p.stderr.String()), 3000))
+}
+
+// The store pool closes a connection idle for storeIdleTime, inside the
+// idle timeouts of NATs and load balancers (Azure's 4 min, AWS NAT's
+// 350 s): one they forgot without a word costs whoever takes it next a
+// ping's bound (storePingTimeout). pgx's default kept idle connections for
+// 30 min. A DSN's pool_max_conn_idle_time still wins.
+func TestStorePoolIdleTimeInsideMiddleboxTimeouts(t *testing.T) {
+	t.Parallel()
+	dsn := pgtest.Shared(t).NewDatabase(t)
+	for _, c := range []struct {
+		dsn  string
+		want time.Duration
+	}{
+		{dsn, storeIdleTime},
+		{dsn + "&pool_max_conn_idle_time=7m", 7 * time.Minute},
+	} {
+		cfg := &config.Config{Store: config.Store{DSN: c.dsn}}
+		pool, err := openStore(context.Background(), cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := pool.Config().MaxConnIdleTime
+		pool.Close()
+		if got != c.want || got > 4*time.Minute-pool.Config().HealthCheckPeriod && c.want == storeIdleTime {
+			t.Errorf("store pool's idle time %s (health check every %s), want %s", got, pool.Config().HealthCheckPeriod, c.want)
+		}
+	}
 }
