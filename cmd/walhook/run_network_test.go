@@ -351,12 +351,12 @@ func TestRunChaosNetwork(t *testing.T) {
 		return err == nil && n == total
 	}, alive)
 	// No connection left behind: on the source at most the replication
-	// connection, the heartbeat's, the publication watch's and the
-	// status's; on the store at most the pool (max(8, workers/2 + 6), 22
+	// connection, the heartbeat's, the publication watch's and two status
+	// readers' (docs/operations.md); on the store at most the pool (max(8, workers/2 + 6), 22
 	// for the default 32 workers) and the two sessions taken out of it,
 	// the leader lock's and the LISTEN.
 	runWaitFor(t, 30*time.Second, "walhook's sessions back to their steady count", func() bool {
-		return walhookSessions(t, r.db.pool) <= max(steadySrc, 4) && walhookSessions(t, spool) <= max(steadyStore, 22+2)
+		return walhookSessions(t, r.db.pool) <= max(steadySrc, 5) && walhookSessions(t, spool) <= max(steadyStore, 22+2)
 	}, func() string {
 		return fmt.Sprintf("source sessions %d (steady %d), store sessions %d (steady %d)\n%s",
 			walhookSessions(t, r.db.pool), steadySrc, walhookSessions(t, spool), steadyStore, alive())
