@@ -501,3 +501,32 @@ func TestEventsToAFailingEndpointDoNotWakeClaims(t *testing.T) {
 		t.Errorf("%d deliveries pending, want the 50", n)
 	}
 }
+
+// A failing endpoint's due deliveries beyond the failing share are claimed
+// as the share frees up, not at the next poll: a claim held back by the
+// share left them behind as surely as one held back by an endpoint's
+// limit, but the loop did not count it so, and with a failing share of 1
+// an endpoint whose requests answered at once got one delivery per poll.
+func TestFailingEndpointBacklogIsClaimedAsTheShareFrees(t *testing.T) {
+	t.Parallel()
+	d, b := obSetup(t, func(o *Options) {
+		o.Workers = 2 // a failing share of 1
+		o.PollInterval = time.Hour
+	})
+	rcv := obNewReceiver(t, func(int, http.ResponseWriter, *http.Request) int { return 500 })
+	b.endpoint(t, "flaky", rcv.URL, nil, nil, true)
+	for i := range 5 {
+		obAppend(t, d, cdc.LSN(100+i*10), obEvent("auction.bid_placed", "D"))
+	}
+	if _, err := b.pool.Exec(context.Background(), `UPDATE walhook.endpoints SET failing_since = now()`); err != nil {
+		t.Fatal(err)
+	}
+	obRun(t, d)
+	deadline := time.Now().Add(20 * time.Second)
+	for rcv.n() < 5 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of the failing endpoint's 5 due deliveries attempted in 20 s (the poll is an hour)", rcv.n())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}

@@ -423,8 +423,9 @@ func queryRowIndexPlans(ctx context.Context, pool *pgxpool.Pool, sql string, sca
 
 // claim claims up to n due deliveries, at most the free in-flight slots of
 // each endpoint (busy: this process's counts), in one round trip. capped
-// reports whether some endpoint's free slots ran out in this claim (it may
-// have due work the claim could not take).
+// reports whether some endpoint's free slots, or the failing endpoints'
+// share, ran out in this claim (it may have due work the claim could not
+// take).
 func (d *Dispatcher) claim(ctx context.Context, n int, busy *inflight) (cs []claimed, capped bool, err error) {
 	perEndpoint := busy.limit
 	if perEndpoint <= 0 {
@@ -478,9 +479,17 @@ func (d *Dispatcher) claim(ctx context.Context, n int, busy *inflight) (cs []cla
 		capped = capped || free[i] == 0
 	}
 	got := make(map[string]int)
+	failing := 0
 	for _, c := range cs {
 		got[c.endpointID]++
+		if c.failing {
+			failing++
+		}
 	}
+	// The failing endpoints' share stopped the claim as an endpoint's
+	// limit does: their due deliveries beyond it wait for room, and are
+	// claimed once it frees up, not at the poll.
+	capped = capped || (failRoom < n && failing >= failRoom)
 	for id, k := range got {
 		l, ok := limit[id]
 		if !ok {
