@@ -970,18 +970,27 @@ func slotBacklog(ctx context.Context, cfg *config.Config) string {
 		return ""
 	}
 	const most = 1000
-	var n int
+	// upto_nchanges counts every row decoded, Begin, Commit and Relation
+	// messages too, and PostgreSQL 14 sends a Begin and Commit for every
+	// transaction, published tables or not: a peek stopped there (rows >=
+	// most) has not seen the rest, and saying "caught up" after a
+	// thousand rows of other tables' transactions would send an operator
+	// into a move with changes still waiting.
+	var n, rows int
 	var at string
 	err = conn.QueryRow(ctx, `SELECT (SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1),
-		(SELECT count(*) FROM pg_logical_slot_peek_binary_changes($1, NULL, $3, 'proto_version', '1', 'publication_names', $2)
-		 WHERE get_byte(data, 0) IN (73, 85, 68, 84))`, // pgoutput's Insert, Update, Delete, Truncate
-		cfg.Source.Slot, sqlIdent(cfg.Source.Publication), most).Scan(&at, &n)
+		count(*) FILTER (WHERE get_byte(data, 0) IN (73, 85, 68, 84)), -- pgoutput's Insert, Update, Delete, Truncate
+		count(*)
+		FROM pg_logical_slot_peek_binary_changes($1, NULL, $3, 'proto_version', '1', 'publication_names', $2)`,
+		cfg.Source.Slot, sqlIdent(cfg.Source.Publication), most).Scan(&at, &n, &rows)
 	switch {
 	case err != nil:
 		return ""
+	case n == 0 && rows >= most:
+		return ""
 	case n == 0:
 		return fmt.Sprintf("; caught up: no change of the published tables after its position %s waits for walhook run", at)
-	case n >= most:
+	case n >= most || rows >= most:
 		return fmt.Sprintf("; %d or more changes of the published tables after its position %s wait for walhook run", most, at)
 	}
 	return fmt.Sprintf("; %d changes of the published tables after its position %s wait for walhook run", n, at)
