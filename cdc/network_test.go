@@ -1,6 +1,7 @@
 package cdc
 
 import (
+	"context"
 	"fmt"
 	"net/url"
 	"testing"
@@ -129,4 +130,36 @@ func TestStreamResetInsideAChunkedTransaction(t *testing.T) {
 		t.Errorf("the transaction ended after %d changes, the cut fired %d times; want 1000 and once", seen, cut.Fired())
 	}
 	t.Logf("the transaction began again %d times", restarts)
+}
+
+// The process id of the stream's last walsender, once that walsender is
+// gone, may be another's: here another stream's walsender holding the
+// slot (another consumer, or a walhook on another store) has the id the
+// stream remembers. The stream waits for the slot; it does not end that
+// walsender, which began after the stream's last connection did.
+func TestStreamDoesNotEndAWalsenderThatReusedItsPID(t *testing.T) {
+	t.Parallel()
+	dsn := pgtest.Shared(t).NewDatabase(t)
+	setupDB(t, dsn, itemSchema, "public.item")
+	exec(t, dsn, `INSERT INTO item VALUES (1, 'a')`)
+	a := startStream(t, dsn, 0, nil)
+	a.nextTx(t)
+	pid := a.stream.walsender.Load()
+	s, err := NewStream(Options{DSN: dsn, Slot: slotFor(dsn), Publication: "walhook", Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Its last connection was to a walsender with that id, long gone.
+	s.walsender.Store(pid)
+	long := "1"
+	s.walsenderStart.Store(&long)
+	if _, err := s.preflight(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(500 * time.Millisecond)
+	exec(t, dsn, `INSERT INTO item VALUES (2, 'b')`)
+	tx := a.nextTx(t)
+	if a.stream.walsender.Load() != pid {
+		t.Fatalf("the other stream's walsender %d was ended (it reconnected as %d) for %+v", pid, a.stream.walsender.Load(), tx)
+	}
 }

@@ -59,11 +59,25 @@ func (s *Stream) session(ctx context.Context, pos *LSN) (streamed bool, err erro
 		return false, fmt.Errorf("connect for replication: %w", err)
 	}
 	s.walsender.Store(conn.PID())
+	s.walsenderStart.Store(nil)
 	defer func() {
 		cctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		_ = conn.Close(cctx)
 	}()
+	// The walsender's start names it with its process id (endAbandoned).
+	// Bounded as START_REPLICATION below; without it, an abandoned
+	// walsender is left to the server's timeouts.
+	bctx, bcancel := context.WithTimeout(ctx, s.opts.ReceiveTimeout)
+	res, err := conn.Exec(bctx, `SELECT extract(epoch FROM backend_start)::text FROM pg_stat_activity WHERE pid = pg_backend_pid()`).ReadAll()
+	bcancel()
+	if err != nil {
+		return false, fmt.Errorf("read the walsender's start: %w", err)
+	}
+	if len(res) == 1 && len(res[0].Rows) == 1 && len(res[0].Rows[0]) == 1 {
+		start := string(res[0].Rows[0][0])
+		s.walsenderStart.Store(&start)
+	}
 	args := []string{
 		"proto_version '1'",
 		// pgoutput reads a list of identifiers: quoted, the name is taken

@@ -115,8 +115,11 @@ type Stream struct {
 	runAt      atomic.Int64 // when Run started
 	reconnects atomic.Int64
 	// walsender is the server process of this stream's last replication
-	// connection (see endAbandoned).
-	walsender atomic.Uint32
+	// connection, and walsenderStart its backend_start (seconds since the
+	// epoch, as text): a process id alone may be another's by the time
+	// the stream looks (see endAbandoned).
+	walsender      atomic.Uint32
+	walsenderStart atomic.Pointer[string]
 
 	// statusConn is Status's connection; statusTurn (capacity 1) is
 	// held by whoever uses it.
@@ -431,8 +434,8 @@ func (s *Stream) preflight(ctx context.Context) (SlotStatus, error) {
 	if err != nil {
 		return st, err
 	}
-	if st.Active && st.ActivePID != 0 && uint32(st.ActivePID) == s.walsender.Load() {
-		if st, err = s.endAbandoned(ctx, conn, st); err != nil {
+	if start := s.walsenderStart.Load(); st.Active && st.ActivePID != 0 && uint32(st.ActivePID) == s.walsender.Load() && start != nil {
+		if st, err = s.endAbandoned(ctx, conn, st, *start); err != nil {
 			return st, err
 		}
 	}
@@ -454,12 +457,18 @@ func (s *Stream) preflight(ctx context.Context) (SlotStatus, error) {
 // wal_sender_timeout (a minute by default, never when 0) or TCP keepalives
 // end it, longer behind a middlebox that answers them
 // (TestStreamBlackholedMidStream). pg_terminate_backend is allowed on a
-// session of one's own role; the slot's active_pid names the process at
-// the moment of the call, so no other stream's walsender is ended.
-func (s *Stream) endAbandoned(ctx context.Context, conn *pgx.Conn, st SlotStatus) (SlotStatus, error) {
+// session of one's own role. The slot's active_pid names the process at
+// the moment of the call, and its backend_start must be the one read on
+// the stream's last connection: once that walsender is gone its process
+// id may be another's, a walsender of another consumer streaming the
+// slot (TestStreamDoesNotEndAWalsenderThatReusedItsPID), which is left
+// alone.
+func (s *Stream) endAbandoned(ctx context.Context, conn *pgx.Conn, st SlotStatus, start string) (SlotStatus, error) {
 	var ended bool
-	err := conn.QueryRow(ctx, `SELECT coalesce(bool_or(pg_terminate_backend(active_pid)), false) FROM pg_replication_slots
-		WHERE slot_name = $1 AND active_pid = $2`, s.opts.Slot, int32(st.ActivePID)).Scan(&ended)
+	err := conn.QueryRow(ctx, `SELECT coalesce(bool_or(pg_terminate_backend(r.active_pid)), false)
+		FROM pg_replication_slots r JOIN pg_stat_activity a ON a.pid = r.active_pid
+		WHERE r.slot_name = $1 AND r.active_pid = $2 AND extract(epoch FROM a.backend_start) = $3::numeric`,
+		s.opts.Slot, int32(st.ActivePID), start).Scan(&ended)
 	if err != nil || !ended {
 		// Left to the server's timeouts: the slot is waited for.
 		s.log.Debug("end this stream's abandoned walsender", logKeyPID, st.ActivePID, logKeyErr, err)
